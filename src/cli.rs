@@ -1,0 +1,153 @@
+//! The command line: `serve`, `check`, `demo`, `app` and `ctl`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "canary-lb", version, about = "Edge load balancer with sticky canary routing")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy in the foreground (or as a daemon with --daemon).
+    Serve(ServeArgs),
+    /// Validate a config file: exit 0, or print the bad key and line and exit 1.
+    Check {
+        #[arg(short, long, env = "CANARY_LB_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the proxy with built-in demo app servers on loopback and print curl lines to try.
+    Demo(DemoArgs),
+    /// Run one demo app server (answers with its pool and name, serves /healthz).
+    App(AppArgs),
+    /// Change the Redis control plane: register servers, drain them, move the canary percent.
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(short, long, env = "CANARY_LB_CONFIG")]
+    pub config: PathBuf,
+    /// Run in the background (Pingora daemon mode; see pid_file in --pingora-conf).
+    #[arg(short, long)]
+    pub daemon: bool,
+    /// Take over the listening sockets of a running instance (graceful binary upgrade).
+    #[arg(short, long)]
+    pub upgrade: bool,
+    /// Optional Pingora server config (pid_file, upgrade_sock, error_log, user, group).
+    #[arg(long)]
+    pub pingora_conf: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo proxy listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the demo serves /metrics and /status.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    pub metrics_listen: SocketAddr,
+    /// First port of the three demo app servers (two production, one canary).
+    #[arg(long, default_value_t = 3001)]
+    pub app_base_port: u16,
+    /// Canary percentage for the demo.
+    #[arg(long, default_value_t = 20.0)]
+    pub canary_percent: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct AppArgs {
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Name shown in responses (default: the listen address).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Pool shown in responses (production or canary).
+    #[arg(long, default_value = "production")]
+    pub pool: String,
+    /// Register this app server in Redis with a lease and keep renewing it until stopped.
+    #[arg(long)]
+    pub register_redis: Option<String>,
+    /// Address registered in Redis (default: the listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    #[arg(long, default_value = "canary-lb")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Redis URL (also CANARY_LB_REDIS_URL, or discovery.url of --config).
+    #[arg(long, env = "CANARY_LB_REDIS_URL", global = true)]
+    pub redis: Option<String>,
+    /// Read the Redis URL and namespace from this config file.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Key namespace (default canary-lb, or discovery.namespace of --config).
+    #[arg(long, env = "CANARY_LB_NAMESPACE", global = true)]
+    pub namespace: Option<String>,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Add a server to a pool (optionally with a lease kept alive by --heartbeat).
+    Register {
+        #[arg(long)]
+        pool: String,
+        addr: String,
+        #[arg(long)]
+        weight: Option<i64>,
+        /// Lease length; without it the server has no lease.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Keep running and renew the lease every ttl/3; deregister on SIGTERM/SIGINT.
+        #[arg(long)]
+        heartbeat: bool,
+    },
+    /// Remove a server from a pool.
+    Deregister {
+        #[arg(long)]
+        pool: String,
+        addr: String,
+    },
+    /// Stop sending new requests to a server (in-flight ones finish).
+    Drain {
+        #[arg(long)]
+        pool: String,
+        addr: String,
+    },
+    /// Put a drained server back into rotation.
+    Undrain {
+        #[arg(long)]
+        pool: String,
+        addr: String,
+    },
+    /// Set a server's weight.
+    Weight {
+        #[arg(long)]
+        pool: String,
+        addr: String,
+        weight: i64,
+    },
+    /// Read or set the canary percentage.
+    Canary {
+        #[command(subcommand)]
+        command: CanaryCommand,
+    },
+    /// Print each pool's servers and the canary settings.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CanaryCommand {
+    Set { percent: String },
+    Get,
+}

@@ -1,0 +1,873 @@
+//! The configuration file: its YAML format, its validation and its environment overrides.
+//!
+//! Validation happens while deserializing (newtypes such as [`Weight`] and [`Percent`] refuse
+//! bad values themselves), so every error carries the key path and the line that `serde_yaml_ng`
+//! reports, e.g. `pools.production.servers[1].weight: weight must be 1..=1000, got 0 at line 6
+//! column 44`. Unknown keys are refused for the same reason: a typo must not silently fall back
+//! to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Environment variables that override the file (applied after parsing, validated the same way).
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("CANARY_LB_LISTEN", "listen (comma-separated list of ip:port)"),
+    ("CANARY_LB_THREADS", "threads"),
+    ("CANARY_LB_METRICS_LISTEN", "metrics_listen"),
+    ("CANARY_LB_CANARY_PERCENT", "routing.canary_percent"),
+    ("CANARY_LB_SALT", "routing.salt"),
+    ("CANARY_LB_REDIS_URL", "discovery.url (and selects provider: redis)"),
+    ("CANARY_LB_NAMESPACE", "discovery.namespace"),
+];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen", deserialize_with = "de_listen")]
+    pub listen: Vec<SocketAddr>,
+    #[serde(default = "default_threads", deserialize_with = "de_threads")]
+    pub threads: usize,
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub pools: Pools,
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+    #[serde(default)]
+    pub passive_health: PassiveHealthConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+    /// When production has no healthy server, send production traffic to canary instead of 503.
+    #[serde(default)]
+    pub fallback_to_canary: bool,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pools {
+    #[serde(default)]
+    pub production: PoolConfig,
+    #[serde(default)]
+    pub canary: PoolConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default)]
+    pub servers: Vec<ServerSpec>,
+    #[serde(default)]
+    pub balance: Balance,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Consistent hashing (Ketama) on the user key, so a user keeps hitting the same server.
+    ConsistentHash,
+}
+
+/// One upstream server: `"host:port"` or `{ addr: "host:port", weight: N }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerSpec {
+    pub addr: ServerAddr,
+    pub weight: Weight,
+}
+
+impl<'de> Deserialize<'de> for ServerSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Short(String),
+            Long(LongSpec),
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct LongSpec {
+            addr: String,
+            #[serde(default)]
+            weight: Option<i64>,
+        }
+        let (addr, weight) = match Raw::deserialize(d)? {
+            Raw::Short(addr) => (addr, None),
+            Raw::Long(l) => (l.addr, l.weight),
+        };
+        let addr = ServerAddr::parse(&addr).map_err(serde::de::Error::custom)?;
+        let weight = match weight {
+            None => Weight::default(),
+            Some(w) => Weight::new(w).map_err(serde::de::Error::custom)?,
+        };
+        Ok(ServerSpec { addr, weight })
+    }
+}
+
+/// `host:port` where host is an IP address or a DNS name (resolved at every discovery refresh).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ServerAddr(String);
+
+impl ServerAddr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            if sa.port() == 0 {
+                return Err(format!("server address `{s}` has port 0"));
+            }
+            return Ok(ServerAddr(sa.to_string()));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("server address `{s}` must be host:port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("server address `{s}` has an invalid port"))?;
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if port == 0 || !host_ok {
+            return Err(format!("server address `{s}` must be ip:port or hostname:port"));
+        }
+        Ok(ServerAddr(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The address as a socket address when it is an IP literal (no DNS needed).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.0.parse().ok()
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A server weight, 1..=1000. Zero is refused: Pingora's weighted selector divides by the
+/// total weight, and Ketama panicked on weight 0 (cloudflare/pingora#1006).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Weight(u32);
+
+impl Weight {
+    pub const MAX: u32 = 1000;
+
+    pub fn new(w: i64) -> Result<Self, String> {
+        if (1..=Self::MAX as i64).contains(&w) {
+            Ok(Weight(w as u32))
+        } else {
+            Err(format!("weight must be 1..={}, got {w}", Self::MAX))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for Weight {
+    fn default() -> Self {
+        Weight(1)
+    }
+}
+
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Weight::new(i64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A canary percentage, 0..=100 with decimals; kept as basis points (1/100 of a percent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Percent(u32);
+
+impl Percent {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("canary percent must be a number 0..=100, got `{s}`"))?;
+        Self::from_f64(v)
+    }
+
+    pub fn from_f64(v: f64) -> Result<Self, String> {
+        if !(0.0..=100.0).contains(&v) || v.is_nan() {
+            return Err(format!("canary percent must be 0..=100, got {v}"));
+        }
+        Ok(Percent((v * 100.0).round() as u32))
+    }
+
+    pub fn basis_points(self) -> u32 {
+        self.0
+    }
+
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.as_f64())
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Percent::from_f64(f64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default = "default_check_kind")]
+    pub kind: CheckKind,
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Host header sent with HTTP checks.
+    #[serde(default = "default_health_host")]
+    pub host: String,
+    /// Accepted status range for HTTP checks, e.g. `200-399` or `200`.
+    #[serde(default = "default_status_range", deserialize_with = "de_status_range")]
+    pub expect_status: (u16, u16),
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_threshold", deserialize_with = "de_threshold")]
+    pub healthy_threshold: usize,
+    #[serde(default = "default_threshold", deserialize_with = "de_threshold")]
+    pub unhealthy_threshold: usize,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: default_check_kind(),
+            path: default_health_path(),
+            host: default_health_host(),
+            expect_status: default_status_range(),
+            interval: default_check_interval(),
+            timeout: default_check_timeout(),
+            healthy_threshold: default_threshold(),
+            unhealthy_threshold: default_threshold(),
+        }
+    }
+}
+
+/// Passive failure detection: a server that fails `max_failures` connects in a row, or answers
+/// `max_failures` 5xx in a row, gets no new requests for `cool_off`, then is tried again.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthConfig {
+    #[serde(default = "default_max_failures", deserialize_with = "de_threshold_u32")]
+    pub max_failures: u32,
+    #[serde(default = "default_cool_off", with = "humantime_serde")]
+    pub cool_off: Duration,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        PassiveHealthConfig {
+            max_failures: default_max_failures(),
+            cool_off: default_cool_off(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    #[serde(default)]
+    pub canary_percent: Percent,
+    #[serde(default)]
+    pub salt: String,
+    #[serde(default = "default_canary_header")]
+    pub header: String,
+    /// Client networks whose routing header is honoured; empty means everyone.
+    #[serde(default)]
+    pub header_trusted_networks: Vec<IpNet>,
+    #[serde(default = "default_flag_cookie")]
+    pub flag_cookie: String,
+    #[serde(default = "default_user_cookie")]
+    pub user_cookie: String,
+    /// A request header that identifies the user when the user cookie is absent, e.g. X-User-Id.
+    #[serde(default)]
+    pub user_header: Option<String>,
+    /// Max-Age of the user cookie the proxy sets for new users.
+    #[serde(default = "default_cookie_max_age", with = "humantime_serde")]
+    pub cookie_max_age: Duration,
+    /// Add `X-Canary-Pool: production|canary` to every response.
+    #[serde(default = "default_true")]
+    pub pool_response_header: bool,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            canary_percent: Percent::default(),
+            salt: String::new(),
+            header: default_canary_header(),
+            header_trusted_networks: Vec::new(),
+            flag_cookie: default_flag_cookie(),
+            user_cookie: default_user_cookie(),
+            user_header: None,
+            cookie_max_age: default_cookie_max_age(),
+            pool_response_header: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_io_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    #[serde(default = "default_io_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long an idle upstream keep-alive connection stays pooled.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Attempts per request on connect failure, each on a different server of the pool.
+    #[serde(default = "default_max_tries", deserialize_with = "de_tries")]
+    pub max_tries: usize,
+    #[serde(default = "default_pool_size")]
+    pub keepalive_pool_size: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: default_connect_timeout(),
+            read_timeout: default_io_timeout(),
+            write_timeout: default_io_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_tries: default_max_tries(),
+            keepalive_pool_size: default_pool_size(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// The pools' `servers` lists in this file.
+    #[default]
+    Static,
+    /// The Redis store shared by all replicas (see docs/redis-schema.md).
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    #[serde(default)]
+    pub provider: Provider,
+    #[serde(default = "default_redis_url")]
+    pub url: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Full resync period (Redis) or DNS re-resolution period (static).
+    #[serde(default = "default_resync", with = "humantime_serde")]
+    pub resync_interval: Duration,
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            provider: Provider::Static,
+            url: default_redis_url(),
+            namespace: default_namespace(),
+            resync_interval: default_resync(),
+            sentinel: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    pub master_name: String,
+    pub nodes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: &'static str, message: String },
+}
+
+impl Config {
+    /// Read, parse and validate a config file, then apply the environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })?;
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    /// Parse and validate YAML text; the error names the key and the line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.listen.is_empty() {
+            return Err("listen: at least one address is required".into());
+        }
+        if let Some(m) = self.metrics_listen {
+            if self.listen.contains(&m) {
+                return Err(format!("metrics_listen: {m} is also a proxy listen address"));
+            }
+        }
+        for (name, value) in [
+            ("routing.header", &self.routing.header),
+            ("routing.flag_cookie", &self.routing.flag_cookie),
+            ("routing.user_cookie", &self.routing.user_cookie),
+        ] {
+            if value.is_empty() || !value.bytes().all(is_token_byte) {
+                return Err(format!("{name}: `{value}` is not a valid header/cookie name"));
+            }
+        }
+        if let Some(h) = &self.routing.user_header {
+            if h.is_empty() || !h.bytes().all(is_token_byte) {
+                return Err(format!("routing.user_header: `{h}` is not a valid header name"));
+            }
+        }
+        if !self.health_check.path.starts_with('/') {
+            return Err("health_check.path: must start with /".into());
+        }
+        if self.health_check.interval.is_zero() || self.health_check.timeout.is_zero() {
+            return Err("health_check: interval and timeout must be above 0".into());
+        }
+        if self.discovery.resync_interval < Duration::from_millis(100) {
+            return Err("discovery.resync_interval: must be at least 100ms".into());
+        }
+        if self.discovery.provider == Provider::Redis {
+            validate_redis_url(&self.discovery.url)
+                .map_err(|e| format!("discovery.url: {e}"))?;
+        }
+        for (pool, p) in [
+            ("production", &self.pools.production),
+            ("canary", &self.pools.canary),
+        ] {
+            let mut seen = BTreeMap::new();
+            for (i, s) in p.servers.iter().enumerate() {
+                if let Some(j) = seen.insert(s.addr.as_str(), i) {
+                    return Err(format!(
+                        "pools.{pool}.servers[{i}]: `{}` is listed twice (also at [{j}])",
+                        s.addr
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply the documented `CANARY_LB_*` overrides; `get` reads a variable.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let err = |var: &'static str, message: String| ConfigError::Env { var, message };
+        if let Some(v) = get("CANARY_LB_LISTEN") {
+            let list: Result<Vec<SocketAddr>, _> =
+                v.split(',').map(|s| s.trim().parse::<SocketAddr>()).collect();
+            self.listen = list.map_err(|e| err("CANARY_LB_LISTEN", format!("`{v}`: {e}")))?;
+        }
+        if let Some(v) = get("CANARY_LB_THREADS") {
+            self.threads = match v.trim().parse::<usize>() {
+                Ok(n) if (1..=256).contains(&n) => n,
+                _ => return Err(err("CANARY_LB_THREADS", format!("`{v}` is not 1..=256"))),
+            };
+        }
+        if let Some(v) = get("CANARY_LB_METRICS_LISTEN") {
+            self.metrics_listen = Some(
+                v.trim()
+                    .parse()
+                    .map_err(|e| err("CANARY_LB_METRICS_LISTEN", format!("`{v}`: {e}")))?,
+            );
+        }
+        if let Some(v) = get("CANARY_LB_CANARY_PERCENT") {
+            self.routing.canary_percent =
+                Percent::parse(&v).map_err(|e| err("CANARY_LB_CANARY_PERCENT", e))?;
+        }
+        if let Some(v) = get("CANARY_LB_SALT") {
+            self.routing.salt = v;
+        }
+        if let Some(v) = get("CANARY_LB_REDIS_URL") {
+            validate_redis_url(&v).map_err(|e| err("CANARY_LB_REDIS_URL", e))?;
+            self.discovery.url = v;
+            self.discovery.provider = Provider::Redis;
+        }
+        if let Some(v) = get("CANARY_LB_NAMESPACE") {
+            if v.is_empty() {
+                return Err(err("CANARY_LB_NAMESPACE", "must not be empty".into()));
+            }
+            self.discovery.namespace = v;
+        }
+        self.validate().map_err(|message| err("CANARY_LB_*", message))
+    }
+}
+
+fn validate_redis_url(url: &str) -> Result<(), String> {
+    redis::parse_redis_url(url)
+        .map(|_| ())
+        .ok_or_else(|| format!("`{}` is not a redis:// or rediss:// URL", redact_url(url)))
+}
+
+/// The URL with any password replaced, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    list.iter()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an ip:port address")))
+        })
+        .collect()
+}
+
+fn de_threads<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = i64::deserialize(d)?;
+    if (1..=256).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err(serde::de::Error::custom(format!("threads must be 1..=256, got {n}")))
+    }
+}
+
+fn de_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    de_threshold_u32(d).map(|n| n as usize)
+}
+
+fn de_threshold_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = i64::deserialize(d)?;
+    if (1..=100).contains(&n) {
+        Ok(n as u32)
+    } else {
+        Err(serde::de::Error::custom(format!("must be 1..=100, got {n}")))
+    }
+}
+
+fn de_tries<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = i64::deserialize(d)?;
+    if (1..=10).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err(serde::de::Error::custom(format!("max_tries must be 1..=10, got {n}")))
+    }
+}
+
+fn de_status_range<'de, D: Deserializer<'de>>(d: D) -> Result<(u16, u16), D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Code(u16),
+        Range(String),
+    }
+    let (lo, hi) = match Raw::deserialize(d)? {
+        Raw::Code(c) => (c, c),
+        Raw::Range(s) => {
+            let (a, b) = s.split_once('-').unwrap_or((&s, &s));
+            match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
+                (Ok(a), Ok(b)) => (a, b),
+                _ => {
+                    return Err(serde::de::Error::custom(format!(
+                        "`{s}` is not a status or a range like 200-399"
+                    )))
+                }
+            }
+        }
+    };
+    if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+        return Err(serde::de::Error::custom(format!(
+            "status range {lo}-{hi} must lie within 100-599"
+        )));
+    }
+    Ok((lo, hi))
+}
+
+mod humantime_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("`{s}` is not a duration like 500ms, 2s or 1m: {e}"))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([0, 0, 0, 0], 8080))]
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_check_kind() -> CheckKind {
+    CheckKind::Http
+}
+fn default_health_path() -> String {
+    "/healthz".into()
+}
+fn default_health_host() -> String {
+    "localhost".into()
+}
+fn default_status_range() -> (u16, u16) {
+    (200, 399)
+}
+fn default_check_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_threshold() -> usize {
+    2
+}
+fn default_max_failures() -> u32 {
+    3
+}
+fn default_cool_off() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_canary_header() -> String {
+    "X-Canary".into()
+}
+fn default_flag_cookie() -> String {
+    "canary".into()
+}
+fn default_user_cookie() -> String {
+    "canary_uid".into()
+}
+fn default_cookie_max_age() -> Duration {
+    Duration::from_secs(365 * 24 * 3600)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_io_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_tries() -> usize {
+    2
+}
+fn default_pool_size() -> usize {
+    128
+}
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379/0".into()
+}
+fn default_namespace() -> String {
+    "canary-lb".into()
+}
+fn default_resync() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::parse(
+            r#"
+listen: "0.0.0.0:8080"
+threads: 2
+metrics_listen: "127.0.0.1:9091"
+pools:
+  production:
+    servers: ["127.0.0.1:3001", { addr: "127.0.0.1:3002", weight: 2 }]
+  canary:
+    servers: ["app.internal:4001"]
+health_check: { kind: http, path: /healthz, interval: 2s, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 2 }
+routing:
+  canary_percent: 12.5
+  salt: "release-1"
+  header: X-Canary
+  flag_cookie: canary
+  user_cookie: canary_uid
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(c.pools.production.servers[1].weight.get(), 2);
+        assert_eq!(c.routing.canary_percent.basis_points(), 1250);
+        assert_eq!(c.pools.canary.servers[0].addr.as_str(), "app.internal:4001");
+        assert_eq!(c.health_check.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let cases = [
+            (
+                "pools:\n  production:\n    servers: [{ addr: \"127.0.0.1:1\", weight: 0 }]\n",
+                "pools.production.servers[0]",
+                "line 3",
+            ),
+            ("routing:\n  canary_percent: 150\n", "routing.canary_percent", "line 2"),
+            ("threads: 2\nlisten: nowhere\n", "listen", "line 2"),
+            ("health_check:\n  interval: soon\n", "health_check.interval", "line 2"),
+            ("routing:\n  canary_pct: 5\n", "canary_pct", "line 2"),
+        ];
+        for (text, key, line) in cases {
+            let e = Config::parse(text).expect_err(text);
+            assert!(e.contains(key), "error `{e}` should name `{key}`");
+            assert!(e.contains(line), "error `{e}` should name `{line}`");
+        }
+    }
+
+    #[test]
+    fn bad_server_addresses_are_refused() {
+        for bad in ["127.0.0.1", "host:", ":80", "a b:80", "127.0.0.1:0", "h:99999"] {
+            assert!(ServerAddr::parse(bad).is_err(), "{bad} should be refused");
+        }
+        for good in ["127.0.0.1:80", "[::1]:8080", "app-1.internal:3000", "localhost:1"] {
+            assert!(ServerAddr::parse(good).is_ok(), "{good} should parse");
+        }
+    }
+
+    #[test]
+    fn env_overrides_apply_and_validate() {
+        let mut c = Config::parse("threads: 1\n").expect("valid");
+        let env = |k: &str| match k {
+            "CANARY_LB_LISTEN" => Some("127.0.0.1:1,127.0.0.1:2".to_string()),
+            "CANARY_LB_CANARY_PERCENT" => Some("7.5".to_string()),
+            "CANARY_LB_REDIS_URL" => Some("redis://u:secret@127.0.0.1:6379/1".to_string()),
+            _ => None,
+        };
+        c.apply_env(env).expect("valid env");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.routing.canary_percent.basis_points(), 750);
+        assert_eq!(c.discovery.provider, Provider::Redis);
+        let bad = |k: &str| (k == "CANARY_LB_THREADS").then(|| "zero".to_string());
+        let e = c.apply_env(bad).expect_err("bad threads");
+        assert!(e.to_string().contains("CANARY_LB_THREADS"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://user:secret@10.0.0.1:6379/0"),
+            "redis://user:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(redact_url("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
+    }
+}
+
+/// The two pools every proxy serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    Production,
+    Canary,
+}
+
+impl PoolKind {
+    pub const ALL: [PoolKind; 2] = [PoolKind::Production, PoolKind::Canary];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolKind::Production => "production",
+            PoolKind::Canary => "canary",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "production" => Ok(PoolKind::Production),
+            "canary" => Ok(PoolKind::Canary),
+            _ => Err(format!("unknown pool `{s}` (expected production or canary)")),
+        }
+    }
+}
+
+impl fmt::Display for PoolKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

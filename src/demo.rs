@@ -1,0 +1,299 @@
+//! `canary-lb demo` and `canary-lb app`: built-in demo app servers.
+//!
+//! A demo app answers every request with its pool and name, so a person with curl (or an
+//! integration test) can see at a glance which side of the canary split served a request. It
+//! also echoes the headers the proxy is expected to add upstream (`X-Canary`, `X-Forwarded-*`,
+//! `X-Request-Id`) as `X-Seen-*` response headers: what the upstream saw is then visible to the
+//! client without access to the upstream's logs.
+//!
+//! Endpoints (every response carries `X-Served-By`, `X-App-Pool`, the `X-Seen-*` echoes and
+//! `X-Body-Length`, the length of the request body, which is always read in full):
+//! - `/healthz`: 200 `ok\n`.
+//! - `/slow?ms=N`: waits N ms (at most 60 s; 1 s without `ms`), then answers like any path.
+//! - `/status/NNN`: answers with status NNN (200..=599; anything else is a 400).
+//! - any other path: 200 `pool=<pool> server=<name> path=<path>\n`.
+//!
+//! The app is a plain Pingora [`ServeHttp`] service, so the same type serves the standalone
+//! `canary-lb app` process and the demo apps that `canary-lb demo` runs next to the proxy.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use log::{error, info};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+
+use crate::cli::{AppArgs, DemoArgs};
+
+/// The longest `/slow` accepts, so a typo cannot park a connection for hours.
+const MAX_SLOW: Duration = Duration::from_secs(60);
+/// `/slow` without `ms=`.
+const DEFAULT_SLOW: Duration = Duration::from_secs(1);
+/// Lease of an app registered with `--register-redis`; the heartbeat renews it every third.
+const REGISTRATION_TTL: Duration = Duration::from_secs(15);
+
+/// Request headers echoed back as `X-Seen-<name>` (`-` when absent).
+const ECHOED: &[(&str, &str)] = &[
+    ("x-canary", "X-Seen-Canary"),
+    ("x-forwarded-for", "X-Seen-Forwarded-For"),
+    ("x-forwarded-proto", "X-Seen-Forwarded-Proto"),
+    ("x-forwarded-host", "X-Seen-Forwarded-Host"),
+    ("x-request-id", "X-Seen-Request-Id"),
+];
+
+pub fn run(_args: DemoArgs) -> anyhow::Result<()> {
+    anyhow::bail!("demo is not built yet")
+}
+
+/// `canary-lb app`: one demo app server as its own Pingora server, optionally registered in
+/// Redis for as long as it runs.
+pub fn run_app(args: AppArgs) -> anyhow::Result<()> {
+    let name = args.name.clone().unwrap_or_else(|| args.listen.to_string());
+    let conf = ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server.add_service(app_service(&name, &args.pool, args.listen));
+    if let Some(url) = args.register_redis {
+        let registration = Registration {
+            redis_url: url,
+            namespace: args.namespace,
+            pool: args.pool.clone(),
+            addr: args.advertise.unwrap_or_else(|| args.listen.to_string()),
+        };
+        server.add_service(background_service("redis registration", registration));
+    }
+    info!("demo app {name} (pool {}) listening on {}", args.pool, args.listen);
+    server.run_forever()
+}
+
+/// A listening Pingora service that serves one [`DemoApp`] on `listen`.
+pub fn app_service(name: &str, pool: &str, listen: SocketAddr) -> Service<DemoApp> {
+    let mut service = Service::new(format!("demo app {name}"), DemoApp::new(name, pool));
+    service.add_tcp(&listen.to_string());
+    service
+}
+
+/// A demo app server: answers with its pool and name (see the module docs).
+pub struct DemoApp {
+    name: String,
+    pool: String,
+}
+
+impl DemoApp {
+    pub fn new(name: &str, pool: &str) -> Self {
+        DemoApp {
+            name: name.to_string(),
+            pool: pool.to_string(),
+        }
+    }
+
+    fn body_for(&self, path: &str) -> String {
+        format!("pool={} server={} path={path}\n", self.pool, self.name)
+    }
+}
+
+/// What a request path asks the demo app to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Action {
+    Health,
+    Slow(Duration),
+    Status(u16),
+    Echo,
+    BadRequest(String),
+}
+
+/// Map a path and query string to an [`Action`]; pure, so it is unit-tested below.
+fn parse_action(path: &str, query: Option<&str>) -> Action {
+    if path == "/healthz" {
+        return Action::Health;
+    }
+    if path == "/slow" {
+        let ms = query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("ms="));
+        return match ms {
+            None => Action::Slow(DEFAULT_SLOW),
+            Some(v) => match v.parse::<u64>() {
+                Ok(ms) => Action::Slow(Duration::from_millis(ms).min(MAX_SLOW)),
+                Err(_) => Action::BadRequest(format!("ms must be a number of milliseconds, got `{v}`")),
+            },
+        };
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        return match code.parse::<u16>() {
+            Ok(c) if (200..=599).contains(&c) => Action::Status(c),
+            _ => Action::BadRequest(format!("status must be 200..=599, got `{code}`")),
+        };
+    }
+    Action::Echo
+}
+
+#[async_trait]
+impl ServeHttp for DemoApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        let action = parse_action(&path, req.uri.query());
+        let seen: Vec<(&str, String)> = ECHOED
+            .iter()
+            .map(|(request_name, echo_name)| {
+                let value = req
+                    .headers
+                    .get(*request_name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                (*echo_name, value.to_string())
+            })
+            .collect();
+
+        let mut body_len = 0usize;
+        let mut body_error = None;
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => body_len += chunk.len(),
+                Ok(None) => break,
+                Err(e) => {
+                    body_error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+
+        let (status, body) = match (body_error, action) {
+            (Some(e), _) => (400, format!("cannot read the request body: {e}\n")),
+            (None, Action::Health) => (200, "ok\n".to_string()),
+            (None, Action::Slow(wait)) => {
+                tokio::time::sleep(wait).await;
+                (200, self.body_for(&path))
+            }
+            (None, Action::Status(code)) => (code, self.body_for(&path)),
+            (None, Action::Echo) => (200, self.body_for(&path)),
+            (None, Action::BadRequest(message)) => (400, format!("{message}\n")),
+        };
+        // 204 and 304 must not carry a body (nor, for 204, a Content-Length).
+        let no_body = status == 204 || status == 304;
+        let body = if no_body { Vec::new() } else { body.into_bytes() };
+
+        let mut builder = Response::builder()
+            .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST))
+            .header("X-Served-By", &self.name)
+            .header("X-App-Pool", &self.pool)
+            .header("Content-Type", "text/plain")
+            .header("X-Body-Length", body_len.to_string());
+        if !no_body {
+            builder = builder.header("Content-Length", body.len().to_string());
+        }
+        for (name, value) in seen {
+            builder = builder.header(name, value);
+        }
+        builder.body(body).unwrap_or_else(|e| {
+            // Only reachable with a header value http refuses (e.g. a name with control bytes).
+            error!("demo app {}: cannot build response: {e}", self.name);
+            let mut resp = Response::new(b"bad response\n".to_vec());
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            resp
+        })
+    }
+}
+
+/// Keeps this app registered in Redis while the process runs (`--register-redis`).
+struct Registration {
+    redis_url: String,
+    namespace: String,
+    pool: String,
+    addr: String,
+}
+
+#[async_trait]
+impl BackgroundService for Registration {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        // `heartbeat` watches SIGTERM/SIGINT itself and deregisters before returning, so it is
+        // not cancelled on Pingora's shutdown signal here.
+        let result = crate::ctl::heartbeat(
+            &self.redis_url,
+            &self.namespace,
+            &self.pool,
+            &self.addr,
+            None,
+            REGISTRATION_TTL,
+        )
+        .await;
+        if let Err(e) = result {
+            error!(
+                "registering {} in pool {} at {}: {e:#}",
+                self.addr,
+                self.pool,
+                crate::config::redact_url(&self.redis_url)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_actions() {
+        let ms = Duration::from_millis;
+        let cases: &[(&str, Option<&str>, Action)] = &[
+            ("/healthz", None, Action::Health),
+            ("/healthz", Some("x=1"), Action::Health),
+            ("/slow", Some("ms=250"), Action::Slow(ms(250))),
+            ("/slow", Some("a=b&ms=5"), Action::Slow(ms(5))),
+            ("/slow", Some("ms=0"), Action::Slow(ms(0))),
+            ("/slow", Some("ms=999999999"), Action::Slow(MAX_SLOW)),
+            ("/slow", None, Action::Slow(DEFAULT_SLOW)),
+            ("/status/200", None, Action::Status(200)),
+            ("/status/418", None, Action::Status(418)),
+            ("/status/503", None, Action::Status(503)),
+            ("/status/599", None, Action::Status(599)),
+            ("/", None, Action::Echo),
+            ("/slowly", Some("ms=5"), Action::Echo),
+            ("/a/status/500", None, Action::Echo),
+        ];
+        for (path, query, want) in cases {
+            assert_eq!(&parse_action(path, *query), want, "{path} {query:?}");
+        }
+    }
+
+    #[test]
+    fn bad_slow_and_status_values_are_400() {
+        let bad = [
+            ("/slow", Some("ms=abc")),
+            ("/slow", Some("ms=-1")),
+            ("/slow", Some("ms=")),
+            ("/status/100", None),
+            ("/status/199", None),
+            ("/status/600", None),
+            ("/status/99", None),
+            ("/status/", None),
+            ("/status/abc", None),
+            ("/status/200/x", None),
+        ];
+        for (path, query) in bad {
+            assert!(
+                matches!(parse_action(path, query), Action::BadRequest(_)),
+                "{path} {query:?} should be a bad request"
+            );
+        }
+    }
+
+    #[test]
+    fn body_names_pool_server_and_path() {
+        let app = DemoApp::new("p1", "production");
+        assert_eq!(app.body_for("/x"), "pool=production server=p1 path=/x\n");
+    }
+}

@@ -1,0 +1,397 @@
+//! The request path: Pingora's `ProxyHttp` callbacks for canary-lb.
+//!
+//! `request_filter` makes the routing decision and picks the first server, so a request with
+//! nowhere to go is answered 503 before any upstream work. `upstream_peer` is called once per
+//! attempt: the first uses that pick, retries pick another server of the same pool.
+//! Retry rules: a connect failure is retried on a different server, up to `max_tries` attempts;
+//! an idempotent request without a body is retried once after a reset before any response byte;
+//! a request whose body was sent is never replayed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+
+use crate::config::{PoolKind, UpstreamConfig};
+use crate::discovery::ServerState;
+use crate::routing::{self, Reason, RequestFacts, UserKey};
+use crate::state::Shared;
+
+const X_CANARY_POOL: &str = "x-canary-pool";
+const X_REQUEST_ID: &str = "x-request-id";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+pub struct CanaryProxy {
+    shared: Arc<Shared>,
+    upstream: UpstreamConfig,
+    fallback_to_canary: bool,
+}
+
+impl CanaryProxy {
+    pub fn new(shared: Arc<Shared>) -> CanaryProxy {
+        let config = shared.config();
+        CanaryProxy {
+            upstream: config.upstream.clone(),
+            fallback_to_canary: config.fallback_to_canary,
+            shared,
+        }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    pool: Option<PoolKind>,
+    /// Server of the current attempt.
+    server: Option<Arc<ServerState>>,
+    /// Servers that failed this request.
+    tried: Vec<SocketAddr>,
+    attempts: usize,
+    /// A retry after a reset may go back to the same server when no other is left.
+    same_server_ok: bool,
+    reset_retried: bool,
+    new_user_id: Option<String>,
+    request_id: Option<HeaderValue>,
+    in_flight: bool,
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+impl CanaryProxy {
+    fn peer(&self, addr: SocketAddr) -> Box<HttpPeer> {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.upstream.connect_timeout);
+        o.total_connection_timeout = Some(self.upstream.connect_timeout);
+        o.read_timeout = Some(self.upstream.read_timeout);
+        o.write_timeout = Some(self.upstream.write_timeout);
+        o.idle_timeout = Some(self.upstream.idle_timeout);
+        Box::new(peer)
+    }
+
+    async fn respond_no_server(&self, session: &mut Session, pool: PoolKind) -> Result<bool> {
+        let body = Bytes::from_static(b"503 no healthy upstream server\n");
+        let mut resp = ResponseHeader::build(503, Some(5))?;
+        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        if self.shared.policy().pool_response_header {
+            resp.insert_header(X_CANARY_POOL, pool.as_str())?;
+        }
+        session.set_keepalive(None);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for CanaryProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            pool: None,
+            server: None,
+            tried: Vec::new(),
+            attempts: 0,
+            same_server_ok: false,
+            reset_retried: false,
+            new_user_id: None,
+            request_id: None,
+            in_flight: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        self.shared.in_flight.fetch_add(1, Relaxed);
+        ctx.in_flight = true;
+
+        let policy = self.shared.policy();
+        let req = session.req_header();
+        let mut cookie_buf: [&[u8]; 8] = [&[]; 8];
+        let mut n_cookies = 0;
+        for v in req.headers.get_all(header::COOKIE).iter().take(8) {
+            cookie_buf[n_cookies] = v.as_bytes();
+            n_cookies += 1;
+        }
+        let client_ip = if policy.trusted_networks.is_empty() {
+            None
+        } else {
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+        };
+        let req = session.req_header();
+        let facts = RequestFacts {
+            header: req.headers.get(&policy.header).map(|v| v.as_bytes()),
+            cookies: &cookie_buf[..n_cookies],
+            user_header: policy
+                .user_header
+                .as_ref()
+                .and_then(|h| req.headers.get(h))
+                .map(|v| v.as_bytes()),
+            client_ip,
+        };
+        let decision = routing::decide(&policy, &facts, routing::new_user_id);
+        let key: &[u8] = match &decision.user {
+            UserKey::Known(k) => k,
+            UserKey::New(id) => id.as_bytes(),
+            UserKey::None => b"",
+        };
+
+        let pools = &self.shared.pools;
+        let (mut pool, mut reason) = (decision.pool, decision.reason);
+        let mut picked = pools.get(pool).select(key, &[]);
+        if picked.is_none() {
+            let other = match pool {
+                PoolKind::Canary => Some(PoolKind::Production),
+                PoolKind::Production if self.fallback_to_canary => Some(PoolKind::Canary),
+                PoolKind::Production => None,
+            };
+            if let Some(other) = other {
+                picked = pools.get(other).select(key, &[]);
+                if picked.is_some() {
+                    (pool, reason) = (other, Reason::Fallback);
+                }
+            }
+        }
+        self.shared.metrics.record_decision(pool, reason);
+        ctx.pool = Some(pool);
+        if let UserKey::New(id) = decision.user {
+            ctx.new_user_id = Some(id);
+        }
+        drop(policy);
+        match picked {
+            Some((_, server)) => {
+                ctx.server = Some(server);
+                Ok(false)
+            }
+            None => self.respond_no_server(session, pool).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let pool = ctx
+            .pool
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request was not routed"))?;
+        if ctx.attempts > 0 {
+            // A retry gives up stickiness to a server (consistent hashing): any other will do.
+            let key = b"";
+            let p = self.shared.pools.get(pool);
+            let next = p
+                .select(key, &ctx.tried)
+                .or_else(|| ctx.same_server_ok.then(|| p.select(key, &[])).flatten());
+            match next {
+                Some((_, server)) => ctx.server = Some(server),
+                None => {
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(502),
+                        format!("no other {pool} server left to retry on"),
+                    ))
+                }
+            }
+            self.shared.metrics.record_retry(pool);
+        }
+        ctx.attempts += 1;
+        let server = ctx
+            .server
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no server picked"))?;
+        Ok(self.peer(server.addr))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let xff = match upstream.headers.get(X_FORWARDED_FOR) {
+                Some(prev) => {
+                    let mut v = Vec::with_capacity(prev.len() + 41);
+                    v.extend_from_slice(prev.as_bytes());
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(ip.to_string().as_bytes());
+                    HeaderValue::from_bytes(&v).ok()
+                }
+                None => HeaderValue::from_str(&ip.to_string()).ok(),
+            };
+            if let Some(xff) = xff {
+                upstream.insert_header(X_FORWARDED_FOR, xff)?;
+            }
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        let host = upstream
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| {
+                upstream
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+        if let Some(host) = host {
+            upstream.insert_header("x-forwarded-host", host)?;
+        }
+        let request_id = match upstream.headers.get(X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                    .map_err(|e| Error::because(ErrorType::InternalError, "request id", e))?;
+                upstream.insert_header(X_REQUEST_ID, id.clone())?;
+                id
+            }
+        };
+        ctx.request_id = Some(request_id);
+        let policy = self.shared.policy();
+        if ctx.pool == Some(PoolKind::Canary) {
+            upstream.insert_header(policy.header.clone(), "1")?;
+        } else {
+            upstream.remove_header(&policy.header);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
+            let status = upstream_response.status.as_u16();
+            self.shared
+                .metrics
+                .record_upstream(pool, &server.label, Some(status));
+            if status >= 500 {
+                self.shared.pools.get(pool).record_failure(server);
+            } else {
+                server.record_success();
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let policy = self.shared.policy();
+        if let (true, Some(pool)) = (policy.pool_response_header, ctx.pool) {
+            resp.insert_header(X_CANARY_POOL, pool.as_str())?;
+        }
+        if let Some(id) = ctx.request_id.take() {
+            resp.insert_header(X_REQUEST_ID, id)?;
+        }
+        if let Some(uid) = ctx.new_user_id.take() {
+            let cookie = format!(
+                "{}={uid}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+                policy.user_cookie, policy.cookie_max_age_secs
+            );
+            resp.append_header(header::SET_COOKIE, cookie)?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
+            self.shared.metrics.record_upstream(pool, &server.label, None);
+            self.shared.pools.get(pool).record_failure(server);
+            ctx.tried.push(server.addr);
+        }
+        if ctx.attempts < self.upstream.max_tries {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let response_started = session.as_ref().response_written().is_some();
+        if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
+            if !response_started {
+                self.shared.metrics.record_upstream(pool, &server.label, None);
+            }
+        }
+        let req = session.req_header();
+        let replayable = req.method.is_idempotent() && !has_body(req) && !response_started;
+        if replayable && !ctx.reset_retried && ctx.attempts < self.upstream.max_tries.max(2) {
+            ctx.reset_retried = true;
+            ctx.same_server_ok = true;
+            if let Some(server) = &ctx.server {
+                ctx.tried.push(server.addr);
+            }
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.in_flight {
+            self.shared.in_flight.fetch_sub(1, Relaxed);
+        }
+        if let Some(pool) = ctx.pool {
+            let code = session
+                .as_ref()
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0);
+            let method = method_label(&session.req_header().method);
+            self.shared.metrics.record_request(
+                pool,
+                code,
+                method,
+                ctx.start.elapsed().as_secs_f64(),
+            );
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Assembling the Pingora server: the proxy service, the admin service, the background task
+//! that keeps the pools current, and the signals (SIGHUP reloads the config file; SIGTERM
+//! drains within `grace_period`; SIGINT stops at once; SIGQUIT hands the sockets to a new
+//! binary started with `--upgrade`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use log::{error, info, warn};
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use pingora_core::services::ServiceReadyNotifier;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin::AdminApp;
+use crate::cli::ServeArgs;
+use crate::config::{Config, Provider};
+use crate::proxy::CanaryProxy;
+use crate::state::Shared;
+
+/// `canary-lb check`: validate a config file and say what it holds.
+pub fn check(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    crate::health::checker(&config.health_check)?;
+    crate::routing::CanaryPolicy::from_config(&config.routing).map_err(anyhow::Error::msg)?;
+    println!(
+        "{}: OK ({} production and {} canary server(s), discovery: {}, canary_percent: {})",
+        path.display(),
+        config.pools.production.servers.len(),
+        config.pools.canary.servers.len(),
+        match config.discovery.provider {
+            Provider::Static => "static".to_string(),
+            Provider::Redis => crate::config::redact_url(&config.discovery.url),
+        },
+        config.routing.canary_percent.as_f64(),
+    );
+    Ok(())
+}
+
+/// `canary-lb serve`.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let pingora_conf = match &args.pingora_conf {
+        Some(p) => ServerConf::load_from_yaml(p.display().to_string())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("pingora config {}", p.display()))?,
+        None => ServerConf::default(),
+    };
+    let opt = Opt {
+        upgrade: args.upgrade,
+        daemon: args.daemon,
+        ..Opt::default()
+    };
+    assemble(config, Some(args.config), opt, pingora_conf)?.run()
+}
+
+/// A ready-to-run server: `demo` adds its app services before [`Assembled::run`].
+pub struct Assembled {
+    pub server: Server,
+    pub shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+}
+
+pub fn assemble(
+    config: Config,
+    config_path: Option<PathBuf>,
+    opt: Opt,
+    mut conf: ServerConf,
+) -> anyhow::Result<Assembled> {
+    conf.threads = config.threads;
+    conf.grace_period_seconds = Some(config.grace_period.as_secs().max(1));
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    conf.upstream_keepalive_pool_size = config.upstream.keepalive_pool_size;
+    conf.max_retries = config.upstream.max_tries.max(2);
+    // One current-thread runtime per worker: measured faster for this proxy (BENCHMARKS.md).
+    conf.work_stealing = false;
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let listen = config.listen.clone();
+    let metrics_listen = config.metrics_listen;
+    let shared = Arc::new(Shared::new(config)?);
+
+    let keeper = background_service(
+        "pool keeper",
+        PoolKeeper {
+            shared: shared.clone(),
+        },
+    );
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        CanaryProxy::new(shared.clone()),
+        "canary-lb proxy",
+    );
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    let keeper = server.add_service(keeper);
+    let proxy = server.add_service(proxy);
+    proxy.add_dependency(&keeper);
+    if let Some(addr) = metrics_listen {
+        let mut admin = Service::new("canary-lb admin".into(), AdminApp::new(shared.clone()));
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
+    Ok(Assembled {
+        server,
+        shared,
+        config_path,
+    })
+}
+
+impl Assembled {
+    pub fn run(self) -> ! {
+        let watch = Signals {
+            shared: self.shared.clone(),
+            config_path: self.config_path,
+        };
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(watch),
+        });
+        std::process::exit(0)
+    }
+}
+
+/// Keeps the pools current: first discovery before the proxy listens, then health checks,
+/// refreshes on demand (reload, Redis event) and periodic resyncs (DNS re-resolution).
+struct PoolKeeper {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for PoolKeeper {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let shared = &self.shared;
+        let config = shared.config();
+        for pool in shared.pools.iter() {
+            pool.refresh().await;
+        }
+        ready.notify_ready();
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for kind in crate::config::PoolKind::ALL {
+            let shared = shared.clone();
+            let interval = config.health_check.interval;
+            tasks.spawn(async move {
+                loop {
+                    shared.pools.get(kind).health_check().await;
+                    tokio::time::sleep(interval).await;
+                }
+            });
+        }
+        if config.discovery.provider == Provider::Redis {
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { crate::redis_source::run(shared, shutdown).await });
+        }
+        let resync = config.discovery.resync_interval;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = shared.refresh.notified() => {}
+                _ = tokio::time::sleep(resync) => {}
+            }
+            for pool in shared.pools.iter() {
+                pool.refresh().await;
+            }
+        }
+        tasks.shutdown().await;
+    }
+}
+
+/// Pingora's signal watch plus SIGHUP (reload the config file).
+struct Signals {
+    shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+}
+
+impl Signals {
+    fn reload(&self) {
+        let Some(path) = &self.config_path else {
+            warn!("SIGHUP: no config file to reload");
+            return;
+        };
+        match Config::load(path) {
+            Ok(config) => match self.shared.apply_file(config) {
+                Ok(()) => info!("SIGHUP: reloaded {}", path.display()),
+                Err(e) => error!("SIGHUP: {} not applied: {e}", path.display()),
+            },
+            Err(e) => error!("SIGHUP: {e}; keeping the running configuration"),
+        }
+    }
+
+    /// Pingora waits the whole grace period after SIGTERM; exit as soon as nothing is in
+    /// flight instead (listeners are closed by then, idle keep-alive connections are dropped).
+    fn exit_when_idle(&self) {
+        let shared = self.shared.clone();
+        let grace = shared.config().grace_period;
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            std::thread::sleep(Duration::from_millis(200));
+            while start.elapsed() < grace {
+                if shared.in_flight.load(Relaxed) <= 0 {
+                    info!("graceful shutdown: no request in flight, exiting");
+                    std::process::exit(0);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let streams = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        );
+        let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut quit)) = streams else {
+            error!("cannot install signal handlers; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload(),
+                _ = term.recv() => {
+                    info!("SIGTERM: draining in-flight requests (grace period {:?})", self.shared.config().grace_period);
+                    self.exit_when_idle();
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The Redis schema shared by proxies, `ctl` and deploy pipelines. (Being written.)
