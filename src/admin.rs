@@ -76,7 +76,9 @@ fn reply(code: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         .header(http::header::CONTENT_TYPE, content_type)
         .header(http::header::CONTENT_LENGTH, body.len())
         .header(http::header::CACHE_CONTROL, "no-store");
-    builder.body(body).unwrap_or_else(|_| Response::new(Vec::new()))
+    builder
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
 #[async_trait]
@@ -94,7 +96,11 @@ impl ServeHttp for AdminApp {
                 reply(200, "application/json", body)
             }
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
-            _ => reply(404, "text/plain", b"not found: try /metrics or /status\n".to_vec()),
+            _ => reply(
+                404,
+                "text/plain",
+                b"not found: try /metrics or /status\n".to_vec(),
+            ),
         }
     }
 }

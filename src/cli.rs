@@ -7,7 +7,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "canary-lb", version, about = "Edge load balancer with sticky canary routing")]
+#[command(
+    name = "canary-lb",
+    version,
+    about = "Edge load balancer with sticky canary routing"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

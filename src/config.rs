@@ -15,17 +15,6 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// Environment variables that override the file (applied after parsing, validated the same way).
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
-    ("CANARY_LB_LISTEN", "listen (comma-separated list of ip:port)"),
-    ("CANARY_LB_THREADS", "threads"),
-    ("CANARY_LB_METRICS_LISTEN", "metrics_listen"),
-    ("CANARY_LB_CANARY_PERCENT", "routing.canary_percent"),
-    ("CANARY_LB_SALT", "routing.salt"),
-    ("CANARY_LB_REDIS_URL", "discovery.url (and selects provider: redis)"),
-    ("CANARY_LB_NAMESPACE", "discovery.namespace"),
-];
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -92,29 +81,48 @@ pub struct ServerSpec {
 
 impl<'de> Deserialize<'de> for ServerSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Short(String),
-            Long(LongSpec),
+        // A visitor rather than an untagged enum, so errors keep the element's path and line.
+        struct SpecVisitor;
+        impl<'de> serde::de::Visitor<'de> for SpecVisitor {
+            type Value = ServerSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port\" or { addr: \"host:port\", weight: N }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ServerSpec, E> {
+                Ok(ServerSpec {
+                    addr: ServerAddr::parse(v).map_err(E::custom)?,
+                    weight: Weight::default(),
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ServerSpec, A::Error> {
+                use serde::de::Error;
+                let (mut addr, mut weight) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "addr" => {
+                            let a: String = map.next_value()?;
+                            addr = Some(ServerAddr::parse(&a).map_err(A::Error::custom)?);
+                        }
+                        "weight" => {
+                            let w: i64 = map.next_value()?;
+                            weight = Some(Weight::new(w).map_err(A::Error::custom)?);
+                        }
+                        other => return Err(A::Error::unknown_field(other, &["addr", "weight"])),
+                    }
+                }
+                Ok(ServerSpec {
+                    addr: addr.ok_or_else(|| A::Error::missing_field("addr"))?,
+                    weight: weight.unwrap_or_default(),
+                })
+            }
         }
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct LongSpec {
-            addr: String,
-            #[serde(default)]
-            weight: Option<i64>,
-        }
-        let (addr, weight) = match Raw::deserialize(d)? {
-            Raw::Short(addr) => (addr, None),
-            Raw::Long(l) => (l.addr, l.weight),
-        };
-        let addr = ServerAddr::parse(&addr).map_err(serde::de::Error::custom)?;
-        let weight = match weight {
-            None => Weight::default(),
-            Some(w) => Weight::new(w).map_err(serde::de::Error::custom)?,
-        };
-        Ok(ServerSpec { addr, weight })
+        d.deserialize_any(SpecVisitor)
     }
 }
 
@@ -144,7 +152,9 @@ impl ServerAddr {
                 .split('.')
                 .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
         if port == 0 || !host_ok {
-            return Err(format!("server address `{s}` must be ip:port or hostname:port"));
+            return Err(format!(
+                "server address `{s}` must be ip:port or hostname:port"
+            ));
         }
         Ok(ServerAddr(s.to_string()))
     }
@@ -290,7 +300,10 @@ impl Default for HealthCheckConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveHealthConfig {
-    #[serde(default = "default_max_failures", deserialize_with = "de_threshold_u32")]
+    #[serde(
+        default = "default_max_failures",
+        deserialize_with = "de_threshold_u32"
+    )]
     pub max_failures: u32,
     #[serde(default = "default_cool_off", with = "humantime_serde")]
     pub cool_off: Duration,
@@ -466,7 +479,9 @@ impl Config {
         }
         if let Some(m) = self.metrics_listen {
             if self.listen.contains(&m) {
-                return Err(format!("metrics_listen: {m} is also a proxy listen address"));
+                return Err(format!(
+                    "metrics_listen: {m} is also a proxy listen address"
+                ));
             }
         }
         for (name, value) in [
@@ -475,12 +490,16 @@ impl Config {
             ("routing.user_cookie", &self.routing.user_cookie),
         ] {
             if value.is_empty() || !value.bytes().all(is_token_byte) {
-                return Err(format!("{name}: `{value}` is not a valid header/cookie name"));
+                return Err(format!(
+                    "{name}: `{value}` is not a valid header/cookie name"
+                ));
             }
         }
         if let Some(h) = &self.routing.user_header {
             if h.is_empty() || !h.bytes().all(is_token_byte) {
-                return Err(format!("routing.user_header: `{h}` is not a valid header name"));
+                return Err(format!(
+                    "routing.user_header: `{h}` is not a valid header name"
+                ));
             }
         }
         if !self.health_check.path.starts_with('/') {
@@ -493,8 +512,7 @@ impl Config {
             return Err("discovery.resync_interval: must be at least 100ms".into());
         }
         if self.discovery.provider == Provider::Redis {
-            validate_redis_url(&self.discovery.url)
-                .map_err(|e| format!("discovery.url: {e}"))?;
+            validate_redis_url(&self.discovery.url).map_err(|e| format!("discovery.url: {e}"))?;
         }
         for (pool, p) in [
             ("production", &self.pools.production),
@@ -517,8 +535,10 @@ impl Config {
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let err = |var: &'static str, message: String| ConfigError::Env { var, message };
         if let Some(v) = get("CANARY_LB_LISTEN") {
-            let list: Result<Vec<SocketAddr>, _> =
-                v.split(',').map(|s| s.trim().parse::<SocketAddr>()).collect();
+            let list: Result<Vec<SocketAddr>, _> = v
+                .split(',')
+                .map(|s| s.trim().parse::<SocketAddr>())
+                .collect();
             self.listen = list.map_err(|e| err("CANARY_LB_LISTEN", format!("`{v}`: {e}")))?;
         }
         if let Some(v) = get("CANARY_LB_THREADS") {
@@ -552,7 +572,8 @@ impl Config {
             }
             self.discovery.namespace = v;
         }
-        self.validate().map_err(|message| err("CANARY_LB_*", message))
+        self.validate()
+            .map_err(|message| err("CANARY_LB_*", message))
     }
 }
 
@@ -602,7 +623,9 @@ fn de_threads<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     if (1..=256).contains(&n) {
         Ok(n as usize)
     } else {
-        Err(serde::de::Error::custom(format!("threads must be 1..=256, got {n}")))
+        Err(serde::de::Error::custom(format!(
+            "threads must be 1..=256, got {n}"
+        )))
     }
 }
 
@@ -615,7 +638,9 @@ fn de_threshold_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     if (1..=100).contains(&n) {
         Ok(n as u32)
     } else {
-        Err(serde::de::Error::custom(format!("must be 1..=100, got {n}")))
+        Err(serde::de::Error::custom(format!(
+            "must be 1..=100, got {n}"
+        )))
     }
 }
 
@@ -624,7 +649,9 @@ fn de_tries<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     if (1..=10).contains(&n) {
         Ok(n as usize)
     } else {
-        Err(serde::de::Error::custom(format!("max_tries must be 1..=10, got {n}")))
+        Err(serde::de::Error::custom(format!(
+            "max_tries must be 1..=10, got {n}"
+        )))
     }
 }
 
@@ -789,9 +816,17 @@ routing:
                 "pools.production.servers[0]",
                 "line 3",
             ),
-            ("routing:\n  canary_percent: 150\n", "routing.canary_percent", "line 2"),
+            (
+                "routing:\n  canary_percent: 150\n",
+                "routing.canary_percent",
+                "line 2",
+            ),
             ("threads: 2\nlisten: nowhere\n", "listen", "line 2"),
-            ("health_check:\n  interval: soon\n", "health_check.interval", "line 2"),
+            (
+                "health_check:\n  interval: soon\n",
+                "health_check.interval",
+                "line 2",
+            ),
             ("routing:\n  canary_pct: 5\n", "canary_pct", "line 2"),
         ];
         for (text, key, line) in cases {
@@ -803,10 +838,22 @@ routing:
 
     #[test]
     fn bad_server_addresses_are_refused() {
-        for bad in ["127.0.0.1", "host:", ":80", "a b:80", "127.0.0.1:0", "h:99999"] {
+        for bad in [
+            "127.0.0.1",
+            "host:",
+            ":80",
+            "a b:80",
+            "127.0.0.1:0",
+            "h:99999",
+        ] {
             assert!(ServerAddr::parse(bad).is_err(), "{bad} should be refused");
         }
-        for good in ["127.0.0.1:80", "[::1]:8080", "app-1.internal:3000", "localhost:1"] {
+        for good in [
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "app-1.internal:3000",
+            "localhost:1",
+        ] {
             assert!(ServerAddr::parse(good).is_ok(), "{good} should parse");
         }
     }
@@ -861,7 +908,9 @@ impl PoolKind {
         match s {
             "production" => Ok(PoolKind::Production),
             "canary" => Ok(PoolKind::Canary),
-            _ => Err(format!("unknown pool `{s}` (expected production or canary)")),
+            _ => Err(format!(
+                "unknown pool `{s}` (expected production or canary)"
+            )),
         }
     }
 }

@@ -1,20 +1,546 @@
-//! `canary-lb ctl`: writes to the Redis control plane. (Being written.)
+//! `canary-lb ctl`: the operator's and the deploy job's way to change the Redis control plane.
+//!
+//! Every command validates its input before it connects, so a typo (`--pool canry`, weight `0`,
+//! percent `150`) is refused with a message naming the value and nothing is written. The writes
+//! themselves live in [`crate::store`], which owns the schema; this module resolves where Redis
+//! is, turns arguments into typed values, and prints the result for a person.
+//!
+//! `register --heartbeat` (and `canary-lb app --register-redis`, through [`heartbeat`]) keeps a
+//! lease alive: it renews every ttl/3, so two renewals may fail before the server drops out,
+//! keeps retrying while Redis is unreachable, and deregisters on SIGTERM/SIGINT so a clean
+//! shutdown leaves the pool at once instead of when the lease lapses.
 
-use crate::cli::CtlArgs;
+use std::time::Duration;
 
-pub fn run(_args: CtlArgs) -> anyhow::Result<()> {
-    anyhow::bail!("ctl is not built yet")
+use anyhow::{anyhow, bail, Context};
+use redis::aio::MultiplexedConnection;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::cli::{CanaryCommand, CtlArgs, CtlCommand};
+use crate::config::{redact_url, Config, Percent, PoolKind, ServerAddr, Weight};
+use crate::store::{self, Keys, Status, StoreError, SERVING_FRESH_MS};
+
+const DEFAULT_NAMESPACE: &str = "canary-lb";
+/// Lease length of `register --heartbeat` without `--ttl`.
+const DEFAULT_HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+/// Shorter leases leave no room for a renewal to cross the network.
+const MIN_TTL: Duration = Duration::from_secs(1);
+/// Bounds every Redis call, so an unreachable Redis is reported instead of hanging.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where the control plane lives.
+struct Target {
+    url: String,
+    keys: Keys,
+}
+
+/// A validated `ctl` command.
+enum Op {
+    Register {
+        pool: PoolKind,
+        addr: ServerAddr,
+        weight: Option<Weight>,
+        ttl: Option<Duration>,
+        heartbeat: bool,
+    },
+    Deregister(PoolKind, ServerAddr),
+    Drain(PoolKind, ServerAddr),
+    Undrain(PoolKind, ServerAddr),
+    SetWeight(PoolKind, ServerAddr, Weight),
+    CanarySet(Percent),
+    CanaryGet,
+    Status,
+}
+
+pub fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let op = parse_op(args.command)?;
+    let target = resolve_target(args.redis, args.config, args.namespace)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(execute(op, &target))
 }
 
 /// Register `addr` in `pool` with a lease and renew it until SIGTERM/SIGINT, then deregister.
 /// Used by `ctl register --heartbeat` and by `canary-lb app --register-redis`.
 pub async fn heartbeat(
-    _redis_url: &str,
-    _namespace: &str,
-    _pool: &str,
-    _addr: &str,
-    _weight: Option<i64>,
-    _ttl: std::time::Duration,
+    redis_url: &str,
+    namespace: &str,
+    pool: &str,
+    addr: &str,
+    weight: Option<i64>,
+    ttl: std::time::Duration,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("heartbeat is not built yet")
+    let pool = PoolKind::parse(pool).map_err(|e| anyhow!(e))?;
+    let addr = ServerAddr::parse(addr).map_err(|e| anyhow!(e))?;
+    let weight = weight
+        .map(Weight::new)
+        .transpose()
+        .map_err(|e| anyhow!(e))?;
+    check_ttl(ttl)?;
+    let client = open_client(redis_url)?;
+    run_heartbeat(
+        &client,
+        redis_url,
+        &Keys::new(namespace),
+        pool,
+        &addr,
+        weight,
+        ttl,
+    )
+    .await
+}
+
+fn parse_op(command: CtlCommand) -> anyhow::Result<Op> {
+    let pool = |p: &str| PoolKind::parse(p).map_err(|e| anyhow!(e));
+    let addr = |a: &str| ServerAddr::parse(a).map_err(|e| anyhow!(e));
+    let weight = |w: i64| Weight::new(w).map_err(|e| anyhow!(e));
+    Ok(match command {
+        CtlCommand::Register {
+            pool: p,
+            addr: a,
+            weight: w,
+            ttl,
+            heartbeat,
+        } => {
+            let ttl = match (ttl, heartbeat) {
+                (None, true) => Some(DEFAULT_HEARTBEAT_TTL),
+                (ttl, _) => ttl,
+            };
+            if let Some(ttl) = ttl {
+                check_ttl(ttl)?;
+            }
+            Op::Register {
+                pool: pool(&p)?,
+                addr: addr(&a)?,
+                weight: w.map(weight).transpose()?,
+                ttl,
+                heartbeat,
+            }
+        }
+        CtlCommand::Deregister { pool: p, addr: a } => Op::Deregister(pool(&p)?, addr(&a)?),
+        CtlCommand::Drain { pool: p, addr: a } => Op::Drain(pool(&p)?, addr(&a)?),
+        CtlCommand::Undrain { pool: p, addr: a } => Op::Undrain(pool(&p)?, addr(&a)?),
+        CtlCommand::Weight {
+            pool: p,
+            addr: a,
+            weight: w,
+        } => Op::SetWeight(pool(&p)?, addr(&a)?, weight(w)?),
+        CtlCommand::Canary {
+            command: CanaryCommand::Set { percent },
+        } => Op::CanarySet(Percent::parse(&percent).map_err(|e| anyhow!(e))?),
+        CtlCommand::Canary {
+            command: CanaryCommand::Get,
+        } => Op::CanaryGet,
+        CtlCommand::Status => Op::Status,
+    })
+}
+
+fn check_ttl(ttl: Duration) -> anyhow::Result<()> {
+    if ttl < MIN_TTL {
+        bail!(
+            "--ttl must be at least {}, got {}",
+            humantime::format_duration(MIN_TTL),
+            humantime::format_duration(ttl)
+        );
+    }
+    Ok(())
+}
+
+/// `--redis` (or CANARY_LB_REDIS_URL, via clap), else `--config`'s discovery.url; the namespace
+/// from `--namespace`, else the config's, else `canary-lb`.
+fn resolve_target(
+    redis: Option<String>,
+    config: Option<std::path::PathBuf>,
+    namespace: Option<String>,
+) -> anyhow::Result<Target> {
+    let config = config.map(|path| Config::load(&path)).transpose()?;
+    let url = match (redis, &config) {
+        (Some(url), _) => url,
+        (None, Some(c)) => c.discovery.url.clone(),
+        (None, None) => {
+            bail!("no Redis URL: pass --redis URL, set CANARY_LB_REDIS_URL or pass --config FILE")
+        }
+    };
+    let namespace = namespace
+        .or_else(|| config.map(|c| c.discovery.namespace))
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    if namespace.is_empty() {
+        bail!("--namespace must not be empty");
+    }
+    Ok(Target {
+        url,
+        keys: Keys::new(&namespace),
+    })
+}
+
+fn open_client(url: &str) -> anyhow::Result<redis::Client> {
+    redis::Client::open(url)
+        .map_err(|e| anyhow!("`{}` is not a usable Redis URL: {e}", redact_url(url)))
+}
+
+async fn connect(client: &redis::Client, url: &str) -> anyhow::Result<MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| anyhow!("cannot reach Redis at {}: {e}", redact_url(url)))
+}
+
+async fn execute(op: Op, target: &Target) -> anyhow::Result<()> {
+    let client = open_client(&target.url)?;
+    let keys = &target.keys;
+    if let Op::Register {
+        pool,
+        addr,
+        weight,
+        ttl: Some(ttl),
+        heartbeat: true,
+    } = &op
+    {
+        return run_heartbeat(&client, &target.url, keys, *pool, addr, *weight, *ttl).await;
+    }
+    let mut conn = connect(&client, &target.url).await?;
+    let c = &mut conn;
+    match op {
+        Op::Register {
+            pool,
+            addr,
+            weight,
+            ttl,
+            ..
+        } => {
+            store::register(c, keys, pool, &addr, weight, ttl).await?;
+            let lease = ttl.map_or("no lease".to_string(), |t| {
+                format!("lease {}", humantime::format_duration(t))
+            });
+            let weight = weight.map_or(String::new(), |w| format!(", weight {}", w.get()));
+            println!("registered {addr} in {pool} ({lease}{weight})");
+        }
+        Op::Deregister(pool, addr) => {
+            if store::deregister(c, keys, pool, &addr).await? {
+                println!("deregistered {addr} from {pool}");
+            } else {
+                println!("{addr} was not registered in {pool}; nothing to do");
+            }
+        }
+        Op::Drain(pool, addr) => {
+            store::drain(c, keys, pool, &addr).await.map_err(explain)?;
+            println!("draining {addr} in {pool}: it gets no new requests");
+        }
+        Op::Undrain(pool, addr) => {
+            if store::undrain(c, keys, pool, &addr).await? {
+                println!("{addr} in {pool} is back in rotation");
+            } else {
+                println!("{addr} in {pool} was not draining; nothing to do");
+            }
+        }
+        Op::SetWeight(pool, addr, weight) => {
+            store::set_weight(c, keys, pool, &addr, weight)
+                .await
+                .map_err(explain)?;
+            println!("weight of {addr} in {pool} set to {}", weight.get());
+        }
+        Op::CanarySet(percent) => {
+            store::set_canary_percent(c, keys, percent).await?;
+            println!("canary percent set to {}", percent.as_f64());
+        }
+        Op::CanaryGet => match store::get_canary_percent(c, keys).await? {
+            Some(p) => println!("{}", p.as_f64()),
+            None => println!("unset (the proxies use routing.canary_percent from their config)"),
+        },
+        Op::Status => {
+            let status = store::read_status(c, keys).await?;
+            print!(
+                "{}",
+                format_status(&status, keys, &redact_url(&target.url), store::now_ms())
+            );
+        }
+    }
+    Ok(())
+}
+
+fn explain(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::NotRegistered { .. } => anyhow!("{e} (register it first)"),
+        e => anyhow!(e),
+    }
+}
+
+/// SIGTERM or SIGINT, whichever comes first.
+struct ShutdownSignal {
+    term: Signal,
+    int: Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> anyhow::Result<Self> {
+        Ok(ShutdownSignal {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Renew the lease every ttl/3 until a signal; on failure retry sooner and reconnect.
+async fn run_heartbeat(
+    client: &redis::Client,
+    url: &str,
+    keys: &Keys,
+    pool: PoolKind,
+    addr: &ServerAddr,
+    weight: Option<Weight>,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    // Installed before the first registration, so a signal never finds the server registered
+    // and the process without a handler.
+    let mut shutdown = ShutdownSignal::install()?;
+    let renew_every = Duration::from_millis((ttl / 3).as_millis() as u64);
+    let retry_after = renew_every.min(Duration::from_secs(1));
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut healthy = None;
+    let signal_name = loop {
+        let result = renew(client, url, &mut conn, keys, pool, addr, weight, ttl).await;
+        let wait = match result {
+            Ok(()) => {
+                if healthy != Some(true) {
+                    log::info!(
+                        "registered {addr} in {pool} at {} with a {} lease, renewing every {}",
+                        redact_url(url),
+                        humantime::format_duration(ttl),
+                        humantime::format_duration(renew_every)
+                    );
+                }
+                healthy = Some(true);
+                renew_every
+            }
+            Err(e) => {
+                if healthy != Some(false) {
+                    log::warn!("cannot renew the lease of {addr} in {pool}: {e:#}; retrying");
+                }
+                healthy = Some(false);
+                conn = None;
+                retry_after
+            }
+        };
+        tokio::select! {
+            name = shutdown.recv() => break name,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    };
+    log::info!("{signal_name}: deregistering {addr} from {pool}");
+    // A few quick attempts; if Redis stays away the lease lapses within `ttl` anyway.
+    let deadline = tokio::time::Instant::now() + ttl.min(Duration::from_secs(5));
+    loop {
+        let attempt = async {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => conn.insert(connect(client, url).await?),
+            };
+            store::deregister(c, keys, pool, addr).await?;
+            anyhow::Ok(())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                log::warn!(
+                    "cannot deregister {addr} from {pool}: {e:#}; its lease lapses within {}",
+                    humantime::format_duration(ttl)
+                );
+                return Ok(());
+            }
+            Err(_) => {
+                conn = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn renew(
+    client: &redis::Client,
+    url: &str,
+    conn: &mut Option<MultiplexedConnection>,
+    keys: &Keys,
+    pool: PoolKind,
+    addr: &ServerAddr,
+    weight: Option<Weight>,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    let c = match conn.as_mut() {
+        Some(c) => c,
+        None => conn.insert(connect(client, url).await?),
+    };
+    store::register(c, keys, pool, addr, weight, Some(ttl)).await?;
+    Ok(())
+}
+
+/// `12s`, `none` or `expired`.
+fn lease_left(expiry_ms: Option<u64>, now_ms: u64) -> String {
+    match expiry_ms {
+        None => "none".to_string(),
+        Some(t) if t > now_ms => format!("{}s", (t - now_ms).div_ceil(1000)),
+        Some(_) => "expired".to_string(),
+    }
+}
+
+fn format_status(status: &Status, keys: &Keys, url: &str, now_ms: u64) -> String {
+    let mut out = format!("redis {url}, namespace {}\n", keys.namespace());
+    match status.canary_percent {
+        Some(p) => out += &format!("canary percent: {}\n", p.as_f64()),
+        None if status.problems.iter().any(|p| p.kind == "canary_percent") => {
+            out += "canary percent: invalid, ignored (see problems below)\n"
+        }
+        None => out += "canary percent: unset (the proxies use their config)\n",
+    }
+    match &status.salt {
+        Some(s) => out += &format!("salt: {s:?}\n"),
+        None => out += "salt: unset (the proxies use their config)\n",
+    }
+    for pool in PoolKind::ALL {
+        out += &format!("\n{pool}\n");
+        let rows = status.pool(pool);
+        if rows.is_empty() {
+            out += "  (no servers)\n";
+            continue;
+        }
+        let mut table = vec![[
+            "SERVER".to_string(),
+            "WEIGHT".to_string(),
+            "LEASE".to_string(),
+            "DRAINING".to_string(),
+            "SERVING".to_string(),
+        ]];
+        for row in rows {
+            let s = &row.server;
+            let serving = row
+                .serving_seen_ms
+                .is_some_and(|seen| seen + SERVING_FRESH_MS >= now_ms);
+            table.push([
+                s.addr.to_string(),
+                s.weight.get().to_string(),
+                lease_left(s.lease_expiry_ms, now_ms),
+                yes_no(s.draining),
+                yes_no(serving),
+            ]);
+        }
+        let widths: Vec<usize> = (0..5)
+            .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        for r in &table {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            out += &format!("  {}\n", line.join("  ").trim_end());
+        }
+    }
+    if !status.problems.is_empty() {
+        out += "\nproblems (these entries are ignored by the proxies):\n";
+        for p in &status.problems {
+            out += &format!("  {} [{}]: {}\n", p.key, p.kind, p.detail);
+        }
+    }
+    out
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ServerStatus, StoredServer};
+
+    #[test]
+    fn lease_left_is_rounded_up_seconds() {
+        assert_eq!(lease_left(None, 1000), "none");
+        assert_eq!(lease_left(Some(13_000), 1000), "12s");
+        assert_eq!(lease_left(Some(1001), 1000), "1s");
+        assert_eq!(lease_left(Some(1000), 1000), "expired");
+    }
+
+    #[test]
+    fn status_table_has_every_column() {
+        let now = 100_000;
+        let server = |addr: &str, expiry, draining| StoredServer {
+            addr: ServerAddr::parse(addr).expect("valid"),
+            weight: Weight::new(2).expect("valid"),
+            lease_expiry_ms: expiry,
+            draining,
+        };
+        let status = Status {
+            production: vec![ServerStatus {
+                server: server("10.0.0.1:80", None, false),
+                serving_seen_ms: Some(now - 1000),
+            }],
+            canary: vec![ServerStatus {
+                server: server("10.0.0.7:3000", Some(now + 12_000), true),
+                serving_seen_ms: Some(now - 60_000),
+            }],
+            canary_percent: Percent::parse("12.5").ok(),
+            salt: Some("r1".into()),
+            problems: vec![],
+        };
+        let text = format_status(&status, &Keys::new("ns"), "redis://h/0", now);
+        assert!(text.contains("canary percent: 12.5"), "{text}");
+        assert!(text.contains("salt: \"r1\""), "{text}");
+        let prod = text
+            .lines()
+            .find(|l| l.contains("10.0.0.1:80"))
+            .expect("row");
+        assert_eq!(
+            prod.split_whitespace().collect::<Vec<_>>(),
+            ["10.0.0.1:80", "2", "none", "no", "yes"]
+        );
+        let canary = text
+            .lines()
+            .find(|l| l.contains("10.0.0.7:3000"))
+            .expect("row");
+        assert_eq!(
+            canary.split_whitespace().collect::<Vec<_>>(),
+            ["10.0.0.7:3000", "2", "12s", "yes", "no"]
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused_before_connecting() {
+        let register = |pool: &str, addr: &str, weight| CtlCommand::Register {
+            pool: pool.into(),
+            addr: addr.into(),
+            weight,
+            ttl: None,
+            heartbeat: false,
+        };
+        let cases = [
+            (register("canry", "10.0.0.1:80", None), "canry"),
+            (register("canary", "nowhere", None), "nowhere"),
+            (register("canary", "10.0.0.1:80", Some(0)), "0"),
+            (
+                CtlCommand::Canary {
+                    command: CanaryCommand::Set {
+                        percent: "150".into(),
+                    },
+                },
+                "150",
+            ),
+        ];
+        for (cmd, value) in cases {
+            let e = parse_op(cmd).err().expect("refused").to_string();
+            assert!(e.contains(value), "`{e}` should name `{value}`");
+        }
+    }
 }

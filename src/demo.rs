@@ -73,7 +73,10 @@ pub fn run_app(args: AppArgs) -> anyhow::Result<()> {
         };
         server.add_service(background_service("redis registration", registration));
     }
-    info!("demo app {name} (pool {}) listening on {}", args.pool, args.listen);
+    info!(
+        "demo app {name} (pool {}) listening on {}",
+        args.pool, args.listen
+    );
     server.run_forever()
 }
 
@@ -127,7 +130,9 @@ fn parse_action(path: &str, query: Option<&str>) -> Action {
             None => Action::Slow(DEFAULT_SLOW),
             Some(v) => match v.parse::<u64>() {
                 Ok(ms) => Action::Slow(Duration::from_millis(ms).min(MAX_SLOW)),
-                Err(_) => Action::BadRequest(format!("ms must be a number of milliseconds, got `{v}`")),
+                Err(_) => {
+                    Action::BadRequest(format!("ms must be a number of milliseconds, got `{v}`"))
+                }
             },
         };
     }
@@ -184,7 +189,11 @@ impl ServeHttp for DemoApp {
         };
         // 204 and 304 must not carry a body (nor, for 204, a Content-Length).
         let no_body = status == 204 || status == 304;
-        let body = if no_body { Vec::new() } else { body.into_bytes() };
+        let body = if no_body {
+            Vec::new()
+        } else {
+            body.into_bytes()
+        };
 
         let mut builder = Response::builder()
             .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST))

@@ -256,10 +256,6 @@ impl Pool {
         }
     }
 
-    pub fn wanted(&self) -> Arc<Vec<WantedServer>> {
-        self.feed.wanted.load_full()
-    }
-
     /// Run discovery (resolve names, rebuild the selector if membership changed).
     pub async fn refresh(&self) {
         let _guard = self.update_lock.lock().await;
@@ -285,12 +281,16 @@ impl Pool {
     }
 
     /// Pick a server in rotation (healthy, not draining, not ejected) that is not in `skip`.
-    pub fn select(&self, key: &[u8], skip: &[SocketAddr]) -> Option<(SocketAddr, Arc<ServerState>)> {
+    pub fn select(
+        &self,
+        key: &[u8],
+        skip: &[SocketAddr],
+    ) -> Option<(SocketAddr, Arc<ServerState>)> {
         let accept = |b: &Backend, healthy: bool| {
             healthy
-                && b.ext.get::<Arc<ServerState>>().is_some_and(|s| {
-                    !s.draining() && !s.ejected() && !skip.contains(&s.addr)
-                })
+                && b.ext
+                    .get::<Arc<ServerState>>()
+                    .is_some_and(|s| !s.draining() && !s.ejected() && !skip.contains(&s.addr))
         };
         let backend = match &self.lb {
             Selector::RoundRobin(lb) => lb.select_with(key, 256, accept),
@@ -298,11 +298,6 @@ impl Pool {
         }?;
         let state = backend.ext.get::<Arc<ServerState>>()?.clone();
         Some((state.addr, state))
-    }
-
-    /// Whether the pool has any server in rotation right now.
-    pub fn has_server_in_rotation(&self) -> bool {
-        self.select(b"", &[]).is_some()
     }
 
     pub fn record_failure(&self, state: &ServerState) {

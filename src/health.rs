@@ -9,11 +9,11 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 
-use crate::config::{CheckKind, HealthCheckConfig};
+use crate::config::{CheckKind, HealthCheckConfig, PoolKind};
 
 pub type Checker = Box<dyn HealthCheck + Send + Sync>;
 
-pub fn checker(cfg: &HealthCheckConfig) -> anyhow::Result<Checker> {
+pub fn checker(cfg: &HealthCheckConfig, pool: PoolKind) -> anyhow::Result<Checker> {
     match cfg.kind {
         CheckKind::Tcp => {
             let mut hc = TcpHealthCheck::new();
@@ -28,6 +28,7 @@ pub fn checker(cfg: &HealthCheckConfig) -> anyhow::Result<Checker> {
             hc.consecutive_success = cfg.healthy_threshold;
             hc.consecutive_failure = cfg.unhealthy_threshold;
             hc.reuse_connection = false;
+            hc.set_backend_summary(move |b| format!("pool {pool}: server {}", b.addr));
             let mut req = RequestHeader::build("GET", cfg.path.as_bytes(), None)?;
             req.insert_header("Host", cfg.host.as_str())?;
             req.insert_header("User-Agent", "canary-lb-health")?;

@@ -248,9 +248,15 @@ impl Metrics {
                 self.server_up.with_label_values(&[p, &s.addr]).set(up);
                 now.insert((pool.kind, s.addr));
             }
-            self.pool_servers.with_label_values(&[p, "healthy"]).set(healthy);
-            self.pool_servers.with_label_values(&[p, "unhealthy"]).set(unhealthy);
-            self.pool_servers.with_label_values(&[p, "draining"]).set(draining);
+            self.pool_servers
+                .with_label_values(&[p, "healthy"])
+                .set(healthy);
+            self.pool_servers
+                .with_label_values(&[p, "unhealthy"])
+                .set(unhealthy);
+            self.pool_servers
+                .with_label_values(&[p, "draining"])
+                .set(draining);
         }
         let mut seen = self
             .seen_servers

@@ -236,7 +236,11 @@ impl ProxyHttp for CanaryProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
             let xff = match upstream.headers.get(X_FORWARDED_FOR) {
                 Some(prev) => {
                     let mut v = Vec::with_capacity(prev.len() + 41);
@@ -252,16 +256,12 @@ impl ProxyHttp for CanaryProxy {
             }
         }
         upstream.insert_header("x-forwarded-proto", "http")?;
-        let host = upstream
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| {
-                upstream
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
+        let host = upstream.headers.get(header::HOST).cloned().or_else(|| {
+            upstream
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         if let Some(host) = host {
             upstream.insert_header("x-forwarded-host", host)?;
         }
@@ -335,7 +335,9 @@ impl ProxyHttp for CanaryProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
-            self.shared.metrics.record_upstream(pool, &server.label, None);
+            self.shared
+                .metrics
+                .record_upstream(pool, &server.label, None);
             self.shared.pools.get(pool).record_failure(server);
             ctx.tried.push(server.addr);
         }
@@ -357,7 +359,9 @@ impl ProxyHttp for CanaryProxy {
         let response_started = session.as_ref().response_written().is_some();
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
             if !response_started {
-                self.shared.metrics.record_upstream(pool, &server.label, None);
+                self.shared
+                    .metrics
+                    .record_upstream(pool, &server.label, None);
             }
         }
         let req = session.req_header();

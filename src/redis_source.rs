@@ -1,11 +1,221 @@
-//! Redis discovery: follows the store (see `store.rs`) and feeds the pools. (Being written.)
+//! Redis discovery: follows the shared store (schema in `store.rs`) and feeds the pools.
+//!
+//! One task per proxy. It subscribes to `ns:events` *before* reading, so no change can slip
+//! between the read and the subscription; it then re-reads the whole store (one pipelined round
+//! trip) on every event, every `resync_interval`, and when the next lease runs out. A missed
+//! message, a write made with plain `redis-cli` without PUBLISH, or an expired lease therefore
+//! never leaves the proxy stale for longer than `resync_interval`.
+//!
+//! When Redis is lost, the pools keep their last known servers (and keep being health-checked);
+//! the task reconnects with a capped backoff, resubscribes and resyncs. Bad entries are logged
+//! once, counted, and skipped by `store::read_snapshot`; the rest keeps serving.
 
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::StreamExt;
+use log::{info, warn};
 use pingora_core::server::ShutdownWatch;
+use redis::AsyncConnectionConfig;
 
-use crate::state::Shared;
+use crate::config::PoolKind;
+use crate::discovery::WantedServer;
+use crate::state::{RoutingOverrides, Shared};
+use crate::store::{self, Keys, Snapshot};
 
-pub async fn run(_shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
-    let _ = shutdown.changed().await;
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often this proxy reports the servers it has in rotation (`ns:serving:pool`).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
+    let config = shared.config();
+    let url = config.discovery.url.clone();
+    let redacted = crate::config::redact_url(&url);
+    let client = match redis::Client::open(url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            shared
+                .discovery
+                .set_error(format!("bad redis url {redacted}: {e}"));
+            return;
+        }
+    };
+    let mut follower = Follower {
+        shared: shared.clone(),
+        keys: Keys::new(&config.discovery.namespace),
+        resync: config.discovery.resync_interval,
+        problems: HashSet::new(),
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let outcome = follower.follow(&client, &mut shutdown, &mut backoff).await;
+        let Err(e) = outcome else { return };
+        let e = format!("redis {redacted}: {e}");
+        // Log the outage once, not every retry.
+        if first || shared.discovery.up.load(Relaxed) {
+            warn!("{e}; serving the last known servers and retrying");
+        } else {
+            log::debug!("{e}");
+        }
+        first = false;
+        shared.discovery.set_error(e);
+        shared.metrics.discovery_up.set(0);
+        shared.metrics.discovery_error("unreachable");
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+struct Follower {
+    shared: Arc<Shared>,
+    keys: Keys,
+    resync: Duration,
+    /// Problems already logged, so each is logged once while it lasts.
+    problems: HashSet<String>,
+}
+
+impl Follower {
+    /// Follow the store until shutdown (Ok) or until Redis fails (Err).
+    async fn follow(
+        &mut self,
+        client: &redis::Client,
+        shutdown: &mut ShutdownWatch,
+        backoff: &mut Duration,
+    ) -> Result<(), String> {
+        let mut pubsub = timed(client.get_async_pubsub()).await?;
+        timed(pubsub.subscribe(self.keys.events())).await?;
+        let conn_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(IO_TIMEOUT))
+            .set_response_timeout(Some(IO_TIMEOUT));
+        let mut conn =
+            timed(client.get_multiplexed_async_connection_with_config(&conn_config)).await?;
+        let mut next_expiry = self.sync(&mut conn).await?;
+        info!(
+            "redis discovery: following {}",
+            self.shared.discovery.source
+        );
+        *backoff = Duration::from_millis(100);
+
+        let mut messages = pubsub.on_message();
+        let mut resync = tokio::time::interval(self.resync);
+        resync.reset();
+        let mut report = tokio::time::interval(REPORT_EVERY);
+        loop {
+            let until_expiry = next_expiry
+                .map(|at| Duration::from_millis(at.saturating_sub(store::now_ms()) + 1))
+                .unwrap_or(Duration::MAX);
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                msg = messages.next() => {
+                    if msg.is_none() {
+                        return Err("subscription closed".into());
+                    }
+                    next_expiry = self.sync(&mut conn).await?;
+                }
+                _ = resync.tick() => next_expiry = self.sync(&mut conn).await?,
+                _ = tokio::time::sleep(until_expiry) => next_expiry = self.sync(&mut conn).await?,
+                _ = report.tick() => self.report(&mut conn).await?,
+            }
+        }
+    }
+
+    /// Read the whole store and apply it. Returns the earliest lease expiry still ahead.
+    async fn sync(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<Option<u64>, String> {
+        let snap = timed(store::read_snapshot(conn, &self.keys, store::now_ms())).await?;
+        self.shared.metrics.discovery_resyncs.inc();
+        let next_expiry = snap.next_lease_expiry_ms();
+        self.apply(snap);
+        Ok(next_expiry)
+    }
+
+    fn apply(&mut self, snap: Snapshot) {
+        let shared = &self.shared;
+        let mut now_seen = HashSet::new();
+        for p in &snap.problems {
+            let text = format!("{}: {}", p.key, p.detail);
+            if !self.problems.contains(&text) {
+                warn!("redis discovery: skipped bad data at {text}");
+                shared.metrics.discovery_error(p.kind);
+            }
+            now_seen.insert(text);
+        }
+        self.problems = now_seen;
+
+        for kind in PoolKind::ALL {
+            let wanted = snap
+                .pool(kind)
+                .iter()
+                .map(|s| WantedServer {
+                    addr: s.addr.clone(),
+                    weight: s.weight,
+                    draining: s.draining,
+                })
+                .collect();
+            shared.pools.get(kind).set_wanted(wanted);
+        }
+        // A bad value keeps the previous one in force rather than falling back to the file.
+        let current = shared.overrides();
+        let bad = |kind: &str| snap.problems.iter().any(|p| p.kind == kind);
+        let overrides = RoutingOverrides {
+            canary_percent: if bad("canary_percent") {
+                current.canary_percent
+            } else {
+                snap.canary_percent
+            },
+            salt: if bad("salt") {
+                current.salt
+            } else {
+                snap.salt.clone()
+            },
+        };
+        shared.set_overrides(overrides);
+        shared.refresh.notify_one();
+        shared.discovery.set_ok();
+        shared.metrics.discovery_up.set(1);
+    }
+
+    /// Tell the store which servers this proxy has in rotation.
+    async fn report(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<(), String> {
+        for kind in PoolKind::ALL {
+            let serving: Vec<String> = self
+                .shared
+                .pools
+                .get(kind)
+                .view()
+                .into_iter()
+                .filter(|s| s.in_rotation)
+                .map(|s| s.name)
+                .collect();
+            timed(store::report_serving(
+                conn,
+                &self.keys,
+                kind,
+                &serving,
+                store::now_ms(),
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Await a Redis call with the I/O timeout, flattening both failures into a message.
+async fn timed<T>(
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(IO_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {IO_TIMEOUT:?}")),
+    }
 }

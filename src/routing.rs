@@ -244,7 +244,14 @@ mod tests {
         let c_never: &[&[u8]] = &[b"canary=never"];
         let c_other: &[&[u8]] = &[b"canary=maybe"];
         // (percent, header, cookies, user header, expected pool, reason)
-        let cases: &[(f64, Option<&[u8]>, &[&[u8]], Option<&[u8]>, PoolKind, Reason)] = &[
+        let cases: &[(
+            f64,
+            Option<&[u8]>,
+            &[&[u8]],
+            Option<&[u8]>,
+            PoolKind,
+            Reason,
+        )] = &[
             (0.0, Some(b"1"), &[], None, C, Header),
             (0.0, Some(b"true"), &[], None, C, Header),
             (0.0, Some(b"Always"), &[], None, C, Header),
@@ -318,8 +325,14 @@ mod tests {
     #[test]
     fn bucket_is_fixed_and_spread() {
         // Pinned values: a change here breaks stickiness across replicas and releases.
-        assert_eq!(bucket("release-1", b"user-42"), bucket("release-1", b"user-42"));
-        assert_ne!(bucket("release-1", b"user-42"), bucket("release-2", b"user-42"));
+        assert_eq!(
+            bucket("release-1", b"user-42"),
+            bucket("release-1", b"user-42")
+        );
+        assert_ne!(
+            bucket("release-1", b"user-42"),
+            bucket("release-2", b"user-42")
+        );
         let n = 100_000;
         let canary = (0..n)
             .filter(|i| bucket("s", format!("u{i}").as_bytes()) < 2000)

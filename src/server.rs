@@ -27,7 +27,7 @@ use crate::state::Shared;
 /// `canary-lb check`: validate a config file and say what it holds.
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    crate::health::checker(&config.health_check)?;
+    crate::health::checker(&config.health_check, crate::config::PoolKind::Production)?;
     crate::routing::CanaryPolicy::from_config(&config.routing).map_err(anyhow::Error::msg)?;
     println!(
         "{}: OK ({} production and {} canary server(s), discovery: {}, canary_percent: {})",

@@ -55,7 +55,7 @@ impl Shared {
                 kind,
                 pc.balance,
                 config.passive_health.clone(),
-                health::checker(&config.health_check)?,
+                health::checker(&config.health_check, kind)?,
             ))
         };
         let pools = Pools {
@@ -65,6 +65,8 @@ impl Shared {
         let policy = CanaryPolicy::from_config(&config.routing).map_err(anyhow::Error::msg)?;
         let metrics = Metrics::new()?;
         metrics.set_canary_percent(policy.percent.as_f64());
+        let static_provider = config.discovery.provider == Provider::Static;
+        metrics.discovery_up.set(i64::from(static_provider));
         let source = match config.discovery.provider {
             Provider::Static => "config file".to_string(),
             Provider::Redis => crate::config::redact_url(&config.discovery.url),
@@ -75,7 +77,7 @@ impl Shared {
             discovery: DiscoveryStatus {
                 provider: config.discovery.provider,
                 source,
-                up: AtomicBool::new(config.discovery.provider == Provider::Static),
+                up: AtomicBool::new(static_provider),
                 last_sync_ms: AtomicU64::new(0),
                 last_error: Mutex::new(None),
             },

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what building and testing canary-lb needs on Debian/Ubuntu, skipping what is there:
+# cmake and a C compiler (Pingora builds zlib-ng), redis-server (integration tests, demo stack),
+# curl. Run as root or with sudo available. Rust itself comes from rustup (rustc >= 1.85).
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v cc >/dev/null || need+=(gcc)
+command -v c++ >/dev/null || need+=(g++)
+command -v make >/dev/null || need+=(make)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v curl >/dev/null || need+=(curl)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+if [ "${WITH_BENCH:-0}" = 1 ]; then
+  command -v nginx >/dev/null || need+=(nginx)
+  command -v haproxy >/dev/null || need+=(haproxy)
+  command -v wrk >/dev/null || need+=(wrk)
+fi
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found. Install Rust with rustup (https://rustup.rs), then re-run." >&2
+  exit 1
+fi
+echo "setup: ok ($(cargo --version), $(cmake --version | head -1), $(redis-server --version | cut -d' ' -f1-3))"
