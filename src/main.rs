@@ -1,23 +1,8 @@
-//! canary-lb: an edge proxy on Pingora that splits traffic between a `production` and a
-//! `canary` pool. This file only wires the modules together; each concern lives in its own.
-
-mod admin;
-mod cli;
-mod config;
-mod ctl;
-mod demo;
-mod discovery;
-mod health;
-mod metrics;
-mod proxy;
-mod redis_source;
-mod routing;
-mod server;
-mod state;
-mod store;
+//! The `canary-lb` binary: parse the command line and run the chosen command.
 
 use std::process::ExitCode;
 
+use canary_lb::{cli, ctl, demo, server};
 use clap::Parser;
 
 #[cfg(not(target_env = "msvc"))]
