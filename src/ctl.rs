@@ -80,15 +80,16 @@ pub async fn heartbeat(
         .map_err(|e| anyhow!(e))?;
     check_ttl(ttl)?;
     let client = open_client(redis_url)?;
-    run_heartbeat(
-        &client,
+    Lease::new(
+        client,
         redis_url,
-        &Keys::new(namespace),
+        Keys::new(namespace),
         pool,
-        &addr,
+        addr,
         weight,
         ttl,
     )
+    .keep_alive()
     .await
 }
 
@@ -180,10 +181,14 @@ fn open_client(url: &str) -> anyhow::Result<redis::Client> {
         .map_err(|e| anyhow!("`{}` is not a usable Redis URL: {e}", redact_url(url)))
 }
 
-async fn connect(client: &redis::Client, url: &str) -> anyhow::Result<MultiplexedConnection> {
+async fn connect(
+    client: &redis::Client,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(REDIS_TIMEOUT))
-        .set_response_timeout(Some(REDIS_TIMEOUT));
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
@@ -199,11 +204,12 @@ async fn execute(op: Op, target: &Target) -> anyhow::Result<()> {
         weight,
         ttl: Some(ttl),
         heartbeat: true,
-    } = &op
+    } = op
     {
-        return run_heartbeat(&client, &target.url, keys, *pool, addr, *weight, *ttl).await;
+        let lease = Lease::new(client, &target.url, keys.clone(), pool, addr, weight, ttl);
+        return lease.keep_alive().await;
     }
-    let mut conn = connect(&client, &target.url).await?;
+    let mut conn = connect(&client, &target.url, REDIS_TIMEOUT).await?;
     let c = &mut conn;
     match op {
         Op::Register {
@@ -292,98 +298,132 @@ impl ShutdownSignal {
     }
 }
 
-/// Renew the lease every ttl/3 until a signal; on failure retry sooner and reconnect.
-async fn run_heartbeat(
-    client: &redis::Client,
-    url: &str,
-    keys: &Keys,
+/// One server kept registered with a lease until SIGTERM/SIGINT.
+struct Lease {
+    client: redis::Client,
+    url: String,
+    keys: Keys,
     pool: PoolKind,
-    addr: &ServerAddr,
+    addr: ServerAddr,
     weight: Option<Weight>,
     ttl: Duration,
-) -> anyhow::Result<()> {
-    // Installed before the first registration, so a signal never finds the server registered
-    // and the process without a handler.
-    let mut shutdown = ShutdownSignal::install()?;
-    let renew_every = Duration::from_millis((ttl / 3).as_millis() as u64);
-    let retry_after = renew_every.min(Duration::from_secs(1));
-    let mut conn: Option<MultiplexedConnection> = None;
-    let mut healthy = None;
-    let signal_name = loop {
-        let result = renew(client, url, &mut conn, keys, pool, addr, weight, ttl).await;
-        let wait = match result {
-            Ok(()) => {
-                if healthy != Some(true) {
-                    log::info!(
-                        "registered {addr} in {pool} at {} with a {} lease, renewing every {}",
-                        redact_url(url),
-                        humantime::format_duration(ttl),
-                        humantime::format_duration(renew_every)
-                    );
-                }
-                healthy = Some(true);
-                renew_every
-            }
-            Err(e) => {
-                if healthy != Some(false) {
-                    log::warn!("cannot renew the lease of {addr} in {pool}: {e:#}; retrying");
-                }
-                healthy = Some(false);
-                conn = None;
-                retry_after
-            }
-        };
-        tokio::select! {
-            name = shutdown.recv() => break name,
-            _ = tokio::time::sleep(wait) => {}
+    renew_every: Duration,
+    /// Bounds each Redis call: a hung Redis must not hold a renewal past the lease.
+    call_timeout: Duration,
+    conn: Option<MultiplexedConnection>,
+}
+
+impl Lease {
+    fn new(
+        client: redis::Client,
+        url: &str,
+        keys: Keys,
+        pool: PoolKind,
+        addr: ServerAddr,
+        weight: Option<Weight>,
+        ttl: Duration,
+    ) -> Lease {
+        let renew_every = Duration::from_millis((ttl / 3).as_millis() as u64);
+        Lease {
+            client,
+            url: url.to_string(),
+            keys,
+            pool,
+            addr,
+            weight,
+            ttl,
+            renew_every,
+            call_timeout: REDIS_TIMEOUT.min(renew_every),
+            conn: None,
         }
-    };
-    log::info!("{signal_name}: deregistering {addr} from {pool}");
-    // A few quick attempts; if Redis stays away the lease lapses within `ttl` anyway.
-    let deadline = tokio::time::Instant::now() + ttl.min(Duration::from_secs(5));
-    loop {
-        let attempt = async {
-            let c = match conn.as_mut() {
-                Some(c) => c,
-                None => conn.insert(connect(client, url).await?),
+    }
+
+    /// Renew every ttl/3 until a signal (retrying sooner while Redis is unreachable), then
+    /// deregister.
+    async fn keep_alive(mut self) -> anyhow::Result<()> {
+        // Installed before the first registration, so a signal never finds the server
+        // registered and the process without a handler.
+        let mut shutdown = ShutdownSignal::install()?;
+        let retry_after = self.renew_every.min(Duration::from_secs(1));
+        let (addr, pool) = (self.addr.clone(), self.pool);
+        let mut healthy = None;
+        let signal_name = loop {
+            let wait = match self.renew().await {
+                Ok(()) => {
+                    if healthy != Some(true) {
+                        log::info!(
+                            "registered {addr} in {pool} at {} with a {} lease, renewing every {}",
+                            redact_url(&self.url),
+                            humantime::format_duration(self.ttl),
+                            humantime::format_duration(self.renew_every)
+                        );
+                    }
+                    healthy = Some(true);
+                    self.renew_every
+                }
+                Err(e) => {
+                    // Logged once per outage, not at every retry.
+                    if healthy != Some(false) {
+                        log::warn!("cannot renew the lease of {addr} in {pool}: {e:#}; retrying");
+                    }
+                    healthy = Some(false);
+                    retry_after
+                }
             };
-            store::deregister(c, keys, pool, addr).await?;
-            anyhow::Ok(())
-        };
-        match attempt.await {
-            Ok(()) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                log::warn!(
-                    "cannot deregister {addr} from {pool}: {e:#}; its lease lapses within {}",
-                    humantime::format_duration(ttl)
-                );
-                return Ok(());
+            tokio::select! {
+                name = shutdown.recv() => break name,
+                _ = tokio::time::sleep(wait) => {}
             }
-            Err(_) => {
-                conn = None;
-                tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        log::info!("{signal_name}: deregistering {addr} from {pool}");
+        // A few quick attempts; if Redis stays away the lease lapses within `ttl` anyway.
+        let deadline = tokio::time::Instant::now() + self.ttl.min(Duration::from_secs(5));
+        loop {
+            match self.deregister().await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    log::warn!(
+                        "cannot deregister {addr} from {pool}: {e:#}; its lease lapses within {}",
+                        humantime::format_duration(self.ttl)
+                    );
+                    return Ok(());
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-async fn renew(
-    client: &redis::Client,
-    url: &str,
-    conn: &mut Option<MultiplexedConnection>,
-    keys: &Keys,
-    pool: PoolKind,
-    addr: &ServerAddr,
-    weight: Option<Weight>,
-    ttl: Duration,
-) -> anyhow::Result<()> {
-    let c = match conn.as_mut() {
-        Some(c) => c,
-        None => conn.insert(connect(client, url).await?),
-    };
-    store::register(c, keys, pool, addr, weight, Some(ttl)).await?;
-    Ok(())
+    /// The open connection, or a new one. Callers put it back only after a successful call, so
+    /// a failed call reconnects next time.
+    async fn take_connection(&mut self) -> anyhow::Result<MultiplexedConnection> {
+        match self.conn.take() {
+            Some(conn) => Ok(conn),
+            None => connect(&self.client, &self.url, self.call_timeout).await,
+        }
+    }
+
+    async fn renew(&mut self) -> anyhow::Result<()> {
+        let mut conn = self.take_connection().await?;
+        let ttl = Some(self.ttl);
+        store::register(
+            &mut conn,
+            &self.keys,
+            self.pool,
+            &self.addr,
+            self.weight,
+            ttl,
+        )
+        .await?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    async fn deregister(&mut self) -> anyhow::Result<()> {
+        let mut conn = self.take_connection().await?;
+        store::deregister(&mut conn, &self.keys, self.pool, &self.addr).await?;
+        self.conn = Some(conn);
+        Ok(())
+    }
 }
 
 /// `12s`, `none` or `expired`.

@@ -244,14 +244,15 @@ mod tests {
         let c_never: &[&[u8]] = &[b"canary=never"];
         let c_other: &[&[u8]] = &[b"canary=maybe"];
         // (percent, header, cookies, user header, expected pool, reason)
-        let cases: &[(
+        type Case<'a> = (
             f64,
-            Option<&[u8]>,
-            &[&[u8]],
-            Option<&[u8]>,
+            Option<&'a [u8]>,
+            &'a [&'a [u8]],
+            Option<&'a [u8]>,
             PoolKind,
             Reason,
-        )] = &[
+        );
+        let cases: &[Case] = &[
             (0.0, Some(b"1"), &[], None, C, Header),
             (0.0, Some(b"true"), &[], None, C, Header),
             (0.0, Some(b"Always"), &[], None, C, Header),

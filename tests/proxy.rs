@@ -72,8 +72,10 @@ impl Conf {
                    canary: {{ servers: {canary} }}\n\
                  health_check: {health}\n\
                  passive_health: {{ max_failures: 3, cool_off: 2s }}\n\
-                 upstream: {{ connect_timeout: 1s, read_timeout: 10s, write_timeout: 10s, max_tries: 2 }}\n\
-                 routing: {{ canary_percent: {percent}, salt: \"it-salt\", user_header: X-User-Id }}\n",
+                 upstream: {{ connect_timeout: 1s, read_timeout: 10s, write_timeout: 10s, \
+                              max_tries: 2 }}\n\
+                 routing: {{ canary_percent: {percent}, salt: \"it-salt\", \
+                             user_header: X-User-Id }}\n",
                 grace = self.grace,
                 production = list(&self.production),
                 canary = list(&self.canary),
@@ -231,8 +233,21 @@ fn demo_app_answers_as_documented() {
     assert_eq!(get(&app.url("/"), &[]).header("x-body-length"), Some("0"));
 }
 
-/// 1. The sticky percentage: 20 % of 10,000 distinct users land in canary (± 1.5 points),
-/// and each user keeps landing on the same side.
+/// The Redis harness other test files use: a fresh server answers PING, a killed one does
+/// not, and a restarted one answers on the same port.
+#[test]
+fn redis_harness_starts_kills_and_restarts() {
+    let mut redis = RedisServer::start();
+    assert!(redis.ping());
+    assert_eq!(redis.url(), format!("redis://127.0.0.1:{}/0", redis.port()));
+    redis.kill();
+    assert!(!redis.ping());
+    redis.restart();
+    assert!(redis.ping());
+}
+
+/// Spec 1: the sticky percentage. 20 % of 10,000 distinct users land in canary (± 1.5
+/// points), and each user keeps landing on the same side.
 #[test]
 fn canary_share_matches_percent_and_users_stick() {
     let _serial = serial();
@@ -246,7 +261,7 @@ fn canary_share_matches_percent_and_users_stick() {
     let ask = |i: usize| {
         let cookie = format!("canary_uid=u{i}");
         let id = format!("u{i}");
-        let headers: Vec<(&str, &str)> = if i % 2 == 0 {
+        let headers: Vec<(&str, &str)> = if i.is_multiple_of(2) {
             vec![("X-User-Id", id.as_str())]
         } else {
             vec![("Cookie", cookie.as_str())]
@@ -257,6 +272,7 @@ fn canary_share_matches_percent_and_users_stick() {
     let first: Vec<String> = parallel(USERS, ask);
     let canary = first.iter().filter(|p| *p == "canary").count();
     let share = canary as f64 * 100.0 / USERS as f64;
+    eprintln!("canary share {share:.2} % ({canary} of {USERS} users)");
     assert!(
         (18.5..=21.5).contains(&share),
         "canary share {share:.2} % for canary_percent 20 ({canary} of {USERS} users)"
@@ -278,7 +294,7 @@ fn canary_share_matches_percent_and_users_stick() {
     }
 }
 
-/// 2. Raising the percentage only adds users to canary: nobody already there moves back.
+/// Spec 2: raising the percentage only adds users to canary; nobody there moves back.
 #[test]
 fn raising_the_percent_keeps_canary_users_in_canary() {
     let _serial = serial();
@@ -325,7 +341,7 @@ fn raising_the_percent_keeps_canary_users_in_canary() {
     );
 }
 
-/// 3. Precedence: header beats cookie beats percent; new users get a sticky cookie; the
+/// Spec 3: precedence: header beats cookie beats percent; new users get a sticky cookie; the
 /// upstream sees X-Canary: 1 and the forwarding headers.
 #[test]
 fn header_beats_cookie_beats_percent() {
@@ -486,7 +502,7 @@ fn header_beats_cookie_beats_percent() {
     assert_eq!(r.header("x-seen-canary"), Some("1"));
 }
 
-/// 4. Without a healthy canary, canary requests go to production; without a healthy
+/// Spec 4: without a healthy canary, canary requests go to production; without a healthy
 /// production server, requests get a 503.
 #[test]
 fn canary_down_falls_back_and_production_down_is_503() {
@@ -553,8 +569,8 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// 5. A production server that dies leaves rotation and returns after a restart, and not a
-/// single client request fails meanwhile while the other server is up.
+/// Spec 5: a production server that dies leaves rotation and returns after a restart, and
+/// not a single client request fails meanwhile while the other server is up.
 #[test]
 fn killed_server_leaves_and_rejoins_without_failed_requests() {
     let _serial = serial();
@@ -623,6 +639,7 @@ fn killed_server_leaves_and_rejoins_without_failed_requests() {
     });
 
     let results = results.into_inner().unwrap();
+    eprintln!("{} requests during the kill/restart", results.len());
     let failed: Vec<&Outcome> = results
         .iter()
         .filter(|(_, o)| !matches!(o, Ok((200, _))))
@@ -636,7 +653,25 @@ fn killed_server_leaves_and_rejoins_without_failed_requests() {
     );
 }
 
-/// 6. Bad configs are refused with the offending key named, by `check` and by `serve`.
+/// The example config of the spec (without the two lines [`proxy_config`] adds).
+const GOOD_CONFIG_BODY: &str = r#"threads: 2
+pools:
+  production: { servers: ["127.0.0.1:3001", { addr: "127.0.0.1:3002", weight: 2 }] }
+  canary: { servers: ["127.0.0.1:4001"] }
+health_check:
+  { kind: http, path: /healthz, interval: 2s, timeout: 1s,
+    healthy_threshold: 2, unhealthy_threshold: 2 }
+passive_health: { max_failures: 3, cool_off: 10s }
+upstream:
+  { connect_timeout: 2s, read_timeout: 30s, write_timeout: 30s, idle_timeout: 60s, max_tries: 2 }
+grace_period: 10s
+fallback_to_canary: false
+routing:
+  { canary_percent: 10, salt: "release-1", header: X-Canary, flag_cookie: canary,
+    user_cookie: canary_uid, user_header: X-User-Id, pool_response_header: true }
+"#;
+
+/// Spec 6: bad configs are refused with the offending key named, by `check` and by `serve`.
 #[test]
 fn bad_config_is_refused_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -654,19 +689,7 @@ fn bad_config_is_refused_with_the_key_named() {
     };
     let timeout = Duration::from_secs(20);
 
-    let good = write(
-        "good.yaml",
-        "threads: 2\n\
-         pools:\n  \
-           production: { servers: [\"127.0.0.1:3001\", { addr: \"127.0.0.1:3002\", weight: 2 }] }\n  \
-           canary: { servers: [\"127.0.0.1:4001\"] }\n\
-         health_check: { kind: http, path: /healthz, interval: 2s, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 2 }\n\
-         passive_health: { max_failures: 3, cool_off: 10s }\n\
-         upstream: { connect_timeout: 2s, read_timeout: 30s, write_timeout: 30s, idle_timeout: 60s, max_tries: 2 }\n\
-         grace_period: 10s\n\
-         fallback_to_canary: false\n\
-         routing: { canary_percent: 10, salt: \"release-1\", header: X-Canary, flag_cookie: canary, user_cookie: canary_uid, user_header: X-User-Id, pool_response_header: true }\n",
-    );
+    let good = write("good.yaml", GOOD_CONFIG_BODY);
     let out = run_cli(&["check", "--config", &good], timeout);
     assert!(
         out.status.success(),
@@ -716,7 +739,7 @@ fn bad_config_is_refused_with_the_key_named() {
     }
 }
 
-/// 7. Every documented metric shows up after some traffic, and a server removed from the
+/// Spec 7: every documented metric shows up after some traffic, and a server removed from the
 /// config takes its series with it.
 #[test]
 fn metrics_cover_the_spec_and_forget_removed_servers() {
@@ -800,7 +823,8 @@ fn metrics_cover_the_spec_and_forget_removed_servers() {
     );
 }
 
-/// 8. SIGTERM lets an in-flight request finish within the grace period, then the process exits.
+/// Spec 8: SIGTERM lets an in-flight request finish within the grace period, then the
+/// process exits.
 #[test]
 fn sigterm_drains_in_flight_requests_then_exits() {
     let _serial = serial();
@@ -809,11 +833,11 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     conf.grace = "5s".to_string();
     let mut proxy = conf.start();
 
-    let url = proxy.url("/slow?ms=1500");
+    let url = proxy.url("/slow?ms=2500");
     let in_flight = std::thread::spawn(move || get_fresh(&url, &[]));
-    // Give the request time to reach the app (it then takes 1.5 s to answer); this sleep only
+    // Give the request time to reach the app (it then takes 2.5 s to answer); this sleep only
     // orders the signal after the request, the assertions below do not depend on its length.
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(700));
     let signalled = Instant::now();
     proxy.sigterm();
 
