@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +44,8 @@ pub struct ServerState {
     draining: AtomicBool,
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// Requests currently on this server (through this proxy).
+    in_flight: AtomicI64,
 }
 
 impl ServerState {
@@ -55,6 +57,7 @@ impl ServerState {
             draining: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
         }
     }
 
@@ -77,6 +80,18 @@ impl ServerState {
             return true;
         }
         false
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    pub fn begin_request(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub fn end_request(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
     }
 
     pub fn record_success(&self) {
@@ -192,6 +207,7 @@ pub struct ServerView {
     pub draining: bool,
     pub ejected: bool,
     pub in_rotation: bool,
+    pub in_flight: i64,
 }
 
 /// One pool: its load balancer, its feed and the per-server state.
@@ -327,6 +343,7 @@ impl Pool {
                     draining,
                     ejected,
                     in_rotation: healthy && !draining && !ejected,
+                    in_flight: s.in_flight(),
                 })
             })
             .collect()

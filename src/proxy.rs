@@ -52,6 +52,8 @@ pub struct Ctx {
     pool: Option<PoolKind>,
     /// Server of the current attempt.
     server: Option<Arc<ServerState>>,
+    /// Server whose in-flight count this request holds.
+    counted_on: Option<Arc<ServerState>>,
     /// Servers that failed this request.
     tried: Vec<SocketAddr>,
     attempts: usize,
@@ -121,6 +123,7 @@ impl ProxyHttp for CanaryProxy {
             start: Instant::now(),
             pool: None,
             server: None,
+            counted_on: None,
             tried: Vec::new(),
             attempts: 0,
             same_server_ok: false,
@@ -225,9 +228,15 @@ impl ProxyHttp for CanaryProxy {
         ctx.attempts += 1;
         let server = ctx
             .server
-            .as_ref()
+            .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no server picked"))?;
-        Ok(self.peer(server.addr))
+        if let Some(prev) = ctx.counted_on.take() {
+            prev.end_request();
+        }
+        server.begin_request();
+        let peer = self.peer(server.addr);
+        ctx.counted_on = Some(server);
+        Ok(peer)
     }
 
     async fn upstream_request_filter(
@@ -382,6 +391,9 @@ impl ProxyHttp for CanaryProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         if ctx.in_flight {
             self.shared.in_flight.fetch_sub(1, Relaxed);
+        }
+        if let Some(server) = ctx.counted_on.take() {
+            server.end_request();
         }
         if let Some(pool) = ctx.pool {
             let code = session

@@ -48,6 +48,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
         keys: Keys::new(&config.discovery.namespace),
         resync: config.discovery.resync_interval,
         problems: HashSet::new(),
+        proxy_id: proxy_id(),
     };
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
@@ -79,6 +80,16 @@ struct Follower {
     resync: Duration,
     /// Problems already logged, so each is logged once while it lasts.
     problems: HashSet<String>,
+    /// This proxy's name in `ns:proxy:<id>`.
+    proxy_id: String,
+}
+
+/// `hostname-pid`: unique per running proxy, readable in `redis-cli KEYS`.
+fn proxy_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "proxy".into());
+    format!("{host}-{}", std::process::id())
 }
 
 impl Follower {
@@ -184,14 +195,13 @@ impl Follower {
         shared.metrics.discovery_up.set(1);
     }
 
-    /// Tell the store which servers this proxy has in rotation.
+    /// Tell the store which servers this proxy has in rotation and what it has in flight.
     async fn report(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<(), String> {
+        let mut in_flight = Vec::new();
         for kind in PoolKind::ALL {
-            let serving: Vec<String> = self
-                .shared
-                .pools
-                .get(kind)
-                .view()
+            let view = self.shared.pools.get(kind).view();
+            in_flight.extend(view.iter().map(|s| (kind, s.name.clone(), s.in_flight)));
+            let serving: Vec<String> = view
                 .into_iter()
                 .filter(|s| s.in_rotation)
                 .map(|s| s.name)
@@ -205,7 +215,13 @@ impl Follower {
             ))
             .await?;
         }
-        Ok(())
+        timed(store::report_proxy(
+            conn,
+            &self.keys,
+            &self.proxy_id,
+            &in_flight,
+        ))
+        .await
     }
 }
 

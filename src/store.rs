@@ -14,6 +14,7 @@
 //! | `ns:routing`      | hash       | `canary_percent` (0..=100, decimals ok) and `salt`; override the file config while present |
 //! | `ns:serving:pool` | sorted set | written by proxies: `host:port` in rotation; score = when a proxy last saw it so, in Unix ms |
 //! | `ns:events`       | channel    | every writer publishes after a change: the pool name, or `routing` |
+//! | `ns:proxy:<id>`   | hash       | written by each proxy every second: `pool/host:port` -> requests in flight on that server through this proxy; expires [`PROXY_REPORT_TTL_MS`] after the last report |
 //!
 //! Why this shape:
 //! - A lease is the score itself, so a server whose heartbeat died drops out without anybody
@@ -46,6 +47,8 @@ pub const SERVING_FRESH_MS: u64 = 5_000;
 pub const SERVING_RETENTION_MS: u64 = 60_000;
 /// A member whose lease lapsed longer ago than this is deleted by the next [`register`].
 pub const LEASE_PURGE_AFTER_MS: u64 = 60_000;
+/// A proxy's `ns:proxy:<id>` report expires this long after it was written (proxy gone).
+pub const PROXY_REPORT_TTL_MS: u64 = 5_000;
 /// The `ns:routing` fields this module reads.
 pub const FIELD_CANARY_PERCENT: &str = "canary_percent";
 pub const FIELD_SALT: &str = "salt";
@@ -87,6 +90,16 @@ impl Keys {
 
     pub fn routing(&self) -> String {
         format!("{}:routing", self.namespace)
+    }
+
+    /// One proxy's in-flight report (see [`report_proxy`]).
+    pub fn proxy(&self, proxy_id: &str) -> String {
+        format!("{}:proxy:{proxy_id}", self.namespace)
+    }
+
+    /// SCAN pattern matching every proxy's report.
+    pub fn proxy_pattern(&self) -> String {
+        format!("{}:proxy:*", self.namespace)
     }
 
     pub fn events(&self) -> String {
@@ -486,6 +499,35 @@ pub async fn report_serving<C: redis::aio::ConnectionLike>(
         .arg(&key)
         .arg(SERVING_RETENTION_MS)
         .ignore();
+    pipe.query_async::<()>(conn).await
+}
+
+/// A proxy reports, per server in its pools, how many requests it has in flight there
+/// (`ns:proxy:<id>`, field `pool/host:port`). The key is rewritten whole and expires after
+/// [`PROXY_REPORT_TTL_MS`], so a proxy that stops reporting drops out by itself. `ctl replace`
+/// sums these over all proxies to know when a drained server has finished its requests.
+pub async fn report_proxy<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    proxy_id: &str,
+    in_flight: &[(PoolKind, String, i64)],
+) -> redis::RedisResult<()> {
+    let key = keys.proxy(proxy_id);
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.cmd("DEL").arg(&key).ignore();
+    if !in_flight.is_empty() {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key);
+        for (pool, addr, n) in in_flight {
+            hset.arg(format!("{}/{addr}", pool.as_str())).arg(*n);
+        }
+        pipe.add_command(hset).ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(PROXY_REPORT_TTL_MS)
+            .ignore();
+    }
     pipe.query_async::<()>(conn).await
 }
 
