@@ -47,8 +47,89 @@ const ECHOED: &[(&str, &str)] = &[
     ("x-request-id", "X-Seen-Request-Id"),
 ];
 
-pub fn run(_args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::bail!("demo is not built yet")
+/// `canary-lb demo`: the proxy plus two production and one canary demo app on loopback, in
+/// one process, with a static config; prints curl lines to try. Ctrl-C stops everything.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let ip = args.listen.ip();
+    let apps: Vec<(String, &str, SocketAddr)> = [
+        ("prod-1", "production"),
+        ("prod-2", "production"),
+        ("canary-1", "canary"),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (name, pool))| {
+        let port = args.app_base_port.checked_add(i as u16).unwrap_or(0);
+        (name.to_string(), pool, SocketAddr::new(ip, port))
+    })
+    .collect();
+    for addr in [args.listen, args.metrics_listen]
+        .iter()
+        .chain(apps.iter().map(|(_, _, a)| a))
+    {
+        if addr.port() == 0 || std::net::TcpListener::bind(addr).is_err() {
+            anyhow::bail!(
+                "{addr} is not free; choose other ports, e.g. `canary-lb demo --listen \
+                 127.0.0.1:18080 --metrics-listen 127.0.0.1:19091 --app-base-port 13001`"
+            );
+        }
+    }
+    let servers = |pool: &str| {
+        apps.iter()
+            .filter(|(_, p, _)| *p == pool)
+            .map(|(_, _, a)| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let yaml = format!(
+        "listen: \"{listen}\"\nthreads: 2\nmetrics_listen: \"{metrics}\"\n\
+         pools:\n  production: {{ servers: [{prod}] }}\n  canary: {{ servers: [{canary}] }}\n\
+         health_check: {{ kind: http, path: /healthz, interval: 1s, timeout: 500ms }}\n\
+         grace_period: 2s\n\
+         routing: {{ canary_percent: {pct}, salt: demo, user_header: X-User-Id }}\n",
+        listen = args.listen,
+        metrics = args.metrics_listen,
+        prod = servers("production"),
+        canary = servers("canary"),
+        pct = args.canary_percent,
+    );
+    let config = crate::config::Config::parse(&yaml).map_err(anyhow::Error::msg)?;
+    let mut assembled = crate::server::assemble(
+        config,
+        None,
+        pingora_core::server::configuration::Opt::default(),
+        ServerConf::default(),
+    )?;
+    for (name, pool, addr) in &apps {
+        assembled.server.add_service(app_service(name, pool, *addr));
+    }
+    print_tour(&args, &apps);
+    assembled.run()
+}
+
+fn print_tour(args: &DemoArgs, apps: &[(String, &str, SocketAddr)]) {
+    let p = format!("http://{}", args.listen);
+    let m = format!("http://{}", args.metrics_listen);
+    let apps = apps
+        .iter()
+        .map(|(n, pool, a)| format!("{n} ({pool}) on {a}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "\ncanary-lb demo: proxy on {p}, metrics on {m}\n\
+         app servers: {apps}\n\
+         {pct}% of users go to canary (sticky per user). Try, in another terminal:\n\n\
+         \x20 curl -i {p}/                                  # new user: gets a canary_uid cookie\n\
+         \x20 curl -s -H 'X-Canary: 1' {p}/                 # force canary\n\
+         \x20 curl -s -H 'X-Canary: 0' {p}/                 # force production\n\
+         \x20 curl -s --cookie 'canary=always' {p}/          # flag cookie\n\
+         \x20 for u in $(seq 1 200); do curl -s -H \"X-User-Id: user$u\" {p}/; done | sort | uniq -c\n\
+         \x20                                                 # the split: about {pct}% canary\n\
+         \x20 curl -s {m}/status                           # pools, health, routing in force\n\
+         \x20 curl -s {m}/metrics | grep canary_lb_         # Prometheus metrics\n\n\
+         Ctrl-C stops the demo.\n",
+        pct = args.canary_percent,
+    );
 }
 
 /// `canary-lb app`: one demo app server as its own Pingora server, optionally registered in
