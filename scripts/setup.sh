@@ -12,6 +12,8 @@ command -v make >/dev/null || need+=(make)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v curl >/dev/null || need+=(curl)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+# promtool (tests/deploy_kit.rs: alert rules and a live scrape); Debian ships it in `prometheus`.
+command -v promtool >/dev/null || need+=(prometheus)
 if [ "${WITH_BENCH:-0}" = 1 ]; then
   command -v nginx >/dev/null || need+=(nginx)
   command -v haproxy >/dev/null || need+=(haproxy)

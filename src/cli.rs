@@ -148,6 +148,44 @@ pub enum CtlCommand {
     },
     /// Print each pool's servers and the canary settings.
     Status,
+    /// Replace OLD by NEW without failing a request: a deploy pipeline's rolling step.
+    ///
+    /// Registers NEW, waits until a proxy keeps it in rotation for --settle, drains OLD, waits
+    /// until OLD is out of every proxy's rotation with nothing in flight, deregisters OLD.
+    /// Progress lines start with `replace:`.
+    ///
+    /// Exit codes:
+    ///   0  done (also when OLD is not registered: nothing to drain). An OLD with a lease
+    ///      (heartbeat) is left registered but drained: stopping it deregisters it
+    ///   1  bad input or Redis error; every step is idempotent, so re-run it
+    ///   2  NEW was never reported serving within --timeout: OLD untouched, NEW deregistered
+    ///      again (unless it was registered before)
+    ///   3  only with --strict: OLD still had requests in flight at --timeout; it is
+    ///      deregistered anyway and those requests finish, but do not stop OLD yet
+    ///      (without --strict: a `replace: warning:` line and exit 0)
+    #[command(verbatim_doc_comment)]
+    Replace {
+        #[arg(long)]
+        pool: String,
+        /// The server being replaced (`host:port`).
+        old: String,
+        /// Its replacement (`host:port`), already started.
+        new: String,
+        /// Limit of each wait: for NEW to serve, then for OLD to finish its requests.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        timeout: Duration,
+        /// Weight of NEW (default: keep its current weight, or 1).
+        #[arg(long)]
+        weight: Option<i64>,
+        /// How long NEW must stay in a proxy's rotation to count as serving. Keep it above
+        /// health_check.interval x unhealthy_threshold, so a dead NEW (in rotation until its
+        /// first failed probes) is caught before OLD is drained.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        settle: Duration,
+        /// Exit 3 instead of 0 when OLD still had requests in flight at the timeout.
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,11 @@
 //! lease alive: it renews every ttl/3, so two renewals may fail before the server drops out,
 //! keeps retrying while Redis is unreachable, and deregisters on SIGTERM/SIGINT so a clean
 //! shutdown leaves the pool at once instead of when the lease lapses.
+//!
+//! `replace` (in [`replace`]) is the deploy pipeline's rolling step; it is the one command
+//! with exit codes other than 0 and 1, so a pipeline can tell "NEW never came up" apart.
+
+mod replace;
 
 use std::time::Duration;
 
@@ -50,6 +55,7 @@ enum Op {
     CanarySet(Percent),
     CanaryGet,
     Status,
+    Replace(replace::Replace),
 }
 
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
@@ -59,7 +65,13 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(execute(op, &target))
+    let code = runtime.block_on(execute(op, &target))?;
+    drop(runtime);
+    if code != 0 {
+        // The binary maps errors to exit 1; `replace` also needs 2 and 3.
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 /// Register `addr` in `pool` with a lease and renew it until SIGTERM/SIGINT, then deregister.
@@ -135,6 +147,27 @@ fn parse_op(command: CtlCommand) -> anyhow::Result<Op> {
             command: CanaryCommand::Get,
         } => Op::CanaryGet,
         CtlCommand::Status => Op::Status,
+        CtlCommand::Replace {
+            pool: p,
+            old,
+            new,
+            timeout,
+            weight: w,
+            settle,
+            strict,
+        } => {
+            let plan = replace::Replace {
+                pool: pool(&p)?,
+                old: addr(&old)?,
+                new: addr(&new)?,
+                weight: w.map(weight).transpose()?,
+                timeout,
+                settle,
+                strict,
+            };
+            plan.validate()?;
+            Op::Replace(plan)
+        }
     })
 }
 
@@ -195,7 +228,8 @@ async fn connect(
         .map_err(|e| anyhow!("cannot reach Redis at {}: {e}", redact_url(url)))
 }
 
-async fn execute(op: Op, target: &Target) -> anyhow::Result<()> {
+/// Run one command; returns the exit code (errors exit 1).
+async fn execute(op: Op, target: &Target) -> anyhow::Result<i32> {
     let client = open_client(&target.url)?;
     let keys = &target.keys;
     if let Op::Register {
@@ -207,7 +241,7 @@ async fn execute(op: Op, target: &Target) -> anyhow::Result<()> {
     } = op
     {
         let lease = Lease::new(client, &target.url, keys.clone(), pool, addr, weight, ttl);
-        return lease.keep_alive().await;
+        return lease.keep_alive().await.map(|()| 0);
     }
     let mut conn = connect(&client, &target.url, REDIS_TIMEOUT).await?;
     let c = &mut conn;
@@ -258,6 +292,7 @@ async fn execute(op: Op, target: &Target) -> anyhow::Result<()> {
             Some(p) => println!("{}", p.as_f64()),
             None => println!("unset (the proxies use routing.canary_percent from their config)"),
         },
+        Op::Replace(plan) => return Ok(plan.run(c, keys).await?.exit_code()),
         Op::Status => {
             let status = store::read_status(c, keys).await?;
             print!(
@@ -266,7 +301,7 @@ async fn execute(op: Op, target: &Target) -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn explain(e: StoreError) -> anyhow::Error {

@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -46,6 +46,9 @@ pub struct ServerState {
     ejected_until_ms: AtomicU64,
     /// Requests currently on this server (through this proxy).
     in_flight: AtomicI64,
+    /// This server's `canary_lb_upstream_requests_total` series, one per code class.
+    pub(crate) upstream_counters:
+        OnceLock<[prometheus::IntCounter; crate::metrics::CODE_CLASSES.len()]>,
 }
 
 impl ServerState {
@@ -58,6 +61,7 @@ impl ServerState {
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
+            upstream_counters: OnceLock::new(),
         }
     }
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -16,8 +16,15 @@ use prometheus::{
 };
 
 use crate::config::PoolKind;
-use crate::discovery::Pools;
+use crate::discovery::{Pools, ServerState};
 use crate::routing::Reason;
+
+/// The `method` label values; anything else is counted as `OTHER`.
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+/// Status codes 0 (no response) ..= 999, times methods: the request counter cache size.
+const CODES: usize = 1000;
 
 /// Upstream answer classes, the `code_class` label.
 pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
@@ -32,6 +39,9 @@ pub struct PoolCounts {
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    /// `requests` handles per pool, indexed by `code * METHODS.len() + method`, filled on
+    /// first use: the request path then neither hashes labels nor takes the vector's lock.
+    request_handles: [Box<[OnceLock<IntCounter>]>; 2],
     duration: [Histogram; 2],
     upstream: IntCounterVec,
     server_up: IntGaugeVec,
@@ -163,6 +173,11 @@ impl Metrics {
         Ok(Metrics {
             registry,
             requests,
+            request_handles: [(); 2].map(|_| {
+                (0..CODES * METHODS.len())
+                    .map(|_| OnceLock::new())
+                    .collect()
+            }),
             duration,
             upstream,
             server_up,
@@ -188,22 +203,35 @@ impl Metrics {
     }
 
     /// One attempt on an upstream server; `status` is None when it never answered.
-    pub fn record_upstream(&self, pool: PoolKind, server: &str, status: Option<u16>) {
+    pub fn record_upstream(&self, pool: PoolKind, server: &ServerState, status: Option<u16>) {
         let class = match status {
-            Some(s @ 100..=599) => CODE_CLASSES[(s / 100 - 1) as usize],
-            _ => "error",
+            Some(s @ 100..=599) => (s / 100 - 1) as usize,
+            _ => CODE_CLASSES.len() - 1,
         };
-        self.upstream
-            .with_label_values(&[pool.as_str(), server, class])
-            .inc();
+        let handles = server.upstream_counters.get_or_init(|| {
+            CODE_CLASSES.map(|c| {
+                self.upstream
+                    .with_label_values(&[pool.as_str(), &server.label, c])
+            })
+        });
+        handles[class].inc();
     }
 
-    /// A client request finished.
-    pub fn record_request(&self, pool: PoolKind, code: u16, method: &str, seconds: f64) {
-        let mut buf = [0u8; 3];
-        let code_label = code_str(&mut buf, code);
-        self.requests
-            .with_label_values(&[pool.as_str(), code_label, method])
+    /// A client request finished; `method` indexes [`METHODS`].
+    pub fn record_request(&self, pool: PoolKind, code: u16, method: usize, seconds: f64) {
+        let (code, method) = (
+            usize::from(code).min(CODES - 1),
+            method.min(METHODS.len() - 1),
+        );
+        self.request_handles[idx(pool)][code * METHODS.len() + method]
+            .get_or_init(|| {
+                let mut buf = [0u8; 3];
+                self.requests.with_label_values(&[
+                    pool.as_str(),
+                    code_str(&mut buf, code as u16),
+                    METHODS[method],
+                ])
+            })
             .inc();
         self.duration[idx(pool)].observe(seconds);
         let c = &self.counts[idx(pool)];
@@ -307,9 +335,9 @@ mod tests {
     #[test]
     fn in_process_counts_follow_requests() {
         let m = Metrics::new().expect("metrics");
-        m.record_request(PoolKind::Canary, 200, "GET", 0.01);
-        m.record_request(PoolKind::Canary, 502, "GET", 0.01);
-        m.record_request(PoolKind::Production, 200, "POST", 0.01);
+        m.record_request(PoolKind::Canary, 200, 0, 0.01);
+        m.record_request(PoolKind::Canary, 502, 0, 0.01);
+        m.record_request(PoolKind::Production, 200, 2, 0.01);
         assert_eq!(m.pool_counts(PoolKind::Canary), (2, 1));
         assert_eq!(m.pool_counts(PoolKind::Production), (1, 0));
     }

@@ -25,9 +25,13 @@ use crate::discovery::ServerState;
 use crate::routing::{self, Reason, RequestFacts, UserKey};
 use crate::state::Shared;
 
-const X_CANARY_POOL: &str = "x-canary-pool";
-const X_REQUEST_ID: &str = "x-request-id";
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
+// Header names as `&'static str` in the case they go out on the wire: Pingora's header
+// insertion takes these without copying the name (a `HeaderName` is copied and re-parsed).
+const X_CANARY_POOL: &str = "X-Canary-Pool";
+const X_REQUEST_ID: &str = "X-Request-Id";
+const X_FORWARDED_FOR: &str = "X-Forwarded-For";
+const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
 
 pub struct CanaryProxy {
     shared: Arc<Shared>,
@@ -65,16 +69,17 @@ pub struct Ctx {
     in_flight: bool,
 }
 
-fn method_label(m: &Method) -> &'static str {
+/// Index of the method in [`crate::metrics::METHODS`].
+fn method_index(m: &Method) -> usize {
     match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
@@ -117,6 +122,10 @@ impl CanaryProxy {
 #[async_trait]
 impl ProxyHttp for CanaryProxy {
     type CTX = Ctx;
+
+    /// No downstream modules: Pingora's default adds a (disabled) compression module to every
+    /// request, which costs work per request for nothing here.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
@@ -250,21 +259,20 @@ impl ProxyHttp for CanaryProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let xff = match upstream.headers.get(X_FORWARDED_FOR) {
-                Some(prev) => {
-                    let mut v = Vec::with_capacity(prev.len() + 41);
-                    v.extend_from_slice(prev.as_bytes());
-                    v.extend_from_slice(b", ");
-                    v.extend_from_slice(ip.to_string().as_bytes());
-                    HeaderValue::from_bytes(&v).ok()
-                }
-                None => HeaderValue::from_str(&ip.to_string()).ok(),
-            };
-            if let Some(xff) = xff {
+            use std::io::Write;
+            // "<previous>, <ip>" without a temporary String for the address.
+            let prev = upstream.headers.get(X_FORWARDED_FOR);
+            let mut v = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+            if let Some(prev) = prev {
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+            }
+            let _ = write!(v, "{ip}");
+            if let Ok(xff) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
                 upstream.insert_header(X_FORWARDED_FOR, xff)?;
             }
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
         let host = upstream.headers.get(header::HOST).cloned().or_else(|| {
             upstream
                 .uri
@@ -272,12 +280,14 @@ impl ProxyHttp for CanaryProxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         if let Some(host) = host {
-            upstream.insert_header("x-forwarded-host", host)?;
+            upstream.insert_header(X_FORWARDED_HOST, host)?;
         }
         let request_id = match upstream.headers.get(X_REQUEST_ID) {
             Some(id) => id.clone(),
             None => {
-                let id = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+                let id = HeaderValue::from_bytes(text.as_bytes())
                     .map_err(|e| Error::because(ErrorType::InternalError, "request id", e))?;
                 upstream.insert_header(X_REQUEST_ID, id.clone())?;
                 id
@@ -286,8 +296,8 @@ impl ProxyHttp for CanaryProxy {
         ctx.request_id = Some(request_id);
         let policy = self.shared.policy();
         if ctx.pool == Some(PoolKind::Canary) {
-            upstream.insert_header(policy.header.clone(), "1")?;
-        } else {
+            upstream.insert_header(policy.header.clone(), HeaderValue::from_static("1"))?;
+        } else if upstream.headers.contains_key(&policy.header) {
             upstream.remove_header(&policy.header);
         }
         Ok(())
@@ -303,7 +313,7 @@ impl ProxyHttp for CanaryProxy {
             let status = upstream_response.status.as_u16();
             self.shared
                 .metrics
-                .record_upstream(pool, &server.label, Some(status));
+                .record_upstream(pool, server, Some(status));
             if status >= 500 {
                 self.shared.pools.get(pool).record_failure(server);
             } else {
@@ -327,11 +337,7 @@ impl ProxyHttp for CanaryProxy {
             resp.insert_header(X_REQUEST_ID, id)?;
         }
         if let Some(uid) = ctx.new_user_id.take() {
-            let cookie = format!(
-                "{}={uid}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-                policy.user_cookie, policy.cookie_max_age_secs
-            );
-            resp.append_header(header::SET_COOKIE, cookie)?;
+            resp.append_header(header::SET_COOKIE, policy.set_cookie(&uid))?;
         }
         Ok(())
     }
@@ -344,9 +350,7 @@ impl ProxyHttp for CanaryProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
-            self.shared
-                .metrics
-                .record_upstream(pool, &server.label, None);
+            self.shared.metrics.record_upstream(pool, server, None);
             self.shared.pools.get(pool).record_failure(server);
             ctx.tried.push(server.addr);
         }
@@ -368,9 +372,7 @@ impl ProxyHttp for CanaryProxy {
         let response_started = session.as_ref().response_written().is_some();
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
             if !response_started {
-                self.shared
-                    .metrics
-                    .record_upstream(pool, &server.label, None);
+                self.shared.metrics.record_upstream(pool, server, None);
             }
         }
         let req = session.req_header();
@@ -401,7 +403,7 @@ impl ProxyHttp for CanaryProxy {
                 .response_written()
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0);
-            let method = method_label(&session.req_header().method);
+            let method = method_index(&session.req_header().method);
             self.shared.metrics.record_request(
                 pool,
                 code,

@@ -56,8 +56,9 @@ pub struct CanaryPolicy {
     pub flag_cookie: String,
     pub user_cookie: String,
     pub user_header: Option<http::HeaderName>,
-    pub cookie_max_age_secs: u64,
     pub pool_response_header: bool,
+    /// What follows `name=value` in the Set-Cookie of a new user.
+    cookie_attributes: String,
 }
 
 impl CanaryPolicy {
@@ -74,9 +75,24 @@ impl CanaryPolicy {
             flag_cookie: r.flag_cookie.clone(),
             user_cookie: r.user_cookie.clone(),
             user_header: r.user_header.as_deref().map(header_name).transpose()?,
-            cookie_max_age_secs: r.cookie_max_age.as_secs(),
+            cookie_attributes: format!(
+                "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+                r.cookie_max_age.as_secs()
+            ),
             pool_response_header: r.pool_response_header,
         })
+    }
+
+    /// The Set-Cookie value that gives a new user its sticky id.
+    pub fn set_cookie(&self, user_id: &str) -> String {
+        let mut c = String::with_capacity(
+            self.user_cookie.len() + 1 + user_id.len() + self.cookie_attributes.len(),
+        );
+        c.push_str(&self.user_cookie);
+        c.push('=');
+        c.push_str(user_id);
+        c.push_str(&self.cookie_attributes);
+        c
     }
 
     fn header_trusted(&self, client: Option<IpAddr>) -> bool {
@@ -355,6 +371,14 @@ mod tests {
                 assert_eq!(run(&hi, facts).pool, PoolKind::Canary, "{key}");
             }
         }
+    }
+
+    #[test]
+    fn new_user_cookie() {
+        assert_eq!(
+            policy(1.0).set_cookie("abc"),
+            "canary_uid=abc; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
+        );
     }
 
     #[test]

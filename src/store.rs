@@ -782,6 +782,108 @@ pub async fn get_canary_percent<C: redis::aio::ConnectionLike>(
     .transpose()
 }
 
+/// How a server is registered in a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Absent,
+    /// Score `+inf`: stays until deregistered.
+    NoLease,
+    /// Kept alive by a heartbeat (which re-registers it if it is deregistered).
+    Lease {
+        expiry_ms: u64,
+    },
+}
+
+/// How `addr` is registered in `pool` (a lapsed lease still counts as registered).
+pub async fn registration<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    pool: PoolKind,
+    addr: &ServerAddr,
+) -> Result<Registration, StoreError> {
+    let score: Option<String> = redis::cmd("ZSCORE")
+        .arg(keys.servers(pool))
+        .arg(addr.as_str())
+        .query_async(conn)
+        .await?;
+    let Some(score) = score else {
+        return Ok(Registration::Absent);
+    };
+    match parse_lease(&score) {
+        Ok(None) => Ok(Registration::NoLease),
+        Ok(Some(expiry_ms)) => Ok(Registration::Lease { expiry_ms }),
+        Err(detail) => Err(StoreError::Invalid(Problem {
+            kind: "lease",
+            key: keys.servers(pool),
+            detail: format!("`{addr}`: {detail}"),
+        })),
+    }
+}
+
+/// When a proxy last reported `addr` in rotation (Unix ms, the proxy's clock), if ever within
+/// [`SERVING_RETENTION_MS`].
+pub async fn serving_seen_ms<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    pool: PoolKind,
+    addr: &ServerAddr,
+) -> redis::RedisResult<Option<u64>> {
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(keys.serving(pool))
+        .arg(addr.as_str())
+        .query_async(conn)
+        .await?;
+    Ok(score.map(|s| s.max(0.0) as u64))
+}
+
+/// Requests in flight on one server, summed over every proxy's current report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InFlight {
+    pub requests: i64,
+    /// How many proxies have a current report (whether or not they know the server).
+    pub proxies: usize,
+}
+
+/// Sum the `pool/host:port` field of every `ns:proxy:<id>` report (SCAN, never KEYS, so a big
+/// Redis is not blocked). Reports expire [`PROXY_REPORT_TTL_MS`] after a proxy stops.
+pub async fn in_flight<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    pool: PoolKind,
+    addr: &ServerAddr,
+) -> redis::RedisResult<InFlight> {
+    let mut report_keys = BTreeSet::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys.proxy_pattern())
+            .arg("COUNT")
+            .arg(200)
+            .query_async(conn)
+            .await?;
+        report_keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    if report_keys.is_empty() {
+        return Ok(InFlight::default());
+    }
+    let field = format!("{}/{}", pool.as_str(), addr.as_str());
+    let mut pipe = redis::pipe();
+    for key in &report_keys {
+        pipe.cmd("HGET").arg(key).arg(&field);
+    }
+    let counts: Vec<Option<i64>> = pipe.query_async(conn).await?;
+    Ok(InFlight {
+        requests: counts.iter().map(|n| n.unwrap_or(0).max(0)).sum(),
+        proxies: report_keys.len(),
+    })
+}
+
 /// One row of `ctl status`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerStatus {

@@ -699,3 +699,52 @@ pub fn get_fresh(url: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
         .map_err(|e| format!("GET {url}: {e}"))
         .and_then(into_resp)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Redis control plane (tests/redis_discovery.rs, benches/discovery.rs)
+
+impl RedisServer {
+    /// Start an empty server on a port chosen beforehand (e.g. one already written into a
+    /// proxy config while Redis was still down).
+    pub fn start_on(port: u16) -> RedisServer {
+        let mut redis = RedisServer {
+            port,
+            dir: temp_dir("canary-lb-redis-"),
+            process: None,
+        };
+        redis.spawn_and_wait();
+        redis
+    }
+}
+
+/// Run `canary-lb ctl --redis URL --namespace NS ARGS...` to completion.
+pub fn ctl(redis_url: &str, namespace: &str, args: &[&str]) -> Output {
+    let mut all = vec!["ctl", "--redis", redis_url, "--namespace", namespace];
+    all.extend_from_slice(args);
+    run_cli(&all, Duration::from_secs(20))
+}
+
+/// [`ctl`] that must exit 0; returns its stdout.
+pub fn ctl_ok(redis_url: &str, namespace: &str, args: &[&str]) -> String {
+    let out = ctl(redis_url, namespace, args);
+    assert!(
+        out.status.success(),
+        "ctl {args:?} failed with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One plain Redis command, as `redis-cli` would send it (panics when Redis refuses it).
+pub fn redis_cmd(redis_url: &str, args: &[&str]) -> redis::Value {
+    let mut conn = redis::Client::open(redis_url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("connect to {redis_url}: {e}"));
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut conn)
+        .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+}

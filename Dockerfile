@@ -1,0 +1,47 @@
+# canary-lb: the edge proxy image (the same binary also runs the demo app servers and `ctl`).
+#
+#   docker build -t canary-lb .
+#   docker run -p 8080:8080 -p 9091:9091 \
+#     -v $PWD/my-config.yaml:/etc/canary-lb/canary-lb.yaml:ro canary-lb
+#
+# The config file is read from CANARY_LB_CONFIG (default below); the CANARY_LB_* variables of
+# the README override single keys (e.g. CANARY_LB_REDIS_URL switches to Redis discovery).
+# SIGTERM (docker stop) drains in-flight requests within `grace_period` (10 s by default, so
+# give `docker stop -t` / compose `stop_grace_period` a little more).
+
+ARG RUST_VERSION=1
+FROM rust:${RUST_VERSION}-bookworm AS build
+# cmake builds zlib-ng for Pingora; the image already has a C compiler and make (jemalloc).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+# Cargo.toml declares the benchmarks, so cargo wants their sources even for a plain build.
+COPY benches ./benches
+COPY src ./src
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin canary-lb \
+ && cp target/release/canary-lb /usr/local/bin/canary-lb
+
+FROM debian:bookworm-slim
+# curl only for HEALTHCHECK; ca-certificates for rediss:// URLs.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin canary-lb
+COPY --from=build /usr/local/bin/canary-lb /usr/local/bin/canary-lb
+# The default config; mount your own over it (or point CANARY_LB_CONFIG elsewhere).
+COPY conf/canary-lb.yaml /etc/canary-lb/canary-lb.yaml
+ENV CANARY_LB_CONFIG=/etc/canary-lb/canary-lb.yaml \
+    CANARY_LB_METRICS_LISTEN=0.0.0.0:9091 \
+    RUST_LOG=info
+USER canary-lb
+# Proxy, then /metrics + /status + /healthz.
+EXPOSE 8080 9091
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD curl -fsS -o /dev/null http://127.0.0.1:9091/status || exit 1
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["canary-lb"]
+CMD ["serve"]

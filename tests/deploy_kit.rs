@@ -1,0 +1,848 @@
+//! The deployment kit (Dockerfile, deploy/, conf/grafana, conf/prometheus) checked without a
+//! Docker engine: every file parses, every path it names exists, its ports agree with the
+//! config the containers mount, the image runs the command the tests run, and every metric a
+//! dashboard panel or alert rule queries is one a running proxy really exports. With
+//! `promtool` on PATH (Debian package `prometheus`), the rules and a live scrape are checked by
+//! Prometheus itself as well.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value as Json;
+use serde_yaml_ng::Value as Yaml;
+
+const DASHBOARD: &str = "conf/grafana/canary-lb.json";
+const ALERTS: &str = "conf/prometheus/alerts.yml";
+const COMPOSE: &str = "deploy/compose.yaml";
+const LB_CONFIG: &str = "deploy/canary-lb.yaml";
+const PROMETHEUS: &str = "deploy/prometheus.yml";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+fn yaml(path: &str) -> Yaml {
+    let mut v: Yaml = serde_yaml_ng::from_str(&read(path))
+        .unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}"));
+    v.apply_merge()
+        .unwrap_or_else(|e| panic!("{path}: bad merge key: {e}"));
+    v
+}
+
+fn dashboard() -> Json {
+    serde_json::from_str(&read(DASHBOARD))
+        .unwrap_or_else(|e| panic!("{DASHBOARD} is not valid JSON: {e}"))
+}
+
+/// Every `canary_lb_*` name in `text`, as written (histogram suffixes included).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("canary_lb_") {
+        let preceded_by_word = rest[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        if !preceded_by_word {
+            names.insert(name.clone());
+        }
+        rest = &rest[i + name.len()..];
+    }
+    names
+}
+
+/// The sample names of a Prometheus text exposition.
+fn exported_names(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn family(name: &str) -> &str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
+}
+
+/// Every PromQL text of the dashboard: panel targets, annotations, template variable queries.
+fn dashboard_queries(v: &Json) -> Vec<String> {
+    let mut out = Vec::new();
+    match v {
+        Json::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    Json::String(s) if ["expr", "query", "definition"].contains(&k.as_str()) => {
+                        out.push(s.clone())
+                    }
+                    _ => out.extend(dashboard_queries(v)),
+                }
+            }
+        }
+        Json::Array(items) => items.iter().for_each(|i| out.extend(dashboard_queries(i))),
+        _ => {}
+    }
+    out
+}
+
+/// Every panel, rows' nested panels included.
+fn panels(dash: &Json) -> Vec<&Json> {
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().expect("panels array") {
+        out.push(p);
+        if let Some(nested) = p["panels"].as_array() {
+            out.extend(nested);
+        }
+    }
+    out
+}
+
+fn exprs(panel: &Json) -> Vec<&str> {
+    panel["targets"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["expr"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn dashboard_has_every_panel_and_the_template_variables() {
+    let dash = dashboard();
+    assert_eq!(dash["uid"], "canary-lb");
+    assert_eq!(dash["title"], "canary-lb");
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .expect("templating.list")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for var in ["pool", "instance", "datasource"] {
+        assert!(
+            vars.contains(&var),
+            "template variable `{var}` missing: {vars:?}"
+        );
+    }
+
+    // (title fragment, what its queries must contain)
+    let wanted: &[(&str, &[&str])] = &[
+        (
+            "Request rate per pool",
+            &["canary_lb_requests_total", "by (pool)"],
+        ),
+        (
+            "Canary share of traffic: actual vs configured",
+            &["canary_lb_requests_total", "canary_lb_canary_percent"],
+        ),
+        (
+            "5xx ratio: canary vs production",
+            &["code=~\"5..\"", "by (pool)"],
+        ),
+        (
+            "Latency p50 / p95 / p99 per pool",
+            &[
+                "histogram_quantile(0.5,",
+                "histogram_quantile(0.95,",
+                "histogram_quantile(0.99,",
+                "canary_lb_request_duration_seconds_bucket",
+            ],
+        ),
+        (
+            "Servers per pool by state",
+            &["canary_lb_pool_servers", "state"],
+        ),
+        (
+            "Routing decisions by reason",
+            &["canary_lb_routing_decisions_total", "reason"],
+        ),
+        ("Retries", &["canary_lb_retries_total"]),
+        ("Discovery up", &["canary_lb_discovery_up"]),
+        (
+            "Discovery errors and resyncs",
+            &[
+                "canary_lb_discovery_errors_total",
+                "canary_lb_discovery_resyncs_total",
+            ],
+        ),
+    ];
+    let all = panels(&dash);
+    for (title, needles) in wanted {
+        let panel = all
+            .iter()
+            .find(|p| p["title"] == *title)
+            .unwrap_or_else(|| panic!("no panel `{title}`"));
+        let queries = exprs(panel).join("\n");
+        for needle in *needles {
+            assert!(
+                queries.contains(needle),
+                "panel `{title}` lacks `{needle}`: {queries}"
+            );
+        }
+    }
+    let mut ids = BTreeSet::new();
+    for p in all.iter().filter(|p| p["type"] != "row") {
+        let title = p["title"].as_str().unwrap_or("?");
+        assert!(
+            ids.insert(p["id"].as_i64().expect("numeric id")),
+            "duplicate id: {title}"
+        );
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "panel `{title}`");
+        let queries = exprs(p);
+        assert!(!queries.is_empty(), "panel `{title}` has no query");
+        for q in queries {
+            // The per-pool panels follow $instance (and $pool where they are per pool).
+            assert!(
+                q.contains("$instance"),
+                "panel `{title}` ignores $instance: {q}"
+            );
+        }
+        let g = &p["gridPos"];
+        let (x, w) = (g["x"].as_i64().unwrap_or(-1), g["w"].as_i64().unwrap_or(0));
+        assert!(
+            x >= 0 && w > 0 && x + w <= 24,
+            "panel `{title}` off the grid: {g}"
+        );
+    }
+}
+
+/// A proxy following Redis, with traffic that makes every metric family appear: both pools,
+/// X-Canary, a 5xx, a retry (a registered server nobody listens on), a bad Redis entry
+/// (discovery error) and a canary percent from Redis (config change).
+fn scrape_busy_proxy() -> String {
+    let redis = RedisServer::start();
+    let prod = App::start("prod", "production");
+    let canary = App::start("canary", "canary");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let url = redis.url();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--redis", url.as_str(), "--namespace", "kit"];
+        all.extend_from_slice(args);
+        let out = run_cli(&all, Duration::from_secs(20));
+        assert!(
+            out.status.success(),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ctl(&["register", "--pool", "production", &prod.addr()]);
+    ctl(&["register", "--pool", "production", &dead]);
+    ctl(&["register", "--pool", "canary", &canary.addr()]);
+    ctl(&["canary", "set", "50"]);
+    let mut conn = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+        .expect("connect to redis");
+    redis::cmd("ZADD")
+        .arg("kit:servers:canary")
+        .arg("+inf")
+        .arg("nowhere")
+        .query::<()>(&mut conn)
+        .expect("ZADD a bad entry");
+
+    // Health checks far apart: the dead server stays in rotation, so requests to it retry.
+    let proxy = Proxy::start(&proxy_config(
+        free_port(),
+        free_port(),
+        &format!(
+            "health_check: {{ kind: tcp, interval: 60s, timeout: 1s, unhealthy_threshold: 2 }}\n\
+             discovery: {{ provider: redis, url: \"{url}\", namespace: kit, resync_interval: 1s }}\n"
+        ),
+    ));
+    wait_until(
+        "the proxy serves both pools",
+        Duration::from_secs(20),
+        || {
+            let status = proxy.status_json();
+            status["pools"]["production"]["in_rotation"] == 2
+                && status["pools"]["canary"]["in_rotation"] == 1
+        },
+    );
+    for i in 0..20 {
+        let user = format!("user-{i}");
+        let r = get(&proxy.url("/"), &[("X-User-Id", &user)]);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    get(&proxy.url("/"), &[("X-Canary", "1")]);
+    get(&proxy.url("/status/503"), &[("X-Canary", "0")]);
+    wait_until(
+        "a retry and a discovery error are counted",
+        Duration::from_secs(20),
+        || {
+            let m = proxy.metrics_text();
+            let retried = m.lines().any(|l| {
+                l.starts_with("canary_lb_retries_total{pool=\"production\"} ") && !l.ends_with(" 0")
+            });
+            if !retried {
+                get(&proxy.url("/"), &[("X-Canary", "0")]);
+            }
+            retried && m.contains("canary_lb_discovery_errors_total{kind=\"address\"}")
+        },
+    );
+    proxy.metrics_text()
+}
+
+#[test]
+fn dashboard_and_alerts_query_only_metrics_the_proxy_exports() {
+    let scrape = scrape_busy_proxy();
+    let exported = exported_names(&scrape);
+    let families: BTreeSet<&str> = exported
+        .iter()
+        .filter(|n| n.starts_with("canary_lb_"))
+        .map(|n| family(n))
+        .collect();
+    let used_by_dashboard = metric_names(&dashboard_queries(&dashboard()).join("\n"));
+    let alert_exprs: Vec<String> = yaml(ALERTS)["groups"]
+        .as_sequence()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().cloned().unwrap_or_default())
+        .map(|r| {
+            r["expr"]
+                .as_str()
+                .expect("every rule has an expr")
+                .to_string()
+        })
+        .collect();
+    for (file, used) in [
+        (DASHBOARD, used_by_dashboard.clone()),
+        (ALERTS, metric_names(&alert_exprs.join("\n"))),
+    ] {
+        assert!(!used.is_empty(), "{file} queries no canary_lb metric");
+        for name in &used {
+            assert!(
+                exported.contains(name),
+                "{file} queries `{name}`, which the proxy does not export; it exports: {exported:#?}"
+            );
+        }
+    }
+    // And the other way round: no exported family is missing from the dashboard.
+    for family in families {
+        assert!(
+            used_by_dashboard.iter().any(|n| n.starts_with(family)),
+            "the dashboard shows nothing of `{family}`"
+        );
+    }
+
+    match which("promtool") {
+        None => println!(
+            "promtool not on PATH (Debian package `prometheus`): skipped `promtool check rules \
+             {ALERTS}` and `promtool check metrics`"
+        ),
+        Some(promtool) => {
+            let out = Command::new(&promtool)
+                .args(["check", "rules"])
+                .arg(repo().join(ALERTS))
+                .output()
+                .expect("run promtool");
+            assert!(
+                out.status.success(),
+                "promtool check rules {ALERTS}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut child = Command::new(&promtool)
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run promtool");
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(scrape.as_bytes())
+                .expect("feed the scrape to promtool");
+            let out = child.wait_with_output().expect("promtool check metrics");
+            assert!(
+                out.status.success(),
+                "promtool check metrics on a live scrape:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dockerfile
+
+/// The instructions of the Dockerfile, continuation lines joined, comments dropped.
+fn dockerfile() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in read("Dockerfile").lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                let (op, args) = current.split_once(' ').unwrap_or((&current, ""));
+                out.push((op.to_ascii_uppercase(), args.trim().to_string()));
+                current.clear();
+            }
+        }
+    }
+    out
+}
+
+fn instruction(df: &[(String, String)], op: &str) -> Vec<String> {
+    df.iter()
+        .filter(|(o, _)| o == op)
+        .map(|(_, a)| a.clone())
+        .collect()
+}
+
+/// `ENV K=V K2=V2` of the Dockerfile.
+fn dockerfile_env(df: &[(String, String)]) -> BTreeMap<String, String> {
+    instruction(df, "ENV")
+        .iter()
+        .flat_map(|a| a.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+fn json_array(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("`{text}` is not a JSON array: {e}"))
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .unwrap_or_else(|| panic!("no port in `{addr}`"))
+}
+
+#[test]
+fn dockerfile_copies_existing_paths_and_runs_the_tested_command() {
+    let df = dockerfile();
+    let ignored: Vec<String> = read(".dockerignore")
+        .lines()
+        .map(|l| l.trim().trim_end_matches('/').to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let mut config_dest = None;
+    for args in instruction(&df, "COPY") {
+        if args.starts_with("--from=") {
+            continue;
+        }
+        let words: Vec<&str> = args
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        let (dest, sources) = words.split_last().expect("COPY source dest");
+        for src in sources {
+            assert!(
+                repo().join(src).exists(),
+                "Dockerfile: COPY {src}: no such path"
+            );
+            let top = src.split('/').next().unwrap_or(src);
+            assert!(
+                !ignored.iter().any(|i| i == top),
+                "COPY {src} is in .dockerignore"
+            );
+            if *src == "conf/canary-lb.yaml" {
+                config_dest = Some(dest.to_string());
+            }
+        }
+    }
+    let env = dockerfile_env(&df);
+    assert_eq!(
+        env.get("CANARY_LB_CONFIG"),
+        config_dest.as_ref(),
+        "CANARY_LB_CONFIG must name the copied default config"
+    );
+
+    // The container runs exactly `canary-lb serve`, which is what common::Proxy starts
+    // (`serve --config FILE`; the container passes the file through CANARY_LB_CONFIG).
+    let entrypoint = json_array(&instruction(&df, "ENTRYPOINT").pop().expect("ENTRYPOINT"));
+    let cmd = json_array(&instruction(&df, "CMD").pop().expect("CMD"));
+    assert_eq!(entrypoint, ["canary-lb"]);
+    assert_eq!(cmd, ["serve"]);
+    assert_eq!(instruction(&df, "STOPSIGNAL"), ["SIGTERM"]);
+    assert!(
+        instruction(&df, "USER")
+            .iter()
+            .any(|u| u != "root" && u != "0"),
+        "non-root USER"
+    );
+
+    // Exposed ports and the health check agree with the default config plus the image's env.
+    let default_config = yaml("conf/canary-lb.yaml");
+    let listen = port_of(default_config["listen"].as_str().expect("listen"));
+    let metrics = port_of(env.get("CANARY_LB_METRICS_LISTEN").expect("metrics env"));
+    let exposed: BTreeSet<u16> = instruction(&df, "EXPOSE")
+        .iter()
+        .flat_map(|a| a.split_whitespace().map(port_of).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(exposed, BTreeSet::from([listen, metrics]));
+    let health = instruction(&df, "HEALTHCHECK").pop().expect("HEALTHCHECK");
+    let health_url = format!("http://127.0.0.1:{metrics}/status");
+    assert!(
+        health.contains(&health_url),
+        "HEALTHCHECK must probe {health_url}: {health}"
+    );
+
+    // Run the image's command line the way the container does: ENTRYPOINT + CMD, config from
+    // CANARY_LB_CONFIG (a copy of the default config), the image's ENV, loopback ports.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("canary-lb.yaml");
+    std::fs::copy(repo().join("conf/canary-lb.yaml"), &config).expect("copy config");
+    let (proxy_port, metrics_port) = (free_port(), free_port());
+    let mut command = Command::new(bin());
+    command.args(&entrypoint[1..]).args(&cmd);
+    for var in [
+        "CANARY_LB_REDIS_URL",
+        "CANARY_LB_NAMESPACE",
+        "CANARY_LB_CANARY_PERCENT",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .envs(&env)
+        .env("CANARY_LB_CONFIG", &config)
+        .env("CANARY_LB_LISTEN", format!("127.0.0.1:{proxy_port}"))
+        .env(
+            "CANARY_LB_METRICS_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let container = KillOnDrop(command.spawn().expect("spawn canary-lb serve"));
+    let status_url = health_url.replace(&metrics.to_string(), &metrics_port.to_string());
+    wait_until(
+        "`canary-lb serve` answers its health check",
+        STARTUP,
+        || matches!(try_get(&status_url, &[]), Ok(r) if r.status == 200),
+    );
+    drop(container);
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compose stack
+
+/// The host side of a service's `volumes` (relative to deploy/), mapped by container path.
+fn mounts(service: &Yaml) -> BTreeMap<String, PathBuf> {
+    let base = repo().join("deploy");
+    service["volumes"]
+        .as_sequence()
+        .map(|v| v.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|v| {
+            let v = v.as_str().expect("short volume syntax");
+            let mut parts = v.split(':');
+            let (host, container) = (parts.next().unwrap(), parts.next().expect("host:container"));
+            (container.to_string(), base.join(host))
+        })
+        .collect()
+}
+
+/// Where a container path lives on the host, through the service's mounts (the deepest
+/// mount that contains it).
+fn host_path(mounts: &BTreeMap<String, PathBuf>, container_path: &str) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .filter_map(|(target, host)| {
+            let rest = Path::new(container_path).strip_prefix(target).ok()?;
+            let host = if rest.as_os_str().is_empty() {
+                host.clone()
+            } else {
+                host.join(rest)
+            };
+            Some((target.len(), host))
+        })
+        .max_by_key(|(depth, _)| *depth)
+        .map(|(_, host)| host)
+}
+
+fn strings(v: &Yaml) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn arg_after(command: &[String], flag: &str) -> String {
+    let i = command
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("no {flag} in {command:?}"));
+    command[i + 1].clone()
+}
+
+#[test]
+fn compose_stack_references_existing_paths_and_matching_ports() {
+    let compose = yaml(COMPOSE);
+    let services = compose["services"].as_mapping().expect("services");
+    let name = |k: &Yaml| k.as_str().expect("service name").to_string();
+    let service_names: BTreeSet<String> = services.keys().map(name).collect();
+    for want in ["redis", "prometheus", "grafana"] {
+        assert!(service_names.contains(want), "no `{want}` service");
+    }
+
+    // Every bind mount and build context exists.
+    for (key, service) in services {
+        let svc = name(key);
+        for (_, host) in mounts(service) {
+            assert!(
+                host.exists(),
+                "{svc}: volume source {} does not exist",
+                host.display()
+            );
+        }
+        if let Some(build) = service.get("build") {
+            let context = repo()
+                .join("deploy")
+                .join(build["context"].as_str().expect("context"));
+            assert!(
+                context.is_dir(),
+                "{svc}: build context {} missing",
+                context.display()
+            );
+            let dockerfile = build["dockerfile"].as_str().unwrap_or("Dockerfile");
+            assert!(context.join(dockerfile).is_file(), "{svc}: no {dockerfile}");
+        }
+    }
+
+    // The proxies: `serve`, the mounted config is the one CANARY_LB_CONFIG names, it is valid,
+    // and the published container ports are its listen and metrics ports.
+    let config = yaml(LB_CONFIG);
+    let listen = port_of(config["listen"].as_str().expect("listen"));
+    let metrics = port_of(config["metrics_listen"].as_str().expect("metrics_listen"));
+    let check = run_cli(
+        &[
+            "check",
+            "--config",
+            repo().join(LB_CONFIG).to_str().unwrap(),
+        ],
+        STARTUP,
+    );
+    assert!(
+        check.status.success(),
+        "{LB_CONFIG}: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let proxies: Vec<(String, &Yaml)> = services
+        .iter()
+        .filter(|(_, s)| strings(&s["command"]).first().map(String::as_str) == Some("serve"))
+        .map(|(k, s)| (name(k), s))
+        .collect();
+    assert_eq!(proxies.len(), 2, "two canary-lb replicas");
+    let mut host_ports = BTreeSet::new();
+    for (svc, s) in &proxies {
+        let env = &s["environment"];
+        let config_path = env["CANARY_LB_CONFIG"]
+            .as_str()
+            .unwrap_or("/etc/canary-lb/canary-lb.yaml");
+        let mounted = host_path(&mounts(s), config_path)
+            .unwrap_or_else(|| panic!("{svc}: {config_path} is not mounted"));
+        assert_eq!(
+            mounted.canonicalize().unwrap(),
+            repo().join(LB_CONFIG).canonicalize().unwrap()
+        );
+        assert!(
+            env["CANARY_LB_REDIS_URL"]
+                .as_str()
+                .is_some_and(|u| u.contains("redis:6379")),
+            "{svc}"
+        );
+        let container_ports: BTreeSet<u16> = strings(&s["ports"])
+            .iter()
+            .map(|p| {
+                let (host, container) = p.split_once(':').expect("HOST:CONTAINER");
+                assert!(
+                    host_ports.insert(host.to_string()),
+                    "host port {host} published twice"
+                );
+                container.parse().expect("container port")
+            })
+            .collect();
+        assert_eq!(
+            container_ports,
+            BTreeSet::from([listen, metrics]),
+            "{svc} ports"
+        );
+    }
+
+    // App servers register themselves under their service name and their listen port.
+    let apps: Vec<(String, Vec<String>)> = services
+        .iter()
+        .map(|(k, s)| (name(k), strings(&s["command"])))
+        .filter(|(_, c)| c.first().map(String::as_str) == Some("app"))
+        .collect();
+    let pools: Vec<String> = apps.iter().map(|(_, c)| arg_after(c, "--pool")).collect();
+    assert_eq!(
+        pools.iter().filter(|p| *p == "production").count(),
+        2,
+        "{pools:?}"
+    );
+    assert_eq!(
+        pools.iter().filter(|p| *p == "canary").count(),
+        1,
+        "{pools:?}"
+    );
+    for (svc, command) in &apps {
+        let advertise = arg_after(command, "--advertise");
+        assert_eq!(
+            advertise,
+            format!("{svc}:{}", port_of(&arg_after(command, "--listen")))
+        );
+        assert!(arg_after(command, "--register-redis").contains("redis:6379"));
+    }
+
+    // Prometheus scrapes every replica on its metrics port and loads the alert rules.
+    let prometheus = &compose["services"]["prometheus"];
+    let prom_mounts = mounts(prometheus);
+    let prom_config = yaml(PROMETHEUS);
+    let targets: BTreeSet<String> = prom_config["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs")
+        .iter()
+        .filter(|j| j["job_name"] == "canary-lb")
+        .flat_map(|j| strings(&j["static_configs"][0]["targets"]))
+        .collect();
+    let want: BTreeSet<String> = proxies
+        .iter()
+        .map(|(s, _)| format!("{s}:{metrics}"))
+        .collect();
+    assert_eq!(targets, want, "scrape targets");
+    assert!(host_path(&prom_mounts, "/etc/prometheus/prometheus.yml")
+        .is_some_and(|p| p.ends_with("prometheus.yml")));
+    for rule_file in strings(&prom_config["rule_files"]) {
+        let host = host_path(&prom_mounts, &rule_file)
+            .unwrap_or_else(|| panic!("rule file {rule_file} is not mounted"));
+        assert_eq!(
+            host.canonicalize().unwrap(),
+            repo().join(ALERTS).canonicalize().unwrap()
+        );
+    }
+
+    // Grafana: provisioning mounted, the dashboard provider's folder holds the dashboard.
+    let grafana = &compose["services"]["grafana"];
+    let g_mounts = mounts(grafana);
+    let provisioning =
+        host_path(&g_mounts, "/etc/grafana/provisioning").expect("provisioning mounted");
+    let provider = yaml(
+        provisioning
+            .join("dashboards/canary-lb.yaml")
+            .strip_prefix(repo())
+            .unwrap()
+            .to_str()
+            .unwrap(),
+    );
+    let folder = provider["providers"][0]["options"]["path"]
+        .as_str()
+        .expect("provider path");
+    let dashboards = host_path(&g_mounts, folder).expect("dashboard folder mounted");
+    assert!(dashboards.join("canary-lb.json").is_file());
+    let datasources = yaml(
+        provisioning
+            .join("datasources/prometheus.yaml")
+            .strip_prefix(repo())
+            .unwrap()
+            .to_str()
+            .unwrap(),
+    );
+    let ds_url = datasources["datasources"][0]["url"]
+        .as_str()
+        .expect("datasource url");
+    assert!(ds_url.starts_with("http://prometheus:"), "{ds_url}");
+    if let Some(home) = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].as_str()
+    {
+        assert!(
+            host_path(&g_mounts, home).is_some_and(|p| p.is_file()),
+            "{home}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipelines
+
+#[test]
+fn pipelines_parse_and_map_branches_to_pools() {
+    let script = repo().join("deploy/pipeline.sh");
+    let out = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash -n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = read("deploy/pipeline.sh");
+    for needle in [
+        "master) pool=production",
+        "canary) pool=canary",
+        "replace --pool",
+        "canary set",
+    ] {
+        assert!(text.contains(needle), "deploy/pipeline.sh lacks `{needle}`");
+    }
+    let jenkins = read("deploy/jenkins/Jenkinsfile");
+    for needle in [
+        "master: 'production'",
+        "canary: 'canary'",
+        "canary-lb ctl replace --pool",
+        "canary-lb ctl register --pool",
+        "canary-lb ctl canary set",
+        "input message:",
+        "code == 2",
+    ] {
+        assert!(jenkins.contains(needle), "Jenkinsfile lacks `{needle}`");
+    }
+    assert_eq!(
+        jenkins.matches('{').count(),
+        jenkins.matches('}').count(),
+        "unbalanced braces"
+    );
+    // The flags both pipelines pass exist.
+    let help = run_cli(&["ctl", "replace", "--help"], Duration::from_secs(20));
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--timeout", "--settle", "--strict", "--weight", "--pool"] {
+        assert!(help.contains(flag), "ctl replace --help lacks {flag}");
+    }
+    assert!(Path::new(&script).exists());
+}

@@ -1,0 +1,534 @@
+//! Redis discovery as a user sees it (issue #3): a real `redis-server`, real demo app servers
+//! and the real proxy with `discovery.provider: redis`. Each test writes the store with
+//! `canary-lb ctl` or with plain Redis commands (what a pipeline with `redis-cli` does) and
+//! checks what comes through the proxy, in `/status` and in `/metrics`.
+//!
+//! Every proxy follows its own namespace and resyncs every second, so "picked up within the
+//! resync interval" is measurable. Tests take [`serial`] first: they assert on timing, and on
+//! a 2-core machine two of them at once would each slow the other down.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Generous deadline for anything the proxy must notice on a loaded machine.
+const NOTICE: Duration = Duration::from_secs(20);
+/// `discovery.resync_interval` of every proxy here.
+const RESYNC: Duration = Duration::from_secs(1);
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A proxy config following `namespace` on the Redis at `redis_port` (which may not be up
+/// yet), with `production` as the file's static servers.
+fn yaml(redis_port: u16, namespace: &str, production: &[&App]) -> String {
+    let servers: Vec<String> = production
+        .iter()
+        .map(|a| format!("\"{}\"", a.addr()))
+        .collect();
+    proxy_config(
+        free_port(),
+        free_port(),
+        &format!(
+            "threads: 2\n\
+             grace_period: 1s\n\
+             pools:\n  \
+               production: {{ servers: [{servers}] }}\n\
+             health_check: {{ kind: http, path: /healthz, interval: 300ms, timeout: 2s, \
+                              healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
+             passive_health: {{ max_failures: 3, cool_off: 2s }}\n\
+             upstream: {{ connect_timeout: 1s, read_timeout: 10s, write_timeout: 10s, \
+                          max_tries: 2 }}\n\
+             routing: {{ canary_percent: 0, salt: \"it-salt\", user_header: X-User-Id }}\n\
+             discovery: {{ provider: redis, url: \"redis://127.0.0.1:{redis_port}/0\", \
+                           namespace: \"{namespace}\", resync_interval: 1s }}\n",
+            servers = servers.join(", "),
+        ),
+    )
+}
+
+/// The `/status` entry of server `addr` in `pool`.
+fn server_entry(status: &Value, pool: &str, addr: &str) -> Option<Value> {
+    status["pools"][pool]["servers"]
+        .as_array()?
+        .iter()
+        .find(|s| s["addr"] == addr)
+        .cloned()
+}
+
+/// The addresses `/status` lists in `pool`.
+fn listed(proxy: &Proxy, pool: &str) -> HashSet<String> {
+    proxy.status_json()["pools"][pool]["servers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["addr"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn discovery_up(proxy: &Proxy) -> bool {
+    proxy.status_json()["discovery"]["up"] == true
+}
+
+/// The sum of the samples of `name` whose label set contains every one of `labels`.
+fn metric(proxy: &Proxy, name: &str, labels: &[&str]) -> f64 {
+    proxy
+        .metrics_text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `X-Served-By` of `n` requests through the proxy; every one must be a 200.
+fn served_by(proxy: &Proxy, n: usize, headers: &[(&str, &str)]) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let r = get(&proxy.url(&format!("/r{i}")), headers);
+            assert_eq!(r.status, 200, "request {i}: {} {}", r.status, r.body);
+            r.served_by().expect("answered by a demo app").to_string()
+        })
+        .collect()
+}
+
+/// Whether one of `n` requests through the proxy is answered 200 by the app named `name`
+/// (other answers, 503 included, are allowed: for polling while a change propagates).
+fn reaches(proxy: &Proxy, name: &str, n: usize) -> bool {
+    (0..n).any(|_| answered_by(proxy, name, &[]))
+}
+
+/// Whether a request through the proxy is answered 200 by the app named `name`.
+fn answered_by(proxy: &Proxy, name: &str, headers: &[(&str, &str)]) -> bool {
+    matches!(try_get(&proxy.url("/"), headers), Ok(r) if r.status == 200 && r.served_by() == Some(name))
+}
+
+#[test]
+fn redis_unreachable_at_start_then_followed_once_it_answers() {
+    let _serial = serial();
+    let ns = "it-unreachable";
+    let redis_port = free_port();
+    let redis_url = format!("redis://127.0.0.1:{redis_port}/0");
+    let fixed = App::start("static-1", "production");
+    let registered = App::start("registered-1", "production");
+
+    // Redis is down. A proxy with static servers serves them; one without answers 503.
+    let with_static = Proxy::start(&yaml(redis_port, ns, &[&fixed]));
+    let without = Proxy::start(&yaml(redis_port, ns, &[]));
+    for proxy in [&with_static, &without] {
+        wait_until("discovery reports the failure", NOTICE, || {
+            proxy.status_json()["discovery"]["last_error"].is_string()
+        });
+        assert!(!discovery_up(proxy));
+        assert_eq!(metric(proxy, "canary_lb_discovery_up", &[]), 0.0);
+        assert!(
+            metric(
+                proxy,
+                "canary_lb_discovery_errors_total",
+                &["kind=\"unreachable\""]
+            ) >= 1.0
+        );
+    }
+    assert!(served_by(&with_static, 10, &[])
+        .iter()
+        .all(|s| s == "static-1"));
+    let r = get(&without.url("/"), &[]);
+    assert_eq!(r.status, 503, "no server anywhere: {}", r.body);
+
+    // Redis comes up on the configured port; a server registered there reaches both proxies
+    // (they retry with a backoff capped at 5 s), and Redis replaces the static list.
+    let _redis = RedisServer::start_on(redis_port);
+    ctl_ok(
+        &redis_url,
+        ns,
+        &["register", "--pool", "production", &registered.addr()],
+    );
+    for proxy in [&with_static, &without] {
+        wait_until("the registered server serves", NOTICE, || {
+            answered_by(proxy, "registered-1", &[])
+        });
+        wait_until("discovery is up", NOTICE, || discovery_up(proxy));
+        assert_eq!(metric(proxy, "canary_lb_discovery_up", &[]), 1.0);
+        assert!(served_by(proxy, 10, &[])
+            .iter()
+            .all(|s| s == "registered-1"));
+    }
+    assert!(
+        with_static
+            .logs()
+            .contains("serving the last known servers"),
+        "the outage is logged"
+    );
+}
+
+#[test]
+fn redis_lost_while_serving_keeps_the_last_servers_and_health_checks() {
+    let _serial = serial();
+    let ns = "it-lost";
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let p1 = App::start("p1", "production");
+    let mut p2 = App::start("p2", "production");
+    let p3 = App::start("p3", "production");
+    for app in [&p1, &p2] {
+        ctl_ok(&url, ns, &["register", "--pool", "production", &app.addr()]);
+    }
+    let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
+    wait_until("both registered servers serve", NOTICE, || {
+        reaches(&proxy, "p1", 4) && reaches(&proxy, "p2", 4)
+    });
+    assert!(discovery_up(&proxy));
+
+    // Redis dies: the last known servers keep serving, discovery is reported down.
+    redis.kill();
+    wait_until("discovery is reported down", NOTICE, || {
+        !discovery_up(&proxy)
+    });
+    assert_eq!(metric(&proxy, "canary_lb_discovery_up", &[]), 0.0);
+    let seen: HashSet<String> = served_by(&proxy, 20, &[]).into_iter().collect();
+    assert_eq!(seen, HashSet::from(["p1".to_string(), "p2".to_string()]));
+
+    // Health checks go on without Redis: a dead server leaves rotation.
+    p2.kill();
+    wait_until("p2 is marked unhealthy", NOTICE, || {
+        server_entry(&proxy.status_json(), "production", &p2.addr())
+            .is_some_and(|s| s["healthy"] == false)
+    });
+    assert!(served_by(&proxy, 20, &[]).iter().all(|s| s == "p1"));
+    assert!(!discovery_up(&proxy));
+
+    // Redis is back, empty: re-register; the proxy resubscribes and resyncs.
+    redis.restart();
+    ctl_ok(&url, ns, &["register", "--pool", "production", &p1.addr()]);
+    ctl_ok(&url, ns, &["register", "--pool", "production", &p3.addr()]);
+    wait_until("discovery is up again", NOTICE, || discovery_up(&proxy));
+    wait_until("the newly registered p3 gets traffic", NOTICE, || {
+        reaches(&proxy, "p3", 4)
+    });
+    wait_until("p2 (not re-registered) is gone", NOTICE, || {
+        !listed(&proxy, "production").contains(&p2.addr())
+    });
+    let seen: HashSet<String> = served_by(&proxy, 20, &[]).into_iter().collect();
+    assert_eq!(seen, HashSet::from(["p1".to_string(), "p3".to_string()]));
+    // And it follows events again, not only resyncs: a publish moves the percent at once.
+    ctl_ok(&url, ns, &["canary", "set", "40"]);
+    wait_until("the percent set after the restart applies", NOTICE, || {
+        proxy.status_json()["routing"]["canary_percent"] == 40.0
+    });
+}
+
+#[test]
+fn bad_data_is_logged_counted_and_skipped() {
+    let _serial = serial();
+    let ns = "it-bad";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let good = App::start("good", "production");
+    let heavy = App::start("heavy", "production");
+    let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
+    let servers = format!("{ns}:servers:production");
+    let weights = format!("{ns}:weights:production");
+    let routing = format!("{ns}:routing");
+    let events = format!("{ns}:events");
+
+    // What a hand-written pipeline might store: one good server, one with a non-numeric
+    // weight, one member that is not an address; and a good canary percent.
+    redis_cmd(&url, &["ZADD", &servers, "+inf", &good.addr()]);
+    redis_cmd(&url, &["ZADD", &servers, "+inf", &heavy.addr()]);
+    redis_cmd(&url, &["HSET", &weights, &heavy.addr(), "heavy"]);
+    redis_cmd(&url, &["ZADD", &servers, "+inf", "not-an-address"]);
+    redis_cmd(&url, &["HSET", &routing, "canary_percent", "25"]);
+    redis_cmd(&url, &["PUBLISH", &events, "production"]);
+
+    wait_until("the good server serves", NOTICE, || {
+        answered_by(&proxy, "good", &[])
+    });
+    wait_until("the good percent applies", NOTICE, || {
+        proxy.status_json()["routing"]["canary_percent"] == 25.0
+    });
+    wait_until("both bad entries are counted", NOTICE, || {
+        metric(
+            &proxy,
+            "canary_lb_discovery_errors_total",
+            &["kind=\"weight\""],
+        ) >= 1.0
+            && metric(
+                &proxy,
+                "canary_lb_discovery_errors_total",
+                &["kind=\"address\""],
+            ) >= 1.0
+    });
+    let logs = proxy.logs();
+    assert!(logs.contains(&weights) && logs.contains("heavy"), "{logs}");
+    assert!(
+        logs.contains(&servers) && logs.contains("not-an-address"),
+        "{logs}"
+    );
+    assert_eq!(listed(&proxy, "production"), HashSet::from([good.addr()]));
+
+    // A bad percent is ignored: the previous good one stays in force.
+    redis_cmd(&url, &["HSET", &routing, "canary_percent", "abc"]);
+    redis_cmd(&url, &["PUBLISH", &events, "routing"]);
+    wait_until("`abc` is counted", NOTICE, || {
+        metric(
+            &proxy,
+            "canary_lb_discovery_errors_total",
+            &["kind=\"canary_percent\""],
+        ) >= 1.0
+    });
+    redis_cmd(&url, &["HSET", &routing, "canary_percent", "150"]);
+    redis_cmd(&url, &["PUBLISH", &events, "routing"]);
+    wait_until("`150` is counted", NOTICE, || {
+        metric(
+            &proxy,
+            "canary_lb_discovery_errors_total",
+            &["kind=\"canary_percent\""],
+        ) >= 2.0
+    });
+    let status = proxy.status_json();
+    assert_eq!(status["routing"]["canary_percent"], 25.0, "{status}");
+    assert_eq!(
+        status["routing"]["canary_percent_from"], "redis",
+        "{status}"
+    );
+    assert_eq!(metric(&proxy, "canary_lb_canary_percent", &[]), 25.0);
+    let logs = proxy.logs();
+    assert!(logs.contains(&routing), "{logs}");
+    assert!(logs.contains("abc") && logs.contains("150"), "{logs}");
+
+    // The good server kept serving through all of it; the skipped one never got a request.
+    assert!(served_by(&proxy, 30, &[("X-Canary", "0")])
+        .iter()
+        .all(|s| s == "good"));
+    assert!(
+        discovery_up(&proxy),
+        "bad entries do not make discovery down"
+    );
+}
+
+#[test]
+fn an_expired_lease_leaves_rotation_without_any_event() {
+    let _serial = serial();
+    let ns = "it-lease";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let forever = App::start("forever", "production");
+    let leased = App::start("leased", "production");
+    let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
+    let servers = format!("{ns}:servers:production");
+
+    // Written like a hand-rolled heartbeat: ZADD with a near-future expiry, no PUBLISH.
+    let expiry_ms = store_now_ms() + 6_000;
+    redis_cmd(&url, &["ZADD", &servers, "+inf", &forever.addr()]);
+    redis_cmd(
+        &url,
+        &["ZADD", &servers, &expiry_ms.to_string(), &leased.addr()],
+    );
+    wait_until("the leased server serves", NOTICE, || {
+        reaches(&proxy, "leased", 4)
+    });
+    assert!(
+        store_now_ms() < expiry_ms,
+        "the lease ran out before the test could watch it being served; machine too slow?"
+    );
+
+    wait_until("the leased server leaves /status", NOTICE, || {
+        !listed(&proxy, "production").contains(&leased.addr())
+    });
+    let late_ms = store_now_ms().saturating_sub(expiry_ms);
+    eprintln!("lease expiry -> out of /status: {late_ms} ms");
+    assert!(
+        late_ms <= (RESYNC + Duration::from_secs(1)).as_millis() as u64,
+        "out of rotation {late_ms} ms after the lease passed"
+    );
+    assert!(served_by(&proxy, 20, &[]).iter().all(|s| s == "forever"));
+}
+
+#[test]
+fn two_replicas_on_one_redis_agree() {
+    let _serial = serial();
+    let ns = "it-replicas";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let prod = App::start("prod", "production");
+    let canary = App::start("canary", "canary");
+    ctl_ok(
+        &url,
+        ns,
+        &["register", "--pool", "production", &prod.addr()],
+    );
+    let a = Proxy::start(&yaml(redis.port(), ns, &[]));
+    let b = Proxy::start(&yaml(redis.port(), ns, &[]));
+    let force = [("X-Canary", "1")];
+    for proxy in [&a, &b] {
+        // Canary is empty: forced requests fall back to production.
+        wait_until("production serves", NOTICE, || {
+            answered_by(proxy, "prod", &force)
+        });
+    }
+
+    // One registration reaches both replicas.
+    ctl_ok(&url, ns, &["register", "--pool", "canary", &canary.addr()]);
+    let registered = Instant::now();
+    let mut seen = [None, None];
+    wait_until("both replicas route to the new canary", NOTICE, || {
+        for (i, proxy) in [&a, &b].into_iter().enumerate() {
+            if seen[i].is_none() && answered_by(proxy, "canary", &force) {
+                seen[i] = Some(registered.elapsed());
+            }
+        }
+        seen.iter().all(Option::is_some)
+    });
+    eprintln!(
+        "ctl register -> served through replica a: {:?}, b: {:?}",
+        seen[0], seen[1]
+    );
+
+    // One percent change reaches both replicas.
+    ctl_ok(&url, ns, &["canary", "set", "30"]);
+    let set = Instant::now();
+    wait_until("both replicas apply 30 %", NOTICE, || {
+        [&a, &b]
+            .iter()
+            .all(|p| p.status_json()["routing"]["canary_percent"] == 30.0)
+    });
+    eprintln!("ctl canary set 30 -> both /status: {:?}", set.elapsed());
+
+    // Both replicas put every user on the same side.
+    let mut in_canary = 0;
+    for u in 0..500 {
+        let user = format!("user-{u}");
+        let headers = [("X-User-Id", user.as_str())];
+        let ra = get(&a.url("/"), &headers);
+        let rb = get(&b.url("/"), &headers);
+        assert_eq!(ra.status, 200, "{}", ra.body);
+        assert_eq!(rb.status, 200, "{}", rb.body);
+        assert_eq!(
+            ra.pool(),
+            rb.pool(),
+            "{user} is routed differently by the replicas"
+        );
+        in_canary += usize::from(ra.pool() == Some("canary"));
+    }
+    assert!(
+        (100..=200).contains(&in_canary),
+        "{in_canary} of 500 users in canary at 30 %"
+    );
+}
+
+#[test]
+fn draining_finishes_in_flight_requests_and_sends_no_new_ones() {
+    let _serial = serial();
+    let ns = "it-drain";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let old = App::start("old", "production");
+    let new = App::start("new", "production");
+    ctl_ok(&url, ns, &["register", "--pool", "production", &old.addr()]);
+    let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
+    wait_until("the old server serves", NOTICE, || {
+        answered_by(&proxy, "old", &[])
+    });
+
+    std::thread::scope(|s| {
+        // The only server in the pool takes a slow request...
+        let slow = s.spawn(|| get(&proxy.url("/slow?ms=3000"), &[]));
+        wait_until(
+            "the slow request is in flight on the old server",
+            NOTICE,
+            || {
+                server_entry(&proxy.status_json(), "production", &old.addr())
+                    .is_some_and(|e| e["in_flight"].as_i64() >= Some(1))
+            },
+        );
+        // ...then a second server joins and the first is drained under it.
+        ctl_ok(&url, ns, &["register", "--pool", "production", &new.addr()]);
+        ctl_ok(&url, ns, &["drain", "--pool", "production", &old.addr()]);
+        wait_until("/status shows the old server draining", NOTICE, || {
+            server_entry(&proxy.status_json(), "production", &old.addr())
+                .is_some_and(|e| e["draining"] == true)
+        });
+        let entry = server_entry(&proxy.status_json(), "production", &old.addr()).unwrap();
+        assert_eq!(entry["in_rotation"], false, "{entry}");
+        assert!(
+            !slow.is_finished(),
+            "the slow request ended before the drain applied; machine too slow?"
+        );
+        assert_eq!(
+            metric(
+                &proxy,
+                "canary_lb_pool_servers",
+                &["pool=\"production\"", "state=\"draining\""]
+            ),
+            1.0
+        );
+
+        let served = served_by(&proxy, 50, &[]);
+        assert!(
+            served.iter().all(|s| s == "new"),
+            "a drained server got new requests: {served:?}"
+        );
+        let r = slow.join().expect("slow request thread");
+        assert_eq!(r.status, 200, "the in-flight request finishes: {}", r.body);
+        assert_eq!(r.served_by(), Some("old"));
+    });
+    assert!(served_by(&proxy, 10, &[]).iter().all(|s| s == "new"));
+}
+
+#[test]
+fn a_plain_write_without_publish_is_picked_up_within_the_resync_interval() {
+    let _serial = serial();
+    let ns = "it-plain";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let app = App::start("plain", "production");
+    let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
+    wait_until("discovery is up", NOTICE, || discovery_up(&proxy));
+    assert_eq!(
+        get(&proxy.url("/"), &[]).status,
+        503,
+        "nothing registered yet"
+    );
+
+    let written = Instant::now();
+    redis_cmd(
+        &url,
+        &[
+            "ZADD",
+            &format!("{ns}:servers:production"),
+            "+inf",
+            &app.addr(),
+        ],
+    );
+    wait_until("the server written with plain ZADD serves", NOTICE, || {
+        answered_by(&proxy, "plain", &[])
+    });
+    let took = written.elapsed();
+    eprintln!("plain ZADD (no PUBLISH) -> served: {took:?}");
+    // One resync interval, plus a second for scheduling and polling on a loaded machine.
+    assert!(
+        took <= RESYNC + Duration::from_secs(1),
+        "picked up after {took:?}"
+    );
+}
+
+/// Unix milliseconds, as the proxies compare lease scores.
+fn store_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
