@@ -35,8 +35,11 @@ fn main() {
     let prod = App::start("bench-prod", "production");
     let canary = App::start("bench-canary", "canary");
 
+    eprintln!("discovery bench: propagation ({TRIES} tries, twice)");
     let propagation = propagation(&url, redis.port(), &prod, &canary);
+    eprintln!("discovery bench: snapshot reads of {BIG_POOL} servers");
     let (read_times, commands_per_read) = snapshot_reads(&url);
+    eprintln!("discovery bench: {BIG_POOL} servers through the proxy");
     let big = big_pool(&url, redis.port(), &prod);
 
     println!();
@@ -329,12 +332,14 @@ fn big_pool(url: &str, redis_port: u16, prod: &App) -> BigPool {
         out
     };
     measure(300); // warm-up: connections, caches
+    eprintln!("discovery bench: request latency without resyncs");
     let quiet = measure(REQUESTS);
 
     // A background writer triggers a resync every 50 ms while requests flow.
     let under_resyncs = |churn: bool| -> (Vec<Duration>, u64) {
         let stop = AtomicBool::new(false);
         let published = AtomicU64::new(0);
+        eprintln!("discovery bench: request latency with a resync every {RESYNC_EVERY:?} (churn: {churn})");
         let before = resyncs(&proxy);
         let latencies = std::thread::scope(|s| {
             s.spawn(|| {

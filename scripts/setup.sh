@@ -18,6 +18,8 @@ if [ "${WITH_BENCH:-0}" = 1 ]; then
   command -v nginx >/dev/null || need+=(nginx)
   command -v haproxy >/dev/null || need+=(haproxy)
   command -v wrk >/dev/null || need+=(wrk)
+  command -v bc >/dev/null || need+=(bc)
+  command -v valgrind >/dev/null || need+=(valgrind)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

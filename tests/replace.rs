@@ -76,13 +76,24 @@ fn register(redis: &RedisServer, pool: &str, addr: &str) {
     assert!(out.status.success(), "register: {}", text(&out.stderr));
 }
 
-/// Wait until the proxy answers `path` from the app named `name`.
+/// Wait until the proxy answers `/` from the app named `name`.
 fn wait_served_by(proxy: &Proxy, name: &str, headers: &[(&str, &str)]) {
-    wait_until(
-        &format!("the proxy serves from {name}"),
-        Duration::from_secs(20),
-        || matches!(try_get(&proxy.url("/"), headers), Ok(r) if r.served_by() == Some(name)),
-    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let last = try_get(&proxy.url("/"), headers);
+        if matches!(&last, Ok(r) if r.served_by() == Some(name)) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "the proxy does not serve from {name} within 20s; last answer: {last:?}\n\
+                 status: {}\n{}",
+                proxy.status_json(),
+                proxy.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `canary-lb ctl --redis URL --namespace NS replace ARGS...`
@@ -488,7 +499,7 @@ fn replace_timeout_with_requests_in_flight_is_exit_3_with_strict_else_a_warning(
     wait_served_by(&proxy, "old", &[]);
 
     // --strict: exit 3, OLD deregistered anyway, and its request still finishes.
-    let slow = slow_request(&proxy, 10000);
+    let slow = slow_request(&proxy, 8000);
     let (o, n) = (old.addr(), new.addr());
     let quick = ["--timeout", "3s", "--settle", "1s"];
     let strict = [&["--pool", "production", &o, &n][..], &quick, &["--strict"]].concat();
@@ -507,7 +518,7 @@ fn replace_timeout_with_requests_in_flight_is_exit_3_with_strict_else_a_warning(
 
     // Without --strict the same situation is a warning and exit 0.
     wait_served_by(&proxy, "new", &[]);
-    let slow = slow_request(&proxy, 10000);
+    let slow = slow_request(&proxy, 8000);
     let lenient = [&["--pool", "production", &n, &o][..], &quick].concat();
     let out = replace(&redis, &lenient);
     let stdout = text(&out.stdout);
