@@ -890,3 +890,38 @@ fn status_lists_servers_and_routing() {
     assert_eq!(status["routing"]["salt"], "it-salt", "{status}");
     assert!(status.get("discovery").is_some(), "{status}");
 }
+
+#[test]
+fn consistent_hashing_keeps_a_user_on_one_server() {
+    let _serial = serial();
+    let apps: Vec<App> = (1..=3)
+        .map(|i| App::start(&format!("ch-p{i}"), "production"))
+        .collect();
+    let (listen, metrics) = (free_port(), free_port());
+    let servers: Vec<String> = apps.iter().map(server).collect();
+    let proxy = Proxy::start(&proxy_config(
+        listen,
+        metrics,
+        &format!(
+            "threads: 2\n\
+             pools:\n  production: {{ servers: [{}], balance: consistent_hash }}\n\
+             health_check: {FAST_HTTP_HEALTH}\n\
+             routing: {{ canary_percent: 0, user_header: X-User-Id }}\n",
+            servers.join(", ")
+        ),
+    ));
+    let url = proxy.url("/");
+    let mut used = std::collections::BTreeSet::new();
+    for u in 0..60 {
+        let user = format!("user-{u}");
+        let first = get(&url, &[("X-User-Id", &user)]);
+        assert_eq!(first.status, 200);
+        let server = first.served_by().unwrap_or("?").to_string();
+        for _ in 0..3 {
+            let again = get(&url, &[("X-User-Id", &user)]);
+            assert_eq!(again.served_by(), Some(server.as_str()), "{user} moved");
+        }
+        used.insert(server);
+    }
+    assert!(used.len() >= 2, "60 users all hashed to {used:?}");
+}
