@@ -266,6 +266,15 @@ fn snapshot_reads(url: &str) -> (Vec<Duration>, f64) {
     })
 }
 
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 struct BigPool {
     publish_to_status: Vec<Duration>,
     quiet: Vec<Duration>,
@@ -376,9 +385,9 @@ fn big_pool(url: &str, redis_port: u16, prod: &App) -> BigPool {
                         .expect("ZREM");
                 }
             });
-            let latencies = measure(REQUESTS);
-            stop.store(true, Ordering::Relaxed);
-            latencies
+            // Stops the writer also when `measure` panics, so the scope can end.
+            let _stop = StopOnDrop(&stop);
+            measure(REQUESTS)
         });
         let done = resyncs(&proxy) - before;
         assert!(

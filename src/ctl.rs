@@ -10,10 +10,8 @@
 //! keeps retrying while Redis is unreachable, and deregisters on SIGTERM/SIGINT so a clean
 //! shutdown leaves the pool at once instead of when the lease lapses.
 //!
-//! `replace` (in [`replace`]) is the deploy pipeline's rolling step; it is the one command
+//! `replace` (in `ctl/replace.rs`) is the deploy pipeline's rolling step; it is the one command
 //! with exit codes other than 0 and 1, so a pipeline can tell "NEW never came up" apart.
-
-mod replace;
 
 use std::time::Duration;
 
@@ -24,6 +22,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::cli::{CanaryCommand, CtlArgs, CtlCommand};
 use crate::config::{redact_url, Config, Percent, PoolKind, ServerAddr, Weight};
 use crate::store::{self, Keys, Status, StoreError, SERVING_FRESH_MS};
+
+mod replace;
 
 const DEFAULT_NAMESPACE: &str = "canary-lb";
 /// Lease length of `register --heartbeat` without `--ttl`.

@@ -440,6 +440,18 @@ fn port_of(addr: &str) -> u16 {
         .unwrap_or_else(|| panic!("no port in `{addr}`"))
 }
 
+/// The port of `listen` (an address, or a list whose addresses share one port).
+fn listen_port(config: &Yaml) -> u16 {
+    let listen = &config["listen"];
+    let addrs = match listen.as_str() {
+        Some(one) => vec![one.to_string()],
+        None => strings(listen),
+    };
+    let ports: BTreeSet<u16> = addrs.iter().map(|a| port_of(a)).collect();
+    assert_eq!(ports.len(), 1, "one listen port expected: {addrs:?}");
+    ports.into_iter().next().unwrap()
+}
+
 #[test]
 fn dockerfile_copies_existing_paths_and_runs_the_tested_command() {
     let df = dockerfile();
@@ -496,7 +508,7 @@ fn dockerfile_copies_existing_paths_and_runs_the_tested_command() {
 
     // Exposed ports and the health check agree with the default config plus the image's env.
     let default_config = yaml("conf/canary-lb.yaml");
-    let listen = port_of(default_config["listen"].as_str().expect("listen"));
+    let listen = listen_port(&default_config);
     let metrics = port_of(env.get("CANARY_LB_METRICS_LISTEN").expect("metrics env"));
     let exposed: BTreeSet<u16> = instruction(&df, "EXPOSE")
         .iter()
@@ -647,7 +659,7 @@ fn compose_stack_references_existing_paths_and_matching_ports() {
     // The proxies: `serve`, the mounted config is the one CANARY_LB_CONFIG names, it is valid,
     // and the published container ports are its listen and metrics ports.
     let config = yaml(LB_CONFIG);
-    let listen = port_of(config["listen"].as_str().expect("listen"));
+    let listen = listen_port(&config);
     let metrics = port_of(config["metrics_listen"].as_str().expect("metrics_listen"));
     let check = run_cli(
         &[

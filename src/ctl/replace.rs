@@ -45,11 +45,12 @@ pub struct Replace {
 /// How the step ended; each maps to the documented exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// NEW serves, OLD is gone (also when OLD still had requests in flight without --strict).
+    /// NEW serves, OLD is out of rotation for good (also when OLD still had requests in flight,
+    /// without --strict).
     Done,
     /// NEW was never reported serving: OLD untouched, NEW deregistered again.
     NewNeverServed,
-    /// --strict: OLD still had requests in flight at the timeout (it was deregistered).
+    /// --strict: OLD still had requests in flight at the timeout (it is out of rotation anyway).
     OldStillBusy,
 }
 
