@@ -431,10 +431,13 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// Redis Sentinel: the proxies ask these Sentinels for the current master of `master_name`
+/// at every (re)connect. `discovery.url` still supplies the database and credentials.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SentinelConfig {
     pub master_name: String,
+    /// Sentinel addresses as URLs, e.g. `redis://10.0.0.5:26379`.
     pub nodes: Vec<String>,
 }
 
@@ -513,6 +516,17 @@ impl Config {
         }
         if self.discovery.provider == Provider::Redis {
             validate_redis_url(&self.discovery.url).map_err(|e| format!("discovery.url: {e}"))?;
+            if let Some(sentinel) = &self.discovery.sentinel {
+                if sentinel.master_name.is_empty() || sentinel.nodes.is_empty() {
+                    return Err(
+                        "discovery.sentinel: needs master_name and at least one node".into(),
+                    );
+                }
+                for (i, node) in sentinel.nodes.iter().enumerate() {
+                    validate_redis_url(node)
+                        .map_err(|e| format!("discovery.sentinel.nodes[{i}]: {e}"))?;
+                }
+            }
         }
         for (pool, p) in [
             ("production", &self.pools.production),

@@ -34,12 +34,12 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     let config = shared.config();
     let url = config.discovery.url.clone();
     let redacted = crate::config::redact_url(&url);
-    let client = match redis::Client::open(url.as_str()) {
-        Ok(c) => c,
+    let mut source = match Source::new(&config.discovery) {
+        Ok(s) => s,
         Err(e) => {
-            shared
-                .discovery
-                .set_error(format!("bad redis url {redacted}: {e}"));
+            let e = format!("redis {redacted}: {e}");
+            log::error!("{e}; discovery stays on the config file's servers");
+            shared.discovery.set_error(e);
             return;
         }
     };
@@ -53,7 +53,10 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
-        let outcome = follower.follow(&client, &mut shutdown, &mut backoff).await;
+        let outcome = match source.client().await {
+            Ok(client) => follower.follow(&client, &mut shutdown, &mut backoff).await,
+            Err(e) => Err(e),
+        };
         let Err(e) = outcome else { return };
         let e = format!("redis {redacted}: {e}");
         // Log the outage once, not every retry.
@@ -71,6 +74,47 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Where the Redis master is: the URL itself, or whatever the Sentinels name as master at
+/// each (re)connect, so a failover is followed by the next reconnect.
+enum Source {
+    Direct(redis::Client),
+    Sentinel {
+        sentinel: redis::sentinel::Sentinel,
+        master_name: String,
+        /// Database and credentials of the URL, used on the master.
+        node: redis::sentinel::SentinelNodeConnectionInfo,
+    },
+}
+
+impl Source {
+    fn new(d: &crate::config::DiscoveryConfig) -> redis::RedisResult<Source> {
+        let client = redis::Client::open(d.url.as_str())?;
+        let Some(s) = &d.sentinel else {
+            return Ok(Source::Direct(client));
+        };
+        let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(client.get_connection_info().redis_settings().clone());
+        Ok(Source::Sentinel {
+            sentinel: redis::sentinel::Sentinel::build(s.nodes.clone())?,
+            master_name: s.master_name.clone(),
+            node,
+        })
+    }
+
+    async fn client(&mut self) -> Result<redis::Client, String> {
+        match self {
+            Source::Direct(c) => Ok(c.clone()),
+            Source::Sentinel {
+                sentinel,
+                master_name,
+                node,
+            } => timed(sentinel.async_master_for(master_name, Some(node)))
+                .await
+                .map_err(|e| format!("sentinel master `{master_name}`: {e}")),
+        }
     }
 }
 
