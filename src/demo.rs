@@ -145,12 +145,13 @@ pub fn run_app(args: AppArgs) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     server.add_service(app_service(&name, &args.pool, args.listen));
-    if let Some(url) = args.register_redis {
+    let advertise = args.advertise.unwrap_or_else(|| args.listen.to_string());
+    if let Some(url) = &args.register_redis {
         let registration = Registration {
-            redis_url: url,
-            namespace: args.namespace,
+            redis_url: url.clone(),
+            namespace: args.namespace.clone(),
             pool: args.pool.clone(),
-            addr: args.advertise.unwrap_or_else(|| args.listen.to_string()),
+            addr: advertise.clone(),
         };
         server.add_service(background_service("redis registration", registration));
     }
@@ -158,7 +159,44 @@ pub fn run_app(args: AppArgs) -> anyhow::Result<()> {
         "demo app {name} (pool {}) listening on {}",
         args.pool, args.listen
     );
-    server.run_forever()
+    server.run(pingora_core::server::RunArgs::default());
+    // Pingora has stopped every service (the heartbeat included, possibly before it could
+    // deregister): remove the registration now, so the proxies stop at once rather than
+    // when the lease runs out.
+    if let Some(url) = &args.register_redis {
+        deregister_on_exit(url, &args.namespace, &args.pool, &advertise);
+    }
+    Ok(())
+}
+
+fn deregister_on_exit(url: &str, namespace: &str, pool: &str, addr: &str) {
+    let work = async {
+        let pool = crate::config::PoolKind::parse(pool).map_err(anyhow::Error::msg)?;
+        let addr = crate::config::ServerAddr::parse(addr).map_err(anyhow::Error::msg)?;
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        crate::store::deregister(&mut conn, &crate::store::Keys::new(namespace), pool, &addr)
+            .await?;
+        anyhow::Ok(())
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(2), work)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("Redis did not answer within 2s")))
+        }),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => info!("deregistered {addr} from pool {pool}"),
+        Err(e) => error!(
+            "could not deregister {addr} from pool {pool} at {}: {e:#}; its lease runs out instead",
+            crate::config::redact_url(url)
+        ),
+    }
 }
 
 /// A listening Pingora service that serves one [`DemoApp`] on `listen`.

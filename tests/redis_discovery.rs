@@ -595,8 +595,6 @@ fn a_self_registered_app_deregisters_on_sigterm() {
 }
 
 #[test]
-#[ignore = "bug: on SIGINT Pingora shuts the registration runtime down before it deregisters \
-            (src/demo.rs, Registration)"]
 fn a_self_registered_app_deregisters_on_sigint() {
     self_registered_app_deregisters_on("INT");
 }
