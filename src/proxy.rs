@@ -175,10 +175,13 @@ impl ProxyHttp for CanaryProxy {
             client_ip,
         };
         let decision = routing::decide(&policy, &facts, routing::new_user_id);
+        // The consistent-hashing key: the user, also when a header or cookie chose the pool.
         let key: &[u8] = match &decision.user {
             UserKey::Known(k) => k,
             UserKey::New(id) => id.as_bytes(),
-            UserKey::None => b"",
+            UserKey::None => routing::cookie_value(facts.cookies, policy.user_cookie.as_bytes())
+                .or(facts.user_header)
+                .unwrap_or(b""),
         };
 
         let pools = &self.shared.pools;
