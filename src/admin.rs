@@ -89,7 +89,9 @@ impl ServeHttp for AdminApp {
             "/metrics" => reply(
                 200,
                 "text/plain; version=0.0.4",
-                self.shared.metrics.render(&self.shared.pools),
+                self.shared
+                    .metrics
+                    .render(&self.shared.pools, self.shared.discovery.up.load(Relaxed)),
             ),
             "/status" => {
                 let body = serde_json::to_vec_pretty(&status(&self.shared)).unwrap_or_default();

@@ -53,6 +53,15 @@ pub struct Pools {
     pub canary: PoolConfig,
 }
 
+impl Pools {
+    pub fn get(&self, kind: PoolKind) -> &PoolConfig {
+        match kind {
+            PoolKind::Production => &self.production,
+            PoolKind::Canary => &self.canary,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {

@@ -49,7 +49,7 @@ pub struct Metrics {
     decisions: [[IntCounter; 4]; 2],
     retries: [IntCounter; 2],
     canary_percent: Gauge,
-    pub discovery_up: IntGauge,
+    discovery_up: IntGauge,
     discovery_errors: IntCounterVec,
     pub discovery_resyncs: IntCounter,
     config_changes: IntCounterVec,
@@ -156,15 +156,12 @@ impl Metrics {
             &["source"],
         )?;
 
-        let per_pool = |f: &dyn Fn(&str) -> IntCounter| [f("production"), f("canary")];
-        let decisions = [PoolKind::Production, PoolKind::Canary].map(|p| {
+        // Handles per pool, in `idx` order (PoolKind::ALL).
+        let decisions = PoolKind::ALL.map(|p| {
             Reason::ALL.map(|r| decisions_vec.with_label_values(&[p.as_str(), r.as_str()]))
         });
-        let retries = per_pool(&|p| retries_vec.with_label_values(&[p]));
-        let duration = [
-            duration_vec.with_label_values(&["production"]),
-            duration_vec.with_label_values(&["canary"]),
-        ];
+        let retries = PoolKind::ALL.map(|p| retries_vec.with_label_values(&[p.as_str()]));
+        let duration = PoolKind::ALL.map(|p| duration_vec.with_label_values(&[p.as_str()]));
         for state in ["healthy", "unhealthy", "draining"] {
             for p in PoolKind::ALL {
                 pool_servers.with_label_values(&[p.as_str(), state]).set(0);
@@ -302,8 +299,11 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self, pools: &Pools) -> Vec<u8> {
+    /// `discovery_up` is the discovery state at scrape time, so the gauge cannot disagree
+    /// with `/status`.
+    pub fn render(&self, pools: &Pools, discovery_up: bool) -> Vec<u8> {
         self.sync_pools(pools);
+        self.discovery_up.set(i64::from(discovery_up));
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("cannot encode metrics: {e}");

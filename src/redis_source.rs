@@ -67,7 +67,6 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
         }
         first = false;
         shared.discovery.set_error(e);
-        shared.metrics.discovery_up.set(0);
         shared.metrics.discovery_error("unreachable");
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -236,7 +235,6 @@ impl Follower {
         shared.set_overrides(overrides);
         shared.refresh.notify_one();
         shared.discovery.set_ok();
-        shared.metrics.discovery_up.set(1);
     }
 
     /// Tell the store which servers this proxy has in rotation and what it has in flight.

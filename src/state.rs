@@ -50,23 +50,22 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config) -> anyhow::Result<Shared> {
-        let pool = |kind: PoolKind, pc: &PoolConfig| -> anyhow::Result<Pool> {
+        let pool = |kind: PoolKind| -> anyhow::Result<Pool> {
             Ok(Pool::new(
                 kind,
-                pc.balance,
+                config.pools.get(kind).balance,
                 config.passive_health.clone(),
                 health::checker(&config.health_check, kind)?,
             ))
         };
         let pools = Pools {
-            production: pool(PoolKind::Production, &config.pools.production)?,
-            canary: pool(PoolKind::Canary, &config.pools.canary)?,
+            production: pool(PoolKind::Production)?,
+            canary: pool(PoolKind::Canary)?,
         };
         let policy = CanaryPolicy::from_config(&config.routing).map_err(anyhow::Error::msg)?;
         let metrics = Metrics::new()?;
         metrics.set_canary_percent(policy.percent.as_f64());
         let static_provider = config.discovery.provider == Provider::Static;
-        metrics.discovery_up.set(i64::from(static_provider));
         let source = match config.discovery.provider {
             Provider::Static => "config file".to_string(),
             Provider::Redis => crate::config::redact_url(&config.discovery.url),
@@ -193,11 +192,9 @@ impl Shared {
     fn feed_file_servers(&self) {
         let config = self.config();
         for kind in PoolKind::ALL {
-            let pc = match kind {
-                PoolKind::Production => &config.pools.production,
-                PoolKind::Canary => &config.pools.canary,
-            };
-            self.pools.get(kind).set_wanted(wanted_from_file(pc));
+            self.pools
+                .get(kind)
+                .set_wanted(wanted_from_file(config.pools.get(kind)));
         }
     }
 }
