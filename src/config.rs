@@ -34,6 +34,9 @@ pub struct Config {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// Limits on what a client may send and how long it may take (SECURITY.md).
+    #[serde(default)]
+    pub client: ClientConfig,
     #[serde(default)]
     pub discovery: DiscoveryConfig,
     /// When production has no healthy server, send production traffic to canary instead of 503.
@@ -402,6 +405,54 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// Limits on downstream clients: every value a client controls has a bound or a timeout.
+/// The defaults follow nginx and HAProxy (SECURITY.md lists them side by side).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// How long an idle keep-alive connection waits for the next request.
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Deadline for the whole request head (request line and headers), like HAProxy's
+    /// `timeout http-request`; a drip-fed head is cut off when it expires.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Largest request head in bytes (request line plus all headers); beyond it: 431.
+    #[serde(default = "default_max_header_bytes", deserialize_with = "de_head_bytes")]
+    pub max_header_bytes: usize,
+    /// Largest single header line or request line in bytes; beyond it: 431.
+    #[serde(default = "default_max_header_line", deserialize_with = "de_head_bytes")]
+    pub max_header_line: usize,
+    /// Most header lines in one request; beyond it: 431.
+    #[serde(default = "default_max_headers", deserialize_with = "de_max_headers")]
+    pub max_headers: usize,
+    /// Open client connections per proxy process; past it new connections are closed at once.
+    #[serde(default = "default_max_connections", deserialize_with = "de_max_connections")]
+    pub max_connections: usize,
+    /// Drop request headers whose names contain `_` (nginx's `underscores_in_headers off`):
+    /// some frameworks read `X_Canary` as `X-Canary`.
+    #[serde(default = "default_true")]
+    pub drop_underscore_headers: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            keepalive_timeout: default_keepalive_timeout(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_header_line: default_max_header_line(),
+            max_headers: default_max_headers(),
+            max_connections: default_max_connections(),
+            drop_underscore_headers: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
@@ -519,6 +570,22 @@ impl Config {
         }
         if self.health_check.interval.is_zero() || self.health_check.timeout.is_zero() {
             return Err("health_check: interval and timeout must be above 0".into());
+        }
+        let c = &self.client;
+        for (key, d) in [
+            ("client.keepalive_timeout", c.keepalive_timeout),
+            ("client.header_timeout", c.header_timeout),
+            ("client.body_timeout", c.body_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(format!("{key}: must be at least 100ms"));
+            }
+        }
+        if c.max_header_line > c.max_header_bytes {
+            return Err(format!(
+                "client.max_header_line: {} is above client.max_header_bytes ({})",
+                c.max_header_line, c.max_header_bytes
+            ));
         }
         if self.discovery.resync_interval < Duration::from_millis(100) {
             return Err("discovery.resync_interval: must be at least 100ms".into());
@@ -743,6 +810,18 @@ fn de_threshold_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     checked(d, |v| int_in(v, 1, 100).map(|n| n as u32))
 }
 
+fn de_head_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    checked(d, |v| int_in(v, 1024, 1024 * 1024).map(|n| n as usize))
+}
+
+fn de_max_headers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    checked(d, |v| int_in(v, 8, 256).map(|n| n as usize))
+}
+
+fn de_max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    checked(d, |v| int_in(v, 1, 1_000_000).map(|n| n as usize))
+}
+
 fn de_tries<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     checked(d, |v| int_in(v, 1, 10).map(|n| n as usize))
 }
@@ -849,6 +928,27 @@ fn default_max_tries() -> usize {
 }
 fn default_pool_size() -> usize {
     128
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_header_line() -> usize {
+    16 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 fn default_redis_url() -> String {
     "redis://127.0.0.1:6379/0".into()
