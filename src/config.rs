@@ -307,9 +307,17 @@ impl Default for HealthCheckConfig {
     }
 }
 
-/// Passive failure detection: a server that fails `max_failures` connects in a row, or answers
-/// `max_failures` 5xx in a row, gets no new requests for `cool_off`, then is tried again.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// Passive failure detection, from what real requests see.
+///
+/// By default only *transport* failures count against a server: a connect refused, timed out
+/// or unroutable, and a reset or timeout before the first response byte. A 5xx answer does not
+/// count (any client can make an app answer 500), unless `error_rate` is set, and then only as
+/// a rate over a minimum volume in a window. Errors that are the proxy's own (out of file
+/// descriptors or buffers, a client that went away) never count. A server failing
+/// `max_failures` times in a row gets no new requests for `cool_off`; passive detection never
+/// takes out more than `max_ejection_percent` of a pool (rounded down, as Envoy does: a pool of
+/// one server is never passively ejected); past that, only active health checks decide.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveHealthConfig {
     #[serde(
@@ -319,6 +327,14 @@ pub struct PassiveHealthConfig {
     pub max_failures: u32,
     #[serde(default = "default_cool_off", with = "humantime_serde")]
     pub cool_off: Duration,
+    #[serde(
+        default = "default_max_ejection_percent",
+        deserialize_with = "de_ejection_percent"
+    )]
+    pub max_ejection_percent: u32,
+    /// Eject on a high share of 5xx answers; off unless set.
+    #[serde(default)]
+    pub error_rate: Option<ErrorRateConfig>,
 }
 
 impl Default for PassiveHealthConfig {
@@ -326,8 +342,26 @@ impl Default for PassiveHealthConfig {
         PassiveHealthConfig {
             max_failures: default_max_failures(),
             cool_off: default_cool_off(),
+            max_ejection_percent: default_max_ejection_percent(),
+            error_rate: None,
         }
     }
+}
+
+/// `passive_health.error_rate`: within each `window`, a server that answered at least
+/// `min_requests` requests of which more than `max_percent` % were 5xx is ejected.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorRateConfig {
+    #[serde(default = "default_error_window", with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(
+        default = "default_error_min_requests",
+        deserialize_with = "de_error_min_requests"
+    )]
+    pub min_requests: u32,
+    #[serde(default = "default_error_max_percent")]
+    pub max_percent: Percent,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -420,17 +454,30 @@ pub struct ClientConfig {
     /// Longest wait for the next piece of a request body.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// Longest a response write to the client may wait (nginx's `send_timeout`): a client that
+    /// stops reading is cut off.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// Largest request head in bytes (request line plus all headers); beyond it: 431.
-    #[serde(default = "default_max_header_bytes", deserialize_with = "de_head_bytes")]
+    #[serde(
+        default = "default_max_header_bytes",
+        deserialize_with = "de_head_bytes"
+    )]
     pub max_header_bytes: usize,
     /// Largest single header line or request line in bytes; beyond it: 431.
-    #[serde(default = "default_max_header_line", deserialize_with = "de_head_bytes")]
+    #[serde(
+        default = "default_max_header_line",
+        deserialize_with = "de_head_bytes"
+    )]
     pub max_header_line: usize,
     /// Most header lines in one request; beyond it: 431.
     #[serde(default = "default_max_headers", deserialize_with = "de_max_headers")]
     pub max_headers: usize,
     /// Open client connections per proxy process; past it new connections are closed at once.
-    #[serde(default = "default_max_connections", deserialize_with = "de_max_connections")]
+    #[serde(
+        default = "default_max_connections",
+        deserialize_with = "de_max_connections"
+    )]
     pub max_connections: usize,
     /// Drop request headers whose names contain `_` (nginx's `underscores_in_headers off`):
     /// some frameworks read `X_Canary` as `X-Canary`.
@@ -444,6 +491,7 @@ impl Default for ClientConfig {
             keepalive_timeout: default_keepalive_timeout(),
             header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
+            send_timeout: default_body_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_header_line: default_max_header_line(),
             max_headers: default_max_headers(),
@@ -576,9 +624,15 @@ impl Config {
             ("client.keepalive_timeout", c.keepalive_timeout),
             ("client.header_timeout", c.header_timeout),
             ("client.body_timeout", c.body_timeout),
+            ("client.send_timeout", c.send_timeout),
         ] {
             if d < Duration::from_millis(100) {
                 return Err(format!("{key}: must be at least 100ms"));
+            }
+        }
+        if let Some(rate) = &self.passive_health.error_rate {
+            if rate.window < Duration::from_secs(1) {
+                return Err("passive_health.error_rate.window: must be at least 1s".into());
             }
         }
         if c.max_header_line > c.max_header_bytes {
@@ -822,6 +876,14 @@ fn de_max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error
     checked(d, |v| int_in(v, 1, 1_000_000).map(|n| n as usize))
 }
 
+fn de_ejection_percent<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, |v| int_in(v, 0, 100).map(|n| n as u32))
+}
+
+fn de_error_min_requests<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, |v| int_in(v, 1, 1_000_000).map(|n| n as u32))
+}
+
 fn de_tries<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     checked(d, |v| int_in(v, 1, 10).map(|n| n as usize))
 }
@@ -928,6 +990,18 @@ fn default_max_tries() -> usize {
 }
 fn default_pool_size() -> usize {
     128
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+fn default_error_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_error_min_requests() -> u32 {
+    20
+}
+fn default_error_max_percent() -> Percent {
+    Percent(5000)
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(60)

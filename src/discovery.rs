@@ -23,7 +23,7 @@ use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
 
-use crate::config::{Balance, PassiveHealthConfig, PoolKind, ServerAddr, Weight};
+use crate::config::{Balance, ErrorRateConfig, PassiveHealthConfig, PoolKind, ServerAddr, Weight};
 
 /// A server the provider wants in the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +42,15 @@ pub struct ServerState {
     /// `addr` as text: the `server` label of metrics.
     pub label: String,
     draining: AtomicBool,
+    /// Transport failures in a row (passive detection).
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// The `passive_health.error_rate` window: its start, answers and 5xx answers in it.
+    window_start_ms: AtomicU64,
+    window_answers: AtomicU32,
+    window_errors: AtomicU32,
+    /// When an ejection of this server was last refused by `max_ejection_percent` (log limit).
+    refusal_logged_ms: AtomicU64,
     /// Requests currently on this server (through this proxy).
     in_flight: AtomicI64,
     /// This server's `canary_lb_upstream_requests_total` series, one per code class.
@@ -60,6 +67,10 @@ impl ServerState {
             draining: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            window_start_ms: AtomicU64::new(0),
+            window_answers: AtomicU32::new(0),
+            window_errors: AtomicU32::new(0),
+            refusal_logged_ms: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             upstream_counters: OnceLock::new(),
         }
@@ -74,16 +85,48 @@ impl ServerState {
         self.ejected_until_ms.load(Relaxed) > now_ms()
     }
 
-    /// A connect failure or a 5xx answer. Returns true when this one ejected the server.
-    pub fn record_failure(&self, passive: &PassiveHealthConfig) -> bool {
-        let n = self.failures.fetch_add(1, Relaxed) + 1;
-        if n >= passive.max_failures {
+    /// One more transport failure; returns how many there have been in a row.
+    fn record_transport_failure(&self) -> u32 {
+        self.failures.fetch_add(1, Relaxed) + 1
+    }
+
+    /// The server answered with `status`. Returns the window's (answers, 5xx answers) when
+    /// `rate` is set and the window's 5xx share is above it.
+    fn record_answer(&self, status: u16, rate: Option<&ErrorRateConfig>) -> Option<(u32, u32)> {
+        if self.failures.load(Relaxed) != 0 {
             self.failures.store(0, Relaxed);
-            let until = now_ms() + passive.cool_off.as_millis() as u64;
-            self.ejected_until_ms.store(until, Relaxed);
-            return true;
         }
-        false
+        let rate = rate?;
+        let now = now_ms();
+        let start = self.window_start_ms.load(Relaxed);
+        if now.saturating_sub(start) >= rate.window.as_millis() as u64 {
+            // A new window. Two requests racing here may each reset it: a lost count or two.
+            self.window_start_ms.store(now, Relaxed);
+            self.window_answers.store(0, Relaxed);
+            self.window_errors.store(0, Relaxed);
+        }
+        let answers = self.window_answers.fetch_add(1, Relaxed) + 1;
+        let errors = if status >= 500 {
+            self.window_errors.fetch_add(1, Relaxed) + 1
+        } else {
+            self.window_errors.load(Relaxed)
+        };
+        let over = answers >= rate.min_requests
+            && u64::from(errors) * 10_000
+                > u64::from(answers) * u64::from(rate.max_percent.basis_points());
+        if over {
+            self.window_start_ms.store(now, Relaxed);
+            self.window_answers.store(0, Relaxed);
+            self.window_errors.store(0, Relaxed);
+            return Some((answers, errors));
+        }
+        None
+    }
+
+    fn eject(&self, cool_off: Duration) {
+        self.failures.store(0, Relaxed);
+        let until = now_ms() + cool_off.as_millis() as u64;
+        self.ejected_until_ms.store(until, Relaxed);
     }
 
     pub fn in_flight(&self) -> i64 {
@@ -96,12 +139,6 @@ impl ServerState {
 
     pub fn end_request(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
-    }
-
-    pub fn record_success(&self) {
-        if self.failures.load(Relaxed) != 0 {
-            self.failures.store(0, Relaxed);
-        }
     }
 }
 
@@ -320,13 +357,61 @@ impl Pool {
         Some((state.addr, state))
     }
 
-    pub fn record_failure(&self, state: &ServerState) {
-        if state.record_failure(&self.passive) {
-            warn!(
-                "pool {}: {} failed {} times in a row, out of rotation for {:?}",
-                self.kind, state.label, self.passive.max_failures, self.passive.cool_off
-            );
+    /// A transport failure of `state` seen by a request: connect refused, timed out or
+    /// unroutable, or a reset or timeout before any response byte. Never call this for an
+    /// error that is the proxy's own or the client's.
+    pub fn record_transport_failure(&self, state: &ServerState) {
+        let n = state.record_transport_failure();
+        if n >= self.passive.max_failures {
+            self.try_eject(state, &format!("{n} transport failures in a row"));
         }
+    }
+
+    /// `state` answered with `status`: ends a run of transport failures, and feeds the
+    /// optional 5xx-rate detection.
+    pub fn record_answer(&self, state: &ServerState, status: u16) {
+        if let Some((answers, errors)) =
+            state.record_answer(status, self.passive.error_rate.as_ref())
+        {
+            self.try_eject(state, &format!("{errors} of {answers} answers were 5xx"));
+        }
+    }
+
+    /// Eject `state` for `cool_off` unless that would take out more than
+    /// `max_ejection_percent` of the pool (rounded down).
+    fn try_eject(&self, state: &ServerState, why: &str) {
+        // The state registry's lock also serialises ejection decisions, so two requests
+        // failing at once cannot both pass the cap.
+        let states = self
+            .feed
+            .states
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let total = states.len();
+        let allowed = total * self.passive.max_ejection_percent as usize / 100;
+        let others_ejected = states
+            .values()
+            .filter(|s| s.addr != state.addr && s.ejected())
+            .count();
+        if others_ejected + 1 > allowed {
+            let now = now_ms();
+            let last = state.refusal_logged_ms.load(Relaxed);
+            if now.saturating_sub(last) >= self.passive.cool_off.as_millis() as u64 {
+                state.refusal_logged_ms.store(now, Relaxed);
+                warn!(
+                    "pool {}: {} looks unhealthy ({why}) but stays in rotation: ejecting it \
+                     would take out more than {}% of the pool ({others_ejected} of {total} \
+                     already out); active health checks decide",
+                    self.kind, state.label, self.passive.max_ejection_percent
+                );
+            }
+            return;
+        }
+        state.eject(self.passive.cool_off);
+        warn!(
+            "pool {}: {} out of rotation for {:?}: {why}",
+            self.kind, state.label, self.passive.cool_off
+        );
     }
 
     /// Every server currently in the pool with its health, for `/status` and metrics.

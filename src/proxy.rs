@@ -3,9 +3,18 @@
 //! `request_filter` makes the routing decision and picks the first server, so a request with
 //! nowhere to go is answered 503 before any upstream work. `upstream_peer` is called once per
 //! attempt: the first uses that pick, retries pick another server of the same pool.
-//! Retry rules: a connect failure is retried on a different server, up to `max_tries` attempts;
-//! an idempotent request without a body is retried once after a reset before any response byte;
-//! a request whose body was sent is never replayed.
+//!
+//! Retry rules (nothing is ever sent to an app server twice unless it provably did not get it):
+//! - a connect failure is retried on a different server, for any method, up to `max_tries`
+//!   attempts: the request never left the proxy;
+//! - once a connection carried the request, only an idempotent request without a body, reset
+//!   before any response byte, is retried, once;
+//! - an error caused by the client (it hung up, half-closed, or misbehaved) is never retried:
+//!   the upstream request is abandoned.
+//!
+//! Passive health sees only the upstream's transport failures ([`is_server_failure`]): never
+//! the client's errors, the proxy's own (out of descriptors or buffers), or a 5xx answer
+//! (unless `passive_health.error_rate` is set).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,7 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
@@ -83,6 +92,92 @@ fn method_index(m: &Method) -> usize {
     }
 }
 
+/// Errno values that mean the proxy itself ran short (descriptors, buffers, memory, local
+/// ports), whoever it was talking to.
+const PROXY_OWN_ERRNOS: [i32; 5] = [
+    libc::EMFILE,
+    libc::ENFILE,
+    libc::ENOBUFS,
+    libc::ENOMEM,
+    libc::EADDRNOTAVAIL,
+];
+
+/// Whether `e` is a transport failure of the upstream server, the only kind passive health
+/// counts: a connect refused, timed out or unroutable, a TLS handshake failure, a reset or a
+/// timeout on the connection. Errors of the client, of the proxy's own resources and HTTP
+/// statuses are not.
+pub fn is_server_failure(e: &Error) -> bool {
+    if matches!(e.esource(), ErrorSource::Downstream | ErrorSource::Internal) {
+        return false;
+    }
+    let transport = matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::HandshakeError
+            | ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::ConnectionClosed
+    );
+    transport && !is_proxy_own(e)
+}
+
+/// The root cause is one of [`PROXY_OWN_ERRNOS`].
+fn is_proxy_own(e: &Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.raw_os_error())
+        .is_some_and(|errno| PROXY_OWN_ERRNOS.contains(&errno))
+}
+
+/// A reset or close by the upstream (not a timeout: a server that is still working on the
+/// request may yet act on it).
+fn is_reset(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+    ) && !is_proxy_own(e)
+}
+
+/// Longest `X-Request-Id` kept from a client.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A client's `X-Request-Id` is kept only when it is 1..=128 bytes of `[A-Za-z0-9._:-]`:
+/// it is echoed in the response and logged, so nothing else may pass.
+pub fn valid_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// The `X-Forwarded-For` value to send upstream: every line the client sent, in order, then
+/// the client's address.
+pub fn forwarded_for<'a>(
+    previous: impl IntoIterator<Item = &'a HeaderValue>,
+    ip: std::net::IpAddr,
+) -> Vec<u8> {
+    use std::io::Write;
+    let mut v = Vec::with_capacity(64);
+    for prev in previous {
+        let prev = prev.as_bytes().trim_ascii();
+        if prev.is_empty() {
+            continue;
+        }
+        v.extend_from_slice(prev);
+        v.extend_from_slice(b", ");
+    }
+    // Writing into a Vec cannot fail.
+    let _ = write!(v, "{ip}");
+    v
+}
+
 fn has_body(req: &RequestHeader) -> bool {
     req.headers.contains_key(header::TRANSFER_ENCODING)
         || req
@@ -146,6 +241,18 @@ impl ProxyHttp for CanaryProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.shared.in_flight.fetch_add(1, Relaxed);
         ctx.in_flight = true;
+        {
+            let config = self.shared.config_snapshot();
+            let client = &config.client;
+            // Pingora keeps an HTTP/1.1 connection open forever between requests unless told
+            // otherwise; `Some(0)` is its "no timeout", `None` means the connection closes.
+            let idle = client.keepalive_timeout.as_secs().max(1);
+            if session.get_keepalive().is_some_and(|t| t == 0 || t > idle) {
+                session.set_keepalive(Some(idle));
+            }
+            session.set_read_timeout(Some(client.body_timeout));
+            session.set_write_timeout(Some(client.send_timeout));
+        }
 
         let policy = self.shared.policy();
         let req = session.req_header();
@@ -262,16 +369,8 @@ impl ProxyHttp for CanaryProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            use std::io::Write;
-            // "<previous>, <ip>" without a temporary String for the address.
-            let prev = upstream.headers.get(X_FORWARDED_FOR);
-            let mut v = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
-            if let Some(prev) = prev {
-                v.extend_from_slice(prev.as_bytes());
-                v.extend_from_slice(b", ");
-            }
-            let _ = write!(v, "{ip}");
-            if let Ok(xff) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+            let xff = forwarded_for(upstream.headers.get_all(X_FORWARDED_FOR), ip);
+            if let Ok(xff) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
                 upstream.insert_header(X_FORWARDED_FOR, xff)?;
             }
         }
@@ -285,9 +384,18 @@ impl ProxyHttp for CanaryProxy {
         if let Some(host) = host {
             upstream.insert_header(X_FORWARDED_HOST, host)?;
         }
+        // Only the proxy says which pool served a request.
+        if upstream.headers.contains_key(X_CANARY_POOL) {
+            upstream.remove_header(X_CANARY_POOL);
+        }
         let request_id = match upstream.headers.get(X_REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
+            Some(id)
+                if upstream.headers.get_all(X_REQUEST_ID).iter().count() == 1
+                    && valid_request_id(id.as_bytes()) =>
+            {
+                id.clone()
+            }
+            _ => {
                 let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
                 let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
                 let id = HeaderValue::from_bytes(text.as_bytes())
@@ -317,11 +425,7 @@ impl ProxyHttp for CanaryProxy {
             self.shared
                 .metrics
                 .record_upstream(pool, server, Some(status));
-            if status >= 500 {
-                self.shared.pools.get(pool).record_failure(server);
-            } else {
-                server.record_success();
-            }
+            self.shared.pools.get(pool).record_answer(server, status);
         }
         Ok(())
     }
@@ -354,9 +458,12 @@ impl ProxyHttp for CanaryProxy {
     ) -> Box<Error> {
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
             self.shared.metrics.record_upstream(pool, server, None);
-            self.shared.pools.get(pool).record_failure(server);
+            if is_server_failure(&e) {
+                self.shared.pools.get(pool).record_transport_failure(server);
+            }
             ctx.tried.push(server.addr);
         }
+        // The request never left the proxy: any method may try another server.
         if ctx.attempts < self.upstream.max_tries {
             e.set_retry(true);
         }
@@ -369,17 +476,26 @@ impl ProxyHttp for CanaryProxy {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Ctx,
-        _client_reused: bool,
+        upstream_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        // The client hung up or misbehaved: abandon the upstream request, never repeat it,
+        // and do not hold it against the server.
+        if matches!(e.esource(), ErrorSource::Downstream) {
+            e.set_retry(false);
+            return e;
+        }
         let response_started = session.as_ref().response_written().is_some();
-        if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
-            if !response_started {
-                self.shared.metrics.record_upstream(pool, server, None);
+        if let (Some(pool), Some(server), false) = (ctx.pool, &ctx.server, response_started) {
+            self.shared.metrics.record_upstream(pool, server, None);
+            // A pooled keep-alive connection that the server had closed is a benign race.
+            if !upstream_reused && is_server_failure(&e) {
+                self.shared.pools.get(pool).record_transport_failure(server);
             }
         }
         let req = session.req_header();
-        let replayable = req.method.is_idempotent() && !has_body(req) && !response_started;
+        let replayable =
+            !response_started && is_reset(&e) && req.method.is_idempotent() && !has_body(req);
         if replayable && !ctx.reset_retried && ctx.attempts < self.upstream.max_tries.max(2) {
             ctx.reset_retried = true;
             ctx.same_server_ok = true;
@@ -414,5 +530,98 @@ impl ProxyHttp for CanaryProxy {
                 ctx.start.elapsed().as_secs_f64(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_rule() {
+        let long = "a".repeat(MAX_REQUEST_ID);
+        let too_long = "a".repeat(MAX_REQUEST_ID + 1);
+        for (id, ok) in [
+            ("abc-123", true),
+            ("a.b_c:d-E9", true),
+            (long.as_str(), true),
+            (too_long.as_str(), false),
+            ("", false),
+            ("<script>", false),
+            ("a b", false),
+            ("a\"b", false),
+            ("é", false),
+        ] {
+            assert_eq!(valid_request_id(id.as_bytes()), ok, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_keeps_every_line_in_order() {
+        let ip: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+        let lines = [
+            HeaderValue::from_static("1.1.1.1"),
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+            HeaderValue::from_static(" "),
+        ];
+        assert_eq!(
+            forwarded_for(lines.iter(), ip),
+            b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
+        );
+        assert_eq!(forwarded_for([].iter(), ip), b"10.0.0.9");
+    }
+
+    #[test]
+    fn only_upstream_transport_failures_count() {
+        let err = |t: ErrorType, src: Option<ErrorSource>| {
+            let mut e = Error::new(t);
+            match src {
+                Some(ErrorSource::Upstream) => e.as_up(),
+                Some(ErrorSource::Downstream) => e.as_down(),
+                Some(ErrorSource::Internal) => e.as_in(),
+                _ => {}
+            }
+            e
+        };
+        let up = Some(ErrorSource::Upstream);
+        assert!(is_server_failure(&err(ErrorType::ConnectRefused, None)));
+        assert!(is_server_failure(&err(
+            ErrorType::ConnectTimedout,
+            up.clone()
+        )));
+        assert!(is_server_failure(&err(
+            ErrorType::ConnectionClosed,
+            up.clone()
+        )));
+        assert!(is_server_failure(&err(ErrorType::ReadTimedout, up.clone())));
+        // The client's errors, the proxy's own and HTTP statuses never count.
+        assert!(!is_server_failure(&err(
+            ErrorType::ConnectionClosed,
+            Some(ErrorSource::Downstream)
+        )));
+        assert!(!is_server_failure(&err(
+            ErrorType::InternalError,
+            Some(ErrorSource::Internal)
+        )));
+        assert!(!is_server_failure(&err(
+            ErrorType::HTTPStatus(502),
+            up.clone()
+        )));
+        assert!(!is_server_failure(&err(ErrorType::InvalidHTTPHeader, up)));
+        for errno in PROXY_OWN_ERRNOS {
+            let e = Error::because(
+                ErrorType::ConnectError,
+                "connect",
+                std::io::Error::from_raw_os_error(errno),
+            );
+            assert!(!is_server_failure(&e), "errno {errno}");
+            assert!(!is_reset(&e), "errno {errno}");
+        }
+        let refused = Error::because(
+            ErrorType::ConnectRefused,
+            "connect",
+            std::io::Error::from_raw_os_error(libc::ECONNREFUSED),
+        );
+        assert!(is_server_failure(&refused));
     }
 }

@@ -99,6 +99,11 @@ impl Shared {
         self.config.load_full()
     }
 
+    /// The config in force, for the request path: no reference count taken.
+    pub fn config_snapshot(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     pub fn overrides(&self) -> RoutingOverrides {
         self.overrides
             .lock()

@@ -1,0 +1,337 @@
+//! Issue #8, hardening: what an anonymous client can and cannot do to the proxy and to the app
+//! servers behind it. Each test sends the hostile version of a request, mostly as raw bytes,
+//! and checks both what the client gets and what the app servers received (through
+//! [`RawBackend`], which records every request byte for byte).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use common::backend::{raw_exchange, RawBackend};
+use common::*;
+use serde_json::Value;
+
+const NOTICE: Duration = Duration::from_secs(20);
+
+/// A proxy in front of `production` (addresses), with TCP health checks that take 100 failed
+/// probes to mark a server down: passive detection alone decides within a test.
+fn proxy_for(production: &[String], extra: &str) -> Proxy {
+    let servers: Vec<String> = production.iter().map(|a| format!("\"{a}\"")).collect();
+    Proxy::start(&proxy_config(
+        free_port(),
+        free_port(),
+        &format!(
+            "threads: 2\n\
+             grace_period: 1s\n\
+             pools:\n  production: {{ servers: [{}] }}\n\
+             health_check: {{ kind: tcp, interval: 1s, timeout: 500ms, \
+                              healthy_threshold: 1, unhealthy_threshold: 100 }}\n\
+             upstream: {{ connect_timeout: 1s, read_timeout: 5s, write_timeout: 5s, max_tries: 2 }}\n\
+             {extra}",
+            servers.join(", ")
+        ),
+    ))
+}
+
+/// An address nothing listens on.
+fn dead_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+fn servers(status: &Value, pool: &str) -> Vec<Value> {
+    status["pools"][pool]["servers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn ejected(proxy: &Proxy) -> Vec<String> {
+    servers(&proxy.status_json(), "production")
+        .iter()
+        .filter(|s| s["ejected"] == true)
+        .filter_map(|s| s["addr"].as_str().map(String::from))
+        .collect()
+}
+
+fn in_flight(proxy: &Proxy) -> i64 {
+    proxy.status_json()["in_flight"].as_i64().unwrap_or(-1)
+}
+
+/// Defect 1: three 500s in a row used to eject the only server for `cool_off`.
+#[test]
+fn answers_of_500_never_eject_a_server() {
+    let app = App::start("h-500", "production");
+    let proxy = proxy_for(
+        &[app.addr()],
+        "passive_health: { max_failures: 3, cool_off: 30s }\n",
+    );
+    for _ in 0..10 {
+        assert_eq!(get(&proxy.url("/status/500"), &[]).status, 500);
+    }
+    let r = get(&proxy.url("/after"), &[]);
+    assert_eq!(
+        r.status, 200,
+        "a client's 500s took the server out: {}",
+        r.body
+    );
+    assert!(ejected(&proxy).is_empty());
+}
+
+/// Passive detection never takes out more than half a pool (rounded down): a pool of one is
+/// never passively ejected, a pool of two loses at most one server.
+#[test]
+fn passive_ejection_is_capped_at_half_the_pool() {
+    let conf = "passive_health: { max_failures: 2, cool_off: 60s }\n";
+    let lone = dead_addr();
+    let proxy = proxy_for(std::slice::from_ref(&lone), conf);
+    for _ in 0..6 {
+        let r = get(&proxy.url("/"), &[]);
+        assert!(r.status == 502 || r.status == 503, "got {}", r.status);
+    }
+    assert!(ejected(&proxy).is_empty(), "the only server was ejected");
+    drop(proxy);
+
+    let (a, b) = (dead_addr(), dead_addr());
+    let proxy = proxy_for(&[a.clone(), b.clone()], conf);
+    for _ in 0..10 {
+        let _ = get(&proxy.url("/"), &[]);
+    }
+    let out = ejected(&proxy);
+    assert_eq!(
+        out.len(),
+        1,
+        "expected exactly one of two ejected, got {out:?}"
+    );
+}
+
+/// Connect failures still eject a dead server while its pool has others.
+#[test]
+fn a_dead_server_is_ejected_and_requests_go_on() {
+    let live = RawBackend::start();
+    let dead = dead_addr();
+    let proxy = proxy_for(
+        &[dead.clone(), live.addr()],
+        "passive_health: { max_failures: 2, cool_off: 60s }\n",
+    );
+    for i in 0..8 {
+        let r = post(&proxy.url(&format!("/p{i}")), &[], b"payload");
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    assert_eq!(ejected(&proxy), vec![dead]);
+    // A connect failure is retried for any method, and the live server got each POST once.
+    for i in 0..8 {
+        assert_eq!(live.count(&format!("/p{i}")), 1, "POST /p{i}");
+    }
+}
+
+/// The optional 5xx-rate detection: judged over a minimum volume, and still capped.
+#[test]
+fn the_error_rate_option_ejects_within_the_cap() {
+    let (a, b) = (
+        App::start("h-rate-a", "production"),
+        App::start("h-rate-b", "production"),
+    );
+    let proxy = proxy_for(
+        &[a.addr(), b.addr()],
+        "passive_health: { max_failures: 3, cool_off: 60s, \
+           error_rate: { window: 60s, min_requests: 10, max_percent: 50 } }\n",
+    );
+    // Nine answers each: below the minimum volume, nothing happens however bad they are.
+    for _ in 0..18 {
+        assert_eq!(get(&proxy.url("/status/500"), &[]).status, 500);
+    }
+    assert!(ejected(&proxy).is_empty());
+    for _ in 0..4 {
+        let _ = get(&proxy.url("/status/500"), &[]);
+    }
+    let out = ejected(&proxy);
+    assert_eq!(out.len(), 1, "expected one of two ejected: {out:?}");
+}
+
+/// Send a request, then hang up (`half` = only stop sending) after `after`.
+fn hang_up(addr: &str, request: &[u8], after: Duration, half: bool) {
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    conn.write_all(request).expect("send");
+    std::thread::sleep(after);
+    if half {
+        let _ = conn.shutdown(Shutdown::Write);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(conn);
+}
+
+/// Defect 3: a client that goes away used to make the app run its request twice.
+#[test]
+fn a_client_that_hangs_up_never_makes_a_request_run_twice() {
+    let backend = RawBackend::start();
+    let proxy = proxy_for(&[backend.addr()], "");
+    let addr = format!("127.0.0.1:{}", proxy.listen_port());
+    let cases: [(&str, &[u8], bool); 6] = [
+        ("DELETE", b"", false),
+        ("PUT", b"x=1", false),
+        ("GET", b"", false),
+        ("DELETE", b"", true),
+        ("POST", b"x=1", true),
+        ("GET", b"", true),
+    ];
+    for (i, (method, body, half)) in cases.iter().enumerate() {
+        let path = format!("/slow?ms=700&case={i}");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n").into_bytes();
+        if !body.is_empty() {
+            req.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+        hang_up(&addr, &req, Duration::from_millis(150), *half);
+        wait_until("the request reached the backend", NOTICE, || {
+            backend.count(&path) >= 1
+        });
+        wait_until("the proxy finished the request", NOTICE, || {
+            in_flight(&proxy) == 0
+        });
+        // The slow answer is due 700 ms after the request; a repeat would land by then.
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(
+            backend.count(&path),
+            1,
+            "{method} (half-close: {half}) reached the app more than once"
+        );
+    }
+    // And the client's hang-ups did not count against the server.
+    assert!(ejected(&proxy).is_empty());
+}
+
+/// Only an idempotent request without a body, reset before any response byte, is retried,
+/// and only once; everything else reaches the app exactly once.
+#[test]
+fn a_reset_is_retried_once_only_for_idempotent_requests_without_a_body() {
+    let backend = RawBackend::start();
+    let proxy = proxy_for(
+        &[backend.addr()],
+        "passive_health: { max_failures: 100, cool_off: 1s }\n",
+    );
+    let r = get(&proxy.url("/reset"), &[]);
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        backend.count("/reset"),
+        2,
+        "GET: the first try and one retry"
+    );
+    let before = backend.count("/reset");
+    let r = post(&proxy.url("/reset"), &[], b"body");
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        backend.count("/reset") - before,
+        1,
+        "POST is never replayed"
+    );
+    let addr = format!("127.0.0.1:{}", proxy.listen_port());
+    let before = backend.count("/reset");
+    let out = raw_exchange(
+        &addr,
+        b"PUT /reset HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+        Duration::from_secs(10),
+    );
+    assert!(
+        out.starts_with(b"HTTP/1.1 502"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(
+        backend.count("/reset") - before,
+        1,
+        "PUT with a body is never replayed"
+    );
+}
+
+/// Defect 4 and the forwarding rules: every `X-Forwarded-For` line kept in order, a client's
+/// `X-Canary-Pool` removed, `X-Request-Id` kept only when short and plain.
+#[test]
+fn forwarding_headers_cannot_be_forged() {
+    let backend = RawBackend::start();
+    let proxy = proxy_for(&[backend.addr()], "");
+    let addr = format!("127.0.0.1:{}", proxy.listen_port());
+    let out = raw_exchange(
+        &addr,
+        b"GET /xff HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.7\r\n\
+          X-Forwarded-For: 198.51.100.1, 198.51.100.2\r\nX-Canary-Pool: canary\r\n\
+          X-Request-Id: ok-id_1.2:3\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("X-Request-Id: ok-id_1.2:3\r\n"), "{text}");
+    let got = backend.received();
+    let req = got
+        .iter()
+        .find(|r| r.path == "/xff")
+        .expect("request reached the app");
+    assert_eq!(
+        req.header_lines("x-forwarded-for"),
+        vec!["203.0.113.7, 198.51.100.1, 198.51.100.2, 127.0.0.1"]
+    );
+    assert!(
+        req.header_lines("x-canary-pool").is_empty(),
+        "client's X-Canary-Pool forwarded"
+    );
+    assert_eq!(req.header_lines("x-request-id"), vec!["ok-id_1.2:3"]);
+
+    // Defect 5: a huge or HTML request id is replaced, upstream and in the response.
+    let hostile = [
+        "a".repeat(60_000),
+        "<script>alert(1)</script>".to_string(),
+        "a".repeat(129),
+    ];
+    for (i, id) in hostile.iter().enumerate() {
+        let path = format!("/rid{i}");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n"
+        );
+        let out = raw_exchange(&addr, req.as_bytes(), Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "{}",
+            &text[..text.len().min(200)]
+        );
+        assert!(!text.contains(id.as_str()), "request id {i} reflected");
+        let got = backend.received();
+        let req = got
+            .iter()
+            .find(|r| r.path == path)
+            .expect("request reached the app");
+        let ids = req.header_lines("x-request-id");
+        assert_eq!(ids.len(), 1);
+        assert_eq!(ids[0].len(), 36, "a fresh UUID replaces it: {}", ids[0]);
+        assert!(text.contains(&format!("X-Request-Id: {}\r\n", ids[0])));
+    }
+}
+
+/// Defect 2 (first half): a reused connection that goes idle is closed after
+/// `client.keepalive_timeout`.
+#[test]
+fn an_idle_keep_alive_connection_is_closed() {
+    let backend = RawBackend::start();
+    let proxy = proxy_for(&[backend.addr()], "client: { keepalive_timeout: 1s }\n");
+    let mut conn =
+        TcpStream::connect(format!("127.0.0.1:{}", proxy.listen_port())).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    conn.write_all(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("backend saw /one") {
+        let n = conn.read(&mut chunk).expect("response");
+        assert!(n > 0, "closed before the response");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    // The proxy must close the now idle connection (EOF) well before the 30 s read timeout.
+    match conn.read(&mut chunk) {
+        Ok(0) => {}
+        Ok(n) => panic!("unexpected bytes on an idle connection: {n}"),
+        Err(e) => panic!("the idle connection was still open after 30 s: {e}"),
+    }
+}
