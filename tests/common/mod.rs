@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod store_marker;
+
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{Read, Write};
