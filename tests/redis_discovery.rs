@@ -654,7 +654,11 @@ fn deregistering_the_last_server_with_ctl_still_empties_the_pool() {
         .all(|s| s == "empty-p1"));
 
     // The last production server leaves: 503, and discovery is up (the store says so).
-    ctl_ok(&url, ns, &["deregister", "--pool", "production", &p1.addr()]);
+    ctl_ok(
+        &url,
+        ns,
+        &["deregister", "--pool", "production", &p1.addr()],
+    );
     wait_until("the production pool is empty", NOTICE, || {
         listed(&proxy, "production").is_empty()
     });
@@ -691,8 +695,7 @@ fn a_proxy_started_on_a_store_without_marker_serves_the_file_until_it_is_written
         &["register", "--pool", "production", &registered.addr()],
     );
     wait_until("the store is followed", NOTICE, || {
-        discovery_up(&proxy)
-            && listed(&proxy, "production") == HashSet::from([registered.addr()])
+        discovery_up(&proxy) && listed(&proxy, "production") == HashSet::from([registered.addr()])
     });
     assert!(served_by(&proxy, 10, &[])
         .iter()
