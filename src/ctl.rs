@@ -10,6 +10,13 @@
 //! keeps retrying while Redis is unreachable, and deregisters on SIGTERM/SIGINT so a clean
 //! shutdown leaves the pool at once instead of when the lease lapses.
 //!
+//! On a store without the `ns:meta` marker (a brand-new Redis, or one that lost its data), the
+//! first write that changes something creates it, and the proxies follow the store from then on;
+//! `ctl` says so on stderr with what the store now holds, because after a wipe that may be far
+//! less than the proxies were serving. `replace` refuses such a store instead: the proxies are
+//! keeping their last known servers, and one replacement would make them follow a store
+//! holding a single server. See docs/redis-schema.md.
+//!
 //! `replace` (in `ctl/replace.rs`) is the deploy pipeline's rolling step; it is the one command
 //! with exit codes other than 0 and 1, so a pipeline can tell "NEW never came up" apart.
 
@@ -245,6 +252,25 @@ async fn execute(op: Op, target: &Target) -> anyhow::Result<i32> {
     }
     let mut conn = connect(&client, &target.url, REDIS_TIMEOUT).await?;
     let c = &mut conn;
+    let unmarked_before_write = op.writes() && store::read_marker(c, keys).await?.is_none();
+    let code = run_op(op, c, target).await?;
+    if unmarked_before_write && store::read_marker(c, keys).await?.is_some() {
+        let snap = store::read_snapshot(c, keys, store::now_ms()).await?;
+        eprintln!(
+            "note: {} was missing (a new store, or Redis lost its data); this write created it, \
+             so every proxy now follows the store as it is: {} production and {} canary \
+             server(s). Register any missing server again.",
+            keys.meta(),
+            snap.production.len(),
+            snap.canary.len()
+        );
+    }
+    Ok(code)
+}
+
+/// The command itself, on an open connection.
+async fn run_op(op: Op, c: &mut MultiplexedConnection, target: &Target) -> anyhow::Result<i32> {
+    let keys = &target.keys;
     match op {
         Op::Register {
             pool,
@@ -292,7 +318,20 @@ async fn execute(op: Op, target: &Target) -> anyhow::Result<i32> {
             Some(p) => println!("{}", p.as_f64()),
             None => println!("unset (the proxies use routing.canary_percent from their config)"),
         },
-        Op::Replace(plan) => return Ok(plan.run(c, keys).await?.exit_code()),
+        Op::Replace(plan) => {
+            if store::read_marker(c, keys).await?.is_none() {
+                bail!(
+                    "{} is missing (a new store, or Redis lost its data): the proxies keep their \
+                     last known servers, and replacing one server would make them follow a store \
+                     holding only {}. Register the {} servers again with `ctl register` first. \
+                     Nothing changed.",
+                    keys.meta(),
+                    plan.new,
+                    plan.pool
+                );
+            }
+            return Ok(plan.run(c, keys).await?.exit_code());
+        }
         Op::Status => {
             let status = store::read_status(c, keys).await?;
             print!(
@@ -302,6 +341,21 @@ async fn execute(op: Op, target: &Target) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+impl Op {
+    /// Whether the command may change the store (and so create a missing marker).
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Op::Register { .. }
+                | Op::Deregister(..)
+                | Op::Drain(..)
+                | Op::Undrain(..)
+                | Op::SetWeight(..)
+                | Op::CanarySet(_)
+        )
+    }
 }
 
 fn explain(e: StoreError) -> anyhow::Error {
@@ -472,6 +526,24 @@ fn lease_left(expiry_ms: Option<u64>, now_ms: u64) -> String {
 
 fn format_status(status: &Status, keys: &Keys, url: &str, now_ms: u64) -> String {
     let mut out = format!("redis {url}, namespace {}\n", keys.namespace());
+    match &status.marker {
+        Some(m) => {
+            let changed = m.updated_ms.map_or(String::new(), |t| {
+                format!(
+                    ", last change {}s ago",
+                    now_ms.saturating_sub(t).div_ceil(1000)
+                )
+            });
+            out += &format!("store: generation {}{changed}\n", m.generation);
+        }
+        None => {
+            out += &format!(
+                "store: NO MARKER ({} missing: a new store, or Redis lost its data); the proxies \
+                 keep their last known servers until a write creates it\n",
+                keys.meta()
+            )
+        }
+    }
     match status.canary_percent {
         Some(p) => out += &format!("canary percent: {}\n", p.as_f64()),
         None if status.problems.iter().any(|p| p.kind == "canary_percent") => {
@@ -558,6 +630,11 @@ mod tests {
             draining,
         };
         let status = Status {
+            marker: Some(store::Marker {
+                generation: 7,
+                updated_ms: Some(now - 3000),
+                created_ms: Some(1),
+            }),
             production: vec![ServerStatus {
                 server: server("10.0.0.1:80", None, false),
                 serving_seen_ms: Some(now - 1000),
@@ -571,6 +648,19 @@ mod tests {
             problems: vec![],
         };
         let text = format_status(&status, &Keys::new("ns"), "redis://h/0", now);
+        assert!(
+            text.contains("store: generation 7, last change 3s ago"),
+            "{text}"
+        );
+        let unmarked = Status {
+            marker: None,
+            ..status.clone()
+        };
+        let unmarked = format_status(&unmarked, &Keys::new("ns"), "redis://h/0", now);
+        assert!(
+            unmarked.contains("store: NO MARKER (ns:meta missing"),
+            "{unmarked}"
+        );
         assert!(text.contains("canary percent: 12.5"), "{text}");
         assert!(text.contains("salt: \"r1\""), "{text}");
         let prod = text

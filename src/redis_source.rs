@@ -9,6 +9,13 @@
 //! When Redis is lost, the pools keep their last known servers (and keep being health-checked);
 //! the task reconnects with a capped backoff, resubscribes and resyncs. Bad entries are logged
 //! once, counted, and skipped by `store::read_snapshot`; the rest keeps serving.
+//!
+//! When Redis answers but its data is lost (restarted without persistence, failed over to an
+//! empty replica, `FLUSHALL`), the snapshot has no `ns:meta` marker. That store is not followed:
+//! an empty answer would take every pool down at once. The pools and routing overrides stay as
+//! they are (the file's servers, for a proxy that never had a marked store), discovery is
+//! reported down with the reason, and the store is followed again as soon as a write (any
+//! `ctl` command, a heartbeat) puts the marker back.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,7 +30,7 @@ use redis::AsyncConnectionConfig;
 use crate::config::PoolKind;
 use crate::discovery::WantedServer;
 use crate::state::{RoutingOverrides, Shared};
-use crate::store::{self, Keys, Snapshot};
+use crate::store::{self, Keys, Marker, Snapshot};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -49,6 +56,8 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
         resync: config.discovery.resync_interval,
         problems: HashSet::new(),
         proxy_id: proxy_id(),
+        marker: None,
+        store_lost: false,
     };
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
@@ -125,6 +134,10 @@ struct Follower {
     problems: HashSet<String>,
     /// This proxy's name in `ns:proxy:<id>`.
     proxy_id: String,
+    /// The marker of the last store followed.
+    marker: Option<Marker>,
+    /// The last snapshot had no marker (logged once per transition).
+    store_lost: bool,
 }
 
 /// `hostname-pid`: unique per running proxy, readable in `redis-cli KEYS`.
@@ -187,9 +200,53 @@ impl Follower {
     ) -> Result<Option<u64>, String> {
         let snap = timed(store::read_snapshot(conn, &self.keys, store::now_ms())).await?;
         self.shared.metrics.discovery_resyncs.inc();
+        let Some(marker) = snap.marker.clone() else {
+            self.keep_through_lost_store();
+            return Ok(None);
+        };
+        self.note_marker(marker);
         let next_expiry = snap.next_lease_expiry_ms();
         self.apply(snap);
         Ok(next_expiry)
+    }
+
+    /// The store has no marker: keep pools and overrides, report discovery down.
+    fn keep_through_lost_store(&mut self) {
+        let e = format!(
+            "redis store has no meta marker (`{}` is missing: Redis lost its data, or nothing \
+             was ever written to it): keeping the last known servers and routing",
+            self.keys.meta()
+        );
+        if !self.store_lost {
+            warn!(
+                "redis discovery: {e}; the store is followed again once a `canary-lb ctl` write \
+                 or a heartbeat re-creates the marker"
+            );
+        }
+        self.store_lost = true;
+        self.shared.metrics.discovery_error("store_lost");
+        self.shared.discovery.set_error(e);
+    }
+
+    /// Log a marker coming back, or a store re-initialised between two reads.
+    fn note_marker(&mut self, marker: Marker) {
+        if self.store_lost {
+            info!(
+                "redis discovery: the store's meta marker is back (generation {}): following \
+                 the store again",
+                marker.generation
+            );
+            self.store_lost = false;
+        } else if let Some(prev) = &self.marker {
+            if prev.created_ms != marker.created_ms || marker.generation < prev.generation {
+                warn!(
+                    "redis discovery: the store was re-initialised (generation {} -> {}): \
+                     following it as it now is",
+                    prev.generation, marker.generation
+                );
+            }
+        }
+        self.marker = Some(marker);
     }
 
     fn apply(&mut self, snap: Snapshot) {

@@ -13,6 +13,7 @@
 //! | `ns:draining:pool`| set        | `host:port` that get no new requests                         |
 //! | `ns:routing`      | hash       | `canary_percent` (0..=100, decimals ok) and `salt`; override the file config while present |
 //! | `ns:serving:pool` | sorted set | written by proxies: `host:port` in rotation; score = when a proxy last saw it so, in Unix ms |
+//! | `ns:meta`         | hash       | the store's marker: `generation` (bumped by every change), `updated_ms`, `created_ms` |
 //! | `ns:events`       | channel    | every writer publishes after a change: the pool name, or `routing` |
 //! | `ns:proxy:<id>`   | hash       | written by each proxy every second: `pool/host:port` -> requests in flight on that server through this proxy; expires [`PROXY_REPORT_TTL_MS`] after the last report |
 //!
@@ -29,6 +30,14 @@
 //! - Writers are atomic (Lua scripts or MULTI/EXEC) and validate before writing, so a refused
 //!   command writes nothing. A lease renewal that keeps a live server live is not a change to the
 //!   served set and does not publish (heartbeats would otherwise flood every proxy with re-reads).
+//! - `ns:meta` tells a lost store from an empty one. Redis restarted without persistence (or
+//!   failed over to an empty replica) answers "no servers" exactly like a pool emptied on
+//!   purpose; following it would take the whole fleet to 503. Every write that changes the store
+//!   bumps the marker in the same script or MULTI, and a snapshot without it
+//!   ([`Snapshot::marker`] `None`) is "lost": the proxies keep what they have. A removal that
+//!   removes nothing never creates it, so a retried `deregister` on a wiped store does not turn
+//!   "lost" into "deliberately empty"; a registration (a heartbeat renewal included) always
+//!   does. The proxies' own reports (`ns:serving:*`, `ns:proxy:*`) never touch it.
 //! - `ns:serving:pool` is the proxies' answer to "did my change take effect": each proxy
 //!   [`report_serving`] its rotation; a member is "serving" when seen within [`SERVING_FRESH_MS`].
 
@@ -52,6 +61,10 @@ pub const PROXY_REPORT_TTL_MS: u64 = 5_000;
 /// The `ns:routing` fields this module reads.
 pub const FIELD_CANARY_PERCENT: &str = "canary_percent";
 pub const FIELD_SALT: &str = "salt";
+/// The `ns:meta` fields: the marker exists when `generation` does.
+pub const FIELD_GENERATION: &str = "generation";
+pub const FIELD_UPDATED_MS: &str = "updated_ms";
+pub const FIELD_CREATED_MS: &str = "created_ms";
 /// The `ns:events` message for a routing change (pool changes publish the pool name).
 pub const ROUTING_EVENT: &str = "routing";
 
@@ -90,6 +103,11 @@ impl Keys {
 
     pub fn routing(&self) -> String {
         format!("{}:routing", self.namespace)
+    }
+
+    /// The store's marker (see the module documentation).
+    pub fn meta(&self) -> String {
+        format!("{}:meta", self.namespace)
     }
 
     /// One proxy's in-flight report (see [`report_proxy`]).
@@ -134,9 +152,25 @@ pub struct Problem {
     pub detail: String,
 }
 
+/// The `ns:meta` marker: the store was written by canary-lb (or the documented recipe) and has
+/// not lost its data since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    /// Bumped by every change; 0 when the stored value does not parse (a [`Problem`] of kind
+    /// `meta` is recorded, the marker still counts).
+    pub generation: u64,
+    /// When the last change was written (writer's clock, Unix ms).
+    pub updated_ms: Option<u64>,
+    /// When the marker was created: a different value means the store was re-initialised.
+    pub created_ms: Option<u64>,
+}
+
 /// What the proxies serve, as read from Redis at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// `None`: the store has no marker, so it lost its data (or was never written); the other
+    /// fields then describe an empty store that must not be followed.
+    pub marker: Option<Marker>,
     /// Servers whose lease is live at `now_ms`, sorted by address; bad entries skipped.
     pub production: Vec<StoredServer>,
     pub canary: Vec<StoredServer>,
@@ -182,6 +216,8 @@ pub struct RawSnapshot {
     pub canary: RawPool,
     /// `HGETALL routing`.
     pub routing: Value,
+    /// `HGETALL meta`.
+    pub meta: Value,
 }
 
 impl RawSnapshot {
@@ -279,7 +315,28 @@ pub fn parse_snapshot(raw: &RawSnapshot, keys: &Keys, now_ms: u64) -> Snapshot {
     let routing = parse_routing(&raw.routing, keys, &mut snap.problems);
     snap.canary_percent = routing.canary_percent;
     snap.salt = routing.salt;
+    snap.marker = parse_marker(&raw.meta, keys, &mut snap.problems);
     snap
+}
+
+/// The marker in an `HGETALL meta` reply; `None` without a `generation` field.
+fn parse_marker(raw: &Value, keys: &Keys, problems: &mut Vec<Problem>) -> Option<Marker> {
+    let fields: HashMap<String, String> = pairs(raw).into_iter().collect();
+    let generation = fields.get(FIELD_GENERATION)?;
+    let generation = generation.trim().parse().unwrap_or_else(|_| {
+        problems.push(Problem {
+            kind: "meta",
+            key: keys.meta(),
+            detail: format!("generation `{generation}` is not a non-negative integer"),
+        });
+        0
+    });
+    let ms = |field: &str| fields.get(field).and_then(|v| v.trim().parse().ok());
+    Some(Marker {
+        generation,
+        updated_ms: ms(FIELD_UPDATED_MS),
+        created_ms: ms(FIELD_CREATED_MS),
+    })
 }
 
 struct Routing {
@@ -434,6 +491,7 @@ fn queue_snapshot_reads(pipe: &mut redis::Pipeline, keys: &Keys) {
         pipe.cmd("SMEMBERS").arg(keys.draining(pool));
     }
     pipe.cmd("HGETALL").arg(keys.routing());
+    pipe.cmd("HGETALL").arg(keys.meta());
 }
 
 fn take_raw_snapshot(replies: &mut impl Iterator<Item = Value>) -> RawSnapshot {
@@ -444,15 +502,17 @@ fn take_raw_snapshot(replies: &mut impl Iterator<Item = Value>) -> RawSnapshot {
     };
     let production = next_pool();
     let canary = next_pool();
+    let routing = replies.next().unwrap_or_default();
     RawSnapshot {
         production,
         canary,
-        routing: replies.next().unwrap_or_default(),
+        routing,
+        meta: replies.next().unwrap_or_default(),
     }
 }
 
-/// Read everything the proxies serve in one pipelined MULTI/EXEC round trip (seven commands,
-/// whatever the number of servers), so the snapshot is consistent.
+/// Read everything the proxies serve, the marker included, in one pipelined MULTI/EXEC round
+/// trip (eight commands, whatever the number of servers), so the snapshot is consistent.
 pub async fn read_snapshot<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
@@ -464,6 +524,18 @@ pub async fn read_snapshot<C: redis::aio::ConnectionLike>(
     let replies: Vec<Value> = pipe.query_async(conn).await?;
     let raw = take_raw_snapshot(&mut replies.into_iter());
     Ok(parse_snapshot(&raw, keys, now_ms))
+}
+
+/// The store's marker alone (`None`: no marker).
+pub async fn read_marker<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+) -> redis::RedisResult<Option<Marker>> {
+    let raw: Value = redis::cmd("HGETALL")
+        .arg(keys.meta())
+        .query_async(conn)
+        .await?;
+    Ok(parse_marker(&raw, keys, &mut Vec::new()))
 }
 
 /// A proxy reports the servers it has in rotation for `pool`: each gets score `now_ms` in
@@ -553,11 +625,27 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
 }
 
-/// KEYS: servers, weights, draining, events.
+/// Prepended to every write script: bump the `ns:meta` marker (creating it when missing).
+macro_rules! bump_meta_lua {
+    () => {
+        r#"
+local function bump_meta(meta, now)
+  redis.call('HINCRBY', meta, 'generation', 1)
+  redis.call('HSET', meta, 'updated_ms', now)
+  redis.call('HSETNX', meta, 'created_ms', now)
+end
+"#
+    };
+}
+
+/// KEYS: servers, weights, draining, events, meta.
 /// ARGV: addr, score (`+inf` or ms), weight (`""` keeps the current one), now_ms,
 ///       purge-before ms, pool name.
 /// Publishes only when the served set changes: a new or lapsed server, or a new weight.
-const REGISTER_LUA: &str = r#"
+/// Bumps the marker on a change, and creates it when missing even on a plain renewal.
+const REGISTER_LUA: &str = concat!(
+    bump_meta_lua!(),
+    r#"
 local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local now = tonumber(ARGV[4])
 local was_live = old and (old == 'inf' or old == '+inf' or tonumber(old) > now)
@@ -573,22 +661,68 @@ for _, m in ipairs(dead) do
   redis.call('HDEL', KEYS[2], m)
   redis.call('SREM', KEYS[3], m)
 end
+if changed or redis.call('HEXISTS', KEYS[5], 'generation') == 0 then
+  bump_meta(KEYS[5], ARGV[4])
+end
 if changed then redis.call('PUBLISH', KEYS[4], ARGV[6]) end
 return changed and 1 or 0
-"#;
+"#
+);
 
-/// KEYS: servers, target key, events. ARGV: addr, op, value, pool name.
-/// Refuses (returns 0) when addr is not in servers; otherwise writes, publishes, returns 1.
-const MODIFY_REGISTERED_LUA: &str = r#"
+/// KEYS: servers, target key, events, meta. ARGV: addr, op, value, pool name, now_ms.
+/// Refuses (returns 0) when addr is not in servers; otherwise writes, bumps the marker,
+/// publishes, returns 1.
+const MODIFY_REGISTERED_LUA: &str = concat!(
+    bump_meta_lua!(),
+    r#"
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 if ARGV[2] == 'weight' then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 elseif ARGV[2] == 'drain' then
   redis.call('SADD', KEYS[2], ARGV[1])
 end
+bump_meta(KEYS[4], ARGV[5])
 redis.call('PUBLISH', KEYS[3], ARGV[4])
 return 1
-"#;
+"#
+);
+
+/// KEYS: servers, weights, draining, events, meta. ARGV: addr, pool name, now_ms.
+/// Returns 1 when addr was registered. Only an actual removal bumps (or creates) the marker.
+const DEREGISTER_LUA: &str = concat!(
+    bump_meta_lua!(),
+    r#"
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+if removed == 1 then bump_meta(KEYS[5], ARGV[3]) end
+redis.call('PUBLISH', KEYS[4], ARGV[2])
+return removed
+"#
+);
+
+/// KEYS: draining, events, meta. ARGV: addr, pool name, now_ms.
+/// Returns 1 when addr was draining. Only an actual change bumps (or creates) the marker.
+const UNDRAIN_LUA: &str = concat!(
+    bump_meta_lua!(),
+    r#"
+local removed = redis.call('SREM', KEYS[1], ARGV[1])
+if removed == 1 then bump_meta(KEYS[3], ARGV[3]) end
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+return removed
+"#
+);
+
+/// KEYS: routing, events, meta. ARGV: field, value, now_ms, event message.
+const SET_ROUTING_LUA: &str = concat!(
+    bump_meta_lua!(),
+    r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+bump_meta(KEYS[3], ARGV[3])
+redis.call('PUBLISH', KEYS[2], ARGV[4])
+return 1
+"#
+);
 
 /// A server's lease: `None` registers it with no lease (score `+inf`).
 fn lease_score(ttl: Option<Duration>, now_ms: u64) -> String {
@@ -615,6 +749,7 @@ pub async fn register<C: redis::aio::ConnectionLike>(
         .key(keys.weights(pool))
         .key(keys.draining(pool))
         .key(keys.events())
+        .key(keys.meta())
         .arg(addr.as_str())
         .arg(lease_score(ttl, now))
         .arg(weight.map_or(String::new(), |w| w.get().to_string()))
@@ -634,24 +769,16 @@ pub async fn deregister<C: redis::aio::ConnectionLike>(
     pool: PoolKind,
     addr: &ServerAddr,
 ) -> Result<bool, StoreError> {
-    let (removed,): (i64,) = redis::pipe()
-        .atomic()
-        .cmd("ZREM")
-        .arg(keys.servers(pool))
+    let removed: i64 = redis::Script::new(DEREGISTER_LUA)
+        .key(keys.servers(pool))
+        .key(keys.weights(pool))
+        .key(keys.draining(pool))
+        .key(keys.events())
+        .key(keys.meta())
         .arg(addr.as_str())
-        .cmd("HDEL")
-        .arg(keys.weights(pool))
-        .arg(addr.as_str())
-        .ignore()
-        .cmd("SREM")
-        .arg(keys.draining(pool))
-        .arg(addr.as_str())
-        .ignore()
-        .cmd("PUBLISH")
-        .arg(keys.events())
         .arg(pool.as_str())
-        .ignore()
-        .query_async(conn)
+        .arg(now_ms())
+        .invoke_async(conn)
         .await?;
     Ok(removed == 1)
 }
@@ -669,10 +796,12 @@ async fn modify_registered<C: redis::aio::ConnectionLike>(
         .key(keys.servers(pool))
         .key(target)
         .key(keys.events())
+        .key(keys.meta())
         .arg(addr.as_str())
         .arg(op)
         .arg(value)
         .arg(pool.as_str())
+        .arg(now_ms())
         .invoke_async(conn)
         .await?;
     if done == 1 {
@@ -711,16 +840,14 @@ pub async fn undrain<C: redis::aio::ConnectionLike>(
     pool: PoolKind,
     addr: &ServerAddr,
 ) -> Result<bool, StoreError> {
-    let (removed,): (i64,) = redis::pipe()
-        .atomic()
-        .cmd("SREM")
-        .arg(keys.draining(pool))
+    let removed: i64 = redis::Script::new(UNDRAIN_LUA)
+        .key(keys.draining(pool))
+        .key(keys.events())
+        .key(keys.meta())
         .arg(addr.as_str())
-        .cmd("PUBLISH")
-        .arg(keys.events())
         .arg(pool.as_str())
-        .ignore()
-        .query_async(conn)
+        .arg(now_ms())
+        .invoke_async(conn)
         .await?;
     Ok(removed == 1)
 }
@@ -737,24 +864,22 @@ pub async fn set_weight<C: redis::aio::ConnectionLike>(
     modify_registered(conn, keys, pool, addr, keys.weights(pool), "weight", value).await
 }
 
-/// Store the canary percent (already validated by [`Percent`]) and publish `routing`.
+/// Store the canary percent (already validated by [`Percent`]), bump the marker and publish
+/// `routing`.
 pub async fn set_canary_percent<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     percent: Percent,
 ) -> Result<(), StoreError> {
-    redis::pipe()
-        .atomic()
-        .cmd("HSET")
-        .arg(keys.routing())
+    let _: i64 = redis::Script::new(SET_ROUTING_LUA)
+        .key(keys.routing())
+        .key(keys.events())
+        .key(keys.meta())
         .arg(FIELD_CANARY_PERCENT)
         .arg(percent.as_f64().to_string())
-        .ignore()
-        .cmd("PUBLISH")
-        .arg(keys.events())
+        .arg(now_ms())
         .arg(ROUTING_EVENT)
-        .ignore()
-        .query_async::<()>(conn)
+        .invoke_async(conn)
         .await?;
     Ok(())
 }
@@ -896,6 +1021,8 @@ pub struct ServerStatus {
 /// proxies report serving, the routing overrides and any problems.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
+    /// `None`: the store has no marker, and the proxies keep their last known servers.
+    pub marker: Option<Marker>,
     pub production: Vec<ServerStatus>,
     pub canary: Vec<ServerStatus>,
     pub canary_percent: Option<Percent>,
@@ -951,6 +1078,7 @@ pub async fn read_status<C: redis::aio::ConnectionLike>(
     let routing = parse_routing(&raw.routing, keys, &mut status.problems);
     status.canary_percent = routing.canary_percent;
     status.salt = routing.salt;
+    status.marker = parse_marker(&raw.meta, keys, &mut status.problems);
     Ok(status)
 }
 
@@ -977,6 +1105,61 @@ mod tests {
         assert_eq!(k.serving(PoolKind::Canary), "ns:serving:canary");
         assert_eq!(k.routing(), "ns:routing");
         assert_eq!(k.events(), "ns:events");
+        assert_eq!(k.meta(), "ns:meta");
+    }
+
+    /// (meta fields, expected marker as (generation, updated_ms, created_ms), problem kinds)
+    #[test]
+    fn marker_parsing_table() {
+        type Case<'a> = (
+            &'a [&'a str],
+            Option<(u64, Option<u64>, Option<u64>)>,
+            &'a [&'a str],
+        );
+        let cases: &[Case] = &[
+            // A wiped or never-written store.
+            (&[], None, &[]),
+            // Fields without `generation` are not a marker.
+            (&["updated_ms", "5"], None, &[]),
+            (&["generation", "1"], Some((1, None, None)), &[]),
+            (
+                &["generation", "42", "updated_ms", "7", "created_ms", "3"],
+                Some((42, Some(7), Some(3))),
+                &[],
+            ),
+            // Written by hand: still a marker, the bad value is reported.
+            (&["generation", "many"], Some((0, None, None)), &["meta"]),
+            (
+                &["generation", "2", "updated_ms", "soon"],
+                Some((2, None, None)),
+                &[],
+            ),
+        ];
+        let keys = Keys::new("t");
+        for (fields, want, kinds) in cases {
+            let raw = RawSnapshot {
+                meta: flat(fields),
+                ..RawSnapshot::default()
+            };
+            let snap = parse_snapshot(&raw, &keys, NOW);
+            let got = snap
+                .marker
+                .map(|m| (m.generation, m.updated_ms, m.created_ms));
+            assert_eq!(got, *want, "{fields:?}");
+            let got: Vec<&str> = snap.problems.iter().map(|p| p.kind).collect();
+            assert_eq!(&got, kinds, "{fields:?}");
+        }
+        // RESP3 map form.
+        let raw = RawSnapshot {
+            meta: Value::Map(vec![(bulk("generation"), Value::Int(9))]),
+            ..RawSnapshot::default()
+        };
+        assert_eq!(
+            parse_snapshot(&raw, &keys, NOW)
+                .marker
+                .map(|m| m.generation),
+            Some(9)
+        );
     }
 
     /// (case, servers, weights, draining, expected served addrs with weight and draining,

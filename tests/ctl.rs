@@ -11,6 +11,7 @@ use redis::Commands;
 
 const BIN: &str = env!("CARGO_BIN_EXE_canary-lb");
 const EVENTS: &str = "canary-lb:events";
+const META: &str = "canary-lb:meta";
 
 /// A throwaway `redis-server`, killed when dropped (also when a test panics).
 struct RedisServer {
@@ -74,6 +75,11 @@ impl RedisServer {
         redis::cmd("DBSIZE")
             .query(&mut self.conn())
             .expect("DBSIZE")
+    }
+
+    /// `generation` of the store's marker `canary-lb:meta`, None when there is no marker.
+    fn generation(&self) -> Option<i64> {
+        self.conn().hget(META, "generation").expect("HGET")
     }
 
     fn zscore(&self, key: &str, member: &str) -> Option<f64> {
@@ -262,15 +268,17 @@ fn deregister_removes_server_weight_and_draining() {
         "3",
     ]);
     redis.ctl_ok(&["drain", "--pool", "canary", "10.0.0.7:3000"]);
-    assert_eq!(redis.dbsize(), 3);
+    // servers, weights, draining, and the store's marker (canary-lb:meta)
+    assert_eq!(redis.dbsize(), 4);
     redis.expect_event("canary", || {
         redis.ctl_ok(&["deregister", "--pool", "canary", "10.0.0.7:3000"])
     });
     assert_eq!(
         redis.dbsize(),
-        0,
-        "servers, weights and draining entries are all removed"
+        1,
+        "servers, weights and draining entries are all removed; the marker stays"
     );
+    assert!(redis.generation().is_some());
     // Deregistering again is not an error: deploy jobs retry.
     let out = redis.ctl_ok(&["deregister", "--pool", "canary", "10.0.0.7:3000"]);
     assert!(out.contains("not registered"), "{out}");
@@ -572,6 +580,75 @@ fn heartbeat_renews_the_lease_and_deregisters_on_sigterm() {
     assert_eq!(redis.zscore(key, "10.0.0.9:3000"), None);
 }
 
+/// The marker (docs/redis-schema.md, `ns:meta`) tells the proxies a lost store from an empty
+/// one: every change bumps it, a removal that removes nothing never creates it, and the write
+/// that creates it says so.
+#[test]
+fn every_change_bumps_the_store_marker_and_a_no_op_removal_never_creates_it() {
+    let redis = RedisServer::start();
+    let status = redis.ctl_ok(&["status"]);
+    assert!(status.contains("store: NO MARKER"), "{status}");
+
+    // A deploy job retrying removals on a wiped store must not make it look deliberately empty.
+    redis.ctl_ok(&["deregister", "--pool", "production", "10.0.0.1:80"]);
+    redis.ctl_ok(&["undrain", "--pool", "production", "10.0.0.1:80"]);
+    assert_eq!(redis.generation(), None);
+    assert_eq!(redis.dbsize(), 0);
+
+    // The first change creates it, and says what the proxies will now follow.
+    let out = redis.ctl(&["register", "--pool", "production", "10.0.0.1:80"]);
+    assert!(out.status.success());
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains("canary-lb:meta was missing") && note.contains("1 production and 0 canary"),
+        "{note}"
+    );
+    assert_eq!(redis.generation(), Some(1));
+    let created: Option<u64> = redis.conn().hget(META, "created_ms").expect("HGET");
+    let updated: Option<u64> = redis.conn().hget(META, "updated_ms").expect("HGET");
+    assert!(
+        created.is_some() && created == updated,
+        "{created:?} {updated:?}"
+    );
+
+    // Each later change bumps it once; writes that change nothing leave it.
+    let steps: &[(&[&str], i64)] = &[
+        (&["register", "--pool", "production", "10.0.0.1:80"], 1),
+        (&["register", "--pool", "canary", "10.0.0.7:3000"], 2),
+        (&["drain", "--pool", "canary", "10.0.0.7:3000"], 3),
+        (&["weight", "--pool", "canary", "10.0.0.7:3000", "4"], 4),
+        (&["undrain", "--pool", "canary", "10.0.0.7:3000"], 5),
+        (&["undrain", "--pool", "canary", "10.0.0.7:3000"], 5),
+        (&["canary", "set", "10"], 6),
+        (&["deregister", "--pool", "canary", "10.0.0.7:3000"], 7),
+        (&["deregister", "--pool", "canary", "10.0.0.7:3000"], 7),
+        (&["deregister", "--pool", "production", "10.0.0.1:80"], 8),
+    ];
+    for (args, want) in steps {
+        let out = redis.ctl(args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(redis.generation(), Some(*want), "after {args:?}");
+    }
+    // Both pools deliberately empty: the marker says so.
+    let status = redis.ctl_ok(&["status"]);
+    assert!(status.contains("store: generation 8"), "{status}");
+
+    // A store written before the marker existed (servers, no meta): re-registering a server
+    // that is already there creates the marker, so an upgrade needs no manual step.
+    let _: () = redis.conn().del(META).expect("DEL");
+    let _: () = redis
+        .conn()
+        .zadd("canary-lb:servers:production", "10.0.0.2:80", "+inf")
+        .expect("ZADD");
+    redis.ctl_ok(&["register", "--pool", "production", "10.0.0.2:80"]);
+    assert_eq!(redis.generation(), Some(1));
+}
+
 #[test]
 fn heartbeat_survives_a_redis_restart() {
     let redis = RedisServer::start();
@@ -599,6 +676,8 @@ fn heartbeat_survives_a_redis_restart() {
         "registration after the restart",
         || redis.zscore(key, "10.0.0.8:3000"),
     );
+    // The re-registration re-creates the marker: the proxies follow the store again.
+    assert!(redis.generation().is_some());
     assert!(
         hb.0.try_wait().expect("try_wait").is_none(),
         "heartbeat kept running"

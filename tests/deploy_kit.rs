@@ -18,6 +18,7 @@ use serde_yaml_ng::Value as Yaml;
 
 const DASHBOARD: &str = "conf/grafana/canary-lb.json";
 const ALERTS: &str = "conf/prometheus/alerts.yml";
+const ALERT_TESTS: &str = "conf/prometheus/alerts.test.yml";
 const COMPOSE: &str = "deploy/compose.yaml";
 const LB_CONFIG: &str = "deploy/canary-lb.yaml";
 const PROMETHEUS: &str = "deploy/prometheus.yml";
@@ -349,6 +350,18 @@ fn dashboard_and_alerts_query_only_metrics_the_proxy_exports() {
             assert!(
                 out.status.success(),
                 "promtool check rules {ALERTS}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The alert rules' own unit tests (e.g. a lost Redis store pages, an unreachable one warns).
+            let out = Command::new(&promtool)
+                .args(["test", "rules"])
+                .arg(repo().join(ALERT_TESTS))
+                .output()
+                .expect("run promtool");
+            assert!(
+                out.status.success(),
+                "promtool test rules {ALERT_TESTS}:\n{}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::store_marker::{mark_store, store_generation, wipe};
 use common::*;
 use serde_json::Value;
 
@@ -238,6 +239,8 @@ fn bad_data_is_logged_counted_and_skipped() {
     let url = redis.url();
     let good = App::start("good", "production");
     let heavy = App::start("heavy", "production");
+    // The store was initialised once (by any `ctl` write, or the redis-cli recipe).
+    mark_store(&url, ns);
     let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
     let servers = format!("{ns}:servers:production");
     let weights = format!("{ns}:weights:production");
@@ -327,6 +330,7 @@ fn an_expired_lease_leaves_rotation_without_any_event() {
     let url = redis.url();
     let forever = App::start("forever", "production");
     let leased = App::start("leased", "production");
+    mark_store(&url, ns);
     let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
     let servers = format!("{ns}:servers:production");
 
@@ -495,6 +499,7 @@ fn a_plain_write_without_publish_is_picked_up_within_the_resync_interval() {
     let redis = RedisServer::start();
     let url = redis.url();
     let app = App::start("plain", "production");
+    mark_store(&url, ns);
     let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
     wait_until("discovery is up", NOTICE, || discovery_up(&proxy));
     assert_eq!(
@@ -523,6 +528,178 @@ fn a_plain_write_without_publish_is_picked_up_within_the_resync_interval() {
         took <= RESYNC + Duration::from_secs(1),
         "picked up after {took:?}"
     );
+}
+
+/// `discovery.last_error` of `/status` ("" when there is none).
+fn last_error(proxy: &Proxy) -> String {
+    proxy.status_json()["discovery"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Issue 8: a Redis that lost its data (restart without persistence) answered "no servers" and
+/// every proxy served 503. A store without its `ns:meta` marker is lost, not empty: the proxy
+/// keeps its last known servers and routing, says so, and follows again once the store is
+/// written.
+#[test]
+fn a_wiped_store_keeps_the_last_known_servers_until_it_is_written_again() {
+    let _serial = serial();
+    let ns = "it-wiped";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let p1 = App::start("wiped-p1", "production");
+    let c1 = App::start("wiped-c1", "canary");
+    let p2 = App::start("wiped-p2", "production");
+    ctl_ok(&url, ns, &["register", "--pool", "production", &p1.addr()]);
+    ctl_ok(&url, ns, &["register", "--pool", "canary", &c1.addr()]);
+    ctl_ok(&url, ns, &["canary", "set", "30"]);
+    let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
+    let (to_prod, to_canary) = ([("X-Canary", "0")], [("X-Canary", "1")]);
+    wait_until("both pools serve and 30 % applies", NOTICE, || {
+        answered_by(&proxy, "wiped-p1", &to_prod)
+            && answered_by(&proxy, "wiped-c1", &to_canary)
+            && proxy.status_json()["routing"]["canary_percent"] == 30.0
+    });
+    assert!(discovery_up(&proxy));
+
+    // Redis loses everything.
+    wipe(&url);
+    wait_until("discovery is reported down", NOTICE, || {
+        !discovery_up(&proxy)
+    });
+    // Several full resyncs later (and the proxy's own serving reports) it still is.
+    let resyncs = metric(&proxy, "canary_lb_discovery_resyncs_total", &[]);
+    wait_until("three more resyncs", NOTICE, || {
+        metric(&proxy, "canary_lb_discovery_resyncs_total", &[]) >= resyncs + 3.0
+    });
+    let status = proxy.status_json();
+    assert_eq!(status["discovery"]["up"], false, "{status}");
+    let err = last_error(&proxy);
+    assert!(
+        err.contains("no meta marker") && err.contains("keeping the last known servers"),
+        "{status}"
+    );
+    assert_eq!(metric(&proxy, "canary_lb_discovery_up", &[]), 0.0);
+    assert!(
+        metric(
+            &proxy,
+            "canary_lb_discovery_errors_total",
+            &["kind=\"store_lost\""]
+        ) >= 1.0
+    );
+    assert_eq!(
+        store_generation(&url, ns),
+        None,
+        "a proxy never writes the marker itself"
+    );
+    // Every request is still served by the last known servers, and the override stays.
+    assert!(served_by(&proxy, 20, &to_prod)
+        .iter()
+        .all(|s| s == "wiped-p1"));
+    assert!(served_by(&proxy, 20, &to_canary)
+        .iter()
+        .all(|s| s == "wiped-c1"));
+    assert_eq!(status["routing"]["canary_percent"], 30.0, "{status}");
+    let logs = proxy.logs();
+    assert_eq!(
+        logs.matches("no meta marker").count(),
+        1,
+        "logged once, not at every resync:\n{logs}"
+    );
+
+    // The pipeline registers again: the marker is back and the proxy follows the store as it
+    // now is (p1 and the canary were not re-registered, the percent is the file's again).
+    ctl_ok(&url, ns, &["register", "--pool", "production", &p2.addr()]);
+    wait_until("discovery is up again", NOTICE, || discovery_up(&proxy));
+    wait_until("the store is followed again", NOTICE, || {
+        listed(&proxy, "production") == HashSet::from([p2.addr()])
+            && listed(&proxy, "canary").is_empty()
+            && proxy.status_json()["routing"]["canary_percent"] == 0.0
+    });
+    assert!(served_by(&proxy, 20, &to_canary)
+        .iter()
+        .all(|s| s == "wiped-p2"));
+    assert_eq!(last_error(&proxy), "");
+    assert_eq!(metric(&proxy, "canary_lb_discovery_up", &[]), 1.0);
+    assert!(proxy.logs().contains("meta marker is back"));
+}
+
+/// The marker does not protect against deliberate changes: an operator who deregisters the
+/// last server of a pool with `ctl` empties it, as before.
+#[test]
+fn deregistering_the_last_server_with_ctl_still_empties_the_pool() {
+    let _serial = serial();
+    let ns = "it-empty";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let p1 = App::start("empty-p1", "production");
+    let c1 = App::start("empty-c1", "canary");
+    ctl_ok(&url, ns, &["register", "--pool", "production", &p1.addr()]);
+    ctl_ok(&url, ns, &["register", "--pool", "canary", &c1.addr()]);
+    let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
+    let to_canary = [("X-Canary", "1")];
+    wait_until("both pools serve", NOTICE, || {
+        answered_by(&proxy, "empty-p1", &[("X-Canary", "0")])
+            && answered_by(&proxy, "empty-c1", &to_canary)
+    });
+
+    // The last canary server leaves: canary users fall back to production.
+    ctl_ok(&url, ns, &["deregister", "--pool", "canary", &c1.addr()]);
+    wait_until("the canary pool is empty", NOTICE, || {
+        listed(&proxy, "canary").is_empty()
+    });
+    assert!(served_by(&proxy, 10, &to_canary)
+        .iter()
+        .all(|s| s == "empty-p1"));
+
+    // The last production server leaves: 503, and discovery is up (the store says so).
+    ctl_ok(
+        &url,
+        ns,
+        &["deregister", "--pool", "production", &p1.addr()],
+    );
+    wait_until("the production pool is empty", NOTICE, || {
+        listed(&proxy, "production").is_empty()
+    });
+    let r = get(&proxy.url("/"), &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(discovery_up(&proxy));
+    assert_eq!(last_error(&proxy), "");
+    assert!(store_generation(&url, ns).is_some(), "the marker stays");
+}
+
+/// A brand-new (or wiped) Redis at start: the file's servers serve and discovery says why it
+/// is down, until the first write creates the marker.
+#[test]
+fn a_proxy_started_on_a_store_without_marker_serves_the_file_until_it_is_written() {
+    let _serial = serial();
+    let ns = "it-fresh";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let fixed = App::start("fresh-static", "production");
+    let registered = App::start("fresh-registered", "production");
+    let proxy = Proxy::start(&yaml(redis.port(), ns, &[&fixed]));
+    wait_until("discovery reports the missing marker", NOTICE, || {
+        last_error(&proxy).contains("no meta marker")
+    });
+    assert!(!discovery_up(&proxy));
+    assert_eq!(metric(&proxy, "canary_lb_discovery_up", &[]), 0.0);
+    assert!(served_by(&proxy, 10, &[])
+        .iter()
+        .all(|s| s == "fresh-static"));
+
+    ctl_ok(
+        &url,
+        ns,
+        &["register", "--pool", "production", &registered.addr()],
+    );
+    wait_until("the store is followed", NOTICE, || {
+        discovery_up(&proxy) && listed(&proxy, "production") == HashSet::from([registered.addr()])
+    });
+    assert!(served_by(&proxy, 10, &[])
+        .iter()
+        .all(|s| s == "fresh-registered"));
 }
 
 /// Unix milliseconds, as the proxies compare lease scores.

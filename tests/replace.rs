@@ -352,6 +352,39 @@ fn replace_refuses_bad_input_with_exit_1_before_writing() {
     assert!(keys.is_empty(), "nothing written: {keys:?}");
 }
 
+/// On a store without its marker (Redis lost its data) the proxies keep their last known
+/// servers; a replacement there would make them follow a store holding only NEW. Refused, and
+/// nothing is written; once the pool is registered again (the marker is back) it runs.
+#[test]
+fn replace_refuses_a_store_without_marker_and_writes_nothing() {
+    let redis = RedisServer::start();
+    let args = [
+        "--pool",
+        "production",
+        "127.0.0.1:5000",
+        "127.0.0.1:5001",
+        "--timeout",
+        "2s",
+        "--settle",
+        "1s",
+    ];
+    let out = replace(&redis, &args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{NS}:meta is missing")) && stderr.contains("Nothing changed"),
+        "{stderr}"
+    );
+    let keys: Vec<String> = conn(&redis).keys("*").expect("KEYS");
+    assert!(keys.is_empty(), "nothing written: {keys:?}");
+
+    // Registered again: the marker is back, and replace gets past the check (here to exit 2,
+    // since no proxy reports NEW serving).
+    register(&redis, "production", "127.0.0.1:5000");
+    let out = replace(&redis, &args);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
 /// `deploy/pipeline.sh` with env vars, as a CI job would run it.
 fn pipeline(redis: &RedisServer, env: &[(&str, &str)]) -> Output {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/pipeline.sh");
