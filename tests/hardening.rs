@@ -335,3 +335,65 @@ fn an_idle_keep_alive_connection_is_closed() {
         Err(e) => panic!("the idle connection was still open after 30 s: {e}"),
     }
 }
+
+/// Running out of file descriptors is the proxy's trouble, not the servers': while it lasts,
+/// requests fail; afterwards every server is still in rotation, none was ejected or marked
+/// down by a health check that could not open a socket.
+#[test]
+fn running_out_of_descriptors_does_not_count_against_servers() {
+    let (a, b) = (RawBackend::start(), RawBackend::start());
+    let list: Vec<String> = [&a, &b]
+        .iter()
+        .map(|s| format!("\"{}\"", s.addr()))
+        .collect();
+    let yaml = proxy_config(
+        free_port(),
+        free_port(),
+        &format!(
+            "threads: 1\n\
+             pools:\n  production: {{ servers: [{}] }}\n\
+             health_check: {{ kind: tcp, interval: 200ms, timeout: 500ms, \
+                              healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
+             passive_health: {{ max_failures: 1, cool_off: 60s }}\n",
+            list.join(", ")
+        ),
+    );
+    let proxy = Proxy::start_with_nofile(&yaml, Some(96));
+    let addr = format!("127.0.0.1:{}", proxy.listen_port());
+    // Hold enough connections, each with a request, to use up the proxy's descriptors.
+    let mut held = Vec::new();
+    for i in 0..150 {
+        let Ok(mut c) = TcpStream::connect(&addr) else {
+            continue;
+        };
+        let _ = c.write_all(format!("GET /hold{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        held.push(c);
+    }
+    wait_until("the proxy ran out of descriptors", NOTICE, || {
+        proxy.logs().contains("Too many open files") || proxy.logs().contains("os error 24")
+    });
+    // Let a few health-check rounds run into the limit too.
+    std::thread::sleep(Duration::from_millis(800));
+    drop(held);
+    wait_until(
+        "the proxy serves again",
+        NOTICE,
+        || matches!(try_get(&proxy.url("/after"), &[]), Ok(r) if r.status == 200),
+    );
+    let status = proxy.status_json();
+    for s in servers(&status, "production") {
+        assert_eq!(
+            s["ejected"], false,
+            "ejected for the proxy's own trouble: {s}"
+        );
+        assert_eq!(
+            s["healthy"], true,
+            "marked down for the proxy's own trouble: {s}"
+        );
+    }
+    let logs = proxy.logs();
+    assert!(
+        !logs.contains("becomes unhealthy"),
+        "a health check failed for the proxy's own trouble:\n{logs}"
+    );
+}

@@ -425,12 +425,26 @@ impl Proxy {
     /// Write `yaml` to a temp file, start the proxy and wait until `/status` answers 200 and
     /// the proxy port accepts connections. `yaml` must carry the lines [`proxy_config`] writes.
     pub fn start(yaml: &str) -> Proxy {
+        Proxy::start_with_nofile(yaml, None)
+    }
+
+    /// [`Proxy::start`] with the process's file-descriptor limit set to `nofile`.
+    pub fn start_with_nofile(yaml: &str, nofile: Option<u32>) -> Proxy {
         let listen = port_after(yaml, "listen:");
         let metrics = port_after(yaml, "metrics_listen:");
         let dir = temp_dir("canary-lb-proxy-");
         let config = dir.path().join("canary-lb.yaml");
         fs::write(&config, yaml).expect("write config");
-        let mut cmd = Command::new(bin());
+        let mut cmd = match nofile {
+            None => Command::new(bin()),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin());
+                sh
+            }
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&config)
