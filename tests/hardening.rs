@@ -397,3 +397,41 @@ fn running_out_of_descriptors_does_not_count_against_servers() {
         "a health check failed for the proxy's own trouble:\n{logs}"
     );
 }
+
+/// A client that stops reading a large response is cut off after `client.send_timeout`, and one
+/// that stops sending its body after `client.body_timeout`: neither holds the proxy open.
+#[test]
+fn clients_that_stall_are_cut_off() {
+    let backend = RawBackend::start();
+    let proxy = proxy_for(
+        &[backend.addr()],
+        "client: { send_timeout: 1s, body_timeout: 1s }\n",
+    );
+    let addr = format!("127.0.0.1:{}", proxy.listen_port());
+
+    // Never reads a 32 MiB answer: far more than the socket buffers hold.
+    let mut reader = TcpStream::connect(&addr).expect("connect");
+    reader
+        .write_all(b"GET /big?bytes=33554432 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    wait_until("the request reached the backend", NOTICE, || {
+        backend.count("/big?bytes=33554432") == 1
+    });
+    wait_until("the proxy gave up on the stalled reader", NOTICE, || {
+        in_flight(&proxy) == 0
+    });
+
+    // Sends 2 of 10 announced body bytes, then nothing.
+    let mut sender = TcpStream::connect(&addr).expect("connect");
+    sender
+        .write_all(b"POST /stall HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab")
+        .expect("send");
+    sender
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut out = Vec::new();
+    // The proxy answers or closes; either way the read ends well before 30 s.
+    let ended = sender.read_to_end(&mut out).is_ok();
+    assert!(ended, "the stalled body held the connection for 30 s");
+    drop(reader);
+}

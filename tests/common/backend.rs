@@ -2,7 +2,8 @@
 //! byte, so a test can say exactly what reached the app: how many times, with which headers.
 //!
 //! The path decides the answer: `/reset` closes the connection without a byte, `/slow?ms=N`
-//! waits N ms first, `/status/NNN` answers NNN, anything else 200. Health checks in tests that
+//! waits N ms first, `/status/NNN` answers NNN, `/big?bytes=N` answers N bytes, anything else
+//! 200 with a short body. Health checks in tests that
 //! use it are `kind: tcp`, so connections that send nothing are not requests.
 
 use std::io::{ErrorKind, Read, Write};
@@ -117,17 +118,20 @@ fn serve(mut conn: TcpStream, received: &Mutex<Vec<Received>>, stop: &AtomicBool
             return;
         }
         let mut status = 200;
+        let mut body = format!("backend saw {path}\n").into_bytes();
         if let Some(ms) = path.strip_prefix("/slow?ms=") {
             std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(1000)));
         } else if let Some(code) = path.strip_prefix("/status/") {
             status = code.parse().unwrap_or(400);
+        } else if let Some(n) = path.strip_prefix("/big?bytes=") {
+            body = vec![b'x'; n.parse().unwrap_or(0)];
         }
-        let body = format!("backend saw {path}\n");
-        let resp = format!(
-            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}",
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n",
             body.len()
         );
-        if conn.write_all(resp.as_bytes()).is_err() {
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
+        if conn.write_all(head.as_bytes()).is_err() || conn.write_all(&body).is_err() {
             return;
         }
     }
