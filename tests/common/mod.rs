@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod admin;
+
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -453,7 +455,9 @@ impl Proxy {
                     proxy.logs()
                 );
             }
-            let status_ok = matches!(try_get(&status_url, &[]), Ok(r) if r.status == 200);
+            // 401: `/status` wants the admin token (`metrics_auth_token_file`); it answers.
+            let status_ok =
+                matches!(try_get(&status_url, &[]), Ok(r) if r.status == 200 || r.status == 401);
             if status_ok && port_open(&listen_addr) {
                 return proxy;
             }
