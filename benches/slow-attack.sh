@@ -13,10 +13,11 @@
 #   CONNS=1000 DUR=35 RATE=10 ./benches/slow-attack.sh
 #   CANARY_LB_BIN=target/release/canary-lb SKIP_BUILD=1 ./benches/slow-attack.sh
 #   ATTACKS="slowloris slowread" PROXIES="canary-lb" ./benches/slow-attack.sh
-#   ULIMIT_N=1024 ./benches/slow-attack.sh      # the descriptor limit of many default hosts
+#   ULIMIT_N=1024 ./benches/slow-attack.sh      # proxies under the limit of many default hosts
 #
 # Env: CONNS (1000) attack connections; DUR (35) seconds per attack; RAMP (5) seconds before
-# the normal requests start; RATE (10) normal requests per second; ATTACKS, PROXIES; ULIMIT_N;
+# the normal requests start; RATE (10) normal requests per second; ATTACKS, PROXIES; ULIMIT_N
+# (descriptor limit of the two proxies only; the attacker and the prober keep the shell's);
 # OUT (output root, default ${TMPDIR:-/tmp}/slow-attack); PORT_BASE (19301: backend, +1 nginx,
 # +2 canary-lb, +3 canary-lb admin). Needs nginx, slowhttptest, python3, curl (Debian packages
 # nginx slowhttptest python3 curl). Results: $OUT/run-*/summary.md, plus per-run files.
@@ -35,11 +36,13 @@ for b in nginx slowhttptest python3 curl; do
   command -v $b >/dev/null || die "missing $b (apt-get install nginx slowhttptest python3 curl)"
 done
 
-ULIMIT_BEFORE=$(ulimit -n)
-if [ -n "${ULIMIT_N:-}" ]; then ulimit -n "$ULIMIT_N" || die "cannot set ulimit -n $ULIMIT_N"; fi
-ULIMIT_USED=$(ulimit -n)
-# slowhttptest needs a descriptor per connection too; it runs in this shell's limit.
-[ "$ULIMIT_USED" -gt $((CONNS + 64)) ] || log "WARNING: ulimit -n $ULIMIT_USED is close to CONNS=$CONNS"
+ULIMIT_SHELL=$(ulimit -n)
+ULIMIT_PROXY=${ULIMIT_N:-$ULIMIT_SHELL}
+[ "$ULIMIT_PROXY" -le "$(ulimit -Hn)" ] || die "ULIMIT_N=$ULIMIT_PROXY is above the hard limit $(ulimit -Hn)"
+# slowhttptest needs a descriptor per connection too; it runs under this shell's limit.
+[ "$ULIMIT_SHELL" -gt $((CONNS + 64)) ] || die "ulimit -n $ULIMIT_SHELL is too low for CONNS=$CONNS"
+# A prefix that runs a command under ULIMIT_N (words, not a function: `$!` stays the server).
+LIMITED=(bash -c 'ulimit -n "$0" && exec "$@"' "$ULIMIT_PROXY")
 
 if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${CANARY_LB_BIN:-}" ]; then
   cargo build --release --bin canary-lb >&2 || die "cargo build --release failed"
@@ -185,11 +188,12 @@ printf 'attack\tproxy\tsent\tok\tok_pct\tp50_ms\tp99_ms\tidle_rss_kb\tpeak_rss_k
 run() {  # attack proxy
   local a=$1 px=$2 port pid args url sampler atk probe idle peak pfds rec i tag=$1-$2
   case $px in
-    nginx) start nginx $P_NGINX $(ngx ngx); port=$P_NGINX ;;
-    canary-lb) start canary-lb $P_CLB env RUST_LOG=warn "$BIN" serve --config "$R/clb/canary-lb.yaml"
+    nginx) start nginx $P_NGINX "${LIMITED[@]}" $(ngx ngx); port=$P_NGINX ;;
+    canary-lb) start canary-lb $P_CLB "${LIMITED[@]}" env RUST_LOG=warn "$BIN" serve --config "$R/clb/canary-lb.yaml"
                port=$P_CLB ;;
   esac
   pid=$STARTED
+  grep "Max open files" /proc/$pid/limits > "$R/logs/$tag.limits" 2>/dev/null
   for i in $(seq 50); do
     [ "$(curl -s --noproxy '*' -m 2 "http://127.0.0.1:$port/")" = ok ] && break; sleep 0.2
   done
@@ -229,7 +233,7 @@ run() {  # attack proxy
     "$p99" "$idle" "$peak" "$pfds" "$rec" "${conn:-?}" "${closed:-?}" | tee -a "$SUMMARY" >&2
 }
 
-log "run $R: CONNS=$CONNS DUR=${DUR}s RATE=$RATE/s; ulimit -n $ULIMIT_BEFORE (used: $ULIMIT_USED)"
+log "run $R: CONNS=$CONNS DUR=${DUR}s RATE=$RATE/s; ulimit -n: shell $ULIMIT_SHELL, proxies $ULIMIT_PROXY"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for a in $ATTACKS; do for px in $PROXIES; do run "$a" "$px"; done; done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -237,8 +241,8 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 {
   echo "Slow-client attacks, $(date -u +%Y-%m-%d), canary-lb $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
        "($("$BIN" --version 2>/dev/null | head -1)), $(nginx -v 2>&1 | sed 's/.*version: //'), $(slowhttptest -h 2>&1 | awk '/version/{print $NF; exit}' | sed 's/^/slowhttptest /')."
-  echo "Loopback, $(nproc) cores, load average $LOAD_BEFORE before and $LOAD_AFTER after; ulimit -n $ULIMIT_USED" \
-       "(the shell had $ULIMIT_BEFORE). $CONNS attack connections at 200/s for ${DUR}s per run; normal requests:" \
+  echo "Loopback, $(nproc) cores, load average $LOAD_BEFORE before and $LOAD_AFTER after; ulimit -n" \
+       "$ULIMIT_PROXY for the proxies ($ULIMIT_SHELL for the attacker). $CONNS attack connections at 200/s for ${DUR}s per run; normal requests:" \
        "$RATE/s on new connections with a 5 s deadline, from ${RAMP}s into the attack. Both proxies: one" \
        "worker, fresh process per run, same nginx backend; RSS: VmRSS (nginx: master + worker)."
   echo "Columns: share of normal requests answered 200 within 5 s during the attack, and the p50/p99" \
