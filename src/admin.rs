@@ -216,6 +216,12 @@ fn reply(code: u16, content_type: &'static str, body: &[u8]) -> Response<Vec<u8>
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+/// Half-close the connection; the flush this implies is bounded, since a client that does not
+/// read could otherwise hold it.
+async fn close(session: &mut ServerSession) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.shutdown()).await;
+}
+
 #[async_trait]
 impl HttpServerApp for AdminApp {
     async fn process_new_http(
@@ -236,7 +242,7 @@ impl HttpServerApp for AdminApp {
                 let bad = reply(400, "text/plain", b"bad request\n");
                 let _ =
                     tokio::time::timeout(RESPONSE_DEADLINE, Self::write(&mut session, bad)).await;
-                session.shutdown().await;
+                close(&mut session).await;
                 return None;
             }
             Err(_) => {
@@ -251,7 +257,7 @@ impl HttpServerApp for AdminApp {
             Ok(Err(e)) => debug!("admin: writing the response: {e}"),
             Err(_) => debug!("admin: response not taken within {RESPONSE_DEADLINE:?}"),
         }
-        session.shutdown().await;
+        close(&mut session).await;
         None
     }
 }
