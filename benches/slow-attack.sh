@@ -19,7 +19,8 @@
 # the normal requests start; RATE (10) normal requests per second; ATTACKS, PROXIES; ULIMIT_N
 # (descriptor limit of the two proxies only; the attacker and the prober keep the shell's);
 # OUT (output root, default ${TMPDIR:-/tmp}/slow-attack); PORT_BASE (19301: backend, +1 nginx,
-# +2 canary-lb, +3 canary-lb admin). Needs nginx, slowhttptest, python3, curl (Debian packages
+# +2 canary-lb, +3 canary-lb admin); NGINX_EXTRA: directives added to the nginx proxy's
+# location, e.g. 'proxy_max_temp_file_size 0;' (no temp files for large responses). Needs nginx, slowhttptest, python3, curl (Debian packages
 # nginx slowhttptest python3 curl). Results: $OUT/run-*/summary.md, plus per-run files.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -104,7 +105,8 @@ events { worker_connections 16384; }
 http { $TMPS access_log off;
   upstream be { server 127.0.0.1:$P_BACKEND; keepalive 64; }
   server { listen 127.0.0.1:$P_NGINX backlog=4096;
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection "";
+      ${NGINX_EXTRA:-} } } }
 EOF
 # canary-lb with its defaults for every client limit (no `client:` section), one worker
 # thread as nginx has one worker process.
@@ -244,7 +246,8 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "Loopback, $(nproc) cores, load average $LOAD_BEFORE before and $LOAD_AFTER after; ulimit -n" \
        "$ULIMIT_PROXY for the proxies ($ULIMIT_SHELL for the attacker). $CONNS attack connections at 200/s for ${DUR}s per run; normal requests:" \
        "$RATE/s on new connections with a 5 s deadline, from ${RAMP}s into the attack. Both proxies: one" \
-       "worker, fresh process per run, same nginx backend; RSS: VmRSS (nginx: master + worker)."
+       "worker, fresh process per run, same nginx backend; RSS: VmRSS (nginx: master + worker)." \
+       "${NGINX_EXTRA:+nginx proxy location adds: $NGINX_EXTRA}"
   echo "Columns: share of normal requests answered 200 within 5 s during the attack, and the p50/p99" \
        "of those; the proxy's peak and idle RSS and peak open descriptors; slowhttptest's peak of" \
        "connected attack connections and how many it saw closed; whether a normal request succeeded" \
