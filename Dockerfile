@@ -38,10 +38,12 @@ ENV CANARY_LB_CONFIG=/etc/canary-lb/canary-lb.yaml \
     CANARY_LB_METRICS_LISTEN=0.0.0.0:9091 \
     RUST_LOG=info
 USER canary-lb
-# Proxy, then /metrics + /status + /healthz.
+# Proxy, then /metrics + /status + /healthz. Publishing 9091 lets anyone who reaches it read
+# the metrics and /status: set `metrics_auth_token_file` (SECURITY.md) or keep it unpublished.
 EXPOSE 8080 9091
+# /healthz stays open when the admin token is set; /metrics and /status would answer 401.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD curl -fsS -o /dev/null http://127.0.0.1:9091/status || exit 1
+    CMD curl -fsS -o /dev/null http://127.0.0.1:9091/healthz || exit 1
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["canary-lb"]
 CMD ["serve"]

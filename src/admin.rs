@@ -1,25 +1,120 @@
 //! The admin endpoint on `metrics_listen`: `GET /metrics` (Prometheus text), `GET /status`
 //! (JSON: pools, servers, routing in force, discovery) and `GET /healthz`.
+//!
+//! The container image and the compose stack publish this port, so it is built for a hostile
+//! client as much as the proxy port is:
+//! - only GET and HEAD are served (405 with `Allow` otherwise) and no byte of the request is
+//!   echoed back in a response;
+//! - `/status` shows a fingerprint of the routing salt, never the salt: with the documented
+//!   bucket hash, the salt tells anyone which user ids land in canary;
+//! - with `metrics_auth_token_file` set, `/metrics` and `/status` want `Authorization: Bearer
+//!   <token>` (compared in constant time); `/healthz` stays open for container health checks.
+//!   The token comes from the config snapshot of each request, so a SIGHUP reload that
+//!   re-reads the file applies at once;
+//! - one request per connection, whose head must arrive within `client.header_timeout` and
+//!   whose response must be taken within [`RESPONSE_DEADLINE`], and at most
+//!   [`MAX_CONNECTIONS`] connections at a time: slow clients cannot pile up the descriptors and
+//!   memory the proxy port shares with this one.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use http::Response;
-use pingora_core::apps::http_app::ServeHttp;
+use http::{header, HeaderMap, HeaderValue, Method, Response};
+use log::debug;
+use pingora_core::apps::{HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::config::PoolKind;
 use crate::state::Shared;
 
+/// Admin connections served at once; more are closed as soon as they are accepted. Prometheus
+/// and an operator need a handful.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to read a whole response (`/metrics` is tens of KiB).
+pub const RESPONSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The value of `WWW-Authenticate` on a 401.
+pub const AUTH_CHALLENGE: &str = "Bearer realm=\"canary-lb\"";
+
 pub struct AdminApp {
     shared: Arc<Shared>,
+    slots: Semaphore,
 }
 
 impl AdminApp {
     pub fn new(shared: Arc<Shared>) -> AdminApp {
-        AdminApp { shared }
+        AdminApp {
+            shared,
+            slots: Semaphore::new(MAX_CONNECTIONS),
+        }
+    }
+
+    /// The response to one request head (the request body, if any, is never read).
+    pub fn respond(&self, req: &RequestHeader) -> Response<Vec<u8>> {
+        let head = req.method == Method::HEAD;
+        if req.method != Method::GET && !head {
+            let mut r = reply(405, "text/plain", b"method not allowed: use GET or HEAD\n");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        let config = self.shared.config();
+        let token = config.metrics_auth_token_file.as_ref().map(|t| t.token());
+        let path = req.uri.path();
+        let mut r = match path {
+            "/healthz" => reply(200, "text/plain", b"ok\n"),
+            "/metrics" | "/status" if !token.is_none_or(|t| authorized(t, &req.headers)) => {
+                let mut r = reply(
+                    401,
+                    "text/plain",
+                    b"unauthorized: send Authorization: Bearer <token>\n",
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(AUTH_CHALLENGE),
+                );
+                r
+            }
+            "/metrics" => reply(
+                200,
+                "text/plain; version=0.0.4",
+                &self
+                    .shared
+                    .metrics
+                    .render(&self.shared.pools, self.shared.discovery.up.load(Relaxed)),
+            ),
+            "/status" => {
+                let body = serde_json::to_vec_pretty(&status(&self.shared)).unwrap_or_default();
+                reply(200, "application/json", &body)
+            }
+            _ => reply(404, "text/plain", b"not found: try /metrics or /status\n"),
+        };
+        if head {
+            // Content-Length stays that of the GET response (RFC 9110 9.3.2).
+            r.body_mut().clear();
+        }
+        r
+    }
+
+    /// Write `response` and flush it; the connection is closed afterwards.
+    async fn write(
+        session: &mut ServerSession,
+        response: Response<Vec<u8>>,
+    ) -> pingora_error::Result<()> {
+        let (parts, body) = response.into_parts();
+        let header: ResponseHeader = parts.into();
+        session.write_response_header(Box::new(header)).await?;
+        if !body.is_empty() {
+            session.write_response_body(body.into(), true).await?;
+        }
+        session.finish_body().await
     }
 }
 
@@ -51,7 +146,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         "pools": pools,
         "routing": {
             "canary_percent": policy.percent.as_f64(),
-            "salt": policy.salt,
+            "salt_fingerprint": salt_fingerprint(&policy.salt),
             "header": policy.header.as_str(),
             "flag_cookie": policy.flag_cookie,
             "user_cookie": policy.user_cookie,
@@ -70,39 +165,165 @@ pub fn status(shared: &Shared) -> serde_json::Value {
     })
 }
 
-fn reply(code: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    let builder = Response::builder()
+/// What `/status` shows instead of the routing salt: 8 hex digits (32 bits) of
+/// `xxh3_64("canary-lb salt fingerprint v1" ++ 0x00 ++ salt)`. Equal fingerprints on two
+/// replicas mean they (almost certainly) bucket users alike; that is all it tells, unless the
+/// salt is guessable, since a guess can be checked against it: choose random salts. The
+/// formula is fixed so that replicas of different versions can be compared.
+pub fn salt_fingerprint(salt: &str) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(b"canary-lb salt fingerprint v1\0");
+    hasher.update(salt.as_bytes());
+    format!("{:08x}", hasher.digest() >> 32)
+}
+
+/// Whether `headers` carry exactly one `Authorization: Bearer <token>` with this token. The
+/// scheme is case-insensitive (RFC 9110 11.1); the token is compared in constant time.
+pub fn authorized(token: &[u8], headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let Some((scheme, rest)) = value.split_at_checked(7) else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case(b"Bearer ") {
+        return false;
+    }
+    let presented = rest.trim_ascii();
+    constant_time_eq(presented, token)
+}
+
+/// Equality whose time depends on the lengths only, never on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+fn reply(code: u16, content_type: &'static str, body: &[u8]) -> Response<Vec<u8>> {
+    Response::builder()
         .status(code)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .header(http::header::CACHE_CONTROL, "no-store");
-    builder
-        .body(body)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, body.len())
+        .header(header::CACHE_CONTROL, "no-store")
+        // Browsers must not guess HTML from a text/plain or JSON body.
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(body.to_vec())
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+/// Half-close the connection; the flush this implies is bounded, since a client that does not
+/// read could otherwise hold it.
+async fn close(session: &mut ServerSession) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.shutdown()).await;
+}
+
 #[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path();
-        match path {
-            "/metrics" => reply(
-                200,
-                "text/plain; version=0.0.4",
-                self.shared
-                    .metrics
-                    .render(&self.shared.pools, self.shared.discovery.up.load(Relaxed)),
-            ),
-            "/status" => {
-                let body = serde_json::to_vec_pretty(&status(&self.shared)).unwrap_or_default();
-                reply(200, "application/json", body)
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let Ok(_slot) = self.slots.try_acquire() else {
+            debug!("admin: {MAX_CONNECTIONS} connections open, closing a new one");
+            return None;
+        };
+        let head_deadline = self.shared.config().client.header_timeout;
+        match tokio::time::timeout(head_deadline, session.read_request()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return None,
+            Ok(Err(e)) => {
+                debug!("admin: bad request head: {e}");
+                let bad = reply(400, "text/plain", b"bad request\n");
+                let _ =
+                    tokio::time::timeout(RESPONSE_DEADLINE, Self::write(&mut session, bad)).await;
+                close(&mut session).await;
+                return None;
             }
-            "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
-            _ => reply(
-                404,
-                "text/plain",
-                b"not found: try /metrics or /status\n".to_vec(),
-            ),
+            Err(_) => {
+                debug!("admin: request head not complete within {head_deadline:?}");
+                return None;
+            }
         }
+        session.set_keepalive(None);
+        let response = self.respond(session.req_header());
+        match tokio::time::timeout(RESPONSE_DEADLINE, Self::write(&mut session, response)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!("admin: writing the response: {e}"),
+            Err(_) => debug!("admin: response not taken within {RESPONSE_DEADLINE:?}"),
+        }
+        close(&mut session).await;
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salt_fingerprint_is_fixed_short_and_not_the_salt() {
+        // Known answers: replicas of different versions must agree.
+        assert_eq!(salt_fingerprint("it-salt"), "fb94bd98");
+        assert_eq!(salt_fingerprint("release-1"), "edca03e7");
+        assert_eq!(salt_fingerprint(""), "0058f90d");
+        let f = salt_fingerprint("release-1");
+        assert_eq!(f.len(), 8);
+        assert!(f.bytes().all(|b| b.is_ascii_hexdigit()), "{f}");
+        assert_ne!(f, salt_fingerprint("release-2"));
+        assert_ne!(salt_fingerprint(""), salt_fingerprint("release-1"));
+    }
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(v).expect("header value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_token_checks() {
+        let token = b"0123456789abcdef-token";
+        let ok = [
+            "Bearer 0123456789abcdef-token",
+            "bearer 0123456789abcdef-token",
+            "BEARER   0123456789abcdef-token ",
+        ];
+        for v in ok {
+            assert!(authorized(token, &headers(&[v])), "{v:?} should pass");
+        }
+        let bad: [&[&str]; 8] = [
+            &[],
+            &[""],
+            &["Bearer"],
+            &["Bearer "],
+            &["Basic 0123456789abcdef-token"],
+            &["Bearer 0123456789abcdef-tokeN"],
+            &["Bearer 0123456789abcdef-token-and-more"],
+            &[
+                "Bearer 0123456789abcdef-token",
+                "Bearer 0123456789abcdef-token",
+            ],
+        ];
+        for v in bad {
+            assert!(!authorized(token, &headers(v)), "{v:?} should fail");
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -24,6 +24,9 @@ pub struct Config {
     pub threads: usize,
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// When set, `/metrics` and `/status` want `Authorization: Bearer <token>` (SECURITY.md).
+    #[serde(default)]
+    pub metrics_auth_token_file: Option<AuthTokenFile>,
     #[serde(default)]
     pub pools: Pools,
     #[serde(default)]
@@ -547,6 +550,152 @@ pub struct SentinelConfig {
     pub master_name: String,
     /// Sentinel addresses as URLs, e.g. `redis://10.0.0.5:26379`.
     pub nodes: Vec<String>,
+}
+
+/// `metrics_auth_token_file`: the file holding the admin port's bearer token. The file is read
+/// while the config is parsed (at start and at every SIGHUP reload), so a missing, empty or
+/// malformed token is a config error naming the key and the line. The token itself never
+/// appears in errors, logs, `Debug` or serialized output; only the path does.
+#[derive(Clone)]
+pub struct AuthTokenFile {
+    path: PathBuf,
+    token: String,
+}
+
+impl AuthTokenFile {
+    /// Shorter tokens are refused: the admin port is reachable by anyone who can reach the
+    /// container, and a short token can be guessed.
+    pub const MIN_LEN: usize = 16;
+    /// The file holds one token, not a document.
+    const MAX_FILE_BYTES: u64 = 4096;
+
+    /// Read the token: the file's text, trimmed; printable ASCII without spaces (it travels in
+    /// a header), at least [`Self::MIN_LEN`] bytes.
+    pub fn read(path: &Path) -> Result<AuthTokenFile, String> {
+        use std::io::Read;
+        let shown = path.display();
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(Self::MAX_FILE_BYTES + 1).read_to_string(&mut text))
+            .map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+        if text.len() as u64 > Self::MAX_FILE_BYTES {
+            return Err(format!(
+                "`{shown}` is larger than {} bytes; it must hold only the token",
+                Self::MAX_FILE_BYTES
+            ));
+        }
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("`{shown}` is empty; it must hold the token"));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "the token in `{shown}` must be printable ASCII without spaces"
+            ));
+        }
+        if token.len() < Self::MIN_LEN {
+            return Err(format!(
+                "the token in `{shown}` has {} bytes; use at least {} (e.g. `openssl rand -hex 32`)",
+                token.len(),
+                Self::MIN_LEN
+            ));
+        }
+        Ok(AuthTokenFile {
+            path: path.to_path_buf(),
+            token: token.to_string(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The token; compare it in constant time (`admin::authorized`), never log it.
+    pub fn token(&self) -> &[u8] {
+        self.token.as_bytes()
+    }
+}
+
+impl fmt::Debug for AuthTokenFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthTokenFile")
+            .field("path", &self.path)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Serialize for AuthTokenFile {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.path.to_string_lossy())
+    }
+}
+
+impl<'de> Deserialize<'de> for AuthTokenFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |v| AuthTokenFile::read(Path::new(v.str()?)))
+    }
+}
+
+#[cfg(test)]
+mod auth_token_file_tests {
+    use super::*;
+
+    fn parse_with(token_file: &Path) -> Result<Config, String> {
+        Config::parse(&format!(
+            "threads: 1\nmetrics_auth_token_file: \"{}\"\n",
+            token_file.display()
+        ))
+    }
+
+    #[test]
+    fn token_is_read_trimmed_and_never_shown() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret-token-0123456789\n").expect("write");
+        let c = parse_with(&file).expect("valid token file");
+        let t = c.metrics_auth_token_file.expect("token file set");
+        assert_eq!(t.token(), b"s3cret-token-0123456789");
+        assert!(!format!("{t:?}").contains("s3cret"), "{t:?}");
+        let yaml = serde_yaml_ng::to_string(&t).expect("serialize");
+        assert!(!yaml.contains("s3cret") && yaml.contains("token"), "{yaml}");
+    }
+
+    #[test]
+    fn missing_empty_or_weak_token_is_a_config_error_naming_key_and_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cases = [
+            ("missing", None, "cannot read"),
+            ("empty", Some(""), "is empty"),
+            ("blank", Some(" \n\t\n"), "is empty"),
+            ("short", Some("short-token\n"), "at least 16"),
+            (
+                "spaces",
+                Some("two words in a token here"),
+                "printable ASCII",
+            ),
+            ("huge", Some(&*"x".repeat(5000)), "larger than 4096"),
+        ];
+        for (name, content, want) in cases {
+            let file = dir.path().join(name);
+            if let Some(text) = content {
+                std::fs::write(&file, text).expect("write");
+            }
+            let e = parse_with(&file).expect_err(name);
+            for needle in ["metrics_auth_token_file", "line 2", want] {
+                assert!(
+                    e.contains(needle),
+                    "{name}: error `{e}` should contain `{needle}`"
+                );
+            }
+            if let Some(text) = content.filter(|t| !t.trim().is_empty()) {
+                assert!(
+                    !e.contains(text.trim()),
+                    "{name}: the error shows the token: {e}"
+                );
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -529,7 +529,8 @@ fn dockerfile_copies_existing_paths_and_runs_the_tested_command() {
         .collect();
     assert_eq!(exposed, BTreeSet::from([listen, metrics]));
     let health = instruction(&df, "HEALTHCHECK").pop().expect("HEALTHCHECK");
-    let health_url = format!("http://127.0.0.1:{metrics}/status");
+    // /healthz: open even when `metrics_auth_token_file` guards /status and /metrics.
+    let health_url = format!("http://127.0.0.1:{metrics}/healthz");
     assert!(
         health.contains(&health_url),
         "HEALTHCHECK must probe {health_url}: {health}"

@@ -887,7 +887,11 @@ fn status_lists_servers_and_routing() {
         Some(12.5),
         "{status}"
     );
-    assert_eq!(status["routing"]["salt"], "it-salt", "{status}");
+    assert_eq!(
+        status["routing"]["salt_fingerprint"],
+        canary_lb::admin::salt_fingerprint("it-salt"),
+        "{status}"
+    );
     assert!(status.get("discovery").is_some(), "{status}");
 }
 

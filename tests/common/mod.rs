@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod admin;
 pub mod backend;
 pub mod store_marker;
 
@@ -470,7 +471,9 @@ impl Proxy {
                     proxy.logs()
                 );
             }
-            let status_ok = matches!(try_get(&status_url, &[]), Ok(r) if r.status == 200);
+            // 401: `/status` wants the admin token (`metrics_auth_token_file`); it answers.
+            let status_ok =
+                matches!(try_get(&status_url, &[]), Ok(r) if r.status == 200 || r.status == 401);
             if status_ok && port_open(&listen_addr) {
                 return proxy;
             }
