@@ -146,7 +146,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         "pools": pools,
         "routing": {
             "canary_percent": policy.percent.as_f64(),
-            "salt_fingerprint": salt_fingerprint(&policy.salt),
+            "salt_fingerprint": crate::routing::salt_fingerprint(&policy.salt),
             "header": policy.header.as_str(),
             "flag_cookie": policy.flag_cookie,
             "user_cookie": policy.user_cookie,
@@ -163,18 +163,6 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         },
         "in_flight": shared.in_flight.load(Relaxed),
     })
-}
-
-/// What `/status` shows instead of the routing salt: 8 hex digits (32 bits) of
-/// `xxh3_64("canary-lb salt fingerprint v1" ++ 0x00 ++ salt)`. Equal fingerprints on two
-/// replicas mean they (almost certainly) bucket users alike; that is all it tells, unless the
-/// salt is guessable, since a guess can be checked against it: choose random salts. The
-/// formula is fixed so that replicas of different versions can be compared.
-pub fn salt_fingerprint(salt: &str) -> String {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(b"canary-lb salt fingerprint v1\0");
-    hasher.update(salt.as_bytes());
-    format!("{:08x}", hasher.digest() >> 32)
 }
 
 /// Whether `headers` carry exactly one `Authorization: Bearer <token>` with this token. The
@@ -265,19 +253,6 @@ impl HttpServerApp for AdminApp {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn salt_fingerprint_is_fixed_short_and_not_the_salt() {
-        // Known answers: replicas of different versions must agree.
-        assert_eq!(salt_fingerprint("it-salt"), "fb94bd98");
-        assert_eq!(salt_fingerprint("release-1"), "edca03e7");
-        assert_eq!(salt_fingerprint(""), "0058f90d");
-        let f = salt_fingerprint("release-1");
-        assert_eq!(f.len(), 8);
-        assert!(f.bytes().all(|b| b.is_ascii_hexdigit()), "{f}");
-        assert_ne!(f, salt_fingerprint("release-2"));
-        assert_ne!(salt_fingerprint(""), salt_fingerprint("release-1"));
-    }
 
     fn headers(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -230,12 +230,37 @@ pub fn cookie_value<'a>(headers: &[&'a [u8]], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 /// A user id safe to put in a cookie: 32 hex digits.
+/// What `/status` shows instead of the routing salt: 8 hex digits (32 bits) of
+/// `xxh3_64("canary-lb salt fingerprint v1" ++ 0x00 ++ salt)`. Equal fingerprints on two
+/// replicas mean they (almost certainly) bucket users alike; that is all it tells, unless the
+/// salt is guessable, since a guess can be checked against it: choose random salts. The
+/// formula is fixed so that replicas of different versions can be compared.
+pub fn salt_fingerprint(salt: &str) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(b"canary-lb salt fingerprint v1\0");
+    hasher.update(salt.as_bytes());
+    format!("{:08x}", hasher.digest() >> 32)
+}
+
 pub fn new_user_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn salt_fingerprint_is_fixed_short_and_not_the_salt() {
+        // Known answers: replicas of different versions must agree.
+        assert_eq!(salt_fingerprint("it-salt"), "fb94bd98");
+        assert_eq!(salt_fingerprint("release-1"), "edca03e7");
+        assert_eq!(salt_fingerprint(""), "0058f90d");
+        let f = salt_fingerprint("release-1");
+        assert_eq!(f.len(), 8);
+        assert!(f.bytes().all(|b| b.is_ascii_hexdigit()), "{f}");
+        assert_ne!(f, salt_fingerprint("release-2"));
+        assert_ne!(salt_fingerprint(""), salt_fingerprint("release-1"));
+    }
+
     use super::*;
 
     fn policy(percent: f64) -> CanaryPolicy {

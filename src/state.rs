@@ -180,12 +180,13 @@ impl Shared {
         let policy = CanaryPolicy::from_config(&routing)?;
         let old = self.policy.load();
         if old.percent != policy.percent || old.salt != policy.salt {
+            // The salt itself never goes to the log: with it, anyone can tell who is in canary.
             info!(
-                "routing: canary_percent {} -> {}, salt {:?} -> {:?}",
+                "routing: canary_percent {} -> {}, salt fingerprint {} -> {}",
                 old.percent.as_f64(),
                 policy.percent.as_f64(),
-                old.salt,
-                policy.salt
+                crate::routing::salt_fingerprint(&old.salt),
+                crate::routing::salt_fingerprint(&policy.salt)
             );
         }
         self.metrics.set_canary_percent(policy.percent.as_f64());

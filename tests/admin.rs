@@ -54,7 +54,7 @@ fn status_shows_a_salt_fingerprint_never_the_salt() {
     let status: Value = serde_json::from_slice(&r.body).expect("/status is JSON");
     assert_eq!(
         status["routing"]["salt_fingerprint"],
-        canary_lb::admin::salt_fingerprint(SALT),
+        canary_lb::routing::salt_fingerprint(SALT),
         "{status}"
     );
     assert!(status["routing"].get("salt").is_none(), "{status}");
@@ -72,7 +72,7 @@ fn status_shows_a_salt_fingerprint_never_the_salt() {
             .replace(SALT, new_salt),
     );
     proxy.sighup();
-    let want = canary_lb::admin::salt_fingerprint(new_salt);
+    let want = canary_lb::routing::salt_fingerprint(new_salt);
     wait_until("/status shows the new salt's fingerprint", NOTICE, || {
         proxy.status_json()["routing"]["salt_fingerprint"] == want.as_str()
     });

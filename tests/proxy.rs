@@ -889,7 +889,7 @@ fn status_lists_servers_and_routing() {
     );
     assert_eq!(
         status["routing"]["salt_fingerprint"],
-        canary_lb::admin::salt_fingerprint("it-salt"),
+        canary_lb::routing::salt_fingerprint("it-salt"),
         "{status}"
     );
     assert!(status.get("discovery").is_some(), "{status}");
