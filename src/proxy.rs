@@ -22,6 +22,7 @@ use pingora_proxy::{ProxyHttp, Session};
 
 use crate::config::{PoolKind, UpstreamConfig};
 use crate::discovery::ServerState;
+use crate::edge;
 use crate::routing::{self, Reason, RequestFacts, UserKey};
 use crate::state::Shared;
 
@@ -126,6 +127,38 @@ impl ProxyHttp for CanaryProxy {
     /// No downstream modules: Pingora's default adds a (disabled) compression module to every
     /// request, which costs work per request for nothing here.
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
+    /// Strict framing at the edge (`edge.rs`), before routing or any upstream work: a refused
+    /// request gets a short fixed answer and the connection is closed; the returned error
+    /// stops Pingora here (its `fail_to_proxy` sees the response already written).
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        let config = self.shared.config();
+        let client = &config.client;
+        let verdict = match session.as_http1() {
+            Some(h1) => edge::check_head(
+                session.req_header(),
+                &h1.get_headers_raw_bytes(),
+                &edge::Limits::from(client),
+            ),
+            None => Ok(()),
+        };
+        if let Err(rejection) = verdict {
+            let body = rejection.body();
+            let resp = rejection.response_header(body.len())?;
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await?;
+            session.shutdown().await;
+            return Err(
+                Error::explain(ErrorType::HTTPStatus(rejection.status), rejection.reason)
+                    .into_down(),
+            );
+        }
+        if client.drop_underscore_headers {
+            edge::drop_underscore_headers(session.req_header_mut());
+        }
+        Ok(())
+    }
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
