@@ -19,7 +19,14 @@ pub const BACKEND_BODY: &[u8] = b"backend";
 /// How long a read may wait for the next bytes before the test gives up on more.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Recorded = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+/// What one connection to the backend carried, and whether the proxy closed it.
+#[derive(Default)]
+struct Conn {
+    bytes: Mutex<Vec<u8>>,
+    closed_by_peer: AtomicBool,
+}
+
+type Recorded = Arc<Mutex<Vec<Arc<Conn>>>>;
 
 /// A loopback HTTP/1 server that records every byte received, one buffer per connection.
 pub struct RawBackend {
@@ -43,10 +50,14 @@ impl RawBackend {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
-                    let log = Arc::new(Mutex::new(Vec::new()));
-                    conns.lock().unwrap().push(log.clone());
+                    let conn = Arc::new(Conn::default());
+                    conns.lock().unwrap().push(conn.clone());
                     let stop = stop.clone();
-                    std::thread::spawn(move || serve(stream, &log, &stop));
+                    std::thread::spawn(move || {
+                        if serve(stream, &conn.bytes, &stop) {
+                            conn.closed_by_peer.store(true, Ordering::SeqCst);
+                        }
+                    });
                 }
             })
         };
@@ -70,8 +81,22 @@ impl RawBackend {
             .lock()
             .unwrap()
             .iter()
-            .map(|c| c.lock().unwrap().clone())
+            .map(|c| c.bytes.lock().unwrap().clone())
             .filter(|c| !c.is_empty())
+            .collect()
+    }
+
+    /// Per connection that received bytes: the bytes, and whether the proxy has closed it.
+    pub fn connection_logs(&self) -> Vec<(Vec<u8>, bool)> {
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let bytes = c.bytes.lock().unwrap().clone();
+                (bytes, c.closed_by_peer.load(Ordering::SeqCst))
+            })
+            .filter(|(b, _)| !b.is_empty())
             .collect()
     }
 
@@ -83,7 +108,7 @@ impl RawBackend {
     /// Forget what was received so far (connections stay open).
     pub fn clear(&self) {
         for c in self.conns.lock().unwrap().iter() {
-            c.lock().unwrap().clear();
+            c.bytes.lock().unwrap().clear();
         }
     }
 }
@@ -100,15 +125,15 @@ impl Drop for RawBackend {
 }
 
 /// Read from `stream`, record, and answer each complete request; stop on EOF, error, an idle
-/// minute or the backend's drop.
-fn serve(mut stream: TcpStream, log: &Mutex<Vec<u8>>, stop: &AtomicBool) {
+/// minute or the backend's drop. True when the peer closed the connection.
+fn serve(mut stream: TcpStream, log: &Mutex<Vec<u8>>, stop: &AtomicBool) -> bool {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let mut pending = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     let mut idle_since = Instant::now();
     while !stop.load(Ordering::SeqCst) && idle_since.elapsed() < Duration::from_secs(60) {
         match stream.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => return true,
             Ok(n) => {
                 log.lock().unwrap().extend_from_slice(&buf[..n]);
                 pending.extend_from_slice(&buf[..n]);
@@ -122,15 +147,16 @@ fn serve(mut stream: TcpStream, log: &Mutex<Vec<u8>>, stop: &AtomicBool) {
                     let mut out = answer.into_bytes();
                     out.extend_from_slice(BACKEND_BODY);
                     if stream.write_all(&out).is_err() {
-                        return;
+                        return true;
                     }
                 }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return,
+            Err(_) => return true,
         }
     }
     let _ = stream.shutdown(Shutdown::Both);
+    false
 }
 
 /// The length of the first complete request in `buf` (head plus body), None while incomplete
@@ -303,4 +329,42 @@ impl RawClient {
         self.buf.drain(..head_end + len);
         Some(r)
     }
+}
+
+/// Split what a backend received into complete requests; the second part is what is left that
+/// is not a complete request.
+pub fn split_requests(mut bytes: &[u8]) -> (Vec<&[u8]>, &[u8]) {
+    let mut requests = Vec::new();
+    while let Some(len) = request_len(bytes) {
+        requests.push(&bytes[..len]);
+        bytes = &bytes[len..];
+    }
+    (requests, bytes)
+}
+
+/// One request in a form to compare: the request line and the body byte for byte, the header
+/// lines with lower-case names, sorted by name (lines of one name keep their order). Pingora's
+/// header map reorders lines when one is removed and may change a name's case; neither changes
+/// what the request means.
+pub fn canonical(request: &[u8]) -> String {
+    let head_end = find(request, b"\r\n\r\n").map_or(request.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&request[..head_end]);
+    let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
+    let line = lines.next().unwrap_or("").to_string();
+    let mut headers: Vec<(String, String)> = lines
+        .map(|l| match l.split_once(':') {
+            Some((n, v)) => (n.to_ascii_lowercase(), v.trim().to_string()),
+            None => (l.to_string(), String::new()),
+        })
+        .collect();
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = format!("{line}\n");
+    for (n, v) in headers {
+        out.push_str(&format!("{n}: {v}\n"));
+    }
+    out.push_str(&format!(
+        "\n{}",
+        String::from_utf8_lossy(&request[head_end..]).escape_debug()
+    ));
+    out
 }
