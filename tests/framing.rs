@@ -142,7 +142,7 @@ impl Edge {
             resp.body, BACKEND_BODY,
             "{what}: the answer is the app server's"
         );
-        assert_received(what, &self.backend.received(), &want);
+        assert_received(what, &self.backend.received(), want);
     }
 }
 
