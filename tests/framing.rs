@@ -289,6 +289,21 @@ fn chunk_size_and_extension_oddities() {
         };
         edge.forwarded(what, &req(post, te, body), &want);
     }
+    // httparse reads a size line without digits as size 0, the last chunk: the body ends there
+    // and what follows up to the next empty line is taken as trailers and dropped. The app
+    // server gets one clean request with an empty body; a request hidden after it is not
+    // forwarded. (A finding for the lead: a front proxy may read these bytes differently.)
+    let empty_body = upstream(post, te, b"0\r\n\r\n");
+    for (what, body) in [
+        ("an empty size line", "\r\nhello\r\n0\r\n\r\n"),
+        ("only an extension", ";x\r\nhello\r\n0\r\n\r\n"),
+        (
+            "an empty size line, then a request",
+            "\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
+    ] {
+        edge.forwarded(what, &req(post, te, body), &empty_body);
+    }
 }
 
 #[test]
@@ -377,10 +392,15 @@ fn missing_or_repeated_host_is_refused() {
         b"GET / HTTP/1.0\r\nHost: t\r\nHost: admin.internal\r\n\r\n",
         400,
     );
-    // HTTP/1.0 needs no Host; the proxy forwards as HTTP/1.1 with its own headers.
-    let (resp, _c) = edge.exchange("HTTP/1.0 without Host", b"GET /old HTTP/1.0\r\n\r\n");
-    assert_eq!(resp.status, 200, "HTTP/1.0 without Host: {}", resp.head);
-    assert_eq!(edge.backend.connections().len(), 1, "one request upstream");
+    // HTTP/1.0 needs no Host (HAProxy's default `option httpchk` sends none), so it passes.
+    // Pingora forwards it as HTTP/1.1, still without Host: an app server that insists on
+    // Host for HTTP/1.1 answers 400 (left for the lead to decide, see the report).
+    edge.forwarded(
+        "HTTP/1.0 without Host",
+        b"GET /old HTTP/1.0\r\nX-Request-Id: t1\r\n\r\n",
+        b"GET /old HTTP/1.1\r\nX-Request-Id: t1\r\nX-Forwarded-For: 127.0.0.1\r\n\
+          X-Forwarded-Proto: http\r\n\r\n",
+    );
 }
 
 #[test]
@@ -518,15 +538,15 @@ fn underscore_headers_never_reach_the_app() {
 fn head_limits_answer_431() {
     let edge =
         Edge::with("client: { max_headers: 10, max_header_line: 1024, max_header_bytes: 4096 }\n");
-    let nine: String = (0..8).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let eight: String = (0..8).map(|i| format!("X-H{i}: v\r\n")).collect();
     edge.forwarded(
         "ten header lines",
-        &req("GET / HTTP/1.1", &nine, ""),
-        &upstream("GET / HTTP/1.1", &nine, b""),
+        &req("GET / HTTP/1.1", &eight, ""),
+        &upstream("GET / HTTP/1.1", &eight, b""),
     );
     edge.refused(
         "eleven header lines",
-        &req("GET / HTTP/1.1", &format!("{nine}X-H9: v\r\n"), ""),
+        &req("GET / HTTP/1.1", &format!("{eight}X-H9: v\r\n"), ""),
         431,
     );
     let long_value = "v".repeat(1030);
