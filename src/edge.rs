@@ -99,7 +99,8 @@ pub fn check_head(req: &RequestHeader, raw: &[u8], limits: &Limits) -> Result<()
     check_request_line(request_line, &req.method)?;
 
     let mut n_headers = 0;
-    let (mut content_length, mut transfer_encoding, mut n_hosts) = (None, None, 0);
+    let (mut content_length, mut transfer_encoding, mut host) = (None, None, None);
+    let mut n_hosts = 0;
     let (mut n_cl, mut n_te) = (0, 0);
     for line in lines {
         if line.is_empty() {
@@ -125,6 +126,7 @@ pub fn check_head(req: &RequestHeader, raw: &[u8], limits: &Limits) -> Result<()
             transfer_encoding = Some(value);
         } else if name.eq_ignore_ascii_case(b"host") {
             n_hosts += 1;
+            host = Some(value);
         }
     }
 
@@ -155,7 +157,24 @@ pub fn check_head(req: &RequestHeader, raw: &[u8], limits: &Limits) -> Result<()
     if n_hosts == 0 && req.version == Version::HTTP_11 {
         return Err(Rejection::bad("HTTP/1.1 request without Host"));
     }
+    // `uri-host [":" port]`, or empty (RFC 9112 section 3.2). Apps build links from Host:
+    // a slash, space or `@` in it has no honest use.
+    if let Some(host) = host.filter(|h| !h.is_empty()) {
+        if !valid_host(host) {
+            return Err(Rejection::bad("invalid Host"));
+        }
+    }
     Ok(())
+}
+
+/// A Host value: an authority without userinfo, with a numeric port when it has one.
+fn valid_host(host: &[u8]) -> bool {
+    let Ok(a) = http::uri::Authority::try_from(host) else {
+        return false;
+    };
+    let text = a.as_str();
+    let after_ipv6 = text.rsplit(']').next().unwrap_or(text);
+    !text.contains('@') && (!after_ipv6.contains(':') || a.port_u16().is_some())
 }
 
 /// The lines of a head, each without its line ending (CRLF, or a bare LF which Pingora's
@@ -404,6 +423,14 @@ mod tests {
             ("no Host", "GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400),
             ("two Host", "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", 400),
             ("two Host on 1.0", "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("empty Host", "GET / HTTP/1.1\r\nHost: \r\n\r\n", 200),
+            ("Host with port", "GET / HTTP/1.1\r\nHost: a.example:8080\r\n\r\n", 200),
+            ("IPv6 Host", "GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", 200),
+            ("Host with a slash", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+            ("Host with a space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+            ("Host list", "GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", 400),
+            ("Host with userinfo", "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400),
+            ("Host with a bad port", "GET / HTTP/1.1\r\nHost: a:x\r\n\r\n", 400),
         ];
         for (what, raw, want) in cases {
             assert_eq!(status(raw), *want, "{what}: {raw:?} -> {:?}", check(raw));

@@ -382,11 +382,24 @@ fn missing_or_repeated_host_is_refused() {
         b"GET / HTTP/1.1\r\nX-Request-Id: t1\r\n\r\n",
         400,
     );
+    // Pingora itself refuses a second Host line.
     edge.refused(
         "two Host lines",
         b"GET / HTTP/1.1\r\nHost: t\r\nHost: admin.internal\r\n\r\n",
         400,
     );
+    for (what, host) in [
+        ("a Host with a slash", "t/admin"),
+        ("a Host with a space", "t evil"),
+        ("a Host list", "t, admin.internal"),
+        ("a Host with a bad port", "t:x"),
+    ] {
+        edge.refused(
+            what,
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+            400,
+        );
+    }
     edge.refused(
         "two Host lines on HTTP/1.0",
         b"GET / HTTP/1.0\r\nHost: t\r\nHost: admin.internal\r\n\r\n",
@@ -567,5 +580,33 @@ fn head_limits_answer_431() {
         "a head over 4096 bytes",
         &req("GET / HTTP/1.1", &wide, ""),
         431,
+    );
+}
+
+/// The edge checks every request of a keep-alive connection, not only the first.
+#[test]
+fn a_bad_request_on_a_reused_connection_is_refused() {
+    let edge = Edge::start();
+    let mut client = edge.connect();
+    edge.backend.clear();
+    client.send(&req("GET /first HTTP/1.1", "", ""));
+    let first = client
+        .read_response()
+        .expect("an answer to the first request");
+    assert_eq!(first.status, 200, "first: {}", first.head);
+    client.send(&req(
+        "POST /second HTTP/1.1",
+        "Content-Length: 5\r\nContent-Length: 5\r\n",
+        "hello",
+    ));
+    let second = client
+        .read_response()
+        .expect("an answer to the second request");
+    assert_eq!(second.status, 400, "second: {}", second.head);
+    assert!(client.closed(), "the connection closes after the 400");
+    assert_received(
+        "reused connection",
+        &edge.backend.received(),
+        &upstream("GET /first HTTP/1.1", "", b""),
     );
 }
