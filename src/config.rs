@@ -421,25 +421,16 @@ pub struct ClientConfig {
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
     /// Largest request head in bytes (request line plus all headers); beyond it: 431.
-    #[serde(
-        default = "default_max_header_bytes",
-        deserialize_with = "de_head_bytes"
-    )]
+    #[serde(default = "default_max_header_bytes", deserialize_with = "de_head_bytes")]
     pub max_header_bytes: usize,
     /// Largest single header line or request line in bytes; beyond it: 431.
-    #[serde(
-        default = "default_max_header_line",
-        deserialize_with = "de_head_bytes"
-    )]
+    #[serde(default = "default_max_header_line", deserialize_with = "de_head_bytes")]
     pub max_header_line: usize,
     /// Most header lines in one request; beyond it: 431.
     #[serde(default = "default_max_headers", deserialize_with = "de_max_headers")]
     pub max_headers: usize,
     /// Open client connections per proxy process; past it new connections are closed at once.
-    #[serde(
-        default = "default_max_connections",
-        deserialize_with = "de_max_connections"
-    )]
+    #[serde(default = "default_max_connections", deserialize_with = "de_max_connections")]
     pub max_connections: usize,
     /// Drop request headers whose names contain `_` (nginx's `underscores_in_headers off`):
     /// some frameworks read `X_Canary` as `X-Canary`.
