@@ -167,14 +167,42 @@ pub fn check_head(req: &RequestHeader, raw: &[u8], limits: &Limits) -> Result<()
     Ok(())
 }
 
-/// A Host value: an authority without userinfo, with a numeric port when it has one.
+/// A Host value: `host [":" port]` where host is a bracketed IPv6 literal or a name made of
+/// letters, digits, `-`, `.`, `_`, `~` and `%` escapes (stricter than RFC 3986's reg-name:
+/// no sub-delims such as `,`, so a list of hosts is refused), port 0..=65535.
 fn valid_host(host: &[u8]) -> bool {
-    let Ok(a) = http::uri::Authority::try_from(host) else {
-        return false;
+    let (name, port) = match host {
+        [b'[', rest @ ..] => {
+            let Some(close) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal = &rest[..close];
+            let literal_ok = !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            if !literal_ok {
+                return false;
+            }
+            match &rest[close + 1..] {
+                [] => return true,
+                [b':', port @ ..] => (&b"x"[..], port),
+                _ => return false,
+            }
+        }
+        _ => match host.iter().rposition(|&b| b == b':') {
+            Some(i) => (&host[..i], &host[i + 1..]),
+            None => (host, &b"0"[..]),
+        },
     };
-    let text = a.as_str();
-    let after_ipv6 = text.rsplit(']').next().unwrap_or(text);
-    !text.contains('@') && (!after_ipv6.contains(':') || a.port_u16().is_some())
+    let name_ok = !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%'));
+    let port_ok = (1..=5).contains(&port.len())
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535;
+    name_ok && port_ok
 }
 
 /// The lines of a head, each without its line ending (CRLF, or a bare LF which Pingora's
@@ -431,6 +459,14 @@ mod tests {
             ("Host list", "GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", 400),
             ("Host with userinfo", "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400),
             ("Host with a bad port", "GET / HTTP/1.1\r\nHost: a:x\r\n\r\n", 400),
+            ("Host with a big port", "GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n", 400),
+            ("Host with an empty port", "GET / HTTP/1.1\r\nHost: a:\r\n\r\n", 400),
+            ("Host with two colons", "GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n", 400),
+            ("Host comma list", "GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", 400),
+            ("Host IPv4", "GET / HTTP/1.1\r\nHost: 10.0.0.1:80\r\n\r\n", 200),
+            ("Host IPv6, no port", "GET / HTTP/1.1\r\nHost: [fe80::1]\r\n\r\n", 200),
+            ("Host IPv6, junk after", "GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", 400),
+            ("Host IPv6, unclosed", "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400),
         ];
         for (what, raw, want) in cases {
             assert_eq!(status(raw), *want, "{what}: {raw:?} -> {:?}", check(raw));
