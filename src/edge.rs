@@ -7,13 +7,15 @@
 //! Pingora kept, because some of what matters is gone from the parsed header: with both
 //! `Content-Length` and `Transfer-Encoding` Pingora has already removed the length.
 //!
-//! It answers 400 for ambiguous framing, 501 for a transfer coding we do not implement and 431
-//! for a head over the configured limits. A [`Rejection`] carries only fixed text, so the
+//! It answers 400 for ambiguous framing (more than one or a non-numeric `Content-Length`, both
+//! `Content-Length` and `Transfer-Encoding`, any `Transfer-Encoding` but one final `chunked`),
+//! for HTTP/1.1 without `Host`, a `Host` that is not `host[:port]` and a bad request target;
+//! 501 for a transfer coding we do not implement; 431 for a head over the configured limits. A [`Rejection`] carries only fixed text, so the
 //! answer never reflects client bytes. The module does no I/O; `proxy.rs` writes the answer.
 //!
 //! What Pingora already refuses with 400 before this runs (so those cases never reach here):
 //! differing or unparseable `Content-Length` values, a final coding other than `chunked`,
-//! `Transfer-Encoding` with HTTP/1.0, `CONNECT` (405). Pingora percent-escapes a request target
+//! `Transfer-Encoding` with HTTP/1.0, two `Host` lines, `CONNECT` (405). Pingora percent-escapes a request target
 //! holding a space, a control byte or NUL (`GET  /a` becomes `GET %20/a`) before anyone sees it;
 //! the original bytes are gone, so the escaped forms are what can be refused here: a target
 //! that does not start like one of the four RFC 9112 forms, or a path with an escaped control
