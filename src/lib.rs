@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod discovery;
+pub mod edge;
 pub mod failure;
 pub mod health;
 pub mod metrics;

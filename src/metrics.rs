@@ -29,6 +29,10 @@ const CODES: usize = 1000;
 /// Upstream answer classes, the `code_class` label.
 pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
+/// The statuses a request refused at the edge can get: the `code` label of
+/// `canary_lb_refused_requests_total`.
+pub const REFUSAL_CODES: [u16; 3] = [400, 431, 501];
+
 /// Request and 5xx counts of one pool since start, readable in-process.
 #[derive(Debug, Default)]
 pub struct PoolCounts {
@@ -53,6 +57,8 @@ pub struct Metrics {
     discovery_errors: IntCounterVec,
     pub discovery_resyncs: IntCounter,
     config_changes: IntCounterVec,
+    /// Requests refused at the edge, by the status they got (`REFUSAL_CODES` order).
+    refused: [IntCounter; 3],
     counts: [PoolCounts; 2],
     /// (pool, server) pairs that have series, to remove them when the server leaves.
     seen_servers: Mutex<HashSet<(PoolKind, String)>>,
@@ -156,6 +162,13 @@ impl Metrics {
             &["source"],
         )?;
 
+        let refused_vec = counter_vec(
+            "canary_lb_refused_requests_total",
+            "Requests refused at the edge before routing (bad framing, oversized head), by status.",
+            &["code"],
+        )?;
+        let refused = REFUSAL_CODES.map(|c| refused_vec.with_label_values(&[&c.to_string()]));
+
         // Handles per pool, in `idx` order (PoolKind::ALL).
         let decisions = PoolKind::ALL.map(|p| {
             Reason::ALL.map(|r| decisions_vec.with_label_values(&[p.as_str(), r.as_str()]))
@@ -186,6 +199,7 @@ impl Metrics {
             discovery_errors,
             discovery_resyncs,
             config_changes,
+            refused,
             counts: Default::default(),
             seen_servers: Mutex::new(HashSet::new()),
         })
@@ -193,6 +207,12 @@ impl Metrics {
 
     pub fn record_decision(&self, pool: PoolKind, reason: Reason) {
         self.decisions[idx(pool)][reason_idx(reason)].inc();
+    }
+
+    /// A request refused at the edge with `code` (one of [`REFUSAL_CODES`]; others count as 400).
+    pub fn record_refusal(&self, code: u16) {
+        let i = REFUSAL_CODES.iter().position(|c| *c == code).unwrap_or(0);
+        self.refused[i].inc();
     }
 
     pub fn record_retry(&self, pool: PoolKind) {

@@ -31,6 +31,7 @@ use pingora_proxy::{ProxyHttp, Session};
 
 use crate::config::{PoolKind, UpstreamConfig};
 use crate::discovery::ServerState;
+use crate::edge;
 use crate::failure::{is_reset, is_server_failure};
 use crate::routing::{self, Reason, RequestFacts, UserKey};
 use crate::state::Shared;
@@ -170,6 +171,53 @@ impl ProxyHttp for CanaryProxy {
     /// request, which costs work per request for nothing here.
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
+    /// Strict framing at the edge (`edge.rs`), before routing or any upstream work: a refused
+    /// request gets a short fixed answer and the connection is closed; the returned error
+    /// stops Pingora here (its `fail_to_proxy` sees the response already written).
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        let config = self.shared.config_snapshot();
+        let client = &config.client;
+        let verdict = match session.as_http1() {
+            Some(h1) => edge::check_head(
+                session.req_header(),
+                &h1.get_headers_raw_bytes(),
+                &edge::Limits::from(client),
+            ),
+            None => Ok(()),
+        };
+        if let Err(rejection) = verdict {
+            self.shared.metrics.record_refusal(rejection.status);
+            let body = rejection.body();
+            let resp = rejection.response_header(body.len())?;
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await?;
+            session.shutdown().await;
+            return Err(
+                Error::explain(ErrorType::HTTPStatus(rejection.status), rejection.reason)
+                    .into_down(),
+            );
+        }
+        if client.drop_underscore_headers {
+            edge::drop_underscore_headers(session.req_header_mut());
+        }
+        // Pingora keeps an HTTP/1.1 connection open forever between requests unless told
+        // otherwise; `Some(0)` is its "no timeout", `None` means the connection closes.
+        let idle = client.keepalive_timeout.as_secs().max(1);
+        if session.get_keepalive().is_some_and(|t| t == 0 || t > idle) {
+            session.set_keepalive(Some(idle));
+        }
+        session.set_read_timeout(Some(client.body_timeout));
+        session.set_write_timeout(Some(client.send_timeout));
+        Ok(())
+    }
+
+    /// A refused request is counted, not logged: any client could fill the log otherwise.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        matches!(error.esource(), ErrorSource::Downstream)
+            && matches!(error.etype(), ErrorType::HTTPStatus(_))
+    }
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             start: Instant::now(),
@@ -189,18 +237,6 @@ impl ProxyHttp for CanaryProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.shared.in_flight.fetch_add(1, Relaxed);
         ctx.in_flight = true;
-        {
-            let config = self.shared.config_snapshot();
-            let client = &config.client;
-            // Pingora keeps an HTTP/1.1 connection open forever between requests unless told
-            // otherwise; `Some(0)` is its "no timeout", `None` means the connection closes.
-            let idle = client.keepalive_timeout.as_secs().max(1);
-            if session.get_keepalive().is_some_and(|t| t == 0 || t > idle) {
-                session.set_keepalive(Some(idle));
-            }
-            session.set_read_timeout(Some(client.body_timeout));
-            session.set_write_timeout(Some(client.send_timeout));
-        }
 
         let policy = self.shared.policy();
         let req = session.req_header();

@@ -278,9 +278,22 @@ fn forwarding_headers_cannot_be_forged() {
     );
     assert_eq!(req.header_lines("x-request-id"), vec!["ok-id_1.2:3"]);
 
-    // Defect 5: a huge or HTML request id is replaced, upstream and in the response.
+    // Defect 5: a 60,000-byte id used to come back as a 60 KB response header. Its line is
+    // now over `client.max_header_line`: refused before routing, nothing reflected or sent on.
+    let huge = "a".repeat(60_000);
+    let req = format!("GET /huge HTTP/1.1\r\nHost: t\r\nX-Request-Id: {huge}\r\n\r\n");
+    let out = raw_exchange(&addr, req.as_bytes(), Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 431"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(out.len() < 1024, "{} bytes came back", out.len());
+    assert_eq!(backend.count("/huge"), 0);
+    // A long or HTML id under the line limit is replaced, upstream and in the response.
     let hostile = [
-        "a".repeat(60_000),
+        "a".repeat(10_000),
         "<script>alert(1)</script>".to_string(),
         "a".repeat(129),
     ];

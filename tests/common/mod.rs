@@ -768,3 +768,4 @@ pub fn redis_cmd(redis_url: &str, args: &[&str]) -> redis::Value {
     cmd.query(&mut conn)
         .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
 }
+pub mod raw;
