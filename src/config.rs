@@ -755,6 +755,19 @@ impl Config {
                 ));
             }
         }
+        if self.client.drop_underscore_headers {
+            let names = [
+                Some(&self.routing.header),
+                self.routing.user_header.as_ref(),
+            ];
+            if let Some(name) = names.into_iter().flatten().find(|n| n.contains('_')) {
+                return Err(format!(
+                    "routing: header `{name}` contains `_`, and client.drop_underscore_headers \
+                     (on by default) drops such headers before routing reads them; rename it \
+                     or set client.drop_underscore_headers: false"
+                ));
+            }
+        }
         if let Some(h) = &self.routing.user_header {
             if h.is_empty() || !h.bytes().all(is_token_byte) {
                 return Err(format!(
@@ -1186,6 +1199,55 @@ fn default_resync() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_and_passive_health_sections_are_validated() {
+        let c = Config::parse("threads: 1\n").expect("defaults");
+        assert_eq!(c.client, ClientConfig::default());
+        assert_eq!(c.client.max_header_bytes, 64 * 1024);
+        assert_eq!(c.passive_health.max_ejection_percent, 50);
+        assert!(c.passive_health.error_rate.is_none());
+        let c = Config::parse(
+            "passive_health: { max_ejection_percent: 0, \
+               error_rate: { window: 30s, min_requests: 5, max_percent: 12.5 } }\n",
+        )
+        .expect("valid");
+        let rate = c.passive_health.error_rate.expect("error_rate set");
+        assert_eq!(rate.max_percent.basis_points(), 1250);
+        for (yaml, key) in [
+            ("client: { max_headers: 1000 }\n", "client.max_headers"),
+            (
+                "client: { max_header_bytes: 10 }\n",
+                "client.max_header_bytes",
+            ),
+            (
+                "client: { header_timeout: 10ms }\n",
+                "client.header_timeout",
+            ),
+            (
+                "client: { max_header_line: 65536, max_header_bytes: 16384 }\n",
+                "client.max_header_line",
+            ),
+            ("client: { max_conections: 5 }\n", "max_conections"),
+            (
+                "passive_health: { max_ejection_percent: 101 }\n",
+                "max_ejection_percent",
+            ),
+            (
+                "passive_health: { error_rate: { window: 100ms } }\n",
+                "passive_health.error_rate.window",
+            ),
+            ("routing: { header: X_Canary }\n", "X_Canary"),
+            ("routing: { user_header: X_User }\n", "X_User"),
+        ] {
+            let e = Config::parse(yaml).expect_err(yaml);
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
+        Config::parse(
+            "routing: { header: X_Canary }\nclient: { drop_underscore_headers: false }\n",
+        )
+        .expect("underscore header allowed when underscores are kept");
+    }
 
     #[test]
     fn full_example_parses() {
