@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::admin::*;
+use common::raw::{drip_until_closed, raw_exchange, RawClient, RawResponse};
 use common::*;
 use serde_json::Value;
 
@@ -230,8 +230,8 @@ fn admin_connections_are_bounded_and_recover() {
     let request: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
 
     // Every slot held by an unfinished head: a new connection is closed without an answer.
-    let mut held: Vec<HeldConnection> = (0..canary_lb::admin::MAX_CONNECTIONS)
-        .map(|_| HeldConnection::open(port, partial))
+    let mut held: Vec<RawClient> = (0..canary_lb::admin::MAX_CONNECTIONS)
+        .map(|_| RawClient::hold(port, partial))
         .collect();
     wait_until(
         "a connection past the limit is closed unanswered",
@@ -240,8 +240,8 @@ fn admin_connections_are_bounded_and_recover() {
             // Tasks may take their slots in any order: a holder refused in favour of an earlier
             // probe is opened again.
             for c in held.iter_mut() {
-                if c.closed_by_server() {
-                    *c = HeldConnection::open(port, partial);
+                if c.closed_now() {
+                    *c = RawClient::hold(port, partial);
                 }
             }
             let r = raw_exchange(port, request, NOTICE);

@@ -78,7 +78,7 @@ impl Edge {
     }
 
     fn connect(&self) -> RawClient {
-        RawClient::connect(&format!("127.0.0.1:{}", self.proxy.listen_port()))
+        RawClient::connect(self.proxy.listen_port())
     }
 
     /// Send `raw` on a new connection and return the first response.
@@ -125,7 +125,7 @@ impl Edge {
             resp.head
         );
         let want = upstream("GET /clean HTTP/1.1", "", b"");
-        assert_received(what, &self.backend.received(), &want);
+        assert_received(what, &self.backend.bytes(), &want);
     }
 
     /// `raw` is answered 200 by the app server, which received exactly `want`.
@@ -142,7 +142,7 @@ impl Edge {
             resp.body, BACKEND_BODY,
             "{what}: the answer is the app server's"
         );
-        assert_received(what, &self.backend.received(), want);
+        assert_received(what, &self.backend.bytes(), want);
     }
 }
 
@@ -493,7 +493,7 @@ fn pipelined_requests_after_a_body_are_not_forwarded() {
             "{what}: the connection closes after the first answer (extra: {})",
             show(client.leftover())
         );
-        assert_received(what, &edge.backend.received(), &want);
+        assert_received(what, &edge.backend.bytes(), &want);
     }
 }
 
@@ -519,7 +519,7 @@ fn an_upgrade_answered_200_does_not_become_a_tunnel() {
         );
         assert_received(
             &format!("upgrade then {what}"),
-            &edge.backend.received(),
+            &edge.backend.bytes(),
             &want,
         );
     }
@@ -606,7 +606,7 @@ fn a_bad_request_on_a_reused_connection_is_refused() {
     assert!(client.closed(), "the connection closes after the 400");
     assert_received(
         "reused connection",
-        &edge.backend.received(),
+        &edge.backend.bytes(),
         &upstream("GET /first HTTP/1.1", "", b""),
     );
 }

@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use common::backend::{raw_exchange, RawBackend};
+use common::raw::{raw_exchange, RawBackend, RawClient, BACKEND_BODY};
 use common::*;
 use serde_json::Value;
 
@@ -151,12 +149,12 @@ fn the_error_rate_option_ejects_within_the_cap() {
 }
 
 /// Send a request, then hang up (`half` = only stop sending) after `after`.
-fn hang_up(addr: &str, request: &[u8], after: Duration, half: bool) {
-    let mut conn = TcpStream::connect(addr).expect("connect");
-    conn.write_all(request).expect("send");
+fn hang_up(port: u16, request: &[u8], after: Duration, half: bool) {
+    let mut conn = RawClient::connect(port);
+    assert!(conn.send(request), "send");
     std::thread::sleep(after);
     if half {
-        let _ = conn.shutdown(Shutdown::Write);
+        conn.half_close();
         std::thread::sleep(Duration::from_millis(300));
     }
     drop(conn);
@@ -167,7 +165,6 @@ fn hang_up(addr: &str, request: &[u8], after: Duration, half: bool) {
 fn a_client_that_hangs_up_never_makes_a_request_run_twice() {
     let backend = RawBackend::start();
     let proxy = proxy_for(&[backend.addr()], "");
-    let addr = format!("127.0.0.1:{}", proxy.listen_port());
     let cases: [(&str, &[u8], bool); 6] = [
         ("DELETE", b"", false),
         ("PUT", b"x=1", false),
@@ -184,7 +181,7 @@ fn a_client_that_hangs_up_never_makes_a_request_run_twice() {
         }
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body);
-        hang_up(&addr, &req, Duration::from_millis(150), *half);
+        hang_up(proxy.listen_port(), &req, Duration::from_millis(150), *half);
         wait_until("the request reached the backend", NOTICE, || {
             backend.count(&path) >= 1
         });
@@ -227,17 +224,16 @@ fn a_reset_is_retried_once_only_for_idempotent_requests_without_a_body() {
         1,
         "POST is never replayed"
     );
-    let addr = format!("127.0.0.1:{}", proxy.listen_port());
     let before = backend.count("/reset");
     let out = raw_exchange(
-        &addr,
+        proxy.listen_port(),
         b"PUT /reset HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
         Duration::from_secs(10),
     );
     assert!(
-        out.starts_with(b"HTTP/1.1 502"),
+        out.raw.starts_with(b"HTTP/1.1 502"),
         "{}",
-        String::from_utf8_lossy(&out)
+        String::from_utf8_lossy(&out.raw)
     );
     assert_eq!(
         backend.count("/reset") - before,
@@ -252,15 +248,15 @@ fn a_reset_is_retried_once_only_for_idempotent_requests_without_a_body() {
 fn forwarding_headers_cannot_be_forged() {
     let backend = RawBackend::start();
     let proxy = proxy_for(&[backend.addr()], "");
-    let addr = format!("127.0.0.1:{}", proxy.listen_port());
+    let port = proxy.listen_port();
     let out = raw_exchange(
-        &addr,
+        port,
         b"GET /xff HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.7\r\n\
           X-Forwarded-For: 198.51.100.1, 198.51.100.2\r\nX-Canary-Pool: canary\r\n\
           X-Request-Id: ok-id_1.2:3\r\nConnection: close\r\n\r\n",
         Duration::from_secs(10),
     );
-    let text = String::from_utf8_lossy(&out);
+    let text = String::from_utf8_lossy(&out.raw);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("X-Request-Id: ok-id_1.2:3\r\n"), "{text}");
     let got = backend.received();
@@ -282,14 +278,14 @@ fn forwarding_headers_cannot_be_forged() {
     // now over `client.max_header_line`: refused before routing, nothing reflected or sent on.
     let huge = "a".repeat(60_000);
     let req = format!("GET /huge HTTP/1.1\r\nHost: t\r\nX-Request-Id: {huge}\r\n\r\n");
-    let out = raw_exchange(&addr, req.as_bytes(), Duration::from_secs(10));
-    let text = String::from_utf8_lossy(&out);
+    let out = raw_exchange(port, req.as_bytes(), Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&out.raw);
     assert!(
         text.starts_with("HTTP/1.1 431"),
         "{}",
         &text[..text.len().min(200)]
     );
-    assert!(out.len() < 1024, "{} bytes came back", out.len());
+    assert!(out.raw.len() < 1024, "{} bytes came back", out.raw.len());
     assert_eq!(backend.count("/huge"), 0);
     // A long or HTML id under the line limit is replaced, upstream and in the response.
     let hostile = [
@@ -302,8 +298,8 @@ fn forwarding_headers_cannot_be_forged() {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: t\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n"
         );
-        let out = raw_exchange(&addr, req.as_bytes(), Duration::from_secs(10));
-        let text = String::from_utf8_lossy(&out);
+        let out = raw_exchange(port, req.as_bytes(), Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&out.raw);
         assert!(
             text.starts_with("HTTP/1.1 200"),
             "{}",
@@ -328,25 +324,15 @@ fn forwarding_headers_cannot_be_forged() {
 fn an_idle_keep_alive_connection_is_closed() {
     let backend = RawBackend::start();
     let proxy = proxy_for(&[backend.addr()], "client: { keepalive_timeout: 1s }\n");
-    let mut conn =
-        TcpStream::connect(format!("127.0.0.1:{}", proxy.listen_port())).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    conn.write_all(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("backend saw /one") {
-        let n = conn.read(&mut chunk).expect("response");
-        assert!(n > 0, "closed before the response");
-        got.extend_from_slice(&chunk[..n]);
-    }
-    // The proxy must close the now idle connection (EOF) well before the 30 s read timeout.
-    match conn.read(&mut chunk) {
-        Ok(0) => {}
-        Ok(n) => panic!("unexpected bytes on an idle connection: {n}"),
-        Err(e) => panic!("the idle connection was still open after 30 s: {e}"),
-    }
+    let mut conn = RawClient::connect(proxy.listen_port());
+    assert!(conn.send(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n"), "send");
+    let r = conn.read_response().expect("closed before the response");
+    assert_eq!(r.body, BACKEND_BODY, "the app's answer to /one: {r:?}");
+    // The proxy must close the now idle connection (EOF) well before the 30 s deadline.
+    let rest = conn.read_until_close(Duration::from_secs(30));
+    let n = rest.raw.len();
+    assert_eq!(n, 0, "unexpected bytes on an idle connection: {n}");
+    assert!(rest.closed, "the idle connection was still open after 30 s");
 }
 
 /// Running out of file descriptors is the proxy's trouble, not the servers': while it lasts,
@@ -372,14 +358,13 @@ fn running_out_of_descriptors_does_not_count_against_servers() {
         ),
     );
     let proxy = Proxy::start_with_nofile(&yaml, Some(96));
-    let addr = format!("127.0.0.1:{}", proxy.listen_port());
     // Hold enough connections, each with a request, to use up the proxy's descriptors.
     let mut held = Vec::new();
     for i in 0..150 {
-        let Ok(mut c) = TcpStream::connect(&addr) else {
+        let Ok(mut c) = RawClient::try_connect(proxy.listen_port()) else {
             continue;
         };
-        let _ = c.write_all(format!("GET /hold{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        c.send(format!("GET /hold{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
         held.push(c);
     }
     wait_until("the proxy ran out of descriptors", NOTICE, || {
@@ -420,13 +405,14 @@ fn clients_that_stall_are_cut_off() {
         &[backend.addr()],
         "client: { send_timeout: 1s, body_timeout: 1s }\n",
     );
-    let addr = format!("127.0.0.1:{}", proxy.listen_port());
+    let port = proxy.listen_port();
 
     // Never reads a 32 MiB answer: far more than the socket buffers hold.
-    let mut reader = TcpStream::connect(&addr).expect("connect");
-    reader
-        .write_all(b"GET /big?bytes=33554432 HTTP/1.1\r\nHost: t\r\n\r\n")
-        .expect("send");
+    let mut reader = RawClient::connect(port);
+    assert!(
+        reader.send(b"GET /big?bytes=33554432 HTTP/1.1\r\nHost: t\r\n\r\n"),
+        "send"
+    );
     wait_until("the request reached the backend", NOTICE, || {
         backend.count("/big?bytes=33554432") == 1
     });
@@ -435,16 +421,13 @@ fn clients_that_stall_are_cut_off() {
     });
 
     // Sends 2 of 10 announced body bytes, then nothing.
-    let mut sender = TcpStream::connect(&addr).expect("connect");
-    sender
-        .write_all(b"POST /stall HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab")
-        .expect("send");
-    sender
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut out = Vec::new();
-    // The proxy answers or closes; either way the read ends well before 30 s.
-    let ended = sender.read_to_end(&mut out).is_ok();
+    let mut sender = RawClient::connect(port);
+    assert!(
+        sender.send(b"POST /stall HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab"),
+        "send"
+    );
+    // The proxy answers or closes; either way the connection ends well before 30 s.
+    let ended = sender.read_until_close(Duration::from_secs(30)).closed;
     assert!(ended, "the stalled body held the connection for 30 s");
     drop(reader);
 }

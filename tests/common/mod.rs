@@ -8,8 +8,6 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-pub mod admin;
-pub mod backend;
 pub mod store_marker;
 
 use std::collections::HashSet;
