@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,11 +23,6 @@ const FAST_HTTP_HEALTH: &str = "{ kind: http, path: /healthz, interval: 300ms, t
                                 healthy_threshold: 1, unhealthy_threshold: 1 }";
 const FAST_TCP_HEALTH: &str = "{ kind: tcp, interval: 300ms, timeout: 2s, \
                                healthy_threshold: 1, unhealthy_threshold: 1 }";
-
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The YAML list item for an app with the default weight.
 fn server(app: &App) -> String {

@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::store_marker::{mark_store, store_generation, wipe};
@@ -21,11 +20,6 @@ use serde_json::Value;
 const NOTICE: Duration = Duration::from_secs(20);
 /// `discovery.resync_interval` of every proxy here.
 const RESYNC: Duration = Duration::from_secs(1);
-
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A proxy config following `namespace` on the Redis at `redis_port` (which may not be up
 /// yet), with `production` as the file's static servers.

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,12 +16,6 @@ use common::*;
 use redis::Commands;
 
 const NS: &str = "replace-test";
-
-/// The tests assert on timing (settle, drain); one at a time on a small CI machine.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn conn(redis: &RedisServer) -> redis::Connection {
     redis::Client::open(redis.url())

@@ -43,6 +43,13 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// One test at a time within a test binary, for tests that measure timing or shares: on a
+/// loaded 2-core machine two of them at once would each slow the other down.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Poll `f` every 50 ms until it returns true; panic naming `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
