@@ -386,7 +386,7 @@ impl HttpSession {
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         let head_limit = self.max_header_size.map(|limit| limit.min(MAX_HEADER_SIZE));
-        // A pipelined prefix is the first byte of this request already arrived.
+        // A pipelined prefix means the first byte of this request already arrived.
         let mut head_deadline = match self.header_timeout {
             Some((t, HeaderTimeoutStart::ReadBegins)) => Some(Instant::now() + t),
             Some((t, HeaderTimeoutStart::FirstByte)) if already_read > 0 => {
