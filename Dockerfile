@@ -20,6 +20,8 @@ COPY Cargo.toml Cargo.lock ./
 # Cargo.toml declares the benchmarks, so cargo wants their sources even for a plain build.
 COPY benches ./benches
 COPY src ./src
+# Pingora with our patches (Cargo.toml [patch.crates-io]; see patches/pingora/README.md).
+COPY vendor ./vendor
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin canary-lb \

@@ -1,0 +1,669 @@
+// Copyright 2026 Cloudflare, Inc.
+//
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+//! The listening service
+//!
+//! A [Service] (listening service) responds to incoming requests on its endpoints.
+//! Each [Service] can be configured with custom application logic (e.g. an `HTTPProxy`) and one or
+//! more endpoints to listen to.
+
+use crate::apps::ServerApp;
+use crate::listeners::tls::TlsSettings;
+#[cfg(feature = "connection_filter")]
+use crate::listeners::AcceptAllFilter;
+use crate::listeners::{
+    ConnectionFilter, ListenerConfig, Listeners, ServerAddress, TcpSocketOptions, TransportStack,
+};
+use crate::protocols::Stream;
+#[cfg(unix)]
+use crate::server::ListenFds;
+use crate::server::{RuntimeOpts, ShutdownWatch};
+use crate::services::Service as ServiceTrait;
+
+use async_trait::async_trait;
+use log::{debug, error, info, warn};
+use pingora_error::Result;
+use pingora_runtime::current_handle;
+use pingora_timeout::timeout;
+use std::fs::Permissions;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Override the runtime options used to run a listening service.
+pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
+
+/// A cap on the connections that one or more listening services hold at once.
+///
+/// A connection accepted while `max` are open is closed at once, counted in
+/// [`Self::refused()`] and logged at most once a second. A connection holds its place from
+/// accept until its task ends, whatever the reason (handshake failure or timeout, error, panic).
+/// Share one `Arc<ConnectionLimit>` between services for a common cap; read the getters to
+/// export metrics.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    max: usize,
+    active: AtomicUsize,
+    refused: AtomicU64,
+    created: Instant,
+    /// Seconds after `created`, plus one, of the last refusal logged (0: never).
+    last_refusal_log: AtomicU64,
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` connections open at once (0 refuses every connection).
+    pub fn new(max: usize) -> Self {
+        ConnectionLimit {
+            max,
+            active: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            created: Instant::now(),
+            last_refusal_log: AtomicU64::new(0),
+        }
+    }
+
+    /// The most connections open at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections open now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at accept because `max` were open, since this limit was created.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Take a place for a new connection, `None` when `max` are open. The place is given
+    /// back when the returned permit is dropped.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionPermit> {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |active| {
+                (active < self.max).then_some(active + 1)
+            })
+            .ok()
+            .map(|_| ConnectionPermit {
+                limit: self.clone(),
+            })
+    }
+
+    /// Count a refused connection; log it unless a refusal was logged less than 1 s ago.
+    /// Returns whether it logged.
+    fn refuse(&self, what: &str) -> bool {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.created.elapsed().as_secs() + 1;
+        let last = self.last_refusal_log.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .last_refusal_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                "{what}: connection limit of {} reached, closing new connections ({refused} refused so far)",
+                self.max
+            );
+            return true;
+        }
+        false
+    }
+}
+
+/// A place held in a [`ConnectionLimit`] by one connection, given back on drop.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    limit: Arc<ConnectionLimit>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.limit.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether an accept() error means the process or the system ran out of a resource (file
+/// descriptors, socket buffers, memory). accept() then fails again at once until some is
+/// released, so the accept loop must back off instead of spinning.
+fn is_resource_exhaustion(errno: i32) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            errno,
+            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        // 24: too many open files
+        errno == 24
+    }
+}
+
+/// The type of service that is associated with a list of listening endpoints and a particular application
+pub struct Service<A> {
+    name: String,
+    listeners: Listeners,
+    app_logic: Option<A>,
+    /// The number of preferred threads. `None` to follow global setting.
+    pub threads: Option<usize>,
+    runtime_opts_override: Option<RuntimeOptsOverride>,
+    connection_limit: Option<Arc<ConnectionLimit>>,
+    #[cfg(feature = "connection_filter")]
+    connection_filter: Arc<dyn ConnectionFilter>,
+}
+
+impl<A> Service<A> {
+    /// Create a new [`Service`] with the given application (see [`crate::apps`]).
+    pub fn new(name: String, app_logic: A) -> Self {
+        Service {
+            name,
+            listeners: Listeners::new(),
+            app_logic: Some(app_logic),
+            threads: None,
+            runtime_opts_override: None,
+            connection_limit: None,
+            #[cfg(feature = "connection_filter")]
+            connection_filter: Arc::new(AcceptAllFilter),
+        }
+    }
+
+    /// Create a new [`Service`] with the given application (see [`crate::apps`]) and the given
+    /// [`Listeners`].
+    pub fn with_listeners(name: String, listeners: Listeners, app_logic: A) -> Self {
+        Service {
+            name,
+            listeners,
+            app_logic: Some(app_logic),
+            threads: None,
+            runtime_opts_override: None,
+            connection_limit: None,
+            #[cfg(feature = "connection_filter")]
+            connection_filter: Arc::new(AcceptAllFilter),
+        }
+    }
+
+    /// Set a runtime options override for this service.
+    ///
+    /// Returning [`None`] from the override uses the global runtime options.
+    pub fn set_runtime_opts_override(&mut self, override_fn: RuntimeOptsOverride) {
+        self.runtime_opts_override = Some(override_fn);
+    }
+
+    /// Cap the connections this service holds at once, across all its endpoints; see
+    /// [`ConnectionLimit`]. Has no effect once the service started.
+    pub fn set_connection_limit(&mut self, limit: Arc<ConnectionLimit>) {
+        self.connection_limit = Some(limit);
+    }
+
+    /// Set a custom connection filter for this service.
+    ///
+    /// The connection filter will be applied to all incoming connections
+    /// on all endpoints of this service. Connections that don't pass the
+    /// filter will be dropped immediately at the TCP level, before TLS
+    /// handshake or any HTTP processing.
+    ///
+    /// # Feature Flag
+    ///
+    /// This method requires the `connection_filter` feature to be enabled.
+    /// When the feature is disabled, this method is a no-op.
+    ///
+    /// # Example
+    ///
+    /// ```rust,no_run
+    /// # use std::sync::Arc;
+    /// # use pingora_core::listeners::{ConnectionFilter, AcceptAllFilter};
+    /// # struct MyService;
+    /// # impl MyService {
+    /// #   fn new() -> Self { MyService }
+    /// # }
+    /// let mut service = MyService::new();
+    /// let filter = Arc::new(AcceptAllFilter);
+    /// service.set_connection_filter(filter);
+    /// ```
+    #[cfg(feature = "connection_filter")]
+    pub fn set_connection_filter(&mut self, filter: Arc<dyn ConnectionFilter>) {
+        self.connection_filter = filter.clone();
+        self.listeners.set_connection_filter(filter);
+    }
+
+    #[cfg(not(feature = "connection_filter"))]
+    pub fn set_connection_filter(&mut self, _filter: Arc<dyn ConnectionFilter>) {}
+
+    /// Get the [`Listeners`], mostly to add more endpoints.
+    pub fn endpoints(&mut self) -> &mut Listeners {
+        &mut self.listeners
+    }
+
+    // the follow add* function has no effect if the server is already started
+
+    /// Add a TCP listening endpoint with the given address (e.g., `127.0.0.1:8000`).
+    pub fn add_tcp(&mut self, addr: &str) {
+        self.listeners.add_tcp(addr);
+    }
+
+    /// Add a listening endpoint configured by a [`ListenerConfig`].
+    pub fn add_listener(&mut self, endpoint: ListenerConfig) {
+        self.listeners.add_listener(endpoint);
+    }
+
+    /// Add a TCP listening endpoint with the given [`TcpSocketOptions`].
+    pub fn add_tcp_with_settings(&mut self, addr: &str, sock_opt: TcpSocketOptions) {
+        self.listeners.add_tcp_with_settings(addr, sock_opt);
+    }
+
+    /// Add a Unix domain socket listening endpoint with the given path.
+    ///
+    /// Optionally take a permission of the socket file. The default is read and write access for
+    /// everyone (0o666).
+    #[cfg(unix)]
+    pub fn add_uds(&mut self, addr: &str, perm: Option<Permissions>) {
+        self.listeners.add_uds(addr, perm);
+    }
+
+    /// Add a TLS listening endpoint with the given certificate and key paths.
+    pub fn add_tls(&mut self, addr: &str, cert_path: &str, key_path: &str) -> Result<()> {
+        self.listeners.add_tls(addr, cert_path, key_path)
+    }
+
+    /// Add a TLS listening endpoint with the given [`TlsSettings`] and [`TcpSocketOptions`].
+    pub fn add_tls_with_settings(
+        &mut self,
+        addr: &str,
+        sock_opt: Option<TcpSocketOptions>,
+        settings: TlsSettings,
+    ) {
+        self.listeners
+            .add_tls_with_settings(addr, sock_opt, settings)
+    }
+
+    /// Add an endpoint according to the given [`ServerAddress`]
+    pub fn add_address(&mut self, addr: ServerAddress) {
+        self.listeners.add_address(addr);
+    }
+
+    /// Get a reference to the application inside this service
+    pub fn app_logic(&self) -> Option<&A> {
+        self.app_logic.as_ref()
+    }
+
+    /// Get a mutable reference to the application inside this service
+    pub fn app_logic_mut(&mut self) -> Option<&mut A> {
+        self.app_logic.as_mut()
+    }
+}
+
+impl<A: ServerApp + Send + Sync + 'static> Service<A> {
+    pub async fn handle_event(event: Stream, app_logic: Arc<A>, shutdown: ShutdownWatch) {
+        debug!("new event!");
+        let mut reuse_event = app_logic.process_new(event, &shutdown).await;
+        while let Some(event) = reuse_event {
+            // TODO: with no steal runtime, consider spawn() the next event on
+            // another thread for more evenly load balancing
+            debug!("new reusable event!");
+            reuse_event = app_logic.process_new(event, &shutdown).await;
+        }
+    }
+
+    async fn run_endpoint(
+        app_logic: Arc<A>,
+        mut stack: TransportStack,
+        mut shutdown: ShutdownWatch,
+        connection_limit: Option<Arc<ConnectionLimit>>,
+    ) {
+        // the accept loop, until the system is shutting down
+        loop {
+            let new_io = tokio::select! { // TODO: consider biased for perf reason?
+                new_io = stack.accept() => new_io,
+                shutdown_signal = shutdown.changed() => {
+                    match shutdown_signal {
+                        Ok(()) => {
+                            if !*shutdown.borrow() {
+                                // happen in the initial read
+                                continue;
+                            }
+                            info!("Shutting down {}", stack.as_str());
+                            break;
+                        }
+                        Err(e) => {
+                            error!("shutdown_signal error {e}");
+                            break;
+                        }
+                    }
+                }
+            };
+            match new_io {
+                Ok(io) => {
+                    let permit = match &connection_limit {
+                        None => None,
+                        Some(limit) => match limit.try_acquire() {
+                            Some(permit) => Some(permit),
+                            None => {
+                                let _logged = limit.refuse(stack.as_str());
+                                drop(io); // closes the connection
+                                continue;
+                            }
+                        },
+                    };
+                    let app = app_logic.clone();
+                    let shutdown = shutdown.clone();
+                    current_handle().spawn(async move {
+                        // Holds the connection's place until this task ends, even by a panic.
+                        let _permit = permit;
+                        let peer_addr = io.peer_addr();
+                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                            Ok(handshake) => {
+                                match handshake {
+                                    Ok(io) => Self::handle_event(io, app, shutdown).await,
+                                    Err(e) => {
+                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
+                                        if let Some(addr) = peer_addr {
+                                            error!("Downstream handshake error from {}: {e}", addr);
+                                        } else {
+                                            error!("Downstream handshake error: {e}");
+                                        }
+                                    }
+                                }
+                            }
+                            Err(_) => {
+                                error!("Downstream handshake timeout");
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    error!("Accept() failed {e}");
+                    if let Some(io_error) = e
+                        .root_cause()
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(|e| e.raw_os_error())
+                    {
+                        // Out of descriptors (EMFILE, ENFILE), socket buffers or memory: accept()
+                        // would fail again at once and spin, using up the resources needed to
+                        // recover. Sleep to let other tasks release some; pending connections
+                        // wait in the listen backlog meanwhile.
+                        if is_resource_exhaustion(io_error) {
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+        }
+
+        stack.cleanup();
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
+    async fn start_service(
+        &mut self,
+        #[cfg(unix)] fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        let runtime = current_handle();
+        let endpoints = self
+            .listeners
+            .build(
+                #[cfg(unix)]
+                fds,
+            )
+            .await
+            .expect("Failed to build listeners");
+
+        let app_logic = self
+            .app_logic
+            .take()
+            .expect("can only start_service() once");
+        let app_logic = Arc::new(app_logic);
+
+        let mut handlers = Vec::new();
+
+        endpoints.into_iter().for_each(|endpoint| {
+            for _ in 0..listeners_per_fd {
+                let shutdown = shutdown.clone();
+                let my_app_logic = app_logic.clone();
+                let endpoint = endpoint.clone();
+                let connection_limit = self.connection_limit.clone();
+
+                let jh = runtime.spawn(async move {
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, connection_limit).await;
+                });
+
+                handlers.push(jh);
+            }
+        });
+
+        futures::future::join_all(handlers).await;
+        self.listeners.cleanup();
+        app_logic.cleanup().await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.threads
+    }
+
+    fn runtime_opts_override(&self, global: &RuntimeOpts) -> Option<RuntimeOpts> {
+        self.runtime_opts_override
+            .as_ref()
+            .and_then(|override_fn| override_fn(global))
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(self.listeners.addresses())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+    use tokio::sync::watch;
+
+    const GUARD: Duration = Duration::from_secs(10);
+
+    /// Poll `cond` every 10 ms until it holds; panic after `GUARD`.
+    async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + GUARD;
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Holds every connection until `release` turns true; panics instead when `panic` is set.
+    struct Hold {
+        release: watch::Receiver<bool>,
+        panic: bool,
+        started: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ServerApp for Hold {
+        async fn process_new(
+            self: &Arc<Self>,
+            stream: Stream,
+            _shutdown: &ShutdownWatch,
+        ) -> Option<Stream> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let mut release = self.release.clone();
+            let _ = release.wait_for(|released| *released).await;
+            drop(stream);
+            assert!(!self.panic, "connection task panics on purpose");
+            None
+        }
+    }
+
+    struct Endpoint {
+        addr: std::net::SocketAddr,
+        app: Arc<Hold>,
+        release: watch::Sender<bool>,
+        shutdown: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    /// An accept loop on 127.0.0.1 with an OS-picked port, limited by `limit`.
+    async fn endpoint(limit: Arc<ConnectionLimit>, panic: bool) -> Endpoint {
+        let stack = Listeners::tcp("127.0.0.1:0")
+            .build(
+                #[cfg(unix)]
+                None,
+            )
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let addr = stack.local_addr().unwrap();
+        let (release, release_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let app = Arc::new(Hold {
+            release: release_rx,
+            panic,
+            started: AtomicUsize::new(0),
+        });
+        let task = tokio::spawn(Service::<Hold>::run_endpoint(
+            app.clone(),
+            stack,
+            shutdown_rx,
+            Some(limit),
+        ));
+        Endpoint {
+            addr,
+            app,
+            release,
+            shutdown,
+            task,
+        }
+    }
+
+    impl Endpoint {
+        async fn stop(self) {
+            self.shutdown.send(true).unwrap();
+            tokio::time::timeout(GUARD, self.task)
+                .await
+                .expect("accept loop stopped")
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn permits_count_up_to_max_and_are_given_back_on_drop() {
+        let limit = Arc::new(ConnectionLimit::new(2));
+        let a = limit.try_acquire().expect("first place");
+        let b = limit.try_acquire().expect("second place");
+        assert!(limit.try_acquire().is_none());
+        assert_eq!((limit.max(), limit.active()), (2, 2));
+        drop(a);
+        assert_eq!(limit.active(), 1);
+        let c = limit.try_acquire().expect("place given back");
+        drop((b, c));
+        assert_eq!(limit.active(), 0);
+
+        assert!(Arc::new(ConnectionLimit::new(0)).try_acquire().is_none());
+        assert_eq!(limit.refused(), 0);
+        limit.refuse("test");
+        limit.refuse("test");
+        assert_eq!(limit.refused(), 2);
+    }
+
+    #[test]
+    fn accept_errors_that_mean_exhaustion_back_off() {
+        assert!(is_resource_exhaustion(24)); // EMFILE
+        #[cfg(unix)]
+        {
+            for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+                assert!(is_resource_exhaustion(errno), "{errno}");
+            }
+            for errno in [libc::ECONNABORTED, libc::EINTR, libc::EPERM, libc::EPROTO] {
+                assert!(!is_resource_exhaustion(errno), "{errno}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_at_once() {
+        let limit = Arc::new(ConnectionLimit::new(2));
+        let ep = endpoint(limit.clone(), false).await;
+
+        let _held: Vec<TcpStream> = vec![
+            TcpStream::connect(ep.addr).await.unwrap(),
+            TcpStream::connect(ep.addr).await.unwrap(),
+        ];
+        wait_until("two connections are held", || {
+            ep.app.started.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        assert_eq!(limit.active(), 2);
+
+        // The third is closed without reaching the app.
+        let mut third = TcpStream::connect(ep.addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(GUARD, third.read(&mut buf))
+            .await
+            .expect("refused connection closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert_eq!(limit.refused(), 1);
+        assert_eq!(limit.active(), 2);
+        assert_eq!(ep.app.started.load(Ordering::SeqCst), 2);
+
+        // Their places come back when the connections end, and new ones are served.
+        ep.release.send(true).unwrap();
+        wait_until("places given back", || limit.active() == 0).await;
+        let _fourth = TcpStream::connect(ep.addr).await.unwrap();
+        wait_until("fourth connection served", || {
+            ep.app.started.load(Ordering::SeqCst) == 3
+        })
+        .await;
+        assert_eq!(limit.refused(), 1);
+        ep.stop().await;
+    }
+
+    #[tokio::test]
+    async fn place_is_given_back_when_the_connection_task_panics() {
+        let limit = Arc::new(ConnectionLimit::new(1));
+        let ep = endpoint(limit.clone(), true).await;
+        let _conn = TcpStream::connect(ep.addr).await.unwrap();
+        wait_until("connection held", || limit.active() == 1).await;
+        ep.release.send(true).unwrap(); // the task panics now
+        wait_until("place given back after the panic", || limit.active() == 0).await;
+
+        let _next = TcpStream::connect(ep.addr).await.unwrap();
+        wait_until("next connection served", || {
+            ep.app.started.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        assert_eq!(limit.refused(), 0);
+        ep.stop().await;
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_a_second() {
+        let limit = ConnectionLimit::new(0);
+        let started = Instant::now();
+        assert!(limit.refuse("test"), "the first refusal is logged");
+        let logged = 1 + (0..10_000).filter(|_| limit.refuse("test")).count();
+        let seconds = started.elapsed().as_secs() as usize;
+        // One line for each second boundary crossed at most, not one per refusal.
+        assert!(logged <= 1 + seconds + 1, "{logged} lines in {seconds} s");
+        assert_eq!(limit.refused(), 10_001);
+    }
+}
