@@ -461,7 +461,8 @@ pub struct ClientConfig {
     /// stops reading is cut off.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub send_timeout: Duration,
-    /// Largest request head in bytes (request line plus all headers); beyond it: 431.
+    /// Largest request head in bytes (request line plus all headers), enforced while the head
+    /// is read so no more is ever buffered; beyond it: 400 (as nginx).
     #[serde(
         default = "default_max_header_bytes",
         deserialize_with = "de_head_bytes"

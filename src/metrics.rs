@@ -8,7 +8,9 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use pingora_core::services::listening::ConnectionLimit;
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -59,6 +61,11 @@ pub struct Metrics {
     config_changes: IntCounterVec,
     /// Requests refused at the edge, by the status they got (`REFUSAL_CODES` order).
     refused: [IntCounter; 3],
+    /// The proxy listener's connection limit, read at scrape time.
+    connection_limit: OnceLock<Arc<ConnectionLimit>>,
+    client_connections: IntGauge,
+    client_connections_max: IntGauge,
+    client_connections_refused: IntCounter,
     counts: [PoolCounts; 2],
     /// (pool, server) pairs that have series, to remove them when the server leaves.
     seen_servers: Mutex<HashSet<(PoolKind, String)>>,
@@ -168,6 +175,21 @@ impl Metrics {
             &["code"],
         )?;
         let refused = REFUSAL_CODES.map(|c| refused_vec.with_label_values(&[&c.to_string()]));
+        let client_connections = IntGauge::new(
+            "canary_lb_client_connections",
+            "Open client connections on the proxy listeners.",
+        )?;
+        registry.register(Box::new(client_connections.clone()))?;
+        let client_connections_max = IntGauge::new(
+            "canary_lb_client_connections_max",
+            "client.max_connections: open client connections allowed.",
+        )?;
+        registry.register(Box::new(client_connections_max.clone()))?;
+        let client_connections_refused = IntCounter::new(
+            "canary_lb_client_connections_refused_total",
+            "Client connections closed at once because max_connections were open.",
+        )?;
+        registry.register(Box::new(client_connections_refused.clone()))?;
 
         // Handles per pool, in `idx` order (PoolKind::ALL).
         let decisions = PoolKind::ALL.map(|p| {
@@ -200,6 +222,10 @@ impl Metrics {
             discovery_resyncs,
             config_changes,
             refused,
+            connection_limit: OnceLock::new(),
+            client_connections,
+            client_connections_max,
+            client_connections_refused,
             counts: Default::default(),
             seen_servers: Mutex::new(HashSet::new()),
         })
@@ -321,8 +347,22 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     /// `discovery_up` is the discovery state at scrape time, so the gauge cannot disagree
     /// with `/status`.
+    /// Report the proxy listener's connection limit from now on.
+    pub fn watch_connection_limit(&self, limit: Arc<ConnectionLimit>) {
+        let _ = self.connection_limit.set(limit);
+    }
+
     pub fn render(&self, pools: &Pools, discovery_up: bool) -> Vec<u8> {
         self.sync_pools(pools);
+        if let Some(limit) = self.connection_limit.get() {
+            self.client_connections.set(limit.active() as i64);
+            self.client_connections_max.set(limit.max() as i64);
+            let refused = limit.refused();
+            let counted = self.client_connections_refused.get();
+            if refused > counted {
+                self.client_connections_refused.inc_by(refused - counted);
+            }
+        }
         self.discovery_up.set(i64::from(discovery_up));
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_trait::async_trait;
 use log::{error, info, warn};
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
-use pingora_core::services::listening::Service;
+use pingora_core::services::listening::{ConnectionLimit, Service};
 use pingora_core::services::ServiceReadyNotifier;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -98,6 +99,18 @@ pub fn assemble(
         CanaryProxy::new(shared.clone()),
         "canary-lb proxy",
     );
+    // Client limits Pingora enforces while it reads a request head and accepts connections
+    // (patches/pingora/0001 and 0002); the rest are applied per request by the proxy.
+    let client = shared.config().client.clone();
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut opts = HttpServerOptions::default();
+        opts.h1_header_timeout = Some(client.header_timeout);
+        opts.h1_max_header_size = Some(client.max_header_bytes);
+        app.server_options = Some(opts);
+    }
+    let limit = Arc::new(ConnectionLimit::new(client.max_connections));
+    proxy.set_connection_limit(limit.clone());
+    shared.metrics.watch_connection_limit(limit);
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }

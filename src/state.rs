@@ -118,6 +118,18 @@ impl Shared {
         let needs_restart = [
             ("listen", old.listen != new.listen),
             ("threads", old.threads != new.threads),
+            (
+                "client.header_timeout",
+                old.client.header_timeout != new.client.header_timeout,
+            ),
+            (
+                "client.max_header_bytes (raising it)",
+                new.client.max_header_bytes > old.client.max_header_bytes,
+            ),
+            (
+                "client.max_connections",
+                old.client.max_connections != new.client.max_connections,
+            ),
             ("metrics_listen", old.metrics_listen != new.metrics_listen),
             (
                 "health_check",

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::raw::{raw_exchange, RawBackend, RawClient, BACKEND_BODY};
+use common::raw::{drip_until_closed, raw_exchange, RawBackend, RawClient, BACKEND_BODY};
 use common::*;
 use serde_json::Value;
 
@@ -430,4 +430,111 @@ fn clients_that_stall_are_cut_off() {
     let ended = sender.read_until_close(Duration::from_secs(30)).closed;
     assert!(ended, "the stalled body held the connection for 30 s");
     drop(reader);
+}
+
+/// Defect 2 (second half): a head drip-fed one byte at a time used to be read for ever (the
+/// timeout was per read). Now the whole head has `client.header_timeout`, on a new connection
+/// and on a reused one, and nothing reaches the app.
+#[test]
+fn a_drip_fed_head_is_cut_off_at_the_head_deadline() {
+    let backend = RawBackend::start();
+    let proxy = proxy_for(&[backend.addr()], "client: { header_timeout: 1s }\n");
+    let port = proxy.listen_port();
+    let sent = drip_until_closed(
+        port,
+        b"GET /drip HTTP/1.1\r\nHost: t\r\nX-A: ",
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+    );
+    assert!(sent.is_some(), "a drip-fed head was still read after 30 s");
+
+    // The same on a kept-alive connection, after one good request.
+    let mut conn = RawClient::connect(port);
+    assert!(conn.send(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n"));
+    let r = conn.read_response().expect("first response");
+    assert_eq!(r.status, 200);
+    let mut open_for = 0;
+    while !conn.closed_now() && open_for < 150 {
+        if !conn.send(b"G") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        open_for += 1;
+    }
+    assert!(
+        open_for < 150,
+        "a drip-fed second head was still read after 30 s"
+    );
+    assert_eq!(backend.count("/drip"), 0);
+    assert_eq!(backend.received().len(), 1, "only /first reached the app");
+}
+
+/// A head over `client.max_header_bytes` is refused while it is read (memory stays bounded:
+/// the proxy never buffers more than the limit), and nothing reaches the app.
+#[test]
+fn an_endless_head_is_refused_at_the_size_limit() {
+    let backend = RawBackend::start();
+    // A long head deadline, so that only the size limit can end this.
+    let proxy = proxy_for(&[backend.addr()], "client: { header_timeout: 60s }\n");
+    let mut conn = RawClient::connect(proxy.listen_port());
+    conn.send(b"GET /endless HTTP/1.1\r\nHost: t\r\n");
+    // 320 KiB of header lines, each under the line limit, never ending the head.
+    let line = format!("X-Pad: {}\r\n", "p".repeat(8000));
+    for _ in 0..40 {
+        if !conn.send(line.as_bytes()) {
+            break;
+        }
+    }
+    let r = conn.read_until_close(Duration::from_secs(20));
+    assert!(
+        r.closed,
+        "the connection stayed open with 320 KiB of head: {r:?}"
+    );
+    assert!(
+        r.status == 400 || r.status == 431,
+        "expected a refusal, got {r:?}"
+    );
+    assert_eq!(backend.received().len(), 0);
+}
+
+/// `client.max_connections`: past it a new connection is closed at once, counted, and the
+/// proxy serves again as soon as connections close.
+#[test]
+fn connections_past_the_limit_are_refused_and_counted() {
+    let backend = RawBackend::start();
+    let proxy = proxy_for(
+        &[backend.addr()],
+        "client: { max_connections: 4, header_timeout: 60s }\n",
+    );
+    let port = proxy.listen_port();
+    // The harness's own probe of the port must have left first.
+    wait_until("no client connection is open", NOTICE, || {
+        metric(&proxy, "canary_lb_client_connections") == 0.0
+    });
+    let held: Vec<RawClient> = (0..4)
+        .map(|_| RawClient::hold(port, b"GET /held HTTP/1.1\r\n"))
+        .collect();
+    wait_until("four connections are open", NOTICE, || {
+        metric(&proxy, "canary_lb_client_connections") == 4.0
+    });
+    let mut extra = RawClient::connect(port);
+    extra.send(b"GET /extra HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(extra.closed(), "a connection past the limit was kept");
+    assert_eq!(backend.count("/extra"), 0);
+    assert!(metric(&proxy, "canary_lb_client_connections_refused_total") >= 1.0);
+    drop(held);
+    wait_until(
+        "the proxy serves again",
+        NOTICE,
+        || matches!(try_get(&proxy.url("/after"), &[]), Ok(r) if r.status == 200),
+    );
+}
+
+/// The value of an unlabelled metric in the proxy's `/metrics`, or -1.
+fn metric(proxy: &Proxy, name: &str) -> f64 {
+    proxy
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(-1.0)
 }
