@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what building and testing canary-lb needs on Debian/Ubuntu, skipping what is there:
 # cmake and a C compiler (Pingora builds zlib-ng), redis-server (integration tests, demo stack),
-# curl. Run as root or with sudo available. Rust itself comes from rustup (rustc >= 1.85).
+# curl, and for the container checks (deploy/container-test.sh) podman, runc, debootstrap and
+# podman-compose (CONTAINER_TEST=0 skips them). Run as root or with sudo available. Rust itself
+# comes from rustup (rustc >= 1.95, the rust-version of Cargo.toml).
 set -euo pipefail
 
 need=()
@@ -14,6 +16,14 @@ command -v curl >/dev/null || need+=(curl)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 # promtool (tests/deploy_kit.rs: alert rules and a live scrape); Debian ships it in `prometheus`.
 command -v promtool >/dev/null || need+=(prometheus)
+if [ "${CONTAINER_TEST:-1}" != 0 ]; then
+  command -v podman >/dev/null || need+=(podman)
+  # Debian's podman takes crun or runc; crun refuses some machines' hybrid cgroup layout.
+  command -v runc >/dev/null || need+=(runc)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+  command -v podman-compose >/dev/null || need+=(podman-compose)
+  command -v python3 >/dev/null || need+=(python3)
+fi
 if [ "${WITH_BENCH:-0}" = 1 ]; then
   command -v nginx >/dev/null || need+=(nginx)
   command -v haproxy >/dev/null || need+=(haproxy)
