@@ -38,7 +38,11 @@ fail() {
   printf '[container-test] FAIL: %s\n' "$*" >&2
   exit 1
 }
-pass() { printf '[container-test] ok: %s\n' "$*"; }
+PASSED=0
+pass() {
+  PASSED=$((PASSED + 1))
+  printf '[container-test] ok: %s\n' "$*"
+}
 
 command -v podman >/dev/null || fail "podman not found (apt-get install podman runc debootstrap podman-compose, or scripts/setup.sh)"
 command -v curl >/dev/null || fail "curl not found"
@@ -83,6 +87,8 @@ cleanup() {
   # podman-compose 1.0 leaves the project's network behind.
   [ -z "$COMPOSE_UP" ] || podman network rm -f "${COMPOSE_PROJECT}_default" >/dev/null 2>&1
   case "$WORK" in /var/tmp/canary-lb-container-test.*) rm -rf "$WORK" ;; esac
+  log "done in ${SECONDS}s"
+  echo "container-test: $PASSED passed, $([ "$rc" = 0 ] && echo 0 || echo 1) failed"
   exit "$rc"
 }
 trap cleanup EXIT

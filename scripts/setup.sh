@@ -7,6 +7,7 @@
 set -euo pipefail
 
 need=()
+optional=() # installed where the distribution has them
 command -v cmake >/dev/null || need+=(cmake)
 command -v cc >/dev/null || need+=(gcc)
 command -v c++ >/dev/null || need+=(g++)
@@ -23,6 +24,9 @@ if [ "${CONTAINER_TEST:-1}" != 0 ]; then
   command -v debootstrap >/dev/null || need+=(debootstrap)
   command -v podman-compose >/dev/null || need+=(podman-compose)
   command -v python3 >/dev/null || need+=(python3)
+  # Compose services find each other by name on a CNI network (bookworm's podman) only with
+  # the dnsname plugin; distributions whose podman uses netavark do not have the package.
+  [ -e /usr/lib/cni/dnsname ] || optional+=(golang-github-containernetworking-plugin-dnsname)
 fi
 if [ "${WITH_BENCH:-0}" = 1 ]; then
   command -v nginx >/dev/null || need+=(nginx)
@@ -32,12 +36,17 @@ if [ "${WITH_BENCH:-0}" = 1 ]; then
   command -v valgrind >/dev/null || need+=(valgrind)
 fi
 
-if [ ${#need[@]} -gt 0 ]; then
-  echo "setup: installing ${need[*]}"
+if [ ${#need[@]} -gt 0 ] || [ ${#optional[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+  for pkg in "${optional[@]}"; do
+    apt-cache show "$pkg" >/dev/null 2>&1 && need+=("$pkg")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
 fi
 
 if ! command -v cargo >/dev/null; then
