@@ -27,6 +27,7 @@ RUST_IMAGE=docker.io/library/rust:1-bookworm
 REDIS_IMAGE=docker.io/library/redis:7-bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 STANDIN_LABEL=io.canary-lb.standin
+HOST_CA=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
 TEST_LABEL=io.canary-lb.test
 RUN_ID="$$"
 # Every wait is bounded by one of these (seconds).
@@ -171,7 +172,7 @@ path-exclude /usr/share/info/*
 path-exclude /usr/share/locale/*
 path-include /usr/share/locale/locale.alias
 EOF
-  debootstrap --variant=minbase bookworm "$root" "$DEBIAN_MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
+  timeout 900 debootstrap --variant=minbase bookworm "$root" "$DEBIAN_MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
     { tail -20 "$WORK/debootstrap.log" >&2; fail "debootstrap failed"; }
   rm -f "$root/etc/apt/sources.list"
   cat >"$root/etc/apt/sources.list.d/debian.sources" <<EOF
@@ -203,10 +204,11 @@ EOF
 standin_rust() {
   local tag=$1 ctx="$WORK/rust-standin"
   mkdir -p "$ctx"
-  cp "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$ctx/host-ca-bundle.crt"
+  mkdir -p "$ctx/ca"
+  [ ! -f "$HOST_CA" ] || cp "$HOST_CA" "$ctx/ca/host-ca-bundle.crt"
   cat >"$ctx/Containerfile" <<EOF
 FROM $DEBIAN_IMAGE
-COPY host-ca-bundle.crt /usr/local/share/ca-certificates/host-ca-bundle.crt
+COPY ca/ /usr/local/share/ca-certificates/
 RUN apt-get update \\
  && apt-get install -y --no-install-recommends ca-certificates rustc-web cargo-web \\
       gcc g++ libc6-dev make cmake pkg-config \\
@@ -215,7 +217,7 @@ RUN apt-get update \\
 ENV CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LABEL $STANDIN_LABEL=$tag
 EOF
-  "${PODMAN[@]}" build -q --network host "${LIMITS[@]}" -t "$RUST_IMAGE" "$ctx" >"$WORK/rust-standin.log" 2>&1 ||
+  timeout 900 "${PODMAN[@]}" build -q --network host "${LIMITS[@]}" -t "$RUST_IMAGE" "$ctx" >"$WORK/rust-standin.log" 2>&1 ||
     { tail -30 "$WORK/rust-standin.log" >&2; fail "building the rust stand-in failed"; }
   log "base $RUST_IMAGE: stand-in made ($(podman run --rm "${LIMITS[@]}" "$RUST_IMAGE" rustc --version))"
 }
@@ -236,7 +238,7 @@ ENTRYPOINT ["sh", "-c", "if [ \"\$1\" = redis-server ]; then shift; exec redis-s
 CMD ["redis-server"]
 LABEL $STANDIN_LABEL=$tag
 EOF
-  "${PODMAN[@]}" build -q --network host "${LIMITS[@]}" -t "$REDIS_IMAGE" "$ctx" >"$WORK/redis-standin.log" 2>&1 ||
+  timeout 900 "${PODMAN[@]}" build -q --network host "${LIMITS[@]}" -t "$REDIS_IMAGE" "$ctx" >"$WORK/redis-standin.log" 2>&1 ||
     { tail -30 "$WORK/redis-standin.log" >&2; fail "building the redis stand-in failed"; }
   log "base $REDIS_IMAGE: stand-in made"
 }
@@ -251,17 +253,22 @@ phase_bases() {
   fi
   log "podman: runtime ${RUNTIME:-default}, ${LIMITS[*]}"
   # A new debian base (another recipe, or pulled) makes a new rust stand-in.
-  ensure_base "$RUST_IMAGE" standin_rust "$(podman image inspect -f '{{.Id}}' "$DEBIAN_IMAGE")"
+  # So does another CA bundle on this machine.
+  ensure_base "$RUST_IMAGE" standin_rust "$(podman image inspect -f '{{.Id}}' "$DEBIAN_IMAGE") $({ sha256sum <"$HOST_CA"; } 2>/dev/null)"
 }
 
 # --- the image -----------------------------------------------------------------------------
 
 phase_build() {
   log "building $IMAGE from Dockerfile (podman build --format docker: the OCI format drops HEALTHCHECK)"
-  local t0=$SECONDS
-  "${PODMAN[@]}" build --format docker --network host "${LIMITS[@]}" -t "$IMAGE" -f Dockerfile . \
-    >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; fail "podman build failed"; }
-  log "built $IMAGE in $((SECONDS - t0))s"
+  local t0=$SECONDS old new
+  old=$(podman image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+  timeout 2400 "${PODMAN[@]}" build --format docker --network host "${LIMITS[@]}" -t "$IMAGE" -f Dockerfile . \
+    >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; fail "podman build failed (or took over 40 minutes)"; }
+  new=$(podman image inspect -f '{{.Id}}' "$IMAGE")
+  log "built $IMAGE in $((SECONDS - t0))s ($(grep -c -- '--> Using cache' "$WORK/build.log" || true) steps from the layer cache)"
+  # The image this tag named before, now unnamed: drop it (kept while a container uses it).
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then podman rmi "$old" >/dev/null 2>&1 || true; fi
   local hc
   hc=$(podman image inspect -f '{{json .Config.Healthcheck}}' "$IMAGE")
   case "$hc" in

@@ -22,6 +22,7 @@ if [ "${CONTAINER_TEST:-1}" != 0 ]; then
   # Debian's podman takes crun or runc; crun refuses some machines' hybrid cgroup layout.
   command -v runc >/dev/null || need+=(runc)
   command -v debootstrap >/dev/null || need+=(debootstrap)
+  [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
   command -v podman-compose >/dev/null || need+=(podman-compose)
   command -v python3 >/dev/null || need+=(python3)
   # Compose services find each other by name on a CNI network (bookworm's podman) only with
