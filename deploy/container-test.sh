@@ -5,15 +5,18 @@
 #
 #   deploy/container-test.sh            # bases, build, check, compose (what scripts/test.sh runs)
 #   deploy/container-test.sh bases      # only make sure the base images are there
-#   deploy/container-test.sh build      # ... and build the image
-#   deploy/container-test.sh check      # ... and run the single-container checks
+#   deploy/container-test.sh build      # bases, then build the image and print its size
+#   deploy/container-test.sh check      # bases, then the single-container checks on $IMAGE
+#   deploy/container-test.sh compose    # bases, then the compose checks on $IMAGE
+#   deploy/container-test.sh size       # what $IMAGE adds above its base
 #
-# Needs podman (Debian: podman, runc, debootstrap, podman-compose; scripts/setup.sh installs
-# them), root, python3 and curl. Base images: the real docker.io debian:bookworm-slim and
-# rust:1-bookworm when they are present or can be pulled; otherwise stand-ins of the same names
+# Needs root, podman, runc, debootstrap, podman-compose (scripts/setup.sh installs them),
+# python3 and curl. Base images: the real docker.io debian:bookworm-slim, rust:1-bookworm and
+# redis:7-bookworm when they are present or can be pulled; otherwise stand-ins of the same names
 # made from Debian packages (debootstrap), kept in the local image store and reused by later
 # runs (rebuilt only when this script's recipe for them changes). Every container this script
-# starts carries the label io.canary-lb.test and is removed on exit, failure included.
+# starts carries the label io.canary-lb.test and is removed on exit, failure included; every
+# wait is bounded. Output: one `ok:` line per check, then `container-test: N passed, M failed`.
 #
 # Environment: IMAGE (tag to build, default localhost/canary-lb:test), RUNTIME (OCI runtime,
 # default runc when installed: crun refuses some hybrid cgroup layouts), DEBIAN_MIRROR.
