@@ -1,6 +1,6 @@
 # canary-lb: the edge proxy image (the same binary also runs the demo app servers and `ctl`).
 #
-#   docker build -t canary-lb .
+#   docker build -t canary-lb .          (podman: add --format docker, or HEALTHCHECK is dropped)
 #   docker run -p 8080:8080 -p 9091:9091 \
 #     -v $PWD/my-config.yaml:/etc/canary-lb/canary-lb.yaml:ro canary-lb
 #
