@@ -161,8 +161,9 @@ ensure_base() {
   "$maker" "$want"
 }
 
-# debian:bookworm-slim: debootstrap's minbase, with the slim image's apt sources and its dpkg
-# excludes (no docs, man pages or locales), imported as a single layer.
+# debian:bookworm-slim: debootstrap's minbase, with the slim image's apt sources, its dpkg
+# excludes (no docs, man pages or locales) and its apt settings (no package caches kept), so
+# what a Dockerfile layer adds on it is what it adds on the real one. One layer.
 standin_debian() {
   local tag=$1 root="$WORK/rootfs"
   command -v debootstrap >/dev/null || fail "debootstrap not found (apt-get install debootstrap)"
@@ -178,6 +179,14 @@ EOF
   timeout 900 debootstrap --variant=minbase bookworm "$root" "$DEBIAN_MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
     { tail -20 "$WORK/debootstrap.log" >&2; fail "debootstrap failed"; }
   rm -f "$root/etc/apt/sources.list"
+  cat >"$root/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+  echo 'Acquire::Languages "none";' >"$root/etc/apt/apt.conf.d/docker-no-languages"
+  echo 'Acquire::GzipIndexes "true";' >"$root/etc/apt/apt.conf.d/docker-gzip-indexes"
   cat >"$root/etc/apt/sources.list.d/debian.sources" <<EOF
 Types: deb
 URIs: ${DEBIAN_MIRROR}
@@ -196,7 +205,7 @@ EOF
     "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/log/*.log
   find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
   tar -C "$root" --numeric-owner -c . |
-    podman import --change 'CMD ["bash"]' --change "LABEL $STANDIN_LABEL=$tag" - "$DEBIAN_IMAGE" >/dev/null
+    podman import --change 'CMD ["bash"]' --change "LABEL $STANDIN_LABEL=$tag" - "$DEBIAN_IMAGE" >/dev/null 2>"$WORK/import.log"
   rm -rf "$root"
   log "base $DEBIAN_IMAGE: stand-in made ($(podman image inspect -f '{{.Size}}' "$DEBIAN_IMAGE") bytes)"
 }
