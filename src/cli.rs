@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `demo`, `app` and `ctl`.
+//! The command line: `serve`, `check`, `health`, `demo`, `app` and `ctl`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +26,9 @@ pub enum Command {
         #[arg(short, long, env = "CANARY_LB_CONFIG")]
         config: PathBuf,
     },
+    /// Exit 0 when GET /healthz on the config's metrics_listen answers 200, else 1 (the
+    /// container HEALTHCHECK; it follows CANARY_LB_METRICS_LISTEN like `serve`).
+    Health(HealthArgs),
     /// Run the proxy with built-in demo app servers on loopback and print curl lines to try.
     Demo(DemoArgs),
     /// Run one demo app server (answers with its pool and name, serves /healthz).
@@ -47,6 +50,23 @@ pub struct ServeArgs {
     /// Optional Pingora server config (pid_file, upgrade_sock, error_log, user, group).
     #[arg(long)]
     pub pingora_conf: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[arg(
+        short,
+        long,
+        env = "CANARY_LB_CONFIG",
+        required_unless_present = "addr"
+    )]
+    pub config: Option<PathBuf>,
+    /// Probe this address instead of the config's metrics_listen (e.g. a demo app server).
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// Limit for connecting and reading the status line.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]

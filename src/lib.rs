@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod edge;
 pub mod failure;
 pub mod health;
+pub mod healthz;
 pub mod metrics;
 pub mod proxy;
 pub mod redis_source;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use canary_lb::{cli, ctl, demo, server};
+use canary_lb::{cli, ctl, demo, healthz, server};
 use clap::Parser;
 
 #[cfg(not(target_env = "msvc"))]
@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Serve(args) => server::serve(args),
         cli::Command::Check { config } => server::check(&config),
+        cli::Command::Health(args) => healthz::run(args),
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::App(args) => demo::run_app(args),
         cli::Command::Ctl(args) => ctl::run(args),

@@ -529,12 +529,11 @@ fn dockerfile_copies_existing_paths_and_runs_the_tested_command() {
         .collect();
     assert_eq!(exposed, BTreeSet::from([listen, metrics]));
     let health = instruction(&df, "HEALTHCHECK").pop().expect("HEALTHCHECK");
-    // /healthz: open even when `metrics_auth_token_file` guards /status and /metrics.
+    // `canary-lb health` GETs /healthz (open even when `metrics_auth_token_file` guards
+    // /status and /metrics) on the metrics_listen in force: tests/health_cmd.rs.
+    let health_cmd = json_array(health.split_once("CMD").expect("HEALTHCHECK CMD").1.trim());
+    assert_eq!(health_cmd, ["canary-lb", "health"], "{health}");
     let health_url = format!("http://127.0.0.1:{metrics}/healthz");
-    assert!(
-        health.contains(&health_url),
-        "HEALTHCHECK must probe {health_url}: {health}"
-    );
 
     // Run the image's command line the way the container does: ENTRYPOINT + CMD, config from
     // CANARY_LB_CONFIG (a copy of the default config), the image's ENV, loopback ports.
@@ -568,6 +567,21 @@ fn dockerfile_copies_existing_paths_and_runs_the_tested_command() {
         STARTUP,
         || matches!(try_get(&status_url, &[]), Ok(r) if r.status == 200),
     );
+    // The HEALTHCHECK command in the container's environment passes.
+    let (config_env, metrics_env) = (
+        config.display().to_string(),
+        format!("127.0.0.1:{metrics_port}"),
+    );
+    let health_args: Vec<&str> = health_cmd[1..].iter().map(String::as_str).collect();
+    let checked = run_cli_env(
+        &health_args,
+        &[
+            ("CANARY_LB_CONFIG", &config_env),
+            ("CANARY_LB_METRICS_LISTEN", &metrics_env),
+        ],
+        STARTUP,
+    );
+    assert!(checked.status.success(), "HEALTHCHECK: {checked:?}");
     drop(container);
 }
 
@@ -715,7 +729,8 @@ fn compose_stack_references_existing_paths_and_matching_ports() {
         let container_ports: BTreeSet<u16> = strings(&s["ports"])
             .iter()
             .map(|p| {
-                let (host, container) = p.split_once(':').expect("HOST:CONTAINER");
+                // HOST may be `${VAR:-8080}`.
+                let (host, container) = p.rsplit_once(':').expect("HOST:CONTAINER");
                 assert!(
                     host_ports.insert(host.to_string()),
                     "host port {host} published twice"

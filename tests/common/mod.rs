@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod canned;
 pub mod store_marker;
 
 use std::collections::HashSet;
@@ -180,11 +181,17 @@ fn temp_dir(prefix: &str) -> tempfile::TempDir {
 
 /// Run `canary-lb ARGS` to completion (killed after `timeout`) and return its output.
 pub fn run_cli(args: &[&str], timeout: Duration) -> Output {
+    run_cli_env(args, &[], timeout)
+}
+
+/// [`run_cli`] with the variables `env` set (after the developer's `CANARY_LB_*` are cleared).
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
     let mut cmd = Command::new(bin());
     cmd.args(args).env("RUST_LOG", "info");
     for var in ENV_TO_CLEAR {
         cmd.env_remove(var);
     }
+    cmd.envs(env.iter().copied());
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
