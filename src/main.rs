@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use canary_lb::{cli, ctl, demo, healthz, server};
+use canary_lb::{cli, control, demo, runtime};
 use clap::Parser;
 
 #[cfg(not(target_env = "msvc"))]
@@ -13,12 +13,12 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Serve(args) => server::serve(args),
-        cli::Command::Check { config } => server::check(&config),
-        cli::Command::Health(args) => healthz::run(args),
+        cli::Command::Serve(args) => runtime::serve::serve(args),
+        cli::Command::Check { config } => runtime::serve::check(&config),
+        cli::Command::Health(args) => control::probe::run(args),
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::App(args) => demo::run_app(args),
-        cli::Command::Ctl(args) => ctl::run(args),
+        cli::Command::Ctl(args) => control::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,9 +13,9 @@ use log::info;
 use tokio::sync::Notify;
 
 use crate::config::{Config, Percent, PoolConfig, PoolKind, Provider, RoutingConfig};
-use crate::discovery::{Pool, Pools, WantedServer};
-use crate::health;
 use crate::metrics::Metrics;
+use crate::pool::health;
+use crate::pool::{Pool, Pools, WantedServer};
 use crate::routing::CanaryPolicy;
 
 /// Values from the Redis `routing` hash that override the file while present.
@@ -231,7 +231,7 @@ pub fn wanted_from_file(pc: &PoolConfig) -> Vec<WantedServer> {
 impl DiscoveryStatus {
     pub fn set_ok(&self) {
         self.up.store(true, Relaxed);
-        self.last_sync_ms.store(crate::discovery::now_ms(), Relaxed);
+        self.last_sync_ms.store(crate::pool::now_ms(), Relaxed);
         *self
             .last_error
             .lock()

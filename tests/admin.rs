@@ -230,7 +230,7 @@ fn admin_connections_are_bounded_and_recover() {
     let request: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
 
     // Every slot held by an unfinished head: a new connection is closed without an answer.
-    let mut held: Vec<RawClient> = (0..canary_lb::admin::MAX_CONNECTIONS)
+    let mut held: Vec<RawClient> = (0..canary_lb::runtime::admin::MAX_CONNECTIONS)
         .map(|_| RawClient::hold(port, partial))
         .collect();
     wait_until(

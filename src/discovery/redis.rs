@@ -28,7 +28,7 @@ use pingora_core::server::ShutdownWatch;
 use redis::AsyncConnectionConfig;
 
 use crate::config::PoolKind;
-use crate::discovery::WantedServer;
+use crate::pool::WantedServer;
 use crate::state::{RoutingOverrides, Shared};
 use crate::store::{self, Keys, Marker, Snapshot};
 

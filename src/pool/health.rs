@@ -1,9 +1,9 @@
 //! Active health checks, built from the `health_check` section.
 //!
-//! Pingora runs the probes ([`crate::discovery::Pool::health_check`]); this module only turns
+//! Pingora runs the probes ([`crate::pool::Pool::health_check`]); this module only turns
 //! the typed config into Pingora's checkers, with the configured thresholds and timeout.
 //! Passive detection (transport failures seen by requests) lives with the server state in
-//! [`crate::discovery::ServerState`].
+//! [`crate::pool::ServerState`].
 //!
 //! A probe that fails for the proxy's own reasons (out of file descriptors, buffers or local
 //! ports) says nothing about the server: the server keeps its last verdict, so an attack that
@@ -20,7 +20,7 @@ use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHeal
 use pingora_load_balancing::Backend;
 
 use crate::config::{CheckKind, HealthCheckConfig, PoolKind};
-use crate::failure::is_proxy_own;
+use crate::pool::failure::is_proxy_own;
 
 pub type Checker = Box<dyn HealthCheck + Send + Sync>;
 

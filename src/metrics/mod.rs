@@ -18,7 +18,7 @@ use prometheus::{
 };
 
 use crate::config::PoolKind;
-use crate::discovery::{Pools, ServerState};
+use crate::pool::{Pools, ServerState};
 use crate::routing::Reason;
 
 /// The `method` label values; anything else is counted as `OTHER`.

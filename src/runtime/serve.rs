@@ -19,16 +19,16 @@ use pingora_core::services::listening::{ConnectionLimit, Service};
 use pingora_core::services::ServiceReadyNotifier;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::admin::AdminApp;
 use crate::cli::ServeArgs;
 use crate::config::{Config, Provider};
 use crate::proxy::CanaryProxy;
+use crate::runtime::admin::AdminApp;
 use crate::state::Shared;
 
 /// `canary-lb check`: validate a config file and say what it holds.
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    crate::health::checker(&config.health_check, crate::config::PoolKind::Production)?;
+    crate::pool::health::checker(&config.health_check, crate::config::PoolKind::Production)?;
     crate::routing::CanaryPolicy::from_config(&config.routing).map_err(anyhow::Error::msg)?;
     println!(
         "{}: OK ({} production and {} canary server(s), discovery: {}, canary_percent: {})",
@@ -176,7 +176,7 @@ impl BackgroundService for PoolKeeper {
         if config.discovery.provider == Provider::Redis {
             let shared = shared.clone();
             let shutdown = shutdown.clone();
-            tasks.spawn(async move { crate::redis_source::run(shared, shutdown).await });
+            tasks.spawn(async move { crate::discovery::redis::run(shared, shutdown).await });
         }
         let resync = config.discovery.resync_interval;
         loop {

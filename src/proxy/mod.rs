@@ -16,6 +16,8 @@
 //! the client's errors, the proxy's own (out of descriptors or buffers), or a 5xx answer
 //! (unless `passive_health.error_rate` is set).
 
+pub mod framing;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -30,9 +32,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
 use crate::config::{PoolKind, UpstreamConfig};
-use crate::discovery::ServerState;
-use crate::edge;
-use crate::failure::{is_reset, is_server_failure};
+use crate::pool::failure::{is_reset, is_server_failure};
+use crate::pool::ServerState;
 use crate::routing::{self, Reason, RequestFacts, UserKey};
 use crate::state::Shared;
 
@@ -178,10 +179,10 @@ impl ProxyHttp for CanaryProxy {
         let config = self.shared.config_snapshot();
         let client = &config.client;
         let verdict = match session.as_http1() {
-            Some(h1) => edge::check_head(
+            Some(h1) => framing::check_head(
                 session.req_header(),
                 &h1.get_headers_raw_bytes(),
-                &edge::Limits::from(client),
+                &framing::Limits::from(client),
             ),
             None => Ok(()),
         };
@@ -199,7 +200,7 @@ impl ProxyHttp for CanaryProxy {
             );
         }
         if client.drop_underscore_headers {
-            edge::drop_underscore_headers(session.req_header_mut());
+            framing::drop_underscore_headers(session.req_header_mut());
         }
         // Pingora keeps an HTTP/1.1 connection open forever between requests unless told
         // otherwise; `Some(0)` is its "no timeout", `None` means the connection closes.

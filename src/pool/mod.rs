@@ -10,6 +10,9 @@
 //! lives in one [`ServerState`] per address, shared through `Backend::ext`, so selection reads
 //! it without any lookup or lock.
 
+pub mod failure;
+pub mod health;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};

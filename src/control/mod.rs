@@ -30,6 +30,7 @@ use crate::cli::{CanaryCommand, CtlArgs, CtlCommand};
 use crate::config::{redact_url, Config, Percent, PoolKind, ServerAddr, Weight};
 use crate::store::{self, Keys, Status, StoreError, SERVING_FRESH_MS};
 
+pub mod probe;
 mod replace;
 
 const DEFAULT_NAMESPACE: &str = "canary-lb";

@@ -94,7 +94,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         pct = args.canary_percent,
     );
     let config = crate::config::Config::parse(&yaml).map_err(anyhow::Error::msg)?;
-    let mut assembled = crate::server::assemble(
+    let mut assembled = crate::runtime::serve::assemble(
         config,
         None,
         pingora_core::server::configuration::Opt::default(),
@@ -349,7 +349,7 @@ impl BackgroundService for Registration {
     async fn start(&self, _shutdown: ShutdownWatch) {
         // `heartbeat` watches SIGTERM/SIGINT itself and deregisters before returning, so it is
         // not cancelled on Pingora's shutdown signal here.
-        let result = crate::ctl::heartbeat(
+        let result = crate::control::heartbeat(
             &self.redis_url,
             &self.namespace,
             &self.pool,

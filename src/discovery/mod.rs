@@ -1,0 +1,3 @@
+//! Where the servers of each pool come from.
+
+pub mod redis;
