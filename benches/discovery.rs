@@ -176,8 +176,8 @@ fn propagation(url: &str, redis_port: u16, prod: &App, canary: &App) -> Propagat
         .build()
         .expect("tokio runtime");
     let keys = Keys::new(ns);
-    let addr = canary_lb::config::ServerAddr::parse(&canary.addr()).expect("address");
-    let pool = canary_lb::config::PoolKind::Canary;
+    let addr = canary_lb::model::ServerAddr::parse(&canary.addr()).expect("address");
+    let pool = canary_lb::model::PoolKind::Canary;
     let client = redis::Client::open(url).expect("redis url");
     let mut conn = runtime
         .block_on(client.get_multiplexed_async_connection())

@@ -3,7 +3,8 @@
 
 use std::hint::black_box;
 
-use canary_lb::config::{Percent, RoutingConfig};
+use canary_lb::config::RoutingConfig;
+use canary_lb::model::Percent;
 use canary_lb::routing::{decide, new_user_id, CanaryPolicy, RequestFacts};
 use criterion::{criterion_group, criterion_main, Criterion};
 

@@ -8,6 +8,7 @@ pub mod control;
 pub mod demo;
 pub mod discovery;
 pub mod metrics;
+pub mod model;
 pub mod pool;
 pub mod proxy;
 pub mod routing;

@@ -12,8 +12,9 @@ use arc_swap::{ArcSwap, Guard};
 use log::info;
 use tokio::sync::Notify;
 
-use crate::config::{Config, Percent, PoolConfig, PoolKind, Provider, RoutingConfig};
+use crate::config::{Config, PoolConfig, Provider, RoutingConfig};
 use crate::metrics::Metrics;
+use crate::model::{Percent, PoolKind};
 use crate::pool::health;
 use crate::pool::{Pool, Pools, WantedServer};
 use crate::routing::CanaryPolicy;

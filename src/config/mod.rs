@@ -15,6 +15,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::model::{Percent, PoolKind, ServerAddr, Weight};
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -141,121 +143,9 @@ impl<'de> Deserialize<'de> for ServerSpec {
     }
 }
 
-/// `host:port` where host is an IP address or a DNS name (resolved at every discovery refresh).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct ServerAddr(String);
-
-impl ServerAddr {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if let Ok(sa) = s.parse::<SocketAddr>() {
-            if sa.port() == 0 {
-                return Err(format!("server address `{s}` has port 0"));
-            }
-            return Ok(ServerAddr(sa.to_string()));
-        }
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("server address `{s}` must be host:port"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("server address `{s}` has an invalid port"))?;
-        let host_ok = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .split('.')
-                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-        if port == 0 || !host_ok {
-            return Err(format!(
-                "server address `{s}` must be ip:port or hostname:port"
-            ));
-        }
-        Ok(ServerAddr(s.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The address as a socket address when it is an IP literal (no DNS needed).
-    pub fn socket_addr(&self) -> Option<SocketAddr> {
-        self.0.parse().ok()
-    }
-}
-
-impl fmt::Display for ServerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A server weight, 1..=1000. Zero is refused: Pingora's weighted selector divides by the
-/// total weight, and Ketama panicked on weight 0 (cloudflare/pingora#1006).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Weight(u32);
-
-impl Weight {
-    pub const MAX: u32 = 1000;
-
-    pub fn new(w: i64) -> Result<Self, String> {
-        if (1..=Self::MAX as i64).contains(&w) {
-            Ok(Weight(w as u32))
-        } else {
-            Err(format!("weight must be 1..={}, got {w}", Self::MAX))
-        }
-    }
-
-    pub fn get(self) -> u32 {
-        self.0
-    }
-}
-
-impl Default for Weight {
-    fn default() -> Self {
-        Weight(1)
-    }
-}
-
 impl<'de> Deserialize<'de> for Weight {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked(d, |v| Weight::new(v.int()?))
-    }
-}
-
-/// A canary percentage, 0..=100 with decimals; kept as basis points (1/100 of a percent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Percent(u32);
-
-impl Percent {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let v: f64 = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("canary percent must be a number 0..=100, got `{s}`"))?;
-        Self::from_f64(v)
-    }
-
-    pub fn from_f64(v: f64) -> Result<Self, String> {
-        if !(0.0..=100.0).contains(&v) || v.is_nan() {
-            return Err(format!("canary percent must be 0..=100, got {v}"));
-        }
-        Ok(Percent((v * 100.0).round() as u32))
-    }
-
-    pub fn basis_points(self) -> u32 {
-        self.0
-    }
-
-    pub fn as_f64(self) -> f64 {
-        f64::from(self.0) / 100.0
-    }
-}
-
-impl Serialize for Percent {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(self.as_f64())
     }
 }
 
@@ -1164,7 +1054,7 @@ fn default_error_min_requests() -> u32 {
     20
 }
 fn default_error_max_percent() -> Percent {
-    Percent(5000)
+    Percent::from_basis_points(5000)
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(60)
@@ -1353,40 +1243,5 @@ routing:
             "redis://user:***@10.0.0.1:6379/0"
         );
         assert_eq!(redact_url("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
-    }
-}
-
-/// The two pools every proxy serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PoolKind {
-    Production,
-    Canary,
-}
-
-impl PoolKind {
-    pub const ALL: [PoolKind; 2] = [PoolKind::Production, PoolKind::Canary];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PoolKind::Production => "production",
-            PoolKind::Canary => "canary",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "production" => Ok(PoolKind::Production),
-            "canary" => Ok(PoolKind::Canary),
-            _ => Err(format!(
-                "unknown pool `{s}` (expected production or canary)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for PoolKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }

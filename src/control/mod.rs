@@ -27,7 +27,8 @@ use redis::aio::MultiplexedConnection;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::cli::{CanaryCommand, CtlArgs, CtlCommand};
-use crate::config::{redact_url, Config, Percent, PoolKind, ServerAddr, Weight};
+use crate::config::{redact_url, Config};
+use crate::model::{Percent, PoolKind, ServerAddr, Weight};
 use crate::store::{self, Keys, Status, StoreError, SERVING_FRESH_MS};
 
 pub mod probe;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
 
-use crate::config::{PoolKind, ServerAddr, Weight};
+use crate::model::{PoolKind, ServerAddr, Weight};
 use crate::store::{self, Keys, Registration};
 
 /// How often the reports are read while waiting.

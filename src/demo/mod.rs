@@ -171,8 +171,8 @@ pub fn run_app(args: AppArgs) -> anyhow::Result<()> {
 
 fn deregister_on_exit(url: &str, namespace: &str, pool: &str, addr: &str) {
     let work = async {
-        let pool = crate::config::PoolKind::parse(pool).map_err(anyhow::Error::msg)?;
-        let addr = crate::config::ServerAddr::parse(addr).map_err(anyhow::Error::msg)?;
+        let pool = crate::model::PoolKind::parse(pool).map_err(anyhow::Error::msg)?;
+        let addr = crate::model::ServerAddr::parse(addr).map_err(anyhow::Error::msg)?;
         let client = redis::Client::open(url)?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         crate::store::deregister(&mut conn, &crate::store::Keys::new(namespace), pool, &addr)

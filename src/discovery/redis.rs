@@ -27,7 +27,7 @@ use log::{info, warn};
 use pingora_core::server::ShutdownWatch;
 use redis::AsyncConnectionConfig;
 
-use crate::config::PoolKind;
+use crate::model::PoolKind;
 use crate::pool::WantedServer;
 use crate::state::{RoutingOverrides, Shared};
 use crate::store::{self, Keys, Marker, Snapshot};

@@ -17,7 +17,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::config::PoolKind;
+use crate::model::PoolKind;
 use crate::pool::{Pools, ServerState};
 use crate::routing::Reason;
 

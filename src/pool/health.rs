@@ -19,7 +19,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::Backend;
 
-use crate::config::{CheckKind, HealthCheckConfig, PoolKind};
+use crate::config::{CheckKind, HealthCheckConfig};
+use crate::model::PoolKind;
 use crate::pool::failure::is_proxy_own;
 
 pub type Checker = Box<dyn HealthCheck + Send + Sync>;

@@ -26,7 +26,8 @@ use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
 
-use crate::config::{Balance, ErrorRateConfig, PassiveHealthConfig, PoolKind, ServerAddr, Weight};
+use crate::config::{Balance, ErrorRateConfig, PassiveHealthConfig};
+use crate::model::{PoolKind, ServerAddr, Weight};
 
 /// A server the provider wants in the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]

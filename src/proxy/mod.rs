@@ -31,7 +31,8 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
-use crate::config::{PoolKind, UpstreamConfig};
+use crate::config::UpstreamConfig;
+use crate::model::PoolKind;
 use crate::pool::failure::{is_reset, is_server_failure};
 use crate::pool::ServerState;
 use crate::routing::{self, Reason, RequestFacts, UserKey};

@@ -16,7 +16,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::config::{Percent, PoolKind, RoutingConfig};
+use crate::config::RoutingConfig;
+use crate::model::{Percent, PoolKind};
 
 /// Why a request went where it went (the `reason` label of the routing metric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

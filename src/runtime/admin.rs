@@ -30,7 +30,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::config::PoolKind;
+use crate::model::PoolKind;
 use crate::state::Shared;
 
 /// Admin connections served at once; more are closed as soon as they are accepted. Prometheus

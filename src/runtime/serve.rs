@@ -28,7 +28,7 @@ use crate::state::Shared;
 /// `canary-lb check`: validate a config file and say what it holds.
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    crate::pool::health::checker(&config.health_check, crate::config::PoolKind::Production)?;
+    crate::pool::health::checker(&config.health_check, crate::model::PoolKind::Production)?;
     crate::routing::CanaryPolicy::from_config(&config.routing).map_err(anyhow::Error::msg)?;
     println!(
         "{}: OK ({} production and {} canary server(s), discovery: {}, canary_percent: {})",
@@ -163,7 +163,7 @@ impl BackgroundService for PoolKeeper {
         ready.notify_ready();
 
         let mut tasks = tokio::task::JoinSet::new();
-        for kind in crate::config::PoolKind::ALL {
+        for kind in crate::model::PoolKind::ALL {
             let shared = shared.clone();
             let interval = config.health_check.interval;
             tasks.spawn(async move {

@@ -46,7 +46,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
 
-use crate::config::{Percent, PoolKind, ServerAddr, Weight};
+use crate::model::{Percent, PoolKind, ServerAddr, Weight};
 
 /// A server reported by a proxy within this long counts as serving (`ctl status`).
 /// Proxies should report at least every `SERVING_FRESH_MS / 3`.

@@ -1,0 +1,233 @@
+//! The words every layer shares: the two pools, a per-pool pair, a server address, a weight,
+//! a percentage. Plain values with their validation; no I/O and no other crate module.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::{Index, IndexMut};
+
+use serde::Serialize;
+
+/// The two pools every proxy serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    Production,
+    Canary,
+}
+
+impl PoolKind {
+    pub const ALL: [PoolKind; 2] = [PoolKind::Production, PoolKind::Canary];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolKind::Production => "production",
+            PoolKind::Canary => "canary",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "production" => Ok(PoolKind::Production),
+            "canary" => Ok(PoolKind::Canary),
+            _ => Err(format!(
+                "unknown pool `{s}` (expected production or canary)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for PoolKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One value per pool, indexed by [`PoolKind`]: replaces `match kind { Production => ..,
+/// Canary => .. }` accessors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PerPool<T> {
+    pub production: T,
+    pub canary: T,
+}
+
+impl<T> PerPool<T> {
+    /// Build both values from their pool.
+    pub fn from_fn(mut f: impl FnMut(PoolKind) -> T) -> PerPool<T> {
+        PerPool {
+            production: f(PoolKind::Production),
+            canary: f(PoolKind::Canary),
+        }
+    }
+
+    /// `(kind, value)` in the order of [`PoolKind::ALL`].
+    pub fn iter(&self) -> impl Iterator<Item = (PoolKind, &T)> {
+        PoolKind::ALL.into_iter().map(move |k| (k, &self[k]))
+    }
+
+    pub fn map<U>(&self, mut f: impl FnMut(PoolKind, &T) -> U) -> PerPool<U> {
+        PerPool::from_fn(|k| f(k, &self[k]))
+    }
+
+    /// Like [`PerPool::from_fn`] for a constructor that can fail (production first).
+    pub fn try_from_fn<E>(mut f: impl FnMut(PoolKind) -> Result<T, E>) -> Result<PerPool<T>, E> {
+        Ok(PerPool {
+            production: f(PoolKind::Production)?,
+            canary: f(PoolKind::Canary)?,
+        })
+    }
+}
+
+impl<T> Index<PoolKind> for PerPool<T> {
+    type Output = T;
+    fn index(&self, kind: PoolKind) -> &T {
+        match kind {
+            PoolKind::Production => &self.production,
+            PoolKind::Canary => &self.canary,
+        }
+    }
+}
+
+impl<T> IndexMut<PoolKind> for PerPool<T> {
+    fn index_mut(&mut self, kind: PoolKind) -> &mut T {
+        match kind {
+            PoolKind::Production => &mut self.production,
+            PoolKind::Canary => &mut self.canary,
+        }
+    }
+}
+
+/// `host:port` where host is an IP address or a DNS name (resolved at every discovery refresh).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ServerAddr(String);
+
+impl ServerAddr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            if sa.port() == 0 {
+                return Err(format!("server address `{s}` has port 0"));
+            }
+            return Ok(ServerAddr(sa.to_string()));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("server address `{s}` must be host:port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("server address `{s}` has an invalid port"))?;
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if port == 0 || !host_ok {
+            return Err(format!(
+                "server address `{s}` must be ip:port or hostname:port"
+            ));
+        }
+        Ok(ServerAddr(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The address as a socket address when it is an IP literal (no DNS needed).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.0.parse().ok()
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A server weight, 1..=1000. Zero is refused: Pingora's weighted selector divides by the
+/// total weight, and Ketama panicked on weight 0 (cloudflare/pingora#1006).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Weight(u32);
+
+impl Weight {
+    pub const MAX: u32 = 1000;
+
+    pub fn new(w: i64) -> Result<Self, String> {
+        if (1..=Self::MAX as i64).contains(&w) {
+            Ok(Weight(w as u32))
+        } else {
+            Err(format!("weight must be 1..={}, got {w}", Self::MAX))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for Weight {
+    fn default() -> Self {
+        Weight(1)
+    }
+}
+
+/// A canary percentage, 0..=100 with decimals; kept as basis points (1/100 of a percent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Percent(u32);
+
+impl Percent {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("canary percent must be a number 0..=100, got `{s}`"))?;
+        Self::from_f64(v)
+    }
+
+    pub fn from_f64(v: f64) -> Result<Self, String> {
+        if !(0.0..=100.0).contains(&v) || v.is_nan() {
+            return Err(format!("canary percent must be 0..=100, got {v}"));
+        }
+        Ok(Percent((v * 100.0).round() as u32))
+    }
+
+    /// From basis points (1/100 of a percent), capped at 100 %.
+    pub const fn from_basis_points(bp: u32) -> Percent {
+        Percent(if bp > 10_000 { 10_000 } else { bp })
+    }
+
+    pub fn basis_points(self) -> u32 {
+        self.0
+    }
+
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.as_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_pool_indexes_and_maps_by_kind() {
+        let mut p = PerPool::from_fn(|k| k.as_str().len());
+        assert_eq!(p[PoolKind::Production], 10);
+        assert_eq!(p[PoolKind::Canary], 6);
+        p[PoolKind::Canary] += 1;
+        let doubled = p.map(|_, v| v * 2);
+        let seen: Vec<_> = doubled.iter().map(|(k, v)| (k, *v)).collect();
+        assert_eq!(
+            seen,
+            vec![(PoolKind::Production, 20), (PoolKind::Canary, 14)]
+        );
+    }
+}
