@@ -433,6 +433,87 @@ mod tests {
         assert_eq!(code_str(&mut b, 503), "503");
     }
 
+    fn text(m: &Metrics, servers: &[ServerSample<'_>]) -> String {
+        String::from_utf8(m.render(servers, true)).expect("utf-8")
+    }
+
+    #[test]
+    fn known_label_sets_are_exported_at_zero_before_any_event() {
+        let m = Metrics::new().expect("metrics");
+        let t = text(&m, &[]);
+        for kind in DiscoveryErrorKind::ALL {
+            let line = format!(
+                "canary_lb_discovery_errors_total{{kind=\"{}\"}} 0",
+                kind.as_str()
+            );
+            assert!(t.contains(&line), "{line} missing:\n{t}");
+        }
+        for source in ConfigSource::ALL {
+            let line = format!(
+                "canary_lb_config_changes_total{{source=\"{}\"}} 0",
+                source.as_str()
+            );
+            assert!(t.contains(&line), "{line} missing:\n{t}");
+        }
+        let preset = "canary_lb_requests_total{code=\"503\",method=\"POST\",pool=\"canary\"} 0";
+        assert!(t.contains(preset), "{preset} missing:\n{t}");
+        m.discovery_problem("weight");
+        m.discovery_problem("something_new");
+        m.config_change(ConfigSource::Redis);
+        let t = text(&m, &[]);
+        for line in [
+            "canary_lb_discovery_errors_total{kind=\"weight\"} 1",
+            "canary_lb_discovery_errors_total{kind=\"something_new\"} 1",
+            "canary_lb_config_changes_total{source=\"redis\"} 1",
+            "canary_lb_config_changes_total{source=\"file\"} 0",
+        ] {
+            assert!(t.contains(line), "{line} missing:\n{t}");
+        }
+    }
+
+    #[test]
+    fn servers_get_their_series_when_seen_and_lose_them_when_gone() {
+        let m = Metrics::new().expect("metrics");
+        let sample = |server, healthy, draining| ServerSample {
+            pool: PoolKind::Production,
+            server,
+            healthy,
+            ejected: false,
+            draining,
+        };
+        let servers = [
+            sample("10.0.0.1:80", true, false),
+            sample("10.0.0.2:80", false, false),
+            sample("10.0.0.3:80", true, true),
+        ];
+        let t = text(&m, &servers);
+        for line in [
+            "canary_lb_upstream_requests_total{code_class=\"5xx\",pool=\"production\",server=\"10.0.0.1:80\"} 0",
+            "canary_lb_server_up{pool=\"production\",server=\"10.0.0.2:80\"} 0",
+            "canary_lb_pool_servers{pool=\"production\",state=\"healthy\"} 1",
+            "canary_lb_pool_servers{pool=\"production\",state=\"unhealthy\"} 1",
+            "canary_lb_pool_servers{pool=\"production\",state=\"draining\"} 1",
+            "canary_lb_pool_servers{pool=\"canary\",state=\"healthy\"} 0",
+        ] {
+            assert!(t.contains(line), "{line} missing:\n{t}");
+        }
+        // An attempt counts on the series created at 0.
+        let series = UpstreamSeries::default();
+        m.record_upstream(PoolKind::Production, "10.0.0.1:80", &series, Some(502));
+        m.record_upstream(PoolKind::Production, "10.0.0.1:80", &series, None);
+        let t = text(&m, &servers[..1]);
+        for line in [
+            "canary_lb_upstream_requests_total{code_class=\"5xx\",pool=\"production\",server=\"10.0.0.1:80\"} 1",
+            "canary_lb_upstream_requests_total{code_class=\"error\",pool=\"production\",server=\"10.0.0.1:80\"} 1",
+        ] {
+            assert!(t.contains(line), "{line} missing:\n{t}");
+        }
+        assert!(
+            !t.contains("10.0.0.2:80") && !t.contains("10.0.0.3:80"),
+            "{t}"
+        );
+    }
+
     #[test]
     fn in_process_counts_follow_requests() {
         let m = Metrics::new().expect("metrics");
