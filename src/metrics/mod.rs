@@ -1,6 +1,18 @@
 //! Every metric canary-lb exports, in one place, and the in-process counters that later
 //! features (automatic canary analysis) read without going through the text endpoint.
 //!
+//! This module uses nothing of the crate but `model`: the pools hand it plain values
+//! ([`ServerSample`] at scrape time), and each server's state holds the [`UpstreamSeries`]
+//! handles this module fills, so metrics never reads pool, routing or config types. Label
+//! values are the typed enums of [`labels`], which own their text and their index.
+//!
+//! Series exist from the first scrape: every label set known at start (pools, routing
+//! reasons, discovery error kinds, config-change sources, refusal codes, pool server states,
+//! and the proxy's own 5xx answers per pool and method, [`PRESET_REQUEST_CODES`]) is created
+//! at 0 in [`Metrics::new`], and a server's upstream series at 0 when a scrape first sees it.
+//! A series that appears at 1 has no earlier sample, so `increase()` in an alert rule would
+//! miss that first event.
+//!
 //! Request-path handles whose labels are known up front (per pool, per reason) are resolved
 //! once here, so a request does not hash label values for them. Gauges that describe the
 //! pools (`server_up`, `pool_servers`) are recomputed from the live pool state when scraped,
