@@ -42,6 +42,39 @@ impl fmt::Display for PoolKind {
     }
 }
 
+/// Why a request went to its pool: the `reason` label of the routing metric. Shared by
+/// `routing`, which decides, and `metrics`, which counts; `index` is the position in `ALL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Header,
+    Cookie,
+    Percent,
+    Fallback,
+}
+
+impl Reason {
+    /// Every reason, in declaration order: `ALL[r.index()] == r`.
+    pub const ALL: [Reason; 4] = [
+        Reason::Header,
+        Reason::Cookie,
+        Reason::Percent,
+        Reason::Fallback,
+    ];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Header => "header",
+            Reason::Cookie => "cookie",
+            Reason::Percent => "percent",
+            Reason::Fallback => "fallback",
+        }
+    }
+}
+
 /// One value per pool, indexed by [`PoolKind`]: replaces `match kind { Production => ..,
 /// Canary => .. }` accessors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -13,7 +13,7 @@ use log::info;
 use tokio::sync::Notify;
 
 use crate::config::{Config, PoolConfig, Provider, RoutingConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{ConfigSource, Metrics};
 use crate::model::{Percent, PoolKind};
 use crate::pool::health;
 use crate::pool::{Pool, Pools, WantedServer};
@@ -156,7 +156,7 @@ impl Shared {
             self.feed_file_servers();
         }
         self.refresh.notify_one();
-        self.metrics.config_change("file");
+        self.metrics.config_change(ConfigSource::File);
         Ok(())
     }
 
@@ -176,7 +176,7 @@ impl Shared {
             log::error!("routing overrides from redis not applied: {e}");
             return false;
         }
-        self.metrics.config_change("redis");
+        self.metrics.config_change(ConfigSource::Redis);
         true
     }
 

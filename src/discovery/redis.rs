@@ -27,6 +27,7 @@ use log::{info, warn};
 use pingora_core::server::ShutdownWatch;
 use redis::AsyncConnectionConfig;
 
+use crate::metrics::DiscoveryErrorKind;
 use crate::model::PoolKind;
 use crate::pool::WantedServer;
 use crate::state::{RoutingOverrides, Shared};
@@ -76,7 +77,9 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
         }
         first = false;
         shared.discovery.set_error(e);
-        shared.metrics.discovery_error("unreachable");
+        shared
+            .metrics
+            .discovery_error(DiscoveryErrorKind::Unreachable);
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(backoff) => {}
@@ -224,7 +227,9 @@ impl Follower {
             );
         }
         self.store_lost = true;
-        self.shared.metrics.discovery_error("store_lost");
+        self.shared
+            .metrics
+            .discovery_error(DiscoveryErrorKind::StoreLost);
         self.shared.discovery.set_error(e);
     }
 
@@ -256,7 +261,7 @@ impl Follower {
             let text = format!("{}: {}", p.key, p.detail);
             if !self.problems.contains(&text) {
                 warn!("redis discovery: skipped bad data at {text}");
-                shared.metrics.discovery_error(p.kind);
+                shared.metrics.discovery_problem(p.kind);
             }
             now_seen.insert(text);
         }

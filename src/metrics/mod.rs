@@ -1,10 +1,24 @@
 //! Every metric canary-lb exports, in one place, and the in-process counters that later
 //! features (automatic canary analysis) read without going through the text endpoint.
 //!
+//! This module uses nothing of the crate but `model`: the pools hand it plain values
+//! ([`ServerSample`] at scrape time), and each server's state holds the [`UpstreamSeries`]
+//! handles this module fills, so metrics never reads pool, routing or config types. Label
+//! values are the typed enums of [`labels`], which own their text and their index.
+//!
+//! Series exist from the first scrape: every label set known at start (pools, routing
+//! reasons, discovery error kinds, config-change sources, refusal codes, pool server states,
+//! and the proxy's own 5xx answers per pool and method, [`PRESET_REQUEST_CODES`]) is created
+//! at 0 in [`Metrics::new`], and a server's upstream series at 0 when a scrape first sees it.
+//! A series that appears at 1 has no earlier sample, so `increase()` in an alert rule would
+//! miss that first event.
+//!
 //! Request-path handles whose labels are known up front (per pool, per reason) are resolved
 //! once here, so a request does not hash label values for them. Gauges that describe the
 //! pools (`server_up`, `pool_servers`) are recomputed from the live pool state when scraped,
 //! which is also where series of servers that left a pool are removed.
+
+pub mod labels;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -17,23 +31,20 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::model::PoolKind;
-use crate::pool::{Pools, ServerState};
-use crate::routing::Reason;
+pub use labels::{
+    CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode, ServerStateLabel,
+};
 
-/// The `method` label values; anything else is counted as `OTHER`.
-pub const METHODS: [&str; 8] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
-];
+use crate::model::{PerPool, PoolKind, Reason};
+
 /// Status codes 0 (no response) ..= 999, times methods: the request counter cache size.
 const CODES: usize = 1000;
 
-/// Upstream answer classes, the `code_class` label.
-pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
-
-/// The statuses a request refused at the edge can get: the `code` label of
-/// `canary_lb_refused_requests_total`.
-pub const REFUSAL_CODES: [u16; 3] = [400, 431, 501];
+/// Request series that exist from the first scrape, for every pool and method: the answers
+/// canary-lb gives by itself when an upstream fails (502), none is left (503) or one is too
+/// slow (504). A 5xx alert's `rate()` then sees the first of them; other codes appear when
+/// they first happen (a series per status code ever seen would be 1,000 per pool and method).
+pub const PRESET_REQUEST_CODES: [u16; 3] = [502, 503, 504];
 
 /// Request and 5xx counts of one pool since start, readable in-process.
 #[derive(Debug, Default)]
@@ -42,49 +53,55 @@ pub struct PoolCounts {
     pub errors: AtomicU64,
 }
 
+/// What the metrics need to know about one server of a pool at scrape time; the pools hand
+/// these over as plain values, so metrics never reads pool types.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSample<'a> {
+    pub pool: PoolKind,
+    /// The `server` label: the resolved `ip:port`.
+    pub server: &'a str,
+    /// Passes active health checks.
+    pub healthy: bool,
+    /// Taken out by passive health and cooling off.
+    pub ejected: bool,
+    pub draining: bool,
+}
+
+/// One upstream server's `canary_lb_upstream_requests_total` series, one per [`CodeClass`],
+/// resolved on the server's first attempt. The server's state owns it, so an attempt neither
+/// hashes labels nor looks the server up.
+#[derive(Debug, Default)]
+pub struct UpstreamSeries(OnceLock<[IntCounter; CodeClass::ALL.len()]>);
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
-    /// `requests` handles per pool, indexed by `code * METHODS.len() + method`, filled on
-    /// first use: the request path then neither hashes labels nor takes the vector's lock.
-    request_handles: [Box<[OnceLock<IntCounter>]>; 2],
-    duration: [Histogram; 2],
+    /// `requests` handles per pool, indexed by `code * MethodLabel::ALL.len() + method`,
+    /// filled on first use: the request path then neither hashes labels nor takes the
+    /// vector's lock.
+    request_handles: PerPool<Box<[OnceLock<IntCounter>]>>,
+    duration: PerPool<Histogram>,
     upstream: IntCounterVec,
     server_up: IntGaugeVec,
-    pool_servers: IntGaugeVec,
-    decisions: [[IntCounter; 4]; 2],
-    retries: [IntCounter; 2],
+    pool_servers: PerPool<[IntGauge; ServerStateLabel::ALL.len()]>,
+    decisions: PerPool<[IntCounter; Reason::ALL.len()]>,
+    retries: PerPool<IntCounter>,
     canary_percent: Gauge,
     discovery_up: IntGauge,
     discovery_errors: IntCounterVec,
+    discovery_error_handles: [IntCounter; DiscoveryErrorKind::ALL.len()],
     pub discovery_resyncs: IntCounter,
-    config_changes: IntCounterVec,
-    /// Requests refused at the edge, by the status they got (`REFUSAL_CODES` order).
-    refused: [IntCounter; 3],
+    config_changes: [IntCounter; ConfigSource::ALL.len()],
+    /// Requests refused at the edge, by the status they got.
+    refused: [IntCounter; RefusalCode::ALL.len()],
     /// The proxy listener's connection limit, read at scrape time.
     connection_limit: OnceLock<Arc<ConnectionLimit>>,
     client_connections: IntGauge,
     client_connections_max: IntGauge,
     client_connections_refused: IntCounter,
-    counts: [PoolCounts; 2],
+    counts: PerPool<PoolCounts>,
     /// (pool, server) pairs that have series, to remove them when the server leaves.
     seen_servers: Mutex<HashSet<(PoolKind, String)>>,
-}
-
-fn idx(pool: PoolKind) -> usize {
-    match pool {
-        PoolKind::Production => 0,
-        PoolKind::Canary => 1,
-    }
-}
-
-fn reason_idx(reason: Reason) -> usize {
-    match reason {
-        Reason::Header => 0,
-        Reason::Cookie => 1,
-        Reason::Percent => 2,
-        Reason::Fallback => 3,
-    }
 }
 
 impl Metrics {
@@ -128,7 +145,7 @@ impl Metrics {
             "1 when the server passes health checks, 0 when not.",
             &["pool", "server"],
         )?;
-        let pool_servers = gauge_vec(
+        let pool_servers_vec = gauge_vec(
             "canary_lb_pool_servers",
             "Servers per pool by state (healthy, unhealthy, draining).",
             &["pool", "state"],
@@ -163,7 +180,7 @@ impl Metrics {
             "Full reads of the discovery source.",
         )?;
         registry.register(Box::new(discovery_resyncs.clone()))?;
-        let config_changes = counter_vec(
+        let config_changes_vec = counter_vec(
             "canary_lb_config_changes_total",
             "Applied configuration changes by source (file, redis).",
             &["source"],
@@ -174,7 +191,7 @@ impl Metrics {
             "Requests refused at the edge before routing (bad framing, oversized head), by status.",
             &["code"],
         )?;
-        let refused = REFUSAL_CODES.map(|c| refused_vec.with_label_values(&[&c.to_string()]));
+        let refused = RefusalCode::ALL.map(|c| refused_vec.with_label_values(&[c.as_str()]));
         let client_connections = IntGauge::new(
             "canary_lb_client_connections",
             "Open client connections on the proxy listeners.",
@@ -191,22 +208,26 @@ impl Metrics {
         )?;
         registry.register(Box::new(client_connections_refused.clone()))?;
 
-        // Handles per pool, in `idx` order (PoolKind::ALL).
-        let decisions = PoolKind::ALL.map(|p| {
+        // Every label set known at start gets its series now, so each exists (at 0) from the
+        // first scrape and `increase()` sees its first event.
+        let decisions = PerPool::from_fn(|p| {
             Reason::ALL.map(|r| decisions_vec.with_label_values(&[p.as_str(), r.as_str()]))
         });
-        let retries = PoolKind::ALL.map(|p| retries_vec.with_label_values(&[p.as_str()]));
-        let duration = PoolKind::ALL.map(|p| duration_vec.with_label_values(&[p.as_str()]));
-        for state in ["healthy", "unhealthy", "draining"] {
-            for p in PoolKind::ALL {
-                pool_servers.with_label_values(&[p.as_str(), state]).set(0);
-            }
-        }
-        Ok(Metrics {
+        let retries = PerPool::from_fn(|p| retries_vec.with_label_values(&[p.as_str()]));
+        let duration = PerPool::from_fn(|p| duration_vec.with_label_values(&[p.as_str()]));
+        let pool_servers = PerPool::from_fn(|p| {
+            ServerStateLabel::ALL
+                .map(|s| pool_servers_vec.with_label_values(&[p.as_str(), s.as_str()]))
+        });
+        let discovery_error_handles =
+            DiscoveryErrorKind::ALL.map(|k| discovery_errors.with_label_values(&[k.as_str()]));
+        let config_changes =
+            ConfigSource::ALL.map(|s| config_changes_vec.with_label_values(&[s.as_str()]));
+        let metrics = Metrics {
             registry,
             requests,
-            request_handles: [(); 2].map(|_| {
-                (0..CODES * METHODS.len())
+            request_handles: PerPool::from_fn(|_| {
+                (0..CODES * MethodLabel::ALL.len())
                     .map(|_| OnceLock::new())
                     .collect()
             }),
@@ -219,6 +240,7 @@ impl Metrics {
             canary_percent,
             discovery_up,
             discovery_errors,
+            discovery_error_handles,
             discovery_resyncs,
             config_changes,
             refused,
@@ -228,64 +250,84 @@ impl Metrics {
             client_connections_refused,
             counts: Default::default(),
             seen_servers: Mutex::new(HashSet::new()),
-        })
+        };
+        for pool in PoolKind::ALL {
+            for code in PRESET_REQUEST_CODES {
+                for method in MethodLabel::ALL {
+                    metrics.request_counter(pool, usize::from(code), method);
+                }
+            }
+        }
+        Ok(metrics)
     }
 
     pub fn record_decision(&self, pool: PoolKind, reason: Reason) {
-        self.decisions[idx(pool)][reason_idx(reason)].inc();
+        self.decisions[pool][reason.index()].inc();
     }
 
-    /// A request refused at the edge with `code` (one of [`REFUSAL_CODES`]; others count as 400).
-    pub fn record_refusal(&self, code: u16) {
-        let i = REFUSAL_CODES.iter().position(|c| *c == code).unwrap_or(0);
-        self.refused[i].inc();
+    /// A request refused at the edge.
+    pub fn record_refusal(&self, code: RefusalCode) {
+        self.refused[code.index()].inc();
     }
 
     pub fn record_retry(&self, pool: PoolKind) {
-        self.retries[idx(pool)].inc();
+        self.retries[pool].inc();
     }
 
-    /// One attempt on an upstream server; `status` is None when it never answered.
-    pub fn record_upstream(&self, pool: PoolKind, server: &ServerState, status: Option<u16>) {
-        let class = match status {
-            Some(s @ 100..=599) => (s / 100 - 1) as usize,
-            _ => CODE_CLASSES.len() - 1,
-        };
-        let handles = server.upstream_counters.get_or_init(|| {
-            CODE_CLASSES.map(|c| {
-                self.upstream
-                    .with_label_values(&[pool.as_str(), &server.label, c])
-            })
-        });
-        handles[class].inc();
+    /// One attempt on the upstream server labelled `server`, whose series are `series`;
+    /// `status` is None when it never answered.
+    pub fn record_upstream(
+        &self,
+        pool: PoolKind,
+        server: &str,
+        series: &UpstreamSeries,
+        status: Option<u16>,
+    ) {
+        let handles = series
+            .0
+            .get_or_init(|| self.upstream_counters(pool, server));
+        handles[CodeClass::of(status).index()].inc();
     }
 
-    /// A client request finished; `method` indexes [`METHODS`].
-    pub fn record_request(&self, pool: PoolKind, code: u16, method: usize, seconds: f64) {
-        let (code, method) = (
-            usize::from(code).min(CODES - 1),
-            method.min(METHODS.len() - 1),
-        );
-        self.request_handles[idx(pool)][code * METHODS.len() + method]
-            .get_or_init(|| {
-                let mut buf = [0u8; 3];
-                self.requests.with_label_values(&[
-                    pool.as_str(),
-                    code_str(&mut buf, code as u16),
-                    METHODS[method],
-                ])
-            })
-            .inc();
-        self.duration[idx(pool)].observe(seconds);
-        let c = &self.counts[idx(pool)];
+    fn upstream_counters(
+        &self,
+        pool: PoolKind,
+        server: &str,
+    ) -> [IntCounter; CodeClass::ALL.len()] {
+        CodeClass::ALL.map(|c| {
+            self.upstream
+                .with_label_values(&[pool.as_str(), server, c.as_str()])
+        })
+    }
+
+    /// A client request finished with status `code` (0: no response was written).
+    pub fn record_request(&self, pool: PoolKind, code: u16, method: MethodLabel, seconds: f64) {
+        let code = usize::from(code).min(CODES - 1);
+        self.request_counter(pool, code, method).inc();
+        self.duration[pool].observe(seconds);
+        let c = &self.counts[pool];
         c.requests.fetch_add(1, Relaxed);
         if code >= 500 {
             c.errors.fetch_add(1, Relaxed);
         }
     }
 
+    /// The `requests` series of (pool, code, method), created on first use; `code < CODES`.
+    fn request_counter(&self, pool: PoolKind, code: usize, method: MethodLabel) -> &IntCounter {
+        self.request_handles[pool][code * MethodLabel::ALL.len() + method.index()].get_or_init(
+            || {
+                let mut buf = [0u8; 3];
+                self.requests.with_label_values(&[
+                    pool.as_str(),
+                    code_str(&mut buf, code as u16),
+                    method.as_str(),
+                ])
+            },
+        )
+    }
+
     pub fn pool_counts(&self, pool: PoolKind) -> (u64, u64) {
-        let c = &self.counts[idx(pool)];
+        let c = &self.counts[pool];
         (c.requests.load(Relaxed), c.errors.load(Relaxed))
     }
 
@@ -293,67 +335,78 @@ impl Metrics {
         self.canary_percent.set(percent);
     }
 
-    pub fn discovery_error(&self, kind: &str) {
-        self.discovery_errors.with_label_values(&[kind]).inc();
+    pub fn discovery_error(&self, kind: DiscoveryErrorKind) {
+        self.discovery_error_handles[kind.index()].inc();
     }
 
-    pub fn config_change(&self, source: &str) {
-        self.config_changes.with_label_values(&[source]).inc();
-    }
-
-    /// Recompute pool gauges from the live pools and drop series of servers that left.
-    pub fn sync_pools(&self, pools: &Pools) {
-        let mut now = HashSet::new();
-        for pool in pools.iter() {
-            let p = pool.kind.as_str();
-            let (mut healthy, mut unhealthy, mut draining) = (0, 0, 0);
-            for s in pool.view() {
-                if s.draining {
-                    draining += 1;
-                } else if s.healthy && !s.ejected {
-                    healthy += 1;
-                } else {
-                    unhealthy += 1;
-                }
-                let up = i64::from(s.healthy && !s.ejected);
-                self.server_up.with_label_values(&[p, &s.addr]).set(up);
-                now.insert((pool.kind, s.addr));
-            }
-            self.pool_servers
-                .with_label_values(&[p, "healthy"])
-                .set(healthy);
-            self.pool_servers
-                .with_label_values(&[p, "unhealthy"])
-                .set(unhealthy);
-            self.pool_servers
-                .with_label_values(&[p, "draining"])
-                .set(draining);
+    /// A bad store entry skipped, by its `store::Problem::kind`. A kind this module does not
+    /// list still gets counted, under its own text.
+    pub fn discovery_problem(&self, kind: &str) {
+        match DiscoveryErrorKind::parse(kind) {
+            Some(k) => self.discovery_error(k),
+            None => self.discovery_errors.with_label_values(&[kind]).inc(),
         }
+    }
+
+    pub fn config_change(&self, source: ConfigSource) {
+        self.config_changes[source.index()].inc();
+    }
+
+    /// Recompute the pool gauges from `servers` (every server of every pool, now), give each
+    /// server seen for the first time its upstream series at 0, and drop the series of servers
+    /// that left.
+    pub fn sync_pools(&self, servers: &[ServerSample<'_>]) {
         let mut seen = self
             .seen_servers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut counts = PerPool::<[i64; ServerStateLabel::ALL.len()]>::default();
+        let mut now = HashSet::with_capacity(servers.len());
+        for s in servers {
+            let state = if s.draining {
+                ServerStateLabel::Draining
+            } else if s.healthy && !s.ejected {
+                ServerStateLabel::Healthy
+            } else {
+                ServerStateLabel::Unhealthy
+            };
+            counts[s.pool][state.index()] += 1;
+            let up = i64::from(s.healthy && !s.ejected);
+            self.server_up
+                .with_label_values(&[s.pool.as_str(), s.server])
+                .set(up);
+            let key = (s.pool, s.server.to_string());
+            if !seen.contains(&key) {
+                self.upstream_counters(s.pool, s.server);
+            }
+            now.insert(key);
+        }
+        for (pool, gauges) in self.pool_servers.iter() {
+            for state in ServerStateLabel::ALL {
+                gauges[state.index()].set(counts[pool][state.index()]);
+            }
+        }
         for (pool, server) in seen.difference(&now) {
             let _ = self.server_up.remove_label_values(&[pool.as_str(), server]);
-            for class in CODE_CLASSES {
+            for class in CodeClass::ALL {
                 let _ = self
                     .upstream
-                    .remove_label_values(&[pool.as_str(), server, class]);
+                    .remove_label_values(&[pool.as_str(), server, class.as_str()]);
             }
         }
         *seen = now;
     }
 
-    /// The Prometheus text exposition of every metric.
-    /// `discovery_up` is the discovery state at scrape time, so the gauge cannot disagree
-    /// with `/status`.
     /// Report the proxy listener's connection limit from now on.
     pub fn watch_connection_limit(&self, limit: Arc<ConnectionLimit>) {
         let _ = self.connection_limit.set(limit);
     }
 
-    pub fn render(&self, pools: &Pools, discovery_up: bool) -> Vec<u8> {
-        self.sync_pools(pools);
+    /// The Prometheus text exposition of every metric, with the pool gauges recomputed from
+    /// `servers`. `discovery_up` is the discovery state at scrape time, so the gauge cannot
+    /// disagree with `/status`.
+    pub fn render(&self, servers: &[ServerSample<'_>], discovery_up: bool) -> Vec<u8> {
+        self.sync_pools(servers);
         if let Some(limit) = self.connection_limit.get() {
             self.client_connections.set(limit.active() as i64);
             self.client_connections_max.set(limit.max() as i64);
@@ -392,12 +445,93 @@ mod tests {
         assert_eq!(code_str(&mut b, 503), "503");
     }
 
+    fn text(m: &Metrics, servers: &[ServerSample<'_>]) -> String {
+        String::from_utf8(m.render(servers, true)).expect("utf-8")
+    }
+
+    #[test]
+    fn known_label_sets_are_exported_at_zero_before_any_event() {
+        let m = Metrics::new().expect("metrics");
+        let t = text(&m, &[]);
+        for kind in DiscoveryErrorKind::ALL {
+            let line = format!(
+                "canary_lb_discovery_errors_total{{kind=\"{}\"}} 0",
+                kind.as_str()
+            );
+            assert!(t.contains(&line), "{line} missing:\n{t}");
+        }
+        for source in ConfigSource::ALL {
+            let line = format!(
+                "canary_lb_config_changes_total{{source=\"{}\"}} 0",
+                source.as_str()
+            );
+            assert!(t.contains(&line), "{line} missing:\n{t}");
+        }
+        let preset = "canary_lb_requests_total{code=\"503\",method=\"POST\",pool=\"canary\"} 0";
+        assert!(t.contains(preset), "{preset} missing:\n{t}");
+        m.discovery_problem("weight");
+        m.discovery_problem("something_new");
+        m.config_change(ConfigSource::Redis);
+        let t = text(&m, &[]);
+        for line in [
+            "canary_lb_discovery_errors_total{kind=\"weight\"} 1",
+            "canary_lb_discovery_errors_total{kind=\"something_new\"} 1",
+            "canary_lb_config_changes_total{source=\"redis\"} 1",
+            "canary_lb_config_changes_total{source=\"file\"} 0",
+        ] {
+            assert!(t.contains(line), "{line} missing:\n{t}");
+        }
+    }
+
+    #[test]
+    fn servers_get_their_series_when_seen_and_lose_them_when_gone() {
+        let m = Metrics::new().expect("metrics");
+        let sample = |server, healthy, draining| ServerSample {
+            pool: PoolKind::Production,
+            server,
+            healthy,
+            ejected: false,
+            draining,
+        };
+        let servers = [
+            sample("10.0.0.1:80", true, false),
+            sample("10.0.0.2:80", false, false),
+            sample("10.0.0.3:80", true, true),
+        ];
+        let t = text(&m, &servers);
+        for line in [
+            "canary_lb_upstream_requests_total{code_class=\"5xx\",pool=\"production\",server=\"10.0.0.1:80\"} 0",
+            "canary_lb_server_up{pool=\"production\",server=\"10.0.0.2:80\"} 0",
+            "canary_lb_pool_servers{pool=\"production\",state=\"healthy\"} 1",
+            "canary_lb_pool_servers{pool=\"production\",state=\"unhealthy\"} 1",
+            "canary_lb_pool_servers{pool=\"production\",state=\"draining\"} 1",
+            "canary_lb_pool_servers{pool=\"canary\",state=\"healthy\"} 0",
+        ] {
+            assert!(t.contains(line), "{line} missing:\n{t}");
+        }
+        // An attempt counts on the series created at 0.
+        let series = UpstreamSeries::default();
+        m.record_upstream(PoolKind::Production, "10.0.0.1:80", &series, Some(502));
+        m.record_upstream(PoolKind::Production, "10.0.0.1:80", &series, None);
+        let t = text(&m, &servers[..1]);
+        for line in [
+            "canary_lb_upstream_requests_total{code_class=\"5xx\",pool=\"production\",server=\"10.0.0.1:80\"} 1",
+            "canary_lb_upstream_requests_total{code_class=\"error\",pool=\"production\",server=\"10.0.0.1:80\"} 1",
+        ] {
+            assert!(t.contains(line), "{line} missing:\n{t}");
+        }
+        assert!(
+            !t.contains("10.0.0.2:80") && !t.contains("10.0.0.3:80"),
+            "{t}"
+        );
+    }
+
     #[test]
     fn in_process_counts_follow_requests() {
         let m = Metrics::new().expect("metrics");
-        m.record_request(PoolKind::Canary, 200, 0, 0.01);
-        m.record_request(PoolKind::Canary, 502, 0, 0.01);
-        m.record_request(PoolKind::Production, 200, 2, 0.01);
+        m.record_request(PoolKind::Canary, 200, MethodLabel::Get, 0.01);
+        m.record_request(PoolKind::Canary, 502, MethodLabel::Get, 0.01);
+        m.record_request(PoolKind::Production, 200, MethodLabel::Post, 0.01);
         assert_eq!(m.pool_counts(PoolKind::Canary), (2, 1));
         assert_eq!(m.pool_counts(PoolKind::Production), (1, 0));
     }

@@ -16,7 +16,7 @@ pub mod health;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -27,6 +27,7 @@ use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
 
 use crate::config::{Balance, ErrorRateConfig, PassiveHealthConfig};
+use crate::metrics::UpstreamSeries;
 use crate::model::{PoolKind, ServerAddr, Weight};
 
 /// A server the provider wants in the pool.
@@ -57,9 +58,8 @@ pub struct ServerState {
     refusal_logged_ms: AtomicU64,
     /// Requests currently on this server (through this proxy).
     in_flight: AtomicI64,
-    /// This server's `canary_lb_upstream_requests_total` series, one per code class.
-    pub(crate) upstream_counters:
-        OnceLock<[prometheus::IntCounter; crate::metrics::CODE_CLASSES.len()]>,
+    /// This server's `canary_lb_upstream_requests_total` series.
+    pub upstream_series: UpstreamSeries,
 }
 
 impl ServerState {
@@ -76,7 +76,7 @@ impl ServerState {
             window_errors: AtomicU32::new(0),
             refusal_logged_ms: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
-            upstream_counters: OnceLock::new(),
+            upstream_series: UpstreamSeries::default(),
         }
     }
 

@@ -17,6 +17,7 @@
 //! (unless `passive_health.error_rate` is set).
 
 pub mod framing;
+pub mod headers;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,26 +26,20 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method};
+use http::{header, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
 use crate::config::UpstreamConfig;
+use crate::metrics::{MethodLabel, RefusalCode};
 use crate::model::PoolKind;
 use crate::pool::failure::{is_reset, is_server_failure};
 use crate::pool::ServerState;
 use crate::routing::{self, Reason, RequestFacts, UserKey};
 use crate::state::Shared;
-
-// Header names as `&'static str` in the case they go out on the wire: Pingora's header
-// insertion takes these without copying the name (a `HeaderName` is copied and re-parsed).
-const X_CANARY_POOL: &str = "X-Canary-Pool";
-const X_REQUEST_ID: &str = "X-Request-Id";
-const X_FORWARDED_FOR: &str = "X-Forwarded-For";
-const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
-const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
+use headers::{has_body, CookieLines, X_CANARY_POOL, X_REQUEST_ID};
 
 pub struct CanaryProxy {
     shared: Arc<Shared>,
@@ -80,61 +75,6 @@ pub struct Ctx {
     new_user_id: Option<String>,
     request_id: Option<HeaderValue>,
     in_flight: bool,
-}
-
-/// Index of the method in [`crate::metrics::METHODS`].
-fn method_index(m: &Method) -> usize {
-    match *m {
-        Method::GET => 0,
-        Method::HEAD => 1,
-        Method::POST => 2,
-        Method::PUT => 3,
-        Method::DELETE => 4,
-        Method::PATCH => 5,
-        Method::OPTIONS => 6,
-        _ => 7,
-    }
-}
-
-/// Longest `X-Request-Id` kept from a client.
-const MAX_REQUEST_ID: usize = 128;
-
-/// A client's `X-Request-Id` is kept only when it is 1..=128 bytes of `[A-Za-z0-9._:-]`:
-/// it is echoed in the response and logged, so nothing else may pass.
-pub fn valid_request_id(id: &[u8]) -> bool {
-    (1..=MAX_REQUEST_ID).contains(&id.len())
-        && id
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-/// The `X-Forwarded-For` value to send upstream: every line the client sent, in order, then
-/// the client's address.
-pub fn forwarded_for<'a>(
-    previous: impl IntoIterator<Item = &'a HeaderValue>,
-    ip: std::net::IpAddr,
-) -> Vec<u8> {
-    use std::io::Write;
-    let mut v = Vec::with_capacity(64);
-    for prev in previous {
-        let prev = prev.as_bytes().trim_ascii();
-        if prev.is_empty() {
-            continue;
-        }
-        v.extend_from_slice(prev);
-        v.extend_from_slice(b", ");
-    }
-    // Writing into a Vec cannot fail.
-    let _ = write!(v, "{ip}");
-    v
-}
-
-fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 impl CanaryProxy {
@@ -188,7 +128,9 @@ impl ProxyHttp for CanaryProxy {
             None => Ok(()),
         };
         if let Err(rejection) = verdict {
-            self.shared.metrics.record_refusal(rejection.status);
+            self.shared
+                .metrics
+                .record_refusal(RefusalCode::of(rejection.status));
             let body = rejection.body();
             let resp = rejection.response_header(body.len())?;
             session.set_keepalive(None);
@@ -241,13 +183,7 @@ impl ProxyHttp for CanaryProxy {
         ctx.in_flight = true;
 
         let policy = self.shared.policy();
-        let req = session.req_header();
-        let mut cookie_buf: [&[u8]; 8] = [&[]; 8];
-        let mut n_cookies = 0;
-        for v in req.headers.get_all(header::COOKIE).iter().take(8) {
-            cookie_buf[n_cookies] = v.as_bytes();
-            n_cookies += 1;
-        }
+        let cookies = CookieLines::of(session.req_header());
         let client_ip = if policy.trusted_networks.is_empty() {
             None
         } else {
@@ -259,7 +195,7 @@ impl ProxyHttp for CanaryProxy {
         let req = session.req_header();
         let facts = RequestFacts {
             header: req.headers.get(&policy.header).map(|v| v.as_bytes()),
-            cookies: &cookie_buf[..n_cookies],
+            cookies: cookies.as_slice(),
             user_header: policy
                 .user_header
                 .as_ref()
@@ -350,46 +286,12 @@ impl ProxyHttp for CanaryProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ip) = session
+        let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let xff = forwarded_for(upstream.headers.get_all(X_FORWARDED_FOR), ip);
-            if let Ok(xff) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
-                upstream.insert_header(X_FORWARDED_FOR, xff)?;
-            }
-        }
-        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
-        let host = upstream.headers.get(header::HOST).cloned().or_else(|| {
-            upstream
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        if let Some(host) = host {
-            upstream.insert_header(X_FORWARDED_HOST, host)?;
-        }
-        // Only the proxy says which pool served a request.
-        if upstream.headers.contains_key(X_CANARY_POOL) {
-            upstream.remove_header(X_CANARY_POOL);
-        }
-        let request_id = match upstream.headers.get(X_REQUEST_ID) {
-            Some(id)
-                if upstream.headers.get_all(X_REQUEST_ID).iter().count() == 1
-                    && valid_request_id(id.as_bytes()) =>
-            {
-                id.clone()
-            }
-            _ => {
-                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-                let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-                let id = HeaderValue::from_bytes(text.as_bytes())
-                    .map_err(|e| Error::because(ErrorType::InternalError, "request id", e))?;
-                upstream.insert_header(X_REQUEST_ID, id.clone())?;
-                id
-            }
-        };
+            .map(|a| a.ip());
+        headers::set_forwarding(upstream, client_ip)?;
+        let request_id = headers::request_id(upstream)?;
         ctx.request_id = Some(request_id);
         let policy = self.shared.policy();
         if ctx.pool == Some(PoolKind::Canary) {
@@ -408,9 +310,12 @@ impl ProxyHttp for CanaryProxy {
     ) -> Result<()> {
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
             let status = upstream_response.status.as_u16();
-            self.shared
-                .metrics
-                .record_upstream(pool, server, Some(status));
+            self.shared.metrics.record_upstream(
+                pool,
+                &server.label,
+                &server.upstream_series,
+                Some(status),
+            );
             self.shared.pools.get(pool).record_answer(server, status);
         }
         Ok(())
@@ -443,7 +348,9 @@ impl ProxyHttp for CanaryProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
-            self.shared.metrics.record_upstream(pool, server, None);
+            self.shared
+                .metrics
+                .record_upstream(pool, &server.label, &server.upstream_series, None);
             if is_server_failure(&e) {
                 self.shared.pools.get(pool).record_transport_failure(server);
             }
@@ -473,7 +380,9 @@ impl ProxyHttp for CanaryProxy {
         }
         let response_started = session.as_ref().response_written().is_some();
         if let (Some(pool), Some(server), false) = (ctx.pool, &ctx.server, response_started) {
-            self.shared.metrics.record_upstream(pool, server, None);
+            self.shared
+                .metrics
+                .record_upstream(pool, &server.label, &server.upstream_series, None);
             // A pooled keep-alive connection that the server had closed is a benign race.
             if !upstream_reused && is_server_failure(&e) {
                 self.shared.pools.get(pool).record_transport_failure(server);
@@ -508,7 +417,7 @@ impl ProxyHttp for CanaryProxy {
                 .response_written()
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0);
-            let method = method_index(&session.req_header().method);
+            let method = MethodLabel::from_method(&session.req_header().method);
             self.shared.metrics.record_request(
                 pool,
                 code,
@@ -516,44 +425,5 @@ impl ProxyHttp for CanaryProxy {
                 ctx.start.elapsed().as_secs_f64(),
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_id_rule() {
-        let long = "a".repeat(MAX_REQUEST_ID);
-        let too_long = "a".repeat(MAX_REQUEST_ID + 1);
-        for (id, ok) in [
-            ("abc-123", true),
-            ("a.b_c:d-E9", true),
-            (long.as_str(), true),
-            (too_long.as_str(), false),
-            ("", false),
-            ("<script>", false),
-            ("a b", false),
-            ("a\"b", false),
-            ("é", false),
-        ] {
-            assert_eq!(valid_request_id(id.as_bytes()), ok, "{id:?}");
-        }
-    }
-
-    #[test]
-    fn forwarded_for_keeps_every_line_in_order() {
-        let ip: std::net::IpAddr = "10.0.0.9".parse().unwrap();
-        let lines = [
-            HeaderValue::from_static("1.1.1.1"),
-            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
-            HeaderValue::from_static(" "),
-        ];
-        assert_eq!(
-            forwarded_for(lines.iter(), ip),
-            b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
-        );
-        assert_eq!(forwarded_for([].iter(), ip), b"10.0.0.9");
     }
 }

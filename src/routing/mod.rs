@@ -19,32 +19,7 @@ use ipnet::IpNet;
 use crate::config::RoutingConfig;
 use crate::model::{Percent, PoolKind};
 
-/// Why a request went where it went (the `reason` label of the routing metric).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Header,
-    Cookie,
-    Percent,
-    Fallback,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 4] = [
-        Reason::Header,
-        Reason::Cookie,
-        Reason::Percent,
-        Reason::Fallback,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Header => "header",
-            Reason::Cookie => "cookie",
-            Reason::Percent => "percent",
-            Reason::Fallback => "fallback",
-        }
-    }
-}
+pub use crate::model::Reason;
 
 /// The routing settings in force; swapped whole when the file or Redis changes them.
 #[derive(Debug, Clone)]

@@ -30,6 +30,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use crate::metrics::ServerSample;
 use crate::model::PoolKind;
 use crate::state::Shared;
 
@@ -85,10 +86,7 @@ impl AdminApp {
             "/metrics" => reply(
                 200,
                 "text/plain; version=0.0.4",
-                &self
-                    .shared
-                    .metrics
-                    .render(&self.shared.pools, self.shared.discovery.up.load(Relaxed)),
+                &metrics_text(&self.shared),
             ),
             "/status" => {
                 let body = serde_json::to_vec_pretty(&status(&self.shared)).unwrap_or_default();
@@ -116,6 +114,25 @@ impl AdminApp {
         }
         session.finish_body().await
     }
+}
+
+/// The `/metrics` text, with the pool gauges taken from the pools as they are now.
+fn metrics_text(shared: &Shared) -> Vec<u8> {
+    let views = PoolKind::ALL.map(|kind| (kind, shared.pools.get(kind).view()));
+    let servers: Vec<ServerSample<'_>> = views
+        .iter()
+        .flat_map(|(pool, view)| {
+            view.iter().map(|s| ServerSample {
+                pool: *pool,
+                server: &s.addr,
+                healthy: s.healthy,
+                ejected: s.ejected,
+                draining: s.draining,
+            })
+        })
+        .collect();
+    let discovery_up = shared.discovery.up.load(Relaxed);
+    shared.metrics.render(&servers, discovery_up)
 }
 
 /// The `/status` document.

@@ -1,0 +1,372 @@
+//! Label values of the metrics, as typed enums that own their text and their index.
+//!
+//! Each enum lists its values once: `ALL` in declaration order, `index()` the position in
+//! `ALL` (the slot of a pre-resolved counter handle), `as_str()` the text Prometheus sees.
+//! Adding a value means adding a variant, its text, and its place in `ALL`; the unit test below
+//! fails if `ALL` and `index()` disagree or two values share a text. The pool and the routing
+//! reason are words of the whole crate and live in `crate::model` ([`PoolKind`],
+//! [`Reason`]).
+//!
+//! [`PoolKind`]: crate::model::PoolKind
+//! [`Reason`]: crate::model::Reason
+
+use http::Method;
+
+/// The `method` label of `canary_lb_requests_total`; any other method counts as `OTHER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MethodLabel {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Patch,
+    Options,
+    Other,
+}
+
+impl MethodLabel {
+    pub const ALL: [MethodLabel; 8] = [
+        MethodLabel::Get,
+        MethodLabel::Head,
+        MethodLabel::Post,
+        MethodLabel::Put,
+        MethodLabel::Delete,
+        MethodLabel::Patch,
+        MethodLabel::Options,
+        MethodLabel::Other,
+    ];
+
+    pub fn from_method(m: &Method) -> MethodLabel {
+        match *m {
+            Method::GET => MethodLabel::Get,
+            Method::HEAD => MethodLabel::Head,
+            Method::POST => MethodLabel::Post,
+            Method::PUT => MethodLabel::Put,
+            Method::DELETE => MethodLabel::Delete,
+            Method::PATCH => MethodLabel::Patch,
+            Method::OPTIONS => MethodLabel::Options,
+            _ => MethodLabel::Other,
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MethodLabel::Get => "GET",
+            MethodLabel::Head => "HEAD",
+            MethodLabel::Post => "POST",
+            MethodLabel::Put => "PUT",
+            MethodLabel::Delete => "DELETE",
+            MethodLabel::Patch => "PATCH",
+            MethodLabel::Options => "OPTIONS",
+            MethodLabel::Other => "OTHER",
+        }
+    }
+}
+
+/// The `code_class` label of `canary_lb_upstream_requests_total`: the class of an upstream's
+/// answer, or `error` when it never answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CodeClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+    /// No answer: connect failure, reset, timeout.
+    Error,
+}
+
+impl CodeClass {
+    pub const ALL: [CodeClass; 6] = [
+        CodeClass::Informational,
+        CodeClass::Success,
+        CodeClass::Redirection,
+        CodeClass::ClientError,
+        CodeClass::ServerError,
+        CodeClass::Error,
+    ];
+
+    /// The class of an upstream answer; `None` (no answer) and statuses outside 100..=599
+    /// are `error`.
+    pub const fn of(status: Option<u16>) -> CodeClass {
+        match status {
+            Some(100..=199) => CodeClass::Informational,
+            Some(200..=299) => CodeClass::Success,
+            Some(300..=399) => CodeClass::Redirection,
+            Some(400..=499) => CodeClass::ClientError,
+            Some(500..=599) => CodeClass::ServerError,
+            _ => CodeClass::Error,
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CodeClass::Informational => "1xx",
+            CodeClass::Success => "2xx",
+            CodeClass::Redirection => "3xx",
+            CodeClass::ClientError => "4xx",
+            CodeClass::ServerError => "5xx",
+            CodeClass::Error => "error",
+        }
+    }
+}
+
+/// The `code` label of `canary_lb_refused_requests_total`: the statuses a request refused at
+/// the edge (before routing) can get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalCode {
+    BadRequest,
+    HeaderFieldsTooLarge,
+    NotImplemented,
+}
+
+impl RefusalCode {
+    pub const ALL: [RefusalCode; 3] = [
+        RefusalCode::BadRequest,
+        RefusalCode::HeaderFieldsTooLarge,
+        RefusalCode::NotImplemented,
+    ];
+
+    /// The refusal with `status`; any other status counts as 400.
+    pub const fn of(status: u16) -> RefusalCode {
+        match status {
+            431 => RefusalCode::HeaderFieldsTooLarge,
+            501 => RefusalCode::NotImplemented,
+            _ => RefusalCode::BadRequest,
+        }
+    }
+
+    pub const fn status(self) -> u16 {
+        match self {
+            RefusalCode::BadRequest => 400,
+            RefusalCode::HeaderFieldsTooLarge => 431,
+            RefusalCode::NotImplemented => 501,
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::BadRequest => "400",
+            RefusalCode::HeaderFieldsTooLarge => "431",
+            RefusalCode::NotImplemented => "501",
+        }
+    }
+}
+
+/// The `state` label of `canary_lb_pool_servers`. A server is counted once: draining first,
+/// then healthy (passes checks and not ejected), else unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerStateLabel {
+    Healthy,
+    Unhealthy,
+    Draining,
+}
+
+impl ServerStateLabel {
+    pub const ALL: [ServerStateLabel; 3] = [
+        ServerStateLabel::Healthy,
+        ServerStateLabel::Unhealthy,
+        ServerStateLabel::Draining,
+    ];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ServerStateLabel::Healthy => "healthy",
+            ServerStateLabel::Unhealthy => "unhealthy",
+            ServerStateLabel::Draining => "draining",
+        }
+    }
+}
+
+/// The `kind` label of `canary_lb_discovery_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiscoveryErrorKind {
+    /// The source did not answer (Redis down, Sentinel without a master, timeout).
+    Unreachable,
+    /// Redis answers but its store has no meta marker: it lost its data.
+    StoreLost,
+    /// Bad entries skipped by the store reader, one kind per `store::Problem::kind`.
+    Address,
+    Weight,
+    Lease,
+    Meta,
+    CanaryPercent,
+    Salt,
+}
+
+impl DiscoveryErrorKind {
+    pub const ALL: [DiscoveryErrorKind; 8] = [
+        DiscoveryErrorKind::Unreachable,
+        DiscoveryErrorKind::StoreLost,
+        DiscoveryErrorKind::Address,
+        DiscoveryErrorKind::Weight,
+        DiscoveryErrorKind::Lease,
+        DiscoveryErrorKind::Meta,
+        DiscoveryErrorKind::CanaryPercent,
+        DiscoveryErrorKind::Salt,
+    ];
+
+    /// The kind whose text is `s` (a `store::Problem::kind`).
+    pub fn parse(s: &str) -> Option<DiscoveryErrorKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DiscoveryErrorKind::Unreachable => "unreachable",
+            DiscoveryErrorKind::StoreLost => "store_lost",
+            DiscoveryErrorKind::Address => "address",
+            DiscoveryErrorKind::Weight => "weight",
+            DiscoveryErrorKind::Lease => "lease",
+            DiscoveryErrorKind::Meta => "meta",
+            DiscoveryErrorKind::CanaryPercent => "canary_percent",
+            DiscoveryErrorKind::Salt => "salt",
+        }
+    }
+}
+
+/// The `source` label of `canary_lb_config_changes_total`: where an applied change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConfigSource {
+    /// The config file, re-read on SIGHUP.
+    File,
+    /// The routing overrides in Redis.
+    Redis,
+}
+
+impl ConfigSource {
+    pub const ALL: [ConfigSource; 2] = [ConfigSource::File, ConfigSource::Redis];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConfigSource::File => "file",
+            ConfigSource::Redis => "redis",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::model::{PoolKind, Reason};
+
+    /// `ALL[i].index() == i` and the texts are distinct, for one enum.
+    fn check<T: Copy + std::fmt::Debug>(
+        name: &str,
+        all: &[T],
+        index: fn(T) -> usize,
+        text: fn(T) -> &'static str,
+    ) {
+        assert!(!all.is_empty(), "{name}: no values");
+        let mut texts = HashSet::new();
+        for (i, v) in all.iter().enumerate() {
+            assert_eq!(index(*v), i, "{name}: {v:?} is at {i} in ALL");
+            assert!(!text(*v).is_empty(), "{name}: {v:?} has no text");
+            assert!(texts.insert(text(*v)), "{name}: text {:?} twice", text(*v));
+        }
+    }
+
+    #[test]
+    fn every_label_enum_owns_its_index_and_a_distinct_text() {
+        check(
+            "MethodLabel",
+            &MethodLabel::ALL,
+            MethodLabel::index,
+            MethodLabel::as_str,
+        );
+        check(
+            "CodeClass",
+            &CodeClass::ALL,
+            CodeClass::index,
+            CodeClass::as_str,
+        );
+        check(
+            "RefusalCode",
+            &RefusalCode::ALL,
+            RefusalCode::index,
+            RefusalCode::as_str,
+        );
+        check(
+            "ServerStateLabel",
+            &ServerStateLabel::ALL,
+            ServerStateLabel::index,
+            ServerStateLabel::as_str,
+        );
+        check(
+            "DiscoveryErrorKind",
+            &DiscoveryErrorKind::ALL,
+            DiscoveryErrorKind::index,
+            DiscoveryErrorKind::as_str,
+        );
+        check(
+            "ConfigSource",
+            &ConfigSource::ALL,
+            ConfigSource::index,
+            ConfigSource::as_str,
+        );
+        check("Reason", &Reason::ALL, Reason::index, Reason::as_str);
+        // PoolKind has no index of its own: per-pool values are `PerPool<T>`.
+        let pools: HashSet<_> = PoolKind::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(pools.len(), PoolKind::ALL.len());
+    }
+
+    #[test]
+    fn values_map_to_their_labels() {
+        for (m, want) in [
+            (Method::GET, "GET"),
+            (Method::OPTIONS, "OPTIONS"),
+            (Method::TRACE, "OTHER"),
+            (Method::CONNECT, "OTHER"),
+        ] {
+            assert_eq!(MethodLabel::from_method(&m).as_str(), want, "{m}");
+        }
+        for (status, want) in [
+            (None, "error"),
+            (Some(99), "error"),
+            (Some(100), "1xx"),
+            (Some(204), "2xx"),
+            (Some(308), "3xx"),
+            (Some(404), "4xx"),
+            (Some(599), "5xx"),
+            (Some(600), "error"),
+        ] {
+            assert_eq!(CodeClass::of(status).as_str(), want, "{status:?}");
+        }
+        for code in RefusalCode::ALL {
+            assert_eq!(RefusalCode::of(code.status()), code);
+            assert_eq!(code.as_str(), code.status().to_string());
+        }
+        assert_eq!(RefusalCode::of(418), RefusalCode::BadRequest);
+        for kind in DiscoveryErrorKind::ALL {
+            assert_eq!(DiscoveryErrorKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(DiscoveryErrorKind::parse("nope"), None);
+    }
+}

@@ -1,0 +1,315 @@
+//! Metrics that exist from the first scrape (issue 9, part 3).
+//!
+//! A series that appears only with its first event starts at 1, so `increase()` and `rate()`
+//! in the shipped alert rules and dashboard never see that event. Every label set known at
+//! start must therefore be exported at 0 by a proxy that has served nothing yet, and every
+//! metric the dashboard and the alert rules query must be there. The names are parsed out of
+//! `conf/grafana/canary-lb.json` and `conf/prometheus/alerts.yml`, so these tests follow the
+//! files.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use canary_lb::metrics::{
+    CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode, ServerStateLabel,
+    PRESET_REQUEST_CODES,
+};
+use canary_lb::model::{PoolKind, Reason};
+use common::{ctl_ok, free_port, proxy_config, wait_until, App, Proxy, RedisServer};
+
+const DASHBOARD: &str = "conf/grafana/canary-lb.json";
+const ALERTS: &str = "conf/prometheus/alerts.yml";
+const NOTICE: Duration = Duration::from_secs(20);
+
+const HEALTH: &str = "health_check: { kind: http, path: /healthz, interval: 300ms, timeout: 2s, \
+                      healthy_threshold: 1, unhealthy_threshold: 1 }\n";
+
+fn repo_file(path: &str) -> String {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()))
+}
+
+/// Every `canary_lb_[a-z_]+` token of `text`, with the histogram sample suffixes (`_bucket`,
+/// `_sum`, `_count`) taken off, so each is the name of a metric family.
+fn metric_families(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("canary_lb_") {
+        let token: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        rest = &rest[i + token.len()..];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| token.strip_suffix(s))
+            .unwrap_or(&token);
+        names.insert(family.to_string());
+    }
+    names
+}
+
+/// The metric families the dashboard and the alert rules query.
+fn families_used() -> BTreeSet<String> {
+    let mut used = BTreeSet::new();
+    for file in [DASHBOARD, ALERTS] {
+        let found = metric_families(&repo_file(file));
+        assert!(!found.is_empty(), "{file} names no canary_lb metric");
+        used.extend(found);
+    }
+    for name in [
+        "canary_lb_discovery_errors_total",
+        "canary_lb_config_changes_total",
+        "canary_lb_requests_total",
+        "canary_lb_request_duration_seconds",
+        "canary_lb_pool_servers",
+    ] {
+        assert!(
+            used.contains(name),
+            "{name} not found in {DASHBOARD} or {ALERTS}: {used:?}"
+        );
+    }
+    used
+}
+
+/// A scrape's sample lines as (name, labels, value), comments skipped.
+fn samples(scrape: &str) -> Vec<(&str, &str, f64)> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            Some((name, labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of the one series of `name` carrying every label of `labels` (`key="value"`).
+fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let found: Vec<f64> = samples(scrape)
+        .into_iter()
+        .filter(|(n, l, _)| *n == name && want.iter().all(|w| l.split(',').any(|label| label == w)))
+        .map(|(_, _, v)| v)
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "{name} {labels:?} matches {} series",
+        found.len()
+    );
+    found.first().copied()
+}
+
+/// Assert that the series `name{labels}` is exported with value 0.
+fn assert_zero(scrape: &str, name: &str, labels: &[(&str, &str)]) {
+    assert_eq!(
+        value(scrape, name, labels),
+        Some(0.0),
+        "{name}{labels:?} is not exported at 0 by a fresh proxy:\n{scrape}"
+    );
+}
+
+/// Every family the dashboard and the alerts use has a sample in `scrape`, and every label set
+/// known at start is there at 0.
+fn assert_first_scrape_complete(scrape: &str, servers: &[(PoolKind, String)]) {
+    let exported: BTreeSet<&str> = samples(scrape).into_iter().map(|(n, _, _)| n).collect();
+    for family in families_used() {
+        let histogram = format!("{family}_count");
+        assert!(
+            exported.contains(family.as_str()) || exported.contains(histogram.as_str()),
+            "`{family}` (used by {DASHBOARD} or {ALERTS}) is missing from a fresh proxy's \
+             /metrics:\n{scrape}"
+        );
+    }
+    for kind in DiscoveryErrorKind::ALL {
+        assert_zero(
+            scrape,
+            "canary_lb_discovery_errors_total",
+            &[("kind", kind.as_str())],
+        );
+    }
+    // The kinds the alert rules name, spelled as they spell them.
+    assert_zero(
+        scrape,
+        "canary_lb_discovery_errors_total",
+        &[("kind", "store_lost")],
+    );
+    assert_zero(
+        scrape,
+        "canary_lb_discovery_errors_total",
+        &[("kind", "unreachable")],
+    );
+    for source in ConfigSource::ALL {
+        assert_zero(
+            scrape,
+            "canary_lb_config_changes_total",
+            &[("source", source.as_str())],
+        );
+    }
+    assert_zero(
+        scrape,
+        "canary_lb_config_changes_total",
+        &[("source", "file")],
+    );
+    for code in RefusalCode::ALL {
+        assert_zero(
+            scrape,
+            "canary_lb_refused_requests_total",
+            &[("code", code.as_str())],
+        );
+    }
+    for pool in PoolKind::ALL {
+        let p = ("pool", pool.as_str());
+        for reason in Reason::ALL {
+            let labels = [p, ("reason", reason.as_str())];
+            assert_zero(scrape, "canary_lb_routing_decisions_total", &labels);
+        }
+        assert_zero(scrape, "canary_lb_retries_total", &[p]);
+        assert_zero(scrape, "canary_lb_request_duration_seconds_count", &[p]);
+        for code in PRESET_REQUEST_CODES {
+            for method in MethodLabel::ALL {
+                let labels = [p, ("code", &code.to_string()), ("method", method.as_str())];
+                assert_zero(scrape, "canary_lb_requests_total", &labels);
+            }
+        }
+        for state in ServerStateLabel::ALL {
+            let labels = [p, ("state", state.as_str())];
+            assert!(
+                value(scrape, "canary_lb_pool_servers", &labels).is_some(),
+                "canary_lb_pool_servers{labels:?} missing:\n{scrape}"
+            );
+        }
+    }
+    for (pool, server) in servers {
+        let (p, s) = (("pool", pool.as_str()), ("server", server.as_str()));
+        assert_eq!(
+            value(scrape, "canary_lb_server_up", &[p, s]),
+            Some(1.0),
+            "{scrape}"
+        );
+        for class in CodeClass::ALL {
+            let labels = [p, s, ("code_class", class.as_str())];
+            assert_zero(scrape, "canary_lb_upstream_requests_total", &labels);
+        }
+    }
+}
+
+/// Wait until each pool has its one server in rotation.
+fn wait_for_servers(proxy: &Proxy) {
+    wait_until("both pools have their server in rotation", NOTICE, || {
+        let status = proxy.status_json();
+        PoolKind::ALL
+            .iter()
+            .all(|p| status["pools"][p.as_str()]["in_rotation"] == 1)
+    });
+}
+
+#[test]
+fn a_fresh_proxy_exports_every_metric_at_zero_with_static_servers() {
+    let p1 = App::start("first-p1", "production");
+    let c1 = App::start("first-c1", "canary");
+    let body = |percent: u32| {
+        format!(
+            "threads: 1\n\
+             grace_period: 1s\n\
+             pools:\n  \
+               production: {{ servers: [\"{}\"] }}\n  \
+               canary: {{ servers: [\"{}\"] }}\n\
+             {HEALTH}\
+             routing: {{ canary_percent: {percent}, salt: \"first-scrape\" }}\n",
+            p1.addr(),
+            c1.addr()
+        )
+    };
+    let (listen, metrics) = (free_port(), free_port());
+    let proxy = Proxy::start(&proxy_config(listen, metrics, &body(10)));
+    wait_for_servers(&proxy);
+
+    // No request has gone through the proxy yet.
+    let scrape = proxy.metrics_text();
+    let servers = [
+        (PoolKind::Production, p1.addr()),
+        (PoolKind::Canary, c1.addr()),
+    ];
+    assert_first_scrape_complete(&scrape, &servers);
+
+    // The series that were there at 0 are the ones that count: a reload counts once.
+    proxy.rewrite_config(&proxy_config(listen, metrics, &body(20)));
+    proxy.sighup();
+    wait_until("the reload is counted on the file series", NOTICE, || {
+        let scrape = proxy.metrics_text();
+        value(
+            &scrape,
+            "canary_lb_config_changes_total",
+            &[("source", "file")],
+        ) == Some(1.0)
+    });
+    let scrape = proxy.metrics_text();
+    assert_zero(
+        &scrape,
+        "canary_lb_config_changes_total",
+        &[("source", "redis")],
+    );
+}
+
+#[test]
+fn a_fresh_proxy_exports_every_metric_at_zero_with_redis_discovery() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let ns = "first-scrape";
+    let p1 = App::start("first-redis-p1", "production");
+    let c1 = App::start("first-redis-c1", "canary");
+    ctl_ok(&url, ns, &["register", "--pool", "production", &p1.addr()]);
+    ctl_ok(&url, ns, &["register", "--pool", "canary", &c1.addr()]);
+    let proxy = Proxy::start(&proxy_config(
+        free_port(),
+        free_port(),
+        &format!(
+            "threads: 1\n\
+             grace_period: 1s\n\
+             {HEALTH}\
+             discovery: {{ provider: redis, url: \"{url}\", namespace: \"{ns}\", \
+                           resync_interval: 1s }}\n"
+        ),
+    ));
+    wait_for_servers(&proxy);
+    wait_until("discovery is up", NOTICE, || {
+        proxy.status_json()["discovery"]["up"] == true
+    });
+
+    let scrape = proxy.metrics_text();
+    let servers = [
+        (PoolKind::Production, p1.addr()),
+        (PoolKind::Canary, c1.addr()),
+    ];
+    assert_first_scrape_complete(&scrape, &servers);
+    assert_eq!(value(&scrape, "canary_lb_discovery_up", &[]), Some(1.0));
+
+    // Redis goes away: the `unreachable` series that stood at 0 counts it.
+    redis.kill();
+    wait_until(
+        "the outage is counted on the unreachable series",
+        NOTICE,
+        || {
+            let scrape = proxy.metrics_text();
+            value(
+                &scrape,
+                "canary_lb_discovery_errors_total",
+                &[("kind", "unreachable")],
+            )
+            .is_some_and(|v| v >= 1.0)
+        },
+    );
+    let scrape = proxy.metrics_text();
+    assert_zero(
+        &scrape,
+        "canary_lb_discovery_errors_total",
+        &[("kind", "store_lost")],
+    );
+}
