@@ -147,9 +147,11 @@ mod tests {
             marker: None,
             ..status.clone()
         };
-        let unmarked = format_status(&unmarked, &Keys::new("ns"), "redis://h/0", now);
+        let keys = Keys::new("ns");
+        let unmarked = format_status(&unmarked, &keys, "redis://h/0", now);
+        let meta = keys.meta();
         assert!(
-            unmarked.contains("store: NO MARKER (ns:meta missing"),
+            unmarked.contains(&format!("store: NO MARKER ({meta} missing")),
             "{unmarked}"
         );
         assert!(text.contains("canary percent: 12.5"), "{text}");
