@@ -419,6 +419,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn errors_carry_the_documented_exit_codes() {
+        let incomplete = |o| CtlError::Incomplete(o);
+        assert_eq!(incomplete(Outcome::NewNeverServed).exit_code(), 2);
+        assert_eq!(incomplete(Outcome::OldStillBusy).exit_code(), 3);
+        assert!(incomplete(Outcome::NewNeverServed).is_reported());
+        for e in [CtlError::NoRedisUrl, CtlError::EmptyNamespace] {
+            assert_eq!(e.exit_code(), 1, "{e}");
+            assert!(!e.is_reported(), "{e}");
+        }
+    }
+
+    #[test]
     fn bad_input_is_refused_before_connecting() {
         let register = |pool: &str, addr: &str, weight| CtlCommand::Register {
             pool: pool.into(),
