@@ -1,4 +1,9 @@
-//! The `canary-lb` binary: parse the command line and run the chosen command.
+//! The `canary-lb` binary: parse the command line, run the chosen command, and turn its error
+//! into a message and an exit code. The only place that ends the process.
+//!
+//! Exit codes: 0 success; 1 any failure (bad config or input, Redis unreachable, unhealthy);
+//! `ctl replace` adds 2 (NEW never served) and 3 (`--strict`: OLD still busy), carried by
+//! [`control::CtlError::exit_code`]; clap's own 2 for a command line it cannot parse.
 
 use std::process::ExitCode;
 
@@ -13,18 +18,60 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Serve(args) => runtime::serve::serve(args),
-        cli::Command::Check { config } => runtime::serve::check(&config),
-        cli::Command::Health(args) => control::probe::run(args),
-        cli::Command::Demo(args) => demo::run(args),
-        cli::Command::App(args) => demo::run_app(args),
-        cli::Command::Ctl(args) => control::run(args),
+        cli::Command::Serve(args) => {
+            runtime::serve::serve(args, exit_drained).map_err(Failure::from)
+        }
+        cli::Command::Check { config } => runtime::serve::check(&config).map_err(Failure::from),
+        cli::Command::Health(args) => control::probe::run(args).map_err(Failure::from),
+        cli::Command::Demo(args) => demo::run(args, exit_drained).map_err(Failure::from),
+        cli::Command::App(args) => demo::run_app(args).map_err(Failure::from),
+        cli::Command::Ctl(args) => control::run(args).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("canary-lb: {e:#}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            if let Some(e) = failure.message {
+                eprintln!("canary-lb: {e:#}");
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// The SIGTERM drain watchdog's way out once nothing is in flight: Pingora is still sleeping
+/// out the grace period on the main thread, so returning is not possible (see
+/// `runtime::serve::Assembled::run`).
+fn exit_drained() -> ! {
+    std::process::exit(0)
+}
+
+/// A command that failed: its exit code, and what to print (nothing when the command
+/// already said why).
+struct Failure {
+    code: u8,
+    message: Option<anyhow::Error>,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure {
+            code: 1,
+            message: Some(e),
+        }
+    }
+}
+
+impl From<control::probe::HealthError> for Failure {
+    fn from(e: control::probe::HealthError) -> Self {
+        anyhow::Error::from(e).into()
+    }
+}
+
+impl From<control::CtlError> for Failure {
+    fn from(e: control::CtlError) -> Self {
+        Failure {
+            code: e.exit_code(),
+            message: (!e.is_reported()).then(|| e.into()),
         }
     }
 }

@@ -25,13 +25,11 @@ impl PoolKind {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         match s {
             "production" => Ok(PoolKind::Production),
             "canary" => Ok(PoolKind::Canary),
-            _ => Err(format!(
-                "unknown pool `{s}` (expected production or canary)"
-            )),
+            _ => Err(InvalidValue::Pool(s.to_string())),
         }
     }
 }
@@ -135,29 +133,27 @@ impl<T> IndexMut<PoolKind> for PerPool<T> {
 pub struct ServerAddr(String);
 
 impl ServerAddr {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         let s = s.trim();
+        let bad = |problem| InvalidValue::Addr {
+            addr: s.to_string(),
+            problem,
+        };
         if let Ok(sa) = s.parse::<SocketAddr>() {
             if sa.port() == 0 {
-                return Err(format!("server address `{s}` has port 0"));
+                return Err(bad("has port 0"));
             }
             return Ok(ServerAddr(sa.to_string()));
         }
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("server address `{s}` must be host:port"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("server address `{s}` has an invalid port"))?;
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("must be host:port"))?;
+        let port: u16 = port.parse().map_err(|_| bad("has an invalid port"))?;
         let host_ok = !host.is_empty()
             && host.len() <= 253
             && host
                 .split('.')
                 .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
         if port == 0 || !host_ok {
-            return Err(format!(
-                "server address `{s}` must be ip:port or hostname:port"
-            ));
+            return Err(bad("must be ip:port or hostname:port"));
         }
         Ok(ServerAddr(s.to_string()))
     }
@@ -187,11 +183,11 @@ pub struct Weight(u32);
 impl Weight {
     pub const MAX: u32 = 1000;
 
-    pub fn new(w: i64) -> Result<Self, String> {
+    pub fn new(w: i64) -> Result<Self, InvalidValue> {
         if (1..=Self::MAX as i64).contains(&w) {
             Ok(Weight(w as u32))
         } else {
-            Err(format!("weight must be 1..={}, got {w}", Self::MAX))
+            Err(InvalidValue::Weight(w))
         }
     }
 
@@ -211,17 +207,17 @@ impl Default for Weight {
 pub struct Percent(u32);
 
 impl Percent {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         let v: f64 = s
             .trim()
             .parse()
-            .map_err(|_| format!("canary percent must be a number 0..=100, got `{s}`"))?;
+            .map_err(|_| InvalidValue::PercentText(s.to_string()))?;
         Self::from_f64(v)
     }
 
-    pub fn from_f64(v: f64) -> Result<Self, String> {
+    pub fn from_f64(v: f64) -> Result<Self, InvalidValue> {
         if !(0.0..=100.0).contains(&v) || v.is_nan() {
-            return Err(format!("canary percent must be 0..=100, got {v}"));
+            return Err(InvalidValue::Percent(v));
         }
         Ok(Percent((v * 100.0).round() as u32))
     }
@@ -246,6 +242,22 @@ impl Serialize for Percent {
     }
 }
 
+/// A value refused by one of the constructors above; the message names the value, so an
+/// operator's typo (`--pool canry`, weight `0`, percent `150`) is found at a glance.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidValue {
+    #[error("unknown pool `{0}` (expected production or canary)")]
+    Pool(String),
+    #[error("server address `{addr}` {problem}")]
+    Addr { addr: String, problem: &'static str },
+    #[error("weight must be 1..={max}, got {0}", max = Weight::MAX)]
+    Weight(i64),
+    #[error("canary percent must be a number 0..=100, got `{0}`")]
+    PercentText(String),
+    #[error("canary percent must be 0..=100, got {0}")]
+    Percent(f64),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +274,27 @@ mod tests {
             seen,
             vec![(PoolKind::Production, 20), (PoolKind::Canary, 14)]
         );
+    }
+
+    #[test]
+    fn invalid_values_name_the_value() {
+        let cases = [
+            (PoolKind::parse("canry").map(|_| ()), "unknown pool `canry`"),
+            (
+                ServerAddr::parse("nowhere").map(|_| ()),
+                "`nowhere` must be host:port",
+            ),
+            (
+                ServerAddr::parse("10.0.0.1:0").map(|_| ()),
+                "`10.0.0.1:0` has port 0",
+            ),
+            (Weight::new(0).map(|_| ()), "weight must be 1..=1000, got 0"),
+            (Percent::parse("lots").map(|_| ()), "got `lots`"),
+            (Percent::from_f64(150.0).map(|_| ()), "0..=100, got 150"),
+        ];
+        for (result, want) in cases {
+            let e = result.expect_err(want).to_string();
+            assert!(e.contains(want), "`{e}` should contain `{want}`");
+        }
     }
 }

@@ -145,13 +145,15 @@ impl<'de> Deserialize<'de> for ServerSpec {
 
 impl<'de> Deserialize<'de> for Weight {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked(d, |v| Weight::new(v.int()?))
+        checked(d, |v| Weight::new(v.int()?).map_err(|e| e.to_string()))
     }
 }
 
 impl<'de> Deserialize<'de> for Percent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked(d, |v| Percent::from_f64(v.float()?))
+        checked(d, |v| {
+            Percent::from_f64(v.float()?).map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -753,7 +755,7 @@ impl Config {
         }
         if let Some(v) = get("CANARY_LB_CANARY_PERCENT") {
             self.routing.canary_percent =
-                Percent::parse(&v).map_err(|e| err("CANARY_LB_CANARY_PERCENT", e))?;
+                Percent::parse(&v).map_err(|e| err("CANARY_LB_CANARY_PERCENT", e.to_string()))?;
         }
         if let Some(v) = get("CANARY_LB_SALT") {
             self.routing.salt = v;

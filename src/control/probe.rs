@@ -12,30 +12,68 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
-
 use crate::cli::HealthArgs;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// The most bytes read while looking for the end of the status line.
 pub const MAX_STATUS_LINE: usize = 1024;
 
+/// Why `canary-lb health` says unhealthy (every one exits 1).
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "{}: metrics_listen is not set (nor CANARY_LB_METRICS_LISTEN): nothing serves /healthz",
+        .0.display()
+    )]
+    NoMetricsListen(PathBuf),
+    #[error("give --config (or CANARY_LB_CONFIG) or --addr")]
+    NoTarget,
+    #[error("GET http://{target}/healthz: {problem}")]
+    Unhealthy {
+        target: SocketAddr,
+        problem: ProbeError,
+    },
+}
+
+/// What went wrong with one `GET /healthz`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// `step` is what failed: connect, send request, read response...
+    #[error("{step}: {error}")]
+    Io {
+        step: &'static str,
+        error: std::io::Error,
+    },
+    #[error("no status line in the first {MAX_STATUS_LINE} bytes")]
+    NoStatusLine,
+    #[error("connection closed before a status line")]
+    Closed,
+    #[error("no answer within {0:?}")]
+    Silent(Duration),
+    #[error("no answer in time")]
+    OutOfTime,
+    #[error("answered {0}")]
+    Status(u16),
+    #[error("not an HTTP status line: {0:?}")]
+    NotHttp(String),
+}
+
 /// `canary-lb health`.
-pub fn run(args: HealthArgs) -> anyhow::Result<()> {
+pub fn run(args: HealthArgs) -> Result<(), HealthError> {
     let addr = match (args.addr, &args.config) {
         (Some(addr), _) => addr,
-        (None, Some(path)) => Config::load(path)?.metrics_listen.ok_or_else(|| {
-            anyhow!(
-                "{}: metrics_listen is not set (nor CANARY_LB_METRICS_LISTEN): nothing serves /healthz",
-                path.display()
-            )
-        })?,
-        (None, None) => bail!("give --config (or CANARY_LB_CONFIG) or --addr"),
+        (None, Some(path)) => Config::load(path)?
+            .metrics_listen
+            .ok_or_else(|| HealthError::NoMetricsListen(path.clone()))?,
+        (None, None) => return Err(HealthError::NoTarget),
     };
     let target = probe_addr(addr);
-    check(target, args.timeout).with_context(|| format!("GET http://{target}/healthz"))
+    check(target, args.timeout).map_err(|problem| HealthError::Unhealthy { target, problem })
 }
 
 /// Where to connect for a listen address: a wildcard (`0.0.0.0`, `[::]`) is reached on the
@@ -53,18 +91,19 @@ pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
 }
 
 /// `GET /healthz` on `addr`; Ok when the status line says 200, all within `timeout`.
-pub fn check(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+pub fn check(addr: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
+    let io = |step| move |error| ProbeError::Io { step, error };
     let deadline = Instant::now() + timeout;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).context("connect")?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io("connect"))?;
     stream
         .set_write_timeout(Some(remaining(deadline)?))
-        .context("set write timeout")?;
+        .map_err(io("set write timeout"))?;
     let request = format!(
         "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: canary-lb-health\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
-        .context("send request")?;
+        .map_err(io("send request"))?;
 
     let mut head = Vec::with_capacity(64);
     let mut buf = [0u8; 256];
@@ -73,36 +112,35 @@ pub fn check(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
             break end;
         }
         if head.len() >= MAX_STATUS_LINE {
-            bail!("no status line in the first {MAX_STATUS_LINE} bytes");
+            return Err(ProbeError::NoStatusLine);
         }
         stream
             .set_read_timeout(Some(remaining(deadline)?))
-            .context("set read timeout")?;
+            .map_err(io("set read timeout"))?;
         let want = buf.len().min(MAX_STATUS_LINE - head.len());
         match stream.read(&mut buf[..want]) {
-            Ok(0) => bail!("connection closed before a status line"),
+            Ok(0) => return Err(ProbeError::Closed),
             Ok(n) => head.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                bail!("no answer within {timeout:?}")
+                return Err(ProbeError::Silent(timeout))
             }
-            Err(e) => return Err(e).context("read response"),
+            Err(e) => return Err(io("read response")(e)),
         }
     };
     match status_code(&head[..line_end]) {
         Some(200) => Ok(()),
-        Some(code) => bail!("answered {code}"),
-        None => bail!(
-            "not an HTTP status line: {:?}",
-            String::from_utf8_lossy(&head[..line_end.min(80)])
-        ),
+        Some(code) => Err(ProbeError::Status(code)),
+        None => Err(ProbeError::NotHttp(
+            String::from_utf8_lossy(&head[..line_end.min(80)]).into_owned(),
+        )),
     }
 }
 
-fn remaining(deadline: Instant) -> anyhow::Result<Duration> {
+fn remaining(deadline: Instant) -> Result<Duration, ProbeError> {
     match deadline.checked_duration_since(Instant::now()) {
         Some(d) if !d.is_zero() => Ok(d),
-        _ => bail!("no answer in time"),
+        _ => Err(ProbeError::OutOfTime),
     }
 }
 

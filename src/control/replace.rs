@@ -16,11 +16,10 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::Context;
 use redis::aio::MultiplexedConnection;
 
 use crate::model::{PoolKind, ServerAddr, Weight};
-use crate::store::{self, Keys, Registration};
+use crate::store::{self, Keys, Registration, StoreError};
 
 /// How often the reports are read while waiting.
 const POLL: Duration = Duration::from_millis(200);
@@ -55,7 +54,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn exit_code(self) -> i32 {
+    pub fn exit_code(self) -> u8 {
         match self {
             Outcome::Done => 0,
             Outcome::NewNeverServed => 2,
@@ -64,20 +63,68 @@ impl Outcome {
     }
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Done => "done",
+            Outcome::NewNeverServed => "NEW was never reported serving (exit 2)",
+            Outcome::OldStillBusy => "OLD still had requests in flight, --strict (exit 3)",
+        })
+    }
+}
+
+/// A plan refused before anything is written (exit 1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("OLD and NEW are the same server ({0})")]
+    SameServer(ServerAddr),
+    #[error("--timeout must be more than 0")]
+    ZeroTimeout,
+    #[error(
+        "--settle ({}) must be shorter than --timeout ({})",
+        humantime::format_duration(*.settle),
+        humantime::format_duration(*.timeout)
+    )]
+    SettleNotShorter { settle: Duration, timeout: Duration },
+}
+
+/// A Redis call that failed during a step; `step` says what was being done and what state it
+/// left (exit 1: every step is idempotent, so re-run it).
+#[derive(Debug, thiserror::Error)]
+#[error("{step}")]
+pub struct ReplaceError {
+    step: String,
+    #[source]
+    source: StoreError,
+}
+
+/// `.context(..)` for a store call inside a step.
+trait Step<T> {
+    fn step(self, step: impl FnOnce() -> String) -> Result<T, ReplaceError>;
+}
+
+impl<T, E: Into<StoreError>> Step<T> for Result<T, E> {
+    fn step(self, step: impl FnOnce() -> String) -> Result<T, ReplaceError> {
+        self.map_err(|e| ReplaceError {
+            step: step(),
+            source: e.into(),
+        })
+    }
+}
+
 impl Replace {
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), PlanError> {
         if self.old == self.new {
-            anyhow::bail!("OLD and NEW are the same server ({})", self.old);
+            return Err(PlanError::SameServer(self.old.clone()));
         }
         if self.timeout.is_zero() {
-            anyhow::bail!("--timeout must be more than 0");
+            return Err(PlanError::ZeroTimeout);
         }
         if self.settle >= self.timeout {
-            anyhow::bail!(
-                "--settle ({}) must be shorter than --timeout ({})",
-                humantime::format_duration(self.settle),
-                humantime::format_duration(self.timeout)
-            );
+            return Err(PlanError::SettleNotShorter {
+                settle: self.settle,
+                timeout: self.timeout,
+            });
         }
         Ok(())
     }
@@ -86,7 +133,7 @@ impl Replace {
         &self,
         conn: &mut MultiplexedConnection,
         keys: &Keys,
-    ) -> anyhow::Result<Outcome> {
+    ) -> Result<Outcome, ReplaceError> {
         let started = tokio::time::Instant::now();
         let (pool, old, new) = (self.pool, &self.old, &self.new);
         say(&format!(
@@ -97,10 +144,10 @@ impl Replace {
         let read = "reading the pool (nothing changed)";
         let old_was = store::registration(conn, keys, pool, old)
             .await
-            .context(read)?;
+            .step(|| read.into())?;
         let new_was = store::registration(conn, keys, pool, new)
             .await
-            .context(read)?;
+            .step(|| read.into())?;
         if old_was == Registration::Absent {
             say(&format!(
                 "note: {old} is not registered in {pool}; nothing to drain (already replaced?)"
@@ -110,13 +157,13 @@ impl Replace {
         let registered_at = store::now_ms();
         self.register_new(conn, keys, new_was)
             .await
-            .with_context(|| format!("registering {new} (OLD untouched)"))?;
+            .step(|| format!("registering {new} (OLD untouched)"))?;
 
         if !self.wait_serving(conn, keys, registered_at).await? {
             let undo = if new_was == Registration::Absent {
                 store::deregister(conn, keys, pool, new)
                     .await
-                    .with_context(|| format!("deregistering {new} again (OLD untouched)"))?;
+                    .step(|| format!("deregistering {new} again (OLD untouched)"))?;
                 format!("deregistered {new} again")
             } else {
                 format!("{new} was registered before, so it stays registered")
@@ -174,11 +221,11 @@ impl Replace {
         conn: &mut MultiplexedConnection,
         keys: &Keys,
         was: Registration,
-    ) -> anyhow::Result<Outcome> {
+    ) -> Result<Outcome, ReplaceError> {
         let (pool, old, new) = (self.pool, &self.old, &self.new);
         store::drain(conn, keys, pool, old)
             .await
-            .with_context(|| format!("draining {old} ({new} is registered and serving)"))?;
+            .step(|| format!("draining {old} ({new} is registered and serving)"))?;
         let drained_at = store::now_ms();
         say(&format!("draining {old}: it gets no new requests"));
         let idle = self.wait_idle(conn, keys, drained_at).await?;
@@ -210,7 +257,7 @@ impl Replace {
         } else {
             store::deregister(conn, keys, pool, old)
                 .await
-                .with_context(|| format!("deregistering {old} (it is drained; {new} serves)"))?;
+                .step(|| format!("deregistering {old} (it is drained; {new} serves)"))?;
             say(&format!("deregistered {old} from {pool}"));
         }
         Ok(outcome)
@@ -223,7 +270,7 @@ impl Replace {
         conn: &mut MultiplexedConnection,
         keys: &Keys,
         registered_at: u64,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, ReplaceError> {
         let new = &self.new;
         say(&format!(
             "waiting for a proxy to report {new} in rotation for {}",
@@ -236,9 +283,7 @@ impl Replace {
         loop {
             let seen = store::serving_seen_ms(conn, keys, self.pool, new)
                 .await
-                .with_context(|| {
-                    format!("reading serving reports ({new} is registered, OLD untouched)")
-                })?
+                .step(|| format!("reading serving reports ({new} is registered, OLD untouched)"))?
                 .filter(|&t| t >= registered_at);
             let now = store::now_ms();
             match seen {
@@ -278,7 +323,7 @@ impl Replace {
         conn: &mut MultiplexedConnection,
         keys: &Keys,
         drained_at: u64,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, ReplaceError> {
         let old = &self.old;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut progress = Progress::new();
@@ -288,10 +333,10 @@ impl Replace {
             let now = store::now_ms();
             let seen = store::serving_seen_ms(conn, keys, self.pool, old)
                 .await
-                .with_context(context)?;
+                .step(context)?;
             let flight = store::in_flight(conn, keys, self.pool, old)
                 .await
-                .with_context(context)?;
+                .step(context)?;
             // Every proxy had time to apply the drain and report after it.
             let settled = now >= drained_at + OUT_OF_ROTATION_MS;
             let out_of_rotation = seen.is_none_or(|t| t + OUT_OF_ROTATION_MS < now);

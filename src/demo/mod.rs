@@ -30,6 +30,7 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 
 use crate::cli::{AppArgs, DemoArgs};
+use crate::runtime::serve::ExitNow;
 
 /// The longest `/slow` accepts, so a typo cannot park a connection for hours.
 const MAX_SLOW: Duration = Duration::from_secs(60);
@@ -49,7 +50,8 @@ const ECHOED: &[(&str, &str)] = &[
 
 /// `canary-lb demo`: the proxy plus two production and one canary demo app on loopback, in
 /// one process, with a static config; prints curl lines to try. Ctrl-C stops everything.
-pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+/// `exit_now` as in [`Assembled::run`](crate::runtime::serve::Assembled::run).
+pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
     let ip = args.listen.ip();
     let apps: Vec<(String, &str, SocketAddr)> = [
         ("prod-1", "production"),
@@ -104,7 +106,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         assembled.server.add_service(app_service(name, pool, *addr));
     }
     print_tour(&args, &apps);
-    assembled.run()
+    assembled.run(exit_now);
+    Ok(())
 }
 
 fn print_tour(args: &DemoArgs, apps: &[(String, &str, SocketAddr)]) {
@@ -170,30 +173,23 @@ pub fn run_app(args: AppArgs) -> anyhow::Result<()> {
 }
 
 fn deregister_on_exit(url: &str, namespace: &str, pool: &str, addr: &str) {
-    let work = async {
-        let pool = crate::model::PoolKind::parse(pool).map_err(anyhow::Error::msg)?;
-        let addr = crate::model::ServerAddr::parse(addr).map_err(anyhow::Error::msg)?;
-        let client = redis::Client::open(url)?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        crate::store::deregister(&mut conn, &crate::store::Keys::new(namespace), pool, &addr)
-            .await?;
-        anyhow::Ok(())
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     let result = match runtime {
-        Ok(rt) => rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(2), work)
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("Redis did not answer within 2s")))
-        }),
-        Err(e) => Err(e.into()),
+        Ok(rt) => rt.block_on(crate::control::deregister_once(
+            url,
+            namespace,
+            pool,
+            addr,
+            Duration::from_secs(2),
+        )),
+        Err(e) => Err(crate::control::CtlError::Runtime(e)),
     };
     match result {
         Ok(()) => info!("deregistered {addr} from pool {pool}"),
         Err(e) => error!(
-            "could not deregister {addr} from pool {pool} at {}: {e:#}; its lease runs out instead",
+            "could not deregister {addr} from pool {pool} at {}: {e}; its lease runs out instead",
             crate::config::redact_url(url)
         ),
     }
@@ -360,7 +356,7 @@ impl BackgroundService for Registration {
         .await;
         if let Err(e) = result {
             error!(
-                "registering {} in pool {} at {}: {e:#}",
+                "registering {} in pool {} at {}: {e}",
                 self.addr,
                 self.pool,
                 crate::config::redact_url(&self.redis_url)

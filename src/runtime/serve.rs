@@ -44,8 +44,8 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `canary-lb serve`.
-pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// `canary-lb serve`; `exit_now` as in [`Assembled::run`].
+pub fn serve(args: ServeArgs, exit_now: ExitNow) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let pingora_conf = match &args.pingora_conf {
         Some(p) => ServerConf::load_from_yaml(p.display().to_string())
@@ -58,8 +58,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         daemon: args.daemon,
         ..Opt::default()
     };
-    assemble(config, Some(args.config), opt, pingora_conf)?.run()
+    assemble(config, Some(args.config), opt, pingora_conf)?.run(exit_now);
+    Ok(())
 }
+
+/// Ends the process at once with exit status 0. Library code never ends the process itself:
+/// the binary passes this in (`main.rs`), and only the SIGTERM drain watchdog calls it (see
+/// [`Assembled::run`]).
+pub type ExitNow = fn() -> !;
 
 /// A ready-to-run server: `demo` adds its app services before [`Assembled::run`].
 pub struct Assembled {
@@ -130,15 +136,23 @@ pub fn assemble(
 }
 
 impl Assembled {
-    pub fn run(self) -> ! {
+    /// Run until a signal stops the server, then return (SIGINT, SIGQUIT, or SIGTERM once the
+    /// grace period is over).
+    ///
+    /// `exit_now` is for SIGTERM: the drain watchdog calls it as soon as nothing is in flight.
+    /// It cannot return to the caller instead: after a graceful terminate, Pingora's
+    /// `Server::run` sleeps the whole grace period on the calling (main) thread with no way
+    /// to wake it, and running Pingora on another thread would break daemon mode (it forks
+    /// inside `run`, and the child keeps only the forking thread).
+    pub fn run(self, exit_now: ExitNow) {
         let watch = Signals {
             shared: self.shared.clone(),
             config_path: self.config_path,
+            exit_now,
         };
         self.server.run(RunArgs {
             shutdown_signal: Box::new(watch),
         });
-        std::process::exit(0)
     }
 }
 
@@ -197,6 +211,7 @@ impl BackgroundService for PoolKeeper {
 struct Signals {
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
+    exit_now: ExitNow,
 }
 
 impl Signals {
@@ -219,13 +234,14 @@ impl Signals {
     fn exit_when_idle(&self) {
         let shared = self.shared.clone();
         let grace = shared.config().grace_period;
+        let exit_now = self.exit_now;
         std::thread::spawn(move || {
             let start = Instant::now();
             std::thread::sleep(Duration::from_millis(200));
             while start.elapsed() < grace {
                 if shared.in_flight.load(Relaxed) <= 0 {
                     info!("graceful shutdown: no request in flight, exiting");
-                    std::process::exit(0);
+                    exit_now();
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -257,7 +257,7 @@ fn parse_pool(
                 problems.push(Problem {
                     kind: "address",
                     key: servers_key.clone(),
-                    detail: e,
+                    detail: e.to_string(),
                 });
                 continue;
             }
@@ -354,7 +354,7 @@ fn parse_routing(raw: &Value, keys: &Keys, problems: &mut Vec<Problem>) -> Routi
         if field == FIELD_CANARY_PERCENT {
             let parsed = String::from_utf8(value)
                 .map_err(|_| "canary percent is not UTF-8 text".to_string())
-                .and_then(|v| Percent::parse(&v));
+                .and_then(|v| Percent::parse(&v).map_err(|e| e.to_string()));
             match parsed {
                 Ok(p) => routing.canary_percent = Some(p),
                 Err(detail) => problems.push(Problem {
@@ -398,7 +398,7 @@ fn parse_weight(w: &str) -> Result<Weight, String> {
         .trim()
         .parse()
         .map_err(|_| format!("weight must be an integer 1..={}, got `{w}`", Weight::MAX))?;
-    Weight::new(n)
+    Weight::new(n).map_err(|e| e.to_string())
 }
 
 fn normalize(addr: &str) -> String {
@@ -900,7 +900,7 @@ pub async fn get_canary_percent<C: redis::aio::ConnectionLike>(
             StoreError::Invalid(Problem {
                 kind: "canary_percent",
                 key: keys.routing(),
-                detail,
+                detail: detail.to_string(),
             })
         })
     })
