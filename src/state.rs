@@ -17,16 +17,12 @@ use arc_swap::{ArcSwap, Guard};
 use log::info;
 use tokio::sync::Notify;
 
-use crate::config::{
-    AuthTokenFile, Balance, ClientConfig, Config, PassiveHealthConfig, Provider, UpstreamConfig,
-};
-use crate::discovery::{self, Sink};
+use crate::config::{Balance, ClientConfig, Config, PassiveHealthConfig, Provider, UpstreamConfig};
+use crate::discovery::{self, RoutingOverrides, Sink};
 use crate::metrics::Metrics;
 use crate::model::{PerPool, PoolKind};
 use crate::pool::{Pool, Pools, ServerView, WantedServer};
 use crate::routing::CanaryPolicy;
-
-pub use crate::discovery::RoutingOverrides;
 
 /// The settings a SIGHUP applies, as one snapshot.
 #[derive(Debug)]
@@ -41,8 +37,8 @@ pub struct Live {
     /// raised `max_header_bytes` are Pingora's and were taken at start.
     pub client: ClientConfig,
     pub passive_health: PassiveHealthConfig,
+    /// Read by the pools when they refresh (`Pool::set_balance`).
     pub balance: PerPool<Balance>,
-    pub metrics_auth_token_file: Option<AuthTokenFile>,
 }
 
 impl Live {
@@ -54,7 +50,6 @@ impl Live {
             client: config.client.clone(),
             passive_health: config.passive_health.clone(),
             balance: PerPool::from_fn(|kind| config.pools.get(kind).balance),
-            metrics_auth_token_file: config.metrics_auth_token_file.clone(),
         }
     }
 }
@@ -131,7 +126,8 @@ impl Shared {
         PolicyRef(self.live.load())
     }
 
-    /// The config file as last loaded. Restart-only keys in it may not be in force: see
+    /// The config file as last loaded (the admin endpoint reads its token and head deadline
+    /// here, per connection). Restart-only keys in it may not be in force: see
     /// [`Shared::started`].
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
