@@ -1,7 +1,9 @@
-//! The configuration: loading it (the only place that reads the config file and the
-//! environment), its format ([`schema`]), its `CANARY_LB_*` overrides (`env.rs`) and which of
-//! its keys apply on SIGHUP and which need a restart ([`reload`]).
+//! The configuration: loading it (this file: the only place that reads the config file, the
+//! token file and the environment), its format ([`schema`], with the scalar deserializers that
+//! validate each value in `de.rs`), its `CANARY_LB_*` overrides (`env.rs`), and which of its
+//! keys apply on SIGHUP and which need a restart ([`reload`]).
 
+mod de;
 mod env;
 pub mod reload;
 pub mod schema;
@@ -94,7 +96,7 @@ impl Serialize for AuthTokenFile {
 
 impl<'de> Deserialize<'de> for AuthTokenFile {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        schema::checked(d, |v| AuthTokenFile::read(Path::new(v.str()?)))
+        de::checked(d, |v| AuthTokenFile::read(Path::new(v.str()?)))
     }
 }
 
