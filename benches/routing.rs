@@ -1,10 +1,10 @@
 //! The routing decision alone, per path: header, flag cookie, sticky percentage with a known
-//! user, and a new user (id generation included). `cargo bench --bench routing`.
+//! user, a new user (id generation included), and a fallback to the other pool. `cargo bench --bench routing`.
 
 use std::hint::black_box;
 
-use canary_lb::config::RoutingConfig;
-use canary_lb::model::Percent;
+use canary_lb::config::schema::RoutingConfig;
+use canary_lb::model::{Percent, PoolKind};
 use canary_lb::routing::{decide, new_user_id, CanaryPolicy, RequestFacts};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -16,6 +16,12 @@ fn policy() -> CanaryPolicy {
         ..RoutingConfig::default()
     };
     CanaryPolicy::from_config(&cfg).expect("valid policy")
+}
+
+/// Both pools have servers (the common case).
+fn usable(_: PoolKind, key: &[u8]) -> bool {
+    black_box(key);
+    true
 }
 
 fn bench(c: &mut Criterion) {
@@ -30,25 +36,41 @@ fn bench(c: &mut Criterion) {
             cookies,
             ..Default::default()
         };
-        b.iter(|| decide(black_box(&p), black_box(&facts), new_user_id))
+        b.iter(|| decide(black_box(&p), black_box(&facts), false, new_user_id, usable))
     });
     g.bench_function("cookie_flag", |b| {
         let facts = RequestFacts {
             cookies: flag,
             ..Default::default()
         };
-        b.iter(|| decide(black_box(&p), black_box(&facts), new_user_id))
+        b.iter(|| decide(black_box(&p), black_box(&facts), false, new_user_id, usable))
     });
     g.bench_function("percent_known_user", |b| {
         let facts = RequestFacts {
             cookies,
             ..Default::default()
         };
-        b.iter(|| decide(black_box(&p), black_box(&facts), new_user_id))
+        b.iter(|| decide(black_box(&p), black_box(&facts), false, new_user_id, usable))
     });
     g.bench_function("percent_new_user", |b| {
         let facts = RequestFacts::default();
-        b.iter(|| decide(black_box(&p), black_box(&facts), new_user_id))
+        b.iter(|| decide(black_box(&p), black_box(&facts), false, new_user_id, usable))
+    });
+    g.bench_function("fallback_to_production", |b| {
+        let facts = RequestFacts {
+            header: Some(b"1"),
+            cookies,
+            ..Default::default()
+        };
+        b.iter(|| {
+            decide(
+                black_box(&p),
+                black_box(&facts),
+                false,
+                new_user_id,
+                |pool, _| pool == PoolKind::Production,
+            )
+        })
     });
     g.finish();
 }

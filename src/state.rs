@@ -1,9 +1,14 @@
 //! The state one proxy process shares between its request path, its background tasks and its
-//! admin endpoint: the pools, the routing policy in force, the metrics and the discovery status.
+//! admin endpoint: the pools, the settings in force, the metrics and the discovery status.
 //!
-//! The routing policy is derived, never edited: it is the file's `routing` section with the
-//! Redis overrides (`canary_percent`, `salt`) laid over it, rebuilt whole and swapped
-//! atomically whenever either side changes.
+//! The settings a SIGHUP may change live in one [`Live`] snapshot behind an `ArcSwap`: the
+//! request path takes it once per request (`Ctx`), so a request sees one consistent set of
+//! settings, and a reload is one swap. Everything else was taken at start (`config/reload.rs`
+//! lists which key is which); a reload names those that changed in one log line.
+//!
+//! The routing policy in the snapshot is derived, never edited: the file's `routing` section
+//! with the provider's overrides (`canary_percent`, `salt`) laid over it
+//! (`routing::CanaryPolicy::layered`), rebuilt whole whenever either side changes.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -12,18 +17,41 @@ use arc_swap::{ArcSwap, Guard};
 use log::info;
 use tokio::sync::Notify;
 
-use crate::config::{Config, PoolConfig, Provider, RoutingConfig};
-use crate::metrics::{ConfigSource, Metrics};
-use crate::model::{Percent, PoolKind};
-use crate::pool::health;
-use crate::pool::{Pool, Pools, WantedServer};
+use crate::config::{Balance, ClientConfig, Config, PassiveHealthConfig, Provider, UpstreamConfig};
+use crate::discovery::{self, RoutingOverrides, Sink};
+use crate::metrics::{ConfigSource, DiscoveryErrorKind, Metrics};
+use crate::model::{PerPool, PoolKind};
+use crate::pool::{Pool, Pools, ServerView, WantedServer};
 use crate::routing::CanaryPolicy;
 
-/// Values from the Redis `routing` hash that override the file while present.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RoutingOverrides {
-    pub canary_percent: Option<Percent>,
-    pub salt: Option<String>,
+/// The settings a SIGHUP applies, as one snapshot.
+#[derive(Debug)]
+pub struct Live {
+    /// The file's `routing` section with the provider's overrides laid over it.
+    pub policy: CanaryPolicy,
+    /// Timeouts and `max_tries` (`keepalive_pool_size` in here is the file's, not the one in
+    /// force: that one needs a restart).
+    pub upstream: UpstreamConfig,
+    pub fallback_to_canary: bool,
+    /// The client limits enforced per request. `header_timeout`, `max_connections` and a
+    /// raised `max_header_bytes` are Pingora's and were taken at start.
+    pub client: ClientConfig,
+    pub passive_health: PassiveHealthConfig,
+    /// Read by the pools when they refresh (`Pool::set_balance`).
+    pub balance: PerPool<Balance>,
+}
+
+impl Live {
+    fn new(config: &Config, policy: CanaryPolicy) -> Live {
+        Live {
+            policy,
+            upstream: config.upstream.clone(),
+            fallback_to_canary: config.fallback_to_canary,
+            client: config.client.clone(),
+            passive_health: config.passive_health.clone(),
+            balance: PerPool::from_fn(|kind| config.pools.get(kind).balance),
+        }
+    }
 }
 
 /// What `/status` says about the discovery source.
@@ -44,20 +72,18 @@ pub struct Shared {
     pub in_flight: AtomicI64,
     /// Wakes the discovery task: the wanted servers changed.
     pub refresh: Notify,
+    /// The config the process started with: the restart-only values in force.
+    started: Arc<Config>,
+    /// The config file as last loaded.
     config: ArcSwap<Config>,
     overrides: Mutex<RoutingOverrides>,
-    policy: ArcSwap<CanaryPolicy>,
+    live: ArcSwap<Live>,
 }
 
 impl Shared {
     pub fn new(config: Config) -> anyhow::Result<Shared> {
         let pool = |kind: PoolKind| -> anyhow::Result<Pool> {
-            Ok(Pool::new(
-                kind,
-                config.pools.get(kind).balance,
-                config.passive_health.clone(),
-                health::checker(&config.health_check, kind)?,
-            ))
+            Pool::new(kind, config.pools.get(kind).balance, &config.health_check)
         };
         let pools = Pools {
             production: pool(PoolKind::Production)?,
@@ -67,42 +93,49 @@ impl Shared {
         let metrics = Metrics::new()?;
         metrics.set_canary_percent(policy.percent.as_f64());
         let static_provider = config.discovery.provider == Provider::Static;
-        let source = match config.discovery.provider {
-            Provider::Static => "config file".to_string(),
-            Provider::Redis => crate::config::redact_url(&config.discovery.url),
-        };
+        let config = Arc::new(config);
         let shared = Shared {
             pools,
             metrics,
             discovery: DiscoveryStatus {
                 provider: config.discovery.provider,
-                source,
+                source: discovery::from_config(&config).describe(),
                 up: AtomicBool::new(static_provider),
                 last_sync_ms: AtomicU64::new(0),
                 last_error: Mutex::new(None),
             },
             in_flight: AtomicI64::new(0),
             refresh: Notify::new(),
-            config: ArcSwap::from_pointee(config),
+            live: ArcSwap::from_pointee(Live::new(&config, policy)),
+            started: config.clone(),
+            config: ArcSwap::new(config),
             overrides: Mutex::new(RoutingOverrides::default()),
-            policy: ArcSwap::from_pointee(policy),
         };
-        // With Redis discovery the file's lists serve until Redis first answers.
-        shared.feed_file_servers();
+        // Under any provider the file's lists serve until the provider first answers.
+        discovery::file::feed(&shared.started.pools, &shared);
         Ok(shared)
     }
 
-    pub fn policy(&self) -> Guard<Arc<CanaryPolicy>> {
-        self.policy.load()
+    /// The settings in force; the request path takes this once per request.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
     }
 
+    /// The routing policy in force (for the admin endpoint; requests use [`Shared::live`]).
+    pub fn policy(&self) -> PolicyRef {
+        PolicyRef(self.live.load())
+    }
+
+    /// The config file as last loaded (the admin endpoint reads its token and head deadline
+    /// here, per connection). Restart-only keys in it may not be in force: see
+    /// [`Shared::started`].
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
     }
 
-    /// The config in force, for the request path: no reference count taken.
-    pub fn config_snapshot(&self) -> Guard<Arc<Config>> {
-        self.config.load()
+    /// The config the process started with (listen, threads, grace period...).
+    pub fn started(&self) -> &Config {
+        &self.started
     }
 
     pub fn overrides(&self) -> RoutingOverrides {
@@ -112,121 +145,143 @@ impl Shared {
             .clone()
     }
 
-    /// Apply a re-read config file: routing, and servers when they come from the file.
-    /// Settings that need a restart are named in the log.
+    /// Apply a re-read config file: every live key, and the servers when they come from the
+    /// file. Restart-only keys that changed are named in one log line.
     pub fn apply_file(&self, new: Config) -> Result<(), String> {
-        let old = self.config();
-        let needs_restart = [
-            ("listen", old.listen != new.listen),
-            ("threads", old.threads != new.threads),
-            (
-                "client.header_timeout",
-                old.client.header_timeout != new.client.header_timeout,
-            ),
-            (
-                "client.max_header_bytes (raising it)",
-                new.client.max_header_bytes > old.client.max_header_bytes,
-            ),
-            (
-                "client.max_connections",
-                old.client.max_connections != new.client.max_connections,
-            ),
-            ("metrics_listen", old.metrics_listen != new.metrics_listen),
-            (
-                "health_check",
-                serde_json::to_value(&old.health_check).ok()
-                    != serde_json::to_value(&new.health_check).ok(),
-            ),
-            (
-                "discovery",
-                serde_json::to_value(&old.discovery).ok()
-                    != serde_json::to_value(&new.discovery).ok(),
-            ),
-        ];
-        for (key, changed) in needs_restart {
-            if changed {
-                log::warn!("config reload: `{key}` changed; it takes effect at the next restart");
-            }
+        let restart = self.started.restart_needed(&new);
+        if !restart.is_empty() {
+            log::warn!("config reload: restart needed for: {}", restart.join(", "));
         }
-        CanaryPolicy::from_config(&new.routing)?;
-        let static_servers = new.discovery.provider == Provider::Static;
+        // Under the overrides' lock, so a provider's update cannot swap in a stale snapshot.
+        let overrides = self
+            .overrides
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let policy = self.layered_policy(&new, &overrides)?;
+        let live = Live::new(&new, policy);
+        for kind in PoolKind::ALL {
+            self.pools.get(kind).set_balance(live.balance[kind]);
+        }
+        if self.started.discovery.provider == Provider::Static {
+            discovery::file::feed(&new.pools, self);
+        }
         self.config.store(Arc::new(new));
-        self.rebuild_policy()?;
-        if static_servers {
-            self.feed_file_servers();
-        }
+        self.swap_live(live);
+        drop(overrides);
         self.refresh.notify_one();
         self.metrics.config_change(ConfigSource::File);
         Ok(())
     }
 
-    /// Set the Redis overrides; returns true when they changed.
-    pub fn set_overrides(&self, new: RoutingOverrides) -> bool {
-        {
-            let mut cur = self
-                .overrides
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if *cur == new {
-                return false;
-            }
-            *cur = new;
-        }
-        if let Err(e) = self.rebuild_policy() {
-            log::error!("routing overrides from redis not applied: {e}");
-            return false;
-        }
-        self.metrics.config_change(ConfigSource::Redis);
-        true
+    fn layered_policy(
+        &self,
+        config: &Config,
+        overrides: &RoutingOverrides,
+    ) -> Result<CanaryPolicy, String> {
+        CanaryPolicy::layered(
+            &config.routing,
+            overrides.canary_percent,
+            overrides.salt.as_deref(),
+        )
     }
 
-    fn rebuild_policy(&self) -> Result<(), String> {
-        let config = self.config();
-        let overrides = self.overrides();
-        let mut routing: RoutingConfig = config.routing.clone();
-        if let Some(p) = overrides.canary_percent {
-            routing.canary_percent = p;
-        }
-        if let Some(s) = overrides.salt {
-            routing.salt = s;
-        }
-        let policy = CanaryPolicy::from_config(&routing)?;
-        let old = self.policy.load();
-        if old.percent != policy.percent || old.salt != policy.salt {
+    /// Swap in `live`, logging a change of the routing percentage or salt.
+    fn swap_live(&self, live: Live) {
+        let old = self.live.load();
+        let (old_p, new_p) = (&old.policy, &live.policy);
+        if old_p.percent != new_p.percent || old_p.salt != new_p.salt {
             // The salt itself never goes to the log: with it, anyone can tell who is in canary.
             info!(
                 "routing: canary_percent {} -> {}, salt fingerprint {} -> {}",
-                old.percent.as_f64(),
-                policy.percent.as_f64(),
-                crate::routing::salt_fingerprint(&old.salt),
-                crate::routing::salt_fingerprint(&policy.salt)
+                old_p.percent.as_f64(),
+                new_p.percent.as_f64(),
+                crate::routing::salt_fingerprint(&old_p.salt),
+                crate::routing::salt_fingerprint(&new_p.salt)
             );
         }
-        self.metrics.set_canary_percent(policy.percent.as_f64());
-        self.policy.store(Arc::new(policy));
-        Ok(())
+        self.metrics.set_canary_percent(new_p.percent.as_f64());
+        self.live.store(Arc::new(live));
     }
 
-    /// Make the file's `servers` lists the wanted servers.
-    fn feed_file_servers(&self) {
-        let config = self.config();
-        for kind in PoolKind::ALL {
-            self.pools
-                .get(kind)
-                .set_wanted(wanted_from_file(config.pools.get(kind)));
+    /// Set the provider's routing overrides; returns true when they changed.
+    pub fn set_overrides(&self, new: RoutingOverrides) -> bool {
+        let mut cur = self
+            .overrides
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *cur == new {
+            return false;
         }
+        let config = self.config();
+        let policy = match self.layered_policy(&config, &new) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("routing overrides from redis not applied: {e}");
+                return false;
+            }
+        };
+        *cur = new;
+        // Under the lock, so two writers cannot swap in each other's stale snapshot.
+        self.swap_live(Live::new(&config, policy));
+        drop(cur);
+        self.metrics.config_change(ConfigSource::Redis);
+        true
     }
 }
 
-pub fn wanted_from_file(pc: &PoolConfig) -> Vec<WantedServer> {
-    pc.servers
-        .iter()
-        .map(|s| WantedServer {
-            addr: s.addr.clone(),
-            weight: s.weight,
-            draining: false,
-        })
-        .collect()
+/// The routing policy of one [`Live`] snapshot.
+pub struct PolicyRef(Guard<Arc<Live>>);
+
+impl std::ops::Deref for PolicyRef {
+    type Target = CanaryPolicy;
+
+    fn deref(&self) -> &CanaryPolicy {
+        &self.0.policy
+    }
+}
+
+/// Providers reach the process only through this.
+impl Sink for Shared {
+    fn set_wanted(&self, pool: PoolKind, servers: Vec<WantedServer>) {
+        self.pools.get(pool).set_wanted(servers);
+    }
+
+    fn overrides(&self) -> RoutingOverrides {
+        Shared::overrides(self)
+    }
+
+    fn set_overrides(&self, overrides: RoutingOverrides) -> bool {
+        Shared::set_overrides(self, overrides)
+    }
+
+    fn synced(&self) {
+        self.refresh.notify_one();
+        self.discovery.set_ok();
+    }
+
+    fn failed(&self, error: String) {
+        self.discovery.set_error(error);
+    }
+
+    fn is_up(&self) -> bool {
+        self.discovery.up.load(Relaxed)
+    }
+
+    fn count_error(&self, kind: DiscoveryErrorKind) {
+        self.metrics.discovery_error(kind);
+    }
+
+    fn count_problem(&self, kind: &str) {
+        self.metrics.discovery_problem(kind);
+    }
+
+    fn count_resync(&self) {
+        self.metrics.discovery_resyncs.inc();
+    }
+
+    fn view(&self, pool: PoolKind) -> Vec<ServerView> {
+        self.pools.get(pool).view()
+    }
 }
 
 impl DiscoveryStatus {

@@ -1,4 +1,5 @@
-//! Redis discovery: follows the shared store (schema in `store.rs`) and feeds the pools.
+//! Redis discovery: follows the shared store (schema in `store/`) and feeds the pools through
+//! the discovery [`Sink`].
 //!
 //! One task per proxy. It subscribes to `ns:events` *before* reading, so no change can slip
 //! between the read and the subscription; it then re-reads the whole store (one pipelined round
@@ -18,19 +19,20 @@
 //! `ctl` command, a heartbeat) puts the marker back.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use log::{info, warn};
 use pingora_core::server::ShutdownWatch;
 use redis::AsyncConnectionConfig;
 
+use super::{Provider, RoutingOverrides, Sink};
+use crate::config::{redact_url, DiscoveryConfig};
 use crate::metrics::DiscoveryErrorKind;
 use crate::model::PoolKind;
 use crate::pool::WantedServer;
-use crate::state::{RoutingOverrides, Shared};
 use crate::store::{self, Keys, Marker, Snapshot};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -38,23 +40,46 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often this proxy reports the servers it has in rotation (`ns:serving:pool`).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
-pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
-    let config = shared.config();
-    let url = config.discovery.url.clone();
-    let redacted = crate::config::redact_url(&url);
-    let mut source = match Source::new(&config.discovery) {
+/// The Redis provider: follows the store named by `discovery.url` (or its Sentinels).
+pub struct RedisDiscovery {
+    config: DiscoveryConfig,
+}
+
+impl RedisDiscovery {
+    pub fn new(config: &DiscoveryConfig) -> RedisDiscovery {
+        RedisDiscovery {
+            config: config.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for RedisDiscovery {
+    fn describe(&self) -> String {
+        redact_url(&self.config.url)
+    }
+
+    async fn run(self: Box<Self>, sink: Arc<dyn Sink>, shutdown: ShutdownWatch) {
+        run(sink, self.config, shutdown).await
+    }
+}
+
+async fn run(sink: Arc<dyn Sink>, discovery: DiscoveryConfig, mut shutdown: ShutdownWatch) {
+    let redacted = redact_url(&discovery.url);
+    let mut source = match Source::new(&discovery) {
         Ok(s) => s,
         Err(e) => {
             let e = format!("redis {redacted}: {e}");
             log::error!("{e}; discovery stays on the config file's servers");
-            shared.discovery.set_error(e);
+            sink.failed(e);
             return;
         }
     };
     let mut follower = Follower {
-        shared: shared.clone(),
-        keys: Keys::new(&config.discovery.namespace),
-        resync: config.discovery.resync_interval,
+        sink: sink.clone(),
+        source: redacted.clone(),
+        keys: Keys::new(&discovery.namespace),
+        resync: discovery.resync_interval,
         problems: HashSet::new(),
         proxy_id: proxy_id(),
         marker: None,
@@ -70,16 +95,14 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
         let Err(e) = outcome else { return };
         let e = format!("redis {redacted}: {e}");
         // Log the outage once, not every retry.
-        if first || shared.discovery.up.load(Relaxed) {
+        if first || sink.is_up() {
             warn!("{e}; serving the last known servers and retrying");
         } else {
             log::debug!("{e}");
         }
         first = false;
-        shared.discovery.set_error(e);
-        shared
-            .metrics
-            .discovery_error(DiscoveryErrorKind::Unreachable);
+        sink.failed(e);
+        sink.count_error(DiscoveryErrorKind::Unreachable);
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(backoff) => {}
@@ -101,7 +124,7 @@ enum Source {
 }
 
 impl Source {
-    fn new(d: &crate::config::DiscoveryConfig) -> redis::RedisResult<Source> {
+    fn new(d: &DiscoveryConfig) -> redis::RedisResult<Source> {
         let client = redis::Client::open(d.url.as_str())?;
         let Some(s) = &d.sentinel else {
             return Ok(Source::Direct(client));
@@ -130,7 +153,9 @@ impl Source {
 }
 
 struct Follower {
-    shared: Arc<Shared>,
+    sink: Arc<dyn Sink>,
+    /// The store's URL without its password, for logs.
+    source: String,
     keys: Keys,
     resync: Duration,
     /// Problems already logged, so each is logged once while it lasts.
@@ -167,10 +192,7 @@ impl Follower {
         let mut conn =
             timed(client.get_multiplexed_async_connection_with_config(&conn_config)).await?;
         let mut next_expiry = self.sync(&mut conn).await?;
-        info!(
-            "redis discovery: following {}",
-            self.shared.discovery.source
-        );
+        info!("redis discovery: following {}", self.source);
         *backoff = Duration::from_millis(100);
 
         let mut messages = pubsub.on_message();
@@ -202,7 +224,7 @@ impl Follower {
         conn: &mut redis::aio::MultiplexedConnection,
     ) -> Result<Option<u64>, String> {
         let snap = timed(store::read_snapshot(conn, &self.keys, store::now_ms())).await?;
-        self.shared.metrics.discovery_resyncs.inc();
+        self.sink.count_resync();
         let Some(marker) = snap.marker.clone() else {
             self.keep_through_lost_store();
             return Ok(None);
@@ -227,10 +249,8 @@ impl Follower {
             );
         }
         self.store_lost = true;
-        self.shared
-            .metrics
-            .discovery_error(DiscoveryErrorKind::StoreLost);
-        self.shared.discovery.set_error(e);
+        self.sink.count_error(DiscoveryErrorKind::StoreLost);
+        self.sink.failed(e);
     }
 
     /// Log a marker coming back, or a store re-initialised between two reads.
@@ -255,13 +275,13 @@ impl Follower {
     }
 
     fn apply(&mut self, snap: Snapshot) {
-        let shared = &self.shared;
+        let sink = &self.sink;
         let mut now_seen = HashSet::new();
         for p in &snap.problems {
             let text = format!("{}: {}", p.key, p.detail);
             if !self.problems.contains(&text) {
                 warn!("redis discovery: skipped bad data at {text}");
-                shared.metrics.discovery_problem(p.kind);
+                sink.count_problem(p.kind);
             }
             now_seen.insert(text);
         }
@@ -277,10 +297,10 @@ impl Follower {
                     draining: s.draining,
                 })
                 .collect();
-            shared.pools.get(kind).set_wanted(wanted);
+            sink.set_wanted(kind, wanted);
         }
         // A bad value keeps the previous one in force rather than falling back to the file.
-        let current = shared.overrides();
+        let current = sink.overrides();
         let bad = |kind: &str| snap.problems.iter().any(|p| p.kind == kind);
         let overrides = RoutingOverrides {
             canary_percent: if bad("canary_percent") {
@@ -294,16 +314,15 @@ impl Follower {
                 snap.salt.clone()
             },
         };
-        shared.set_overrides(overrides);
-        shared.refresh.notify_one();
-        shared.discovery.set_ok();
+        sink.set_overrides(overrides);
+        sink.synced();
     }
 
     /// Tell the store which servers this proxy has in rotation and what it has in flight.
     async fn report(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<(), String> {
         let mut in_flight = Vec::new();
         for kind in PoolKind::ALL {
-            let view = self.shared.pools.get(kind).view();
+            let view = self.sink.view(kind);
             in_flight.extend(view.iter().map(|s| (kind, s.name.clone(), s.in_flight)));
             let serving: Vec<String> = view
                 .into_iter()

@@ -26,7 +26,7 @@ use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
 
-use crate::config::{Balance, ErrorRateConfig, PassiveHealthConfig};
+use crate::config::{Balance, ErrorRateConfig, HealthCheckConfig, PassiveHealthConfig};
 use crate::metrics::UpstreamSeries;
 use crate::model::{PoolKind, ServerAddr, Weight};
 
@@ -242,6 +242,29 @@ enum Selector {
     Consistent(LoadBalancer<Consistent>),
 }
 
+impl Selector {
+    fn balance(&self) -> Balance {
+        match self {
+            Selector::RoundRobin(_) => Balance::RoundRobin,
+            Selector::Consistent(_) => Balance::ConsistentHash,
+        }
+    }
+
+    fn backends(&self) -> &pingora_load_balancing::Backends {
+        match self {
+            Selector::RoundRobin(lb) => lb.backends(),
+            Selector::Consistent(lb) => lb.backends(),
+        }
+    }
+
+    async fn update(&self) -> pingora_error::Result<()> {
+        match self {
+            Selector::RoundRobin(lb) => lb.update().await,
+            Selector::Consistent(lb) => lb.update().await,
+        }
+    }
+}
+
 /// What `/status` and the metrics report about one server.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ServerView {
@@ -256,11 +279,20 @@ pub struct ServerView {
 }
 
 /// One pool: its load balancer, its feed and the per-server state.
+///
+/// The selector is rebuilt when `balance` changes (a SIGHUP): [`Pool::set_balance`] records the
+/// wanted one and the next [`Pool::refresh`] builds, fills and health-checks a new selector
+/// before swapping it in. Per-server state (ejections, in-flight counts) lives in the feed and
+/// carries over. Passive-health settings are not kept here: each record call gets the ones in
+/// force for its request.
 pub struct Pool {
     pub kind: PoolKind,
     feed: Arc<Feed>,
-    lb: Selector,
-    passive: PassiveHealthConfig,
+    lb: ArcSwap<Selector>,
+    /// The balance the next refresh must give the selector.
+    balance: Mutex<Balance>,
+    /// Health checks as configured at start (changing them needs a restart).
+    health_check: HealthCheckConfig,
     /// Pingora asks that updates of one backend view never overlap.
     update_lock: tokio::sync::Mutex<()>,
 }
@@ -269,31 +301,26 @@ impl Pool {
     pub fn new(
         kind: PoolKind,
         balance: Balance,
-        passive: PassiveHealthConfig,
-        health_check: Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync>,
-    ) -> Pool {
+        health_check: &HealthCheckConfig,
+    ) -> anyhow::Result<Pool> {
         let feed = Arc::new(Feed::default());
-        let backends = || {
-            let mut b = pingora_load_balancing::Backends::new(Box::new(FeedDiscovery {
-                pool: kind,
-                feed: feed.clone(),
-            }));
-            b.set_health_check(health_check);
-            b
-        };
-        let lb = match balance {
-            Balance::RoundRobin => Selector::RoundRobin(LoadBalancer::from_backends(backends())),
-            Balance::ConsistentHash => {
-                Selector::Consistent(LoadBalancer::from_backends(backends()))
-            }
-        };
-        Pool {
+        let lb = build_selector(kind, &feed, balance, health_check)?;
+        Ok(Pool {
             kind,
             feed,
-            lb,
-            passive,
+            lb: ArcSwap::from_pointee(lb),
+            balance: Mutex::new(balance),
+            health_check: health_check.clone(),
             update_lock: tokio::sync::Mutex::new(()),
-        }
+        })
+    }
+
+    /// Use `balance` from the next [`Pool::refresh`] on.
+    pub fn set_balance(&self, balance: Balance) {
+        *self
+            .balance
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = balance;
     }
 
     /// Replace the wanted servers; takes effect at the next [`Pool::refresh`].
@@ -320,25 +347,36 @@ impl Pool {
     /// Run discovery (resolve names, rebuild the selector if membership changed).
     pub async fn refresh(&self) {
         let _guard = self.update_lock.lock().await;
-        let result = match &self.lb {
-            Selector::RoundRobin(lb) => lb.update().await,
-            Selector::Consistent(lb) => lb.update().await,
-        };
-        if let Err(e) = result {
+        let balance = *self
+            .balance
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.lb.load().balance() != balance {
+            match build_selector(self.kind, &self.feed, balance, &self.health_check) {
+                Ok(lb) => {
+                    if let Err(e) = lb.update().await {
+                        warn!("pool {}: discovery update failed: {e}", self.kind);
+                    }
+                    // New backends start healthy: probe them once before they take requests.
+                    lb.backends().run_health_check(true).await;
+                    self.lb.store(Arc::new(lb));
+                    info!("pool {}: balance is now {balance:?}", self.kind);
+                    return;
+                }
+                Err(e) => warn!(
+                    "pool {}: cannot switch to {balance:?}, keeping the current selector: {e}",
+                    self.kind
+                ),
+            }
+        }
+        if let Err(e) = self.lb.load().update().await {
             warn!("pool {}: discovery update failed: {e}", self.kind);
         }
     }
 
     /// One active health-check pass over every server, all in parallel.
     pub async fn health_check(&self) {
-        self.backends().run_health_check(true).await
-    }
-
-    fn backends(&self) -> &pingora_load_balancing::Backends {
-        match &self.lb {
-            Selector::RoundRobin(lb) => lb.backends(),
-            Selector::Consistent(lb) => lb.backends(),
-        }
+        self.lb.load().backends().run_health_check(true).await
     }
 
     /// Pick a server in rotation (healthy, not draining, not ejected) that is not in `skip`.
@@ -353,7 +391,7 @@ impl Pool {
                     .get::<Arc<ServerState>>()
                     .is_some_and(|s| !s.draining() && !s.ejected() && !skip.contains(&s.addr))
         };
-        let backend = match &self.lb {
+        let backend = match &**self.lb.load() {
             Selector::RoundRobin(lb) => lb.select_with(key, 256, accept),
             Selector::Consistent(lb) => lb.select_with(key, 256, accept),
         }?;
@@ -364,26 +402,28 @@ impl Pool {
     /// A transport failure of `state` seen by a request: connect refused, timed out or
     /// unroutable, or a reset or timeout before any response byte. Never call this for an
     /// error that is the proxy's own or the client's.
-    pub fn record_transport_failure(&self, state: &ServerState) {
+    pub fn record_transport_failure(&self, state: &ServerState, passive: &PassiveHealthConfig) {
         let n = state.record_transport_failure();
-        if n >= self.passive.max_failures {
-            self.try_eject(state, &format!("{n} transport failures in a row"));
+        if n >= passive.max_failures {
+            self.try_eject(state, &format!("{n} transport failures in a row"), passive);
         }
     }
 
     /// `state` answered with `status`: ends a run of transport failures, and feeds the
     /// optional 5xx-rate detection.
-    pub fn record_answer(&self, state: &ServerState, status: u16) {
-        if let Some((answers, errors)) =
-            state.record_answer(status, self.passive.error_rate.as_ref())
-        {
-            self.try_eject(state, &format!("{errors} of {answers} answers were 5xx"));
+    pub fn record_answer(&self, state: &ServerState, status: u16, passive: &PassiveHealthConfig) {
+        if let Some((answers, errors)) = state.record_answer(status, passive.error_rate.as_ref()) {
+            self.try_eject(
+                state,
+                &format!("{errors} of {answers} answers were 5xx"),
+                passive,
+            );
         }
     }
 
     /// Eject `state` for `cool_off` unless that would take out more than
     /// `max_ejection_percent` of the pool (rounded down).
-    fn try_eject(&self, state: &ServerState, why: &str) {
+    fn try_eject(&self, state: &ServerState, why: &str, passive: &PassiveHealthConfig) {
         // The state registry's lock also serialises ejection decisions, so two requests
         // failing at once cannot both pass the cap.
         let states = self
@@ -392,7 +432,7 @@ impl Pool {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let total = states.len();
-        let allowed = total * self.passive.max_ejection_percent as usize / 100;
+        let allowed = total * passive.max_ejection_percent as usize / 100;
         let others_ejected = states
             .values()
             .filter(|s| s.addr != state.addr && s.ejected())
@@ -400,27 +440,28 @@ impl Pool {
         if others_ejected + 1 > allowed {
             let now = now_ms();
             let last = state.refusal_logged_ms.load(Relaxed);
-            if now.saturating_sub(last) >= self.passive.cool_off.as_millis() as u64 {
+            if now.saturating_sub(last) >= passive.cool_off.as_millis() as u64 {
                 state.refusal_logged_ms.store(now, Relaxed);
                 warn!(
                     "pool {}: {} looks unhealthy ({why}) but stays in rotation: ejecting it \
                      would take out more than {}% of the pool ({others_ejected} of {total} \
                      already out); active health checks decide",
-                    self.kind, state.label, self.passive.max_ejection_percent
+                    self.kind, state.label, passive.max_ejection_percent
                 );
             }
             return;
         }
-        state.eject(self.passive.cool_off);
+        state.eject(passive.cool_off);
         warn!(
             "pool {}: {} out of rotation for {:?}: {why}",
-            self.kind, state.label, self.passive.cool_off
+            self.kind, state.label, passive.cool_off
         );
     }
 
     /// Every server currently in the pool with its health, for `/status` and metrics.
     pub fn view(&self) -> Vec<ServerView> {
-        let backends = self.backends();
+        let lb = self.lb.load();
+        let backends = lb.backends();
         backends
             .get_backend()
             .iter()
@@ -441,6 +482,24 @@ impl Pool {
             })
             .collect()
     }
+}
+
+/// A selector of `balance` over the servers of `feed`, with its own health checker.
+fn build_selector(
+    kind: PoolKind,
+    feed: &Arc<Feed>,
+    balance: Balance,
+    health_check: &HealthCheckConfig,
+) -> anyhow::Result<Selector> {
+    let mut backends = pingora_load_balancing::Backends::new(Box::new(FeedDiscovery {
+        pool: kind,
+        feed: feed.clone(),
+    }));
+    backends.set_health_check(health::checker(health_check, kind)?);
+    Ok(match balance {
+        Balance::RoundRobin => Selector::RoundRobin(LoadBalancer::from_backends(backends)),
+        Balance::ConsistentHash => Selector::Consistent(LoadBalancer::from_backends(backends)),
+    })
 }
 
 /// Both pools.

@@ -32,35 +32,31 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
-use crate::config::UpstreamConfig;
 use crate::metrics::{MethodLabel, RefusalCode};
 use crate::model::PoolKind;
 use crate::pool::failure::{is_reset, is_server_failure};
 use crate::pool::ServerState;
-use crate::routing::{self, Reason, RequestFacts, UserKey};
-use crate::state::Shared;
+use crate::routing::{self, RequestFacts, UserKey};
+use crate::state::{Live, Shared};
 use headers::{has_body, CookieLines, X_CANARY_POOL, X_REQUEST_ID};
 
+/// The proxy keeps no settings of its own: each request reads the [`Live`] snapshot it took
+/// in `new_ctx`, so a SIGHUP applies from the next request on.
 pub struct CanaryProxy {
     shared: Arc<Shared>,
-    upstream: UpstreamConfig,
-    fallback_to_canary: bool,
 }
 
 impl CanaryProxy {
     pub fn new(shared: Arc<Shared>) -> CanaryProxy {
-        let config = shared.config();
-        CanaryProxy {
-            upstream: config.upstream.clone(),
-            fallback_to_canary: config.fallback_to_canary,
-            shared,
-        }
+        CanaryProxy { shared }
     }
 }
 
 /// Per-request state.
 pub struct Ctx {
     start: Instant,
+    /// The settings in force when the request arrived, for the whole request.
+    live: Arc<Live>,
     pool: Option<PoolKind>,
     /// Server of the current attempt.
     server: Option<Arc<ServerState>>,
@@ -78,24 +74,25 @@ pub struct Ctx {
 }
 
 impl CanaryProxy {
-    fn peer(&self, addr: SocketAddr) -> Box<HttpPeer> {
+    fn peer(live: &Live, addr: SocketAddr) -> Box<HttpPeer> {
+        let upstream = &live.upstream;
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
-        o.connection_timeout = Some(self.upstream.connect_timeout);
-        o.total_connection_timeout = Some(self.upstream.connect_timeout);
-        o.read_timeout = Some(self.upstream.read_timeout);
-        o.write_timeout = Some(self.upstream.write_timeout);
-        o.idle_timeout = Some(self.upstream.idle_timeout);
+        o.connection_timeout = Some(upstream.connect_timeout);
+        o.total_connection_timeout = Some(upstream.connect_timeout);
+        o.read_timeout = Some(upstream.read_timeout);
+        o.write_timeout = Some(upstream.write_timeout);
+        o.idle_timeout = Some(upstream.idle_timeout);
         Box::new(peer)
     }
 
-    async fn respond_no_server(&self, session: &mut Session, pool: PoolKind) -> Result<bool> {
+    async fn respond_no_server(live: &Live, session: &mut Session, pool: PoolKind) -> Result<bool> {
         let body = Bytes::from_static(b"503 no healthy upstream server\n");
         let mut resp = ResponseHeader::build(503, Some(5))?;
         resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-        if self.shared.policy().pool_response_header {
+        if live.policy.pool_response_header {
             resp.insert_header(X_CANARY_POOL, pool.as_str())?;
         }
         session.set_keepalive(None);
@@ -116,9 +113,8 @@ impl ProxyHttp for CanaryProxy {
     /// Strict framing at the edge (`edge.rs`), before routing or any upstream work: a refused
     /// request gets a short fixed answer and the connection is closed; the returned error
     /// stops Pingora here (its `fail_to_proxy` sees the response already written).
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        let config = self.shared.config_snapshot();
-        let client = &config.client;
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let client = &ctx.live.client;
         let verdict = match session.as_http1() {
             Some(h1) => framing::check_head(
                 session.req_header(),
@@ -165,6 +161,7 @@ impl ProxyHttp for CanaryProxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             start: Instant::now(),
+            live: self.shared.live(),
             pool: None,
             server: None,
             counted_on: None,
@@ -182,7 +179,8 @@ impl ProxyHttp for CanaryProxy {
         self.shared.in_flight.fetch_add(1, Relaxed);
         ctx.in_flight = true;
 
-        let policy = self.shared.policy();
+        let live = &ctx.live;
+        let policy = &live.policy;
         let cookies = CookieLines::of(session.req_header());
         let client_ip = if policy.trusted_networks.is_empty() {
             None
@@ -203,44 +201,30 @@ impl ProxyHttp for CanaryProxy {
                 .map(|v| v.as_bytes()),
             client_ip,
         };
-        let decision = routing::decide(&policy, &facts, routing::new_user_id);
-        // The consistent-hashing key: the user, also when a header or cookie chose the pool.
-        let key: &[u8] = match &decision.user {
-            UserKey::Known(k) => k,
-            UserKey::New(id) => id.as_bytes(),
-            UserKey::None => routing::cookie_value(facts.cookies, policy.user_cookie.as_bytes())
-                .or(facts.user_header)
-                .unwrap_or(b""),
-        };
-
         let pools = &self.shared.pools;
-        let (mut pool, mut reason) = (decision.pool, decision.reason);
-        let mut picked = pools.get(pool).select(key, &[]);
-        if picked.is_none() {
-            let other = match pool {
-                PoolKind::Canary => Some(PoolKind::Production),
-                PoolKind::Production if self.fallback_to_canary => Some(PoolKind::Canary),
-                PoolKind::Production => None,
-            };
-            if let Some(other) = other {
-                picked = pools.get(other).select(key, &[]);
-                if picked.is_some() {
-                    (pool, reason) = (other, Reason::Fallback);
-                }
-            }
-        }
-        self.shared.metrics.record_decision(pool, reason);
+        let mut picked = None;
+        let decision = routing::decide(
+            policy,
+            &facts,
+            live.fallback_to_canary,
+            routing::new_user_id,
+            |pool, key| {
+                picked = pools.get(pool).select(key, &[]);
+                picked.is_some()
+            },
+        );
+        let pool = decision.pool;
+        self.shared.metrics.record_decision(pool, decision.reason);
         ctx.pool = Some(pool);
         if let UserKey::New(id) = decision.user {
             ctx.new_user_id = Some(id);
         }
-        drop(policy);
         match picked {
             Some((_, server)) => {
                 ctx.server = Some(server);
                 Ok(false)
             }
-            None => self.respond_no_server(session, pool).await,
+            None => Self::respond_no_server(live, session, pool).await,
         }
     }
 
@@ -275,7 +259,7 @@ impl ProxyHttp for CanaryProxy {
             prev.end_request();
         }
         server.begin_request();
-        let peer = self.peer(server.addr);
+        let peer = Self::peer(&ctx.live, server.addr);
         ctx.counted_on = Some(server);
         Ok(peer)
     }
@@ -293,7 +277,7 @@ impl ProxyHttp for CanaryProxy {
         headers::set_forwarding(upstream, client_ip)?;
         let request_id = headers::request_id(upstream)?;
         ctx.request_id = Some(request_id);
-        let policy = self.shared.policy();
+        let policy = &ctx.live.policy;
         if ctx.pool == Some(PoolKind::Canary) {
             upstream.insert_header(policy.header.clone(), HeaderValue::from_static("1"))?;
         } else if upstream.headers.contains_key(&policy.header) {
@@ -316,7 +300,10 @@ impl ProxyHttp for CanaryProxy {
                 &server.upstream_series,
                 Some(status),
             );
-            self.shared.pools.get(pool).record_answer(server, status);
+            self.shared
+                .pools
+                .get(pool)
+                .record_answer(server, status, &ctx.live.passive_health);
         }
         Ok(())
     }
@@ -327,7 +314,7 @@ impl ProxyHttp for CanaryProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let policy = self.shared.policy();
+        let policy = &ctx.live.policy;
         if let (true, Some(pool)) = (policy.pool_response_header, ctx.pool) {
             resp.insert_header(X_CANARY_POOL, pool.as_str())?;
         }
@@ -352,12 +339,15 @@ impl ProxyHttp for CanaryProxy {
                 .metrics
                 .record_upstream(pool, &server.label, &server.upstream_series, None);
             if is_server_failure(&e) {
-                self.shared.pools.get(pool).record_transport_failure(server);
+                self.shared
+                    .pools
+                    .get(pool)
+                    .record_transport_failure(server, &ctx.live.passive_health);
             }
             ctx.tried.push(server.addr);
         }
         // The request never left the proxy: any method may try another server.
-        if ctx.attempts < self.upstream.max_tries {
+        if ctx.attempts < ctx.live.upstream.max_tries {
             e.set_retry(true);
         }
         e
@@ -385,13 +375,16 @@ impl ProxyHttp for CanaryProxy {
                 .record_upstream(pool, &server.label, &server.upstream_series, None);
             // A pooled keep-alive connection that the server had closed is a benign race.
             if !upstream_reused && is_server_failure(&e) {
-                self.shared.pools.get(pool).record_transport_failure(server);
+                self.shared
+                    .pools
+                    .get(pool)
+                    .record_transport_failure(server, &ctx.live.passive_health);
             }
         }
         let req = session.req_header();
         let replayable =
             !response_started && is_reset(&e) && req.method.is_idempotent() && !has_body(req);
-        if replayable && !ctx.reset_retried && ctx.attempts < self.upstream.max_tries.max(2) {
+        if replayable && !ctx.reset_retried && ctx.attempts < ctx.live.upstream.max_tries.max(2) {
             ctx.reset_retried = true;
             ctx.same_server_ok = true;
             if let Some(server) = &ctx.server {

@@ -1,7 +1,9 @@
 //! The routing decision: which pool serves a request.
 //!
-//! [`decide`] is a pure function of the [`CanaryPolicy`] and a few facts read off the request,
-//! so it is tested with a table and benchmarked on its own. Precedence, highest first:
+//! [`decide`] is a pure function of the [`CanaryPolicy`], a few facts read off the request and
+//! which pools have a usable server, so it is tested with a table and benchmarked on its own.
+//! It is the one place that decides the pool, the fallback to the other pool and the
+//! consistent-hashing key. Precedence, highest first:
 //! 1. the routing header (`X-Canary`): `1|true|always` -> canary, `0|false|never` -> production,
 //!    honoured only from trusted client networks when that list is set;
 //! 2. the flag cookie (`canary`): `always` -> canary, `never` -> production;
@@ -11,71 +13,19 @@
 //! specified by the xxHash project, so every platform and replica computes the same value).
 //! A user is in canary when `bucket < canary_percent * 100`, so raising the percentage only ever
 //! adds users to canary, and changing the salt reshuffles who is in.
+//!
+//! When the chosen pool has no usable server, canary falls back to production, and production
+//! to canary only with `fallback_to_canary` (reason `fallback`). The policy itself (the file's
+//! section with the provider's overrides laid over it) is built in `policy.rs`.
+
+mod policy;
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-
-use crate::config::RoutingConfig;
-use crate::model::{Percent, PoolKind};
+use crate::model::PoolKind;
+pub use policy::{salt_fingerprint, CanaryPolicy};
 
 pub use crate::model::Reason;
-
-/// The routing settings in force; swapped whole when the file or Redis changes them.
-#[derive(Debug, Clone)]
-pub struct CanaryPolicy {
-    pub percent: Percent,
-    pub salt: String,
-    /// Lower-cased, as Pingora's header map compares names case-insensitively.
-    pub header: http::HeaderName,
-    pub trusted_networks: Vec<IpNet>,
-    pub flag_cookie: String,
-    pub user_cookie: String,
-    pub user_header: Option<http::HeaderName>,
-    pub pool_response_header: bool,
-    /// What follows `name=value` in the Set-Cookie of a new user.
-    cookie_attributes: String,
-}
-
-impl CanaryPolicy {
-    pub fn from_config(r: &RoutingConfig) -> Result<CanaryPolicy, String> {
-        let header_name = |name: &str| {
-            http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("`{name}` is not a valid header name"))
-        };
-        Ok(CanaryPolicy {
-            percent: r.canary_percent,
-            salt: r.salt.clone(),
-            header: header_name(&r.header)?,
-            trusted_networks: r.header_trusted_networks.clone(),
-            flag_cookie: r.flag_cookie.clone(),
-            user_cookie: r.user_cookie.clone(),
-            user_header: r.user_header.as_deref().map(header_name).transpose()?,
-            cookie_attributes: format!(
-                "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-                r.cookie_max_age.as_secs()
-            ),
-            pool_response_header: r.pool_response_header,
-        })
-    }
-
-    /// The Set-Cookie value that gives a new user its sticky id.
-    pub fn set_cookie(&self, user_id: &str) -> String {
-        let mut c = String::with_capacity(
-            self.user_cookie.len() + 1 + user_id.len() + self.cookie_attributes.len(),
-        );
-        c.push_str(&self.user_cookie);
-        c.push('=');
-        c.push_str(user_id);
-        c.push_str(&self.cookie_attributes);
-        c
-    }
-
-    fn header_trusted(&self, client: Option<IpAddr>) -> bool {
-        self.trusted_networks.is_empty()
-            || client.is_some_and(|ip| self.trusted_networks.iter().any(|n| n.contains(&ip)))
-    }
-}
 
 /// What [`decide`] needs to know about a request.
 #[derive(Debug, Default, Clone, Copy)]
@@ -89,64 +39,105 @@ pub struct RequestFacts<'a> {
     pub client_ip: Option<IpAddr>,
 }
 
-/// Which user key the percentage used.
+/// The user key of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserKey<'a> {
-    /// No key was needed (header or cookie decided).
+    /// The request carries none and the header or the flag cookie decided: none is made.
     None,
-    /// The request carried it.
+    /// The request carried it (the user cookie, else the user header; empty values skipped).
     Known(&'a [u8]),
-    /// The request had none; the proxy must set the user cookie to this id.
+    /// The request had none and the percentage decided: the proxy must set the user cookie to
+    /// this id.
     New(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision<'a> {
+    /// The pool that serves the request (or that answers 503 when `has_server` is false).
     pub pool: PoolKind,
     pub reason: Reason,
     pub user: UserKey<'a>,
+    /// Whether `pool` had a usable server for this request; false means 503.
+    pub has_server: bool,
 }
 
-/// Decide the pool for a request. `new_id` makes a fresh user id; it is called only when the
-/// request carries no user key and the percentage has to decide.
+impl Decision<'_> {
+    /// The consistent-hashing key: the user, also when a header or cookie chose the pool;
+    /// empty when the request names no user.
+    pub fn hash_key(&self) -> &[u8] {
+        match &self.user {
+            UserKey::Known(k) => k,
+            UserKey::New(id) => id.as_bytes(),
+            UserKey::None => b"",
+        }
+    }
+}
+
+/// Decide the pool for a request.
+///
+/// `new_id` makes a fresh user id; it is called only when the request carries no user key and
+/// the percentage has to decide. `usable(pool, hash_key)` says whether `pool` has a server in
+/// rotation for the key (the proxy picks the server while answering). It is asked about the
+/// preferred pool first, and about the other only when the preferred one has none and the
+/// fallback rule allows it: canary falls back to production always, production to canary only
+/// with `fallback_to_canary`. A request served by the other pool has the reason `Fallback`;
+/// with neither usable, the preferred pool and its reason stay (and the answer is 503).
 pub fn decide<'a>(
+    policy: &CanaryPolicy,
+    facts: &RequestFacts<'a>,
+    fallback_to_canary: bool,
+    new_id: impl FnOnce() -> String,
+    mut usable: impl FnMut(PoolKind, &[u8]) -> bool,
+) -> Decision<'a> {
+    let mut d = prefer(policy, facts, new_id);
+    let key = d.hash_key();
+    if usable(d.pool, key) {
+        d.has_server = true;
+        return d;
+    }
+    let other = match d.pool {
+        PoolKind::Canary => Some(PoolKind::Production),
+        PoolKind::Production if fallback_to_canary => Some(PoolKind::Canary),
+        PoolKind::Production => None,
+    };
+    if let Some(other) = other {
+        if usable(other, key) {
+            (d.pool, d.reason, d.has_server) = (other, Reason::Fallback, true);
+        }
+    }
+    d
+}
+
+/// The preferred pool, before looking at which pools have servers.
+fn prefer<'a>(
     policy: &CanaryPolicy,
     facts: &RequestFacts<'a>,
     new_id: impl FnOnce() -> String,
 ) -> Decision<'a> {
+    let known = || {
+        cookie_value(facts.cookies, policy.user_cookie.as_bytes())
+            .filter(|v| !v.is_empty())
+            .or(facts.user_header.filter(|v| !v.is_empty()))
+    };
+    let chosen = |pool, reason| Decision {
+        pool,
+        reason,
+        user: known().map_or(UserKey::None, UserKey::Known),
+        has_server: false,
+    };
     if let Some(value) = facts.header {
         if policy.header_trusted(facts.client_ip) {
             if let Some(pool) = header_pool(value) {
-                return Decision {
-                    pool,
-                    reason: Reason::Header,
-                    user: UserKey::None,
-                };
+                return chosen(pool, Reason::Header);
             }
         }
     }
-    let flag = cookie_value(facts.cookies, policy.flag_cookie.as_bytes());
-    match flag {
-        Some(b"always") => {
-            return Decision {
-                pool: PoolKind::Canary,
-                reason: Reason::Cookie,
-                user: UserKey::None,
-            }
-        }
-        Some(b"never") => {
-            return Decision {
-                pool: PoolKind::Production,
-                reason: Reason::Cookie,
-                user: UserKey::None,
-            }
-        }
+    match cookie_value(facts.cookies, policy.flag_cookie.as_bytes()) {
+        Some(b"always") => return chosen(PoolKind::Canary, Reason::Cookie),
+        Some(b"never") => return chosen(PoolKind::Production, Reason::Cookie),
         _ => {}
     }
-    let known = cookie_value(facts.cookies, policy.user_cookie.as_bytes())
-        .filter(|v| !v.is_empty())
-        .or(facts.user_header.filter(|v| !v.is_empty()));
-    let (pool, user) = match known {
+    let (pool, user) = match known() {
         Some(key) => (percent_pool(policy, key), UserKey::Known(key)),
         None => {
             let id = new_id();
@@ -157,6 +148,7 @@ pub fn decide<'a>(
         pool,
         reason: Reason::Percent,
         user,
+        has_server: false,
     }
 }
 
@@ -206,18 +198,6 @@ pub fn cookie_value<'a>(headers: &[&'a [u8]], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 /// A user id safe to put in a cookie: 32 hex digits.
-/// What `/status` shows instead of the routing salt: 8 hex digits (32 bits) of
-/// `xxh3_64("canary-lb salt fingerprint v1" ++ 0x00 ++ salt)`. Equal fingerprints on two
-/// replicas mean they (almost certainly) bucket users alike; that is all it tells, unless the
-/// salt is guessable, since a guess can be checked against it: choose random salts. The
-/// formula is fixed so that replicas of different versions can be compared.
-pub fn salt_fingerprint(salt: &str) -> String {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(b"canary-lb salt fingerprint v1\0");
-    hasher.update(salt.as_bytes());
-    format!("{:08x}", hasher.digest() >> 32)
-}
-
 pub fn new_user_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -238,6 +218,8 @@ mod tests {
     }
 
     use super::*;
+    use crate::config::schema::RoutingConfig;
+    use crate::model::Percent;
 
     fn policy(percent: f64) -> CanaryPolicy {
         let mut cfg = RoutingConfig {
@@ -249,8 +231,9 @@ mod tests {
         CanaryPolicy::from_config(&cfg).expect("valid policy")
     }
 
+    /// `decide` with both pools usable and no fallback to canary.
     fn run<'a>(p: &CanaryPolicy, facts: RequestFacts<'a>) -> Decision<'a> {
-        decide(p, &facts, || "fresh".to_string())
+        decide(p, &facts, false, || "fresh".to_string(), |_, _| true)
     }
 
     #[test]
@@ -260,44 +243,285 @@ mod tests {
         let c_always: &[&[u8]] = &[b"a=1; canary=always"];
         let c_never: &[&[u8]] = &[b"canary=never"];
         let c_other: &[&[u8]] = &[b"canary=maybe"];
-        // (percent, header, cookies, user header, expected pool, reason)
+        // Which pools have a usable server: (production, canary).
+        const BOTH: (bool, bool) = (true, true);
+        const NO_PROD: (bool, bool) = (false, true);
+        const NO_CANARY: (bool, bool) = (true, false);
+        const NONE: (bool, bool) = (false, false);
+        // (percent, header, cookies, user header, usable pools, fallback_to_canary,
+        //  expected pool, reason, has_server)
         type Case<'a> = (
             f64,
             Option<&'a [u8]>,
             &'a [&'a [u8]],
             Option<&'a [u8]>,
+            (bool, bool),
+            bool,
             PoolKind,
             Reason,
+            bool,
         );
         let cases: &[Case] = &[
-            (0.0, Some(b"1"), &[], None, C, Header),
-            (0.0, Some(b"true"), &[], None, C, Header),
-            (0.0, Some(b"Always"), &[], None, C, Header),
-            (100.0, Some(b"0"), &[], None, P, Header),
-            (100.0, Some(b"false"), &[], None, P, Header),
-            (100.0, Some(b"never"), &[], None, P, Header),
-            (0.0, Some(b"yes"), &[], None, P, Percent),
-            (100.0, Some(b"2"), &[], None, C, Percent),
-            (0.0, Some(b"1"), c_never, None, C, Header),
-            (100.0, Some(b"0"), c_always, None, P, Header),
-            (0.0, None, c_always, None, C, Cookie),
-            (100.0, None, c_never, None, P, Cookie),
-            (0.0, Some(b"junk"), c_always, None, C, Cookie),
-            (0.0, None, c_other, Some(b"u1"), P, Percent),
-            (100.0, None, c_other, Some(b"u1"), C, Percent),
+            (0.0, Some(b"1"), &[], None, BOTH, false, C, Header, true),
+            (0.0, Some(b"true"), &[], None, BOTH, false, C, Header, true),
+            (
+                0.0,
+                Some(b"Always"),
+                &[],
+                None,
+                BOTH,
+                false,
+                C,
+                Header,
+                true,
+            ),
+            (100.0, Some(b"0"), &[], None, BOTH, false, P, Header, true),
+            (
+                100.0,
+                Some(b"false"),
+                &[],
+                None,
+                BOTH,
+                false,
+                P,
+                Header,
+                true,
+            ),
+            (
+                100.0,
+                Some(b"never"),
+                &[],
+                None,
+                BOTH,
+                false,
+                P,
+                Header,
+                true,
+            ),
+            (0.0, Some(b"yes"), &[], None, BOTH, false, P, Percent, true),
+            (100.0, Some(b"2"), &[], None, BOTH, false, C, Percent, true),
+            (0.0, Some(b"1"), c_never, None, BOTH, false, C, Header, true),
+            (
+                100.0,
+                Some(b"0"),
+                c_always,
+                None,
+                BOTH,
+                false,
+                P,
+                Header,
+                true,
+            ),
+            (0.0, None, c_always, None, BOTH, false, C, Cookie, true),
+            (100.0, None, c_never, None, BOTH, false, P, Cookie, true),
+            (
+                0.0,
+                Some(b"junk"),
+                c_always,
+                None,
+                BOTH,
+                false,
+                C,
+                Cookie,
+                true,
+            ),
+            (
+                0.0,
+                None,
+                c_other,
+                Some(b"u1"),
+                BOTH,
+                false,
+                P,
+                Percent,
+                true,
+            ),
+            (
+                100.0,
+                None,
+                c_other,
+                Some(b"u1"),
+                BOTH,
+                false,
+                C,
+                Percent,
+                true,
+            ),
+            // Canary without a server falls back to production, with or without the setting.
+            (
+                100.0,
+                None,
+                &[],
+                Some(b"u1"),
+                NO_CANARY,
+                false,
+                P,
+                Fallback,
+                true,
+            ),
+            (
+                0.0,
+                Some(b"1"),
+                &[],
+                None,
+                NO_CANARY,
+                true,
+                P,
+                Fallback,
+                true,
+            ),
+            (
+                0.0, None, c_always, None, NO_CANARY, false, P, Fallback, true,
+            ),
+            // Production without a server: 503 unless fallback_to_canary.
+            (
+                0.0,
+                None,
+                &[],
+                Some(b"u1"),
+                NO_PROD,
+                false,
+                P,
+                Percent,
+                false,
+            ),
+            (
+                0.0,
+                None,
+                &[],
+                Some(b"u1"),
+                NO_PROD,
+                true,
+                C,
+                Fallback,
+                true,
+            ),
+            (
+                100.0,
+                Some(b"0"),
+                &[],
+                None,
+                NO_PROD,
+                true,
+                C,
+                Fallback,
+                true,
+            ),
+            (0.0, None, c_never, None, NO_PROD, false, P, Cookie, false),
+            // Neither pool: the preferred pool and its reason stay, without a server.
+            (100.0, None, &[], Some(b"u1"), NONE, true, C, Percent, false),
+            (0.0, Some(b"0"), &[], None, NONE, true, P, Header, false),
         ];
-        for (i, (pct, header, cookies, user, pool, reason)) in cases.iter().enumerate() {
-            let p = policy(*pct);
-            let d = run(
+        for (i, case) in cases.iter().enumerate() {
+            let &(pct, header, cookies, user, (prod, canary), fallback, pool, reason, served) =
+                case;
+            let p = policy(pct);
+            let facts = RequestFacts {
+                header,
+                cookies,
+                user_header: user,
+                client_ip: None,
+            };
+            let mut asked = Vec::new();
+            let d = decide(
                 &p,
-                RequestFacts {
-                    header: *header,
-                    cookies,
-                    user_header: *user,
-                    client_ip: None,
+                &facts,
+                fallback,
+                || "fresh".to_string(),
+                |pool, _| {
+                    asked.push(pool);
+                    match pool {
+                        PoolKind::Production => prod,
+                        PoolKind::Canary => canary,
+                    }
                 },
             );
-            assert_eq!((d.pool, d.reason), (*pool, *reason), "case {i}");
+            assert_eq!(
+                (d.pool, d.reason, d.has_server),
+                (pool, reason, served),
+                "case {i}"
+            );
+            assert!(asked.len() <= 2, "case {i}: asked {asked:?}");
+            if served {
+                assert_eq!(asked.last(), Some(&d.pool), "case {i}: asked {asked:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hash_key_is_the_user_whoever_decided() {
+        let p = policy(50.0);
+        let uid: &[&[u8]] = &[b"canary_uid=abc"];
+        let uid_empty: &[&[u8]] = &[b"canary_uid="];
+        let flag_and_uid: &[&[u8]] = &[b"canary=always; canary_uid=abc"];
+        let flag_and_empty: &[&[u8]] = &[b"canary=always; canary_uid=\"\""];
+        // (header, cookies, user header, expected key, expected user)
+        type Case<'a> = (
+            Option<&'a [u8]>,
+            &'a [&'a [u8]],
+            Option<&'a [u8]>,
+            &'a [u8],
+            UserKey<'a>,
+        );
+        let cases: &[Case] = &[
+            (None, uid, Some(b"hdr"), b"abc", UserKey::Known(b"abc")),
+            (
+                None,
+                uid_empty,
+                Some(b"hdr"),
+                b"hdr",
+                UserKey::Known(b"hdr"),
+            ),
+            (
+                None,
+                uid_empty,
+                Some(b""),
+                b"fresh",
+                UserKey::New("fresh".into()),
+            ),
+            (None, &[], None, b"fresh", UserKey::New("fresh".into())),
+            (Some(b"1"), uid, None, b"abc", UserKey::Known(b"abc")),
+            (
+                Some(b"1"),
+                uid_empty,
+                Some(b"hdr"),
+                b"hdr",
+                UserKey::Known(b"hdr"),
+            ),
+            (Some(b"1"), uid_empty, Some(b""), b"", UserKey::None),
+            (Some(b"0"), &[], None, b"", UserKey::None),
+            (None, flag_and_uid, None, b"abc", UserKey::Known(b"abc")),
+            (
+                None,
+                flag_and_empty,
+                Some(b"hdr"),
+                b"hdr",
+                UserKey::Known(b"hdr"),
+            ),
+            (None, flag_and_empty, None, b"", UserKey::None),
+        ];
+        for (i, (header, cookies, user, key, want)) in cases.iter().enumerate() {
+            let facts = RequestFacts {
+                header: *header,
+                cookies,
+                user_header: *user,
+                client_ip: None,
+            };
+            let mut seen = Vec::new();
+            let d = decide(
+                &p,
+                &facts,
+                false,
+                || "fresh".to_string(),
+                |_, k| {
+                    seen.push(k.to_vec());
+                    false
+                },
+            );
+            assert_eq!(d.hash_key(), *key, "case {i}");
+            assert_eq!(&d.user, want, "case {i}");
+            // The pools were asked with the same key.
+            assert!(seen.iter().all(|k| k == key), "case {i}: {seen:?}");
         }
     }
 

@@ -1,28 +1,25 @@
-//! Assembling the Pingora server: the proxy service, the admin service, the background task
-//! that keeps the pools current, and the signals (SIGHUP reloads the config file; SIGTERM
-//! drains within `grace_period`; SIGINT stops at once; SIGQUIT hands the sockets to a new
-//! binary started with `--upgrade`).
+//! Assembling the Pingora server: the proxy service, the admin service and the background task
+//! that keeps the pools current (health checks, the discovery provider, refreshes). The signals
+//! that reload or stop it are in `signals.rs`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use log::{error, info, warn};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::{ConnectionLimit, Service};
 use pingora_core::services::ServiceReadyNotifier;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::ServeArgs;
-use crate::config::{Config, Provider};
+use crate::config::Config;
+use crate::discovery::Sink;
 use crate::proxy::CanaryProxy;
 use crate::runtime::admin::AdminApp;
+use crate::runtime::signals::Signals;
 use crate::state::Shared;
 
 /// `canary-lb check`: validate a config file and say what it holds.
@@ -35,10 +32,7 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
         path.display(),
         config.pools.production.servers.len(),
         config.pools.canary.servers.len(),
-        match config.discovery.provider {
-            Provider::Static => "static".to_string(),
-            Provider::Redis => crate::config::redact_url(&config.discovery.url),
-        },
+        crate::discovery::from_config(&config).describe(),
         config.routing.canary_percent.as_f64(),
     );
     Ok(())
@@ -84,7 +78,8 @@ pub fn assemble(
     conf.grace_period_seconds = Some(config.grace_period.as_secs().max(1));
     conf.graceful_shutdown_timeout_seconds = Some(1);
     conf.upstream_keepalive_pool_size = config.upstream.keepalive_pool_size;
-    conf.max_retries = config.upstream.max_tries.max(2);
+    // `upstream.max_tries` is live: the proxy's own retry rules decide within this bound.
+    conf.max_retries = crate::config::MAX_TRIES;
     // One current-thread runtime per worker: measured faster for this proxy (BENCHMARKS.md).
     conf.work_stealing = false;
     let mut server = Server::new_with_opt_and_conf(opt, conf);
@@ -106,8 +101,8 @@ pub fn assemble(
         "canary-lb proxy",
     );
     // Client limits Pingora enforces while it reads a request head and accepts connections
-    // (patches/pingora/0001 and 0002); the rest are applied per request by the proxy.
-    let client = shared.config().client.clone();
+    // (patches/pingora/0001 and 0002), taken at start; the rest are applied per request.
+    let client = shared.started().client.clone();
     if let Some(app) = proxy.app_logic_mut() {
         let mut opts = HttpServerOptions::default();
         opts.h1_header_timeout = Some(client.header_timeout);
@@ -145,11 +140,7 @@ impl Assembled {
     /// to wake it, and running Pingora on another thread would break daemon mode (it forks
     /// inside `run`, and the child keeps only the forking thread).
     pub fn run(self, exit_now: ExitNow) {
-        let watch = Signals {
-            shared: self.shared.clone(),
-            config_path: self.config_path,
-            exit_now,
-        };
+        let watch = Signals::new(self.shared.clone(), self.config_path, exit_now);
         self.server.run(RunArgs {
             shutdown_signal: Box::new(watch),
         });
@@ -170,7 +161,7 @@ impl BackgroundService for PoolKeeper {
         ready: ServiceReadyNotifier,
     ) {
         let shared = &self.shared;
-        let config = shared.config();
+        let config = shared.started();
         for pool in shared.pools.iter() {
             pool.refresh().await;
         }
@@ -187,11 +178,9 @@ impl BackgroundService for PoolKeeper {
                 }
             });
         }
-        if config.discovery.provider == Provider::Redis {
-            let shared = shared.clone();
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move { crate::discovery::redis::run(shared, shutdown).await });
-        }
+        let provider = crate::discovery::from_config(config);
+        let sink: Arc<dyn Sink> = shared.clone();
+        tasks.spawn(provider.run(sink, shutdown.clone()));
         let resync = config.discovery.resync_interval;
         loop {
             tokio::select! {
@@ -204,75 +193,5 @@ impl BackgroundService for PoolKeeper {
             }
         }
         tasks.shutdown().await;
-    }
-}
-
-/// Pingora's signal watch plus SIGHUP (reload the config file).
-struct Signals {
-    shared: Arc<Shared>,
-    config_path: Option<PathBuf>,
-    exit_now: ExitNow,
-}
-
-impl Signals {
-    fn reload(&self) {
-        let Some(path) = &self.config_path else {
-            warn!("SIGHUP: no config file to reload");
-            return;
-        };
-        match Config::load(path) {
-            Ok(config) => match self.shared.apply_file(config) {
-                Ok(()) => info!("SIGHUP: reloaded {}", path.display()),
-                Err(e) => error!("SIGHUP: {} not applied: {e}", path.display()),
-            },
-            Err(e) => error!("SIGHUP: {e}; keeping the running configuration"),
-        }
-    }
-
-    /// Pingora waits the whole grace period after SIGTERM; exit as soon as nothing is in
-    /// flight instead (listeners are closed by then, idle keep-alive connections are dropped).
-    fn exit_when_idle(&self) {
-        let shared = self.shared.clone();
-        let grace = shared.config().grace_period;
-        let exit_now = self.exit_now;
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            std::thread::sleep(Duration::from_millis(200));
-            while start.elapsed() < grace {
-                if shared.in_flight.load(Relaxed) <= 0 {
-                    info!("graceful shutdown: no request in flight, exiting");
-                    exit_now();
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-    }
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        let streams = (
-            signal(SignalKind::hangup()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::quit()),
-        );
-        let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut quit)) = streams else {
-            error!("cannot install signal handlers; shutting down");
-            return ShutdownSignal::FastShutdown;
-        };
-        loop {
-            tokio::select! {
-                _ = hup.recv() => self.reload(),
-                _ = term.recv() => {
-                    info!("SIGTERM: draining in-flight requests (grace period {:?})", self.shared.config().grace_period);
-                    self.exit_when_idle();
-                    return ShutdownSignal::GracefulTerminate;
-                }
-                _ = int.recv() => return ShutdownSignal::FastShutdown,
-                _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
-            }
-        }
     }
 }

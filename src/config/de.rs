@@ -1,0 +1,195 @@
+//! The YAML scalar deserializers behind the schema's `deserialize_with`: each validates its
+//! value *inside* the visitor, so serde_yaml_ng reports an error at the value's own key and
+//! line.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Deserializer};
+
+/// A YAML scalar as the deserializer saw it.
+pub(super) enum Scalar<'a> {
+    Str(&'a str),
+    Int(i64),
+    Float(f64),
+}
+
+impl Scalar<'_> {
+    pub(super) fn int(&self) -> Result<i64, String> {
+        match self {
+            Scalar::Int(i) => Ok(*i),
+            Scalar::Float(f) => Err(format!("expected a whole number, got {f}")),
+            Scalar::Str(s) => Err(format!("expected a whole number, got `{s}`")),
+        }
+    }
+
+    pub(super) fn float(&self) -> Result<f64, String> {
+        match self {
+            Scalar::Int(i) => Ok(*i as f64),
+            Scalar::Float(f) => Ok(*f),
+            Scalar::Str(s) => Err(format!("expected a number, got `{s}`")),
+        }
+    }
+
+    pub(super) fn str(&self) -> Result<&str, String> {
+        match self {
+            Scalar::Str(s) => Ok(s),
+            Scalar::Int(i) => Err(format!("expected text, got {i}")),
+            Scalar::Float(f) => Err(format!("expected text, got {f}")),
+        }
+    }
+}
+
+/// Deserialize a scalar and validate it *inside* the visitor: serde_yaml_ng then reports the
+/// error at the value's own key and line, not at the enclosing map's.
+pub(super) fn checked<'de, D, T>(
+    d: D,
+    check: fn(Scalar) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct Checked<T>(fn(Scalar) -> Result<T, String>);
+    impl<'de, T> serde::de::Visitor<'de> for Checked<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a scalar value")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            (self.0)(Scalar::Str(v)).map_err(E::custom)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+            (self.0)(Scalar::Int(v)).map_err(E::custom)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+            let v = i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))?;
+            (self.0)(Scalar::Int(v)).map_err(E::custom)
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<T, E> {
+            (self.0)(Scalar::Float(v)).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(Checked(check))
+}
+
+pub(super) fn int_in(v: Scalar, lo: i64, hi: i64) -> Result<i64, String> {
+    let n = v.int()?;
+    if (lo..=hi).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be {lo}..={hi}, got {n}"))
+    }
+}
+
+pub(super) fn parse_listen(v: Scalar) -> Result<SocketAddr, String> {
+    let s = v.str()?;
+    s.parse()
+        .map_err(|_| format!("`{s}` is not an ip:port address"))
+}
+
+pub(super) fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    struct ListenVisitor;
+    impl<'de> serde::de::Visitor<'de> for ListenVisitor {
+        type Value = Vec<SocketAddr>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an ip:port address or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            parse_listen(Scalar::Str(v))
+                .map(|a| vec![a])
+                .map_err(E::custom)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            struct One(SocketAddr);
+            impl<'de> Deserialize<'de> for One {
+                fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    checked(d, parse_listen).map(One)
+                }
+            }
+            let mut out = Vec::new();
+            while let Some(One(a)) = seq.next_element()? {
+                out.push(a);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(ListenVisitor)
+}
+
+pub(super) fn de_threads<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    checked(d, |v| int_in(v, 1, 256).map(|n| n as usize))
+}
+
+pub(super) fn de_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    checked(d, |v| int_in(v, 1, 100).map(|n| n as usize))
+}
+
+pub(super) fn de_threshold_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, |v| int_in(v, 1, 100).map(|n| n as u32))
+}
+
+pub(super) fn de_head_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    checked(d, |v| int_in(v, 1024, 1024 * 1024).map(|n| n as usize))
+}
+
+pub(super) fn de_max_headers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    checked(d, |v| int_in(v, 8, 256).map(|n| n as usize))
+}
+
+pub(super) fn de_max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    checked(d, |v| int_in(v, 1, 1_000_000).map(|n| n as usize))
+}
+
+pub(super) fn de_ejection_percent<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, |v| int_in(v, 0, 100).map(|n| n as u32))
+}
+
+pub(super) fn de_error_min_requests<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, |v| int_in(v, 1, 1_000_000).map(|n| n as u32))
+}
+
+pub(super) fn de_tries<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    checked(d, |v| {
+        int_in(v, 1, super::MAX_TRIES as i64).map(|n| n as usize)
+    })
+}
+
+pub(super) fn de_status_range<'de, D: Deserializer<'de>>(d: D) -> Result<(u16, u16), D::Error> {
+    checked(d, |v| {
+        let (lo, hi) = match v {
+            Scalar::Int(c) => (c, c),
+            Scalar::Str(s) => {
+                let (a, b) = s.split_once('-').unwrap_or((s, s));
+                match (a.trim().parse::<i64>(), b.trim().parse::<i64>()) {
+                    (Ok(a), Ok(b)) => (a, b),
+                    _ => return Err(format!("`{s}` is not a status or a range like 200-399")),
+                }
+            }
+            Scalar::Float(f) => return Err(format!("{f} is not a status code")),
+        };
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+            return Err(format!("status range {lo}-{hi} must lie within 100-599"));
+        }
+        Ok((lo as u16, hi as u16))
+    })
+}
+
+pub(super) mod humantime_serde {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::checked(d, |v| {
+            let s = v.str()?;
+            humantime::parse_duration(s)
+                .map_err(|e| format!("`{s}` is not a duration like 500ms, 2s or 1m: {e}"))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+}

@@ -1,0 +1,112 @@
+//! Which keys a SIGHUP applies and which need a restart.
+//!
+//! Live, applied by SIGHUP (the request path reads them through one snapshot per request,
+//! `state::Live`): `routing.*`, `fallback_to_canary`, `upstream.connect_timeout`,
+//! `upstream.read_timeout`, `upstream.write_timeout`, `upstream.idle_timeout`,
+//! `upstream.max_tries`, `passive_health.*`, `pools.*.balance`, `pools.*.servers` (with the
+//! static provider), `client.keepalive_timeout`, `client.body_timeout`, `client.send_timeout`,
+//! `client.max_header_line`, `client.max_headers`, `client.drop_underscore_headers`,
+//! `client.max_header_bytes` (lowering it), `metrics_auth_token_file`.
+//!
+//! Restart only, because Pingora or a background task takes them once at start: `listen`,
+//! `threads`, `metrics_listen`, `grace_period`, `health_check.*`, `discovery.*`,
+//! `client.header_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
+//! `upstream.keepalive_pool_size`, and `pools.*.servers` when discovery is not static (the
+//! file's lists serve only until the provider first answers). [`Config::restart_needed`] names
+//! the ones that changed, so the reload log says them in one line.
+
+use super::{Config, Provider};
+use crate::model::PoolKind;
+
+impl Config {
+    /// The restart-only keys whose value in `new` differs from `self`, the config the process
+    /// started with (so a key stays named until the restart that applies it).
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let (old, new) = (self, new);
+        let mut keys = Vec::new();
+        let mut check = |key: &'static str, changed: bool| {
+            if changed {
+                keys.push(key);
+            }
+        };
+        check("listen", old.listen != new.listen);
+        check("threads", old.threads != new.threads);
+        check("metrics_listen", old.metrics_listen != new.metrics_listen);
+        check("grace_period", old.grace_period != new.grace_period);
+        check("health_check", old.health_check != new.health_check);
+        check("discovery", old.discovery != new.discovery);
+        let (oc, nc) = (&old.client, &new.client);
+        check(
+            "client.header_timeout",
+            oc.header_timeout != nc.header_timeout,
+        );
+        check(
+            "client.max_header_bytes (raising it)",
+            nc.max_header_bytes > oc.max_header_bytes,
+        );
+        check(
+            "client.max_connections",
+            oc.max_connections != nc.max_connections,
+        );
+        check(
+            "upstream.keepalive_pool_size",
+            old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size,
+        );
+        if old.discovery.provider != Provider::Static {
+            for (kind, key) in [
+                (PoolKind::Production, "pools.production.servers"),
+                (PoolKind::Canary, "pools.canary.servers"),
+            ] {
+                check(
+                    key,
+                    old.pools.get(kind).servers != new.pools.get(kind).servers,
+                );
+            }
+        }
+        keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_only_keys_are_named_and_live_keys_are_not() {
+        let base = Config::parse("threads: 1\n").expect("valid");
+        assert!(base.restart_needed(&base.clone()).is_empty());
+        let live = Config::parse(
+            "threads: 1\nfallback_to_canary: true\nupstream: { read_timeout: 1s, max_tries: 3 }\n\
+             passive_health: { max_failures: 7 }\npools: { production: { balance: consistent_hash, \
+             servers: [\"127.0.0.1:1\"] } }\nrouting: { canary_percent: 5 }\n\
+             client: { max_header_bytes: 32768, body_timeout: 5s }\n",
+        )
+        .expect("valid");
+        assert_eq!(base.restart_needed(&live), Vec::<&str>::new());
+        let restart = Config::parse(
+            "threads: 3\nlisten: \"127.0.0.1:9\"\nhealth_check: { interval: 9s }\n\
+             client: { max_header_bytes: 131072, max_connections: 5 }\n\
+             upstream: { keepalive_pool_size: 1 }\ngrace_period: 3s\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            base.restart_needed(&restart),
+            [
+                "listen",
+                "threads",
+                "grace_period",
+                "health_check",
+                "client.max_header_bytes (raising it)",
+                "client.max_connections",
+                "upstream.keepalive_pool_size",
+            ]
+        );
+        let redis = Config::parse(
+            "discovery: { provider: redis }\npools: { canary: { servers: [\"127.0.0.1:1\"] } }\n",
+        )
+        .expect("valid");
+        let mut moved = redis.clone();
+        moved.pools.canary.servers.clear();
+        assert_eq!(redis.restart_needed(&moved), ["pools.canary.servers"]);
+    }
+}

@@ -1,0 +1,836 @@
+//! The configuration file's format: serde structs, their defaults and their validation.
+//!
+//! Validation happens while deserializing (newtypes such as [`Weight`] and [`Percent`] refuse
+//! bad values themselves), so every error carries the key path and the line that `serde_yaml_ng`
+//! reports, e.g. `pools.production.servers[1].weight: weight must be 1..=1000, got 0 at line 6
+//! column 44`. Unknown keys are refused for the same reason: a typo must not silently fall back
+//! to a default. Nothing here reads a file or the environment (`config/mod.rs` does).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::de::*;
+use super::AuthTokenFile;
+use crate::model::{Percent, PoolKind, ServerAddr, Weight};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen", deserialize_with = "de_listen")]
+    pub listen: Vec<SocketAddr>,
+    #[serde(default = "default_threads", deserialize_with = "de_threads")]
+    pub threads: usize,
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// When set, `/metrics` and `/status` want `Authorization: Bearer <token>` (SECURITY.md).
+    #[serde(default)]
+    pub metrics_auth_token_file: Option<AuthTokenFile>,
+    #[serde(default)]
+    pub pools: Pools,
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+    #[serde(default)]
+    pub passive_health: PassiveHealthConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// Limits on what a client may send and how long it may take (SECURITY.md).
+    #[serde(default)]
+    pub client: ClientConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+    /// When production has no healthy server, send production traffic to canary instead of 503.
+    #[serde(default)]
+    pub fallback_to_canary: bool,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pools {
+    #[serde(default)]
+    pub production: PoolConfig,
+    #[serde(default)]
+    pub canary: PoolConfig,
+}
+
+impl Pools {
+    pub fn get(&self, kind: PoolKind) -> &PoolConfig {
+        match kind {
+            PoolKind::Production => &self.production,
+            PoolKind::Canary => &self.canary,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default)]
+    pub servers: Vec<ServerSpec>,
+    #[serde(default)]
+    pub balance: Balance,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Consistent hashing (Ketama) on the user key, so a user keeps hitting the same server.
+    ConsistentHash,
+}
+
+/// One upstream server: `"host:port"` or `{ addr: "host:port", weight: N }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerSpec {
+    pub addr: ServerAddr,
+    pub weight: Weight,
+}
+
+impl<'de> Deserialize<'de> for ServerSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor rather than an untagged enum, so errors keep the element's path and line.
+        struct SpecVisitor;
+        impl<'de> serde::de::Visitor<'de> for SpecVisitor {
+            type Value = ServerSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port\" or { addr: \"host:port\", weight: N }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ServerSpec, E> {
+                Ok(ServerSpec {
+                    addr: ServerAddr::parse(v).map_err(E::custom)?,
+                    weight: Weight::default(),
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ServerSpec, A::Error> {
+                use serde::de::Error;
+                let (mut addr, mut weight) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "addr" => {
+                            let a: String = map.next_value()?;
+                            addr = Some(ServerAddr::parse(&a).map_err(A::Error::custom)?);
+                        }
+                        "weight" => {
+                            let w: i64 = map.next_value()?;
+                            weight = Some(Weight::new(w).map_err(A::Error::custom)?);
+                        }
+                        other => return Err(A::Error::unknown_field(other, &["addr", "weight"])),
+                    }
+                }
+                Ok(ServerSpec {
+                    addr: addr.ok_or_else(|| A::Error::missing_field("addr"))?,
+                    weight: weight.unwrap_or_default(),
+                })
+            }
+        }
+        d.deserialize_any(SpecVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |v| Weight::new(v.int()?).map_err(|e| e.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |v| {
+            Percent::from_f64(v.float()?).map_err(|e| e.to_string())
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default = "default_check_kind")]
+    pub kind: CheckKind,
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Host header sent with HTTP checks.
+    #[serde(default = "default_health_host")]
+    pub host: String,
+    /// Accepted status range for HTTP checks, e.g. `200-399` or `200`.
+    #[serde(default = "default_status_range", deserialize_with = "de_status_range")]
+    pub expect_status: (u16, u16),
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_threshold", deserialize_with = "de_threshold")]
+    pub healthy_threshold: usize,
+    #[serde(default = "default_threshold", deserialize_with = "de_threshold")]
+    pub unhealthy_threshold: usize,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: default_check_kind(),
+            path: default_health_path(),
+            host: default_health_host(),
+            expect_status: default_status_range(),
+            interval: default_check_interval(),
+            timeout: default_check_timeout(),
+            healthy_threshold: default_threshold(),
+            unhealthy_threshold: default_threshold(),
+        }
+    }
+}
+
+/// Passive failure detection, from what real requests see.
+///
+/// By default only *transport* failures count against a server: a connect refused, timed out
+/// or unroutable, and a reset or timeout before the first response byte. A 5xx answer does not
+/// count (any client can make an app answer 500), unless `error_rate` is set, and then only as
+/// a rate over a minimum volume in a window. Errors that are the proxy's own (out of file
+/// descriptors or buffers, a client that went away) never count. A server failing
+/// `max_failures` times in a row gets no new requests for `cool_off`; passive detection never
+/// takes out more than `max_ejection_percent` of a pool (rounded down, as Envoy does: a pool of
+/// one server is never passively ejected); past that, only active health checks decide.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthConfig {
+    #[serde(
+        default = "default_max_failures",
+        deserialize_with = "de_threshold_u32"
+    )]
+    pub max_failures: u32,
+    #[serde(default = "default_cool_off", with = "humantime_serde")]
+    pub cool_off: Duration,
+    #[serde(
+        default = "default_max_ejection_percent",
+        deserialize_with = "de_ejection_percent"
+    )]
+    pub max_ejection_percent: u32,
+    /// Eject on a high share of 5xx answers; off unless set.
+    #[serde(default)]
+    pub error_rate: Option<ErrorRateConfig>,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        PassiveHealthConfig {
+            max_failures: default_max_failures(),
+            cool_off: default_cool_off(),
+            max_ejection_percent: default_max_ejection_percent(),
+            error_rate: None,
+        }
+    }
+}
+
+/// `passive_health.error_rate`: within each `window`, a server that answered at least
+/// `min_requests` requests of which more than `max_percent` % were 5xx is ejected.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorRateConfig {
+    #[serde(default = "default_error_window", with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(
+        default = "default_error_min_requests",
+        deserialize_with = "de_error_min_requests"
+    )]
+    pub min_requests: u32,
+    #[serde(default = "default_error_max_percent")]
+    pub max_percent: Percent,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    #[serde(default)]
+    pub canary_percent: Percent,
+    #[serde(default)]
+    pub salt: String,
+    #[serde(default = "default_canary_header")]
+    pub header: String,
+    /// Client networks whose routing header is honoured; empty means everyone.
+    #[serde(default)]
+    pub header_trusted_networks: Vec<IpNet>,
+    #[serde(default = "default_flag_cookie")]
+    pub flag_cookie: String,
+    #[serde(default = "default_user_cookie")]
+    pub user_cookie: String,
+    /// A request header that identifies the user when the user cookie is absent, e.g. X-User-Id.
+    #[serde(default)]
+    pub user_header: Option<String>,
+    /// Max-Age of the user cookie the proxy sets for new users.
+    #[serde(default = "default_cookie_max_age", with = "humantime_serde")]
+    pub cookie_max_age: Duration,
+    /// Add `X-Canary-Pool: production|canary` to every response.
+    #[serde(default = "default_true")]
+    pub pool_response_header: bool,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            canary_percent: Percent::default(),
+            salt: String::new(),
+            header: default_canary_header(),
+            header_trusted_networks: Vec::new(),
+            flag_cookie: default_flag_cookie(),
+            user_cookie: default_user_cookie(),
+            user_header: None,
+            cookie_max_age: default_cookie_max_age(),
+            pool_response_header: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_io_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    #[serde(default = "default_io_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long an idle upstream keep-alive connection stays pooled.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Attempts per request on connect failure, each on a different server of the pool.
+    #[serde(default = "default_max_tries", deserialize_with = "de_tries")]
+    pub max_tries: usize,
+    #[serde(default = "default_pool_size")]
+    pub keepalive_pool_size: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: default_connect_timeout(),
+            read_timeout: default_io_timeout(),
+            write_timeout: default_io_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_tries: default_max_tries(),
+            keepalive_pool_size: default_pool_size(),
+        }
+    }
+}
+
+/// Limits on downstream clients: every value a client controls has a bound or a timeout.
+/// The defaults follow nginx and HAProxy (SECURITY.md lists them side by side).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// How long an idle keep-alive connection waits for the next request.
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Deadline for the whole request head (request line and headers), like HAProxy's
+    /// `timeout http-request`; a drip-fed head is cut off when it expires.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Longest a response write to the client may wait (nginx's `send_timeout`): a client that
+    /// stops reading is cut off.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Largest request head in bytes (request line plus all headers), enforced while the head
+    /// is read so no more is ever buffered; beyond it: 400 (as nginx).
+    #[serde(
+        default = "default_max_header_bytes",
+        deserialize_with = "de_head_bytes"
+    )]
+    pub max_header_bytes: usize,
+    /// Largest single header line or request line in bytes; beyond it: 431.
+    #[serde(
+        default = "default_max_header_line",
+        deserialize_with = "de_head_bytes"
+    )]
+    pub max_header_line: usize,
+    /// Most header lines in one request; beyond it: 431.
+    #[serde(default = "default_max_headers", deserialize_with = "de_max_headers")]
+    pub max_headers: usize,
+    /// Open client connections per proxy process; past it new connections are closed at once.
+    #[serde(
+        default = "default_max_connections",
+        deserialize_with = "de_max_connections"
+    )]
+    pub max_connections: usize,
+    /// Drop request headers whose names contain `_` (nginx's `underscores_in_headers off`):
+    /// some frameworks read `X_Canary` as `X-Canary`.
+    #[serde(default = "default_true")]
+    pub drop_underscore_headers: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            keepalive_timeout: default_keepalive_timeout(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            send_timeout: default_body_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_header_line: default_max_header_line(),
+            max_headers: default_max_headers(),
+            max_connections: default_max_connections(),
+            drop_underscore_headers: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// The pools' `servers` lists in this file.
+    #[default]
+    Static,
+    /// The Redis store shared by all replicas (see docs/redis-schema.md).
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    #[serde(default)]
+    pub provider: Provider,
+    #[serde(default = "default_redis_url")]
+    pub url: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Full resync period (Redis) or DNS re-resolution period (static).
+    #[serde(default = "default_resync", with = "humantime_serde")]
+    pub resync_interval: Duration,
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            provider: Provider::Static,
+            url: default_redis_url(),
+            namespace: default_namespace(),
+            resync_interval: default_resync(),
+            sentinel: None,
+        }
+    }
+}
+
+/// Redis Sentinel: the proxies ask these Sentinels for the current master of `master_name`
+/// at every (re)connect. `discovery.url` still supplies the database and credentials.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    pub master_name: String,
+    /// Sentinel addresses as URLs, e.g. `redis://10.0.0.5:26379`.
+    pub nodes: Vec<String>,
+}
+
+impl Config {
+    /// Parse and validate YAML text; the error names the key and the line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.listen.is_empty() {
+            return Err("listen: at least one address is required".into());
+        }
+        if let Some(m) = self.metrics_listen {
+            if self.listen.contains(&m) {
+                return Err(format!(
+                    "metrics_listen: {m} is also a proxy listen address"
+                ));
+            }
+        }
+        for (name, value) in [
+            ("routing.header", &self.routing.header),
+            ("routing.flag_cookie", &self.routing.flag_cookie),
+            ("routing.user_cookie", &self.routing.user_cookie),
+        ] {
+            if value.is_empty() || !value.bytes().all(is_token_byte) {
+                return Err(format!(
+                    "{name}: `{value}` is not a valid header/cookie name"
+                ));
+            }
+        }
+        if self.client.drop_underscore_headers {
+            let names = [
+                Some(&self.routing.header),
+                self.routing.user_header.as_ref(),
+            ];
+            if let Some(name) = names.into_iter().flatten().find(|n| n.contains('_')) {
+                return Err(format!(
+                    "routing: header `{name}` contains `_`, and client.drop_underscore_headers \
+                     (on by default) drops such headers before routing reads them; rename it \
+                     or set client.drop_underscore_headers: false"
+                ));
+            }
+        }
+        if let Some(h) = &self.routing.user_header {
+            if h.is_empty() || !h.bytes().all(is_token_byte) {
+                return Err(format!(
+                    "routing.user_header: `{h}` is not a valid header name"
+                ));
+            }
+        }
+        if !self.health_check.path.starts_with('/') {
+            return Err("health_check.path: must start with /".into());
+        }
+        if self.health_check.interval.is_zero() || self.health_check.timeout.is_zero() {
+            return Err("health_check: interval and timeout must be above 0".into());
+        }
+        let c = &self.client;
+        for (key, d) in [
+            ("client.keepalive_timeout", c.keepalive_timeout),
+            ("client.header_timeout", c.header_timeout),
+            ("client.body_timeout", c.body_timeout),
+            ("client.send_timeout", c.send_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(format!("{key}: must be at least 100ms"));
+            }
+        }
+        if let Some(rate) = &self.passive_health.error_rate {
+            if rate.window < Duration::from_secs(1) {
+                return Err("passive_health.error_rate.window: must be at least 1s".into());
+            }
+        }
+        if c.max_header_line > c.max_header_bytes {
+            return Err(format!(
+                "client.max_header_line: {} is above client.max_header_bytes ({})",
+                c.max_header_line, c.max_header_bytes
+            ));
+        }
+        if self.discovery.resync_interval < Duration::from_millis(100) {
+            return Err("discovery.resync_interval: must be at least 100ms".into());
+        }
+        if self.discovery.provider == Provider::Redis {
+            validate_redis_url(&self.discovery.url).map_err(|e| format!("discovery.url: {e}"))?;
+            if let Some(sentinel) = &self.discovery.sentinel {
+                if sentinel.master_name.is_empty() || sentinel.nodes.is_empty() {
+                    return Err(
+                        "discovery.sentinel: needs master_name and at least one node".into(),
+                    );
+                }
+                for (i, node) in sentinel.nodes.iter().enumerate() {
+                    validate_redis_url(node)
+                        .map_err(|e| format!("discovery.sentinel.nodes[{i}]: {e}"))?;
+                }
+            }
+        }
+        for (pool, p) in [
+            ("production", &self.pools.production),
+            ("canary", &self.pools.canary),
+        ] {
+            let mut seen = BTreeMap::new();
+            for (i, s) in p.servers.iter().enumerate() {
+                if let Some(j) = seen.insert(s.addr.as_str(), i) {
+                    return Err(format!(
+                        "pools.{pool}.servers[{i}]: `{}` is listed twice (also at [{j}])",
+                        s.addr
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn validate_redis_url(url: &str) -> Result<(), String> {
+    redis::parse_redis_url(url)
+        .map(|_| ())
+        .ok_or_else(|| format!("`{}` is not a redis:// or rediss:// URL", redact_url(url)))
+}
+
+/// The URL with any password replaced, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The largest `upstream.max_tries`; Pingora's own retry bound is set to it at start, so the
+/// live `max_tries` alone decides.
+pub const MAX_TRIES: usize = 10;
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([0, 0, 0, 0], 8080))]
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_check_kind() -> CheckKind {
+    CheckKind::Http
+}
+fn default_health_path() -> String {
+    "/healthz".into()
+}
+fn default_health_host() -> String {
+    "localhost".into()
+}
+fn default_status_range() -> (u16, u16) {
+    (200, 399)
+}
+fn default_check_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_threshold() -> usize {
+    2
+}
+fn default_max_failures() -> u32 {
+    3
+}
+fn default_cool_off() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_canary_header() -> String {
+    "X-Canary".into()
+}
+fn default_flag_cookie() -> String {
+    "canary".into()
+}
+fn default_user_cookie() -> String {
+    "canary_uid".into()
+}
+fn default_cookie_max_age() -> Duration {
+    Duration::from_secs(365 * 24 * 3600)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_io_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_tries() -> usize {
+    2
+}
+fn default_pool_size() -> usize {
+    128
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+fn default_error_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_error_min_requests() -> u32 {
+    20
+}
+fn default_error_max_percent() -> Percent {
+    Percent::from_basis_points(5000)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_header_line() -> usize {
+    16 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379/0".into()
+}
+fn default_namespace() -> String {
+    "canary-lb".into()
+}
+fn default_resync() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_and_passive_health_sections_are_validated() {
+        let c = Config::parse("threads: 1\n").expect("defaults");
+        assert_eq!(c.client, ClientConfig::default());
+        assert_eq!(c.client.max_header_bytes, 64 * 1024);
+        assert_eq!(c.passive_health.max_ejection_percent, 50);
+        assert!(c.passive_health.error_rate.is_none());
+        let c = Config::parse(
+            "passive_health: { max_ejection_percent: 0, \
+               error_rate: { window: 30s, min_requests: 5, max_percent: 12.5 } }\n",
+        )
+        .expect("valid");
+        let rate = c.passive_health.error_rate.expect("error_rate set");
+        assert_eq!(rate.max_percent.basis_points(), 1250);
+        for (yaml, key) in [
+            ("client: { max_headers: 1000 }\n", "client.max_headers"),
+            (
+                "client: { max_header_bytes: 10 }\n",
+                "client.max_header_bytes",
+            ),
+            (
+                "client: { header_timeout: 10ms }\n",
+                "client.header_timeout",
+            ),
+            (
+                "client: { max_header_line: 65536, max_header_bytes: 16384 }\n",
+                "client.max_header_line",
+            ),
+            ("client: { max_conections: 5 }\n", "max_conections"),
+            (
+                "passive_health: { max_ejection_percent: 101 }\n",
+                "max_ejection_percent",
+            ),
+            (
+                "passive_health: { error_rate: { window: 100ms } }\n",
+                "passive_health.error_rate.window",
+            ),
+            ("routing: { header: X_Canary }\n", "X_Canary"),
+            ("routing: { user_header: X_User }\n", "X_User"),
+        ] {
+            let e = Config::parse(yaml).expect_err(yaml);
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
+        Config::parse(
+            "routing: { header: X_Canary }\nclient: { drop_underscore_headers: false }\n",
+        )
+        .expect("underscore header allowed when underscores are kept");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::parse(
+            r#"
+listen: "0.0.0.0:8080"
+threads: 2
+metrics_listen: "127.0.0.1:9091"
+pools:
+  production:
+    servers: ["127.0.0.1:3001", { addr: "127.0.0.1:3002", weight: 2 }]
+  canary:
+    servers: ["app.internal:4001"]
+health_check: { kind: http, path: /healthz, interval: 2s, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 2 }
+routing:
+  canary_percent: 12.5
+  salt: "release-1"
+  header: X-Canary
+  flag_cookie: canary
+  user_cookie: canary_uid
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(c.pools.production.servers[1].weight.get(), 2);
+        assert_eq!(c.routing.canary_percent.basis_points(), 1250);
+        assert_eq!(c.pools.canary.servers[0].addr.as_str(), "app.internal:4001");
+        assert_eq!(c.health_check.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let cases = [
+            (
+                "pools:\n  production:\n    servers: [{ addr: \"127.0.0.1:1\", weight: 0 }]\n",
+                "pools.production.servers[0]",
+                "line 3",
+            ),
+            (
+                "routing:\n  canary_percent: 150\n",
+                "routing.canary_percent",
+                "line 2",
+            ),
+            ("threads: 2\nlisten: nowhere\n", "listen", "line 2"),
+            (
+                "health_check:\n  interval: soon\n",
+                "health_check.interval",
+                "line 2",
+            ),
+            ("routing:\n  canary_pct: 5\n", "canary_pct", "line 2"),
+        ];
+        for (text, key, line) in cases {
+            let e = Config::parse(text).expect_err(text);
+            assert!(e.contains(key), "error `{e}` should name `{key}`");
+            assert!(e.contains(line), "error `{e}` should name `{line}`");
+        }
+    }
+
+    #[test]
+    fn bad_server_addresses_are_refused() {
+        for bad in [
+            "127.0.0.1",
+            "host:",
+            ":80",
+            "a b:80",
+            "127.0.0.1:0",
+            "h:99999",
+        ] {
+            assert!(ServerAddr::parse(bad).is_err(), "{bad} should be refused");
+        }
+        for good in [
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "app-1.internal:3000",
+            "localhost:1",
+        ] {
+            assert!(ServerAddr::parse(good).is_ok(), "{good} should parse");
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://user:secret@10.0.0.1:6379/0"),
+            "redis://user:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(redact_url("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
+    }
+}

@@ -1,0 +1,95 @@
+//! The signals of a running proxy: SIGHUP reloads the config file; SIGTERM drains within
+//! `grace_period` (and exits as soon as nothing is in flight); SIGINT stops at once; SIGQUIT
+//! hands the sockets to a new binary started with `--upgrade`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use log::{error, info, warn};
+use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+use crate::runtime::serve::ExitNow;
+use crate::state::Shared;
+
+/// Pingora's signal watch plus SIGHUP (reload the config file).
+pub struct Signals {
+    shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+    exit_now: ExitNow,
+}
+
+impl Signals {
+    pub fn new(shared: Arc<Shared>, config_path: Option<PathBuf>, exit_now: ExitNow) -> Signals {
+        Signals {
+            shared,
+            config_path,
+            exit_now,
+        }
+    }
+
+    fn reload(&self) {
+        let Some(path) = &self.config_path else {
+            warn!("SIGHUP: no config file to reload");
+            return;
+        };
+        match Config::load(path) {
+            Ok(config) => match self.shared.apply_file(config) {
+                Ok(()) => info!("SIGHUP: reloaded {}", path.display()),
+                Err(e) => error!("SIGHUP: {} not applied: {e}", path.display()),
+            },
+            Err(e) => error!("SIGHUP: {e}; keeping the running configuration"),
+        }
+    }
+
+    /// Pingora waits the whole grace period after SIGTERM; exit as soon as nothing is in
+    /// flight instead (listeners are closed by then, idle keep-alive connections are dropped).
+    fn exit_when_idle(&self) {
+        let shared = self.shared.clone();
+        let grace = shared.started().grace_period;
+        let exit_now = self.exit_now;
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            std::thread::sleep(Duration::from_millis(200));
+            while start.elapsed() < grace {
+                if shared.in_flight.load(Relaxed) <= 0 {
+                    info!("graceful shutdown: no request in flight, exiting");
+                    exit_now();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let streams = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        );
+        let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut quit)) = streams else {
+            error!("cannot install signal handlers; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload(),
+                _ = term.recv() => {
+                    info!("SIGTERM: draining in-flight requests (grace period {:?})", self.shared.started().grace_period);
+                    self.exit_when_idle();
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+            }
+        }
+    }
+}
