@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::store_marker::{mark_store, store_generation, wipe};
+use common::store::{mark_store, store_generation, wipe};
 use common::*;
 use serde_json::Value;
 

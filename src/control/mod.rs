@@ -29,7 +29,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::cli::{CanaryCommand, CtlArgs, CtlCommand};
 use crate::config::{redact_url, Config};
 use crate::model::{Percent, PoolKind, ServerAddr, Weight};
-use crate::store::{self, Keys, Status, StoreError, SERVING_FRESH_MS};
+use crate::store::{self, Status, Store, StoreError, SERVING_FRESH_MS};
 
 pub mod probe;
 mod replace;
@@ -45,7 +45,7 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Where the control plane lives.
 struct Target {
     url: String,
-    keys: Keys,
+    store: Store,
 }
 
 /// A validated `ctl` command.
@@ -104,7 +104,7 @@ pub async fn heartbeat(
     Lease::new(
         client,
         redis_url,
-        Keys::new(namespace),
+        Store::new(namespace),
         pool,
         addr,
         weight,
@@ -214,7 +214,7 @@ fn resolve_target(
     }
     Ok(Target {
         url,
-        keys: Keys::new(&namespace),
+        store: Store::new(&namespace),
     })
 }
 
@@ -240,7 +240,7 @@ async fn connect(
 /// Run one command; returns the exit code (errors exit 1).
 async fn execute(op: Op, target: &Target) -> anyhow::Result<i32> {
     let client = open_client(&target.url)?;
-    let keys = &target.keys;
+    let store = &target.store;
     if let Op::Register {
         pool,
         addr,
@@ -249,20 +249,20 @@ async fn execute(op: Op, target: &Target) -> anyhow::Result<i32> {
         heartbeat: true,
     } = op
     {
-        let lease = Lease::new(client, &target.url, keys.clone(), pool, addr, weight, ttl);
+        let lease = Lease::new(client, &target.url, store.clone(), pool, addr, weight, ttl);
         return lease.keep_alive().await.map(|()| 0);
     }
     let mut conn = connect(&client, &target.url, REDIS_TIMEOUT).await?;
     let c = &mut conn;
-    let unmarked_before_write = op.writes() && store::read_marker(c, keys).await?.is_none();
+    let unmarked_before_write = op.writes() && store.read_marker(c).await?.is_none();
     let code = run_op(op, c, target).await?;
-    if unmarked_before_write && store::read_marker(c, keys).await?.is_some() {
-        let snap = store::read_snapshot(c, keys, store::now_ms()).await?;
+    if unmarked_before_write && store.read_marker(c).await?.is_some() {
+        let snap = store.read_snapshot(c, store::now_ms()).await?;
         eprintln!(
             "note: {} was missing (a new store, or Redis lost its data); this write created it, \
              so every proxy now follows the store as it is: {} production and {} canary \
              server(s). Register any missing server again.",
-            keys.meta(),
+            store.marker_key(),
             snap.production.len(),
             snap.canary.len()
         );
@@ -272,7 +272,7 @@ async fn execute(op: Op, target: &Target) -> anyhow::Result<i32> {
 
 /// The command itself, on an open connection.
 async fn run_op(op: Op, c: &mut MultiplexedConnection, target: &Target) -> anyhow::Result<i32> {
-    let keys = &target.keys;
+    let store = &target.store;
     match op {
         Op::Register {
             pool,
@@ -281,7 +281,7 @@ async fn run_op(op: Op, c: &mut MultiplexedConnection, target: &Target) -> anyho
             ttl,
             ..
         } => {
-            store::register(c, keys, pool, &addr, weight, ttl).await?;
+            store.register(c, pool, &addr, weight, ttl).await?;
             let lease = ttl.map_or("no lease".to_string(), |t| {
                 format!("lease {}", humantime::format_duration(t))
             });
@@ -289,56 +289,57 @@ async fn run_op(op: Op, c: &mut MultiplexedConnection, target: &Target) -> anyho
             println!("registered {addr} in {pool} ({lease}{weight})");
         }
         Op::Deregister(pool, addr) => {
-            if store::deregister(c, keys, pool, &addr).await? {
+            if store.deregister(c, pool, &addr).await? {
                 println!("deregistered {addr} from {pool}");
             } else {
                 println!("{addr} was not registered in {pool}; nothing to do");
             }
         }
         Op::Drain(pool, addr) => {
-            store::drain(c, keys, pool, &addr).await.map_err(explain)?;
+            store.drain(c, pool, &addr).await.map_err(explain)?;
             println!("draining {addr} in {pool}: it gets no new requests");
         }
         Op::Undrain(pool, addr) => {
-            if store::undrain(c, keys, pool, &addr).await? {
+            if store.undrain(c, pool, &addr).await? {
                 println!("{addr} in {pool} is back in rotation");
             } else {
                 println!("{addr} in {pool} was not draining; nothing to do");
             }
         }
         Op::SetWeight(pool, addr, weight) => {
-            store::set_weight(c, keys, pool, &addr, weight)
+            store
+                .set_weight(c, pool, &addr, weight)
                 .await
                 .map_err(explain)?;
             println!("weight of {addr} in {pool} set to {}", weight.get());
         }
         Op::CanarySet(percent) => {
-            store::set_canary_percent(c, keys, percent).await?;
+            store.set_canary_percent(c, percent).await?;
             println!("canary percent set to {}", percent.as_f64());
         }
-        Op::CanaryGet => match store::get_canary_percent(c, keys).await? {
+        Op::CanaryGet => match store.get_canary_percent(c).await? {
             Some(p) => println!("{}", p.as_f64()),
             None => println!("unset (the proxies use routing.canary_percent from their config)"),
         },
         Op::Replace(plan) => {
-            if store::read_marker(c, keys).await?.is_none() {
+            if store.read_marker(c).await?.is_none() {
                 bail!(
                     "{} is missing (a new store, or Redis lost its data): the proxies keep their \
                      last known servers, and replacing one server would make them follow a store \
                      holding only {}. Register the {} servers again with `ctl register` first. \
                      Nothing changed.",
-                    keys.meta(),
+                    store.marker_key(),
                     plan.new,
                     plan.pool
                 );
             }
-            return Ok(plan.run(c, keys).await?.exit_code());
+            return Ok(plan.run(c, store).await?.exit_code());
         }
         Op::Status => {
-            let status = store::read_status(c, keys).await?;
+            let status = store.read_status(c).await?;
             print!(
                 "{}",
-                format_status(&status, keys, &redact_url(&target.url), store::now_ms())
+                format_status(&status, store, &redact_url(&target.url), store::now_ms())
             );
         }
     }
@@ -393,7 +394,7 @@ impl ShutdownSignal {
 struct Lease {
     client: redis::Client,
     url: String,
-    keys: Keys,
+    store: Store,
     pool: PoolKind,
     addr: ServerAddr,
     weight: Option<Weight>,
@@ -408,7 +409,7 @@ impl Lease {
     fn new(
         client: redis::Client,
         url: &str,
-        keys: Keys,
+        store: Store,
         pool: PoolKind,
         addr: ServerAddr,
         weight: Option<Weight>,
@@ -418,7 +419,7 @@ impl Lease {
         Lease {
             client,
             url: url.to_string(),
-            keys,
+            store,
             pool,
             addr,
             weight,
@@ -496,22 +497,18 @@ impl Lease {
     async fn renew(&mut self) -> anyhow::Result<()> {
         let mut conn = self.take_connection().await?;
         let ttl = Some(self.ttl);
-        store::register(
-            &mut conn,
-            &self.keys,
-            self.pool,
-            &self.addr,
-            self.weight,
-            ttl,
-        )
-        .await?;
+        self.store
+            .register(&mut conn, self.pool, &self.addr, self.weight, ttl)
+            .await?;
         self.conn = Some(conn);
         Ok(())
     }
 
     async fn deregister(&mut self) -> anyhow::Result<()> {
         let mut conn = self.take_connection().await?;
-        store::deregister(&mut conn, &self.keys, self.pool, &self.addr).await?;
+        self.store
+            .deregister(&mut conn, self.pool, &self.addr)
+            .await?;
         self.conn = Some(conn);
         Ok(())
     }
@@ -526,8 +523,8 @@ fn lease_left(expiry_ms: Option<u64>, now_ms: u64) -> String {
     }
 }
 
-fn format_status(status: &Status, keys: &Keys, url: &str, now_ms: u64) -> String {
-    let mut out = format!("redis {url}, namespace {}\n", keys.namespace());
+fn format_status(status: &Status, store: &Store, url: &str, now_ms: u64) -> String {
+    let mut out = format!("redis {url}, namespace {}\n", store.namespace());
     match &status.marker {
         Some(m) => {
             let changed = m.updated_ms.map_or(String::new(), |t| {
@@ -542,7 +539,7 @@ fn format_status(status: &Status, keys: &Keys, url: &str, now_ms: u64) -> String
             out += &format!(
                 "store: NO MARKER ({} missing: a new store, or Redis lost its data); the proxies \
                  keep their last known servers until a write creates it\n",
-                keys.meta()
+                store.marker_key()
             )
         }
     }
@@ -649,7 +646,7 @@ mod tests {
             salt: Some("r1".into()),
             problems: vec![],
         };
-        let text = format_status(&status, &Keys::new("ns"), "redis://h/0", now);
+        let text = format_status(&status, &Store::new("ns"), "redis://h/0", now);
         assert!(
             text.contains("store: generation 7, last change 3s ago"),
             "{text}"
@@ -658,7 +655,7 @@ mod tests {
             marker: None,
             ..status.clone()
         };
-        let unmarked = format_status(&unmarked, &Keys::new("ns"), "redis://h/0", now);
+        let unmarked = format_status(&unmarked, &Store::new("ns"), "redis://h/0", now);
         assert!(
             unmarked.contains("store: NO MARKER (ns:meta missing"),
             "{unmarked}"

@@ -20,7 +20,7 @@ use anyhow::Context;
 use redis::aio::MultiplexedConnection;
 
 use crate::model::{PoolKind, ServerAddr, Weight};
-use crate::store::{self, Keys, Registration};
+use crate::store::{self, Registration, Store};
 
 /// How often the reports are read while waiting.
 const POLL: Duration = Duration::from_millis(200);
@@ -85,7 +85,7 @@ impl Replace {
     pub async fn run(
         &self,
         conn: &mut MultiplexedConnection,
-        keys: &Keys,
+        store: &Store,
     ) -> anyhow::Result<Outcome> {
         let started = tokio::time::Instant::now();
         let (pool, old, new) = (self.pool, &self.old, &self.new);
@@ -95,12 +95,8 @@ impl Replace {
             humantime::format_duration(self.settle)
         ));
         let read = "reading the pool (nothing changed)";
-        let old_was = store::registration(conn, keys, pool, old)
-            .await
-            .context(read)?;
-        let new_was = store::registration(conn, keys, pool, new)
-            .await
-            .context(read)?;
+        let old_was = store.registration(conn, pool, old).await.context(read)?;
+        let new_was = store.registration(conn, pool, new).await.context(read)?;
         if old_was == Registration::Absent {
             say(&format!(
                 "note: {old} is not registered in {pool}; nothing to drain (already replaced?)"
@@ -108,13 +104,14 @@ impl Replace {
         }
 
         let registered_at = store::now_ms();
-        self.register_new(conn, keys, new_was)
+        self.register_new(conn, store, new_was)
             .await
             .with_context(|| format!("registering {new} (OLD untouched)"))?;
 
-        if !self.wait_serving(conn, keys, registered_at).await? {
+        if !self.wait_serving(conn, store, registered_at).await? {
             let undo = if new_was == Registration::Absent {
-                store::deregister(conn, keys, pool, new)
+                store
+                    .deregister(conn, pool, new)
                     .await
                     .with_context(|| format!("deregistering {new} again (OLD untouched)"))?;
                 format!("deregistered {new} again")
@@ -131,7 +128,7 @@ impl Replace {
 
         let outcome = match old_was {
             Registration::Absent => Outcome::Done,
-            _ => self.retire_old(conn, keys, old_was).await?,
+            _ => self.retire_old(conn, store, old_was).await?,
         };
         say(&format!(
             "done in {:.1}s: {pool} serves {new} instead of {old}",
@@ -145,7 +142,7 @@ impl Replace {
     async fn register_new(
         &self,
         conn: &mut MultiplexedConnection,
-        keys: &Keys,
+        store: &Store,
         was: Registration,
     ) -> Result<(), store::StoreError> {
         let (pool, new) = (self.pool, &self.new);
@@ -153,11 +150,11 @@ impl Replace {
             .weight
             .map_or(String::new(), |w| format!(", weight {}", w.get()));
         if was == Registration::Absent {
-            store::register(conn, keys, pool, new, self.weight, None).await?;
+            store.register(conn, pool, new, self.weight, None).await?;
             say(&format!("registered {new} in {pool} (no lease{weight})"));
         } else {
             if let Some(w) = self.weight {
-                store::set_weight(conn, keys, pool, new, w).await?;
+                store.set_weight(conn, pool, new, w).await?;
             }
             say(&format!(
                 "{new} is already registered in {pool}; kept{weight}"
@@ -172,16 +169,17 @@ impl Replace {
     async fn retire_old(
         &self,
         conn: &mut MultiplexedConnection,
-        keys: &Keys,
+        store: &Store,
         was: Registration,
     ) -> anyhow::Result<Outcome> {
         let (pool, old, new) = (self.pool, &self.old, &self.new);
-        store::drain(conn, keys, pool, old)
+        store
+            .drain(conn, pool, old)
             .await
             .with_context(|| format!("draining {old} ({new} is registered and serving)"))?;
         let drained_at = store::now_ms();
         say(&format!("draining {old}: it gets no new requests"));
-        let idle = self.wait_idle(conn, keys, drained_at).await?;
+        let idle = self.wait_idle(conn, store, drained_at).await?;
         let leased = matches!(was, Registration::Lease { .. });
         let mut outcome = Outcome::Done;
         if !idle {
@@ -208,7 +206,8 @@ impl Replace {
                  deregisters it, or its lease lapses"
             ));
         } else {
-            store::deregister(conn, keys, pool, old)
+            store
+                .deregister(conn, pool, old)
                 .await
                 .with_context(|| format!("deregistering {old} (it is drained; {new} serves)"))?;
             say(&format!("deregistered {old} from {pool}"));
@@ -221,7 +220,7 @@ impl Replace {
     async fn wait_serving(
         &self,
         conn: &mut MultiplexedConnection,
-        keys: &Keys,
+        store: &Store,
         registered_at: u64,
     ) -> anyhow::Result<bool> {
         let new = &self.new;
@@ -234,7 +233,8 @@ impl Replace {
         let mut first_seen: Option<u64> = None;
         let mut progress = Progress::new();
         loop {
-            let seen = store::serving_seen_ms(conn, keys, self.pool, new)
+            let seen = store
+                .serving_seen_ms(conn, self.pool, new)
                 .await
                 .with_context(|| {
                     format!("reading serving reports ({new} is registered, OLD untouched)")
@@ -276,7 +276,7 @@ impl Replace {
     async fn wait_idle(
         &self,
         conn: &mut MultiplexedConnection,
-        keys: &Keys,
+        store: &Store,
         drained_at: u64,
     ) -> anyhow::Result<bool> {
         let old = &self.old;
@@ -286,10 +286,12 @@ impl Replace {
         loop {
             let context = || format!("reading proxy reports ({old} is draining, NEW serves)");
             let now = store::now_ms();
-            let seen = store::serving_seen_ms(conn, keys, self.pool, old)
+            let seen = store
+                .serving_seen_ms(conn, self.pool, old)
                 .await
                 .with_context(context)?;
-            let flight = store::in_flight(conn, keys, self.pool, old)
+            let flight = store
+                .in_flight(conn, self.pool, old)
                 .await
                 .with_context(context)?;
             // Every proxy had time to apply the drain and report after it.

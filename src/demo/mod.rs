@@ -175,7 +175,8 @@ fn deregister_on_exit(url: &str, namespace: &str, pool: &str, addr: &str) {
         let addr = crate::model::ServerAddr::parse(addr).map_err(anyhow::Error::msg)?;
         let client = redis::Client::open(url)?;
         let mut conn = client.get_multiplexed_async_connection().await?;
-        crate::store::deregister(&mut conn, &crate::store::Keys::new(namespace), pool, &addr)
+        crate::store::Store::new(namespace)
+            .deregister(&mut conn, pool, &addr)
             .await?;
         anyhow::Ok(())
     };

@@ -1,4 +1,4 @@
-//! Redis discovery: follows the shared store (schema in `store.rs`) and feeds the pools.
+//! Redis discovery: follows the shared store (schema in `store/`) and feeds the pools.
 //!
 //! One task per proxy. It subscribes to `ns:events` *before* reading, so no change can slip
 //! between the read and the subscription; it then re-reads the whole store (one pipelined round
@@ -8,7 +8,7 @@
 //!
 //! When Redis is lost, the pools keep their last known servers (and keep being health-checked);
 //! the task reconnects with a capped backoff, resubscribes and resyncs. Bad entries are logged
-//! once, counted, and skipped by `store::read_snapshot`; the rest keeps serving.
+//! once, counted, and skipped by `Store::read_snapshot`; the rest keeps serving.
 //!
 //! When Redis answers but its data is lost (restarted without persistence, failed over to an
 //! empty replica, `FLUSHALL`), the snapshot has no `ns:meta` marker. That store is not followed:
@@ -30,7 +30,7 @@ use redis::AsyncConnectionConfig;
 use crate::model::PoolKind;
 use crate::pool::WantedServer;
 use crate::state::{RoutingOverrides, Shared};
-use crate::store::{self, Keys, Marker, Snapshot};
+use crate::store::{self, Marker, Snapshot, Store};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -52,7 +52,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     };
     let mut follower = Follower {
         shared: shared.clone(),
-        keys: Keys::new(&config.discovery.namespace),
+        store: Store::new(&config.discovery.namespace),
         resync: config.discovery.resync_interval,
         problems: HashSet::new(),
         proxy_id: proxy_id(),
@@ -128,7 +128,7 @@ impl Source {
 
 struct Follower {
     shared: Arc<Shared>,
-    keys: Keys,
+    store: Store,
     resync: Duration,
     /// Problems already logged, so each is logged once while it lasts.
     problems: HashSet<String>,
@@ -157,7 +157,7 @@ impl Follower {
         backoff: &mut Duration,
     ) -> Result<(), String> {
         let mut pubsub = timed(client.get_async_pubsub()).await?;
-        timed(pubsub.subscribe(self.keys.events())).await?;
+        timed(self.store.subscribe_events(&mut pubsub)).await?;
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(IO_TIMEOUT))
             .set_response_timeout(Some(IO_TIMEOUT));
@@ -198,7 +198,7 @@ impl Follower {
         &mut self,
         conn: &mut redis::aio::MultiplexedConnection,
     ) -> Result<Option<u64>, String> {
-        let snap = timed(store::read_snapshot(conn, &self.keys, store::now_ms())).await?;
+        let snap = timed(self.store.read_snapshot(conn, store::now_ms())).await?;
         self.shared.metrics.discovery_resyncs.inc();
         let Some(marker) = snap.marker.clone() else {
             self.keep_through_lost_store();
@@ -215,7 +215,7 @@ impl Follower {
         let e = format!(
             "redis store has no meta marker (`{}` is missing: Redis lost its data, or nothing \
              was ever written to it): keeping the last known servers and routing",
-            self.keys.meta()
+            self.store.marker_key()
         );
         if !self.store_lost {
             warn!(
@@ -305,28 +305,19 @@ impl Follower {
                 .filter(|s| s.in_rotation)
                 .map(|s| s.name)
                 .collect();
-            timed(store::report_serving(
-                conn,
-                &self.keys,
-                kind,
-                &serving,
-                store::now_ms(),
-            ))
+            timed(
+                self.store
+                    .report_serving(conn, kind, &serving, store::now_ms()),
+            )
             .await?;
         }
-        timed(store::report_proxy(
-            conn,
-            &self.keys,
-            &self.proxy_id,
-            &in_flight,
-        ))
-        .await
+        timed(self.store.report_proxy(conn, &self.proxy_id, &in_flight)).await
     }
 }
 
 /// Await a Redis call with the I/O timeout, flattening both failures into a message.
-async fn timed<T>(
-    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+async fn timed<T, E: std::fmt::Display>(
+    fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(IO_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),

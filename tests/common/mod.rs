@@ -9,7 +9,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod canned;
-pub mod store_marker;
+pub mod store;
 
 use std::collections::HashSet;
 use std::fs::{self, File};
