@@ -65,6 +65,20 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Poll `check` every 25 ms until it returns `Some`; panic naming `what` after `within`.
+pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// Whether something accepts TCP connections on `addr`.
 pub fn port_open(addr: &str) -> bool {
     let addr: SocketAddr = addr.parse().expect("socket address");
@@ -163,6 +177,67 @@ impl Drop for Guarded {
                 self.log.display()
             );
         }
+    }
+}
+
+/// Any other process a test runs in the background (`ctl register --heartbeat`, `demo`, an app
+/// that registers itself, the container's command line): SIGKILLed when dropped, its output in
+/// a log file printed if the test panics.
+pub struct Background {
+    // Declared first so it is dropped (and its log printed) before the temp dir goes.
+    process: Guarded,
+    dir: tempfile::TempDir,
+}
+
+impl Background {
+    /// Spawn `cmd` as is (stdin, stdout and stderr are the guard's).
+    pub fn spawn(label: &str, cmd: Command) -> Background {
+        let dir = temp_dir("canary-lb-bg-");
+        let process = Guarded::spawn(label, cmd, &dir.path().join("output.log"));
+        Background { process, dir }
+    }
+
+    /// `canary-lb ARGS` with `RUST_LOG=info` and the developer's `CANARY_LB_*` cleared, as
+    /// [`run_cli`] runs it, but in the background.
+    pub fn cli(args: &[&str]) -> Background {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).env("RUST_LOG", "info");
+        for var in ENV_TO_CLEAR {
+            cmd.env_remove(var);
+        }
+        Background::spawn(&format!("canary-lb {}", args.join(" ")), cmd)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// Send `sig` (`TERM`, `INT`, ...) with `kill`.
+    pub fn signal(&self, sig: &str) {
+        self.process.signal(sig);
+    }
+
+    pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    pub fn sigint(&self) {
+        self.signal("INT");
+    }
+
+    /// The exit status if it has exited, None while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.process.exited()
+    }
+
+    /// The exit status once it exits, or None if it still runs after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait_exit(timeout)
+    }
+
+    /// Everything it wrote to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        self.process.logs()
     }
 }
 
@@ -439,6 +514,20 @@ impl Proxy {
     /// the proxy port accepts connections. `yaml` must carry the lines [`proxy_config`] writes.
     pub fn start(yaml: &str) -> Proxy {
         Proxy::start_with_nofile(yaml, None)
+    }
+
+    /// A proxy on free ports with `production` (addresses) as its only configured pool, and
+    /// `extra` config lines (threads, health checks, routing, ...) after it.
+    pub fn in_front_of(production: &[String], extra: &str) -> Proxy {
+        let servers: Vec<String> = production.iter().map(|a| format!("\"{a}\"")).collect();
+        Proxy::start(&proxy_config(
+            free_port(),
+            free_port(),
+            &format!(
+                "pools:\n  production: {{ servers: [{}] }}\n{extra}",
+                servers.join(", ")
+            ),
+        ))
     }
 
     /// [`Proxy::start`] with the process's file-descriptor limit set to `nofile`.
@@ -746,6 +835,143 @@ impl RedisServer {
         };
         redis.spawn_and_wait();
         redis
+    }
+}
+
+/// The namespace `ctl` and the proxies use when none is given.
+pub const DEFAULT_NAMESPACE: &str = "canary-lb";
+
+impl RedisServer {
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("valid redis url")
+    }
+
+    /// A new plain connection (5 s connect timeout).
+    pub fn conn(&self) -> redis::Connection {
+        self.client()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to the test redis")
+    }
+
+    /// How many keys the server holds.
+    pub fn dbsize(&self) -> i64 {
+        redis::cmd("DBSIZE")
+            .query(&mut self.conn())
+            .expect("DBSIZE")
+    }
+
+    /// `ZSCORE key member`.
+    pub fn zscore(&self, key: &str, member: &str) -> Option<f64> {
+        redis::cmd("ZSCORE")
+            .arg(key)
+            .arg(member)
+            .query(&mut self.conn())
+            .expect("ZSCORE")
+    }
+
+    /// Subscribe to the events channel of `namespace`, run `action`, and return its result once
+    /// `want` was published there (panics after 5 s, listing what was published instead).
+    pub fn expect_event<T>(&self, namespace: &str, want: &str, action: impl FnOnce() -> T) -> T {
+        let channel = store::events_channel(namespace);
+        let mut con = self.conn();
+        let mut pubsub = con.as_pubsub();
+        pubsub.subscribe(&channel).expect("SUBSCRIBE");
+        let result = action();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no `{want}` on {channel} within 5s; saw {seen:?}"
+            );
+            pubsub.set_read_timeout(Some(left)).expect("read timeout");
+            let msg = pubsub
+                .get_message()
+                .unwrap_or_else(|e| panic!("no `{want}` on {channel}: {e}; saw {seen:?}"));
+            let payload: String = msg.get_payload().expect("text payload");
+            if msg.get_channel_name() == channel && payload == want {
+                return result;
+            }
+            seen.push(payload);
+        }
+    }
+
+    /// `canary-lb ctl --redis URL ARGS...` (the default namespace unless ARGS name one).
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let url = self.url();
+        let mut all = vec!["ctl", "--redis", &url];
+        all.extend_from_slice(args);
+        run_cli(&all, Duration::from_secs(20))
+    }
+
+    /// [`RedisServer::ctl`] that must exit 0; returns its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "ctl {args:?} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// [`RedisServer::ctl`] in the background (for `register --heartbeat`).
+    pub fn spawn_ctl(&self, args: &[&str]) -> Background {
+        let url = self.url();
+        let mut all = vec!["ctl", "--redis", &url];
+        all.extend_from_slice(args);
+        Background::cli(&all)
+    }
+}
+
+/// `redis-server sentinel.conf --sentinel` watching the master on `master_port` as `mymaster`.
+pub struct RedisSentinel {
+    // Declared first so it is dropped (and its log printed) before the temp dir goes.
+    process: Guarded,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    /// Start a Sentinel and wait until it knows the master.
+    pub fn start(master_port: u16) -> RedisSentinel {
+        let dir = temp_dir("canary-lb-sentinel-");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let mut cmd = Command::new("redis-server");
+        cmd.arg(&conf).arg("--sentinel");
+        let process = Guarded::spawn("redis sentinel", cmd, &dir.path().join("sentinel.log"));
+        let sentinel = RedisSentinel { process, port, dir };
+        wait_until("sentinel knows the master", STARTUP, || {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+                return false;
+            };
+            let Ok(mut conn) = client.get_connection() else {
+                return false;
+            };
+            let addr: redis::RedisResult<Vec<String>> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg("mymaster")
+                .query(&mut conn);
+            addr.is_ok_and(|a| a.get(1) == Some(&master_port.to_string()))
+        });
+        sentinel
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 

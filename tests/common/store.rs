@@ -14,6 +14,11 @@ fn pool_kind(pool: &str) -> PoolKind {
     PoolKind::parse(pool).unwrap_or_else(|e| panic!("test pool name `{pool}`: {e}"))
 }
 
+/// Unix milliseconds on the clock the proxies compare lease scores with.
+pub fn now_ms() -> u64 {
+    canary_lb::store::now_ms()
+}
+
 /// The library's handle on namespace `ns` (the same one the proxy and `ctl` use).
 pub fn store(namespace: &str) -> Store {
     Store::new(namespace)
