@@ -448,7 +448,7 @@ fn every_change_bumps_the_store_marker_and_a_no_op_removal_never_creates_it() {
     let _: () = redis.conn().del(meta_key(NS)).expect("DEL");
     let _: () = redis
         .conn()
-        .zadd(&servers_key(NS, "production"), "10.0.0.2:80", "+inf")
+        .zadd(servers_key(NS, "production"), "10.0.0.2:80", "+inf")
         .expect("ZADD");
     redis.ctl_ok(&["register", "--pool", "production", "10.0.0.2:80"]);
     assert_eq!(store_generation(&redis.url(), NS), Some(1));

@@ -16,16 +16,7 @@ use common::*;
 const RUN: Duration = Duration::from_secs(20);
 
 fn start_proxy(app: &App) -> Proxy {
-    Proxy::start(&proxy_config(
-        free_port(),
-        free_port(),
-        &format!(
-            "threads: 1\n\
-             grace_period: 1s\n\
-             pools:\n  production: {{ servers: [\"{}\"] }}\n",
-            app.addr()
-        ),
-    ))
+    Proxy::in_front_of(&[app.addr()], "threads: 1\ngrace_period: 1s\n")
 }
 
 fn health(args: &[&str], env: &[(&str, &str)]) -> Output {
