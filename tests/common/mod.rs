@@ -8,7 +8,6 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-pub mod canned;
 pub mod store;
 
 use std::collections::HashSet;
