@@ -10,7 +10,7 @@
 //! keeps retrying while Redis is unreachable, and deregisters on SIGTERM/SIGINT so a clean
 //! shutdown leaves the pool at once instead of when the lease lapses.
 //!
-//! On a store without the `ns:meta` marker (a brand-new Redis, or one that lost its data), the
+//! On a store without its marker (a brand-new Redis, or one that lost its data), the
 //! first write that changes something creates it, and the proxies follow the store from then on;
 //! `ctl` says so on stderr with what the store now holds, because after a wipe that may be far
 //! less than the proxies were serving. `replace` refuses such a store instead: the proxies are
@@ -657,7 +657,10 @@ mod tests {
         };
         let unmarked = format_status(&unmarked, &Store::new("ns"), "redis://h/0", now);
         assert!(
-            unmarked.contains("store: NO MARKER (ns:meta missing"),
+            unmarked.contains(&format!(
+                "store: NO MARKER ({} missing",
+                Store::new("ns").marker_key()
+            )),
             "{unmarked}"
         );
         assert!(text.contains("canary percent: 12.5"), "{text}");

@@ -1,11 +1,11 @@
 //! `ctl replace`: one rolling-replacement step of a deploy pipeline, OLD -> NEW in one pool.
 //!
 //! The step only trusts what the proxies report back through Redis, never its own writes:
-//! NEW counts as serving once some proxy has kept it in rotation (`ns:serving:pool`) for
+//! NEW counts as serving once some proxy has kept it in rotation (its serving report) for
 //! `settle`, because a proxy puts a new server in rotation *before* its first health probe,
 //! so a single report would also accept a NEW that nobody listens on. OLD counts as finished
 //! once no proxy has reported it in rotation for [`OUT_OF_ROTATION_MS`] (every proxy applied
-//! the drain) and the proxies' in-flight reports (`ns:proxy:<id>`) sum to zero for it.
+//! the drain) and the proxies' in-flight reports (`Store::in_flight`) sum to zero for it.
 //!
 //! An OLD kept alive by a heartbeat (a lease) is left registered but drained instead of
 //! deregistered: its next renewal would add it straight back, while stopping it deregisters it.

@@ -1,6 +1,6 @@
 //! Redis discovery: follows the shared store (schema in `store/`) and feeds the pools.
 //!
-//! One task per proxy. It subscribes to `ns:events` *before* reading, so no change can slip
+//! One task per proxy. It subscribes to the store's events *before* reading, so no change can slip
 //! between the read and the subscription; it then re-reads the whole store (one pipelined round
 //! trip) on every event, every `resync_interval`, and when the next lease runs out. A missed
 //! message, a write made with plain `redis-cli` without PUBLISH, or an expired lease therefore
@@ -11,7 +11,7 @@
 //! once, counted, and skipped by `Store::read_snapshot`; the rest keeps serving.
 //!
 //! When Redis answers but its data is lost (restarted without persistence, failed over to an
-//! empty replica, `FLUSHALL`), the snapshot has no `ns:meta` marker. That store is not followed:
+//! empty replica, `FLUSHALL`), the snapshot has no marker. That store is not followed:
 //! an empty answer would take every pool down at once. The pools and routing overrides stay as
 //! they are (the file's servers, for a proxy that never had a marked store), discovery is
 //! reported down with the reason, and the store is followed again as soon as a write (any
@@ -34,7 +34,7 @@ use crate::store::{self, Marker, Snapshot, Store};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often this proxy reports the servers it has in rotation (`ns:serving:pool`).
+/// How often this proxy reports the servers it has in rotation (`Store::report_serving`).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
@@ -132,7 +132,7 @@ struct Follower {
     resync: Duration,
     /// Problems already logged, so each is logged once while it lasts.
     problems: HashSet<String>,
-    /// This proxy's name in `ns:proxy:<id>`.
+    /// This proxy's name in its in-flight report (`Store::report_proxy`).
     proxy_id: String,
     /// The marker of the last store followed.
     marker: Option<Marker>,
