@@ -62,22 +62,22 @@ use keys::Keys;
 /// A server reported by a proxy within this long counts as serving (`ctl status`).
 /// Proxies should report at least every `SERVING_FRESH_MS / 3`.
 pub const SERVING_FRESH_MS: u64 = 5_000;
-/// Serving reports older than this are deleted by the next [`report_serving`], and the whole
+/// Serving reports older than this are deleted by the next [`Store::report_serving`], and the whole
 /// `ns:serving:pool` key expires this long after the last report (all proxies gone).
 pub const SERVING_RETENTION_MS: u64 = 60_000;
-/// A member whose lease lapsed longer ago than this is deleted by the next [`register`].
+/// A member whose lease lapsed longer ago than this is deleted by the next [`Store::register`].
 pub const LEASE_PURGE_AFTER_MS: u64 = 60_000;
 /// A proxy's `ns:proxy:<id>` report expires this long after it was written (proxy gone).
 pub const PROXY_REPORT_TTL_MS: u64 = 5_000;
 /// The `ns:routing` fields this module reads.
-pub const FIELD_CANARY_PERCENT: &str = "canary_percent";
-pub const FIELD_SALT: &str = "salt";
+const FIELD_CANARY_PERCENT: &str = "canary_percent";
+const FIELD_SALT: &str = "salt";
 /// The `ns:meta` fields: the marker exists when `generation` does.
-pub const FIELD_GENERATION: &str = "generation";
-pub const FIELD_UPDATED_MS: &str = "updated_ms";
-pub const FIELD_CREATED_MS: &str = "created_ms";
+const FIELD_GENERATION: &str = "generation";
+const FIELD_UPDATED_MS: &str = "updated_ms";
+const FIELD_CREATED_MS: &str = "created_ms";
 /// The `ns:events` message for a routing change (pool changes publish the pool name).
-pub const ROUTING_EVENT: &str = "routing";
+const ROUTING_EVENT: &str = "routing";
 
 /// One server of a pool as stored in Redis.
 #[derive(Debug, Clone, PartialEq)]
@@ -251,7 +251,7 @@ impl Store {
     }
 
     /// Subscribe `pubsub` to the channel every writer publishes on after a change (the message
-    /// is the pool name, or [`ROUTING_EVENT`]). Only a hint to re-read: see the module docs.
+    /// is the pool name, or `routing`). Only a hint to re-read: see the module docs.
     pub async fn subscribe_events(
         &self,
         pubsub: &mut redis::aio::PubSub,
@@ -348,7 +348,7 @@ impl Store {
         commands::set_weight(conn, &self.keys, pool, addr, weight).await
     }
 
-    /// Store the canary percent, bump the marker and publish [`ROUTING_EVENT`].
+    /// Store the canary percent, bump the marker and publish `routing`.
     pub async fn set_canary_percent<C: redis::aio::ConnectionLike>(
         &self,
         conn: &mut C,

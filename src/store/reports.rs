@@ -13,7 +13,7 @@ use crate::model::{PoolKind, ServerAddr};
 /// deleted and the key is set to expire after that long, so servers no proxy serves any more
 /// (and proxies that went away) disappear without a coordinator. With several proxies the set
 /// is the union of their rotations; a server counts as serving while some proxy re-reported it
-/// within [`SERVING_FRESH_MS`].
+/// within [`super::SERVING_FRESH_MS`].
 pub(super) async fn report_serving<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
