@@ -5,9 +5,9 @@
 //! `redis-server`, demo app servers, and the proxy built by this bench run (release). It stops
 //! by itself within about a minute.
 //!
-//! 1. Propagation: a registration (by `ctl register`, and by `store::register` in-process)
+//! 1. Propagation: a registration (by `ctl register`, and by `Store::register` in-process)
 //!    -> the first request served by the new server.
-//! 2. One snapshot read of a 1,000-server pool (`store::read_snapshot`, called directly), and
+//! 2. One snapshot read of a 1,000-server pool (`Store::read_snapshot`, called directly), and
 //!    the commands Redis processed for it; then PUBLISH -> `/status` listing the 1,000.
 //! 3. Request latency through the proxy with and without a resync every 50 ms.
 
@@ -17,7 +17,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use canary_lb::store::{self, Keys};
+use canary_lb::store::{self, Store};
 use common::*;
 
 /// Anything the bench waits for must happen within this, or the bench fails.
@@ -56,12 +56,12 @@ fn main() {
         &propagation.from_ctl_start,
     );
     row(
-        "`store::register` returns (in-process) -> first request served",
+        "`Store::register` returns (in-process) -> first request served",
         &propagation.from_store_write,
     );
     row(
         &format!(
-            "`store::read_snapshot`, {BIG_POOL} servers ({commands_per_read:.0} commands, 1 round trip)"
+            "`Store::read_snapshot`, {BIG_POOL} servers ({commands_per_read:.0} commands, 1 round trip)"
         ),
         &read_times,
     );
@@ -136,7 +136,7 @@ struct Propagation {
     from_ctl_exit: Vec<Duration>,
     /// `ctl register` starts (process spawn included) -> first request served.
     from_ctl_start: Vec<Duration>,
-    /// `store::register` (one Lua call that writes and publishes) returns -> first request served.
+    /// `Store::register` (one Lua call that writes and publishes) returns -> first request served.
     from_store_write: Vec<Duration>,
 }
 
@@ -175,7 +175,7 @@ fn propagation(url: &str, redis_port: u16, prod: &App, canary: &App) -> Propagat
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let keys = Keys::new(ns);
+    let store = Store::new(ns);
     let addr = canary_lb::model::ServerAddr::parse(&canary.addr()).expect("address");
     let pool = canary_lb::model::PoolKind::Canary;
     let client = redis::Client::open(url).expect("redis url");
@@ -184,14 +184,14 @@ fn propagation(url: &str, redis_port: u16, prod: &App, canary: &App) -> Propagat
         .expect("connect");
     for _ in 0..TRIES {
         runtime
-            .block_on(store::register(&mut conn, &keys, pool, &addr, None, None))
+            .block_on(store.register(&mut conn, pool, &addr, None, None))
             .expect("register");
         p.from_store_write
             .push(spin_until("the new canary serves", || {
                 answered_by(&proxy, canary.name(), &force)
             }));
         runtime
-            .block_on(store::deregister(&mut conn, &keys, pool, &addr))
+            .block_on(store.deregister(&mut conn, pool, &addr))
             .expect("deregister");
         back_to_production();
     }
@@ -200,8 +200,8 @@ fn propagation(url: &str, redis_port: u16, prod: &App, canary: &App) -> Propagat
 
 /// `ZADD servers +inf addr ...` for `n` addresses from port 20000 (nothing listens there).
 fn fill(url: &str, ns: &str, n: usize) {
-    let key = format!("{ns}:servers:canary");
-    let weights = format!("{ns}:weights:canary");
+    let key = common::store::servers_key(ns, "canary");
+    let weights = common::store::weights_key(ns, "canary");
     let addrs: Vec<String> = (0..n)
         .map(|i| format!("127.0.0.1:{}", 20_000 + i))
         .collect();
@@ -232,7 +232,7 @@ fn commands_processed(url: &str) -> u64 {
 fn snapshot_reads(url: &str) -> (Vec<Duration>, f64) {
     let ns = "bench-snapshot";
     fill(url, ns, BIG_POOL);
-    let keys = Keys::new(ns);
+    let store = Store::new(ns);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -244,7 +244,8 @@ fn snapshot_reads(url: &str) -> (Vec<Duration>, f64) {
             .await
             .expect("connect");
         for _ in 0..3 {
-            store::read_snapshot(&mut conn, &keys, store::now_ms())
+            store
+                .read_snapshot(&mut conn, store::now_ms())
                 .await
                 .expect("warm-up read");
         }
@@ -252,7 +253,8 @@ fn snapshot_reads(url: &str) -> (Vec<Duration>, f64) {
         let mut times = Vec::with_capacity(TRIES);
         for _ in 0..TRIES {
             let start = Instant::now();
-            let snap = store::read_snapshot(&mut conn, &keys, store::now_ms())
+            let snap = store
+                .read_snapshot(&mut conn, store::now_ms())
                 .await
                 .expect("snapshot");
             times.push(start.elapsed());
@@ -301,7 +303,7 @@ fn resyncs(proxy: &Proxy) -> u64 {
 
 fn big_pool(url: &str, redis_port: u16, prod: &App) -> BigPool {
     let ns = "bench-big";
-    let events = format!("{ns}:events");
+    let events = common::store::events_channel(ns);
     ctl_ok(url, ns, &["register", "--pool", "production", &prod.addr()]);
     // Resync once a minute: only the PUBLISH below makes the proxy read.
     let proxy = Proxy::start(&yaml(redis_port, ns, "60s"));
@@ -318,7 +320,7 @@ fn big_pool(url: &str, redis_port: u16, prod: &App) -> BigPool {
             canary_listed(&proxy) == BIG_POOL
         });
         publish_to_status.push(start.elapsed());
-        redis_cmd(url, &["DEL", &format!("{ns}:servers:canary")]);
+        redis_cmd(url, &["DEL", &common::store::servers_key(ns, "canary")]);
         redis_cmd(url, &["PUBLISH", &events, "canary"]);
         spin_until("the canary pool is empty", || canary_listed(&proxy) == 0);
     }
@@ -355,7 +357,7 @@ fn big_pool(url: &str, redis_port: u16, prod: &App) -> BigPool {
                 let mut conn = redis::Client::open(url)
                     .and_then(|c| c.get_connection())
                     .expect("connect");
-                let key = format!("{ns}:servers:canary");
+                let key = common::store::servers_key(ns, "canary");
                 let mut present = false;
                 while !stop.load(Ordering::Relaxed) {
                     if churn {

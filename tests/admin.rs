@@ -18,17 +18,14 @@ const SALT: &str = "Zq7-distinctive-salt-4431";
 
 /// A proxy with one production app, `extra` appended to the config.
 fn start_proxy(app: &App, extra: &str) -> Proxy {
-    Proxy::start(&proxy_config(
-        free_port(),
-        free_port(),
+    Proxy::in_front_of(
+        &[app.addr()],
         &format!(
             "threads: 1\n\
              grace_period: 1s\n\
-             pools:\n  production: {{ servers: [\"{}\"] }}\n\
-             routing: {{ canary_percent: 10, salt: \"{SALT}\" }}\n{extra}",
-            app.addr()
+             routing: {{ canary_percent: 10, salt: \"{SALT}\" }}\n{extra}"
         ),
-    ))
+    )
 }
 
 fn get_raw(port: u16, path: &str, extra_headers: &str) -> RawResponse {

@@ -2,20 +2,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, get, wait_until, STARTUP};
-
-/// The demo process, killed when the test ends however it ends.
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{free_port, get, wait_until, Background, STARTUP};
 
 #[test]
 fn demo_serves_both_pools_and_stops_on_ctrl_c() {
@@ -27,21 +16,18 @@ fn demo_serves_both_pools_and_stops_on_ctrl_c() {
             p < 65000 && (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
         })
         .expect("three consecutive free ports");
-    let child = Command::new(common::bin())
-        .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-        .args([
-            "--app-base-port",
-            &base.to_string(),
-            "--canary-percent",
-            "30",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn canary-lb demo");
-    let mut demo = Demo(child);
+    // The demo process, killed when the test ends however it ends.
+    let mut demo = Background::cli(&[
+        "demo",
+        "--listen",
+        &format!("127.0.0.1:{listen}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics}"),
+        "--app-base-port",
+        &base.to_string(),
+        "--canary-percent",
+        "30",
+    ]);
     let url = format!("http://127.0.0.1:{listen}/");
     wait_until("demo answers", STARTUP, || {
         common::try_get(&url, &[]).is_ok_and(|r| r.status == 200)
@@ -78,10 +64,9 @@ fn demo_serves_both_pools_and_stops_on_ctrl_c() {
     assert!(metrics_text.contains("canary_lb_canary_percent 30"));
 
     // Ctrl-C stops the proxy and the apps.
-    let pid = demo.0.id().to_string();
-    let _ = Command::new("kill").args(["-INT", &pid]).status();
+    demo.sigint();
     wait_until("demo exits on SIGINT", Duration::from_secs(10), || {
-        demo.0.try_wait().ok().flatten().is_some()
+        demo.exited().is_some()
     });
     assert!(common::try_get(&url, &[]).is_err(), "proxy still answers");
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -229,28 +229,22 @@ fn scrape_busy_proxy() -> String {
     let dead = format!("127.0.0.1:{}", free_port());
     let url = redis.url();
     let ctl = |args: &[&str]| {
-        let mut all = vec!["ctl", "--redis", url.as_str(), "--namespace", "kit"];
-        all.extend_from_slice(args);
-        let out = run_cli(&all, Duration::from_secs(20));
-        assert!(
-            out.status.success(),
-            "ctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ctl_ok(&url, "kit", args);
     };
     ctl(&["register", "--pool", "production", &prod.addr()]);
     ctl(&["register", "--pool", "production", &dead]);
     ctl(&["register", "--pool", "canary", &canary.addr()]);
     ctl(&["canary", "set", "50"]);
-    let mut conn = redis::Client::open(url.as_str())
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
-        .expect("connect to redis");
-    redis::cmd("ZADD")
-        .arg("kit:servers:canary")
-        .arg("+inf")
-        .arg("nowhere")
-        .query::<()>(&mut conn)
-        .expect("ZADD a bad entry");
+    // A bad entry written by hand.
+    redis_cmd(
+        &url,
+        &[
+            "ZADD",
+            &common::store::servers_key("kit", "canary"),
+            "+inf",
+            "nowhere",
+        ],
+    );
 
     // Health checks far apart: the dead server stays in rotation, so requests to it retry.
     let proxy = Proxy::start(&proxy_config(
@@ -557,10 +551,8 @@ fn dockerfile_copies_existing_paths_and_runs_the_tested_command() {
         .env(
             "CANARY_LB_METRICS_LISTEN",
             format!("127.0.0.1:{metrics_port}"),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let container = KillOnDrop(command.spawn().expect("spawn canary-lb serve"));
+        );
+    let container = Background::spawn("canary-lb serve (the image's command line)", command);
     let status_url = health_url.replace(&metrics.to_string(), &metrics_port.to_string());
     wait_until(
         "`canary-lb serve` answers its health check",
@@ -583,15 +575,6 @@ fn dockerfile_copies_existing_paths_and_runs_the_tested_command() {
     );
     assert!(checked.status.success(), "HEALTHCHECK: {checked:?}");
     drop(container);
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@
 mod common;
 
 use common::raw::{canonical, split_requests, RawBackend, RawClient, RawResponse, BACKEND_BODY};
-use common::{free_port, proxy_config, wait_until, Proxy};
+use common::{wait_until, Proxy};
 use std::time::Duration;
 
 /// A proxy in front of one recording app server.
@@ -63,17 +63,14 @@ impl Edge {
     /// A proxy with extra top-level config lines (e.g. a `client:` section).
     fn with(extra: &str) -> Edge {
         let backend = RawBackend::start();
-        let proxy = Proxy::start(&proxy_config(
-            free_port(),
-            free_port(),
+        let proxy = Proxy::in_front_of(
+            &[backend.addr()],
             &format!(
                 "threads: 1\n\
-                 pools:\n  production: {{ servers: [\"{}\"] }}\n\
                  health_check: {{ kind: tcp, interval: 1s, timeout: 1s }}\n\
-                 routing: {{ pool_response_header: false }}\n{extra}",
-                backend.addr()
+                 routing: {{ pool_response_header: false }}\n{extra}"
             ),
-        ));
+        );
         Edge { proxy, backend }
     }
 

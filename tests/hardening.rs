@@ -16,21 +16,17 @@ const NOTICE: Duration = Duration::from_secs(20);
 /// A proxy in front of `production` (addresses), with TCP health checks that take 100 failed
 /// probes to mark a server down: passive detection alone decides within a test.
 fn proxy_for(production: &[String], extra: &str) -> Proxy {
-    let servers: Vec<String> = production.iter().map(|a| format!("\"{a}\"")).collect();
-    Proxy::start(&proxy_config(
-        free_port(),
-        free_port(),
+    Proxy::in_front_of(
+        production,
         &format!(
             "threads: 2\n\
              grace_period: 1s\n\
-             pools:\n  production: {{ servers: [{}] }}\n\
              health_check: {{ kind: tcp, interval: 1s, timeout: 500ms, \
                               healthy_threshold: 1, unhealthy_threshold: 100 }}\n\
              upstream: {{ connect_timeout: 1s, read_timeout: 5s, write_timeout: 5s, max_tries: 2 }}\n\
-             {extra}",
-            servers.join(", ")
+             {extra}"
         ),
-    ))
+    )
 }
 
 /// An address nothing listens on.

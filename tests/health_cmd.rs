@@ -9,23 +9,14 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
-use common::canned::{CannedListener, Script};
+use common::raw::{RawBackend, Script};
 use common::*;
 
 /// Bound on one `canary-lb health` run: well above its own 2 s default timeout.
 const RUN: Duration = Duration::from_secs(20);
 
 fn start_proxy(app: &App) -> Proxy {
-    Proxy::start(&proxy_config(
-        free_port(),
-        free_port(),
-        &format!(
-            "threads: 1\n\
-             grace_period: 1s\n\
-             pools:\n  production: {{ servers: [\"{}\"] }}\n",
-            app.addr()
-        ),
-    ))
+    Proxy::in_front_of(&[app.addr()], "threads: 1\ngrace_period: 1s\n")
 }
 
 fn health(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -149,13 +140,13 @@ fn addr_probes_an_app_server_without_a_config() {
 
 #[test]
 fn sends_one_plain_get_healthz() {
-    let ok = CannedListener::start(Script::Reply(
+    let ok = RawBackend::scripted(Script::Reply(
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n".to_vec(),
     ));
     assert_healthy(&health(&["--addr", &ok.addr()], &[]));
     let received = ok.received();
     assert_eq!(received.len(), 1, "{received:?}");
-    let head = String::from_utf8_lossy(&received[0]);
+    let head = String::from_utf8_lossy(&received[0].head);
     assert!(
         head.starts_with("GET /healthz HTTP/1.1\r\n"),
         "request head: {head:?}"
@@ -217,7 +208,7 @@ fn hostile_or_broken_answers_are_unhealthy() {
         ),
     ];
     for (what, script, needle) in cases {
-        let listener = CannedListener::start(script);
+        let listener = RawBackend::scripted(script);
         let out = health(&["--addr", &listener.addr(), "--timeout", "1s"], &[]);
         assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
         assert!(

@@ -12,7 +12,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::store_marker::{mark_store, store_generation, wipe};
+use common::store::{
+    events_channel, mark_store, now_ms, routing_key, servers_key, store_generation, weights_key,
+    wipe,
+};
 use common::*;
 use serde_json::Value;
 
@@ -236,10 +239,10 @@ fn bad_data_is_logged_counted_and_skipped() {
     // The store was initialised once (by any `ctl` write, or the redis-cli recipe).
     mark_store(&url, ns);
     let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
-    let servers = format!("{ns}:servers:production");
-    let weights = format!("{ns}:weights:production");
-    let routing = format!("{ns}:routing");
-    let events = format!("{ns}:events");
+    let servers = servers_key(ns, "production");
+    let weights = weights_key(ns, "production");
+    let routing = routing_key(ns);
+    let events = events_channel(ns);
 
     // What a hand-written pipeline might store: one good server, one with a non-numeric
     // weight, one member that is not an address; and a good canary percent.
@@ -326,10 +329,10 @@ fn an_expired_lease_leaves_rotation_without_any_event() {
     let leased = App::start("leased", "production");
     mark_store(&url, ns);
     let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
-    let servers = format!("{ns}:servers:production");
+    let servers = servers_key(ns, "production");
 
     // Written like a hand-rolled heartbeat: ZADD with a near-future expiry, no PUBLISH.
-    let expiry_ms = store_now_ms() + 6_000;
+    let expiry_ms = now_ms() + 6_000;
     redis_cmd(&url, &["ZADD", &servers, "+inf", &forever.addr()]);
     redis_cmd(
         &url,
@@ -339,14 +342,14 @@ fn an_expired_lease_leaves_rotation_without_any_event() {
         reaches(&proxy, "leased", 4)
     });
     assert!(
-        store_now_ms() < expiry_ms,
+        now_ms() < expiry_ms,
         "the lease ran out before the test could watch it being served; machine too slow?"
     );
 
     wait_until("the leased server leaves /status", NOTICE, || {
         !listed(&proxy, "production").contains(&leased.addr())
     });
-    let late_ms = store_now_ms().saturating_sub(expiry_ms);
+    let late_ms = now_ms().saturating_sub(expiry_ms);
     eprintln!("lease expiry -> out of /status: {late_ms} ms");
     assert!(
         late_ms <= (RESYNC + Duration::from_secs(1)).as_millis() as u64,
@@ -505,12 +508,7 @@ fn a_plain_write_without_publish_is_picked_up_within_the_resync_interval() {
     let written = Instant::now();
     redis_cmd(
         &url,
-        &[
-            "ZADD",
-            &format!("{ns}:servers:production"),
-            "+inf",
-            &app.addr(),
-        ],
+        &["ZADD", &servers_key(ns, "production"), "+inf", &app.addr()],
     );
     wait_until("the server written with plain ZADD serves", NOTICE, || {
         answered_by(&proxy, "plain", &[])
@@ -696,45 +694,19 @@ fn a_proxy_started_on_a_store_without_marker_serves_the_file_until_it_is_written
         .all(|s| s == "fresh-registered"));
 }
 
-/// Unix milliseconds, as the proxies compare lease scores.
-fn store_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
-}
-
-/// `canary-lb app --register-redis ADDR` as a separate process, SIGKILLed if a test panics.
-struct SelfRegisteredApp(std::process::Child);
-
-impl SelfRegisteredApp {
-    fn start(redis_url: &str, namespace: &str, addr: &str) -> SelfRegisteredApp {
-        let child = std::process::Command::new(bin())
-            .args(["app", "--listen", addr, "--pool", "production"])
-            .args(["--register-redis", redis_url, "--namespace", namespace])
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn canary-lb app");
-        SelfRegisteredApp(child)
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{sig}"), &self.0.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} failed");
-    }
-}
-
-impl Drop for SelfRegisteredApp {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `canary-lb app --register-redis URL` as a separate process, SIGKILLed if a test panics.
+fn self_registered_app(redis_url: &str, namespace: &str, addr: &str) -> Background {
+    Background::cli(&[
+        "app",
+        "--listen",
+        addr,
+        "--pool",
+        "production",
+        "--register-redis",
+        redis_url,
+        "--namespace",
+        namespace,
+    ])
 }
 
 /// A self-registered app stopped with `sig` leaves the pool at once (it deregisters), instead
@@ -744,15 +716,13 @@ fn self_registered_app_deregisters_on(sig: &str) {
     let redis = RedisServer::start();
     let url = redis.url();
     let addr = format!("127.0.0.1:{}", free_port());
-    let servers = format!("{ns}:servers:production");
-    let mut app = SelfRegisteredApp::start(&url, &ns, &addr);
+    let servers = servers_key(&ns, "production");
+    let mut app = self_registered_app(&url, &ns, &addr);
     wait_until("the app registered itself", NOTICE, || {
         redis_cmd(&url, &["ZSCORE", &servers, &addr]) != redis::Value::Nil
     });
     app.signal(sig);
-    wait_until("the app exited", NOTICE, || {
-        app.0.try_wait().expect("try_wait").is_some()
-    });
+    wait_until("the app exited", NOTICE, || app.exited().is_some());
     assert_eq!(
         redis_cmd(&url, &["ZSCORE", &servers, &addr]),
         redis::Value::Nil,

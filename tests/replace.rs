@@ -12,27 +12,20 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::store::{draining_key, meta_key, routing_key, servers_key, weights_key};
 use common::*;
 use redis::Commands;
 
 const NS: &str = "replace-test";
 
-fn conn(redis: &RedisServer) -> redis::Connection {
-    redis::Client::open(redis.url())
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
-        .expect("connect to the test redis")
-}
-
 fn registered(redis: &RedisServer, pool: &str, addr: &str) -> bool {
-    let score: Option<f64> = conn(redis)
-        .zscore(format!("{NS}:servers:{pool}"), addr)
-        .expect("ZSCORE");
-    score.is_some()
+    redis.zscore(&servers_key(NS, pool), addr).is_some()
 }
 
 fn draining(redis: &RedisServer, pool: &str, addr: &str) -> bool {
-    conn(redis)
-        .sismember(format!("{NS}:draining:{pool}"), addr)
+    redis
+        .conn()
+        .sismember(draining_key(NS, pool), addr)
         .expect("SISMEMBER")
 }
 
@@ -53,21 +46,7 @@ fn start_proxy(redis: &RedisServer) -> Proxy {
 }
 
 fn register(redis: &RedisServer, pool: &str, addr: &str) {
-    let out = run_cli(
-        &[
-            "ctl",
-            "--redis",
-            &redis.url(),
-            "--namespace",
-            NS,
-            "register",
-            "--pool",
-            pool,
-            addr,
-        ],
-        Duration::from_secs(20),
-    );
-    assert!(out.status.success(), "register: {}", text(&out.stderr));
+    ctl_ok(&redis.url(), NS, &["register", "--pool", pool, addr]);
 }
 
 /// Wait until the proxy answers `/` from the app named `name`.
@@ -342,7 +321,7 @@ fn replace_refuses_bad_input_with_exit_1_before_writing() {
             text(&out.stderr)
         );
     }
-    let keys: Vec<String> = conn(&redis).keys("*").expect("KEYS");
+    let keys: Vec<String> = redis.conn().keys("*").expect("KEYS");
     assert!(keys.is_empty(), "nothing written: {keys:?}");
 }
 
@@ -366,10 +345,11 @@ fn replace_refuses_a_store_without_marker_and_writes_nothing() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("{NS}:meta is missing")) && stderr.contains("Nothing changed"),
+        stderr.contains(&format!("{} is missing", meta_key(NS)))
+            && stderr.contains("Nothing changed"),
         "{stderr}"
     );
-    let keys: Vec<String> = conn(&redis).keys("*").expect("KEYS");
+    let keys: Vec<String> = redis.conn().keys("*").expect("KEYS");
     assert!(keys.is_empty(), "nothing written: {keys:?}");
 
     // Registered again: the marker is back, and replace gets past the check (here to exit 2,
@@ -436,8 +416,9 @@ fn pipeline_script_replaces_a_canary_server_and_sets_the_percent() {
     ] {
         assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
     }
-    let percent: Option<String> = conn(&redis)
-        .hget(format!("{NS}:routing"), "canary_percent")
+    let percent: Option<String> = redis
+        .conn()
+        .hget(routing_key(NS), "canary_percent")
         .expect("HGET");
     assert_eq!(percent.as_deref(), Some("25"));
     assert!(!registered(&redis, "canary", &old.addr()));
@@ -570,10 +551,7 @@ fn replace_leaves_a_leased_old_drained_and_keeps_a_registered_new() {
     // OLD as a heartbeat registers it (a lease); NEW registered beforehand, weight 2.
     let url = redis.url();
     let ctl = |args: &[&str]| {
-        let mut all = vec!["ctl", "--redis", &url, "--namespace", NS];
-        all.extend_from_slice(args);
-        let out = run_cli(&all, Duration::from_secs(20));
-        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        ctl_ok(&url, NS, args);
     };
     ctl(&["register", "--pool", "production", &o, "--ttl", "60s"]);
     let proxy = start_proxy(&redis);
@@ -605,8 +583,9 @@ fn replace_leaves_a_leased_old_drained_and_keeps_a_registered_new() {
     assert!(stdout.contains("already registered"), "{stdout}");
     assert!(stdout.contains("left registered but drained"), "{stdout}");
     assert!(registered(&redis, "production", &o) && draining(&redis, "production", &o));
-    let weight: Option<String> = conn(&redis)
-        .hget(format!("{NS}:weights:production"), &n)
+    let weight: Option<String> = redis
+        .conn()
+        .hget(weights_key(NS, "production"), &n)
         .expect("HGET");
     assert_eq!(weight.as_deref(), Some("3"));
     for _ in 0..10 {

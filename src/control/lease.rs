@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use super::{check_ttl, connect, open_client, CtlError, REDIS_TIMEOUT};
 use crate::config::redact_url;
 use crate::model::{PoolKind, ServerAddr, Weight};
-use crate::store::{self, Keys};
+use crate::store::Store;
 
 /// Register `addr` in `pool` with a lease and renew it until SIGTERM/SIGINT, then deregister.
 /// Used by `ctl register --heartbeat` and by `canary-lb app --register-redis`.
@@ -32,7 +32,7 @@ pub async fn heartbeat(
     Lease::new(
         client,
         redis_url,
-        Keys::new(namespace),
+        Store::new(namespace),
         pool,
         addr,
         weight,
@@ -56,7 +56,9 @@ pub async fn deregister_once(
     let client = open_client(redis_url)?;
     let work = async {
         let mut conn = connect(&client, redis_url, timeout).await?;
-        store::deregister(&mut conn, &Keys::new(namespace), pool, &addr).await?;
+        Store::new(namespace)
+            .deregister(&mut conn, pool, &addr)
+            .await?;
         Ok(())
     };
     tokio::time::timeout(timeout, work)
@@ -91,7 +93,7 @@ impl ShutdownSignal {
 pub(super) struct Lease {
     client: redis::Client,
     url: String,
-    keys: Keys,
+    store: Store,
     pool: PoolKind,
     addr: ServerAddr,
     weight: Option<Weight>,
@@ -106,7 +108,7 @@ impl Lease {
     pub(super) fn new(
         client: redis::Client,
         url: &str,
-        keys: Keys,
+        store: Store,
         pool: PoolKind,
         addr: ServerAddr,
         weight: Option<Weight>,
@@ -116,7 +118,7 @@ impl Lease {
         Lease {
             client,
             url: url.to_string(),
-            keys,
+            store,
             pool,
             addr,
             weight,
@@ -194,22 +196,18 @@ impl Lease {
     async fn renew(&mut self) -> Result<(), CtlError> {
         let mut conn = self.take_connection().await?;
         let ttl = Some(self.ttl);
-        store::register(
-            &mut conn,
-            &self.keys,
-            self.pool,
-            &self.addr,
-            self.weight,
-            ttl,
-        )
-        .await?;
+        self.store
+            .register(&mut conn, self.pool, &self.addr, self.weight, ttl)
+            .await?;
         self.conn = Some(conn);
         Ok(())
     }
 
     async fn deregister(&mut self) -> Result<(), CtlError> {
         let mut conn = self.take_connection().await?;
-        store::deregister(&mut conn, &self.keys, self.pool, &self.addr).await?;
+        self.store
+            .deregister(&mut conn, self.pool, &self.addr)
+            .await?;
         self.conn = Some(conn);
         Ok(())
     }

@@ -28,7 +28,7 @@ use redis::aio::MultiplexedConnection;
 use crate::cli::{CanaryCommand, CtlArgs, CtlCommand};
 use crate::config::{redact_url, Config, ConfigError};
 use crate::model::{InvalidValue, Percent, PoolKind, ServerAddr, Weight};
-use crate::store::{self, Keys, StoreError};
+use crate::store::{self, Store, StoreError};
 
 mod lease;
 pub mod probe;
@@ -127,7 +127,7 @@ impl CtlError {
 /// Where the control plane lives.
 struct Target {
     url: String,
-    keys: Keys,
+    store: Store,
 }
 
 /// A validated `ctl` command.
@@ -257,7 +257,7 @@ fn resolve_target(
     }
     Ok(Target {
         url,
-        keys: Keys::new(&namespace),
+        store: Store::new(&namespace),
     })
 }
 
@@ -288,7 +288,7 @@ async fn connect(
 /// Run one command.
 async fn execute(op: Op, target: &Target) -> Result<(), CtlError> {
     let client = open_client(&target.url)?;
-    let keys = &target.keys;
+    let store = &target.store;
     if let Op::Register {
         pool,
         addr,
@@ -297,20 +297,20 @@ async fn execute(op: Op, target: &Target) -> Result<(), CtlError> {
         heartbeat: true,
     } = op
     {
-        let lease = Lease::new(client, &target.url, keys.clone(), pool, addr, weight, ttl);
+        let lease = Lease::new(client, &target.url, store.clone(), pool, addr, weight, ttl);
         return lease.keep_alive().await;
     }
     let mut conn = connect(&client, &target.url, REDIS_TIMEOUT).await?;
     let c = &mut conn;
-    let unmarked_before_write = op.writes() && store::read_marker(c, keys).await?.is_none();
+    let unmarked_before_write = op.writes() && store.read_marker(c).await?.is_none();
     let result = run_op(op, c, target).await;
-    if result.is_ok() && unmarked_before_write && store::read_marker(c, keys).await?.is_some() {
-        let snap = store::read_snapshot(c, keys, store::now_ms()).await?;
+    if result.is_ok() && unmarked_before_write && store.read_marker(c).await?.is_some() {
+        let snap = store.read_snapshot(c, store::now_ms()).await?;
         eprintln!(
             "note: {} was missing (a new store, or Redis lost its data); this write created it, \
              so every proxy now follows the store as it is: {} production and {} canary \
              server(s). Register any missing server again.",
-            keys.meta(),
+            store.marker_key(),
             snap.production.len(),
             snap.canary.len()
         );
@@ -320,7 +320,7 @@ async fn execute(op: Op, target: &Target) -> Result<(), CtlError> {
 
 /// The command itself, on an open connection.
 async fn run_op(op: Op, c: &mut MultiplexedConnection, target: &Target) -> Result<(), CtlError> {
-    let keys = &target.keys;
+    let store = &target.store;
     match op {
         Op::Register {
             pool,
@@ -329,7 +329,7 @@ async fn run_op(op: Op, c: &mut MultiplexedConnection, target: &Target) -> Resul
             ttl,
             ..
         } => {
-            store::register(c, keys, pool, &addr, weight, ttl).await?;
+            store.register(c, pool, &addr, weight, ttl).await?;
             let lease = ttl.map_or("no lease".to_string(), |t| {
                 format!("lease {}", humantime::format_duration(t))
             });
@@ -337,55 +337,56 @@ async fn run_op(op: Op, c: &mut MultiplexedConnection, target: &Target) -> Resul
             println!("registered {addr} in {pool} ({lease}{weight})");
         }
         Op::Deregister(pool, addr) => {
-            if store::deregister(c, keys, pool, &addr).await? {
+            if store.deregister(c, pool, &addr).await? {
                 println!("deregistered {addr} from {pool}");
             } else {
                 println!("{addr} was not registered in {pool}; nothing to do");
             }
         }
         Op::Drain(pool, addr) => {
-            store::drain(c, keys, pool, &addr).await.map_err(explain)?;
+            store.drain(c, pool, &addr).await.map_err(explain)?;
             println!("draining {addr} in {pool}: it gets no new requests");
         }
         Op::Undrain(pool, addr) => {
-            if store::undrain(c, keys, pool, &addr).await? {
+            if store.undrain(c, pool, &addr).await? {
                 println!("{addr} in {pool} is back in rotation");
             } else {
                 println!("{addr} in {pool} was not draining; nothing to do");
             }
         }
         Op::SetWeight(pool, addr, weight) => {
-            store::set_weight(c, keys, pool, &addr, weight)
+            store
+                .set_weight(c, pool, &addr, weight)
                 .await
                 .map_err(explain)?;
             println!("weight of {addr} in {pool} set to {}", weight.get());
         }
         Op::CanarySet(percent) => {
-            store::set_canary_percent(c, keys, percent).await?;
+            store.set_canary_percent(c, percent).await?;
             println!("canary percent set to {}", percent.as_f64());
         }
-        Op::CanaryGet => match store::get_canary_percent(c, keys).await? {
+        Op::CanaryGet => match store.get_canary_percent(c).await? {
             Some(p) => println!("{}", p.as_f64()),
             None => println!("unset (the proxies use routing.canary_percent from their config)"),
         },
         Op::Replace(plan) => {
-            if store::read_marker(c, keys).await?.is_none() {
+            if store.read_marker(c).await?.is_none() {
                 return Err(CtlError::NoMarker {
-                    meta: keys.meta(),
+                    meta: store.marker_key(),
                     new: plan.new,
                     pool: plan.pool,
                 });
             }
-            return match plan.run(c, keys).await? {
+            return match plan.run(c, store).await? {
                 Outcome::Done => Ok(()),
                 incomplete => Err(CtlError::Incomplete(incomplete)),
             };
         }
         Op::Status => {
-            let status = store::read_status(c, keys).await?;
+            let status = store.read_status(c).await?;
             print!(
                 "{}",
-                status::format_status(&status, keys, &redact_url(&target.url), store::now_ms())
+                status::format_status(&status, store, &redact_url(&target.url), store::now_ms())
             );
         }
     }

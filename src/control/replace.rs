@@ -1,11 +1,11 @@
 //! `ctl replace`: one rolling-replacement step of a deploy pipeline, OLD -> NEW in one pool.
 //!
 //! The step only trusts what the proxies report back through Redis, never its own writes:
-//! NEW counts as serving once some proxy has kept it in rotation (`ns:serving:pool`) for
+//! NEW counts as serving once some proxy has kept it in rotation (its serving report) for
 //! `settle`, because a proxy puts a new server in rotation *before* its first health probe,
 //! so a single report would also accept a NEW that nobody listens on. OLD counts as finished
 //! once no proxy has reported it in rotation for [`OUT_OF_ROTATION_MS`] (every proxy applied
-//! the drain) and the proxies' in-flight reports (`ns:proxy:<id>`) sum to zero for it.
+//! the drain) and the proxies' in-flight reports (`Store::in_flight`) sum to zero for it.
 //!
 //! An OLD kept alive by a heartbeat (a lease) is left registered but drained instead of
 //! deregistered: its next renewal would add it straight back, while stopping it deregisters it.
@@ -19,7 +19,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 
 use crate::model::{PoolKind, ServerAddr, Weight};
-use crate::store::{self, Keys, Registration, StoreError};
+use crate::store::{self, Registration, Store, StoreError};
 
 /// How often the reports are read while waiting.
 const POLL: Duration = Duration::from_millis(200);
@@ -132,7 +132,7 @@ impl Replace {
     pub async fn run(
         &self,
         conn: &mut MultiplexedConnection,
-        keys: &Keys,
+        store: &Store,
     ) -> Result<Outcome, ReplaceError> {
         let started = tokio::time::Instant::now();
         let (pool, old, new) = (self.pool, &self.old, &self.new);
@@ -142,10 +142,12 @@ impl Replace {
             humantime::format_duration(self.settle)
         ));
         let read = "reading the pool (nothing changed)";
-        let old_was = store::registration(conn, keys, pool, old)
+        let old_was = store
+            .registration(conn, pool, old)
             .await
             .step(|| read.into())?;
-        let new_was = store::registration(conn, keys, pool, new)
+        let new_was = store
+            .registration(conn, pool, new)
             .await
             .step(|| read.into())?;
         if old_was == Registration::Absent {
@@ -155,13 +157,14 @@ impl Replace {
         }
 
         let registered_at = store::now_ms();
-        self.register_new(conn, keys, new_was)
+        self.register_new(conn, store, new_was)
             .await
             .step(|| format!("registering {new} (OLD untouched)"))?;
 
-        if !self.wait_serving(conn, keys, registered_at).await? {
+        if !self.wait_serving(conn, store, registered_at).await? {
             let undo = if new_was == Registration::Absent {
-                store::deregister(conn, keys, pool, new)
+                store
+                    .deregister(conn, pool, new)
                     .await
                     .step(|| format!("deregistering {new} again (OLD untouched)"))?;
                 format!("deregistered {new} again")
@@ -178,7 +181,7 @@ impl Replace {
 
         let outcome = match old_was {
             Registration::Absent => Outcome::Done,
-            _ => self.retire_old(conn, keys, old_was).await?,
+            _ => self.retire_old(conn, store, old_was).await?,
         };
         say(&format!(
             "done in {:.1}s: {pool} serves {new} instead of {old}",
@@ -192,7 +195,7 @@ impl Replace {
     async fn register_new(
         &self,
         conn: &mut MultiplexedConnection,
-        keys: &Keys,
+        store: &Store,
         was: Registration,
     ) -> Result<(), store::StoreError> {
         let (pool, new) = (self.pool, &self.new);
@@ -200,11 +203,11 @@ impl Replace {
             .weight
             .map_or(String::new(), |w| format!(", weight {}", w.get()));
         if was == Registration::Absent {
-            store::register(conn, keys, pool, new, self.weight, None).await?;
+            store.register(conn, pool, new, self.weight, None).await?;
             say(&format!("registered {new} in {pool} (no lease{weight})"));
         } else {
             if let Some(w) = self.weight {
-                store::set_weight(conn, keys, pool, new, w).await?;
+                store.set_weight(conn, pool, new, w).await?;
             }
             say(&format!(
                 "{new} is already registered in {pool}; kept{weight}"
@@ -219,16 +222,17 @@ impl Replace {
     async fn retire_old(
         &self,
         conn: &mut MultiplexedConnection,
-        keys: &Keys,
+        store: &Store,
         was: Registration,
     ) -> Result<Outcome, ReplaceError> {
         let (pool, old, new) = (self.pool, &self.old, &self.new);
-        store::drain(conn, keys, pool, old)
+        store
+            .drain(conn, pool, old)
             .await
             .step(|| format!("draining {old} ({new} is registered and serving)"))?;
         let drained_at = store::now_ms();
         say(&format!("draining {old}: it gets no new requests"));
-        let idle = self.wait_idle(conn, keys, drained_at).await?;
+        let idle = self.wait_idle(conn, store, drained_at).await?;
         let leased = matches!(was, Registration::Lease { .. });
         let mut outcome = Outcome::Done;
         if !idle {
@@ -255,7 +259,8 @@ impl Replace {
                  deregisters it, or its lease lapses"
             ));
         } else {
-            store::deregister(conn, keys, pool, old)
+            store
+                .deregister(conn, pool, old)
                 .await
                 .step(|| format!("deregistering {old} (it is drained; {new} serves)"))?;
             say(&format!("deregistered {old} from {pool}"));
@@ -268,7 +273,7 @@ impl Replace {
     async fn wait_serving(
         &self,
         conn: &mut MultiplexedConnection,
-        keys: &Keys,
+        store: &Store,
         registered_at: u64,
     ) -> Result<bool, ReplaceError> {
         let new = &self.new;
@@ -281,7 +286,8 @@ impl Replace {
         let mut first_seen: Option<u64> = None;
         let mut progress = Progress::new();
         loop {
-            let seen = store::serving_seen_ms(conn, keys, self.pool, new)
+            let seen = store
+                .serving_seen_ms(conn, self.pool, new)
                 .await
                 .step(|| format!("reading serving reports ({new} is registered, OLD untouched)"))?
                 .filter(|&t| t >= registered_at);
@@ -321,7 +327,7 @@ impl Replace {
     async fn wait_idle(
         &self,
         conn: &mut MultiplexedConnection,
-        keys: &Keys,
+        store: &Store,
         drained_at: u64,
     ) -> Result<bool, ReplaceError> {
         let old = &self.old;
@@ -331,12 +337,11 @@ impl Replace {
         loop {
             let context = || format!("reading proxy reports ({old} is draining, NEW serves)");
             let now = store::now_ms();
-            let seen = store::serving_seen_ms(conn, keys, self.pool, old)
+            let seen = store
+                .serving_seen_ms(conn, self.pool, old)
                 .await
                 .step(context)?;
-            let flight = store::in_flight(conn, keys, self.pool, old)
-                .await
-                .step(context)?;
+            let flight = store.in_flight(conn, self.pool, old).await.step(context)?;
             // Every proxy had time to apply the drain and report after it.
             let settled = now >= drained_at + OUT_OF_ROTATION_MS;
             let out_of_rotation = seen.is_none_or(|t| t + OUT_OF_ROTATION_MS < now);

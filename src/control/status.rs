@@ -3,7 +3,7 @@
 //! ignore. Pure formatting, so it is unit-tested without Redis.
 
 use crate::model::PoolKind;
-use crate::store::{Keys, Status, SERVING_FRESH_MS};
+use crate::store::{Status, Store, SERVING_FRESH_MS};
 
 /// `12s`, `none` or `expired`.
 fn lease_left(expiry_ms: Option<u64>, now_ms: u64) -> String {
@@ -14,8 +14,8 @@ fn lease_left(expiry_ms: Option<u64>, now_ms: u64) -> String {
     }
 }
 
-pub(super) fn format_status(status: &Status, keys: &Keys, url: &str, now_ms: u64) -> String {
-    let mut out = format!("redis {url}, namespace {}\n", keys.namespace());
+pub(super) fn format_status(status: &Status, store: &Store, url: &str, now_ms: u64) -> String {
+    let mut out = format!("redis {url}, namespace {}\n", store.namespace());
     match &status.marker {
         Some(m) => {
             let changed = m.updated_ms.map_or(String::new(), |t| {
@@ -30,7 +30,7 @@ pub(super) fn format_status(status: &Status, keys: &Keys, url: &str, now_ms: u64
             out += &format!(
                 "store: NO MARKER ({} missing: a new store, or Redis lost its data); the proxies \
                  keep their last known servers until a write creates it\n",
-                keys.meta()
+                store.marker_key()
             )
         }
     }
@@ -138,7 +138,7 @@ mod tests {
             salt: Some("r1".into()),
             problems: vec![],
         };
-        let text = format_status(&status, &Keys::new("ns"), "redis://h/0", now);
+        let text = format_status(&status, &Store::new("ns"), "redis://h/0", now);
         assert!(
             text.contains("store: generation 7, last change 3s ago"),
             "{text}"
@@ -147,9 +147,9 @@ mod tests {
             marker: None,
             ..status.clone()
         };
-        let keys = Keys::new("ns");
-        let unmarked = format_status(&unmarked, &keys, "redis://h/0", now);
-        let meta = keys.meta();
+        let store = Store::new("ns");
+        let unmarked = format_status(&unmarked, &store, "redis://h/0", now);
+        let meta = store.marker_key();
         assert!(
             unmarked.contains(&format!("store: NO MARKER ({meta} missing")),
             "{unmarked}"

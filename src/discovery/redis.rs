@@ -1,7 +1,7 @@
 //! Redis discovery: follows the shared store (schema in `store/`) and feeds the pools through
 //! the discovery [`Sink`].
 //!
-//! One task per proxy. It subscribes to `ns:events` *before* reading, so no change can slip
+//! One task per proxy. It subscribes to the store's events *before* reading, so no change can slip
 //! between the read and the subscription; it then re-reads the whole store (one pipelined round
 //! trip) on every event, every `resync_interval`, and when the next lease runs out. A missed
 //! message, a write made with plain `redis-cli` without PUBLISH, or an expired lease therefore
@@ -9,10 +9,10 @@
 //!
 //! When Redis is lost, the pools keep their last known servers (and keep being health-checked);
 //! the task reconnects with a capped backoff, resubscribes and resyncs. Bad entries are logged
-//! once, counted, and skipped by `store::read_snapshot`; the rest keeps serving.
+//! once, counted, and skipped by `Store::read_snapshot`; the rest keeps serving.
 //!
 //! When Redis answers but its data is lost (restarted without persistence, failed over to an
-//! empty replica, `FLUSHALL`), the snapshot has no `ns:meta` marker. That store is not followed:
+//! empty replica, `FLUSHALL`), the snapshot has no marker. That store is not followed:
 //! an empty answer would take every pool down at once. The pools and routing overrides stay as
 //! they are (the file's servers, for a proxy that never had a marked store), discovery is
 //! reported down with the reason, and the store is followed again as soon as a write (any
@@ -33,11 +33,11 @@ use crate::config::{redact_url, DiscoveryConfig};
 use crate::metrics::DiscoveryErrorKind;
 use crate::model::PoolKind;
 use crate::pool::WantedServer;
-use crate::store::{self, Keys, Marker, Snapshot};
+use crate::store::{self, Marker, Snapshot, Store};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often this proxy reports the servers it has in rotation (`ns:serving:pool`).
+/// How often this proxy reports the servers it has in rotation (`Store::report_serving`).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// The Redis provider: follows the store named by `discovery.url` (or its Sentinels).
@@ -78,7 +78,7 @@ async fn run(sink: Arc<dyn Sink>, discovery: DiscoveryConfig, mut shutdown: Shut
     let mut follower = Follower {
         sink: sink.clone(),
         source: redacted.clone(),
-        keys: Keys::new(&discovery.namespace),
+        store: Store::new(&discovery.namespace),
         resync: discovery.resync_interval,
         problems: HashSet::new(),
         proxy_id: proxy_id(),
@@ -156,11 +156,11 @@ struct Follower {
     sink: Arc<dyn Sink>,
     /// The store's URL without its password, for logs.
     source: String,
-    keys: Keys,
+    store: Store,
     resync: Duration,
     /// Problems already logged, so each is logged once while it lasts.
     problems: HashSet<String>,
-    /// This proxy's name in `ns:proxy:<id>`.
+    /// This proxy's name in its in-flight report (`Store::report_proxy`).
     proxy_id: String,
     /// The marker of the last store followed.
     marker: Option<Marker>,
@@ -185,7 +185,7 @@ impl Follower {
         backoff: &mut Duration,
     ) -> Result<(), String> {
         let mut pubsub = timed(client.get_async_pubsub()).await?;
-        timed(pubsub.subscribe(self.keys.events())).await?;
+        timed(self.store.subscribe_events(&mut pubsub)).await?;
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(IO_TIMEOUT))
             .set_response_timeout(Some(IO_TIMEOUT));
@@ -223,7 +223,7 @@ impl Follower {
         &mut self,
         conn: &mut redis::aio::MultiplexedConnection,
     ) -> Result<Option<u64>, String> {
-        let snap = timed(store::read_snapshot(conn, &self.keys, store::now_ms())).await?;
+        let snap = timed(self.store.read_snapshot(conn, store::now_ms())).await?;
         self.sink.count_resync();
         let Some(marker) = snap.marker.clone() else {
             self.keep_through_lost_store();
@@ -240,7 +240,7 @@ impl Follower {
         let e = format!(
             "redis store has no meta marker (`{}` is missing: Redis lost its data, or nothing \
              was ever written to it): keeping the last known servers and routing",
-            self.keys.meta()
+            self.store.marker_key()
         );
         if !self.store_lost {
             warn!(
@@ -329,28 +329,19 @@ impl Follower {
                 .filter(|s| s.in_rotation)
                 .map(|s| s.name)
                 .collect();
-            timed(store::report_serving(
-                conn,
-                &self.keys,
-                kind,
-                &serving,
-                store::now_ms(),
-            ))
+            timed(
+                self.store
+                    .report_serving(conn, kind, &serving, store::now_ms()),
+            )
             .await?;
         }
-        timed(store::report_proxy(
-            conn,
-            &self.keys,
-            &self.proxy_id,
-            &in_flight,
-        ))
-        .await
+        timed(self.store.report_proxy(conn, &self.proxy_id, &in_flight)).await
     }
 }
 
 /// Await a Redis call with the I/O timeout, flattening both failures into a message.
-async fn timed<T>(
-    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+async fn timed<T, E: std::fmt::Display>(
+    fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(IO_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),

@@ -5,15 +5,23 @@
 //! usually the fastest way to see why. Tests never sleep to assert: they poll a condition
 //! with [`wait_until`] against a deadline that is generous enough for a loaded 2-core machine.
 //! Ports come from the OS (bind port 0, read it, drop the socket).
+//!
+//! `mod.rs`: waits, ports, process guards (`App`, `Proxy`, `Background`) and the HTTP client;
+//! `redis_server.rs`: `RedisServer`, `RedisSentinel`, `ctl` and plain Redis commands;
+//! `store.rs`: the store's key names, from the library; `raw.rs`: exact bytes on both sides
+//! of the proxy (`RawBackend`, also scripted to misbehave, and `RawClient`).
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-pub mod canned;
-pub mod store_marker;
+pub mod raw;
+mod redis_server;
+pub mod store;
+
+pub use redis_server::*;
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -62,6 +70,20 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
             panic!("timed out after {timeout:?} waiting until {what}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Poll `check` every 25 ms until it returns `Some`; panic naming `what` after `within`.
+pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
@@ -163,6 +185,67 @@ impl Drop for Guarded {
                 self.log.display()
             );
         }
+    }
+}
+
+/// Any other process a test runs in the background (`ctl register --heartbeat`, `demo`, an app
+/// that registers itself, the container's command line): SIGKILLed when dropped, its output in
+/// a log file printed if the test panics.
+pub struct Background {
+    // Declared first so it is dropped (and its log printed) before the temp dir goes.
+    process: Guarded,
+    dir: tempfile::TempDir,
+}
+
+impl Background {
+    /// Spawn `cmd` as is (stdin, stdout and stderr are the guard's).
+    pub fn spawn(label: &str, cmd: Command) -> Background {
+        let dir = temp_dir("canary-lb-bg-");
+        let process = Guarded::spawn(label, cmd, &dir.path().join("output.log"));
+        Background { process, dir }
+    }
+
+    /// `canary-lb ARGS` with `RUST_LOG=info` and the developer's `CANARY_LB_*` cleared, as
+    /// [`run_cli`] runs it, but in the background.
+    pub fn cli(args: &[&str]) -> Background {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).env("RUST_LOG", "info");
+        for var in ENV_TO_CLEAR {
+            cmd.env_remove(var);
+        }
+        Background::spawn(&format!("canary-lb {}", args.join(" ")), cmd)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// Send `sig` (`TERM`, `INT`, ...) with `kill`.
+    pub fn signal(&self, sig: &str) {
+        self.process.signal(sig);
+    }
+
+    pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    pub fn sigint(&self) {
+        self.signal("INT");
+    }
+
+    /// The exit status if it has exited, None while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.process.exited()
+    }
+
+    /// The exit status once it exits, or None if it still runs after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait_exit(timeout)
+    }
+
+    /// Everything it wrote to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        self.process.logs()
     }
 }
 
@@ -332,93 +415,6 @@ impl App {
     }
 }
 
-/// `redis-server --port P --bind 127.0.0.1 --save "" --appendonly no` in a temp dir.
-pub struct RedisServer {
-    // Declared first so it is dropped (and its log printed) before the temp dir goes.
-    process: Option<Guarded>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let mut redis = RedisServer {
-            port: free_port(),
-            dir: temp_dir("canary-lb-redis-"),
-            process: None,
-        };
-        redis.spawn_and_wait();
-        redis
-    }
-
-    fn spawn_and_wait(&mut self) {
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            let mut cmd = Command::new("redis-server");
-            cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(self.dir.path());
-            let log = self.dir.path().join("redis.log");
-            self.process = Some(Guarded::spawn("redis-server", cmd, &log));
-            loop {
-                if self.process.as_mut().unwrap().exited().is_some() {
-                    break;
-                }
-                if self.ping() {
-                    return;
-                }
-                if Instant::now() >= deadline {
-                    panic!("redis-server did not answer PING within {STARTUP:?}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if Instant::now() >= deadline {
-                panic!("redis-server kept exiting during startup");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Whether the server answers PING with PONG.
-    pub fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_millis(500),
-        ) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 7];
-        s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    /// `redis://127.0.0.1:P/0`
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// SIGKILL the server (its data is lost: nothing is persisted).
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
-    }
-
-    /// Start an empty server again on the same port.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn_and_wait();
-    }
-}
-
 /// The first two lines every proxy config in the tests starts with.
 pub fn proxy_config(listen: u16, metrics: u16, body: &str) -> String {
     format!("listen: [\"127.0.0.1:{listen}\"]\nmetrics_listen: \"127.0.0.1:{metrics}\"\n{body}")
@@ -439,6 +435,20 @@ impl Proxy {
     /// the proxy port accepts connections. `yaml` must carry the lines [`proxy_config`] writes.
     pub fn start(yaml: &str) -> Proxy {
         Proxy::start_with_nofile(yaml, None)
+    }
+
+    /// A proxy on free ports with `production` (addresses) as its only configured pool, and
+    /// `extra` config lines (threads, health checks, routing, ...) after it.
+    pub fn in_front_of(production: &[String], extra: &str) -> Proxy {
+        let servers: Vec<String> = production.iter().map(|a| format!("\"{a}\"")).collect();
+        Proxy::start(&proxy_config(
+            free_port(),
+            free_port(),
+            &format!(
+                "pools:\n  production: {{ servers: [{}] }}\n{extra}",
+                servers.join(", ")
+            ),
+        ))
     }
 
     /// [`Proxy::start`] with the process's file-descriptor limit set to `nofile`.
@@ -731,53 +741,3 @@ pub fn get_fresh(url: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
         .map_err(|e| format!("GET {url}: {e}"))
         .and_then(into_resp)
 }
-
-// ---------------------------------------------------------------------------------------------
-// Redis control plane (tests/redis_discovery.rs, benches/discovery.rs)
-
-impl RedisServer {
-    /// Start an empty server on a port chosen beforehand (e.g. one already written into a
-    /// proxy config while Redis was still down).
-    pub fn start_on(port: u16) -> RedisServer {
-        let mut redis = RedisServer {
-            port,
-            dir: temp_dir("canary-lb-redis-"),
-            process: None,
-        };
-        redis.spawn_and_wait();
-        redis
-    }
-}
-
-/// Run `canary-lb ctl --redis URL --namespace NS ARGS...` to completion.
-pub fn ctl(redis_url: &str, namespace: &str, args: &[&str]) -> Output {
-    let mut all = vec!["ctl", "--redis", redis_url, "--namespace", namespace];
-    all.extend_from_slice(args);
-    run_cli(&all, Duration::from_secs(20))
-}
-
-/// [`ctl`] that must exit 0; returns its stdout.
-pub fn ctl_ok(redis_url: &str, namespace: &str, args: &[&str]) -> String {
-    let out = ctl(redis_url, namespace, args);
-    assert!(
-        out.status.success(),
-        "ctl {args:?} failed with {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// One plain Redis command, as `redis-cli` would send it (panics when Redis refuses it).
-pub fn redis_cmd(redis_url: &str, args: &[&str]) -> redis::Value {
-    let mut conn = redis::Client::open(redis_url)
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
-        .unwrap_or_else(|e| panic!("connect to {redis_url}: {e}"));
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(&mut conn)
-        .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
-}
-pub mod raw;

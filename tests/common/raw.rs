@@ -8,6 +8,12 @@
 //! anything else 200 with [`BACKEND_BODY`]. Tests that use it give the proxy `kind: tcp` health
 //! checks: those connect and send nothing, so they are not requests.
 //!
+//! [`RawBackend::scripted`] plays a misbehaving server instead, for clients that must not trust
+//! what answers on a port (`canary-lb health`): after the first complete request of a
+//! connection it plays a [`Script`] (fixed bytes then close, silence, an endless trickle). Every
+//! connection ends when the client goes, when the backend is dropped, or after
+//! [`CONNECTION_LIMIT`].
+//!
 //! [`RawClient`] is a loopback connection that writes exact bytes and reads responses, or
 //! everything until the server closes, always against a deadline.
 
@@ -20,6 +26,20 @@ use std::time::{Duration, Instant};
 
 /// The body of [`RawBackend`]'s default answer.
 pub const BACKEND_BODY: &[u8] = b"backend";
+
+/// The longest any one connection to a [`RawBackend`] is served (idle, or playing a script).
+pub const CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+
+/// What a [`RawBackend::scripted`] backend does once it has a complete request.
+#[derive(Debug, Clone)]
+pub enum Script {
+    /// Send these bytes, then close.
+    Reply(Vec<u8>),
+    /// Send nothing and keep the connection open until the client closes it.
+    Silent,
+    /// Send `byte` every `every`, without end.
+    Trickle { byte: u8, every: Duration },
+}
 
 /// How long [`RawClient`] waits for a response, or for the server to close.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,7 +102,17 @@ pub struct RawBackend {
 }
 
 impl RawBackend {
+    /// An HTTP/1 app server answering by path (see the module doc).
     pub fn start() -> RawBackend {
+        RawBackend::with_answers(None)
+    }
+
+    /// A server that answers every connection's first complete request with `script`.
+    pub fn scripted(script: Script) -> RawBackend {
+        RawBackend::with_answers(Some(script))
+    }
+
+    fn with_answers(script: Option<Script>) -> RawBackend {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the raw backend");
         let addr = listener.local_addr().expect("raw backend address");
         let log = Arc::new(Log::default());
@@ -97,9 +127,9 @@ impl RawBackend {
                     let Ok(stream) = stream else { continue };
                     let conn = Arc::new(Conn::default());
                     log.conns.lock().unwrap().push(conn.clone());
-                    let (log, stop) = (log.clone(), stop.clone());
+                    let (log, stop, script) = (log.clone(), stop.clone(), script.clone());
                     std::thread::spawn(move || {
-                        if serve(stream, &conn, &log.requests, &stop) {
+                        if serve(stream, &conn, &log.requests, &stop, script.as_ref()) {
                             conn.closed_by_peer.store(true, Ordering::SeqCst);
                         }
                     });
@@ -173,20 +203,22 @@ impl Drop for RawBackend {
     }
 }
 
-/// Read from `stream`, record, and answer each complete request; stop on EOF, error, `/reset`,
-/// an idle minute or the backend's drop. True when the peer closed the connection.
+/// Read from `stream`, record, and answer each complete request (or play `script` after the
+/// first); stop on EOF, error, `/reset`, an idle [`CONNECTION_LIMIT`] or the backend's drop.
+/// True when the peer closed the connection.
 fn serve(
     mut stream: TcpStream,
     conn: &Conn,
     requests: &Mutex<Vec<Received>>,
     stop: &AtomicBool,
+    script: Option<&Script>,
 ) -> bool {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
     let mut pending = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     let mut idle_since = Instant::now();
-    while !stop.load(Ordering::SeqCst) && idle_since.elapsed() < Duration::from_secs(60) {
+    while !stop.load(Ordering::SeqCst) && idle_since.elapsed() < CONNECTION_LIMIT {
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(n) => {
@@ -197,6 +229,9 @@ fn serve(
                     pending.drain(..req.len);
                     let path = req.received.path.clone();
                     requests.lock().unwrap().push(req.received);
+                    if let Some(script) = script {
+                        return play(stream, conn, script, stop);
+                    }
                     if path == "/reset" {
                         let _ = stream.shutdown(Shutdown::Both);
                         return false;
@@ -212,6 +247,41 @@ fn serve(
     }
     let _ = stream.shutdown(Shutdown::Both);
     false
+}
+
+/// Play `script` on `stream` until it is done, the client goes, the backend is dropped or
+/// [`CONNECTION_LIMIT`] passes. True when the peer closed the connection.
+fn play(mut stream: TcpStream, conn: &Conn, script: &Script, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + CONNECTION_LIMIT;
+    let live = || !stop.load(Ordering::SeqCst) && Instant::now() < until;
+    match script {
+        Script::Reply(bytes) => {
+            let _ = stream.write_all(bytes);
+            let _ = stream.shutdown(Shutdown::Both);
+            false
+        }
+        Script::Silent => {
+            let mut buf = [0u8; 1024];
+            while live() {
+                match stream.read(&mut buf) {
+                    Ok(0) => return true,
+                    Ok(n) => conn.bytes.lock().unwrap().extend_from_slice(&buf[..n]),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(_) => return true,
+                }
+            }
+            false
+        }
+        Script::Trickle { byte, every } => {
+            while live() {
+                if stream.write_all(&[*byte]).is_err() {
+                    return true;
+                }
+                std::thread::sleep(*every);
+            }
+            false
+        }
+    }
 }
 
 /// The answer to a request for `path` (see the module doc); `/slow` sleeps here.
