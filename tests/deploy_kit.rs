@@ -282,7 +282,12 @@ fn scrape_busy_proxy() -> String {
             if !retried {
                 get(&proxy.url("/"), &[("X-Canary", "0")]);
             }
-            retried && m.contains("canary_lb_discovery_errors_total{kind=\"address\"}")
+            // The series exists at 0 from the first scrape; wait for the counted error.
+            let address_error = m.lines().any(|l| {
+                l.starts_with("canary_lb_discovery_errors_total{kind=\"address\"} ")
+                    && !l.ends_with(" 0")
+            });
+            retried && address_error
         },
     );
     proxy.metrics_text()
