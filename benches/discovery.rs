@@ -258,7 +258,7 @@ fn snapshot_reads(url: &str) -> (Vec<Duration>, f64) {
                 .await
                 .expect("snapshot");
             times.push(start.elapsed());
-            assert_eq!(snap.canary.len(), BIG_POOL);
+            assert_eq!(snap.servers.canary.len(), BIG_POOL);
             assert!(snap.problems.is_empty(), "{:?}", snap.problems);
         }
         // The first INFO is counted once it has run, so it is in `after`: take it out.

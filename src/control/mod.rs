@@ -311,8 +311,8 @@ async fn execute(op: Op, target: &Target) -> Result<(), CtlError> {
              so every proxy now follows the store as it is: {} production and {} canary \
              server(s). Register any missing server again.",
             store.marker_key(),
-            snap.production.len(),
-            snap.canary.len()
+            snap.servers.production.len(),
+            snap.servers.canary.len()
         );
     }
     result

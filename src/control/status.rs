@@ -100,7 +100,7 @@ fn yes_no(b: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Percent, ServerAddr, Weight};
+    use crate::model::{PerPool, Percent, ServerAddr, Weight};
     use crate::store::{self, ServerStatus, StoredServer};
 
     #[test]
@@ -126,14 +126,16 @@ mod tests {
                 updated_ms: Some(now - 3000),
                 created_ms: Some(1),
             }),
-            production: vec![ServerStatus {
-                server: server("10.0.0.1:80", None, false),
-                serving_seen_ms: Some(now - 1000),
-            }],
-            canary: vec![ServerStatus {
-                server: server("10.0.0.7:3000", Some(now + 12_000), true),
-                serving_seen_ms: Some(now - 60_000),
-            }],
+            servers: PerPool {
+                production: vec![ServerStatus {
+                    server: server("10.0.0.1:80", None, false),
+                    serving_seen_ms: Some(now - 1000),
+                }],
+                canary: vec![ServerStatus {
+                    server: server("10.0.0.7:3000", Some(now + 12_000), true),
+                    serving_seen_ms: Some(now - 60_000),
+                }],
+            },
             canary_percent: Percent::parse("12.5").ok(),
             salt: Some("r1".into()),
             problems: vec![],

@@ -110,7 +110,7 @@ impl ProxyHttp for CanaryProxy {
     /// request, which costs work per request for nothing here.
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
-    /// Strict framing at the edge (`edge.rs`), before routing or any upstream work: a refused
+    /// Strict framing at the edge (`framing.rs`), before routing or any upstream work: a refused
     /// request gets a short fixed answer and the connection is closed; the returned error
     /// stops Pingora here (its `fail_to_proxy` sees the response already written).
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {

@@ -55,7 +55,7 @@ mod snapshot;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::model::{Percent, PoolKind, ServerAddr, Weight};
+use crate::model::{PerPool, Percent, PoolKind, ServerAddr, Weight};
 
 use keys::Keys;
 
@@ -126,8 +126,7 @@ pub struct Snapshot {
     /// fields then describe an empty store that must not be followed.
     pub marker: Option<Marker>,
     /// Servers whose lease is live at `now_ms`, sorted by address; bad entries skipped.
-    pub production: Vec<StoredServer>,
-    pub canary: Vec<StoredServer>,
+    pub servers: PerPool<Vec<StoredServer>>,
     /// `None` when absent or invalid (invalid also adds a [`Problem`]).
     pub canary_percent: Option<Percent>,
     pub salt: Option<String>,
@@ -136,17 +135,15 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn pool(&self, pool: PoolKind) -> &[StoredServer] {
-        match pool {
-            PoolKind::Production => &self.production,
-            PoolKind::Canary => &self.canary,
-        }
+        &self.servers[pool]
     }
 
     /// The earliest lease expiry among served servers: re-read by then to drop it on time.
     pub fn next_lease_expiry_ms(&self) -> Option<u64> {
-        self.production
+        self.servers
+            .production
             .iter()
-            .chain(&self.canary)
+            .chain(&self.servers.canary)
             .filter_map(|s| s.lease_expiry_ms)
             .min()
     }
@@ -197,8 +194,7 @@ pub struct ServerStatus {
 pub struct Status {
     /// `None`: the store has no marker, and the proxies keep their last known servers.
     pub marker: Option<Marker>,
-    pub production: Vec<ServerStatus>,
-    pub canary: Vec<ServerStatus>,
+    pub servers: PerPool<Vec<ServerStatus>>,
     pub canary_percent: Option<Percent>,
     pub salt: Option<String>,
     pub problems: Vec<Problem>,
@@ -206,10 +202,7 @@ pub struct Status {
 
 impl Status {
     pub fn pool(&self, pool: PoolKind) -> &[ServerStatus] {
-        match pool {
-            PoolKind::Production => &self.production,
-            PoolKind::Canary => &self.canary,
-        }
+        &self.servers[pool]
     }
 }
 

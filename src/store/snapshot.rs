@@ -12,7 +12,7 @@ use super::{
     Marker, Problem, ServerStatus, Snapshot, Status, StoreError, StoredServer,
     FIELD_CANARY_PERCENT, FIELD_CREATED_MS, FIELD_GENERATION, FIELD_SALT, FIELD_UPDATED_MS,
 };
-use crate::model::{Percent, PoolKind, ServerAddr, Weight};
+use crate::model::{PerPool, Percent, PoolKind, ServerAddr, Weight};
 
 /// A stored value that does not parse; its text becomes a [`Problem`]'s detail.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,21 +40,11 @@ pub(super) struct RawPool {
 /// The raw replies of one snapshot read.
 #[derive(Debug, Clone, Default)]
 pub(super) struct RawSnapshot {
-    pub(super) production: RawPool,
-    pub(super) canary: RawPool,
+    pub(super) pools: PerPool<RawPool>,
     /// `HGETALL routing`.
     pub(super) routing: Value,
     /// `HGETALL meta`.
     pub(super) meta: Value,
-}
-
-impl RawSnapshot {
-    fn pool(&self, pool: PoolKind) -> &RawPool {
-        match pool {
-            PoolKind::Production => &self.production,
-            PoolKind::Canary => &self.canary,
-        }
-    }
 }
 
 /// Every valid server of a pool, live or not (for `ctl status`), plus what was wrong.
@@ -131,14 +121,11 @@ fn parse_pool(
 pub(super) fn parse_snapshot(raw: &RawSnapshot, keys: &Keys, now_ms: u64) -> Snapshot {
     let mut snap = Snapshot::default();
     for pool in PoolKind::ALL {
-        let live: Vec<StoredServer> = parse_pool(raw.pool(pool), keys, pool, &mut snap.problems)
+        let live: Vec<StoredServer> = parse_pool(&raw.pools[pool], keys, pool, &mut snap.problems)
             .into_iter()
             .filter(|s| s.is_live(now_ms))
             .collect();
-        match pool {
-            PoolKind::Production => snap.production = live,
-            PoolKind::Canary => snap.canary = live,
-        }
+        snap.servers[pool] = live;
     }
     let routing = parse_routing(&raw.routing, keys, &mut snap.problems);
     snap.canary_percent = routing.canary_percent;
@@ -261,8 +248,7 @@ fn take_raw_snapshot(replies: &mut impl Iterator<Item = Value>) -> RawSnapshot {
     let canary = next_pool();
     let routing = replies.next().unwrap_or_default();
     RawSnapshot {
-        production,
-        canary,
+        pools: PerPool { production, canary },
         routing,
         meta: replies.next().unwrap_or_default(),
     }
@@ -319,17 +305,14 @@ pub(super) async fn read_status<C: redis::aio::ConnectionLike>(
             .into_iter()
             .filter_map(|(m, s)| Some((normalize(&m), s.parse::<f64>().ok()? as u64)))
             .collect();
-        let rows = parse_pool(raw.pool(pool), keys, pool, &mut status.problems)
+        let rows = parse_pool(&raw.pools[pool], keys, pool, &mut status.problems)
             .into_iter()
             .map(|server| ServerStatus {
                 serving_seen_ms: serving.get(server.addr.as_str()).copied(),
                 server,
             })
             .collect();
-        match pool {
-            PoolKind::Production => status.production = rows,
-            PoolKind::Canary => status.canary = rows,
-        }
+        status.servers[pool] = rows;
     }
     let routing = parse_routing(&raw.routing, keys, &mut status.problems);
     status.canary_percent = routing.canary_percent;
@@ -512,15 +495,19 @@ mod tests {
         let keys = Keys::new("t");
         for (name, servers, weights, draining, want, want_problems) in cases {
             let raw = RawSnapshot {
-                canary: RawPool {
-                    servers: flat(servers),
-                    weights: flat(weights),
-                    draining: flat(draining),
+                pools: PerPool {
+                    canary: RawPool {
+                        servers: flat(servers),
+                        weights: flat(weights),
+                        draining: flat(draining),
+                    },
+                    ..PerPool::default()
                 },
                 ..RawSnapshot::default()
             };
             let snap = parse_snapshot(&raw, &keys, NOW);
             let got: Vec<(&str, u32, bool)> = snap
+                .servers
                 .canary
                 .iter()
                 .map(|s| (s.addr.as_str(), s.weight.get(), s.draining))
@@ -528,7 +515,7 @@ mod tests {
             assert_eq!(&got, want, "case `{name}`");
             let kinds: Vec<&str> = snap.problems.iter().map(|p| p.kind).collect();
             assert_eq!(&kinds, want_problems, "case `{name}`: {:?}", snap.problems);
-            assert!(snap.production.is_empty(), "case `{name}`");
+            assert!(snap.servers.production.is_empty(), "case `{name}`");
         }
     }
 
@@ -536,10 +523,13 @@ mod tests {
     fn problems_name_key_and_value() {
         let keys = Keys::new("t");
         let raw = RawSnapshot {
-            production: RawPool {
-                servers: flat(&["10.0.0.1:80", "inf"]),
-                weights: flat(&["10.0.0.1:80", "0"]),
-                draining: Value::Nil,
+            pools: PerPool {
+                production: RawPool {
+                    servers: flat(&["10.0.0.1:80", "inf"]),
+                    weights: flat(&["10.0.0.1:80", "0"]),
+                    draining: Value::Nil,
+                },
+                ..PerPool::default()
             },
             ..RawSnapshot::default()
         };
@@ -604,23 +594,26 @@ mod tests {
     fn resp3_shapes_parse_like_resp2() {
         let keys = Keys::new("t");
         let raw = RawSnapshot {
-            canary: RawPool {
-                servers: Value::Array(vec![
-                    Value::Array(vec![bulk("10.0.0.1:80"), Value::Double(f64::INFINITY)]),
-                    Value::Array(vec![bulk("10.0.0.2:80"), Value::Double(2_000_000.0)]),
-                ]),
-                weights: Value::Map(vec![(bulk("10.0.0.2:80"), bulk("3"))]),
-                draining: Value::Set(vec![bulk("10.0.0.1:80")]),
+            pools: PerPool {
+                canary: RawPool {
+                    servers: Value::Array(vec![
+                        Value::Array(vec![bulk("10.0.0.1:80"), Value::Double(f64::INFINITY)]),
+                        Value::Array(vec![bulk("10.0.0.2:80"), Value::Double(2_000_000.0)]),
+                    ]),
+                    weights: Value::Map(vec![(bulk("10.0.0.2:80"), bulk("3"))]),
+                    draining: Value::Set(vec![bulk("10.0.0.1:80")]),
+                },
+                ..PerPool::default()
             },
             routing: Value::Map(vec![(bulk("canary_percent"), bulk("7.5"))]),
             ..RawSnapshot::default()
         };
         let snap = parse_snapshot(&raw, &keys, NOW);
-        assert_eq!(snap.canary.len(), 2);
-        assert_eq!(snap.canary[0].lease_expiry_ms, None);
-        assert!(snap.canary[0].draining);
-        assert_eq!(snap.canary[1].weight.get(), 3);
-        assert_eq!(snap.canary[1].lease_expiry_ms, Some(2_000_000));
+        assert_eq!(snap.servers.canary.len(), 2);
+        assert_eq!(snap.servers.canary[0].lease_expiry_ms, None);
+        assert!(snap.servers.canary[0].draining);
+        assert_eq!(snap.servers.canary[1].weight.get(), 3);
+        assert_eq!(snap.servers.canary[1].lease_expiry_ms, Some(2_000_000));
         assert_eq!(snap.next_lease_expiry_ms(), Some(2_000_000));
         assert_eq!(snap.canary_percent.map(|p| p.basis_points()), Some(750));
         assert!(snap.problems.is_empty());
