@@ -219,3 +219,26 @@ impl Config {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod load_error_tests {
+    use super::*;
+
+    /// `main` prints `{e:#}`, the error and its sources: each cause must appear once.
+    #[test]
+    fn load_errors_show_their_cause_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("missing.yaml");
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "threads: 1\nlisten: []\n").expect("write");
+        for (path, cause) in [
+            (&missing, "No such file or directory"),
+            (&bad, "listen: at least one address is required"),
+        ] {
+            let e = Config::load(path).expect_err("load fails");
+            let shown = format!("{:#}", anyhow::Error::from(e));
+            assert_eq!(shown.matches(cause).count(), 1, "{shown}");
+            assert!(shown.contains(&path.display().to_string()), "{shown}");
+        }
+    }
+}
