@@ -21,8 +21,8 @@ use crate::config::{Balance, ClientConfig, Config, PassiveHealthConfig, Provider
 use crate::discovery::{self, RoutingOverrides, Sink};
 use crate::metrics::{ConfigSource, DiscoveryErrorKind, Metrics};
 use crate::model::{PerPool, PoolKind};
-use crate::pool::{Pool, Pools, ServerView, WantedServer};
-use crate::routing::CanaryPolicy;
+use crate::pool::{Pool, PoolError, Pools, ServerView, WantedServer};
+use crate::routing::{CanaryPolicy, PolicyError};
 
 /// The settings a SIGHUP applies, as one snapshot.
 #[derive(Debug)]
@@ -64,6 +64,18 @@ pub struct DiscoveryStatus {
     pub last_error: Mutex<Option<String>>,
 }
 
+/// Why the process state could not be built at start. (A reload fails only on the routing
+/// policy: [`Shared::apply_file`] returns a [`PolicyError`].)
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Metrics(#[from] prometheus::Error),
+}
+
 pub struct Shared {
     pub pools: Pools,
     pub metrics: Metrics,
@@ -81,15 +93,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> anyhow::Result<Shared> {
-        let pool = |kind: PoolKind| -> anyhow::Result<Pool> {
+    pub fn new(config: Config) -> Result<Shared, StartError> {
+        let pool = |kind: PoolKind| -> Result<Pool, PoolError> {
             Pool::new(kind, config.pools.get(kind).balance, &config.health_check)
         };
         let pools = Pools {
             production: pool(PoolKind::Production)?,
             canary: pool(PoolKind::Canary)?,
         };
-        let policy = CanaryPolicy::from_config(&config.routing).map_err(anyhow::Error::msg)?;
+        let policy = CanaryPolicy::from_config(&config.routing)?;
         let metrics = Metrics::new()?;
         metrics.set_canary_percent(policy.percent.as_f64());
         let static_provider = config.discovery.provider == Provider::Static;
@@ -147,7 +159,7 @@ impl Shared {
 
     /// Apply a re-read config file: every live key, and the servers when they come from the
     /// file. Restart-only keys that changed are named in one log line.
-    pub fn apply_file(&self, new: Config) -> Result<(), String> {
+    pub fn apply_file(&self, new: Config) -> Result<(), PolicyError> {
         let restart = self.started.restart_needed(&new);
         if !restart.is_empty() {
             log::warn!("config reload: restart needed for: {}", restart.join(", "));
@@ -177,7 +189,7 @@ impl Shared {
         &self,
         config: &Config,
         overrides: &RoutingOverrides,
-    ) -> Result<CanaryPolicy, String> {
+    ) -> Result<CanaryPolicy, PolicyError> {
         CanaryPolicy::layered(
             &config.routing,
             overrides.canary_percent,

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Deserializer};
 
+// The messages here stay `String`s: they only ever feed serde's `de::Error::custom`.
+
 /// A YAML scalar as the deserializer saw it.
 pub(super) enum Scalar<'a> {
     Str(&'a str),

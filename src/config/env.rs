@@ -37,7 +37,7 @@ impl Config {
             self.routing.salt = v;
         }
         if let Some(v) = get("CANARY_LB_REDIS_URL") {
-            validate_redis_url(&v).map_err(|e| err("CANARY_LB_REDIS_URL", e))?;
+            validate_redis_url(&v).map_err(|e| err("CANARY_LB_REDIS_URL", e.to_string()))?;
             self.discovery.url = v;
             self.discovery.provider = Provider::Redis;
         }
@@ -48,7 +48,7 @@ impl Config {
             self.discovery.namespace = v;
         }
         self.validate()
-            .map_err(|message| err("CANARY_LB_*", message))
+            .map_err(|e| err("CANARY_LB_*", e.to_string()))
     }
 }
 

@@ -34,34 +34,35 @@ impl AuthTokenFile {
 
     /// Read the token: the file's text, trimmed; printable ASCII without spaces (it travels in
     /// a header), at least [`Self::MIN_LEN`] bytes.
-    pub fn read(path: &Path) -> Result<AuthTokenFile, String> {
+    pub fn read(path: &Path) -> Result<AuthTokenFile, TokenFileError> {
         use std::io::Read;
-        let shown = path.display();
+        let owned = || path.to_path_buf();
         let mut text = String::new();
         std::fs::File::open(path)
             .and_then(|f| f.take(Self::MAX_FILE_BYTES + 1).read_to_string(&mut text))
-            .map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+            .map_err(|error| TokenFileError::Read {
+                path: owned(),
+                error,
+            })?;
         if text.len() as u64 > Self::MAX_FILE_BYTES {
-            return Err(format!(
-                "`{shown}` is larger than {} bytes; it must hold only the token",
-                Self::MAX_FILE_BYTES
-            ));
+            return Err(TokenFileError::TooLarge {
+                path: owned(),
+                max: Self::MAX_FILE_BYTES,
+            });
         }
         let token = text.trim();
         if token.is_empty() {
-            return Err(format!("`{shown}` is empty; it must hold the token"));
+            return Err(TokenFileError::Empty { path: owned() });
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "the token in `{shown}` must be printable ASCII without spaces"
-            ));
+            return Err(TokenFileError::NotPrintable { path: owned() });
         }
         if token.len() < Self::MIN_LEN {
-            return Err(format!(
-                "the token in `{shown}` has {} bytes; use at least {} (e.g. `openssl rand -hex 32`)",
-                token.len(),
-                Self::MIN_LEN
-            ));
+            return Err(TokenFileError::TooShort {
+                path: owned(),
+                len: token.len(),
+                min: Self::MIN_LEN,
+            });
         }
         Ok(AuthTokenFile {
             path: path.to_path_buf(),
@@ -77,6 +78,34 @@ impl AuthTokenFile {
     pub fn token(&self) -> &[u8] {
         self.token.as_bytes()
     }
+}
+
+/// Why `metrics_auth_token_file` was refused. It reaches the user through serde's
+/// `de::Error::custom` (`de::checked`), which adds the key and the line; the token never
+/// appears in it.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    // The cause is in the message and not a `#[source]`: a chain printer would repeat it.
+    #[error("cannot read `{}`: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("`{}` is larger than {max} bytes; it must hold only the token", path.display())]
+    TooLarge { path: PathBuf, max: u64 },
+    #[error("`{}` is empty; it must hold the token", path.display())]
+    Empty { path: PathBuf },
+    #[error("the token in `{}` must be printable ASCII without spaces", path.display())]
+    NotPrintable { path: PathBuf },
+    #[error(
+        "the token in `{}` has {len} bytes; use at least {min} (e.g. `openssl rand -hex 32`)",
+        path.display()
+    )]
+    TooShort {
+        path: PathBuf,
+        len: usize,
+        min: usize,
+    },
 }
 
 impl fmt::Debug for AuthTokenFile {
@@ -96,7 +125,9 @@ impl Serialize for AuthTokenFile {
 
 impl<'de> Deserialize<'de> for AuthTokenFile {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de::checked(d, |v| AuthTokenFile::read(Path::new(v.str()?)))
+        de::checked(d, |v| {
+            AuthTokenFile::read(Path::new(v.str()?)).map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -104,7 +135,7 @@ impl<'de> Deserialize<'de> for AuthTokenFile {
 mod auth_token_file_tests {
     use super::*;
 
-    fn parse_with(token_file: &Path) -> Result<Config, String> {
+    fn parse_with(token_file: &Path) -> Result<Config, InvalidConfig> {
         Config::parse(&format!(
             "threads: 1\nmetrics_auth_token_file: \"{}\"\n",
             token_file.display()
@@ -144,7 +175,7 @@ mod auth_token_file_tests {
             if let Some(text) = content {
                 std::fs::write(&file, text).expect("write");
             }
-            let e = parse_with(&file).expect_err(name);
+            let e = parse_with(&file).expect_err(name).to_string();
             for needle in ["metrics_auth_token_file", "line 2", want] {
                 assert!(
                     e.contains(needle),
@@ -161,15 +192,14 @@ mod auth_token_file_tests {
     }
 }
 
+/// Why the config could not be loaded. Each message carries its cause in its text and has no
+/// `#[source]`, so `{e:#}` (which `main` prints) does not repeat the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Invalid { path: String, message: String },
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("config file {path}: {error}")]
+    Invalid { path: String, error: InvalidConfig },
     #[error("environment variable {var}: {message}")]
     Env { var: &'static str, message: String },
 }
@@ -177,15 +207,38 @@ pub enum ConfigError {
 impl Config {
     /// Read, parse and validate a config file, then apply the environment overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
-        let mut config = Config::parse(&text).map_err(|message| ConfigError::Invalid {
+        let mut config = Config::parse(&text).map_err(|error| ConfigError::Invalid {
             path: path.display().to_string(),
-            message,
+            error,
         })?;
         config.apply_env(|k| std::env::var(k).ok())?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod load_error_tests {
+    use super::*;
+
+    /// `main` prints `{e:#}`, the error and its sources: each cause must appear once.
+    #[test]
+    fn load_errors_show_their_cause_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("missing.yaml");
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "threads: 1\nlisten: []\n").expect("write");
+        for (path, cause) in [
+            (&missing, "No such file or directory"),
+            (&bad, "listen: at least one address is required"),
+        ] {
+            let e = Config::load(path).expect_err("load fails");
+            let shown = format!("{:#}", anyhow::Error::from(e));
+            assert_eq!(shown.matches(cause).count(), 1, "{shown}");
+            assert!(shown.contains(&path.display().to_string()), "{shown}");
+        }
     }
 }

@@ -448,20 +448,21 @@ pub struct SentinelConfig {
 
 impl Config {
     /// Parse and validate YAML text; the error names the key and the line.
-    pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Config, InvalidConfig> {
+        let config: Config = serde_yaml_ng::from_str(text).map_err(InvalidConfig::Yaml)?;
         config.validate()?;
         Ok(config)
     }
 
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), InvalidConfig> {
         if self.listen.is_empty() {
-            return Err("listen: at least one address is required".into());
+            return Err(invalid("listen", "at least one address is required"));
         }
         if let Some(m) = self.metrics_listen {
             if self.listen.contains(&m) {
-                return Err(format!(
-                    "metrics_listen: {m} is also a proxy listen address"
+                return Err(invalid(
+                    "metrics_listen",
+                    format!("{m} is also a proxy listen address"),
                 ));
             }
         }
@@ -471,8 +472,9 @@ impl Config {
             ("routing.user_cookie", &self.routing.user_cookie),
         ] {
             if value.is_empty() || !value.bytes().all(is_token_byte) {
-                return Err(format!(
-                    "{name}: `{value}` is not a valid header/cookie name"
+                return Err(invalid(
+                    name,
+                    format!("`{value}` is not a valid header/cookie name"),
                 ));
             }
         }
@@ -482,25 +484,32 @@ impl Config {
                 self.routing.user_header.as_ref(),
             ];
             if let Some(name) = names.into_iter().flatten().find(|n| n.contains('_')) {
-                return Err(format!(
-                    "routing: header `{name}` contains `_`, and client.drop_underscore_headers \
-                     (on by default) drops such headers before routing reads them; rename it \
-                     or set client.drop_underscore_headers: false"
+                return Err(invalid(
+                    "routing",
+                    format!(
+                        "header `{name}` contains `_`, and client.drop_underscore_headers \
+                         (on by default) drops such headers before routing reads them; rename \
+                         it or set client.drop_underscore_headers: false"
+                    ),
                 ));
             }
         }
         if let Some(h) = &self.routing.user_header {
             if h.is_empty() || !h.bytes().all(is_token_byte) {
-                return Err(format!(
-                    "routing.user_header: `{h}` is not a valid header name"
+                return Err(invalid(
+                    "routing.user_header",
+                    format!("`{h}` is not a valid header name"),
                 ));
             }
         }
         if !self.health_check.path.starts_with('/') {
-            return Err("health_check.path: must start with /".into());
+            return Err(invalid("health_check.path", "must start with /"));
         }
         if self.health_check.interval.is_zero() || self.health_check.timeout.is_zero() {
-            return Err("health_check: interval and timeout must be above 0".into());
+            return Err(invalid(
+                "health_check",
+                "interval and timeout must be above 0",
+            ));
         }
         let c = &self.client;
         for (key, d) in [
@@ -510,34 +519,44 @@ impl Config {
             ("client.send_timeout", c.send_timeout),
         ] {
             if d < Duration::from_millis(100) {
-                return Err(format!("{key}: must be at least 100ms"));
+                return Err(invalid(key, "must be at least 100ms"));
             }
         }
         if let Some(rate) = &self.passive_health.error_rate {
             if rate.window < Duration::from_secs(1) {
-                return Err("passive_health.error_rate.window: must be at least 1s".into());
+                return Err(invalid(
+                    "passive_health.error_rate.window",
+                    "must be at least 1s",
+                ));
             }
         }
         if c.max_header_line > c.max_header_bytes {
-            return Err(format!(
-                "client.max_header_line: {} is above client.max_header_bytes ({})",
-                c.max_header_line, c.max_header_bytes
+            return Err(invalid(
+                "client.max_header_line",
+                format!(
+                    "{} is above client.max_header_bytes ({})",
+                    c.max_header_line, c.max_header_bytes
+                ),
             ));
         }
         if self.discovery.resync_interval < Duration::from_millis(100) {
-            return Err("discovery.resync_interval: must be at least 100ms".into());
+            return Err(invalid(
+                "discovery.resync_interval",
+                "must be at least 100ms",
+            ));
         }
         if self.discovery.provider == Provider::Redis {
-            validate_redis_url(&self.discovery.url).map_err(|e| format!("discovery.url: {e}"))?;
+            validate_redis_url(&self.discovery.url).map_err(|e| invalid("discovery.url", e))?;
             if let Some(sentinel) = &self.discovery.sentinel {
                 if sentinel.master_name.is_empty() || sentinel.nodes.is_empty() {
-                    return Err(
-                        "discovery.sentinel: needs master_name and at least one node".into(),
-                    );
+                    return Err(invalid(
+                        "discovery.sentinel",
+                        "needs master_name and at least one node",
+                    ));
                 }
                 for (i, node) in sentinel.nodes.iter().enumerate() {
                     validate_redis_url(node)
-                        .map_err(|e| format!("discovery.sentinel.nodes[{i}]: {e}"))?;
+                        .map_err(|e| invalid(format!("discovery.sentinel.nodes[{i}]"), e))?;
                 }
             }
         }
@@ -548,9 +567,9 @@ impl Config {
             let mut seen = BTreeMap::new();
             for (i, s) in p.servers.iter().enumerate() {
                 if let Some(j) = seen.insert(s.addr.as_str(), i) {
-                    return Err(format!(
-                        "pools.{pool}.servers[{i}]: `{}` is listed twice (also at [{j}])",
-                        s.addr
+                    return Err(invalid(
+                        format!("pools.{pool}.servers[{i}]"),
+                        format!("`{}` is listed twice (also at [{j}])", s.addr),
                     ));
                 }
             }
@@ -559,11 +578,35 @@ impl Config {
     }
 }
 
-pub(super) fn validate_redis_url(url: &str) -> Result<(), String> {
+pub(super) fn validate_redis_url(url: &str) -> Result<(), NotRedisUrl> {
     redis::parse_redis_url(url)
         .map(|_| ())
-        .ok_or_else(|| format!("`{}` is not a redis:// or rediss:// URL", redact_url(url)))
+        .ok_or_else(|| NotRedisUrl(redact_url(url)))
 }
+
+/// Why a config text was refused; the message names the key (and, from serde, the line).
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidConfig {
+    /// YAML syntax, an unknown key or a bad value: serde's message names the key and the line.
+    /// Shown, not a `#[source]`, so a chain printer does not repeat it.
+    #[error("{0}")]
+    Yaml(serde_yaml_ng::Error),
+    /// A value serde accepted that the config as a whole does not (`Config::validate`).
+    #[error("{key}: {problem}")]
+    Key { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl ToString) -> InvalidConfig {
+    InvalidConfig::Key {
+        key: key.into(),
+        problem: problem.to_string(),
+    }
+}
+
+/// A URL `redis` cannot connect to; holds the URL with its password hidden.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a redis:// or rediss:// URL")]
+pub struct NotRedisUrl(String);
 
 /// The URL with any password replaced, for logs and messages.
 pub fn redact_url(url: &str) -> String {
@@ -738,7 +781,7 @@ mod tests {
             ("routing: { header: X_Canary }\n", "X_Canary"),
             ("routing: { user_header: X_User }\n", "X_User"),
         ] {
-            let e = Config::parse(yaml).expect_err(yaml);
+            let e = Config::parse(yaml).expect_err(yaml).to_string();
             assert!(e.contains(key), "{yaml}: {e}");
         }
         Config::parse(
@@ -797,7 +840,7 @@ routing:
             ("routing:\n  canary_pct: 5\n", "canary_pct", "line 2"),
         ];
         for (text, key, line) in cases {
-            let e = Config::parse(text).expect_err(text);
+            let e = Config::parse(text).expect_err(text).to_string();
             assert!(e.contains(key), "error `{e}` should name `{key}`");
             assert!(e.contains(line), "error `{e}` should name `{line}`");
         }

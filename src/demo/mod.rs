@@ -50,7 +50,8 @@ const ECHOED: &[(&str, &str)] = &[
 
 /// `canary-lb demo`: the proxy plus two production and one canary demo app on loopback, in
 /// one process, with a static config; prints curl lines to try. Ctrl-C stops everything.
-/// `exit_now` as in [`Assembled::run`](crate::runtime::serve::Assembled::run).
+/// `exit_now` as in [`Assembled::run`](crate::runtime::serve::Assembled::run). An edge, like
+/// [`run_app`]: returns `anyhow` to `main`.
 pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
     let ip = args.listen.ip();
     let apps: Vec<(String, &str, SocketAddr)> = [
@@ -95,7 +96,7 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
         canary = servers("canary"),
         pct = args.canary_percent,
     );
-    let config = crate::config::Config::parse(&yaml).map_err(anyhow::Error::msg)?;
+    let config = crate::config::Config::parse(&yaml)?;
     let mut assembled = crate::runtime::serve::assemble(
         config,
         None,
@@ -136,7 +137,7 @@ fn print_tour(args: &DemoArgs, apps: &[(String, &str, SocketAddr)]) {
 }
 
 /// `canary-lb app`: one demo app server as its own Pingora server, optionally registered in
-/// Redis for as long as it runs.
+/// Redis for as long as it runs. An edge: returns `anyhow` to `main`.
 pub fn run_app(args: AppArgs) -> anyhow::Result<()> {
     let name = args.name.clone().unwrap_or_else(|| args.listen.to_string());
     let conf = ServerConf {

@@ -26,6 +26,8 @@
 pub mod file;
 pub mod redis;
 
+pub use redis::DiscoveryError;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

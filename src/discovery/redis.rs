@@ -33,7 +33,7 @@ use crate::config::{redact_url, DiscoveryConfig};
 use crate::metrics::DiscoveryErrorKind;
 use crate::model::PoolKind;
 use crate::pool::WantedServer;
-use crate::store::{self, Marker, Snapshot, Store};
+use crate::store::{self, Marker, Snapshot, Store, StoreError};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -138,7 +138,7 @@ impl Source {
         })
     }
 
-    async fn client(&mut self) -> Result<redis::Client, String> {
+    async fn client(&mut self) -> Result<redis::Client, DiscoveryError> {
         match self {
             Source::Direct(c) => Ok(c.clone()),
             Source::Sentinel {
@@ -147,7 +147,10 @@ impl Source {
                 node,
             } => timed(sentinel.async_master_for(master_name, Some(node)))
                 .await
-                .map_err(|e| format!("sentinel master `{master_name}`: {e}")),
+                .map_err(|e| DiscoveryError::Sentinel {
+                    master_name: master_name.clone(),
+                    error: Box::new(e),
+                }),
         }
     }
 }
@@ -183,7 +186,7 @@ impl Follower {
         client: &redis::Client,
         shutdown: &mut ShutdownWatch,
         backoff: &mut Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), DiscoveryError> {
         let mut pubsub = timed(client.get_async_pubsub()).await?;
         timed(self.store.subscribe_events(&mut pubsub)).await?;
         let conn_config = AsyncConnectionConfig::new()
@@ -207,7 +210,7 @@ impl Follower {
                 _ = shutdown.changed() => return Ok(()),
                 msg = messages.next() => {
                     if msg.is_none() {
-                        return Err("subscription closed".into());
+                        return Err(DiscoveryError::SubscriptionClosed);
                     }
                     next_expiry = self.sync(&mut conn).await?;
                 }
@@ -222,7 +225,7 @@ impl Follower {
     async fn sync(
         &mut self,
         conn: &mut redis::aio::MultiplexedConnection,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Option<u64>, DiscoveryError> {
         let snap = timed(self.store.read_snapshot(conn, store::now_ms())).await?;
         self.sink.count_resync();
         let Some(marker) = snap.marker.clone() else {
@@ -319,7 +322,10 @@ impl Follower {
     }
 
     /// Tell the store which servers this proxy has in rotation and what it has in flight.
-    async fn report(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<(), String> {
+    async fn report(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), DiscoveryError> {
         let mut in_flight = Vec::new();
         for kind in PoolKind::ALL {
             let view = self.sink.view(kind);
@@ -339,13 +345,32 @@ impl Follower {
     }
 }
 
-/// Await a Redis call with the I/O timeout, flattening both failures into a message.
-async fn timed<T, E: std::fmt::Display>(
+/// Why following the store stopped; the task logs it, reports it through the sink and
+/// reconnects. Each message is the text of its cause alone (the task adds `redis <url>: `).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("subscription closed")]
+    SubscriptionClosed,
+    /// The cause is in the message, not a `#[source]`, so a chain printer shows it once.
+    #[error("sentinel master `{master_name}`: {error}")]
+    Sentinel {
+        master_name: String,
+        error: Box<DiscoveryError>,
+    },
+}
+
+/// Await a Redis call with the I/O timeout, turning both failures into a [`DiscoveryError`].
+async fn timed<T, E: Into<DiscoveryError>>(
     fut: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+) -> Result<T, DiscoveryError> {
     match tokio::time::timeout(IO_TIMEOUT, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {IO_TIMEOUT:?}")),
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(DiscoveryError::Timeout(IO_TIMEOUT)),
     }
 }

@@ -22,10 +22,11 @@ use pingora_load_balancing::Backend;
 use crate::config::{CheckKind, HealthCheckConfig};
 use crate::model::PoolKind;
 use crate::pool::failure::is_proxy_own;
+use crate::pool::PoolError;
 
 pub type Checker = Box<dyn HealthCheck + Send + Sync>;
 
-pub fn checker(cfg: &HealthCheckConfig, pool: PoolKind) -> anyhow::Result<Checker> {
+pub fn checker(cfg: &HealthCheckConfig, pool: PoolKind) -> Result<Checker, PoolError> {
     Ok(Box::new(OwnErrorsIgnored {
         inner: pingora_checker(cfg, pool)?,
         last: Mutex::new(HashMap::new()),
@@ -79,7 +80,7 @@ impl HealthCheck for OwnErrorsIgnored {
     }
 }
 
-fn pingora_checker(cfg: &HealthCheckConfig, pool: PoolKind) -> anyhow::Result<Checker> {
+fn pingora_checker(cfg: &HealthCheckConfig, pool: PoolKind) -> Result<Checker, PoolError> {
     match cfg.kind {
         CheckKind::Tcp => {
             let mut hc = TcpHealthCheck::new();

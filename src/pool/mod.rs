@@ -278,6 +278,15 @@ pub struct ServerView {
     pub in_flight: i64,
 }
 
+/// Why a pool could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The `health_check` section makes no valid probe request (e.g. a `host` that is not a
+    /// valid header value); Pingora's error says which part.
+    #[error(transparent)]
+    HealthCheck(#[from] pingora_error::BError),
+}
+
 /// One pool: its load balancer, its feed and the per-server state.
 ///
 /// The selector is rebuilt when `balance` changes (a SIGHUP): [`Pool::set_balance`] records the
@@ -302,7 +311,7 @@ impl Pool {
         kind: PoolKind,
         balance: Balance,
         health_check: &HealthCheckConfig,
-    ) -> anyhow::Result<Pool> {
+    ) -> Result<Pool, PoolError> {
         let feed = Arc::new(Feed::default());
         let lb = build_selector(kind, &feed, balance, health_check)?;
         Ok(Pool {
@@ -490,7 +499,7 @@ fn build_selector(
     feed: &Arc<Feed>,
     balance: Balance,
     health_check: &HealthCheckConfig,
-) -> anyhow::Result<Selector> {
+) -> Result<Selector, PoolError> {
     let mut backends = pingora_load_balancing::Backends::new(Box::new(FeedDiscovery {
         pool: kind,
         feed: feed.clone(),

@@ -23,7 +23,7 @@ mod policy;
 use std::net::IpAddr;
 
 use crate::model::PoolKind;
-pub use policy::{salt_fingerprint, CanaryPolicy};
+pub use policy::{salt_fingerprint, CanaryPolicy, PolicyError};
 
 pub use crate::model::Reason;
 

@@ -9,6 +9,14 @@ use ipnet::IpNet;
 use crate::config::schema::RoutingConfig;
 use crate::model::Percent;
 
+/// Why a routing section cannot be turned into a policy (config validation refuses such
+/// names first, so this is a second line of defence).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("`{0}` is not a valid header name")]
+    HeaderName(String),
+}
+
 /// The routing settings in force; swapped whole when the file or Redis changes them.
 #[derive(Debug, Clone)]
 pub struct CanaryPolicy {
@@ -26,7 +34,7 @@ pub struct CanaryPolicy {
 }
 
 impl CanaryPolicy {
-    pub fn from_config(r: &RoutingConfig) -> Result<CanaryPolicy, String> {
+    pub fn from_config(r: &RoutingConfig) -> Result<CanaryPolicy, PolicyError> {
         CanaryPolicy::layered(r, None, None)
     }
 
@@ -36,10 +44,10 @@ impl CanaryPolicy {
         r: &RoutingConfig,
         canary_percent: Option<Percent>,
         salt: Option<&str>,
-    ) -> Result<CanaryPolicy, String> {
+    ) -> Result<CanaryPolicy, PolicyError> {
         let header_name = |name: &str| {
             http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("`{name}` is not a valid header name"))
+                .map_err(|_| PolicyError::HeaderName(name.to_string()))
         };
         Ok(CanaryPolicy {
             percent: canary_percent.unwrap_or(r.canary_percent),

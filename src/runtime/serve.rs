@@ -22,11 +22,12 @@ use crate::runtime::admin::AdminApp;
 use crate::runtime::signals::Signals;
 use crate::state::Shared;
 
-/// `canary-lb check`: validate a config file and say what it holds.
+/// `canary-lb check`: validate a config file and say what it holds. An edge, like [`serve`]
+/// and [`assemble`]: it returns `anyhow` to `main`, over the library's typed errors.
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     crate::pool::health::checker(&config.health_check, crate::model::PoolKind::Production)?;
-    crate::routing::CanaryPolicy::from_config(&config.routing).map_err(anyhow::Error::msg)?;
+    crate::routing::CanaryPolicy::from_config(&config.routing)?;
     println!(
         "{}: OK ({} production and {} canary server(s), discovery: {}, canary_percent: {})",
         path.display(),
@@ -38,7 +39,8 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `canary-lb serve`; `exit_now` as in [`Assembled::run`].
+/// `canary-lb serve`; `exit_now` as in [`Assembled::run`]. An edge: `anyhow`, which also
+/// carries Pingora's config-file error with its context.
 pub fn serve(args: ServeArgs, exit_now: ExitNow) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let pingora_conf = match &args.pingora_conf {
@@ -68,6 +70,7 @@ pub struct Assembled {
     config_path: Option<PathBuf>,
 }
 
+/// Build the server from `config`. An edge for `serve` and `demo`: returns `anyhow`.
 pub fn assemble(
     config: Config,
     config_path: Option<PathBuf>,
