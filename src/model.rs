@@ -75,13 +75,27 @@ impl Reason {
 
 /// One value per pool, indexed by [`PoolKind`]: replaces `match kind { Production => ..,
 /// Canary => .. }` accessors.
+/// As a config section, both keys are optional (their default) and no other key is allowed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PerPool<T> {
+    #[serde(default)]
     pub production: T,
+    #[serde(default)]
     pub canary: T,
 }
 
 impl<T> PerPool<T> {
+    /// The value of `kind` (the same as `self[kind]`).
+    pub fn get(&self, kind: PoolKind) -> &T {
+        &self[kind]
+    }
+
+    /// Both values, production first.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        [&self.production, &self.canary].into_iter()
+    }
+
     /// Build both values from their pool.
     pub fn from_fn(mut f: impl FnMut(PoolKind) -> T) -> PerPool<T> {
         PerPool {

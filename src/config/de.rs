@@ -121,6 +121,37 @@ pub(super) fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAdd
     d.deserialize_any(ListenVisitor)
 }
 
+/// Text sent on the wire in a health check's request line or Host header: visible ASCII only
+/// (no spaces, no control bytes), so Pingora's request builder cannot refuse it at run time.
+fn wire_text(v: Scalar, what: &str, max: usize) -> Result<String, String> {
+    let s = v.str()?;
+    if s.is_empty() || s.len() > max {
+        return Err(format!("{what} must be 1..={max} bytes, got {}", s.len()));
+    }
+    if let Some(b) = s.bytes().find(|b| !(0x21..=0x7e).contains(b)) {
+        return Err(format!(
+            "{what} `{}` has byte 0x{b:02x}; only visible ASCII is allowed",
+            s.escape_debug()
+        ));
+    }
+    Ok(s.to_string())
+}
+
+pub(super) fn de_check_host<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    checked(d, |v| wire_text(v, "a Host header", 255))
+}
+
+pub(super) fn de_check_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    checked(d, |v| {
+        let path = wire_text(v, "a request path", 2048)?;
+        if path.starts_with('/') {
+            Ok(path)
+        } else {
+            Err(format!("a request path must start with `/`, got `{path}`"))
+        }
+    })
+}
+
 pub(super) fn de_threads<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     checked(d, |v| int_in(v, 1, 256).map(|n| n as usize))
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::de::*;
 use super::AuthTokenFile;
-use crate::model::{Percent, PoolKind, ServerAddr, Weight};
+use crate::model::{PerPool, Percent, ServerAddr, Weight};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -53,23 +53,8 @@ pub struct Config {
     pub grace_period: Duration,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pools {
-    #[serde(default)]
-    pub production: PoolConfig,
-    #[serde(default)]
-    pub canary: PoolConfig,
-}
-
-impl Pools {
-    pub fn get(&self, kind: PoolKind) -> &PoolConfig {
-        match kind {
-            PoolKind::Production => &self.production,
-            PoolKind::Canary => &self.canary,
-        }
-    }
-}
+/// `pools: { production: .., canary: .. }`.
+pub type Pools = PerPool<PoolConfig>;
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -170,10 +155,10 @@ pub enum CheckKind {
 pub struct HealthCheckConfig {
     #[serde(default = "default_check_kind")]
     pub kind: CheckKind,
-    #[serde(default = "default_health_path")]
+    #[serde(default = "default_health_path", deserialize_with = "de_check_path")]
     pub path: String,
     /// Host header sent with HTTP checks.
-    #[serde(default = "default_health_host")]
+    #[serde(default = "default_health_host", deserialize_with = "de_check_host")]
     pub host: String,
     /// Accepted status range for HTTP checks, e.g. `200-399` or `200`.
     #[serde(default = "default_status_range", deserialize_with = "de_status_range")]
@@ -838,6 +823,22 @@ routing:
                 "line 2",
             ),
             ("routing:\n  canary_pct: 5\n", "canary_pct", "line 2"),
+            // Pingora's health-check builder panics on these; refused here instead.
+            (
+                "health_check:\n  host: \"a\\nb\"\n",
+                "health_check.host",
+                "line 2",
+            ),
+            (
+                "threads: 1\nhealth_check: { path: \"/a b\" }\n",
+                "health_check.path",
+                "line 2",
+            ),
+            (
+                "health_check:\n  path: healthz\n",
+                "health_check.path",
+                "line 2",
+            ),
         ];
         for (text, key, line) in cases {
             let e = Config::parse(text).expect_err(text).to_string();

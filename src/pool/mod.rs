@@ -28,7 +28,7 @@ use pingora_load_balancing::{Backend, LoadBalancer};
 
 use crate::config::{Balance, ErrorRateConfig, HealthCheckConfig, PassiveHealthConfig};
 use crate::metrics::UpstreamSeries;
-use crate::model::{PoolKind, ServerAddr, Weight};
+use crate::model::{PerPool, PoolKind, ServerAddr, Weight};
 
 /// A server the provider wants in the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -512,20 +512,4 @@ fn build_selector(
 }
 
 /// Both pools.
-pub struct Pools {
-    pub production: Pool,
-    pub canary: Pool,
-}
-
-impl Pools {
-    pub fn get(&self, kind: PoolKind) -> &Pool {
-        match kind {
-            PoolKind::Production => &self.production,
-            PoolKind::Canary => &self.canary,
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Pool> {
-        [&self.production, &self.canary].into_iter()
-    }
-}
+pub type Pools = PerPool<Pool>;

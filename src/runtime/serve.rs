@@ -165,7 +165,7 @@ impl BackgroundService for PoolKeeper {
     ) {
         let shared = &self.shared;
         let config = shared.started();
-        for pool in shared.pools.iter() {
+        for pool in shared.pools.values() {
             pool.refresh().await;
         }
         ready.notify_ready();
@@ -191,7 +191,7 @@ impl BackgroundService for PoolKeeper {
                 _ = shared.refresh.notified() => {}
                 _ = tokio::time::sleep(resync) => {}
             }
-            for pool in shared.pools.iter() {
+            for pool in shared.pools.values() {
                 pool.refresh().await;
             }
         }
