@@ -18,13 +18,16 @@
 # starts carries the label io.canary-lb.test and is removed on exit, failure included; every
 # wait is bounded. Output: one `ok:` line per check, then `container-test: N passed, M failed`.
 #
-# Environment: IMAGE (tag to build, default localhost/canary-lb:test), RUNTIME (OCI runtime,
-# default runc when installed: crun refuses some hybrid cgroup layouts), DEBIAN_MIRROR.
+# Environment: IMAGE (tag to build, default localhost/canary-lb:test), CARGO_PROFILE (the
+# Dockerfile's build argument: release by default, as real images are built; scripts/test.sh
+# passes image-check, the same without fat LTO, so CI's cold build stays short), RUNTIME (OCI
+# runtime, default runc when installed: crun refuses some hybrid cgroup layouts), DEBIAN_MIRROR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PHASE=${1:-all}
 IMAGE=${IMAGE:-localhost/canary-lb:test}
+CARGO_PROFILE=${CARGO_PROFILE:-release}
 DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
 RUST_IMAGE=docker.io/library/rust:1-bookworm
 REDIS_IMAGE=docker.io/library/redis:7-bookworm
@@ -272,10 +275,11 @@ phase_bases() {
 # --- the image -----------------------------------------------------------------------------
 
 phase_build() {
-  log "building $IMAGE from Dockerfile (podman build --format docker: the OCI format drops HEALTHCHECK)"
+  log "building $IMAGE from Dockerfile, cargo profile $CARGO_PROFILE (podman build --format docker: the OCI format drops HEALTHCHECK)"
   local t0=$SECONDS old new
   old=$(podman image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-  timeout 2400 "${PODMAN[@]}" build --format docker --network host "${LIMITS[@]}" -t "$IMAGE" -f Dockerfile . \
+  timeout 2400 "${PODMAN[@]}" build --format docker --network host "${LIMITS[@]}" \
+    --build-arg CARGO_PROFILE="$CARGO_PROFILE" -t "$IMAGE" -f Dockerfile . \
     >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; fail "podman build failed (or took over 40 minutes)"; }
   new=$(podman image inspect -f '{{.Id}}' "$IMAGE")
   log "built $IMAGE in $((SECONDS - t0))s ($(grep -c -- '--> Using cache' "$WORK/build.log" || true) steps from the layer cache)"

@@ -2,8 +2,8 @@
 # Install what building and testing canary-lb needs on Debian/Ubuntu, skipping what is there:
 # cmake and a C compiler (Pingora builds zlib-ng), redis-server (integration tests, demo stack),
 # curl, and for the container checks (deploy/container-test.sh) podman, runc, debootstrap and
-# podman-compose (only with CONTAINER_TEST=1). Run as root or with sudo available. Rust itself
-# comes from rustup (rustc >= 1.95, the rust-version of Cargo.toml).
+# podman-compose (with CONTAINER_TEST=1, which scripts/test.sh sets by default). Run as root or
+# with sudo available. Rust itself comes from rustup (rustc >= 1.95, Cargo.toml's rust-version).
 set -euo pipefail
 
 need=()
