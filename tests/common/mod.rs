@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod canned;
+pub mod shutdown;
 pub mod store_marker;
 
 use std::collections::HashSet;
