@@ -9,12 +9,14 @@
 //! `mod.rs`: waits, ports, process guards (`App`, `Proxy`, `Background`) and the HTTP client;
 //! `redis_server.rs`: `RedisServer`, `RedisSentinel`, `ctl` and plain Redis commands;
 //! `store.rs`: the store's key names, from the library; `raw.rs`: exact bytes on both sides
-//! of the proxy (`RawBackend`, also scripted to misbehave, and `RawClient`).
+//! of the proxy (`RawBackend`, also scripted to misbehave, and `RawClient`); `shutdown.rs`:
+//! stopping a proxy with a signal and waiting for its exit.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod raw;
 mod redis_server;
+pub mod shutdown;
 pub mod store;
 
 pub use redis_server::*;

@@ -153,6 +153,16 @@ fn is_resource_exhaustion(errno: i32) -> bool {
     }
 }
 
+/// Whether `e` is the error Tokio returns for I/O on a resource whose runtime is shutting down
+/// (its I/O driver is gone): an `Other` error without an OS error code, with Tokio's message.
+fn is_runtime_shutdown(e: &std::io::Error) -> bool {
+    /// Tokio 1.x's `RUNTIME_SHUTTING_DOWN_ERROR` (not exported; `tests` checks it still is).
+    const TOKIO_SHUTTING_DOWN: &str = "A Tokio 1.x context was found, but it is being shutdown.";
+    e.raw_os_error().is_none()
+        && e.kind() == std::io::ErrorKind::Other
+        && e.to_string() == TOKIO_SHUTTING_DOWN
+}
+
 /// The type of service that is associated with a list of listening endpoints and a particular application
 pub struct Service<A> {
     name: String,
@@ -385,19 +395,32 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     });
                 }
                 Err(e) => {
+                    let io_error = e.root_cause().downcast_ref::<std::io::Error>();
+                    if io_error.is_some_and(is_runtime_shutdown) {
+                        // The runtime whose I/O driver holds this listener is shutting down
+                        // (with one runtime per thread, a listener may belong to another
+                        // thread's runtime). accept() fails at once from now on, forever and
+                        // without ever yielding, so this thread's runtime could never drop
+                        // the task and its shutdown would wait for it without end.
+                        info!(
+                            "Stopping accept loop on {}: runtime shutting down",
+                            stack.as_str()
+                        );
+                        break;
+                    }
                     error!("Accept() failed {e}");
-                    if let Some(io_error) = e
-                        .root_cause()
-                        .downcast_ref::<std::io::Error>()
-                        .and_then(|e| e.raw_os_error())
-                    {
+                    match io_error.and_then(|e| e.raw_os_error()) {
                         // Out of descriptors (EMFILE, ENFILE), socket buffers or memory: accept()
                         // would fail again at once and spin, using up the resources needed to
                         // recover. Sleep to let other tasks release some; pending connections
                         // wait in the listen backlog meanwhile.
-                        if is_resource_exhaustion(io_error) {
+                        Some(errno) if is_resource_exhaustion(errno) => {
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         }
+                        // Any other error may also repeat at once: give the runtime a turn
+                        // before the next accept(), so it can run other tasks and, when it is
+                        // shutting down, drop this one.
+                        _ => tokio::task::yield_now().await,
                     }
                 }
             }
@@ -653,6 +676,92 @@ mod tests {
         .await;
         assert_eq!(limit.refused(), 0);
         ep.stop().await;
+    }
+
+    /// As with Pingora's one runtime per thread (`work_stealing: false`): a listener built on
+    /// one runtime, its accept loop on another runtime's thread, and a fast shutdown (the
+    /// shutdown watch is never sent). When the listener's runtime goes first, accept() fails
+    /// at once from then on; the loop must end rather than spin, or the other thread never
+    /// gets back to its runtime's shutdown.
+    #[test]
+    fn accept_loop_ends_when_the_listeners_runtime_shuts_down() {
+        let current_thread = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let owner = current_thread();
+        let stack = owner.block_on(async {
+            Listeners::tcp("127.0.0.1:0")
+                .build(
+                    #[cfg(unix)]
+                    None,
+                )
+                .await
+                .unwrap()
+                .pop()
+                .unwrap()
+        });
+        let (_release, release_rx) = watch::channel(false);
+        let app = Arc::new(Hold {
+            release: release_rx,
+            panic: false,
+            started: AtomicUsize::new(0),
+        });
+        let (_shutdown, shutdown_rx) = watch::channel(false);
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<Duration>();
+        let (polled_tx, polled_rx) = std::sync::mpsc::channel();
+        let (exited_tx, exited_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = current_thread();
+            let accept_loop =
+                rt.spawn(Service::<Hold>::run_endpoint(app, stack, shutdown_rx, None));
+            // Tasks run in order: once this one runs, the loop waits in accept().
+            rt.spawn(async move { polled_tx.send(accept_loop).unwrap() });
+            // What `pingora_runtime::NoStealRuntime` does on each thread.
+            if let Ok(timeout) = rt.block_on(stop_rx) {
+                rt.shutdown_timeout(timeout);
+            }
+            let _ = exited_tx.send(());
+        });
+        let accept_loop = polled_rx.recv_timeout(GUARD).expect("accept loop polled");
+
+        drop(owner); // the listener's I/O driver shuts down
+        let deadline = Instant::now() + GUARD;
+        while !accept_loop.is_finished() {
+            assert!(Instant::now() < deadline, "the accept loop did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.send(Duration::ZERO).unwrap();
+        exited_rx
+            .recv_timeout(GUARD)
+            .expect("the other runtime shut down");
+    }
+
+    /// The error `is_runtime_shutdown` recognises is the one Tokio returns (its text is not
+    /// exported, so a Tokio upgrade that changes it fails here).
+    #[test]
+    fn tokio_shutdown_error_is_recognised() {
+        let owner = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener =
+            owner.block_on(async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() });
+        drop(owner);
+        let other = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = other.block_on(listener.accept()).expect_err("driver gone");
+        assert!(is_runtime_shutdown(&e), "{e:?}");
+
+        assert!(!is_runtime_shutdown(&std::io::Error::other("other")));
+        #[cfg(unix)]
+        assert!(!is_runtime_shutdown(&std::io::Error::from_raw_os_error(
+            libc::ECONNABORTED
+        )));
     }
 
     #[test]
