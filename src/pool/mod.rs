@@ -12,12 +12,14 @@
 
 pub mod failure;
 pub mod health;
+mod server;
+
+pub use server::ServerState;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -26,8 +28,7 @@ use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
 
-use crate::config::{Balance, ErrorRateConfig, HealthCheckConfig, PassiveHealthConfig};
-use crate::metrics::UpstreamSeries;
+use crate::config::{Balance, HealthCheckConfig, PassiveHealthConfig};
 use crate::model::{PerPool, PoolKind, ServerAddr, Weight};
 
 /// A server the provider wants in the pool.
@@ -36,121 +37,6 @@ pub struct WantedServer {
     pub addr: ServerAddr,
     pub weight: Weight,
     pub draining: bool,
-}
-
-/// State of one server address that outlives membership rebuilds.
-#[derive(Debug)]
-pub struct ServerState {
-    pub addr: SocketAddr,
-    /// `host:port` as configured (differs from `addr` for DNS names).
-    pub name: String,
-    /// `addr` as text: the `server` label of metrics.
-    pub label: String,
-    draining: AtomicBool,
-    /// Transport failures in a row (passive detection).
-    failures: AtomicU32,
-    ejected_until_ms: AtomicU64,
-    /// The `passive_health.error_rate` window: its start, answers and 5xx answers in it.
-    window_start_ms: AtomicU64,
-    window_answers: AtomicU32,
-    window_errors: AtomicU32,
-    /// When an ejection of this server was last refused by `max_ejection_percent` (log limit).
-    refusal_logged_ms: AtomicU64,
-    /// Requests currently on this server (through this proxy).
-    in_flight: AtomicI64,
-    /// This server's `canary_lb_upstream_requests_total` series.
-    pub upstream_series: UpstreamSeries,
-}
-
-impl ServerState {
-    fn new(addr: SocketAddr, name: &str) -> Self {
-        ServerState {
-            addr,
-            name: name.to_string(),
-            label: addr.to_string(),
-            draining: AtomicBool::new(false),
-            failures: AtomicU32::new(0),
-            ejected_until_ms: AtomicU64::new(0),
-            window_start_ms: AtomicU64::new(0),
-            window_answers: AtomicU32::new(0),
-            window_errors: AtomicU32::new(0),
-            refusal_logged_ms: AtomicU64::new(0),
-            in_flight: AtomicI64::new(0),
-            upstream_series: UpstreamSeries::default(),
-        }
-    }
-
-    pub fn draining(&self) -> bool {
-        self.draining.load(Relaxed)
-    }
-
-    /// Taken out by passive detection and still cooling off.
-    pub fn ejected(&self) -> bool {
-        self.ejected_until_ms.load(Relaxed) > now_ms()
-    }
-
-    /// One more transport failure; returns how many there have been in a row.
-    fn record_transport_failure(&self) -> u32 {
-        self.failures.fetch_add(1, Relaxed) + 1
-    }
-
-    /// The server answered with `status`. Returns the window's (answers, 5xx answers) when
-    /// `rate` is set and the window's 5xx share is above it.
-    fn record_answer(&self, status: u16, rate: Option<&ErrorRateConfig>) -> Option<(u32, u32)> {
-        if self.failures.load(Relaxed) != 0 {
-            self.failures.store(0, Relaxed);
-        }
-        let rate = rate?;
-        let now = now_ms();
-        let start = self.window_start_ms.load(Relaxed);
-        if now.saturating_sub(start) >= rate.window.as_millis() as u64 {
-            // A new window. Two requests racing here may each reset it: a lost count or two.
-            self.window_start_ms.store(now, Relaxed);
-            self.window_answers.store(0, Relaxed);
-            self.window_errors.store(0, Relaxed);
-        }
-        let answers = self.window_answers.fetch_add(1, Relaxed) + 1;
-        let errors = if status >= 500 {
-            self.window_errors.fetch_add(1, Relaxed) + 1
-        } else {
-            self.window_errors.load(Relaxed)
-        };
-        let over = answers >= rate.min_requests
-            && u64::from(errors) * 10_000
-                > u64::from(answers) * u64::from(rate.max_percent.basis_points());
-        if over {
-            self.window_start_ms.store(now, Relaxed);
-            self.window_answers.store(0, Relaxed);
-            self.window_errors.store(0, Relaxed);
-            return Some((answers, errors));
-        }
-        None
-    }
-
-    fn eject(&self, cool_off: Duration) {
-        self.failures.store(0, Relaxed);
-        let until = now_ms() + cool_off.as_millis() as u64;
-        self.ejected_until_ms.store(until, Relaxed);
-    }
-
-    pub fn in_flight(&self) -> i64 {
-        self.in_flight.load(Relaxed)
-    }
-
-    pub fn begin_request(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
-    }
-
-    pub fn end_request(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
-    }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The wanted servers of one pool plus the state registry, shared by the pool and its discovery.
@@ -189,7 +75,7 @@ impl ServiceDiscovery for FeedDiscovery {
                 .get(&addr)
                 .cloned()
                 .unwrap_or_else(|| Arc::new(ServerState::new(addr, w.addr.as_str())));
-            state.draining.store(w.draining, Relaxed);
+            state.set_draining(w.draining);
             let mut backend = Backend {
                 addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(addr),
                 weight: w.weight.get() as usize,
@@ -447,10 +333,7 @@ impl Pool {
             .filter(|s| s.addr != state.addr && s.ejected())
             .count();
         if others_ejected + 1 > allowed {
-            let now = now_ms();
-            let last = state.refusal_logged_ms.load(Relaxed);
-            if now.saturating_sub(last) >= passive.cool_off.as_millis() as u64 {
-                state.refusal_logged_ms.store(now, Relaxed);
+            if state.refusal_log_due(passive.cool_off) {
                 warn!(
                     "pool {}: {} looks unhealthy ({why}) but stays in rotation: ejecting it \
                      would take out more than {}% of the pool ({others_ejected} of {total} \
