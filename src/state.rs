@@ -94,13 +94,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config) -> Result<Shared, StartError> {
-        let pool = |kind: PoolKind| -> Result<Pool, PoolError> {
-            Pool::new(kind, config.pools.get(kind).balance, &config.health_check)
-        };
-        let pools = Pools {
-            production: pool(PoolKind::Production)?,
-            canary: pool(PoolKind::Canary)?,
-        };
+        let pools: Pools = PerPool::try_from_fn(|kind| -> Result<Pool, PoolError> {
+            Pool::new(kind, config.pools[kind].balance, &config.health_check)
+        })?;
         let policy = CanaryPolicy::from_config(&config.routing)?;
         let metrics = Metrics::new()?;
         metrics.set_canary_percent(policy.percent.as_f64());
