@@ -73,6 +73,15 @@ impl Reason {
     }
 }
 
+/// The current time in Unix milliseconds (0 if the clock is before 1970): the one wall clock
+/// of the crate, for timestamps shared with Redis and shown in `/status`. (Durations inside
+/// the process use `Instant`.)
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// One value per pool, indexed by [`PoolKind`]: replaces `match kind { Production => ..,
 /// Canary => .. }` accessors.
 /// As a config section, both keys are optional (their default) and no other key is allowed.

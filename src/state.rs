@@ -295,7 +295,7 @@ impl Sink for Shared {
 impl DiscoveryStatus {
     pub fn set_ok(&self) {
         self.up.store(true, Relaxed);
-        self.last_sync_ms.store(unix_ms(), Relaxed);
+        self.last_sync_ms.store(crate::model::now_ms(), Relaxed);
         *self
             .last_error
             .lock()
@@ -309,12 +309,4 @@ impl DiscoveryStatus {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(e);
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch (for `/status`: when discovery last synced).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

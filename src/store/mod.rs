@@ -53,7 +53,7 @@ mod reports;
 mod resp;
 mod snapshot;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::model::{PerPool, Percent, PoolKind, ServerAddr, Weight};
 
@@ -206,12 +206,8 @@ impl Status {
     }
 }
 
-/// The current time in Unix milliseconds (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// The clock the store's timestamps (leases, reports, marker) are written in.
+pub use crate::model::now_ms;
 
 /// The Redis schema of one namespace: every read and write of the control plane goes through
 /// it, so only this module knows the key names.
