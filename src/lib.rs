@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod proxy;
+pub mod rollout;
 pub mod routing;
 pub mod runtime;
 pub mod state;

@@ -225,6 +225,13 @@ impl Default for Weight {
     }
 }
 
+/// Upper bounds, in seconds, of the request-duration histogram buckets (a `+Inf` bucket
+/// follows): shared by `canary_lb_request_duration_seconds` and the rollout's window counts, so
+/// the proxy's judgement and a Prometheus `histogram_quantile` read the same buckets.
+pub const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// A canary percentage, 0..=100 with decimals; kept as basis points (1/100 of a percent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Percent(u32);

@@ -51,6 +51,9 @@ pub struct Config {
     /// How long SIGTERM waits for in-flight requests before exiting.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub grace_period: Duration,
+    /// Progressive delivery: the defaults of `ctl rollout start` and the judgement's thresholds.
+    #[serde(default)]
+    pub rollout: RolloutConfig,
 }
 
 /// `pools: { production: .., canary: .. }`.
@@ -567,6 +570,98 @@ pub(super) fn validate_redis_url(url: &str) -> Result<(), NotRedisUrl> {
     redis::parse_redis_url(url)
         .map(|_| ())
         .ok_or_else(|| NotRedisUrl(redact_url(url)))
+}
+
+/// `rollout:`: how the proxy ramps the canary and judges it against production (README,
+/// "Progressive delivery"). Every key has a default; a rollout freezes a copy at its start.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// canary_percent at each step, ascending; the last is usually 100.
+    pub steps: Vec<Percent>,
+    /// The analysis window.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Passing windows that advance a step.
+    pub windows_per_step: u32,
+    /// Failed windows (cumulative within a rollout) before rollback.
+    pub threshold: u32,
+    /// Canary requests in a window below this: inconclusive, not a failure.
+    pub min_requests: u64,
+    /// Consecutive inconclusive windows before the rollout pauses.
+    pub max_inconclusive: u32,
+    /// Canary 5xx and connect failures in a window that fail it even below `min_requests`.
+    pub hard_fail_errors: u64,
+    /// Count requests sent to canary by header or cookie in the analysis.
+    pub count_forced: bool,
+    pub error_rate: RolloutErrorRate,
+    pub latency: RolloutLatency,
+    /// Also run a Mann-Whitney U test on the two latency histograms.
+    pub mann_whitney: bool,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            steps: [5, 10, 25, 50, 100]
+                .into_iter()
+                .map(|p| Percent::from_basis_points(p * 100))
+                .collect(),
+            interval: Duration::from_secs(30),
+            windows_per_step: 1,
+            threshold: 3,
+            min_requests: 50,
+            max_inconclusive: 10,
+            hard_fail_errors: 10,
+            count_forced: false,
+            error_rate: RolloutErrorRate::default(),
+            latency: RolloutLatency::default(),
+            mann_whitney: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutErrorRate {
+    /// The canary's 5xx + connect-failure rate above this fails a window, in percent.
+    pub max_percent: f64,
+    /// Canary rate above production's by more than this many points (and `z`) fails it.
+    pub max_excess_points: f64,
+    /// One-sided two-proportion z statistic needed for the excess to count.
+    pub z: f64,
+}
+
+impl Default for RolloutErrorRate {
+    fn default() -> Self {
+        RolloutErrorRate {
+            max_percent: 1.0,
+            max_excess_points: 0.5,
+            z: 2.33,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutLatency {
+    /// The canary's p99 above this fails a window.
+    #[serde(with = "humantime_serde")]
+    pub p99_max: Duration,
+    /// The canary's p99 above this times max(production p99, floor) fails it.
+    pub p99_max_ratio: f64,
+    #[serde(with = "humantime_serde")]
+    pub floor: Duration,
+}
+
+impl Default for RolloutLatency {
+    fn default() -> Self {
+        RolloutLatency {
+            p99_max: Duration::from_millis(500),
+            p99_max_ratio: 1.5,
+            floor: Duration::from_millis(20),
+        }
+    }
 }
 
 /// Why a config text was refused; the message names the key (and, from serde, the line).

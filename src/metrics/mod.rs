@@ -123,9 +123,7 @@ impl Metrics {
             &["pool", "code", "method"],
         )?;
         // 0.5 ms .. 10 s
-        let buckets = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ];
+        let buckets = crate::model::LATENCY_BUCKETS_S.to_vec();
         let duration_vec = HistogramVec::new(
             HistogramOpts::new(
                 "canary_lb_request_duration_seconds",
