@@ -14,6 +14,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod load;
 pub mod raw;
 mod redis_server;
 pub mod shutdown;
