@@ -131,14 +131,147 @@ pub struct RolloutState {
     pub step_counts: WindowCounts,
     /// Wall clock (Unix ms) of the last change.
     pub updated_ms: u64,
+    /// Grows by one with every write (judged transition or command): the compare-and-set
+    /// token of [`Coordinator::apply`] and of `ctl`'s writes.
+    pub version: u64,
 }
 
 impl RolloutState {
+    /// A rollout starting now at its first step. `previous` is the stored state, if any: its
+    /// version carries on, so a compare-and-set against it still works.
+    pub fn start(
+        id: String,
+        settings: RolloutConfig,
+        salt: String,
+        now_ms: u64,
+        previous: Option<&RolloutState>,
+    ) -> Result<RolloutState, CommandRefused> {
+        if previous.is_some_and(|p| p.phase.is_active()) {
+            return Err(CommandRefused(
+                "a rollout is already running: abort or promote it first".into(),
+            ));
+        }
+        let Some(&first) = settings.steps.first() else {
+            return Err(CommandRefused("a rollout needs at least one step".into()));
+        };
+        Ok(RolloutState {
+            id,
+            phase: Phase::Progressing,
+            reason: "started".into(),
+            settings,
+            step: 0,
+            weight: first,
+            salt,
+            started_ms: now_ms,
+            next_window: 0,
+            step_first_window: 0,
+            passes_in_step: 0,
+            failed: 0,
+            inconclusive_run: 0,
+            step_counts: WindowCounts::default(),
+            updated_ms: now_ms,
+            version: previous.map_or(1, |p| p.version + 1),
+        })
+    }
+
     /// The window length, at least 1 ms.
     pub fn interval(&self) -> Duration {
         self.settings.interval.max(Duration::from_millis(1))
     }
+
+    /// The state after an operator's command, and its history entry; refused when it makes
+    /// no sense in this phase (resume while progressing, anything after the end, ...).
+    ///
+    /// `Pause` holds the weight and stops judging; `Resume` starts judging again from the
+    /// current window (the paused windows are never judged); `Abort` sets the weight to 0 at
+    /// once; `Promote` sets it to 100 and ends the rollout as succeeded.
+    pub fn command(
+        &self,
+        cmd: Command,
+        now_ms: u64,
+    ) -> Result<(RolloutState, HistoryEntry), CommandRefused> {
+        let mut next = self.clone();
+        match (cmd, self.phase) {
+            (Command::Pause, Phase::Progressing) => {
+                next.phase = Phase::Paused;
+                next.reason = "paused by hand".into();
+            }
+            (Command::Resume, Phase::Paused) => {
+                next.phase = Phase::Progressing;
+                next.reason = "resumed by hand".into();
+                next.inconclusive_run = 0;
+                next.next_window = self.window_at(now_ms);
+            }
+            (Command::Abort, p) if p.is_active() => {
+                next.phase = Phase::Aborted;
+                next.reason = "aborted by hand".into();
+                next.weight = Percent::default();
+            }
+            (Command::Promote, p) if p.is_active() => {
+                next.phase = Phase::Succeeded;
+                next.reason = "promoted by hand".into();
+                next.weight = Percent::from_basis_points(10_000);
+            }
+            (cmd, phase) => {
+                return Err(CommandRefused(format!(
+                    "cannot {} a rollout that is {}",
+                    cmd.as_str(),
+                    phase.as_str()
+                )))
+            }
+        }
+        next.updated_ms = now_ms;
+        next.version = self.version + 1;
+        let entry = HistoryEntry {
+            rollout_id: next.id.clone(),
+            window: None,
+            at_ms: now_ms,
+            verdict: cmd.as_str().into(),
+            reasons: vec![next.reason.clone()],
+            numbers: Vec::new(),
+            phase: next.phase,
+            step: next.step,
+            weight: next.weight,
+        };
+        Ok((next, entry))
+    }
+
+    /// The window that contains wall-clock `now_ms` (0 before the start).
+    pub fn window_at(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.started_ms) / self.interval().as_millis().max(1) as u64
+    }
+
+    /// Wall clock (Unix ms) at which `window` ends.
+    pub fn window_end_ms(&self, window: u64) -> u64 {
+        self.started_ms
+            .saturating_add((window + 1).saturating_mul(self.interval().as_millis() as u64))
+    }
 }
+
+/// An operator's command (`ctl rollout pause|resume|abort|promote`, or the admin endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Pause,
+    Resume,
+    Abort,
+    Promote,
+}
+
+impl Command {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Abort => "abort",
+            Command::Promote => "promote",
+        }
+    }
+}
+
+/// A command that does not apply to the rollout as it stands; the message says why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandRefused(pub String);
 
 /// One judged window or one command, with its numbers: the rollout's history (a capped Redis
 /// stream, or an in-memory ring for one box), `/status`'s last verdicts and the pub/sub event.
@@ -183,8 +316,9 @@ pub trait Coordinator: Send + Sync + 'static {
     /// epoch grows each time the lease changes hands (fencing).
     async fn lead(&self, replica: &str, ttl: Duration) -> Result<Option<u64>, CoordError>;
     /// Replace `expected` by `next` and record `entry`, atomically, if the lease `epoch` is
-    /// still current and the stored state still has `expected.id` and `expected.next_window`.
-    /// `Ok(false)`: fenced, nothing written.
+    /// still current and the stored state still has `expected.id` and `expected.version`
+    /// (`next.version` is one more). The same write sets the routing `canary_percent` to
+    /// `next.weight` and publishes the change. `Ok(false)`: fenced, nothing written.
     async fn apply(
         &self,
         epoch: u64,
@@ -192,6 +326,16 @@ pub trait Coordinator: Send + Sync + 'static {
         next: &RolloutState,
         entry: &HistoryEntry,
     ) -> Result<bool, CoordError>;
+    /// Write an operator's command or a start: like [`Coordinator::apply`] without a lease
+    /// (compare-and-set on `expected`'s id and version; `None` expected = nothing stored).
+    async fn command(
+        &self,
+        expected: Option<&RolloutState>,
+        next: &RolloutState,
+        entry: &HistoryEntry,
+    ) -> Result<bool, CoordError>;
     /// The last `n` history entries, newest last.
     async fn history(&self, n: usize) -> Result<Vec<HistoryEntry>, CoordError>;
+    /// The replica holding the leader lease now, if any (for status).
+    async fn leader(&self) -> Result<Option<String>, CoordError>;
 }
