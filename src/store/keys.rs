@@ -58,6 +58,31 @@ impl Keys {
     pub(super) fn events(&self) -> String {
         format!("{}:events", self.namespace)
     }
+
+    /// The current (or last) rollout's state (see `rollout.rs`).
+    pub(super) fn rollout(&self) -> String {
+        format!("{}:rollout", self.namespace)
+    }
+
+    /// The replicas' summed counts of window `window` of rollout `id`.
+    pub(super) fn rollout_window(&self, id: &str, window: u64) -> String {
+        format!("{}:rollout:window:{id}:{window}", self.namespace)
+    }
+
+    /// The leader lease: the holding replica's id, with a TTL.
+    pub(super) fn rollout_leader(&self) -> String {
+        format!("{}:rollout:leader", self.namespace)
+    }
+
+    /// The fencing epoch: bumped each time the lease is taken.
+    pub(super) fn rollout_epoch(&self) -> String {
+        format!("{}:rollout:epoch", self.namespace)
+    }
+
+    /// The capped stream of verdicts and commands.
+    pub(super) fn rollout_history(&self) -> String {
+        format!("{}:rollout:history", self.namespace)
+    }
 }
 
 #[cfg(test)]
@@ -76,5 +101,10 @@ mod tests {
         assert_eq!(k.meta(), "ns:meta");
         assert_eq!(k.proxy("p1"), "ns:proxy:p1");
         assert_eq!(k.proxy_pattern(), "ns:proxy:*");
+        assert_eq!(k.rollout(), "ns:rollout");
+        assert_eq!(k.rollout_window("r-1", 7), "ns:rollout:window:r-1:7");
+        assert_eq!(k.rollout_leader(), "ns:rollout:leader");
+        assert_eq!(k.rollout_epoch(), "ns:rollout:epoch");
+        assert_eq!(k.rollout_history(), "ns:rollout:history");
     }
 }

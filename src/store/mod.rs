@@ -8,7 +8,8 @@
 //! Files: `mod.rs` the [`Store`] handle and the public types; `keys.rs` the key names;
 //! `resp.rs` RESP2/RESP3 reply helpers; `snapshot.rs` reading and parsing what the proxies
 //! follow (and `ctl status`); `commands.rs` the writes and their Lua scripts; `reports.rs` what
-//! the proxies report back (serving, in flight).
+//! the proxies report back (serving, in flight); `rollout.rs` the rollout shared by the replicas
+//! ([`RolloutStore`], the `ns:rollout*` keys).
 //!
 //! With `ns` the namespace (default `canary-lb`) and `pool` one of `production`, `canary`:
 //!
@@ -21,6 +22,11 @@
 //! | `ns:serving:pool` | sorted set | written by proxies: `host:port` in rotation; score = when a proxy last saw it so, in Unix ms |
 //! | `ns:meta`         | hash       | the store's marker: `generation` (bumped by every change), `updated_ms`, `created_ms` |
 //! | `ns:events`       | channel    | every writer publishes after a change: the pool name, or `routing` |
+//! | `ns:rollout`      | hash       | the rollout: `json` (the state) and readable `id`, `phase`, `weight`, `step`, `version`, `updated_ms` |
+//! | `ns:rollout:window:<id>:<n>` | hash | window `n` of rollout `id`, summed over replicas; expires |
+//! | `ns:rollout:leader` | string   | the replica holding the leader lease (`SET NX PX`)           |
+//! | `ns:rollout:epoch`  | integer  | the fencing epoch, `INCR`ed each time the lease is taken     |
+//! | `ns:rollout:history` | stream  | verdicts and commands (`XADD MAXLEN ~ 1000`), field `entry` = JSON |
 //! | `ns:proxy:<id>`   | hash       | written by each proxy every second: `pool/host:port` -> requests in flight on that server through this proxy; expires [`PROXY_REPORT_TTL_MS`] after the last report |
 //!
 //! Why this shape:
@@ -47,11 +53,15 @@
 //! - `ns:serving:pool` is the proxies' answer to "did my change take effect": each proxy
 //!   [`Store::report_serving`] its rotation; a member is "serving" when seen within [`SERVING_FRESH_MS`].
 
+#[macro_use]
 mod commands;
 mod keys;
 mod reports;
 mod resp;
+mod rollout;
 mod snapshot;
+
+pub use rollout::{RolloutStore, ROLLOUT_EVENT, WINDOW_TTL_MS as ROLLOUT_WINDOW_TTL_MS};
 
 use std::time::Duration;
 

@@ -279,3 +279,37 @@ pub fn redis_cmd(redis_url: &str, args: &[&str]) -> redis::Value {
     cmd.query(&mut conn)
         .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
 }
+
+/// Outages, for the tests that take Redis away from running proxies.
+impl RedisServer {
+    /// SIGSTOP the server: it keeps its connections and data but answers nothing (a hung
+    /// Redis), until [`RedisServer::unpause`].
+    pub fn pause(&self) {
+        self.process
+            .as_ref()
+            .expect("redis-server is running")
+            .signal("STOP");
+    }
+
+    /// SIGCONT a [`RedisServer::pause`]d server.
+    pub fn unpause(&self) {
+        self.process
+            .as_ref()
+            .expect("redis-server is running")
+            .signal("CONT");
+    }
+
+    /// `SAVE`, then SIGKILL: connections are refused until [`RedisServer::restart`] (or
+    /// [`RedisServer::start_again`]), which loads the saved data.
+    pub fn stop_keeping_data(&mut self) {
+        let _: () = redis::cmd("SAVE")
+            .query(&mut self.conn())
+            .expect("SAVE before stopping");
+        self.kill();
+    }
+
+    /// Start the server again on its port, with whatever it saved ([`RedisServer::stop_keeping_data`]).
+    pub fn start_again(&mut self) {
+        self.restart();
+    }
+}
