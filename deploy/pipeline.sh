@@ -12,7 +12,17 @@
 #   OLD_ADDR             host:port it replaces; empty on a first deploy (NEW is only registered)
 #   CANARY_LB_REDIS_URL  required: the control plane (read by canary-lb ctl itself)
 #   CANARY_LB_NAMESPACE  key namespace (default canary-lb)
-#   CANARY_PERCENT       canary branch: share of users sent to canary afterwards (unset: unchanged)
+#   ROLLOUT              canary branch: `auto` (default) ramps the canary step by step with
+#                        `ctl rollout start` and gates on `ctl rollout status --wait` (the
+#                        proxies judge each step and roll back on their own); `off` leaves the
+#                        percent to CANARY_PERCENT
+#   ROLLOUT_STEPS        canary_percent of each step, e.g. 5,10,25,50,100 (default: the
+#                        `rollout:` section of CANARY_LB_CONFIG_FILE, else canary-lb's defaults)
+#   ROLLOUT_INTERVAL     analysis window, e.g. 30s (same default)
+#   ROLLOUT_TIMEOUT      stop waiting for the rollout after this long (default: no limit)
+#   CANARY_LB_CONFIG_FILE  a proxy config whose `rollout:` section gives the defaults
+#   CANARY_PERCENT       canary branch with ROLLOUT=off: share of users sent to canary
+#                        afterwards (unset: unchanged)
 #   REPLACE_TIMEOUT      limit of each wait of `ctl replace` (default 60s)
 #   REPLACE_SETTLE       how long NEW must stay in rotation (default 5s; see `ctl replace --help`)
 #   BUILD_CMD            build step, e.g. "cargo build --release" (default: skipped)
@@ -23,6 +33,9 @@
 # Exit codes (those of `canary-lb ctl replace`): 0 deployed; 1 error (safe to re-run);
 # 2 NEW never served: OLD still serves, NEW was deregistered; 3 OLD still had requests in
 # flight at the timeout (STOP_OLD_CMD is then not run; stop OLD later).
+# The canary branch's rollout gate adds: 4 the canary was rolled back (or aborted): 0 % of
+# users on it; 5 the rollout paused (too little traffic, or by hand): `ctl rollout resume`
+# or `ctl rollout abort` it, then re-run `ctl rollout status --wait`.
 set -euo pipefail
 
 log() { echo "pipeline: $*"; }
@@ -74,7 +87,27 @@ else
   "${ctl[@]}" register --pool "$pool" "$new"
 fi
 
-if [ "$pool" = canary ] && [ -n "${CANARY_PERCENT:-}" ]; then
+if [ "$pool" = canary ] && [ "${ROLLOUT:-auto}" = auto ]; then
+  step "rollout: ramp the canary and gate on its verdicts"
+  start=(rollout start)
+  [ -n "${CANARY_LB_CONFIG_FILE:-}" ] && start=(--config "$CANARY_LB_CONFIG_FILE" "${start[@]}")
+  [ -n "${ROLLOUT_STEPS:-}" ] && start+=(--steps "$ROLLOUT_STEPS")
+  [ -n "${ROLLOUT_INTERVAL:-}" ] && start+=(--interval "$ROLLOUT_INTERVAL")
+  "${ctl[@]}" "${start[@]}"
+  wait_args=(rollout status --wait)
+  [ -n "${ROLLOUT_TIMEOUT:-}" ] && wait_args+=(--timeout "$ROLLOUT_TIMEOUT")
+  code=0
+  "${ctl[@]}" "${wait_args[@]}" || code=$?
+  case "$code" in
+    0) log "rollout succeeded: the canary serves 100 %; promote it to production" ;;
+    2) log "the canary was rolled back (or aborted): 0 % of users on it. See \`canary-lb ctl rollout history\`."
+       exit 4 ;;
+    3) log "the rollout paused: \`canary-lb ctl rollout resume\` or \`abort\` it, then wait again"
+       exit 5 ;;
+    *) log "ctl rollout status --wait failed (exit $code); the rollout goes on in the proxies: re-run the wait"
+       exit 1 ;;
+  esac
+elif [ "$pool" = canary ] && [ -n "${CANARY_PERCENT:-}" ]; then
   step "canary percent $CANARY_PERCENT"
   "${ctl[@]}" canary set "$CANARY_PERCENT"
 fi

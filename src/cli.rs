@@ -168,6 +168,11 @@ pub enum CtlCommand {
     },
     /// Print each pool's servers and the canary settings.
     Status,
+    /// Progressive delivery: start a rollout, follow it, pause, resume, abort or promote it.
+    ///
+    /// With Redis (the default) it writes the rollout every proxy follows; with --admin URL
+    /// it asks one proxy's admin endpoint (the file provider, one box).
+    Rollout(RolloutArgs),
     /// Replace OLD by NEW without failing a request: a deploy pipeline's rolling step.
     ///
     /// Registers NEW, waits until a proxy keeps it in rotation for --settle, drains OLD, waits
@@ -205,6 +210,76 @@ pub enum CtlCommand {
         /// Exit 3 instead of 0 when OLD still had requests in flight at the timeout.
         #[arg(long)]
         strict: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// Ask this proxy's admin endpoint (its metrics_listen, e.g. http://127.0.0.1:9091)
+    /// instead of Redis: for proxies on the file provider.
+    #[arg(long, global = true)]
+    pub admin: Option<String>,
+    /// File holding the admin bearer token (the proxy's metrics_auth_token_file), for --admin.
+    #[arg(long, global = true)]
+    pub admin_token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start a rollout at its first step; flags override the `rollout:` section of --config.
+    Start {
+        /// canary_percent of each step, ascending, e.g. 5,10,25,50,100.
+        #[arg(long)]
+        steps: Option<String>,
+        /// The analysis window, e.g. 30s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        interval: Option<Duration>,
+        /// Passing windows that advance a step.
+        #[arg(long)]
+        windows_per_step: Option<u32>,
+        /// Failed windows (cumulative) that roll the canary back.
+        #[arg(long)]
+        threshold: Option<u32>,
+    },
+    /// Phase, weight, step, failed checks, leader and the last verdicts.
+    ///
+    /// Exit codes with --wait:
+    ///   0  the rollout succeeded (100 %)
+    ///   1  error (no rollout, Redis unreachable for long, --timeout passed)
+    ///   2  rolled back or aborted (0 %)
+    ///   3  paused (by hand, or for lack of traffic): someone must resume or abort it
+    #[command(verbatim_doc_comment)]
+    Status {
+        /// Print the status every second until the rollout ends (or Ctrl-C).
+        #[arg(long)]
+        watch: bool,
+        /// Wait until the rollout ends or pauses; the exit code says how (see above).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up (exit 1) after this long.
+        #[arg(long, value_parser = humantime::parse_duration, requires = "wait")]
+        timeout: Option<Duration>,
+        /// Print JSON: {"state": .., "history": [..], "leader": ..}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hold the weight and stop judging windows.
+    Pause,
+    /// Judge windows again from the current one.
+    Resume,
+    /// End the rollout now: canary_percent 0.
+    Abort,
+    /// End the rollout now: canary_percent 100.
+    Promote,
+    /// The last verdicts and commands, oldest first.
+    History {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        n: usize,
+        /// One JSON entry a line.
+        #[arg(long)]
+        json: bool,
     },
 }
 

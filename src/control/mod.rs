@@ -28,11 +28,13 @@ use redis::aio::MultiplexedConnection;
 use crate::cli::{CanaryCommand, CtlArgs, CtlCommand};
 use crate::config::{redact_url, Config, ConfigError};
 use crate::model::{InvalidValue, Percent, PoolKind, ServerAddr, Weight};
+use crate::rollout::{CoordError, Phase};
 use crate::store::{self, Store, StoreError};
 
 mod lease;
 pub mod probe;
 pub mod replace;
+pub mod rollout;
 mod status;
 
 use lease::Lease;
@@ -107,6 +109,22 @@ pub enum CtlError {
     /// A `replace` that ran to its end without completing; it printed why (`replace: FAILED:`).
     #[error("replace did not complete: {0}")]
     Incomplete(Outcome),
+    /// A `rollout` flag refused before connecting.
+    #[error("--{flag}: {problem}")]
+    BadFlag { flag: &'static str, problem: String },
+    /// A rollout command that does not apply now, or found no rollout (exit 1).
+    #[error("{0}")]
+    Rollout(String),
+    /// `rollout status --wait` saw the rollout end other than succeeded (exit 2) or pause
+    /// (exit 3); the status was printed.
+    #[error("the rollout is {}", .0.as_str())]
+    RolloutEnded(Phase),
+    /// Redis did not answer a rollout read or write.
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+    /// `rollout --admin`: the proxy's admin endpoint failed.
+    #[error("{url}: {problem}")]
+    Admin { url: String, problem: String },
 }
 
 impl CtlError {
@@ -114,6 +132,8 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Incomplete(outcome) => outcome.exit_code(),
+            CtlError::RolloutEnded(Phase::Paused) => 3,
+            CtlError::RolloutEnded(_) => 2,
             _ => 1,
         }
     }
@@ -151,6 +171,9 @@ enum Op {
 
 /// `canary-lb ctl`: validate, connect, run one command.
 pub fn run(args: CtlArgs) -> Result<(), CtlError> {
+    if let CtlCommand::Rollout(rollout_args) = args.command {
+        return rollout::run(rollout_args, args.redis, args.config, args.namespace);
+    }
     let op = parse_op(args.command)?;
     let target = resolve_target(args.redis, args.config, args.namespace)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -202,6 +225,12 @@ fn parse_op(command: CtlCommand) -> Result<Op, CtlError> {
             command: CanaryCommand::Get,
         } => Op::CanaryGet,
         CtlCommand::Status => Op::Status,
+        // `run` hands rollout commands to `rollout::run` before this.
+        CtlCommand::Rollout(_) => {
+            return Err(CtlError::Rollout(
+                "ctl rollout runs through rollout::run".into(),
+            ))
+        }
         CtlCommand::Replace {
             pool: p,
             old,

@@ -1,0 +1,769 @@
+//! `canary-lb ctl rollout`: start, follow and steer a progressive rollout.
+//!
+//! Two ways to reach it, same commands and output:
+//! - Redis (the default; the proxies follow Redis): through [`RolloutStore`], the store every
+//!   replica's engine reads. A command reads the rollout, computes the next state with the
+//!   contract's pure [`RolloutState::start`] / [`RolloutState::command`], and writes it with a
+//!   compare-and-set on id and version; when the leader wrote in between, it re-reads and
+//!   tries again (a few times), so `abort` wins against a judged window instead of failing.
+//! - `--admin URL`: one proxy's admin endpoint (`GET /rollout`, `POST /rollout/<cmd>`), for the
+//!   file provider, where the rollout lives inside that proxy ([`http`]).
+//!
+//! Flags are validated before anything is connected. `status --wait` is the pipeline gate:
+//! exit 0 succeeded, 2 rolled back or aborted, 3 paused, 1 error.
+
+mod http;
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{resolve_target, CtlError, REDIS_TIMEOUT};
+use crate::cli::{RolloutArgs, RolloutCommand};
+use crate::config::schema::RolloutConfig;
+use crate::config::Config;
+use crate::model::Percent;
+use crate::rollout::{Command, Coordinator, HistoryEntry, Phase, RolloutState};
+use crate::store::{self, RolloutStore, Store};
+
+/// Shortest window a rollout may have: shorter ones leave no room for replicas to report.
+const MIN_INTERVAL: Duration = Duration::from_millis(500);
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+const MAX_STEPS: usize = 100;
+const MAX_COUNT: u32 = 10_000;
+/// Verdicts `status` shows.
+const STATUS_VERDICTS: usize = 5;
+/// How often `--watch` and `--wait` read the rollout.
+const POLL: Duration = Duration::from_secs(1);
+/// `--wait` rides out a Redis (or proxy) that does not answer for this long, then exits 1.
+const WAIT_UNREACHABLE: Duration = Duration::from_secs(30);
+/// Writes retried when the leader wrote in between.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// `ctl rollout start` flags, validated.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct StartFlags {
+    steps: Option<Vec<Percent>>,
+    interval: Option<Duration>,
+    windows_per_step: Option<u32>,
+    threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Action {
+    Start(StartFlags),
+    Status {
+        watch: bool,
+        wait: bool,
+        timeout: Option<Duration>,
+        json: bool,
+    },
+    Command(Command),
+    History {
+        n: usize,
+        json: bool,
+    },
+}
+
+/// What `status` shows: the admin endpoint's `GET /rollout` body, and the same read from Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct View {
+    pub state: Option<RolloutState>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    #[serde(default)]
+    pub leader: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+}
+
+/// `canary-lb ctl rollout ...`: validate, then run against Redis or the admin endpoint.
+pub(super) fn run(
+    args: RolloutArgs,
+    redis: Option<String>,
+    config: Option<PathBuf>,
+    namespace: Option<String>,
+) -> Result<(), CtlError> {
+    let action = parse_action(args.command)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CtlError::Runtime)?;
+    let backend = match args.admin {
+        Some(url) => {
+            if redis.is_some() {
+                return Err(flag("admin", "give --admin or --redis, not both"));
+            }
+            let token = args
+                .admin_token_file
+                .map(|p| {
+                    std::fs::read_to_string(&p)
+                        .map(|t| t.trim().to_string())
+                        .map_err(|e| flag("admin-token-file", format!("{}: {e}", p.display())))
+                })
+                .transpose()?;
+            Backend::Admin(http::Admin::new(&url, token, REDIS_TIMEOUT)?)
+        }
+        None => {
+            let defaults = config
+                .as_ref()
+                .map(|p| Config::load(p))
+                .transpose()?
+                .map(|c| (c.rollout, c.routing.salt));
+            let target = resolve_target(redis, config, namespace)?;
+            let client = super::open_client(&target.url)?;
+            let coord =
+                RolloutStore::new(target.store.clone(), client.clone()).with_timeout(REDIS_TIMEOUT);
+            Backend::Redis(Box::new(RedisBackend {
+                coord,
+                client,
+                url: target.url,
+                store: target.store,
+                defaults,
+            }))
+        }
+    };
+    runtime.block_on(backend.execute(action))
+}
+
+fn flag(flag: &'static str, problem: impl ToString) -> CtlError {
+    CtlError::BadFlag {
+        flag,
+        problem: problem.to_string(),
+    }
+}
+
+fn parse_action(command: RolloutCommand) -> Result<Action, CtlError> {
+    Ok(match command {
+        RolloutCommand::Start {
+            steps,
+            interval,
+            windows_per_step,
+            threshold,
+        } => {
+            let flags = StartFlags {
+                steps: steps.as_deref().map(parse_steps).transpose()?,
+                interval,
+                windows_per_step,
+                threshold,
+            };
+            // The flags alone must make sense; merged with the config they are checked again.
+            apply_flags(RolloutConfig::default(), &flags)?;
+            Action::Start(flags)
+        }
+        RolloutCommand::Status {
+            watch,
+            wait,
+            timeout,
+            json,
+        } => Action::Status {
+            watch,
+            wait,
+            timeout,
+            json,
+        },
+        RolloutCommand::Pause => Action::Command(Command::Pause),
+        RolloutCommand::Resume => Action::Command(Command::Resume),
+        RolloutCommand::Abort => Action::Command(Command::Abort),
+        RolloutCommand::Promote => Action::Command(Command::Promote),
+        RolloutCommand::History { n, json } => {
+            if n == 0 || n > 1000 {
+                return Err(flag("n", format!("must be 1..=1000, got {n}")));
+            }
+            Action::History { n, json }
+        }
+    })
+}
+
+/// `5,10,25,50,100`: each a percent 0..=100, strictly ascending, at most [`MAX_STEPS`].
+fn parse_steps(text: &str) -> Result<Vec<Percent>, CtlError> {
+    let mut steps = Vec::new();
+    for part in text.split(',') {
+        let p = Percent::parse(part.trim().trim_end_matches('%'))
+            .map_err(|e| flag("steps", format!("`{}`: {e}", part.trim())))?;
+        if steps.last().is_some_and(|last| *last >= p) {
+            return Err(flag(
+                "steps",
+                format!(
+                    "must be ascending, but `{}` follows a step as high",
+                    part.trim()
+                ),
+            ));
+        }
+        steps.push(p);
+        if steps.len() > MAX_STEPS {
+            return Err(flag("steps", format!("at most {MAX_STEPS} steps")));
+        }
+    }
+    Ok(steps)
+}
+
+/// The settings a rollout freezes: `base` (the config's `rollout:`) with the flags over it.
+fn apply_flags(mut base: RolloutConfig, flags: &StartFlags) -> Result<RolloutConfig, CtlError> {
+    if let Some(steps) = &flags.steps {
+        base.steps = steps.clone();
+    }
+    if let Some(i) = flags.interval {
+        base.interval = i;
+    }
+    if let Some(n) = flags.windows_per_step {
+        base.windows_per_step = n;
+    }
+    if let Some(n) = flags.threshold {
+        base.threshold = n;
+    }
+    if base.steps.is_empty() {
+        return Err(flag("steps", "a rollout needs at least one step"));
+    }
+    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&base.interval) {
+        return Err(flag(
+            "interval",
+            format!(
+                "must be {}..={}, got {}",
+                humantime::format_duration(MIN_INTERVAL),
+                humantime::format_duration(MAX_INTERVAL),
+                humantime::format_duration(base.interval)
+            ),
+        ));
+    }
+    for (name, v) in [
+        ("windows-per-step", base.windows_per_step),
+        ("threshold", base.threshold),
+    ] {
+        if !(1..=MAX_COUNT).contains(&v) {
+            return Err(flag(
+                if name == "threshold" {
+                    "threshold"
+                } else {
+                    "windows-per-step"
+                },
+                format!("must be 1..={MAX_COUNT}, got {v}"),
+            ));
+        }
+    }
+    Ok(base)
+}
+
+enum Backend {
+    Redis(Box<RedisBackend>),
+    Admin(http::Admin),
+}
+
+struct RedisBackend {
+    coord: RolloutStore,
+    client: redis::Client,
+    url: String,
+    store: Store,
+    /// The `rollout:` section and routing salt of `--config`, when given.
+    defaults: Option<(RolloutConfig, String)>,
+}
+
+impl Backend {
+    async fn execute(&self, action: Action) -> Result<(), CtlError> {
+        match action {
+            Action::Start(flags) => {
+                let state = self.start(&flags).await?;
+                println!(
+                    "rollout {} started at {} % (steps {}; interval {}; {} passing window(s) a \
+                     step; rollback after {} failed)",
+                    state.id,
+                    state.weight.as_f64(),
+                    steps_text(&state.settings.steps),
+                    humantime::format_duration(state.settings.interval),
+                    state.settings.windows_per_step,
+                    state.settings.threshold
+                );
+                if state.salt.is_empty() {
+                    eprintln!(
+                        "note: no routing salt in Redis and no --config: the rollout routes \
+                         with an empty salt"
+                    );
+                }
+            }
+            Action::Command(cmd) => {
+                let state = self.command(cmd).await?;
+                println!(
+                    "rollout {}: {} ({}); canary_percent {} %",
+                    state.id,
+                    state.phase.as_str(),
+                    state.reason,
+                    state.weight.as_f64()
+                );
+            }
+            Action::History { n, json } => {
+                let history = self.view(n).await?.history;
+                for e in &history {
+                    if json {
+                        println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    } else {
+                        println!("{}", entry_line(e));
+                    }
+                }
+                if history.is_empty() && !json {
+                    println!("no rollout history");
+                }
+            }
+            Action::Status {
+                watch,
+                wait,
+                timeout,
+                json,
+            } => {
+                if watch || wait {
+                    return self.follow(watch, wait, timeout, json).await;
+                }
+                let view = self.view(STATUS_VERDICTS).await?;
+                print_view(&view, json);
+            }
+        }
+        Ok(())
+    }
+
+    async fn view(&self, n: usize) -> Result<View, CtlError> {
+        match self {
+            Backend::Redis(r) => Ok(View {
+                state: r.coord.state().await?,
+                history: r.coord.history(n).await?,
+                leader: r.coord.leader().await?,
+                replica: None,
+            }),
+            Backend::Admin(a) => {
+                let mut view = a.view()?;
+                let skip = view.history.len().saturating_sub(n);
+                view.history.drain(..skip);
+                Ok(view)
+            }
+        }
+    }
+
+    async fn start(&self, flags: &StartFlags) -> Result<RolloutState, CtlError> {
+        match self {
+            Backend::Admin(a) => a.start(flags)?.state.ok_or_else(|| {
+                CtlError::Rollout("the proxy answered without a rollout".to_string())
+            }),
+            Backend::Redis(r) => {
+                let (base, config_salt) = r.defaults.clone().unwrap_or_default();
+                let settings = apply_flags(base, flags)?;
+                let salt = match r.routing_salt().await? {
+                    Some(salt) => salt,
+                    None => config_salt,
+                };
+                for _ in 0..WRITE_ATTEMPTS {
+                    let previous = r.coord.state().await?;
+                    let now = store::now_ms();
+                    let next = RolloutState::start(
+                        format!("r-{now}"),
+                        settings.clone(),
+                        salt.clone(),
+                        now,
+                        previous.as_ref(),
+                    )
+                    .map_err(|e| CtlError::Rollout(e.0))?;
+                    let entry = HistoryEntry {
+                        rollout_id: next.id.clone(),
+                        window: None,
+                        at_ms: now,
+                        verdict: "start".into(),
+                        reasons: vec![next.reason.clone()],
+                        numbers: Vec::new(),
+                        phase: next.phase,
+                        step: next.step,
+                        weight: next.weight,
+                    };
+                    if r.coord.command(previous.as_ref(), &next, &entry).await? {
+                        return Ok(next);
+                    }
+                }
+                Err(changed_meanwhile())
+            }
+        }
+    }
+
+    async fn command(&self, cmd: Command) -> Result<RolloutState, CtlError> {
+        match self {
+            Backend::Admin(a) => a.command(cmd)?.state.ok_or_else(|| {
+                CtlError::Rollout("the proxy answered without a rollout".to_string())
+            }),
+            Backend::Redis(r) => {
+                for _ in 0..WRITE_ATTEMPTS {
+                    let Some(current) = r.coord.state().await? else {
+                        return Err(CtlError::Rollout(format!(
+                            "no rollout to {}: start one with `ctl rollout start`",
+                            cmd.as_str()
+                        )));
+                    };
+                    let (next, entry) = current
+                        .command(cmd, store::now_ms())
+                        .map_err(|e| CtlError::Rollout(e.0))?;
+                    if r.coord.command(Some(&current), &next, &entry).await? {
+                        return Ok(next);
+                    }
+                }
+                Err(changed_meanwhile())
+            }
+        }
+    }
+
+    /// `status --watch` / `--wait`: read every [`POLL`] until the rollout ends, or (`--wait`)
+    /// pauses; with `--wait` the end decides the exit code.
+    async fn follow(
+        &self,
+        watch: bool,
+        wait: bool,
+        timeout: Option<Duration>,
+        json: bool,
+    ) -> Result<(), CtlError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut unreachable_since: Option<Instant> = None;
+        let clear = watch && !json && std::io::stdout().is_terminal();
+        loop {
+            match self.view(STATUS_VERDICTS).await {
+                Ok(view) => {
+                    unreachable_since = None;
+                    let phase = view.state.as_ref().map(|s| s.phase);
+                    if watch {
+                        if clear {
+                            print!("\x1b[2J\x1b[H");
+                        }
+                        print_view(&view, json);
+                    }
+                    match phase {
+                        None | Some(Phase::Idle) => {
+                            return Err(CtlError::Rollout("no rollout was started".into()))
+                        }
+                        Some(Phase::Progressing) => {}
+                        Some(Phase::Paused) if !wait => {}
+                        Some(phase) => {
+                            if !watch {
+                                print_view(&view, json);
+                            }
+                            return match phase {
+                                Phase::Succeeded => Ok(()),
+                                _ if wait => Err(CtlError::RolloutEnded(phase)),
+                                _ => Ok(()),
+                            };
+                        }
+                    }
+                }
+                Err(e) => {
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= WAIT_UNREACHABLE {
+                        return Err(e);
+                    }
+                    eprintln!("warning: {e}; trying again");
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(CtlError::Rollout(format!(
+                    "the rollout did not end within {}",
+                    humantime::format_duration(timeout.unwrap_or_default())
+                )));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    }
+}
+
+impl RedisBackend {
+    /// The routing salt in force from Redis (`ns:routing` salt), if set.
+    async fn routing_salt(&self) -> Result<Option<String>, CtlError> {
+        let mut conn = super::connect(&self.client, &self.url, REDIS_TIMEOUT).await?;
+        let status = tokio::time::timeout(REDIS_TIMEOUT, self.store.read_status(&mut conn))
+            .await
+            .map_err(|_| CtlError::Timeout(REDIS_TIMEOUT))??;
+        Ok(status.salt)
+    }
+}
+
+fn changed_meanwhile() -> CtlError {
+    CtlError::Rollout(format!(
+        "the rollout kept changing while writing ({WRITE_ATTEMPTS} attempts); nothing written, \
+         run the command again"
+    ))
+}
+
+fn print_view(view: &View, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(view).unwrap_or_default());
+    } else {
+        print!("{}", format_view(view, store::now_ms()));
+    }
+}
+
+fn steps_text(steps: &[Percent]) -> String {
+    steps
+        .iter()
+        .map(|p| p.as_f64().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A figure as an operator reads it: integers bare, others with at most 3 decimals.
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// One history line: `window 3  fail  10 %  reasons  (numbers)`.
+fn entry_line(e: &HistoryEntry) -> String {
+    let what = match e.window {
+        Some(w) => format!("window {w}"),
+        None => "command".to_string(),
+    };
+    let mut line = format!(
+        "{what:<10} {:<12} {:>6} %  {}",
+        e.verdict,
+        e.weight.as_f64(),
+        e.reasons.join("; ")
+    );
+    if !e.numbers.is_empty() {
+        let nums: Vec<String> = e
+            .numbers
+            .iter()
+            .map(|(k, v)| format!("{k}={}", number(*v)))
+            .collect();
+        let _ = write!(line, "  ({})", nums.join(" "));
+    }
+    line
+}
+
+/// The text of `ctl rollout status`.
+fn format_view(view: &View, now_ms: u64) -> String {
+    let mut out = String::new();
+    let Some(s) = &view.state else {
+        out.push_str("no rollout was started (ctl rollout start)\n");
+        return out;
+    };
+    let n = s.settings.steps.len();
+    let _ = writeln!(out, "rollout {}: {} ({})", s.id, s.phase.as_str(), s.reason);
+    let _ = writeln!(
+        out,
+        "weight:   {} %  step {}/{} of [{}]",
+        s.weight.as_f64(),
+        (s.step + 1).min(n),
+        n,
+        steps_text(&s.settings.steps)
+    );
+    let _ = writeln!(
+        out,
+        "checks:   failed {}/{}, passing in step {}/{}, inconclusive in a row {}/{}",
+        s.failed,
+        s.settings.threshold,
+        s.passes_in_step,
+        s.settings.windows_per_step,
+        s.inconclusive_run,
+        s.settings.max_inconclusive
+    );
+    let age = Duration::from_millis(now_ms.saturating_sub(s.started_ms) / 1000 * 1000);
+    let _ = writeln!(
+        out,
+        "windows:  interval {}, next to judge {}, started {} ago",
+        humantime::format_duration(s.settings.interval),
+        s.next_window,
+        humantime::format_duration(age)
+    );
+    let _ = writeln!(
+        out,
+        "leader:   {}{}",
+        view.leader.as_deref().unwrap_or("none"),
+        view.replica
+            .as_deref()
+            .map(|r| format!(" (answered by {r})"))
+            .unwrap_or_default()
+    );
+    let verdicts: Vec<&HistoryEntry> = view
+        .history
+        .iter()
+        .filter(|e| e.rollout_id == s.id)
+        .collect();
+    if verdicts.is_empty() {
+        out.push_str("last verdicts: none yet\n");
+    } else {
+        out.push_str("last verdicts:\n");
+        for e in verdicts {
+            let _ = writeln!(out, "  {}", entry_line(e));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_validated_naming_the_value() {
+        assert_eq!(
+            parse_steps("5, 10,25%,100").expect("valid"),
+            [5, 10, 25, 100]
+                .map(|p| Percent::from_basis_points(p * 100))
+                .to_vec()
+        );
+        for (bad, named) in [
+            ("5,150", "150"),
+            ("10,5", "5"),
+            ("5,5", "5"),
+            ("5,,10", "``"),
+            ("five", "five"),
+        ] {
+            let e = parse_steps(bad).expect_err(bad).to_string();
+            assert!(e.contains("--steps") && e.contains(named), "{bad}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_STEPS)
+            .map(|i| format!("{}", i as f64 / 2.0))
+            .collect();
+        assert!(parse_steps(&many.join(",")).is_err());
+    }
+
+    #[test]
+    fn start_flags_override_the_config_and_are_bounded() {
+        let flags = StartFlags {
+            steps: Some(vec![Percent::from_basis_points(1000)]),
+            interval: Some(Duration::from_secs(2)),
+            windows_per_step: Some(2),
+            threshold: None,
+        };
+        let base = RolloutConfig {
+            threshold: 7,
+            ..RolloutConfig::default()
+        };
+        let s = apply_flags(base, &flags).expect("valid");
+        assert_eq!(s.steps, vec![Percent::from_basis_points(1000)]);
+        assert_eq!(s.interval, Duration::from_secs(2));
+        assert_eq!(s.windows_per_step, 2);
+        assert_eq!(s.threshold, 7, "unset flags keep the config's value");
+
+        for (flags, named) in [
+            (
+                StartFlags {
+                    interval: Some(Duration::from_millis(10)),
+                    ..StartFlags::default()
+                },
+                "--interval",
+            ),
+            (
+                StartFlags {
+                    threshold: Some(0),
+                    ..StartFlags::default()
+                },
+                "--threshold",
+            ),
+            (
+                StartFlags {
+                    windows_per_step: Some(MAX_COUNT + 1),
+                    ..StartFlags::default()
+                },
+                "--windows-per-step",
+            ),
+            (
+                StartFlags {
+                    steps: Some(Vec::new()),
+                    ..StartFlags::default()
+                },
+                "--steps",
+            ),
+        ] {
+            let e = apply_flags(RolloutConfig::default(), &flags)
+                .expect_err(named)
+                .to_string();
+            assert!(e.contains(named), "{e}");
+        }
+    }
+
+    fn view() -> View {
+        let mut state = RolloutState::start(
+            "r-1".into(),
+            RolloutConfig::default(),
+            "s".into(),
+            1_000,
+            None,
+        )
+        .expect("start");
+        state.step = 1;
+        state.weight = Percent::from_basis_points(1000);
+        state.failed = 1;
+        state.next_window = 4;
+        let entry = HistoryEntry {
+            rollout_id: "r-1".into(),
+            window: Some(3),
+            at_ms: 91_000,
+            verdict: "fail".into(),
+            reasons: vec!["canary error rate 4.1 % > 1 %".into()],
+            numbers: vec![
+                ("canary_requests".into(), 120.0),
+                ("canary_error_percent".into(), 4.1666),
+            ],
+            phase: Phase::Progressing,
+            step: 1,
+            weight: state.weight,
+        };
+        let mut old = entry.clone();
+        old.rollout_id = "r-0".into();
+        View {
+            state: Some(state),
+            history: vec![old, entry],
+            leader: Some("host-1-ab12".into()),
+            replica: None,
+        }
+    }
+
+    #[test]
+    fn status_shows_phase_weight_step_checks_leader_and_verdicts() {
+        let text = format_view(&view(), 121_500);
+        for needle in [
+            "rollout r-1: progressing (started)",
+            "weight:   10 %  step 2/5 of [5, 10, 25, 50, 100]",
+            "failed 1/3",
+            "interval 30s, next to judge 4, started 2m ago",
+            "leader:   host-1-ab12",
+            "window 3",
+            "fail",
+            "canary error rate 4.1 % > 1 %",
+            "canary_requests=120 canary_error_percent=4.167",
+        ] {
+            assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+        }
+        assert_eq!(
+            text.matches("window 3").count(),
+            1,
+            "only this rollout's verdicts:\n{text}"
+        );
+        let none = format_view(
+            &View {
+                state: None,
+                history: Vec::new(),
+                leader: None,
+                replica: None,
+            },
+            0,
+        );
+        assert!(none.contains("no rollout"), "{none}");
+    }
+
+    #[test]
+    fn the_view_reads_the_admin_endpoints_json() {
+        let v = view();
+        let json = serde_json::to_string(&View {
+            replica: Some("me".into()),
+            ..v.clone()
+        })
+        .expect("json");
+        let back: View = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.state, v.state);
+        assert_eq!(back.replica.as_deref(), Some("me"));
+        let minimal: View =
+            serde_json::from_str(r#"{"state": null, "history": [], "leader": null}"#)
+                .expect("parse");
+        assert!(minimal.state.is_none());
+    }
+}
