@@ -875,3 +875,124 @@ fn pipelines_parse_and_map_branches_to_pools() {
     }
     assert!(Path::new(&script).exists());
 }
+
+/// The canary branch's promotion gate: `ctl rollout start`, then `ctl rollout status --wait`,
+/// whose exit code decides. Run for real with a stand-in `canary-lb` that records its
+/// arguments and answers the wait with a chosen exit code (the real commands are tested in
+/// tests/rollout_redis.rs; here: what the pipeline does with each answer).
+#[test]
+fn the_canary_branch_is_gated_on_the_rollout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stub = dir.path().join("canary-lb");
+    std::fs::write(
+        &stub,
+        "#!/usr/bin/env bash\n\
+         echo \"$*\" >> \"$STUB_LOG\"\n\
+         case \"$*\" in *'rollout status --wait'*) exit \"$STUB_WAIT_CODE\" ;; esac\n\
+         exit 0\n",
+    )
+    .expect("write stub");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let run = |branch: &str, wait_code: i32, extra: &[(&str, &str)]| {
+        let log = dir.path().join(format!("calls-{branch}-{wait_code}.log"));
+        let _ = std::fs::remove_file(&log);
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("deploy/pipeline.sh"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("BRANCH", branch)
+            .env("NEW_ADDR", "10.0.0.9:3000")
+            .env("CANARY_LB", &stub)
+            .env("CANARY_LB_REDIS_URL", "redis://127.0.0.1:1/0")
+            .env("STUB_LOG", &log)
+            .env("STUB_WAIT_CODE", wait_code.to_string());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run deploy/pipeline.sh");
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
+        (out, calls)
+    };
+    let gate = [
+        ("ROLLOUT_STEPS", "5,50,100"),
+        ("ROLLOUT_INTERVAL", "2s"),
+        ("ROLLOUT_TIMEOUT", "10m"),
+    ];
+    // (exit of `status --wait`, exit of the pipeline): 0 succeeded, 2 rolled back -> 4,
+    // 3 paused -> 5, anything else -> 1.
+    for (wait_code, want) in [(0, 0), (2, 4), (3, 5), (1, 1)] {
+        let (out, calls) = run("canary", wait_code, &gate);
+        let shown = format!(
+            "wait exit {wait_code}: pipeline exit {:?}\n{}{}\ncalls:\n{calls}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(want), "{shown}");
+        let lines: Vec<&str> = calls.lines().collect();
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| *l == needle)
+                .unwrap_or_else(|| panic!("no `{needle}`: {shown}"))
+        };
+        let registered = at("ctl register --pool canary 10.0.0.9:3000");
+        let started = at("ctl rollout start --steps 5,50,100 --interval 2s");
+        let waited = at("ctl rollout status --wait --timeout 10m");
+        assert!(registered < started && started < waited, "{shown}");
+        assert_eq!(
+            lines.iter().any(|l| *l == "ctl status"),
+            want == 0,
+            "only a successful rollout goes on to the status step: {shown}"
+        );
+    }
+    // Without the gate's settings the proxies' defaults apply (no flags passed).
+    let (out, calls) = run("canary", 0, &[]);
+    assert!(out.status.success(), "{calls}");
+    assert!(calls.lines().any(|l| l == "ctl rollout start"), "{calls}");
+    assert!(
+        calls.lines().any(|l| l == "ctl rollout status --wait"),
+        "{calls}"
+    );
+    // ROLLOUT=off: the percent by hand, no rollout.
+    let (out, calls) = run("canary", 0, &[("ROLLOUT", "off"), ("CANARY_PERCENT", "7")]);
+    assert!(out.status.success(), "{calls}");
+    assert!(calls.lines().any(|l| l == "ctl canary set 7"), "{calls}");
+    assert!(!calls.contains("rollout"), "{calls}");
+    // Production deploys never start a rollout.
+    let (out, calls) = run("master", 2, &gate);
+    assert!(out.status.success(), "{calls}");
+    assert!(!calls.contains("rollout"), "{calls}");
+
+    // The Jenkinsfile gates the same way.
+    let jenkins = read("deploy/jenkins/Jenkinsfile");
+    for needle in [
+        "canary-lb ctl rollout start --steps \"$ROLLOUT_STEPS\" --interval \"$ROLLOUT_INTERVAL\"",
+        "canary-lb ctl rollout status --wait --timeout \"$ROLLOUT_TIMEOUT\"",
+        "code == 3",
+        "canary-lb ctl rollout resume",
+        "canary-lb ctl rollout abort",
+    ] {
+        assert!(jenkins.contains(needle), "Jenkinsfile lacks `{needle}`");
+    }
+    // And the flags both pass exist on the real binary.
+    for (args, flags) in [
+        (
+            &["ctl", "rollout", "start", "--help"][..],
+            &["--steps", "--interval"][..],
+        ),
+        (
+            &["ctl", "rollout", "status", "--help"][..],
+            &["--wait", "--timeout", "--watch"][..],
+        ),
+        (&["ctl", "rollout", "history", "--help"][..], &["-n"][..]),
+    ] {
+        let help = run_cli(args, Duration::from_secs(20));
+        let help = String::from_utf8_lossy(&help.stdout);
+        for flag in flags {
+            assert!(help.contains(flag), "{args:?} lacks {flag}: {help}");
+        }
+    }
+}

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{resolve_target, CtlError, REDIS_TIMEOUT};
 use crate::cli::{RolloutArgs, RolloutCommand};
-use crate::config::schema::RolloutConfig;
-use crate::config::Config;
+
+use crate::config::{Config, RolloutConfig};
 use crate::model::Percent;
 use crate::rollout::{Command, Coordinator, HistoryEntry, Phase, RolloutState};
 use crate::store::{self, RolloutStore, Store};
