@@ -943,7 +943,7 @@ fn the_canary_branch_is_gated_on_the_rollout() {
         let waited = at("ctl rollout status --wait --timeout 10m");
         assert!(registered < started && started < waited, "{shown}");
         assert_eq!(
-            lines.iter().any(|l| *l == "ctl status"),
+            lines.contains(&"ctl status"),
             want == 0,
             "only a successful rollout goes on to the status step: {shown}"
         );
