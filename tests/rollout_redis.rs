@@ -488,3 +488,140 @@ fn redis_gone_for_a_few_seconds_holds_the_percent_judges_nothing_then_resumes() 
         .to_string();
     assert_one_verdict_per_window(&judged_windows(&fleet, &id));
 }
+
+// ---------------------------------------------------------------------------------------------
+// `ctl rollout --admin URL` (one box, the file provider): the client side of the admin
+// endpoints, against a raw server playing the proxy, a refusing one and misbehaving ones.
+
+fn admin_view_json() -> String {
+    let state = canary_lb::rollout::RolloutState::start(
+        "r-admin".into(),
+        canary_lb::config::RolloutConfig::default(),
+        "salt".into(),
+        1_000,
+        None,
+    )
+    .expect("start");
+    serde_json::json!({
+        "state": state,
+        "history": [],
+        "leader": "box-1-abcd",
+        "replica": "box-1-abcd",
+    })
+    .to_string()
+}
+
+fn reply(status: &str, content_type: &str, body: &str) -> common::raw::Script {
+    common::raw::Script::Reply(
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+fn admin_ctl(backend: &common::raw::RawBackend, token: Option<&Path>, args: &[&str]) -> Output {
+    let url = format!("http://{}", backend.addr());
+    let mut all = vec!["ctl", "rollout", "--admin", &url];
+    let token = token.map(|t| t.display().to_string());
+    if let Some(t) = &token {
+        all.extend(["--admin-token-file", t]);
+    }
+    all.extend_from_slice(args);
+    run_cli(&all, Duration::from_secs(30))
+}
+
+#[test]
+fn admin_mode_speaks_the_endpoint_contract_and_bounds_a_bad_endpoint() {
+    use common::raw::{RawBackend, Script};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").expect("write token");
+
+    let proxy = RawBackend::scripted(reply("200 OK", "application/json", &admin_view_json()));
+    let out = ok(admin_ctl(
+        &proxy,
+        Some(&token),
+        &["start", "--steps", "5,50", "--interval", "2s"],
+    ));
+    assert!(out.contains("rollout r-admin started at 5 %"), "{out}");
+    let got = proxy.received();
+    assert_eq!(got.len(), 1, "one request");
+    assert_eq!(got[0].method, "POST");
+    assert_eq!(got[0].path, "/rollout/start?steps=5,50&interval=2000ms");
+    assert_eq!(
+        got[0].header_lines("authorization"),
+        vec!["Bearer s3cret-token".to_string()]
+    );
+    proxy.clear();
+    let status = ok(admin_ctl(&proxy, Some(&token), &["status"]));
+    assert!(status.contains("rollout r-admin: progressing"), "{status}");
+    assert!(status.contains("(answered by box-1-abcd)"), "{status}");
+    assert_eq!(proxy.received()[0].method, "GET");
+    assert_eq!(proxy.received()[0].path, "/rollout");
+    proxy.clear();
+    ok(admin_ctl(&proxy, None, &["abort"]));
+    assert_eq!(proxy.received()[0].path, "/rollout/abort");
+    assert!(proxy.received()[0].header_lines("authorization").is_empty());
+
+    // Refused (409): the proxy's reason, exit 1.
+    let refusing = RawBackend::scripted(reply(
+        "409 Conflict",
+        "text/plain",
+        "cannot resume a rollout that is progressing\n",
+    ));
+    let out = admin_ctl(&refusing, None, &["resume"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot resume a rollout that is progressing"),
+        "{}",
+        text(&out)
+    );
+    let locked = RawBackend::scripted(reply("401 Unauthorized", "text/plain", "unauthorized"));
+    let out = admin_ctl(&locked, None, &["status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--admin-token-file"));
+
+    // A hung endpoint, one that never stops talking, and one that sends far too much: each
+    // is an error within the deadline (run_cli would kill a hang after 30 s and fail).
+    let huge = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n{}",
+        "x".repeat(3_000_000)
+    );
+    for (what, backend, says) in [
+        (
+            "silent",
+            RawBackend::scripted(Script::Silent),
+            "no complete answer",
+        ),
+        (
+            "trickle",
+            RawBackend::scripted(Script::Trickle {
+                byte: b'H',
+                every: Duration::from_millis(100),
+            }),
+            "no complete answer",
+        ),
+        (
+            "huge",
+            RawBackend::scripted(Script::Reply(huge.into_bytes())),
+            "longer than",
+        ),
+        (
+            "not http",
+            RawBackend::scripted(Script::Reply(b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec())),
+            "not an HTTP status line",
+        ),
+    ] {
+        let out = admin_ctl(&backend, None, &["status"]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{what}: {}",
+            text(&out)
+        );
+    }
+}

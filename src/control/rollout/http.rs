@@ -6,7 +6,7 @@
 //! [`MAX_RESPONSE`] bytes read, so a hung or babbling listener makes the command fail, never
 //! hang. No HTTP client crate: this is the only client `ctl` needs, and it is a few lines.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -130,13 +130,16 @@ impl Admin {
         stream.write_all(head.as_bytes()).map_err(|e| fail(&e))?;
         let mut raw = Vec::new();
         let mut buf = [0u8; 8192];
+        let late = || {
+            fail(&format!(
+                "no complete answer within {}",
+                humantime::format_duration(self.timeout)
+            ))
+        };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(fail(&format!(
-                    "no complete answer within {}",
-                    humantime::format_duration(self.timeout)
-                )));
+                return Err(late());
             }
             stream.set_read_timeout(Some(left)).map_err(|e| fail(&e))?;
             match stream.read(&mut buf) {
@@ -147,7 +150,10 @@ impl Admin {
                         return Err(fail(&format!("answer longer than {MAX_RESPONSE} bytes")));
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(late())
+                }
                 Err(e) => return Err(fail(&e)),
             }
         }
