@@ -142,9 +142,9 @@ impl Fleet {
 fn start_and_abort_move_both_replicas_at_once() {
     let _serial = serial();
     let fleet = Fleet::start("ro-abort");
+    let started = Instant::now();
     let out = ok(fleet.ctl(&["start", "--steps", "20,50,100", "--interval", "30s"]));
     assert!(out.contains("started at 20 %"), "{out}");
-    let started = Instant::now();
     wait_until("both replicas route 20 % to canary", NOTICE, || {
         fleet.live().iter().all(|p| percent(p) == 20.0)
     });
@@ -162,9 +162,9 @@ fn start_and_abort_move_both_replicas_at_once() {
         text(&refused)
     );
 
+    let aborted = Instant::now();
     let out = ok(fleet.ctl(&["abort"]));
     assert!(out.contains("aborted") && out.contains("0 %"), "{out}");
-    let aborted = Instant::now();
     wait_until("both replicas route 0 % to canary", NOTICE, || {
         fleet.live().iter().all(|p| percent(p) == 0.0)
     });
@@ -217,6 +217,16 @@ fn status_wait_exit_codes_and_bad_input() {
     assert_eq!(redis.dbsize(), 0, "refused commands write nothing");
     let no_rollout = ctl(&["pause"]);
     assert_eq!(code(&no_rollout), Some(1), "{}", text(&no_rollout));
+    // A store without its marker (new, or lost its data) is never the one a rollout starts on.
+    let lost = ctl(&["start"]);
+    assert_eq!(code(&lost), Some(1), "{}", text(&lost));
+    assert!(String::from_utf8_lossy(&lost.stderr).contains("ro-wait:meta is missing"));
+    assert_eq!(
+        redis.dbsize(),
+        0,
+        "nothing written on a store without its marker"
+    );
+    common::store::mark_store(&redis.url(), ns);
 
     // Paused: exit 3 at once.
     ok(ctl(&["start", "--steps", "10,100", "--interval", "1m"]));

@@ -30,7 +30,10 @@ fn block_on<T>(fut: impl Future<Output = T>) -> T {
     RUNTIME.with(|rt| rt.block_on(fut))
 }
 
+/// A coordinator on `redis`, whose store is marked as written (`ns:meta`), as after the
+/// servers were registered: a rollout never writes to a store without the marker.
 fn coordinator(redis: &RedisServer, reporter: &str) -> RolloutStore {
+    store::mark_store(&redis.url(), NS);
     RolloutStore::open(Store::new(NS), &redis.url())
         .expect("url")
         .with_reporter(reporter)
@@ -144,6 +147,16 @@ fn a_start_writes_state_percent_history_and_events_and_a_second_start_is_refused
     let history = block_on(a.history(20)).expect("history");
     assert_eq!(history.last().map(|e| e.verdict.as_str()), Some("start"));
     assert_eq!(history.last().map(|e| e.rollout_id.as_str()), Some("r-1"));
+}
+
+#[test]
+fn a_store_without_its_marker_is_never_written() {
+    let redis = RedisServer::start();
+    let a = RolloutStore::open(Store::new(NS), &redis.url()).expect("url");
+    let (s0, entry) = started("r-1", 1_000, None);
+    let err = block_on(a.command(None, &s0, &entry)).expect_err("refused");
+    assert!(err.to_string().contains("ro:meta is missing"), "{err}");
+    assert_eq!(redis.dbsize(), 0, "nothing written, the marker not created");
 }
 
 #[test]
@@ -364,6 +377,7 @@ fn bad_data_in_redis_is_skipped_never_fatal() {
 #[test]
 fn an_unreachable_or_hung_redis_costs_one_bounded_call_and_reconnects() {
     let mut redis = RedisServer::start();
+    store::mark_store(&redis.url(), NS);
     let a = RolloutStore::open(Store::new(NS), &redis.url())
         .expect("url")
         .with_timeout(Duration::from_millis(500));
@@ -397,5 +411,28 @@ fn an_unreachable_or_hung_redis_costs_one_bounded_call_and_reconnects() {
             block_on(a.state()).ok()
         }),
         Some(s0)
+    );
+}
+
+/// The proxies' discovery settings give the coordinator its Redis: the URL, or (here) the
+/// master the Sentinels name.
+#[test]
+fn the_coordinator_of_a_discovery_config_finds_the_master_through_sentinel() {
+    let redis = RedisServer::start();
+    let sentinel = RedisSentinel::start(redis.port());
+    store::mark_store(&redis.url(), "sentinel-ro");
+    let config = canary_lb::config::Config::parse(&format!(
+        "listen: [\"127.0.0.1:1\"]\n\
+         discovery: {{ provider: redis, url: \"redis://127.0.0.1:1/0\", namespace: sentinel-ro, \
+                      sentinel: {{ master_name: mymaster, nodes: [\"redis://127.0.0.1:{}\"] }} }}\n",
+        sentinel.port()
+    ))
+    .expect("config");
+    let coord = RolloutStore::for_discovery(&config.discovery).expect("coordinator");
+    let (s0, entry) = started("r-1", 1_000, None);
+    assert!(block_on(coord.command(None, &s0, &entry)).expect("start through sentinel"));
+    assert_eq!(
+        hget(&redis, &Store::new("sentinel-ro").rollout_key(), "id").as_deref(),
+        Some("r-1")
     );
 }

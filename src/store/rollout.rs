@@ -17,8 +17,10 @@
 //! - `ns:rollout:history` (stream, `XADD MAXLEN ~ 1000`): field `entry` = a [`HistoryEntry`] as
 //!   JSON, one per judged window or command.
 //!
-//! Every write of the state is ONE Lua script ([`APPLY_LUA`]): it checks the lease (holder and
-//! epoch, for the leader's judged transitions) and the stored state's id and version, then writes
+//! Every write of the state is ONE Lua script ([`APPLY_LUA`]): it checks the store's `ns:meta`
+//! marker (a rollout never creates it: on a lost store that would make every proxy follow a
+//! store without servers), the lease (holder and epoch, for the leader's judged transitions) and
+//! the stored state's id and version, then writes
 //! the state, the routing `canary_percent` exactly as `ctl canary set` does (bumping the
 //! `ns:meta` marker), the history entry, and publishes `routing` (so every proxy's discovery
 //! applies the weight at once) and `rollout` on `ns:events`. A leader that lost its lease, or
@@ -42,6 +44,7 @@ use redis::{AsyncConnectionConfig, Value};
 use super::keys::Keys;
 use super::resp::{pairs, scalar};
 use super::{now_ms, Store, ROUTING_EVENT};
+use crate::config::schema::DiscoveryConfig;
 use crate::model::{PoolKind, LATENCY_BUCKETS_S};
 use crate::rollout::{CoordError, Coordinator, HistoryEntry, RolloutState, WindowCounts};
 
@@ -99,10 +102,12 @@ return 0
 /// stored), 5 expected version, 6 next json, 7 next id, 8 phase, 9 weight, 10 step,
 /// 11 version, 12 updated_ms, 13 entry json, 14 now ms, 15 history maxlen, 16 routing event,
 /// 17 rollout event.
-/// Returns 1 written, 0 fenced by the lease, -1 fenced by the stored state.
+/// Returns 1 written, 0 fenced by the lease, -1 fenced by the stored state, -2 refused
+/// because the store has no marker (lost or never written: see `mod.rs`).
 const APPLY_LUA: &str = concat!(
     bump_meta_lua!(),
     r#"
+if redis.call('HEXISTS', KEYS[6], 'generation') == 0 then return -2 end
 if ARGV[1] == '1' then
   if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
   if redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
@@ -132,12 +137,27 @@ struct Held {
     epoch: u64,
 }
 
+/// Where the Redis master is: a URL, or whatever the Sentinels name at each (re)connect.
+enum Source {
+    Direct(redis::Client),
+    Sentinel {
+        sentinel: Box<redis::sentinel::Sentinel>,
+        master_name: String,
+        node: redis::sentinel::SentinelNodeConnectionInfo,
+    },
+}
+
+/// The connection and where to re-open it.
+struct Link {
+    source: Source,
+    live: Option<MultiplexedConnection>,
+}
+
 /// The [`Coordinator`] over Redis (see the module documentation). Cheap to share behind an
 /// `Arc`; holds one multiplexed connection, re-opened after an error.
 pub struct RolloutStore {
     keys: Keys,
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    link: tokio::sync::Mutex<Link>,
     timeout: Duration,
     /// This store's name in window reports (`reporter:<id>`), so a retried report counts once.
     reporter: String,
@@ -148,10 +168,35 @@ pub struct RolloutStore {
 impl RolloutStore {
     /// The rollout of `store`'s namespace in the Redis `client` points at.
     pub fn new(store: Store, client: redis::Client) -> RolloutStore {
+        RolloutStore::with_source(store, Source::Direct(client))
+    }
+
+    /// The rollout of the store the proxies' discovery follows: `discovery.namespace` at
+    /// `discovery.url`, or at the master the `discovery.sentinel` nodes name (asked again at
+    /// every reconnect, so a failover is followed).
+    pub fn for_discovery(config: &DiscoveryConfig) -> Result<RolloutStore, redis::RedisError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let source = match &config.sentinel {
+            None => Source::Direct(client),
+            Some(s) => Source::Sentinel {
+                sentinel: Box::new(redis::sentinel::Sentinel::build(s.nodes.clone())?),
+                master_name: s.master_name.clone(),
+                node: redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(
+                        client.get_connection_info().redis_settings().clone(),
+                    ),
+            },
+        };
+        Ok(RolloutStore::with_source(
+            Store::new(&config.namespace),
+            source,
+        ))
+    }
+
+    fn with_source(store: Store, source: Source) -> RolloutStore {
         RolloutStore {
             keys: store.keys,
-            client,
-            conn: tokio::sync::Mutex::new(None),
+            link: tokio::sync::Mutex::new(Link { source, live: None }),
             timeout: DEFAULT_TIMEOUT,
             reporter: uuid::Uuid::new_v4().simple().to_string(),
             held: StdMutex::new(None),
@@ -188,18 +233,25 @@ impl RolloutStore {
     }
 
     async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let mut guard = self.conn.lock().await;
-        if let Some(conn) = guard.as_ref() {
+        let mut link = self.link.lock().await;
+        if let Some(conn) = link.live.as_ref() {
             return Ok(conn.clone());
         }
+        let client = match &mut link.source {
+            Source::Direct(client) => client.clone(),
+            Source::Sentinel {
+                sentinel,
+                master_name,
+                node,
+            } => sentinel.async_master_for(master_name, Some(node)).await?,
+        };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
-        let conn = self
-            .client
+        let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        *guard = Some(conn.clone());
+        link.live = Some(conn.clone());
         Ok(conn)
     }
 
@@ -223,7 +275,7 @@ impl RolloutStore {
                 humantime::format_duration(self.timeout)
             ),
         };
-        *self.conn.lock().await = None;
+        self.link.lock().await.live = None;
         Err(CoordError(error))
     }
 
@@ -282,6 +334,12 @@ impl RolloutStore {
             .await?;
         match written {
             1 => Ok(true),
+            -2 => Err(CoordError(format!(
+                "{} is missing (a new store, or Redis lost its data): a rollout would make \
+                 every proxy follow a store without its servers; register the servers again \
+                 first. Nothing written",
+                self.keys.meta()
+            ))),
             0 => {
                 log::info!("rollout: write fenced: the leader lease moved on (epoch {epoch})");
                 Ok(false)
