@@ -265,9 +265,32 @@ fn status_wait_exit_codes_and_bad_input() {
         .unwrap_or_else(|| panic!("status --wait did not notice the abort:\n{}", waiter.logs()));
     assert_eq!(status.code(), Some(2), "{}", waiter.logs());
 
-    // Promoted: exit 0, and the routing percent is 100.
+    // Promoted: exit 0, and the routing percent is 100. A `--watch` running meanwhile prints
+    // the status until the rollout ends, then exits 0.
     ok(ctl(&["start", "--steps", "10,100", "--interval", "1m"]));
+    let mut watcher = Background::cli(&[
+        "ctl",
+        "--redis",
+        &url,
+        "--namespace",
+        ns,
+        "rollout",
+        "status",
+        "--watch",
+    ]);
+    wait_until("--watch prints the running rollout", NOTICE, || {
+        watcher.logs().contains(": progressing (started)")
+    });
     ok(ctl(&["promote"]));
+    let status = watcher
+        .wait_exit(NOTICE)
+        .unwrap_or_else(|| panic!("status --watch did not end:\n{}", watcher.logs()));
+    assert_eq!(status.code(), Some(0), "{}", watcher.logs());
+    assert!(
+        watcher.logs().contains(": succeeded (promoted by hand)"),
+        "{}",
+        watcher.logs()
+    );
     let done = ctl(&["status", "--wait"]);
     assert_eq!(code(&done), Some(0), "{}", text(&done));
     assert_eq!(

@@ -419,6 +419,7 @@ impl Backend {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut unreachable_since: Option<Instant> = None;
         let clear = watch && !json && std::io::stdout().is_terminal();
+        let mut first = true;
         loop {
             match self.view(STATUS_VERDICTS).await {
                 Ok(view) => {
@@ -427,8 +428,11 @@ impl Backend {
                     if watch {
                         if clear {
                             print!("\x1b[2J\x1b[H");
+                        } else if !json && !first {
+                            println!();
                         }
                         print_view(&view, json);
+                        first = false;
                     }
                     match phase {
                         None | Some(Phase::Idle) => {
@@ -449,11 +453,16 @@ impl Backend {
                     }
                 }
                 Err(e) => {
+                    if unreachable_since.is_none() {
+                        eprintln!(
+                            "warning: {e}; trying again for up to {}",
+                            humantime::format_duration(WAIT_UNREACHABLE)
+                        );
+                    }
                     let since = *unreachable_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= WAIT_UNREACHABLE {
                         return Err(e);
                     }
-                    eprintln!("warning: {e}; trying again");
                 }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
