@@ -276,7 +276,8 @@ impl Backend {
                     state.settings.windows_per_step,
                     state.settings.threshold
                 );
-                if state.salt.is_empty() {
+                // Over --admin the proxy picks the salt in force itself.
+                if state.salt.is_empty() && matches!(self, Backend::Redis(_)) {
                     eprintln!(
                         "note: no routing salt in Redis and no --config: the rollout routes \
                          with an empty salt"
