@@ -333,7 +333,6 @@ pub fn step_with(step: &WindowCounts, window: &WindowCounts) -> WindowCounts {
 mod tests {
     use super::*;
     use crate::model::PerPool;
-    use std::time::Duration;
 
     /// Per-bucket counts (15 slots: 14 bounds and +Inf) from (index, count) pairs.
     fn b(pairs: &[(usize, u64)]) -> Vec<u64> {
@@ -405,7 +404,8 @@ mod tests {
         // python3 -c "from scipy.stats import mannwhitneyu, norm; r=mannwhitneyu(c, p,
         //   alternative='greater', method='asymptotic', use_continuity=True);
         //   print(r.statistic, norm.isf(r.pvalue))"
-        let cases: &[(&[(usize, u64)], &[(usize, u64)], f64, f64)] = &[
+        type Case<'a> = (&'a [(usize, u64)], &'a [(usize, u64)], f64, f64);
+        let cases: &[Case] = &[
             (
                 &[(4, 50), (5, 30), (6, 20)],
                 &[(4, 60), (5, 30), (6, 10)],
@@ -557,8 +557,10 @@ mod tests {
 
     #[test]
     fn mann_whitney_gates_only_a_large_significant_slowdown() {
-        let mut s = RolloutConfig::default();
-        s.mann_whitney = true;
+        let mut s = RolloutConfig {
+            mann_whitney: true,
+            ..RolloutConfig::default()
+        };
         s.latency.p99_max_ratio = 100.0; // keep the p99 rules out of it
         let slow = counts(
             (100, 0, &[(6, 40), (7, 40), (8, 20)]),

@@ -11,7 +11,11 @@
 //! every replica counts its requests into the window they end in, reports each finished window
 //! once, and the leader judges window `n` once the replicas have reported (a short grace).
 
+pub mod engine;
 pub mod judge;
+pub mod local;
+pub mod machine;
+pub mod window;
 
 use std::time::Duration;
 
