@@ -14,7 +14,7 @@ use http::{header, HeaderValue, Method, Response};
 use serde_json::json;
 
 use super::admin::reply;
-use crate::config::schema::RolloutConfig;
+use crate::config::RolloutConfig;
 use crate::model::{now_ms, Percent};
 use crate::rollout::engine::{route_for, RolloutSink};
 use crate::rollout::{Command, HistoryEntry, RolloutState};
