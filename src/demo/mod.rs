@@ -95,7 +95,8 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
          pools:\n  production: {{ servers: [{prod}] }}\n  canary: {{ servers: [{canary}] }}\n\
          health_check: {{ kind: http, path: /healthz, interval: 1s, timeout: 500ms }}\n\
          grace_period: 2s\n\
-         routing: {{ canary_percent: {pct}, salt: demo, user_header: X-User-Id }}\n",
+         routing: {{ canary_percent: {pct}, salt: demo, user_header: X-User-Id }}\n\
+         rollout: {{ steps: [5, 25, 50, 100], interval: 5s, min_requests: 20 }}\n",
         listen = args.listen,
         metrics = args.metrics_listen,
         prod = servers("production"),
@@ -120,6 +121,11 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
 fn print_tour(args: &DemoArgs, apps: &[(String, &str, SocketAddr)]) {
     let p = format!("http://{}", args.listen);
     let m = format!("http://{}", args.metrics_listen);
+    let canary_url = apps
+        .iter()
+        .find(|(_, pool, _)| *pool == "canary")
+        .map(|(_, _, a)| format!("http://{a}"))
+        .unwrap_or_default();
     let apps = apps
         .iter()
         .map(|(n, pool, a)| format!("{n} ({pool}) on {a}"))
@@ -137,8 +143,19 @@ fn print_tour(args: &DemoArgs, apps: &[(String, &str, SocketAddr)]) {
          \x20                                                 # the split: about {pct}% canary\n\
          \x20 curl -s {m}/status                           # pools, health, routing in force\n\
          \x20 curl -s {m}/metrics | grep canary_lb_         # Prometheus metrics\n\n\
+         Progressive delivery: the proxy ramps the canary and judges it against production:\n\n\
+         \x20 while :; do curl -s -o /dev/null -H \"X-User-Id: u$RANDOM\" {p}/; done &   # traffic\n\
+         \x20 canary-lb ctl rollout --admin {m} start --steps 5,25,50,100 --interval 5s\n\
+         \x20 canary-lb ctl rollout --admin {m} status --watch   # healthy: 5 -> 25 -> 50 -> 100 %\n\
+         Then a rollback, on its own, with a canary failing half its requests:\n\
+         \x20 canary-lb ctl rollout --admin {m} start --steps 5,25,50,100 --interval 5s\n\
+         \x20 curl -X POST '{canary}/_control?error_rate=0.5'   # or latency_ms=800\n\
+         \x20 canary-lb ctl rollout --admin {m} status --watch   # rolled_back, 0 %, within 3 windows\n\
+         \x20 curl -X POST '{canary}/_control?error_rate=0'     # heal the canary\n\
+         \x20 curl -s {m}/rollout                              # state and verdicts as JSON\n\n\
          Ctrl-C stops the demo.\n",
         pct = args.canary_percent,
+        canary = canary_url,
     );
 }
 
