@@ -24,6 +24,11 @@ struct Rig {
 /// Production and canary apps behind one proxy at canary_percent 0, with `rollout` as the
 /// config's `rollout:` section.
 fn rig(rollout: &str) -> Rig {
+    rig_with(rollout, "")
+}
+
+/// [`rig`] with `extra` config lines.
+fn rig_with(rollout: &str, extra: &str) -> Rig {
     let prod = App::start("prod-1", "production");
     let canary = App::start("canary-1", "canary");
     let yaml = proxy_config(
@@ -32,7 +37,7 @@ fn rig(rollout: &str) -> Rig {
         &format!(
             "threads: 2\npools:\n  production: {{ servers: [\"{}\"] }}\n  canary: {{ servers: [\"{}\"] }}\n\
              health_check: {{ kind: http, path: /healthz, interval: 500ms, timeout: 2s }}\n\
-             routing: {{ canary_percent: 0, salt: rollout-it }}\nrollout: {rollout}\n",
+             routing: {{ canary_percent: 0, salt: rollout-it }}\nrollout: {rollout}\n{extra}",
             prod.addr(),
             canary.addr()
         ),
@@ -436,4 +441,63 @@ fn pause_holds_for_several_windows_and_abort_sets_zero_at_once() {
     assert_eq!(status["rollout"]["state"]["phase"], "aborted", "{status:#}");
     assert_eq!(status["routing"]["canary_percent"].as_f64(), Some(0.0));
     rig.command("/rollout/abort", 409);
+}
+
+#[test]
+fn rollout_commands_need_the_admin_token_and_refusals_echo_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("admin-token");
+    let token = "tok-rollout-5e9a7d4c2f8e6a";
+    std::fs::write(&token_file, format!("{token}\n")).expect("write token");
+    let rig = rig_with(
+        "{ interval: 1s }",
+        &format!("metrics_auth_token_file: \"{}\"\n", token_file.display()),
+    );
+    let good = format!("Bearer {token}");
+    for (what, headers) in [
+        ("no token", vec![]),
+        (
+            "wrong token",
+            vec![("authorization", "Bearer tok-rollout-5e9a7d4c2f8e6b")],
+        ),
+    ] {
+        for path in ["/rollout/start?steps=50,100", "/rollout/promote"] {
+            let r = post(&rig.admin(path), &headers, b"");
+            assert_eq!(r.status, 401, "{what} POST {path}: {}", r.body);
+        }
+        assert_eq!(get(&rig.admin("/rollout"), &headers).status, 401, "{what}");
+    }
+    let auth = [("authorization", good.as_str())];
+    let r = get(&rig.admin("/rollout"), &auth);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).expect("json");
+    assert!(v["state"].is_null(), "nothing started: {v:#}");
+    assert!(
+        v["replica"].as_str().is_some_and(|r| !r.is_empty()),
+        "{v:#}"
+    );
+    // A hostile query is refused without echoing it.
+    let r = post(
+        &rig.admin("/rollout/start?steps=%3Cscript%3E&interval=%00"),
+        &auth,
+        b"",
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("steps") && !r.body.contains("<script>"),
+        "{}",
+        r.body
+    );
+    // The canary app got no percentage traffic from any of it.
+    for i in 0..20 {
+        let r = get(
+            &rig.proxy.url("/"),
+            &[("cookie", &format!("canary_uid=t-{i}"))],
+        );
+        assert_eq!(r.pool(), Some("production"));
+    }
+    let r = post(&rig.admin("/rollout/start?steps=50,100"), &auth, b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let status = get(&rig.proxy.status_url(), &auth);
+    assert!(status.body.contains("\"progressing\""), "{}", status.body);
 }
