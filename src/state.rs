@@ -277,6 +277,25 @@ impl Shared {
         self.live.store(Arc::new(live));
     }
 
+    /// Where the routing percent and salt in force come from: `file`, `redis`, or `rollout`
+    /// (a running rollout, or with the file provider the weight a finished one left).
+    pub fn routing_sources(&self) -> (&'static str, &'static str) {
+        let layers = self.layers();
+        let over = if self.started.discovery.provider == Provider::Redis {
+            "redis"
+        } else {
+            "rollout"
+        };
+        if layers.rollout.is_some() {
+            return ("rollout", "rollout");
+        }
+        let from = |set: bool| if set { over } else { "file" };
+        (
+            from(layers.provider.canary_percent.is_some()),
+            from(layers.provider.salt.is_some()),
+        )
+    }
+
     /// Set the provider's routing overrides; returns true when they changed.
     pub fn set_overrides(&self, new: RoutingOverrides) -> bool {
         let changed = self.replace_provider_layer(new);

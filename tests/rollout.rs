@@ -260,6 +260,11 @@ fn half_of_canary_requests_failing_rolls_back_and_canary_users_stayed_until_then
     }
     let routing = &rig.proxy.status_json()["routing"];
     assert_eq!(routing["canary_percent"].as_f64(), Some(0.0), "{routing}");
+    wait_until(
+        "the rollback's 0 % is the percent in force",
+        Duration::from_secs(15),
+        || rig.proxy.status_json()["routing"]["canary_percent_from"] == "rollout",
+    );
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //! 3. **Latency fails** when the canary's p99 over the step so far (this window included),
 //!    interpolated from the duration buckets exactly as Prometheus' `histogram_quantile`
 //!    does, is above `latency.p99_max`, or above `p99_max_ratio` x max(production p99,
-//!    `floor`) (production's p99 over the same windows; without production traffic, `floor`).
+//!    `floor`) (production's p99 over the same windows; without production traffic in the
+//!    step, as at a 100 % step, only `p99_max` applies).
 //! 4. With `mann_whitney`, a Mann-Whitney U test on the two step histograms (each bucket a
 //!    group of ties, mid-ranks, normal approximation with tie and continuity correction, as
 //!    SciPy's `mannwhitneyu(method="asymptotic")`) fails the window when the canary is slower
@@ -156,7 +157,7 @@ pub fn judge(settings: &RolloutConfig, window: &WindowCounts, step: &WindowCount
         if let Some(p99) = p99 {
             numbers.push(("production_p99_ms".into(), p99 * 1e3));
         }
-        let limit = lat.p99_max_ratio * p99.unwrap_or(0.0).max(floor);
+        let limit = p99.map(|p| lat.p99_max_ratio * p.max(floor));
         if c99 > p99_max {
             findings.push(Finding::Latency);
             reasons.push(format!(
@@ -164,7 +165,7 @@ pub fn judge(settings: &RolloutConfig, window: &WindowCounts, step: &WindowCount
                 c99 * 1e3,
                 p99_max * 1e3
             ));
-        } else if c99 > limit {
+        } else if let Some(limit) = limit.filter(|&l| c99 > l) {
             findings.push(Finding::Latency);
             reasons.push(format!(
                 "canary p99 {:.1} ms > {} x max(production p99, floor) = {:.1} ms",
@@ -498,8 +499,14 @@ mod tests {
                 Verdict::Fail,
                 Finding::Errors,
             ),
-            // No production traffic (100 % step): max_percent alone.
+            // No production traffic (100 % step): max_percent and p99_max alone.
             ((100, 1, fast), (0, 0, &[]), Verdict::Pass, Finding::Healthy),
+            (
+                (100, 0, &[(8, 100)]),
+                (0, 0, &[]),
+                Verdict::Pass,
+                Finding::Healthy,
+            ),
             // Latency: canary all in (0.25, 0.5], p99 ~0.4975 s < 500 ms but > 1.5 x 20 ms.
             (
                 (100, 0, &[(9, 100)]),

@@ -181,7 +181,7 @@ fn metrics_text(shared: &Shared) -> Vec<u8> {
 /// The `/status` document.
 pub fn status(shared: &Shared) -> serde_json::Value {
     let policy = shared.policy();
-    let overrides = shared.overrides();
+    let (percent_from, salt_from) = shared.routing_sources();
     let mut pools = serde_json::Map::new();
     for kind in PoolKind::ALL {
         let servers = shared.pools.get(kind).view();
@@ -211,8 +211,8 @@ pub fn status(shared: &Shared) -> serde_json::Value {
             "flag_cookie": policy.flag_cookie,
             "user_cookie": policy.user_cookie,
             "user_header": policy.user_header.as_ref().map(|h| h.as_str()),
-            "canary_percent_from": if overrides.canary_percent.is_some() { "redis" } else { "file" },
-            "salt_from": if overrides.salt.is_some() { "redis" } else { "file" },
+            "canary_percent_from": percent_from,
+            "salt_from": salt_from,
         },
         "discovery": {
             "provider": d.provider,
