@@ -7,6 +7,10 @@
 //!   key, 409 with the reason when refused (a rollout is running);
 //! - `POST /rollout/pause|resume|abort|promote`: 200 the same JSON, 409 with the reason.
 //!
+//! Commands change routing, so without `metrics_auth_token_file` they are served only when
+//! `metrics_listen` is a loopback address (403 otherwise): a published admin port without a
+//! token stays read-only.
+//!
 //! A command also applies its weight to this process's routing at once (an abort is 0 % from
 //! the next request); other replicas follow within a tick of their engines.
 
@@ -91,6 +95,12 @@ pub async fn handle(shared: &Shared, req: &RequestHeader) -> Response<Vec<u8>> {
             .insert(header::ALLOW, HeaderValue::from_static(allowed));
         return r;
     }
+    if command.is_some() && !commands_allowed(shared) {
+        return text(
+            403,
+            "rollout commands on a non-loopback metrics_listen need metrics_auth_token_file",
+        );
+    }
     if shared.rollout().is_none() {
         return text(
             503,
@@ -114,6 +124,16 @@ pub async fn handle(shared: &Shared, req: &RequestHeader) -> Response<Vec<u8>> {
         r.body_mut().clear();
     }
     r
+}
+
+/// Whether this process takes rollout commands: with an admin token, or on loopback only.
+fn commands_allowed(shared: &Shared) -> bool {
+    let config = shared.config();
+    config.metrics_auth_token_file.is_some()
+        || shared
+            .started()
+            .metrics_listen
+            .is_some_and(|a| a.ip().is_loopback())
 }
 
 /// The settings of a start: the config's `rollout:` with the query's keys over it. The error
@@ -339,5 +359,16 @@ mod tests {
         let hostile = "<script>alert(1)</script>=1";
         let e = settings_from_query(&base, Some(hostile)).expect_err("hostile");
         assert!(!e.contains("script"), "{e}");
+    }
+
+    #[test]
+    fn commands_need_a_token_unless_the_admin_port_is_loopback() {
+        let allowed = |yaml: &str| {
+            let config = crate::config::Config::parse(yaml).expect("config");
+            commands_allowed(&Shared::new(config).expect("shared"))
+        };
+        assert!(allowed("metrics_listen: \"127.0.0.1:9\"\n"));
+        assert!(!allowed("metrics_listen: \"0.0.0.0:9\"\n"));
+        assert!(!allowed("metrics_listen: \"[::]:9\"\n"));
     }
 }
