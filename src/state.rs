@@ -8,10 +8,13 @@
 //!
 //! The routing policy in the snapshot is derived, never edited: the file's `routing` section
 //! with the provider's overrides (`canary_percent`, `salt`) laid over it
-//! (`routing::CanaryPolicy::layered`), rebuilt whole whenever either side changes.
+//! (`routing::CanaryPolicy::layered`), rebuilt whole whenever either side changes. A running
+//! rollout lays its weight and frozen salt over both (`rollout::engine`), the same way: the
+//! request path reads routing as data from the snapshot and never asks the rollout.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
 use log::info;
@@ -20,8 +23,11 @@ use tokio::sync::Notify;
 use crate::config::{Balance, ClientConfig, Config, PassiveHealthConfig, Provider, UpstreamConfig};
 use crate::discovery::{self, RoutingOverrides, Sink};
 use crate::metrics::{ConfigSource, DiscoveryErrorKind, Metrics};
-use crate::model::{PerPool, PoolKind};
+use crate::model::{PerPool, Percent, PoolKind};
 use crate::pool::{Pool, PoolError, Pools, ServerView, WantedServer};
+use crate::rollout::engine::{RolloutRoute, RolloutSink};
+use crate::rollout::window::WindowRecorder;
+use crate::rollout::Coordinator;
 use crate::routing::{CanaryPolicy, PolicyError};
 
 /// The settings a SIGHUP applies, as one snapshot.
@@ -76,6 +82,21 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// The rollout coordinator this process uses (none: no rollouts, e.g. Redis mode until its
+/// store-backed coordinator is plugged in), and this replica's id.
+pub struct RolloutHandle {
+    pub coordinator: Arc<dyn Coordinator>,
+    pub replica: String,
+}
+
+/// What the routing policy is built from besides the file: the provider's overrides and a
+/// running rollout's weight and salt (which win while it runs).
+#[derive(Default)]
+struct Layers {
+    provider: RoutingOverrides,
+    rollout: Option<RolloutRoute>,
+}
+
 pub struct Shared {
     pub pools: Pools,
     pub metrics: Metrics,
@@ -88,8 +109,11 @@ pub struct Shared {
     started: Arc<Config>,
     /// The config file as last loaded.
     config: ArcSwap<Config>,
-    overrides: Mutex<RoutingOverrides>,
+    overrides: Mutex<Layers>,
     live: ArcSwap<Live>,
+    /// The rollout's per-window counters, recorded by the request path.
+    pub rollout_windows: WindowRecorder,
+    rollout: OnceLock<RolloutHandle>,
 }
 
 impl Shared {
@@ -117,7 +141,9 @@ impl Shared {
             live: ArcSwap::from_pointee(Live::new(&config, policy)),
             started: config.clone(),
             config: ArcSwap::new(config),
-            overrides: Mutex::new(RoutingOverrides::default()),
+            overrides: Mutex::new(Layers::default()),
+            rollout_windows: WindowRecorder::default(),
+            rollout: OnceLock::new(),
         };
         // Under any provider the file's lists serve until the provider first answers.
         discovery::file::feed(&shared.started.pools, &shared);
@@ -147,10 +173,50 @@ impl Shared {
     }
 
     pub fn overrides(&self) -> RoutingOverrides {
+        self.layers().provider.clone()
+    }
+
+    fn layers(&self) -> std::sync::MutexGuard<'_, Layers> {
         self.overrides
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Use `handle` for rollouts (once, at start).
+    pub fn set_rollout(&self, handle: RolloutHandle) {
+        let _ = self.rollout.set(handle);
+    }
+
+    pub fn rollout(&self) -> Option<&RolloutHandle> {
+        self.rollout.get()
+    }
+
+    /// The routing salt without a rollout's: what a rollout starting now freezes.
+    pub fn base_salt(&self) -> String {
+        let layers = self.layers();
+        layers
+            .provider
+            .salt
             .clone()
+            .unwrap_or_else(|| self.config().routing.salt.clone())
+    }
+
+    /// The canary_percent that holds once no rollout overrides it (file mode: the weight a
+    /// rollout ended at, kept until a restart).
+    pub fn set_percent_override(&self, percent: Percent) {
+        let mut new = self.overrides();
+        new.canary_percent = Some(percent);
+        self.replace_provider_layer(new);
+    }
+
+    /// One answered request, for the rollout's window counts (`forced`: the routing header or
+    /// flag cookie chose the pool). A few atomic adds while a rollout runs; one load if not.
+    #[inline]
+    pub fn record_rollout(&self, pool: PoolKind, status: u16, forced: bool, start: Instant) {
+        if self.rollout_windows.is_active() {
+            self.rollout_windows
+                .record(pool, status, forced, start.elapsed().as_secs_f64());
+        }
     }
 
     /// Apply a re-read config file: every live key, and the servers when they come from the
@@ -161,10 +227,7 @@ impl Shared {
             log::warn!("config reload: restart needed for: {}", restart.join(", "));
         }
         // Under the overrides' lock, so a provider's update cannot swap in a stale snapshot.
-        let overrides = self
-            .overrides
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let overrides = self.layers();
         let policy = self.layered_policy(&new, &overrides)?;
         let live = Live::new(&new, policy);
         for kind in PoolKind::ALL {
@@ -184,13 +247,16 @@ impl Shared {
     fn layered_policy(
         &self,
         config: &Config,
-        overrides: &RoutingOverrides,
+        layers: &Layers,
     ) -> Result<CanaryPolicy, PolicyError> {
-        CanaryPolicy::layered(
-            &config.routing,
-            overrides.canary_percent,
-            overrides.salt.as_deref(),
-        )
+        let (percent, salt) = match &layers.rollout {
+            Some(r) => (Some(r.weight), Some(r.salt.as_str())),
+            None => (
+                layers.provider.canary_percent,
+                layers.provider.salt.as_deref(),
+            ),
+        };
+        CanaryPolicy::layered(&config.routing, percent, salt)
     }
 
     /// Swap in `live`, logging a change of the routing percentage or salt.
@@ -211,29 +277,84 @@ impl Shared {
         self.live.store(Arc::new(live));
     }
 
+    /// Where the routing percent and salt in force come from: `file`, `redis`, or `rollout`
+    /// (a running rollout, or with the file provider the weight a finished one left).
+    pub fn routing_sources(&self) -> (&'static str, &'static str) {
+        let layers = self.layers();
+        let over = if self.started.discovery.provider == Provider::Redis {
+            "redis"
+        } else {
+            "rollout"
+        };
+        if layers.rollout.is_some() {
+            return ("rollout", "rollout");
+        }
+        let from = |set: bool| if set { over } else { "file" };
+        (
+            from(layers.provider.canary_percent.is_some()),
+            from(layers.provider.salt.is_some()),
+        )
+    }
+
     /// Set the provider's routing overrides; returns true when they changed.
     pub fn set_overrides(&self, new: RoutingOverrides) -> bool {
-        let mut cur = self
-            .overrides
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if *cur == new {
+        let changed = self.replace_provider_layer(new);
+        if changed {
+            self.metrics.config_change(ConfigSource::Redis);
+        }
+        changed
+    }
+
+    fn replace_provider_layer(&self, new: RoutingOverrides) -> bool {
+        let mut cur = self.layers();
+        if cur.provider == new {
             return false;
         }
         let config = self.config();
-        let policy = match self.layered_policy(&config, &new) {
+        let candidate = Layers {
+            provider: new,
+            rollout: cur.rollout.clone(),
+        };
+        let policy = match self.layered_policy(&config, &candidate) {
             Ok(p) => p,
             Err(e) => {
-                log::error!("routing overrides from redis not applied: {e}");
+                log::error!("routing overrides not applied: {e}");
                 return false;
             }
         };
-        *cur = new;
+        *cur = candidate;
         // Under the lock, so two writers cannot swap in each other's stale snapshot.
         self.swap_live(Live::new(&config, policy));
-        drop(cur);
-        self.metrics.config_change(ConfigSource::Redis);
         true
+    }
+}
+
+impl RolloutSink for Shared {
+    fn set_route(&self, route: Option<RolloutRoute>) {
+        let mut cur = self.layers();
+        if cur.rollout == route {
+            return;
+        }
+        let config = self.config();
+        let candidate = Layers {
+            provider: cur.provider.clone(),
+            rollout: route,
+        };
+        match self.layered_policy(&config, &candidate) {
+            Ok(policy) => {
+                *cur = candidate;
+                self.swap_live(Live::new(&config, policy));
+            }
+            Err(e) => log::error!("rollout routing not applied: {e}"),
+        }
+    }
+
+    fn recorder(&self) -> &WindowRecorder {
+        &self.rollout_windows
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 

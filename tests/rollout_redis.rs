@@ -3,9 +3,9 @@
 //! runs it.
 //!
 //! The first tests need only `ctl` and the proxies' discovery (the rollout's writes set the
-//! routing percent every replica follows). The ones marked `#[ignore]` need the rollout
-//! engine (`src/rollout/engine.rs`) running in each proxy on `store::RolloutStore`: they are
-//! run with `cargo test --test rollout_redis -- --include-ignored` once it is wired.
+//! routing percent every replica follows); the others run the rollout engine
+//! (`src/rollout/engine.rs`) in each proxy on `store::RolloutStore`: ramp, leader failover,
+//! Redis lost mid-rollout.
 
 mod common;
 
@@ -356,7 +356,6 @@ fn assert_one_verdict_per_window(windows: &[u64]) {
 }
 
 #[test]
-#[ignore = "needs the rollout engine wired to store::RolloutStore (after the merge)"]
 fn a_healthy_ramp_succeeds_with_both_replicas_agreeing_within_one_interval() {
     let _serial = serial();
     let fleet = Fleet::start("ro-ramp");
@@ -411,7 +410,6 @@ fn a_healthy_ramp_succeeds_with_both_replicas_agreeing_within_one_interval() {
 }
 
 #[test]
-#[ignore = "needs the rollout engine wired to store::RolloutStore (after the merge)"]
 fn killing_the_leader_hands_the_lease_over_and_no_window_is_judged_twice() {
     let _serial = serial();
     let mut fleet = Fleet::start("ro-failover");
@@ -467,7 +465,6 @@ fn killing_the_leader_hands_the_lease_over_and_no_window_is_judged_twice() {
 }
 
 #[test]
-#[ignore = "needs the rollout engine wired to store::RolloutStore (after the merge)"]
 fn redis_gone_for_a_few_seconds_holds_the_percent_judges_nothing_then_resumes() {
     let _serial = serial();
     let fleet = Fleet::start("ro-outage");

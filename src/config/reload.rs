@@ -6,7 +6,8 @@
 //! `upstream.max_tries`, `passive_health.*`, `pools.*.balance`, `pools.*.servers` (with the
 //! static provider), `client.keepalive_timeout`, `client.body_timeout`, `client.send_timeout`,
 //! `client.max_header_line`, `client.max_headers`, `client.drop_underscore_headers`,
-//! `client.max_header_bytes` (lowering it), `metrics_auth_token_file`.
+//! `client.max_header_bytes` (lowering it), `metrics_auth_token_file`, and `rollout.*`, which
+//! apply to the next rollout started (a running one keeps the settings frozen at its start).
 //!
 //! Restart only, because Pingora or a background task takes them once at start: `listen`,
 //! `threads`, `metrics_listen`, `grace_period`, `health_check.*`, `discovery.*`,

@@ -548,6 +548,9 @@ impl Config {
                 }
             }
         }
+        self.rollout
+            .validate()
+            .map_err(|(key, problem)| invalid(format!("rollout.{key}"), problem))?;
         for (pool, p) in [
             ("production", &self.pools.production),
             ("canary", &self.pools.canary),
@@ -598,6 +601,71 @@ pub struct RolloutConfig {
     pub latency: RolloutLatency,
     /// Also run a Mann-Whitney U test on the two latency histograms.
     pub mann_whitney: bool,
+}
+
+/// The most steps a rollout may have.
+pub const MAX_ROLLOUT_STEPS: usize = 100;
+
+impl RolloutConfig {
+    /// Check the values serde cannot: `Err((key, problem))` with the key under `rollout.`.
+    /// Used by [`Config::validate`] and by the admin's `POST /rollout/start`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.steps.is_empty() || self.steps.len() > MAX_ROLLOUT_STEPS {
+            return Err(("steps", format!("must have 1 to {MAX_ROLLOUT_STEPS} steps")));
+        }
+        for (i, w) in self.steps.iter().enumerate() {
+            if w.basis_points() == 0 {
+                return Err((
+                    "steps",
+                    format!("step {} is 0: each must be above 0", i + 1),
+                ));
+            }
+            if i > 0 && *w <= self.steps[i - 1] {
+                return Err((
+                    "steps",
+                    format!(
+                        "must be strictly ascending: {} follows {}",
+                        w.as_f64(),
+                        self.steps[i - 1].as_f64()
+                    ),
+                ));
+            }
+        }
+        if self.interval < Duration::from_millis(100) {
+            return Err(("interval", "must be at least 100ms".into()));
+        }
+        if self.interval > Duration::from_secs(24 * 3600) {
+            return Err(("interval", "must be at most 24h".into()));
+        }
+        for (key, v) in [
+            ("windows_per_step", u64::from(self.windows_per_step)),
+            ("threshold", u64::from(self.threshold)),
+            ("max_inconclusive", u64::from(self.max_inconclusive)),
+            ("hard_fail_errors", self.hard_fail_errors),
+        ] {
+            if v == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        let e = &self.error_rate;
+        for (key, v) in [
+            ("error_rate.max_percent", e.max_percent),
+            ("error_rate.max_excess_points", e.max_excess_points),
+            ("error_rate.z", e.z),
+            ("latency.p99_max_ratio", self.latency.p99_max_ratio),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err((key, format!("must be a number above 0, got {v}")));
+            }
+        }
+        if e.max_percent > 100.0 {
+            return Err(("error_rate.max_percent", "must be at most 100".into()));
+        }
+        if self.latency.p99_max.is_zero() {
+            return Err(("latency.p99_max", "must be above 0".into()));
+        }
+        Ok(())
+    }
 }
 
 impl Default for RolloutConfig {
@@ -868,6 +936,59 @@ mod tests {
             "routing: { header: X_Canary }\nclient: { drop_underscore_headers: false }\n",
         )
         .expect("underscore header allowed when underscores are kept");
+    }
+
+    #[test]
+    fn rollout_section_is_validated_with_its_key() {
+        let c = Config::parse(
+            "rollout: { steps: [1, 2.5, 100], interval: 2s, threshold: 2, \
+             latency: { p99_max: 300ms } }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.rollout.steps[1].basis_points(), 250);
+        assert_eq!(c.rollout.interval, Duration::from_secs(2));
+        assert_eq!(c.rollout.windows_per_step, 1, "default kept");
+        for (yaml, key) in [
+            ("rollout: { steps: [] }\n", "rollout.steps"),
+            ("rollout: { steps: [0, 10] }\n", "rollout.steps"),
+            ("rollout: { steps: [10, 10] }\n", "rollout.steps"),
+            ("rollout: { steps: [50, 10] }\n", "rollout.steps"),
+            ("rollout: { steps: [101] }\n", "steps"),
+            ("rollout: { interval: 50ms }\n", "rollout.interval"),
+            ("rollout: { threshold: 0 }\n", "rollout.threshold"),
+            (
+                "rollout: { windows_per_step: 0 }\n",
+                "rollout.windows_per_step",
+            ),
+            (
+                "rollout: { max_inconclusive: 0 }\n",
+                "rollout.max_inconclusive",
+            ),
+            (
+                "rollout: { hard_fail_errors: 0 }\n",
+                "rollout.hard_fail_errors",
+            ),
+            (
+                "rollout: { error_rate: { z: 0 } }\n",
+                "rollout.error_rate.z",
+            ),
+            (
+                "rollout: { error_rate: { max_percent: -1 } }\n",
+                "rollout.error_rate.max_percent",
+            ),
+            (
+                "rollout: { latency: { p99_max_ratio: 0 } }\n",
+                "rollout.latency.p99_max_ratio",
+            ),
+            (
+                "rollout: { latency: { p99_max: 0s } }\n",
+                "rollout.latency.p99_max",
+            ),
+            ("rollout: { stepz: [1] }\n", "stepz"),
+        ] {
+            let e = Config::parse(yaml).expect_err(yaml).to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
     }
 
     #[test]

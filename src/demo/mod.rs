@@ -11,12 +11,18 @@
 //! - `/healthz`: 200 `ok\n`.
 //! - `/slow?ms=N`: waits N ms (at most 60 s; 1 s without `ms`), then answers like any path.
 //! - `/status/NNN`: answers with status NNN (200..=599; anything else is a 400).
+//! - `POST /_control?error_rate=0.5&latency_ms=800`: from now on answer that share of requests
+//!   with 500 (spread evenly, not at random) and add that latency to every request, so a
+//!   rollout can be shown (and tested) failing; `GET /_control` shows the values, 0 resets.
+//!   `error_rate` is 0..=1 and `latency_ms` at most 60 s (as `/slow`); `/healthz` and
+//!   `/_control` themselves are never failed or slowed (the app stays in rotation).
 //! - any other path: 200 `pool=<pool> server=<name> path=<path>\n`.
 //!
 //! The app is a plain Pingora [`ServeHttp`] service, so the same type serves the standalone
 //! `canary-lb app` process and the demo apps that `canary-lb demo` runs next to the proxy.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -89,7 +95,8 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
          pools:\n  production: {{ servers: [{prod}] }}\n  canary: {{ servers: [{canary}] }}\n\
          health_check: {{ kind: http, path: /healthz, interval: 1s, timeout: 500ms }}\n\
          grace_period: 2s\n\
-         routing: {{ canary_percent: {pct}, salt: demo, user_header: X-User-Id }}\n",
+         routing: {{ canary_percent: {pct}, salt: demo, user_header: X-User-Id }}\n\
+         rollout: {{ steps: [5, 25, 50, 100], interval: 5s, min_requests: 20 }}\n",
         listen = args.listen,
         metrics = args.metrics_listen,
         prod = servers("production"),
@@ -114,6 +121,11 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
 fn print_tour(args: &DemoArgs, apps: &[(String, &str, SocketAddr)]) {
     let p = format!("http://{}", args.listen);
     let m = format!("http://{}", args.metrics_listen);
+    let canary_url = apps
+        .iter()
+        .find(|(_, pool, _)| *pool == "canary")
+        .map(|(_, _, a)| format!("http://{a}"))
+        .unwrap_or_default();
     let apps = apps
         .iter()
         .map(|(n, pool, a)| format!("{n} ({pool}) on {a}"))
@@ -131,8 +143,19 @@ fn print_tour(args: &DemoArgs, apps: &[(String, &str, SocketAddr)]) {
          \x20                                                 # the split: about {pct}% canary\n\
          \x20 curl -s {m}/status                           # pools, health, routing in force\n\
          \x20 curl -s {m}/metrics | grep canary_lb_         # Prometheus metrics\n\n\
+         Progressive delivery: the proxy ramps the canary and judges it against production:\n\n\
+         \x20 while :; do curl -s -o /dev/null -H \"X-User-Id: u$RANDOM\" {p}/; done &   # traffic\n\
+         \x20 canary-lb ctl rollout --admin {m} start --steps 5,25,50,100 --interval 5s\n\
+         \x20 canary-lb ctl rollout --admin {m} status --watch   # healthy: 5 -> 25 -> 50 -> 100 %\n\
+         Then a rollback, on its own, with a canary failing half its requests:\n\
+         \x20 canary-lb ctl rollout --admin {m} start --steps 5,25,50,100 --interval 5s\n\
+         \x20 curl -X POST '{canary}/_control?error_rate=0.5'   # or latency_ms=800\n\
+         \x20 canary-lb ctl rollout --admin {m} status --watch   # rolled_back, 0 %, within 3 windows\n\
+         \x20 curl -X POST '{canary}/_control?error_rate=0'     # heal the canary\n\
+         \x20 curl -s {m}/rollout                              # state and verdicts as JSON\n\n\
          Ctrl-C stops the demo.\n",
         pct = args.canary_percent,
+        canary = canary_url,
     );
 }
 
@@ -207,6 +230,63 @@ pub fn app_service(name: &str, pool: &str, listen: SocketAddr) -> Service<DemoAp
 pub struct DemoApp {
     name: String,
     pool: String,
+    control: Control,
+}
+
+/// What `POST /_control` set: the share of requests failed and the latency added.
+#[derive(Default)]
+struct Control {
+    /// Share of requests answered 500, in millionths.
+    error_ppm: AtomicU64,
+    latency_ms: AtomicU64,
+    /// Requests seen since the last change (spreads the failures evenly).
+    seen: AtomicU64,
+}
+
+/// `error_rate` in 0..=1 and `latency_ms` in 0..=60000 from a `/_control` query; a key left
+/// out keeps its value (`None`).
+fn parse_control(query: Option<&str>) -> Result<(Option<u64>, Option<u64>), String> {
+    let (mut ppm, mut latency) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("error_rate", v) => match v.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => ppm = Some((r * 1e6).round() as u64),
+                _ => return Err("error_rate must be a number from 0 to 1".into()),
+            },
+            ("latency_ms", v) => match v.parse::<u64>() {
+                Ok(ms) if ms <= MAX_SLOW.as_millis() as u64 => latency = Some(ms),
+                _ => {
+                    return Err(format!(
+                        "latency_ms must be 0..={} milliseconds",
+                        MAX_SLOW.as_millis()
+                    ))
+                }
+            },
+            _ => return Err("unknown key: use error_rate and latency_ms".into()),
+        }
+    }
+    Ok((ppm, latency))
+}
+
+impl Control {
+    fn show(&self) -> String {
+        format!(
+            "error_rate={} latency_ms={}\n",
+            self.error_ppm.load(Relaxed) as f64 / 1e6,
+            self.latency_ms.load(Relaxed)
+        )
+    }
+
+    /// Whether this request is one of the failed share: request `i` fails when
+    /// `floor((i + 1) * rate) > floor(i * rate)`, so exactly that share fails, evenly spread.
+    fn fail_next(&self) -> bool {
+        let ppm = self.error_ppm.load(Relaxed);
+        if ppm == 0 {
+            return false;
+        }
+        let i = self.seen.fetch_add(1, Relaxed);
+        (i + 1) * ppm / 1_000_000 > i * ppm / 1_000_000
+    }
 }
 
 impl DemoApp {
@@ -214,6 +294,35 @@ impl DemoApp {
         DemoApp {
             name: name.to_string(),
             pool: pool.to_string(),
+            control: Control::default(),
+        }
+    }
+
+    /// `/_control`: GET shows, POST sets (a 400 names the bad key).
+    fn control(&self, method: &http::Method, query: Option<&str>) -> (u16, String) {
+        if method == http::Method::GET || method == http::Method::HEAD {
+            return (200, self.control.show());
+        }
+        if method != http::Method::POST {
+            return (405, "use GET or POST\n".into());
+        }
+        match parse_control(query) {
+            Ok((ppm, latency)) => {
+                if let Some(ppm) = ppm {
+                    self.control.error_ppm.store(ppm, Relaxed);
+                    self.control.seen.store(0, Relaxed);
+                }
+                if let Some(ms) = latency {
+                    self.control.latency_ms.store(ms, Relaxed);
+                }
+                info!(
+                    "demo app {}: _control {}",
+                    self.name,
+                    self.control.show().trim()
+                );
+                (200, self.control.show())
+            }
+            Err(e) => (400, format!("{e}\n")),
         }
     }
 
@@ -266,6 +375,7 @@ impl ServeHttp for DemoApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let path = req.uri.path().to_string();
+        let control = (path == "/_control").then(|| self.control(&req.method, req.uri.query()));
         let action = parse_action(&path, req.uri.query());
         let seen: Vec<(&str, String)> = ECHOED
             .iter()
@@ -292,8 +402,20 @@ impl ServeHttp for DemoApp {
             }
         }
 
+        let injected = control.is_none() && action != Action::Health;
+        if injected {
+            let ms = self.control.latency_ms.load(Relaxed);
+            if ms > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
         let (status, body) = match (body_error, action) {
             (Some(e), _) => (400, format!("cannot read the request body: {e}\n")),
+            (None, _) if control.is_some() => control.unwrap_or_default(),
+            (None, _) if injected && self.control.fail_next() => (
+                500,
+                format!("failed by /_control: {}", self.body_for(&path)),
+            ),
             (None, Action::Health) => (200, "ok\n".to_string()),
             (None, Action::Slow(wait)) => {
                 tokio::time::sleep(wait).await;
@@ -414,6 +536,40 @@ mod tests {
                 "{path} {query:?} should be a bad request"
             );
         }
+    }
+
+    #[test]
+    fn control_values_are_validated_and_failures_are_an_exact_share() {
+        assert_eq!(
+            parse_control(Some("error_rate=0.5&latency_ms=800")),
+            Ok((Some(500_000), Some(800)))
+        );
+        assert_eq!(parse_control(Some("error_rate=0")), Ok((Some(0), None)));
+        assert_eq!(parse_control(None), Ok((None, None)));
+        for bad in [
+            "error_rate=1.5",
+            "error_rate=-0.1",
+            "error_rate=NaN",
+            "latency_ms=60001",
+            "latency_ms=-1",
+            "latency=5",
+        ] {
+            assert!(parse_control(Some(bad)).is_err(), "{bad}");
+        }
+        let app = DemoApp::new("c", "canary");
+        let post = http::Method::POST;
+        assert_eq!(app.control(&post, Some("error_rate=0.25")).0, 200);
+        let failed = (0..1000).filter(|_| app.control.fail_next()).count();
+        assert_eq!(failed, 250);
+        assert_eq!(app.control(&post, Some("error_rate=2")).0, 400);
+        assert_eq!(
+            app.control(&http::Method::GET, None).1,
+            "error_rate=0.25 latency_ms=0\n"
+        );
+        assert_eq!(app.control(&post, Some("error_rate=1")).0, 200);
+        assert!((0..10).all(|_| app.control.fail_next()));
+        app.control(&post, Some("error_rate=0"));
+        assert!((0..10).all(|_| !app.control.fail_next()));
     }
 
     #[test]

@@ -270,6 +270,101 @@ impl ConfigSource {
     }
 }
 
+/// The `phase` label of `canary_lb_rollout_phase` (the words of `rollout::Phase`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RolloutPhaseLabel {
+    Idle,
+    Progressing,
+    Paused,
+    Succeeded,
+    RolledBack,
+    Aborted,
+}
+
+impl RolloutPhaseLabel {
+    pub const ALL: [RolloutPhaseLabel; 6] = [
+        RolloutPhaseLabel::Idle,
+        RolloutPhaseLabel::Progressing,
+        RolloutPhaseLabel::Paused,
+        RolloutPhaseLabel::Succeeded,
+        RolloutPhaseLabel::RolledBack,
+        RolloutPhaseLabel::Aborted,
+    ];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RolloutPhaseLabel::Idle => "idle",
+            RolloutPhaseLabel::Progressing => "progressing",
+            RolloutPhaseLabel::Paused => "paused",
+            RolloutPhaseLabel::Succeeded => "succeeded",
+            RolloutPhaseLabel::RolledBack => "rolled_back",
+            RolloutPhaseLabel::Aborted => "aborted",
+        }
+    }
+}
+
+/// The `reason` label of `canary_lb_rollout_verdicts_total` and
+/// `canary_lb_rollout_rollbacks_total`: what decided a window's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VerdictReason {
+    /// Every rule passed (verdict `pass`).
+    Healthy,
+    /// Too few canary requests (verdict `inconclusive`).
+    InsufficientTraffic,
+    Errors,
+    Latency,
+    MannWhitney,
+    /// No replica reported the window (verdict `skipped`).
+    NoReports,
+}
+
+impl VerdictReason {
+    pub const ALL: [VerdictReason; 6] = [
+        VerdictReason::Healthy,
+        VerdictReason::InsufficientTraffic,
+        VerdictReason::Errors,
+        VerdictReason::Latency,
+        VerdictReason::MannWhitney,
+        VerdictReason::NoReports,
+    ];
+
+    /// The reasons that fail a window (and can roll a rollout back).
+    pub const FAILING: [VerdictReason; 3] = [
+        VerdictReason::Errors,
+        VerdictReason::Latency,
+        VerdictReason::MannWhitney,
+    ];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The verdict a window with this reason gets.
+    pub const fn verdict(self) -> &'static str {
+        match self {
+            VerdictReason::Healthy => "pass",
+            VerdictReason::InsufficientTraffic => "inconclusive",
+            VerdictReason::NoReports => "skipped",
+            VerdictReason::Errors | VerdictReason::Latency | VerdictReason::MannWhitney => "fail",
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VerdictReason::Healthy => "healthy",
+            VerdictReason::InsufficientTraffic => "insufficient_traffic",
+            VerdictReason::Errors => "errors",
+            VerdictReason::Latency => "latency",
+            VerdictReason::MannWhitney => "mann_whitney",
+            VerdictReason::NoReports => "no_reports",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -332,6 +427,18 @@ mod tests {
             ConfigSource::as_str,
         );
         check("Reason", &Reason::ALL, Reason::index, Reason::as_str);
+        check(
+            "RolloutPhaseLabel",
+            &RolloutPhaseLabel::ALL,
+            RolloutPhaseLabel::index,
+            RolloutPhaseLabel::as_str,
+        );
+        check(
+            "VerdictReason",
+            &VerdictReason::ALL,
+            VerdictReason::index,
+            VerdictReason::as_str,
+        );
         // PoolKind has no index of its own: per-pool values are `PerPool<T>`.
         let pools: HashSet<_> = PoolKind::ALL.iter().map(|p| p.as_str()).collect();
         assert_eq!(pools.len(), PoolKind::ALL.len());

@@ -19,6 +19,7 @@
 //! which is also where series of servers that left a pool are removed.
 
 pub mod labels;
+pub mod rollout;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -32,8 +33,10 @@ use prometheus::{
 };
 
 pub use labels::{
-    CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode, ServerStateLabel,
+    CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode, RolloutPhaseLabel,
+    ServerStateLabel, VerdictReason,
 };
+pub use rollout::RolloutMetrics;
 
 use crate::model::{PerPool, PoolKind, Reason};
 
@@ -102,6 +105,7 @@ pub struct Metrics {
     counts: PerPool<PoolCounts>,
     /// (pool, server) pairs that have series, to remove them when the server leaves.
     seen_servers: Mutex<HashSet<(PoolKind, String)>>,
+    pub rollout: RolloutMetrics,
 }
 
 impl Metrics {
@@ -221,7 +225,9 @@ impl Metrics {
             DiscoveryErrorKind::ALL.map(|k| discovery_errors.with_label_values(&[k.as_str()]));
         let config_changes =
             ConfigSource::ALL.map(|s| config_changes_vec.with_label_values(&[s.as_str()]));
+        let rollout = RolloutMetrics::new(&registry)?;
         let metrics = Metrics {
+            rollout,
             registry,
             requests,
             request_handles: PerPool::from_fn(|_| {

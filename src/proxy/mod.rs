@@ -71,6 +71,8 @@ pub struct Ctx {
     new_user_id: Option<String>,
     request_id: Option<HeaderValue>,
     in_flight: bool,
+    /// The routing header or flag cookie chose the pool (left out of rollout analysis).
+    forced: bool,
 }
 
 impl CanaryProxy {
@@ -172,6 +174,7 @@ impl ProxyHttp for CanaryProxy {
             new_user_id: None,
             request_id: None,
             in_flight: false,
+            forced: false,
         }
     }
 
@@ -216,6 +219,10 @@ impl ProxyHttp for CanaryProxy {
         let pool = decision.pool;
         self.shared.metrics.record_decision(pool, decision.reason);
         ctx.pool = Some(pool);
+        ctx.forced = matches!(
+            decision.reason,
+            routing::Reason::Header | routing::Reason::Cookie
+        );
         if let UserKey::New(id) = decision.user {
             ctx.new_user_id = Some(id);
         }
@@ -417,6 +424,8 @@ impl ProxyHttp for CanaryProxy {
                 method,
                 ctx.start.elapsed().as_secs_f64(),
             );
+            self.shared
+                .record_rollout(pool, code, ctx.forced, ctx.start);
         }
     }
 }

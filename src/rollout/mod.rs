@@ -11,6 +11,12 @@
 //! every replica counts its requests into the window they end in, reports each finished window
 //! once, and the leader judges window `n` once the replicas have reported (a short grace).
 
+pub mod engine;
+pub mod judge;
+pub mod local;
+pub mod machine;
+pub mod window;
+
 use std::time::Duration;
 
 use async_trait::async_trait;

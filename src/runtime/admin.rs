@@ -1,14 +1,18 @@
 //! The admin endpoint on `metrics_listen`: `GET /metrics` (Prometheus text), `GET /status`
-//! (JSON: pools, servers, routing in force, discovery) and `GET /healthz`.
+//! (JSON: pools, servers, routing in force, discovery, rollout), `GET /healthz`, and the
+//! rollout's `GET /rollout` and `POST /rollout/start|pause|resume|abort|promote`
+//! (`rollout_api.rs`).
 //!
 //! The container image and the compose stack publish this port, so it is built for a hostile
 //! client as much as the proxy port is:
-//! - only GET and HEAD are served (405 with `Allow` otherwise) and no byte of the request is
-//!   echoed back in a response;
+//! - only GET and HEAD are served (405 with `Allow` otherwise), POST only on the rollout's
+//!   command paths (its body is never read), and no byte of the request is echoed back in a
+//!   response (a refused rollout query names the key, never the value sent);
 //! - `/status` shows a fingerprint of the routing salt, never the salt: with the documented
 //!   bucket hash, the salt tells anyone which user ids land in canary;
 //! - with `metrics_auth_token_file` set, `/metrics` and `/status` want `Authorization: Bearer
-//!   <token>` (compared in constant time); `/healthz` stays open for container health checks.
+//!   <token>` (compared in constant time), and so do `/rollout` and its commands; `/healthz`
+//!   stays open for container health checks.
 //!   The token comes from the config snapshot of each request, so a SIGHUP reload that
 //!   re-reads the file applies at once;
 //! - one request per connection, whose head must arrive within `client.header_timeout` and
@@ -57,8 +61,45 @@ impl AdminApp {
         }
     }
 
-    /// The response to one request head (the request body, if any, is never read).
-    pub fn respond(&self, req: &RequestHeader) -> Response<Vec<u8>> {
+    /// The response to one request head, the rollout's paths included.
+    pub async fn handle(&self, req: &RequestHeader) -> Response<Vec<u8>> {
+        let path = req.uri.path();
+        if path == "/rollout" || path.starts_with("/rollout/") {
+            if let Some(refused) = self.refuse_unauthorized(req) {
+                return refused;
+            }
+            return super::rollout_api::handle(&self.shared, req).await;
+        }
+        let rollout = if path == "/status" && self.refuse_unauthorized(req).is_none() {
+            super::rollout_api::view(&self.shared).await
+        } else {
+            serde_json::Value::Null
+        };
+        self.respond(req, rollout)
+    }
+
+    /// The 401 for a request without the token, when one is configured.
+    fn refuse_unauthorized(&self, req: &RequestHeader) -> Option<Response<Vec<u8>>> {
+        let config = self.shared.config();
+        let token = config.metrics_auth_token_file.as_ref().map(|t| t.token());
+        if token.is_none_or(|t| authorized(t, &req.headers)) {
+            return None;
+        }
+        let mut r = reply(
+            401,
+            "text/plain",
+            b"unauthorized: send Authorization: Bearer <token>\n",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(AUTH_CHALLENGE),
+        );
+        Some(r)
+    }
+
+    /// The response to one request head (the request body, if any, is never read);
+    /// `rollout` is `/status`'s rollout object.
+    pub fn respond(&self, req: &RequestHeader, rollout: serde_json::Value) -> Response<Vec<u8>> {
         let head = req.method == Method::HEAD;
         if req.method != Method::GET && !head {
             let mut r = reply(405, "text/plain", b"method not allowed: use GET or HEAD\n");
@@ -89,7 +130,9 @@ impl AdminApp {
                 &metrics_text(&self.shared),
             ),
             "/status" => {
-                let body = serde_json::to_vec_pretty(&status(&self.shared)).unwrap_or_default();
+                let mut doc = status(&self.shared);
+                doc["rollout"] = rollout;
+                let body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
                 reply(200, "application/json", &body)
             }
             _ => reply(404, "text/plain", b"not found: try /metrics or /status\n"),
@@ -138,7 +181,7 @@ fn metrics_text(shared: &Shared) -> Vec<u8> {
 /// The `/status` document.
 pub fn status(shared: &Shared) -> serde_json::Value {
     let policy = shared.policy();
-    let overrides = shared.overrides();
+    let (percent_from, salt_from) = shared.routing_sources();
     let mut pools = serde_json::Map::new();
     for kind in PoolKind::ALL {
         let servers = shared.pools.get(kind).view();
@@ -168,8 +211,8 @@ pub fn status(shared: &Shared) -> serde_json::Value {
             "flag_cookie": policy.flag_cookie,
             "user_cookie": policy.user_cookie,
             "user_header": policy.user_header.as_ref().map(|h| h.as_str()),
-            "canary_percent_from": if overrides.canary_percent.is_some() { "redis" } else { "file" },
-            "salt_from": if overrides.salt.is_some() { "redis" } else { "file" },
+            "canary_percent_from": percent_from,
+            "salt_from": salt_from,
         },
         "discovery": {
             "provider": d.provider,
@@ -209,7 +252,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-fn reply(code: u16, content_type: &'static str, body: &[u8]) -> Response<Vec<u8>> {
+pub(super) fn reply(code: u16, content_type: &'static str, body: &[u8]) -> Response<Vec<u8>> {
     Response::builder()
         .status(code)
         .header(header::CONTENT_TYPE, content_type)
@@ -256,7 +299,7 @@ impl HttpServerApp for AdminApp {
             }
         }
         session.set_keepalive(None);
-        let response = self.respond(session.req_header());
+        let response = self.handle(session.req_header()).await;
         match tokio::time::timeout(RESPONSE_DEADLINE, Self::write(&mut session, response)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => debug!("admin: writing the response: {e}"),

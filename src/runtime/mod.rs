@@ -2,5 +2,6 @@
 //! the background tasks, and the signals that reload or stop it.
 
 pub mod admin;
+pub mod rollout_api;
 pub mod serve;
 pub mod signals;

@@ -15,12 +15,15 @@ use pingora_core::services::listening::{ConnectionLimit, Service};
 use pingora_core::services::ServiceReadyNotifier;
 
 use crate::cli::ServeArgs;
-use crate::config::Config;
+use crate::config::{Config, Provider};
 use crate::discovery::Sink;
 use crate::proxy::CanaryProxy;
+use crate::rollout::engine::{replica_id, Engine, RolloutSink};
+use crate::rollout::local::LocalCoordinator;
+use crate::rollout::Coordinator;
 use crate::runtime::admin::AdminApp;
 use crate::runtime::signals::Signals;
-use crate::state::Shared;
+use crate::state::{RolloutHandle, Shared};
 
 /// `canary-lb check`: validate a config file and say what it holds. An edge, like [`serve`]
 /// and [`assemble`]: it returns `anyhow` to `main`, over the library's typed errors.
@@ -121,6 +124,9 @@ pub fn assemble(
     let keeper = server.add_service(keeper);
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&keeper);
+    if let Some(engine) = rollout_engine(&shared) {
+        server.add_service(background_service("rollout engine", engine));
+    }
     if let Some(addr) = metrics_listen {
         let mut admin = Service::new("canary-lb admin".into(), AdminApp::new(shared.clone()));
         admin.add_tcp(&addr.to_string());
@@ -131,6 +137,57 @@ pub fn assemble(
         shared,
         config_path,
     })
+}
+
+/// The rollout engine of this process, with the coordinator its discovery provider implies
+/// (README, "Progressive delivery").
+fn rollout_engine(shared: &Arc<Shared>) -> Option<RolloutService> {
+    let replica = replica_id();
+    let coordinator: Arc<dyn Coordinator> = match shared.started().discovery.provider {
+        Provider::Static => {
+            // Weak: the coordinator lives in `shared`.
+            let weak = Arc::downgrade(shared);
+            Arc::new(LocalCoordinator::new(
+                replica.clone(),
+                Box::new(move |percent| {
+                    if let Some(shared) = weak.upgrade() {
+                        shared.set_percent_override(percent);
+                    }
+                }),
+            ))
+        }
+        Provider::Redis => {
+            match crate::store::RolloutStore::for_discovery(&shared.started().discovery) {
+                Ok(store) => Arc::new(store.with_reporter(&replica)),
+                Err(e) => {
+                    log::error!(
+                        "rollout: no Redis coordinator ({e}); this proxy runs no rollout engine"
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    shared.set_rollout(RolloutHandle {
+        coordinator: coordinator.clone(),
+        replica: replica.clone(),
+    });
+    let sink: Arc<dyn RolloutSink> = shared.clone();
+    Some(RolloutService {
+        engine: Engine::new(coordinator, replica, sink),
+    })
+}
+
+/// The rollout engine as a Pingora background service.
+struct RolloutService {
+    engine: Engine,
+}
+
+#[async_trait]
+impl BackgroundService for RolloutService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.engine.run(shutdown).await;
+    }
 }
 
 impl Assembled {

@@ -1,0 +1,99 @@
+//! The rollout's metrics: phase, weight, failed checks, verdicts, rollbacks and leadership.
+//! Every label set exists from the first scrape. Verdicts and rollbacks are counted only by
+//! the replica that applied them, so `sum()` over replicas counts each once.
+
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use super::labels::{RolloutPhaseLabel, VerdictReason};
+
+pub struct RolloutMetrics {
+    phase: [IntGauge; RolloutPhaseLabel::ALL.len()],
+    weight: Gauge,
+    failed: IntGauge,
+    verdicts: [IntCounter; VerdictReason::ALL.len()],
+    rollbacks: [Option<IntCounter>; VerdictReason::ALL.len()],
+    leader: IntGauge,
+}
+
+impl RolloutMetrics {
+    pub(super) fn new(registry: &Registry) -> prometheus::Result<RolloutMetrics> {
+        let phase_vec = IntGaugeVec::new(
+            Opts::new(
+                "canary_lb_rollout_phase",
+                "1 for the phase of the current (or last) rollout, 0 for the others.",
+            ),
+            &["phase"],
+        )?;
+        registry.register(Box::new(phase_vec.clone()))?;
+        let weight = Gauge::new(
+            "canary_lb_rollout_weight",
+            "canary_percent the rollout holds (its step's weight, 0 after a rollback).",
+        )?;
+        registry.register(Box::new(weight.clone()))?;
+        let failed = IntGauge::new(
+            "canary_lb_rollout_failed_checks",
+            "Failed windows in the current rollout (it rolls back at its threshold).",
+        )?;
+        registry.register(Box::new(failed.clone()))?;
+        let verdicts_vec = IntCounterVec::new(
+            Opts::new(
+                "canary_lb_rollout_verdicts_total",
+                "Judged windows by verdict and reason, counted by the replica that applied them.",
+            ),
+            &["verdict", "reason"],
+        )?;
+        registry.register(Box::new(verdicts_vec.clone()))?;
+        let rollbacks_vec = IntCounterVec::new(
+            Opts::new(
+                "canary_lb_rollout_rollbacks_total",
+                "Automatic rollbacks by reason, counted by the replica that applied them.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(rollbacks_vec.clone()))?;
+        let leader = IntGauge::new(
+            "canary_lb_rollout_leader",
+            "1 while this replica holds the rollout leader lease.",
+        )?;
+        registry.register(Box::new(leader.clone()))?;
+        let phase = RolloutPhaseLabel::ALL.map(|p| phase_vec.with_label_values(&[p.as_str()]));
+        phase[RolloutPhaseLabel::Idle.index()].set(1);
+        Ok(RolloutMetrics {
+            phase,
+            weight,
+            failed,
+            verdicts: VerdictReason::ALL
+                .map(|r| verdicts_vec.with_label_values(&[r.verdict(), r.as_str()])),
+            rollbacks: VerdictReason::ALL.map(|r| {
+                VerdictReason::FAILING
+                    .contains(&r)
+                    .then(|| rollbacks_vec.with_label_values(&[r.as_str()]))
+            }),
+            leader,
+        })
+    }
+
+    /// The rollout as it stands: its phase, weight and failed windows.
+    pub fn set_state(&self, phase: RolloutPhaseLabel, weight: f64, failed: u32) {
+        for (i, g) in self.phase.iter().enumerate() {
+            g.set(i64::from(i == phase.index()));
+        }
+        self.weight.set(weight);
+        self.failed.set(i64::from(failed));
+    }
+
+    pub fn verdict(&self, reason: VerdictReason) {
+        self.verdicts[reason.index()].inc();
+    }
+
+    /// An automatic rollback; only failing reasons have a series.
+    pub fn rollback(&self, reason: VerdictReason) {
+        if let Some(c) = &self.rollbacks[reason.index()] {
+            c.inc();
+        }
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+}

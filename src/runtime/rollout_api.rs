@@ -1,0 +1,374 @@
+//! The rollout's admin API (README, "Progressive delivery"), served by `admin.rs` on
+//! `metrics_listen` with the same token as `/status`:
+//! - `GET /rollout`: 200 `{"state", "history" (newest last, up to 20), "leader", "replica"}`;
+//! - `POST /rollout/start?steps=5,10,25&interval=2s&windows_per_step=1&threshold=3` (every key
+//!   optional, over the config's `rollout:` section as last loaded; also `min_requests`,
+//!   `max_inconclusive`, `hard_fail_errors`): 200 the same JSON, 400 naming a bad or unknown
+//!   key, 409 with the reason when refused (a rollout is running);
+//! - `POST /rollout/pause|resume|abort|promote`: 200 the same JSON, 409 with the reason.
+//!
+//! Commands change routing, so without `metrics_auth_token_file` they are served only when
+//! `metrics_listen` is a loopback address (403 otherwise): a published admin port without a
+//! token stays read-only.
+//!
+//! A command also applies its weight to this process's routing at once (an abort is 0 % from
+//! the next request); other replicas follow within a tick of their engines.
+
+use http::{header, HeaderValue, Method, Response};
+use serde_json::json;
+
+use super::admin::reply;
+use crate::config::RolloutConfig;
+use crate::model::{now_ms, Percent};
+use crate::rollout::engine::{route_for, RolloutSink};
+use crate::rollout::{Command, HistoryEntry, RolloutState};
+use crate::state::Shared;
+use pingora_http::RequestHeader;
+
+/// History entries in the JSON.
+pub const HISTORY: usize = 20;
+/// Query keys accepted at most (each at most once).
+const MAX_KEYS: usize = 16;
+
+/// The rollout object of `GET /rollout` and `/status` (`null` without a coordinator, an
+/// `error` member when it does not answer).
+pub async fn view(shared: &Shared) -> serde_json::Value {
+    let Some(handle) = shared.rollout() else {
+        return serde_json::Value::Null;
+    };
+    let c = &handle.coordinator;
+    let (state, history, leader) = tokio::join!(c.state(), c.history(HISTORY), c.leader());
+    match (state, history, leader) {
+        (Ok(state), Ok(history), Ok(leader)) => json!({
+            "state": state,
+            "history": history,
+            "leader": leader,
+            "replica": handle.replica,
+        }),
+        (s, h, l) => {
+            let error = [s.err(), h.err(), l.err()]
+                .into_iter()
+                .flatten()
+                .map(|e| e.to_string())
+                .next()
+                .unwrap_or_default();
+            json!({ "error": error, "replica": handle.replica })
+        }
+    }
+}
+
+fn text(code: u16, message: impl Into<String>) -> Response<Vec<u8>> {
+    let mut m = message.into();
+    m.push('\n');
+    reply(code, "text/plain; charset=utf-8", m.as_bytes())
+}
+
+/// A `/rollout...` request (already authorized).
+pub async fn handle(shared: &Shared, req: &RequestHeader) -> Response<Vec<u8>> {
+    let path = req.uri.path();
+    let command = match path.strip_prefix("/rollout") {
+        Some("") => None,
+        Some("/start") => Some(None),
+        Some("/pause") => Some(Some(Command::Pause)),
+        Some("/resume") => Some(Some(Command::Resume)),
+        Some("/abort") => Some(Some(Command::Abort)),
+        Some("/promote") => Some(Some(Command::Promote)),
+        _ => {
+            return text(
+                404,
+                "not found: try /rollout or POST /rollout/start|pause|resume|abort|promote",
+            )
+        }
+    };
+    let allowed = if command.is_some() {
+        "POST"
+    } else {
+        "GET, HEAD"
+    };
+    let method_ok = match command {
+        Some(_) => req.method == Method::POST,
+        None => req.method == Method::GET || req.method == Method::HEAD,
+    };
+    if !method_ok {
+        let mut r = text(405, format!("method not allowed: use {allowed}"));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        return r;
+    }
+    if command.is_some() && !commands_allowed(shared) {
+        return text(
+            403,
+            "rollout commands on a non-loopback metrics_listen need metrics_auth_token_file",
+        );
+    }
+    if shared.rollout().is_none() {
+        return text(
+            503,
+            "no rollout engine runs in this process (Redis discovery: use `canary-lb ctl rollout`)",
+        );
+    }
+    let result = match command {
+        None => Ok(()),
+        Some(None) => start(shared, req.uri.query()).await,
+        Some(Some(cmd)) => run_command(shared, cmd).await,
+    };
+    if let Err(refusal) = result {
+        return refusal;
+    }
+    let mut r = reply(
+        200,
+        "application/json",
+        &serde_json::to_vec_pretty(&view(shared).await).unwrap_or_default(),
+    );
+    if req.method == Method::HEAD {
+        r.body_mut().clear();
+    }
+    r
+}
+
+/// Whether this process takes rollout commands: with an admin token, or on loopback only.
+fn commands_allowed(shared: &Shared) -> bool {
+    let config = shared.config();
+    config.metrics_auth_token_file.is_some()
+        || shared
+            .started()
+            .metrics_listen
+            .is_some_and(|a| a.ip().is_loopback())
+}
+
+/// The settings of a start: the config's `rollout:` with the query's keys over it. The error
+/// names the key, never echoes the value.
+pub fn settings_from_query(
+    base: &RolloutConfig,
+    query: Option<&str>,
+) -> Result<RolloutConfig, String> {
+    let mut s = base.clone();
+    let mut seen: Vec<&str> = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        if seen.len() >= MAX_KEYS {
+            return Err(format!("at most {MAX_KEYS} query keys"));
+        }
+        if seen.contains(&key) {
+            return Err(format!("{}: given twice", printable(key)));
+        }
+        let value =
+            percent_decode(raw).ok_or_else(|| format!("{}: bad %-encoding", printable(key)))?;
+        let bad = |what: &str| format!("{key}: {what}");
+        match key {
+            "steps" => {
+                s.steps = value
+                    .split(',')
+                    .map(|v| {
+                        Percent::parse(v)
+                            .map_err(|_| bad("must be percents 0..100, comma-separated"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "interval" => {
+                s.interval = humantime::parse_duration(value.trim())
+                    .map_err(|_| bad("must be a duration like 2s or 500ms"))?;
+            }
+            "windows_per_step" | "threshold" | "max_inconclusive" => {
+                let n: u32 = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("must be a whole number"))?;
+                match key {
+                    "windows_per_step" => s.windows_per_step = n,
+                    "threshold" => s.threshold = n,
+                    _ => s.max_inconclusive = n,
+                }
+            }
+            "min_requests" | "hard_fail_errors" => {
+                let n: u64 = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("must be a whole number"))?;
+                if key == "min_requests" {
+                    s.min_requests = n;
+                } else {
+                    s.hard_fail_errors = n;
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "unknown key {}: use steps, interval, windows_per_step, threshold, \
+                     min_requests, max_inconclusive, hard_fail_errors",
+                    printable(key)
+                ))
+            }
+        }
+        seen.push(key);
+    }
+    s.validate()
+        .map_err(|(key, problem)| format!("{key}: {problem}"))?;
+    Ok(s)
+}
+
+/// A key as shown in an error: short, and only when it is plain (never arbitrary bytes).
+fn printable(key: &str) -> String {
+    if key.len() <= 32 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        format!("`{key}`")
+    } else {
+        "(not shown)".into()
+    }
+}
+
+/// `%XX` decoding of a query value (`+` stays `+`); `None` for a bad escape or non-UTF-8.
+fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn coordination_failed(e: impl std::fmt::Display) -> Response<Vec<u8>> {
+    text(503, format!("the rollout store did not answer: {e}"))
+}
+
+const CHANGED: &str = "the rollout changed meanwhile; read it again and retry";
+
+async fn start(shared: &Shared, query: Option<&str>) -> Result<(), Response<Vec<u8>>> {
+    let settings =
+        settings_from_query(&shared.config().rollout, query).map_err(|e| text(400, e))?;
+    let handle = shared
+        .rollout()
+        .ok_or_else(|| text(503, "no rollout engine"))?;
+    let c = &handle.coordinator;
+    let previous = c.state().await.map_err(coordination_failed)?;
+    let now = now_ms();
+    let next = RolloutState::start(
+        format!("r-{now}"),
+        settings,
+        shared.base_salt(),
+        now,
+        previous.as_ref(),
+    )
+    .map_err(|e| text(409, e.to_string()))?;
+    let entry = HistoryEntry {
+        rollout_id: next.id.clone(),
+        window: None,
+        at_ms: now,
+        verdict: "start".into(),
+        reasons: vec![format!(
+            "started: steps {} every {}",
+            next.settings
+                .steps
+                .iter()
+                .map(|p| p.as_f64().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            humantime::format_duration(next.settings.interval)
+        )],
+        numbers: Vec::new(),
+        phase: next.phase,
+        step: next.step,
+        weight: next.weight,
+    };
+    if !c
+        .command(previous.as_ref(), &next, &entry)
+        .await
+        .map_err(coordination_failed)?
+    {
+        return Err(text(409, CHANGED));
+    }
+    shared.set_route(route_for(Some(&next), now));
+    log::info!(
+        "rollout {} started by hand at {} %",
+        next.id,
+        next.weight.as_f64()
+    );
+    Ok(())
+}
+
+async fn run_command(shared: &Shared, cmd: Command) -> Result<(), Response<Vec<u8>>> {
+    let handle = shared
+        .rollout()
+        .ok_or_else(|| text(503, "no rollout engine"))?;
+    let c = &handle.coordinator;
+    let Some(current) = c.state().await.map_err(coordination_failed)? else {
+        return Err(text(409, format!("no rollout to {}", cmd.as_str())));
+    };
+    let now = now_ms();
+    let (next, entry) = current
+        .command(cmd, now)
+        .map_err(|e| text(409, e.to_string()))?;
+    if !c
+        .command(Some(&current), &next, &entry)
+        .await
+        .map_err(coordination_failed)?
+    {
+        return Err(text(409, CHANGED));
+    }
+    shared.set_route(route_for(Some(&next), now));
+    log::info!(
+        "rollout {}: {} by hand, now {} at {} %",
+        next.id,
+        cmd.as_str(),
+        next.phase.as_str(),
+        next.weight.as_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn query_keys_override_the_config_and_bad_ones_name_the_key() {
+        let base = RolloutConfig::default();
+        let s = settings_from_query(&base, Some("steps=10%2C50,100&interval=1500ms&threshold=2"))
+            .expect("valid");
+        assert_eq!(
+            s.steps.iter().map(|p| p.as_f64()).collect::<Vec<_>>(),
+            [10.0, 50.0, 100.0]
+        );
+        assert_eq!(s.interval, Duration::from_millis(1500));
+        assert_eq!(s.threshold, 2);
+        assert_eq!(s.min_requests, base.min_requests);
+        assert_eq!(settings_from_query(&base, None).expect("defaults"), base);
+        for (q, key) in [
+            ("steps=10,5", "steps"),
+            ("steps=abc", "steps"),
+            ("steps=0,10", "steps"),
+            ("interval=10ms", "interval"),
+            ("interval=soon", "interval"),
+            ("threshold=0", "threshold"),
+            ("threshold=-1", "threshold"),
+            ("windows_per_step=x", "windows_per_step"),
+            ("bogus=1", "unknown key `bogus`"),
+            ("threshold=1&threshold=2", "twice"),
+            ("steps=%zz", "%-encoding"),
+        ] {
+            let e = settings_from_query(&base, Some(q)).expect_err(q);
+            assert!(e.contains(key), "{q}: {e}");
+        }
+        let hostile = "<script>alert(1)</script>=1";
+        let e = settings_from_query(&base, Some(hostile)).expect_err("hostile");
+        assert!(!e.contains("script"), "{e}");
+    }
+
+    #[test]
+    fn commands_need_a_token_unless_the_admin_port_is_loopback() {
+        let allowed = |yaml: &str| {
+            let config = crate::config::Config::parse(yaml).expect("config");
+            commands_allowed(&Shared::new(config).expect("shared"))
+        };
+        assert!(allowed("metrics_listen: \"127.0.0.1:9\"\n"));
+        assert!(!allowed("metrics_listen: \"0.0.0.0:9\"\n"));
+        assert!(!allowed("metrics_listen: \"[::]:9\"\n"));
+    }
+}
