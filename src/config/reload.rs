@@ -6,9 +6,12 @@
 //! `upstream.max_tries`, `passive_health.*`, `pools.*.balance`, `pools.*.servers` (with the
 //! static provider), `client.keepalive_timeout`, `client.body_timeout`, `client.send_timeout`,
 //! `client.max_header_line`, `client.max_headers`, `client.drop_underscore_headers`,
-//! `client.max_header_bytes` (lowering it), `metrics_auth_token_file`.
+//! `client.max_header_bytes` (lowering it), `metrics_auth_token_file`, and the certificates of
+//! TLS listeners (`listen[].tls.cert`, `.key`, `.sni`: the files are read again and swapped in
+//! for new handshakes; open connections keep theirs; a bad file refuses the whole reload).
 //!
-//! Restart only, because Pingora or a background task takes them once at start: `listen`,
+//! Restart only, because Pingora or a background task takes them once at start: `listen`
+//! (adding or removing a listener, its `addr`, `h2c`, `redirect_to_https`, TLS on or off),
 //! `threads`, `metrics_listen`, `grace_period`, `health_check.*`, `discovery.*`,
 //! `client.header_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
 //! `upstream.keepalive_pool_size`, and `pools.*.servers` when discovery is not static (the
@@ -29,7 +32,10 @@ impl Config {
                 keys.push(key);
             }
         };
-        check("listen", old.listen != new.listen);
+        // Adding, removing or changing a listener needs a restart; its certificate files
+        // (paths and contents) are live.
+        let shapes = |c: &Config| c.listen.iter().map(|l| l.shape()).collect::<Vec<_>>();
+        check("listen", shapes(old) != shapes(new));
         check("threads", old.threads != new.threads);
         check("metrics_listen", old.metrics_listen != new.metrics_listen);
         check("grace_period", old.grace_period != new.grace_period);
