@@ -53,10 +53,12 @@ impl Signals {
         // refuses the whole reload, and the running certificates keep serving.
         let certs = match ListenerCerts::load(&config) {
             Ok(certs) => certs,
-            Err(e) => return error!(
+            Err(e) => {
+                return error!(
                 "SIGHUP: {} not applied: {e}; keeping the running configuration and certificates",
                 path.display()
-            ),
+            )
+            }
         };
         match self.shared.apply_file(config) {
             Ok(()) => {
