@@ -298,3 +298,63 @@ fn check_refuses_bad_certificates_naming_the_file() {
         );
     }
 }
+
+#[test]
+fn demo_serves_https_with_the_certificate_it_makes() {
+    let (listen, metrics, tls_port) = (free_port(), free_port(), free_port());
+    let base = (0..50)
+        .map(|_| free_port())
+        .find(|&p| {
+            p < 65000 && (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
+        })
+        .expect("three consecutive free ports");
+    let demo = Background::cli(&[
+        "demo",
+        "--listen",
+        &format!("127.0.0.1:{listen}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics}"),
+        "--tls-listen",
+        &format!("127.0.0.1:{tls_port}"),
+        "--app-base-port",
+        &base.to_string(),
+    ]);
+    // The printed line: `curl --cacert <ca> https://localhost:<port>/`.
+    let ca = eventually(STARTUP, "the demo prints its curl --cacert line", || {
+        let logs = demo.logs();
+        let line = logs.lines().find(|l| l.contains("curl --cacert"))?;
+        let ca = line
+            .split("--cacert ")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .to_string();
+        line.contains(&format!("https://localhost:{tls_port}/"))
+            .then_some(std::path::PathBuf::from(ca))
+    });
+    let r = eventually(STARTUP, "the demo answers over HTTPS", || {
+        curl(
+            Proto::H1Tls,
+            "localhost",
+            tls_port,
+            "/",
+            Some(&ca),
+            &[],
+            &[],
+        )
+        .ok()
+    });
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-seen-forwarded-proto"), Some("https"));
+    let r = curl(
+        Proto::H2Tls,
+        "localhost",
+        tls_port,
+        "/",
+        Some(&ca),
+        &[],
+        &[],
+    )
+    .expect("h2");
+    assert_eq!((r.status, r.version.as_str()), (200, "2"));
+}
