@@ -715,7 +715,7 @@ mod tests {
         assert_eq!(h2(&format!("/{}", "a".repeat(100)), &[]), Err(431));
         let many: Vec<(&str, &str)> = (0..9).map(|_| ("x-a", "1")).collect();
         assert_eq!(h2("/", &many), Err(431));
-        let big: Vec<(&str, &str)> = (0..5).map(|_| ("x-a", &"v"[..])).collect();
+        let big: Vec<(&str, &str)> = (0..5).map(|_| ("x-a", "v")).collect();
         assert_eq!(h2("/", &big), Ok(()));
         let v = "v".repeat(90);
         let big: Vec<(&str, &str)> = (0..5).map(|_| ("x-a", v.as_str())).collect();
