@@ -74,6 +74,19 @@ fn routing_is_the_same_over_h1_tls_h2_tls_and_h2c() {
 
         // The header forces either way, whatever the cookie says; canary sees X-Canary: 1.
         let r = get("/", &[("X-Canary", "1"), ("Cookie", "canary=never")]);
+        // Host or :authority, the app sees the same forwarding headers.
+        let proto_seen = if proto == Proto::H2c { "http" } else { "https" };
+        assert_eq!(
+            r.header("x-seen-forwarded-proto"),
+            Some(proto_seen),
+            "{proto:?}"
+        );
+        let host = format!("site.test:{port}");
+        assert_eq!(
+            r.header("x-seen-forwarded-host"),
+            Some(host.as_str()),
+            "{proto:?}"
+        );
         assert_eq!(pool_of(&r), "canary", "{proto:?}");
         assert_eq!(r.header("x-seen-canary"), Some("1"), "{proto:?}");
         let r = get("/", &[("X-Canary", "0"), ("Cookie", "canary=always")]);
