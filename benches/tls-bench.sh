@@ -3,16 +3,18 @@
 #   HTTP/1.1 over TLS with wrk (keep-alive), HTTP/2 over TLS with h2load (Debian nghttp2-client).
 # nginx: `listen ... ssl http2` (nginx 1.22 in Debian 12; `http2 on` is the 1.25+ spelling of the
 # same thing), 1 worker; canary-lb: a TLS listener, 1 worker thread, routing + sticky cookies +
-# metrics on (benches/bench.yaml's settings). The backend is an nginx answering `ok` on 9001.
+# metrics on (benches/bench.yaml's settings). The backend is an nginx answering `ok`.
 # Both proxies get an ECDSA P-256 certificate made by openssl for this run.
-# Env: DUR (10) ROUNDS (3) CONNS (50) STREAMS (h2load -m, 10) CPU_LOAD (0) CPU_BACKEND (0)
-#      CPU_PROXY (1) SKIP_BUILD (unset: build release first, niced).
+# Env: PORT_BASE (19400) DUR (10) ROUNDS (3) CONNS (50) STREAMS (h2load -m, 10) CPU_LOAD (0) CPU_BACKEND (0)
+#      CPU_PROXY (1) SKIP_BUILD (unset: build release first, niced) BIN (target/release/canary-lb).
 #   ./benches/tls-bench.sh
 #   DUR=5 ROUNDS=5 ./benches/tls-bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}; ROUNDS=${ROUNDS:-3}; CONNS=${CONNS:-50}; STREAMS=${STREAMS:-10}
 CL=${CPU_LOAD-0}; CB=${CPU_BACKEND-0}; CP=${CPU_PROXY-1}
+# Ports: backend B+1, nginx B+41, canary-lb B+42, its metrics B+92 (B = PORT_BASE, 19400).
+B=${PORT_BASE:-19400}; BE=$((B+1)); NG=$((B+41)); CA=$((B+42)); MT=$((B+92))
 die() { echo "ERROR: $*" >&2; exit 1; }
 
 # This bench's own tools; not in CI.
@@ -25,7 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
     || die "cannot install ${need[*]}"
 fi
 if [ -z "${SKIP_BUILD:-}" ]; then nice -n 10 cargo build --release >&2 || die "cargo build"; fi
-BIN=$PWD/target/release/canary-lb; [ -x "$BIN" ] || die "no $BIN"
+BIN=${BIN:-$PWD/target/release/canary-lb}; [ -x "$BIN" ] || die "no $BIN"
 
 R=$(mktemp -d "${TMPDIR:-/tmp}/tls-bench-XXXXXX"); PIDS=()
 cleanup() {
@@ -37,7 +39,7 @@ cleanup() {
 trap cleanup EXIT; trap 'exit 130' INT TERM
 open_() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 pin() { [ -n "$1" ] && echo "taskset -c $1"; }
-for p in 9001 8441 8442 9192; do open_ $p && die "127.0.0.1:$p already in use"; done
+for p in $BE $NG $CA $MT; do open_ $p && die "127.0.0.1:$p already in use"; done
 mkdir -p $R/{be,ngx,logs}/tmp
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -49,25 +51,25 @@ T='access_log off; keepalive_requests 1000000; keepalive_timeout 75s; client_bod
 cat > $R/be/nginx.conf <<EOF
 worker_processes 1; daemon off; pid $R/be/pid; events { worker_connections 8192; }
 http { $T default_type text/plain;
-  server { listen 127.0.0.1:9001 backlog=4096; location / { return 200 "ok\n"; } } }
+  server { listen 127.0.0.1:$BE backlog=4096; location / { return 200 "ok\n"; } } }
 EOF
 cat > $R/ngx/nginx.conf <<EOF
 worker_processes 1; daemon off; pid $R/ngx/pid; events { worker_connections 8192; }
 http { $T
-  upstream be { server 127.0.0.1:9001; keepalive 64; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:8441 ssl http2 backlog=4096;
+  upstream be { server 127.0.0.1:$BE; keepalive 64; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:$NG ssl http2 backlog=4096;
     ssl_certificate $R/cert.pem; ssl_certificate_key $R/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-Proto https; } } }
 EOF
 cat > $R/canary-lb.yaml <<EOF
-listen: [{ addr: "127.0.0.1:8442", tls: { cert: "$R/cert.pem", key: "$R/key.pem" } }]
+listen: [{ addr: "127.0.0.1:$CA", tls: { cert: "$R/cert.pem", key: "$R/key.pem" } }]
 threads: 1
-metrics_listen: "127.0.0.1:9192"
+metrics_listen: "127.0.0.1:$MT"
 pools:
-  production: { servers: ["127.0.0.1:9001"] }
-  canary: { servers: ["127.0.0.1:9001"] }
+  production: { servers: ["127.0.0.1:$BE"] }
+  canary: { servers: ["127.0.0.1:$BE"] }
 health_check: { kind: http, path: /, interval: 2s, timeout: 1s }
 routing: { canary_percent: 10, salt: bench, user_header: X-User-Id }
 EOF
@@ -80,10 +82,10 @@ start() {  # name cpus port cmd...
   die "$n did not start, see $R/logs/$n.*"
 }
 $(ngx be) -t -q && $(ngx ngx) -t -q || die "nginx config test failed"
-start backend "$CB" 9001 $(ngx be)
-start nginx "$CP" 8441 $(ngx ngx)
-RUST_LOG=warn start canary-lb "$CP" 8442 "$BIN" serve --config $R/canary-lb.yaml
-declare -A PORT=([nginx]=8441 [canary-lb]=8442)
+start backend "$CB" $BE $(ngx be)
+start nginx "$CP" $NG $(ngx ngx)
+RUST_LOG=warn start canary-lb "$CP" $CA "$BIN" serve --config $R/canary-lb.yaml
+declare -A PORT=([nginx]=$NG [canary-lb]=$CA)
 for t in nginx canary-lb; do
   u=https://bench.test:${PORT[$t]}/
   for v in --http1.1 --http2; do
