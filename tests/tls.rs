@@ -110,6 +110,17 @@ fn sni_versions_redirect_and_forwarded_proto() {
     );
     assert!(old.is_err(), "TLS 1.1 must be refused: {old:?}");
 
+    // Plain HTTP sent to the TLS port: no HTTP answer, the connection is closed, nothing goes
+    // upstream, and the listener keeps serving.
+    let before = proxied(&proxy);
+    let mut raw = common::raw::RawClient::connect(tls_port);
+    raw.send(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n");
+    let got = raw.read_until_close(Duration::from_secs(10));
+    assert!(got.closed && !got.contains(b"HTTP/1"), "{got:?}");
+    assert_eq!(proxied(&proxy), before);
+    let r = curl(Proto::H1Tls, "site.test", tls_port, "/", ca_pem, &[], &[]).expect("serving");
+    assert_eq!(r.status, 200);
+
     // The plain listener still says http, and a client's own X-Forwarded-Proto does not win.
     let r = curl(
         Proto::H1,
