@@ -116,7 +116,6 @@ impl ProxyHttp for CanaryProxy {
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let client = &ctx.live.client;
         let limits = framing::Limits::from(client);
-        let h1 = session.as_http1().is_some();
         let verdict = match session.as_http1() {
             Some(h1) => {
                 framing::check_head(session.req_header(), &h1.get_headers_raw_bytes(), &limits)
@@ -131,11 +130,8 @@ impl ProxyHttp for CanaryProxy {
                 .metrics
                 .record_refusal(RefusalCode::of(rejection.status));
             let body = rejection.body();
-            let mut resp = rejection.response_header(body.len())?;
-            if !h1 {
-                // Connection-specific fields are forbidden in HTTP/2 (RFC 9113 8.2.2).
-                resp.remove_header(&header::CONNECTION);
-            }
+            // (Pingora drops `Connection: close` from it on HTTP/2.)
+            let resp = rejection.response_header(body.len())?;
             session.set_keepalive(None);
             session.write_response_header(Box::new(resp), false).await?;
             session.write_response_body(Some(body), true).await?;
