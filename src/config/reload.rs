@@ -107,6 +107,25 @@ mod tests {
                 "upstream.keepalive_pool_size",
             ]
         );
+        // A listener's certificate files are live; its shape (TLS on/off, h2c, ...) is not.
+        let tls = |cert: &str, h2c: bool| {
+            Config::parse(&format!(
+                "threads: 1\nlisten: [{{ addr: \"127.0.0.1:1\", tls: {{ cert: {cert}, key: /k }} }}, \
+                 {{ addr: \"127.0.0.1:2\", h2c: {h2c} }}]\n"
+            ))
+            .expect("valid")
+        };
+        assert!(tls("/a", false)
+            .restart_needed(&tls("/b", false))
+            .is_empty());
+        assert_eq!(
+            tls("/a", false).restart_needed(&tls("/a", true)),
+            ["listen"]
+        );
+        assert_eq!(
+            tls("/a", false).restart_needed(&Config::parse("threads: 1\n").expect("valid")),
+            ["listen"]
+        );
         let redis = Config::parse(
             "discovery: { provider: redis }\npools: { canary: { servers: [\"127.0.0.1:1\"] } }\n",
         )
