@@ -77,6 +77,9 @@ pub struct DemoArgs {
     /// Where the demo serves /metrics and /status.
     #[arg(long, default_value = "127.0.0.1:9091")]
     pub metrics_listen: SocketAddr,
+    /// Where the demo proxy serves HTTPS (HTTP/1.1 and HTTP/2) with a certificate it makes.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub tls_listen: SocketAddr,
     /// First port of the three demo app servers (two production, one canary).
     #[arg(long, default_value_t = 3001)]
     pub app_base_port: u16,

@@ -16,3 +16,4 @@ pub mod routing;
 pub mod runtime;
 pub mod state;
 pub mod store;
+pub mod tls;

@@ -27,6 +27,8 @@ fn demo_serves_both_pools_and_stops_on_ctrl_c() {
         &base.to_string(),
         "--canary-percent",
         "30",
+        "--tls-listen",
+        &format!("127.0.0.1:{}", free_port()),
     ]);
     let url = format!("http://127.0.0.1:{listen}/");
     wait_until("demo answers", STARTUP, || {

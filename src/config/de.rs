@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Deserializer};
 
+use super::schema::Listener;
+
 // The messages here stay `String`s: they only ever feed serde's `de::Error::custom`.
 
 /// A YAML scalar as the deserializer saw it.
@@ -89,31 +91,56 @@ pub(super) fn parse_listen(v: Scalar) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{s}` is not an ip:port address"))
 }
 
-pub(super) fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+pub(super) fn de_listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    checked(d, parse_listen)
+}
+
+/// `listen:` as one entry or a list; an entry is `"ip:port"` or a [`Listener`] map. Maps are
+/// read through serde's `MapAccessDeserializer`, so their errors keep their key and line.
+pub(super) fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Listener>, D::Error> {
+    struct One(Listener);
+    struct OneVisitor;
+    impl<'de> serde::de::Visitor<'de> for OneVisitor {
+        type Value = One;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(
+                "an ip:port address or a listener map { addr, tls, h2c, redirect_to_https }",
+            )
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<One, E> {
+            parse_listen(Scalar::Str(v))
+                .map(|a| One(Listener::plain(a)))
+                .map_err(E::custom)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<One, A::Error> {
+            Listener::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(One)
+        }
+    }
+    impl<'de> Deserialize<'de> for One {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(OneVisitor)
+        }
+    }
+
     struct ListenVisitor;
     impl<'de> serde::de::Visitor<'de> for ListenVisitor {
-        type Value = Vec<SocketAddr>;
+        type Value = Vec<Listener>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an ip:port address or a list of them")
+            f.write_str("an ip:port address, a listener map, or a list of them")
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            parse_listen(Scalar::Str(v))
-                .map(|a| vec![a])
-                .map_err(E::custom)
+            OneVisitor.visit_str(v).map(|One(l)| vec![l])
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            OneVisitor.visit_map(map).map(|One(l)| vec![l])
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(
             self,
             mut seq: A,
         ) -> Result<Self::Value, A::Error> {
-            struct One(SocketAddr);
-            impl<'de> Deserialize<'de> for One {
-                fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                    checked(d, parse_listen).map(One)
-                }
-            }
             let mut out = Vec::new();
-            while let Some(One(a)) = seq.next_element()? {
-                out.push(a);
+            while let Some(One(l)) = seq.next_element()? {
+                out.push(l);
             }
             Ok(out)
         }

@@ -14,7 +14,8 @@ impl Config {
                 .split(',')
                 .map(|s| s.trim().parse::<SocketAddr>())
                 .collect();
-            self.listen = list.map_err(|e| err("CANARY_LB_LISTEN", format!("`{v}`: {e}")))?;
+            let list = list.map_err(|e| err("CANARY_LB_LISTEN", format!("`{v}`: {e}")))?;
+            self.listen = list.into_iter().map(super::Listener::plain).collect();
         }
         if let Some(v) = get("CANARY_LB_THREADS") {
             self.threads = match v.trim().parse::<usize>() {

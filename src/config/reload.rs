@@ -6,10 +6,14 @@
 //! `upstream.max_tries`, `passive_health.*`, `pools.*.balance`, `pools.*.servers` (with the
 //! static provider), `client.keepalive_timeout`, `client.body_timeout`, `client.send_timeout`,
 //! `client.max_header_line`, `client.max_headers`, `client.drop_underscore_headers`,
-//! `client.max_header_bytes` (lowering it), `metrics_auth_token_file`, and `rollout.*`, which
-//! apply to the next rollout started (a running one keeps the settings frozen at its start).
+//! `client.max_header_bytes` (lowering it), `metrics_auth_token_file`, `rollout.*`, which
+//! apply to the next rollout started (a running one keeps the settings frozen at its start),
+//! and the certificates of TLS listeners (`listen[].tls.cert`, `.key`, `.sni`: the files are
+//! read again and swapped in for new handshakes; open connections keep theirs; a bad file
+//! refuses the whole reload).
 //!
-//! Restart only, because Pingora or a background task takes them once at start: `listen`,
+//! Restart only, because Pingora or a background task takes them once at start: `listen`
+//! (adding or removing a listener, its `addr`, `h2c`, `redirect_to_https`, TLS on or off),
 //! `threads`, `metrics_listen`, `grace_period`, `health_check.*`, `discovery.*`,
 //! `client.header_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
 //! `upstream.keepalive_pool_size`, and `pools.*.servers` when discovery is not static (the
@@ -30,7 +34,10 @@ impl Config {
                 keys.push(key);
             }
         };
-        check("listen", old.listen != new.listen);
+        // Adding, removing or changing a listener needs a restart; its certificate files
+        // (paths and contents) are live.
+        let shapes = |c: &Config| c.listen.iter().map(|l| l.shape()).collect::<Vec<_>>();
+        check("listen", shapes(old) != shapes(new));
         check("threads", old.threads != new.threads);
         check("metrics_listen", old.metrics_listen != new.metrics_listen);
         check("grace_period", old.grace_period != new.grace_period);
@@ -101,6 +108,25 @@ mod tests {
                 "client.max_connections",
                 "upstream.keepalive_pool_size",
             ]
+        );
+        // A listener's certificate files are live; its shape (TLS on/off, h2c, ...) is not.
+        let tls = |cert: &str, h2c: bool| {
+            Config::parse(&format!(
+                "threads: 1\nlisten: [{{ addr: \"127.0.0.1:1\", tls: {{ cert: {cert}, key: /k }} }}, \
+                 {{ addr: \"127.0.0.1:2\", h2c: {h2c} }}]\n"
+            ))
+            .expect("valid")
+        };
+        assert!(tls("/a", false)
+            .restart_needed(&tls("/b", false))
+            .is_empty());
+        assert_eq!(
+            tls("/a", false).restart_needed(&tls("/a", true)),
+            ["listen"]
+        );
+        assert_eq!(
+            tls("/a", false).restart_needed(&Config::parse("threads: 1\n").expect("valid")),
+            ["listen"]
         );
         let redis = Config::parse(
             "discovery: { provider: redis }\npools: { canary: { servers: [\"127.0.0.1:1\"] } }\n",

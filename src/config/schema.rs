@@ -21,8 +21,10 @@ use crate::model::{PerPool, Percent, ServerAddr, Weight};
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The proxy's listeners: `"ip:port"` (plain HTTP/1.1) or a [`Listener`] map (TLS, h2c,
+    /// redirect to HTTPS).
     #[serde(default = "default_listen", deserialize_with = "de_listen")]
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listener>,
     #[serde(default = "default_threads", deserialize_with = "de_threads")]
     pub threads: usize,
     #[serde(default)]
@@ -54,6 +56,100 @@ pub struct Config {
     /// Progressive delivery: the defaults of `ctl rollout start` and the judgement's thresholds.
     #[serde(default)]
     pub rollout: RolloutConfig,
+}
+
+/// One entry of `listen:`. Written as `"ip:port"` (a plain HTTP/1.1 listener) or as a map:
+/// `{ addr: "0.0.0.0:8443", tls: { cert: FILE, key: FILE, sni: [{ cert, key }] } }`,
+/// `{ addr: .., h2c: true }`, `{ addr: .., redirect_to_https: true }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    #[serde(deserialize_with = "de_listen_addr")]
+    pub addr: SocketAddr,
+    /// TLS termination on this listener (HTTP/2 offered by ALPN, then HTTP/1.1).
+    #[serde(default)]
+    pub tls: Option<TlsListenerConfig>,
+    /// HTTP/2 with prior knowledge on a plain listener (HTTP/1.1 keeps working beside it).
+    #[serde(default)]
+    pub h2c: bool,
+    /// Answer every request with a 308 to the same path on the TLS listener.
+    #[serde(default)]
+    pub redirect_to_https: bool,
+}
+
+impl Listener {
+    /// A plain HTTP/1.1 listener, what `"ip:port"` means.
+    pub fn plain(addr: SocketAddr) -> Listener {
+        Listener {
+            addr,
+            tls: None,
+            h2c: false,
+            redirect_to_https: false,
+        }
+    }
+
+    /// The listener without its certificate files: what a SIGHUP cannot change (the
+    /// certificates themselves are live).
+    pub fn shape(&self) -> (SocketAddr, bool, bool, bool) {
+        (
+            self.addr,
+            self.tls.is_some(),
+            self.h2c,
+            self.redirect_to_https,
+        )
+    }
+}
+
+impl Serialize for Listener {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.tls.is_none() && !self.h2c && !self.redirect_to_https {
+            return s.serialize_str(&self.addr.to_string());
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("addr", &self.addr.to_string())?;
+        if let Some(tls) = &self.tls {
+            m.serialize_entry("tls", tls)?;
+        }
+        if self.h2c {
+            m.serialize_entry("h2c", &true)?;
+        }
+        if self.redirect_to_https {
+            m.serialize_entry("redirect_to_https", &true)?;
+        }
+        m.end()
+    }
+}
+
+/// `listen[].tls`: the default certificate (served when the client sends no SNI name or one no
+/// certificate covers) and more certificates chosen by SNI. Each certificate serves the DNS
+/// names of its subjectAltName, exact (`api.example.com`) or wildcard (`*.example.com`).
+/// The files are read at start and at every SIGHUP (`tls` module).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    /// PEM: the certificate, then its intermediates.
+    pub cert: std::path::PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    #[serde(default)]
+    pub sni: Vec<CertPair>,
+}
+
+impl TlsListenerConfig {
+    /// The default pair first, then the SNI pairs.
+    pub fn pairs(&self) -> impl Iterator<Item = (&std::path::Path, &std::path::Path)> {
+        std::iter::once((self.cert.as_path(), self.key.as_path()))
+            .chain(self.sni.iter().map(|p| (p.cert.as_path(), p.key.as_path())))
+    }
+}
+
+/// `listen[].tls.sni[]`: one more certificate and its key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// `pools: { production: .., canary: .. }`.
@@ -446,8 +542,9 @@ impl Config {
         if self.listen.is_empty() {
             return Err(invalid("listen", "at least one address is required"));
         }
+        self.validate_listen()?;
         if let Some(m) = self.metrics_listen {
-            if self.listen.contains(&m) {
+            if self.listen.iter().any(|l| l.addr == m) {
                 return Err(invalid(
                     "metrics_listen",
                     format!("{m} is also a proxy listen address"),
@@ -768,6 +865,62 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+impl Config {
+    /// The listeners' combinations: one role each, addresses unique, a redirect needs a TLS
+    /// listener to send clients to. Certificate contents are checked by the `tls` module.
+    fn validate_listen(&self) -> Result<(), InvalidConfig> {
+        for (i, l) in self.listen.iter().enumerate() {
+            let key = |k: &str| format!("listen[{i}]{k}");
+            if self.listen[..i].iter().any(|o| o.addr == l.addr) {
+                return Err(invalid(key(".addr"), format!("{} is listed twice", l.addr)));
+            }
+            if l.tls.is_some() && (l.h2c || l.redirect_to_https) {
+                return Err(invalid(
+                    key(""),
+                    "a TLS listener offers HTTP/2 by ALPN: `h2c` and \
+                              `redirect_to_https` are for plain listeners",
+                ));
+            }
+            if l.h2c && l.redirect_to_https {
+                return Err(invalid(
+                    key(""),
+                    "`h2c` and `redirect_to_https` exclude each other",
+                ));
+            }
+            if l.redirect_to_https && !self.listen.iter().any(|o| o.tls.is_some()) {
+                return Err(invalid(
+                    key(".redirect_to_https"),
+                    "no TLS listener to redirect to",
+                ));
+            }
+            if let Some(tls) = &l.tls {
+                for (j, (cert, key_file)) in tls.pairs().enumerate() {
+                    if cert.as_os_str().is_empty() || key_file.as_os_str().is_empty() {
+                        let at = if j == 0 {
+                            String::new()
+                        } else {
+                            format!(".sni[{}]", j - 1)
+                        };
+                        return Err(invalid(
+                            key(&format!(".tls{at}")),
+                            "`cert` and `key` must name files",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first TLS listener's port: where `redirect_to_https` sends clients.
+    pub fn https_port(&self) -> Option<u16> {
+        self.listen
+            .iter()
+            .find(|l| l.tls.is_some())
+            .map(|l| l.addr.port())
+    }
+}
+
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -776,8 +929,8 @@ fn is_token_byte(b: u8) -> bool {
 /// live `max_tries` alone decides.
 pub const MAX_TRIES: usize = 10;
 
-fn default_listen() -> Vec<SocketAddr> {
-    vec![SocketAddr::from(([0, 0, 0, 0], 8080))]
+fn default_listen() -> Vec<Listener> {
+    vec![Listener::plain(SocketAddr::from(([0, 0, 0, 0], 8080)))]
 }
 fn default_threads() -> usize {
     2
@@ -1060,6 +1213,76 @@ routing:
             let e = Config::parse(text).expect_err(text).to_string();
             assert!(e.contains(key), "error `{e}` should name `{key}`");
             assert!(e.contains(line), "error `{e}` should name `{line}`");
+        }
+    }
+
+    #[test]
+    fn listeners_plain_tls_h2c_redirect() {
+        let c = Config::parse(
+            "listen:\n  - \"127.0.0.1:8080\"\n  - { addr: \"127.0.0.1:8081\", h2c: true }\n  \
+             - { addr: \"127.0.0.1:8082\", redirect_to_https: true }\n  \
+             - addr: \"127.0.0.1:8443\"\n    tls:\n      cert: /c.pem\n      key: /k.pem\n      \
+             sni: [{ cert: /a.pem, key: /ak.pem }]\n",
+        )
+        .expect("valid");
+        assert_eq!(c.listen.len(), 4);
+        assert_eq!(
+            c.listen[0],
+            Listener::plain("127.0.0.1:8080".parse().unwrap())
+        );
+        assert!(c.listen[1].h2c && c.listen[2].redirect_to_https);
+        let tls = c.listen[3].tls.as_ref().expect("tls");
+        assert_eq!(tls.pairs().count(), 2);
+        assert_eq!(c.https_port(), Some(8443));
+        // One map on its own is a list of one; the old forms still parse.
+        let one = Config::parse("listen: { addr: \"127.0.0.1:1\", h2c: true }\n").expect("map");
+        assert!(one.listen[0].h2c);
+        let yaml = serde_yaml_ng::to_string(&c.listen).expect("serialize");
+        let back = Config::parse(&format!("listen:\n{yaml}")).expect("round trip");
+        assert_eq!(back.listen, c.listen);
+
+        for (yaml, key, line) in [
+            (
+                "listen:\n  - { addr: nowhere }\n",
+                "listen[0].addr",
+                "line 2",
+            ),
+            (
+                "listen:\n  - \"127.0.0.1:1\"\n  - { addr: \"127.0.0.1:2\", tsl: {} }\n",
+                "tsl",
+                "line 3",
+            ),
+            (
+                "listen:\n  - { addr: \"127.0.0.1:2\", tls: { cert: /c } }\n",
+                "key",
+                "line 2",
+            ),
+            (
+                "listen: [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n",
+                "listen[1].addr",
+                "",
+            ),
+            (
+                "listen: [{ addr: \"127.0.0.1:1\", redirect_to_https: true }]\n",
+                "listen[0].redirect_to_https",
+                "",
+            ),
+            (
+                "listen: [{ addr: \"127.0.0.1:1\", h2c: true, tls: { cert: /c, key: /k } }]\n",
+                "listen[0]",
+                "",
+            ),
+            (
+                "listen: [{ addr: \"127.0.0.1:1\", tls: { cert: \"\", key: /k } }]\n",
+                "listen[0].tls",
+                "",
+            ),
+        ] {
+            let e = Config::parse(yaml).expect_err(yaml).to_string();
+            assert!(
+                e.contains(key) && e.contains(line),
+                "{yaml}: `{e}` should name {key} {line}"
+            );
         }
     }
 

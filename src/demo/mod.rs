@@ -72,7 +72,7 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
         (name.to_string(), pool, SocketAddr::new(ip, port))
     })
     .collect();
-    for addr in [args.listen, args.metrics_listen]
+    for addr in [args.listen, args.metrics_listen, args.tls_listen]
         .iter()
         .chain(apps.iter().map(|(_, _, a)| a))
     {
@@ -90,14 +90,19 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let tls = demo_certificate()?;
     let yaml = format!(
-        "listen: \"{listen}\"\nthreads: 2\nmetrics_listen: \"{metrics}\"\n\
+        "listen: [\"{listen}\", {{ addr: \"{tls_listen}\", tls: {{ cert: \"{cert}\", \
+         key: \"{key}\" }} }}]\nthreads: 2\nmetrics_listen: \"{metrics}\"\n\
          pools:\n  production: {{ servers: [{prod}] }}\n  canary: {{ servers: [{canary}] }}\n\
          health_check: {{ kind: http, path: /healthz, interval: 1s, timeout: 500ms }}\n\
          grace_period: 2s\n\
          routing: {{ canary_percent: {pct}, salt: demo, user_header: X-User-Id }}\n\
          rollout: {{ steps: [5, 25, 50, 100], interval: 5s, min_requests: 20 }}\n",
         listen = args.listen,
+        tls_listen = args.tls_listen,
+        cert = tls.cert.display(),
+        key = tls.key.display(),
         metrics = args.metrics_listen,
         prod = servers("production"),
         canary = servers("canary"),
@@ -114,6 +119,7 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
         assembled.server.add_service(app_service(name, pool, *addr));
     }
     print_tour(&args, &apps);
+    print_tls_tour(&args, &tls);
     assembled.run(exit_now);
     Ok(())
 }
@@ -156,6 +162,68 @@ fn print_tour(args: &DemoArgs, apps: &[(String, &str, SocketAddr)]) {
          Ctrl-C stops the demo.\n",
         pct = args.canary_percent,
         canary = canary_url,
+    );
+}
+
+/// The files of the demo's TLS listener.
+struct DemoTls {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+/// Make a CA and a certificate for `localhost` and `127.0.0.1` signed by it (rcgen), and write
+/// them to a fresh directory under the system temp dir (owner-only), for the demo's TLS
+/// listener and the printed `curl --cacert` lines. Valid for 30 days from now.
+fn demo_certificate() -> anyhow::Result<DemoTls> {
+    use anyhow::Context;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(format!("canary-lb-demo-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+    }
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "canary-lb demo CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "canary-lb demo");
+    let now = std::time::SystemTime::now();
+    params.not_before = now.into();
+    params.not_after = (now + Duration::from_secs(30 * 24 * 3600)).into();
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    let files = DemoTls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("localhost.crt"),
+        key: dir.join("localhost.key"),
+    };
+    for (path, pem) in [
+        (&files.ca, ca.pem()),
+        (&files.cert, cert.pem()),
+        (&files.key, key.serialize_pem()),
+    ] {
+        std::fs::write(path, pem).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(files)
+}
+
+fn print_tls_tour(args: &DemoArgs, tls: &DemoTls) {
+    let port = args.tls_listen.port();
+    let ca = tls.ca.display();
+    println!(
+        "HTTPS on {tls_listen} with a certificate for localhost made at start (CA: {ca}):\n\n\
+         \x20 curl --cacert {ca} https://localhost:{port}/            # HTTP/1.1 over TLS\n\
+         \x20 curl --cacert {ca} --http2 -si https://localhost:{port}/ | head -1   # HTTP/2\n",
+        tls_listen = args.tls_listen,
     );
 }
 

@@ -169,6 +169,82 @@ pub fn check_head(req: &RequestHeader, raw: &[u8], limits: &Limits) -> Result<()
     Ok(())
 }
 
+/// Check an HTTP/2 request head (over TLS or h2c), the counterpart of [`check_head`]. The h2
+/// codec has already refused what HTTP/2 forbids (connection-specific fields such as
+/// `Transfer-Encoding` or `Connection`, uppercase names, a `Content-Length` that disagrees with
+/// the DATA frames) and Pingora a missing or conflicting `:authority`/`Host`; what is left is
+/// the same limits and Host rule as on HTTP/1, measured on the decoded fields (a field counts
+/// as `name: value`, the request line as method, target and version).
+pub fn check_h2_head(req: &RequestHeader, limits: &Limits) -> Result<(), Rejection> {
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let request_line = req.method.as_str().len() + target.len() + " HTTP/2".len() + 1;
+    if request_line > limits.max_header_line {
+        return Err(Rejection::too_large("request line too long"));
+    }
+    if req.headers.len() > limits.max_headers {
+        return Err(Rejection::too_large("too many header lines"));
+    }
+    let mut total = request_line + 2;
+    let mut n_cl = 0;
+    for (name, value) in &req.headers {
+        let line = name.as_str().len() + 2 + value.len();
+        if line > limits.max_header_line {
+            return Err(Rejection::too_large("header line too long"));
+        }
+        total += line + 2;
+        if name == header::CONTENT_LENGTH {
+            n_cl += 1;
+            let v = value.as_bytes();
+            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                return Err(Rejection::bad("Content-Length must be one decimal number"));
+            }
+        }
+    }
+    if total > limits.max_header_bytes {
+        return Err(Rejection::too_large("request head too large"));
+    }
+    if n_cl > 1 {
+        return Err(Rejection::bad("more than one Content-Length"));
+    }
+    if has_escaped_control(req.uri.path().as_bytes()) {
+        return Err(Rejection::bad("invalid request target"));
+    }
+    let host = req.uri.authority().map(|a| a.as_str().as_bytes());
+    let host = host.or_else(|| req.headers.get(header::HOST).map(|h| h.as_bytes()));
+    if let Some(host) = host.filter(|h| !h.is_empty()) {
+        if !valid_host(host) {
+            return Err(Rejection::bad("invalid Host"));
+        }
+    }
+    Ok(())
+}
+
+/// HTTP/2 lets a client split `Cookie` into one field per cookie (RFC 9113 section 8.2.3,
+/// browsers do for compression); join them into one `Cookie` line with `"; "`, as that RFC
+/// asks before an HTTP/1.1 hop, so routing sees every cookie and the app gets one line.
+/// Returns whether anything was joined.
+pub fn join_cookie_crumbs(req: &mut RequestHeader) -> bool {
+    let mut crumbs = req.headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return false;
+    }
+    let mut joined = Vec::with_capacity(256);
+    for crumb in req.headers.get_all(header::COOKIE) {
+        let crumb = crumb.as_bytes().trim_ascii();
+        if crumb.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb);
+    }
+    match http::HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        Ok(v) => req.insert_header(header::COOKIE, v).is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// A Host value: `host [":" port]` where host is a bracketed IPv6 literal or a name made of
 /// letters, digits, `-`, `.`, `_`, `~` and `%` escapes (stricter than RFC 3986's reg-name:
 /// no sub-delims such as `,`, so a list of hosts is refused), port 0..=65535.
@@ -617,6 +693,55 @@ mod tests {
         assert_eq!(resp.status.as_u16(), 400);
         assert_eq!(resp.headers.get("connection").unwrap(), "close");
         assert_eq!(resp.headers.get("content-length").unwrap(), "46");
+    }
+
+    #[test]
+    fn h2_heads_get_the_same_limits_and_host_rule() {
+        let limits = Limits {
+            max_headers: 8,
+            max_header_line: 100,
+            max_header_bytes: 400,
+        };
+        let h2 = |target: &str, headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build("GET", target.as_bytes(), None).expect("request");
+            r.set_version(Version::HTTP_2);
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v).expect("header");
+            }
+            check_h2_head(&r, &limits).map_err(|e| e.status)
+        };
+        assert_eq!(h2("https://site.test/a?b", &[("cookie", "a=1")]), Ok(()));
+        assert_eq!(h2("/a", &[("x", &"v".repeat(100))]), Err(431));
+        assert_eq!(h2(&format!("/{}", "a".repeat(100)), &[]), Err(431));
+        let many: Vec<(&str, &str)> = (0..9).map(|_| ("x-a", "1")).collect();
+        assert_eq!(h2("/", &many), Err(431));
+        let big: Vec<(&str, &str)> = (0..5).map(|_| ("x-a", "v")).collect();
+        assert_eq!(h2("/", &big), Ok(()));
+        let v = "v".repeat(90);
+        let big: Vec<(&str, &str)> = (0..5).map(|_| ("x-a", v.as_str())).collect();
+        assert_eq!(h2("/", &big), Err(431));
+        assert_eq!(
+            h2("/", &[("content-length", "1"), ("content-length", "1")]),
+            Err(400)
+        );
+        assert_eq!(h2("/", &[("content-length", "+1")]), Err(400));
+        assert_eq!(h2("/a%00b", &[]), Err(400));
+        assert_eq!(h2("/", &[("host", "a b")]), Err(400));
+        assert_eq!(h2("/", &[("host", "evil.test,good.test")]), Err(400));
+    }
+
+    #[test]
+    fn h2_cookie_crumbs_are_joined() {
+        let mut r = RequestHeader::build("GET", b"/", None).expect("request");
+        assert!(!join_cookie_crumbs(&mut r));
+        r.append_header("cookie", "a=1").expect("cookie");
+        assert!(!join_cookie_crumbs(&mut r));
+        r.append_header("cookie", "canary=1").expect("cookie");
+        r.append_header("cookie", " ").expect("cookie");
+        r.append_header("cookie", "u=x").expect("cookie");
+        assert!(join_cookie_crumbs(&mut r));
+        let all: Vec<_> = r.headers.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; canary=1; u=x"]);
     }
 
     #[test]

@@ -73,16 +73,21 @@ pub fn forwarded_for<'a>(
 }
 
 /// Set the forwarding headers of a request going upstream (`X-Forwarded-For` with the client's
-/// address appended, `X-Forwarded-Proto`, `X-Forwarded-Host`), and drop any `X-Canary-Pool`
+/// address appended, `X-Forwarded-Proto` (`https` when the client came over TLS),
+/// `X-Forwarded-Host`), and drop any `X-Canary-Pool`
 /// the client sent: only the proxy says which pool served a request.
-pub fn set_forwarding(upstream: &mut RequestHeader, client_ip: Option<IpAddr>) -> Result<()> {
+pub fn set_forwarding(
+    upstream: &mut RequestHeader,
+    client_ip: Option<IpAddr>,
+    proto: &'static str,
+) -> Result<()> {
     if let Some(ip) = client_ip {
         let xff = forwarded_for(upstream.headers.get_all(X_FORWARDED_FOR), ip);
         if let Ok(xff) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
             upstream.insert_header(X_FORWARDED_FOR, xff)?;
         }
     }
-    upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
+    upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
     let host = upstream.headers.get(header::HOST).cloned().or_else(|| {
         upstream
             .uri
@@ -207,7 +212,7 @@ mod tests {
             (X_FORWARDED_FOR, "1.1.1.1"),
             (X_CANARY_POOL, "canary"),
         ]);
-        set_forwarding(&mut req, Some("10.0.0.9".parse().unwrap())).expect("forwarding");
+        set_forwarding(&mut req, Some("10.0.0.9".parse().unwrap()), "http").expect("forwarding");
         assert_eq!(req.headers[X_FORWARDED_FOR], "1.1.1.1, 10.0.0.9");
         assert_eq!(req.headers[X_FORWARDED_PROTO], "http");
         assert_eq!(req.headers[X_FORWARDED_HOST], "example.test");

@@ -117,19 +117,22 @@ impl ProxyHttp for CanaryProxy {
     /// stops Pingora here (its `fail_to_proxy` sees the response already written).
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let client = &ctx.live.client;
+        let limits = framing::Limits::from(client);
         let verdict = match session.as_http1() {
-            Some(h1) => framing::check_head(
-                session.req_header(),
-                &h1.get_headers_raw_bytes(),
-                &framing::Limits::from(client),
-            ),
-            None => Ok(()),
+            Some(h1) => {
+                framing::check_head(session.req_header(), &h1.get_headers_raw_bytes(), &limits)
+            }
+            // HTTP/2 (ALPN or h2c): the same limits on the decoded head; cookie crumbs joined.
+            None => framing::check_h2_head(session.req_header(), &limits).map(|()| {
+                framing::join_cookie_crumbs(session.req_header_mut());
+            }),
         };
         if let Err(rejection) = verdict {
             self.shared
                 .metrics
                 .record_refusal(RefusalCode::of(rejection.status));
             let body = rejection.body();
+            // (Pingora drops `Connection: close` from it on HTTP/2.)
             let resp = rejection.response_header(body.len())?;
             session.set_keepalive(None);
             session.write_response_header(Box::new(resp), false).await?;
@@ -281,7 +284,8 @@ impl ProxyHttp for CanaryProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        headers::set_forwarding(upstream, client_ip)?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        headers::set_forwarding(upstream, client_ip, if tls { "https" } else { "http" })?;
         let request_id = headers::request_id(upstream)?;
         ctx.request_id = Some(request_id);
         let policy = &ctx.live.policy;

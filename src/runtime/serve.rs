@@ -24,6 +24,8 @@ use crate::rollout::Coordinator;
 use crate::runtime::admin::AdminApp;
 use crate::runtime::signals::Signals;
 use crate::state::{RolloutHandle, Shared};
+use crate::tls::redirect::RedirectApp;
+use crate::tls::{ListenerCerts, Resolvers, SniResolver};
 
 /// `canary-lb check`: validate a config file and say what it holds. An edge, like [`serve`]
 /// and [`assemble`]: it returns `anyhow` to `main`, over the library's typed errors.
@@ -31,13 +33,18 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     crate::pool::health::checker(&config.health_check, crate::model::PoolKind::Production)?;
     crate::routing::CanaryPolicy::from_config(&config.routing)?;
+    let certs = ListenerCerts::load(&config)?;
     println!(
-        "{}: OK ({} production and {} canary server(s), discovery: {}, canary_percent: {})",
+        "{}: OK ({} production and {} canary server(s), discovery: {}, canary_percent: {}{})",
         path.display(),
         config.pools.production.servers.len(),
         config.pools.canary.servers.len(),
         crate::discovery::from_config(&config).describe(),
         config.routing.canary_percent.as_f64(),
+        match certs.sets.len() {
+            0 => String::new(),
+            n => format!(", {n} TLS listener(s) with valid certificates"),
+        },
     );
     Ok(())
 }
@@ -71,6 +78,8 @@ pub struct Assembled {
     pub server: Server,
     pub shared: Arc<Shared>,
     config_path: Option<PathBuf>,
+    /// The TLS listeners' certificates, swapped by SIGHUP.
+    resolvers: Resolvers,
 }
 
 /// Build the server from `config`. An edge for `serve` and `demo`: returns `anyhow`.
@@ -92,7 +101,14 @@ pub fn assemble(
     server.bootstrap();
 
     let listen = config.listen.clone();
+    let https_port = config.https_port();
     let metrics_listen = config.metrics_listen;
+    // Certificates before anything starts: a bad file stops `serve` naming the file.
+    let certs = ListenerCerts::load(&config)?;
+    let mut resolvers = Resolvers::default();
+    for (addr, set) in certs.sets {
+        resolvers.add(addr, SniResolver::new(set));
+    }
     let shared = Arc::new(Shared::new(config)?);
 
     let keeper = background_service(
@@ -101,29 +117,74 @@ pub fn assemble(
             shared: shared.clone(),
         },
     );
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        CanaryProxy::new(shared.clone()),
-        "canary-lb proxy",
-    );
     // Client limits Pingora enforces while it reads a request head and accepts connections
     // (patches/pingora/0001 and 0002), taken at start; the rest are applied per request.
     let client = shared.started().client.clone();
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut opts = HttpServerOptions::default();
-        opts.h1_header_timeout = Some(client.header_timeout);
-        opts.h1_max_header_size = Some(client.max_header_bytes);
-        app.server_options = Some(opts);
-    }
     let limit = Arc::new(ConnectionLimit::new(client.max_connections));
-    proxy.set_connection_limit(limit.clone());
-    shared.metrics.watch_connection_limit(limit);
-    for addr in &listen {
-        proxy.add_tcp(&addr.to_string());
+    shared.metrics.watch_connection_limit(limit.clone());
+    // `h2c` is a per-service option in Pingora: plain listeners with h2c get their own
+    // service (same proxy logic, same connection limit). TLS listeners negotiate h2 by ALPN.
+    let proxy_service = |name: &str, h2c: bool| {
+        let mut proxy = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            CanaryProxy::new(shared.clone()),
+            name,
+        );
+        if let Some(app) = proxy.app_logic_mut() {
+            let mut opts = HttpServerOptions::default();
+            opts.h1_header_timeout = Some(client.header_timeout);
+            opts.h1_max_header_size = Some(client.max_header_bytes);
+            opts.h2c = h2c;
+            opts.h2_idle_timeout = Some(client.keepalive_timeout);
+            app.server_options = Some(opts);
+            // HTTP/2 heads: the same size limit as HTTP/1 (decoded), Pingora's stream limit.
+            let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+            h2.max_header_list_size(client.max_header_bytes.try_into().unwrap_or(u32::MAX));
+            app.h2_options = Some(h2);
+        }
+        proxy.set_connection_limit(limit.clone());
+        proxy
+    };
+    let mut proxy = proxy_service("canary-lb proxy", false);
+    let mut h2c_proxy = proxy_service("canary-lb proxy (h2c)", true);
+    let mut redirect = Service::new(
+        "canary-lb redirect to https".into(),
+        RedirectApp::new(
+            resolvers.clone(),
+            https_port.unwrap_or(443),
+            client.header_timeout,
+        ),
+    );
+    redirect.set_connection_limit(limit.clone());
+    let (mut n_h2c, mut n_redirect) = (0, 0);
+    for l in &listen {
+        let addr = l.addr.to_string();
+        if l.tls.is_some() {
+            let resolver = resolvers
+                .get(l.addr)
+                .ok_or_else(|| anyhow::anyhow!("listen {addr}: certificates not loaded"))?;
+            proxy.add_tls_with_settings(&addr, None, crate::tls::settings(resolver)?);
+        } else if l.redirect_to_https {
+            redirect.add_tcp(&addr);
+            n_redirect += 1;
+        } else if l.h2c {
+            h2c_proxy.add_tcp(&addr);
+            n_h2c += 1;
+        } else {
+            proxy.add_tcp(&addr);
+        }
     }
+    let n_main = listen.len() - n_h2c - n_redirect;
     let keeper = server.add_service(keeper);
-    let proxy = server.add_service(proxy);
-    proxy.add_dependency(&keeper);
+    if n_main > 0 {
+        server.add_service(proxy).add_dependency(&keeper);
+    }
+    if n_h2c > 0 {
+        server.add_service(h2c_proxy).add_dependency(&keeper);
+    }
+    if n_redirect > 0 {
+        server.add_service(redirect);
+    }
     if let Some(engine) = rollout_engine(&shared) {
         server.add_service(background_service("rollout engine", engine));
     }
@@ -136,6 +197,7 @@ pub fn assemble(
         server,
         shared,
         config_path,
+        resolvers,
     })
 }
 
@@ -200,7 +262,12 @@ impl Assembled {
     /// to wake it, and running Pingora on another thread would break daemon mode (it forks
     /// inside `run`, and the child keeps only the forking thread).
     pub fn run(self, exit_now: ExitNow) {
-        let watch = Signals::new(self.shared.clone(), self.config_path, exit_now);
+        let watch = Signals::new(
+            self.shared.clone(),
+            self.config_path,
+            self.resolvers,
+            exit_now,
+        );
         self.server.run(RunArgs {
             shutdown_signal: Box::new(watch),
         });

@@ -15,19 +15,27 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::Config;
 use crate::runtime::serve::ExitNow;
 use crate::state::Shared;
+use crate::tls::{ListenerCerts, Resolvers};
 
 /// Pingora's signal watch plus SIGHUP (reload the config file).
 pub struct Signals {
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
+    resolvers: Resolvers,
     exit_now: ExitNow,
 }
 
 impl Signals {
-    pub fn new(shared: Arc<Shared>, config_path: Option<PathBuf>, exit_now: ExitNow) -> Signals {
+    pub fn new(
+        shared: Arc<Shared>,
+        config_path: Option<PathBuf>,
+        resolvers: Resolvers,
+        exit_now: ExitNow,
+    ) -> Signals {
         Signals {
             shared,
             config_path,
+            resolvers,
             exit_now,
         }
     }
@@ -37,12 +45,30 @@ impl Signals {
             warn!("SIGHUP: no config file to reload");
             return;
         };
-        match Config::load(path) {
-            Ok(config) => match self.shared.apply_file(config) {
-                Ok(()) => info!("SIGHUP: reloaded {}", path.display()),
-                Err(e) => error!("SIGHUP: {} not applied: {e}", path.display()),
-            },
-            Err(e) => error!("SIGHUP: {e}; keeping the running configuration"),
+        let config = match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => return error!("SIGHUP: {e}; keeping the running configuration"),
+        };
+        // Certificates are read (and checked) before anything is applied: one bad file
+        // refuses the whole reload, and the running certificates keep serving.
+        let certs = match ListenerCerts::load(&config) {
+            Ok(certs) => certs,
+            Err(e) => {
+                return error!(
+                "SIGHUP: {} not applied: {e}; keeping the running configuration and certificates",
+                path.display()
+            )
+            }
+        };
+        match self.shared.apply_file(config) {
+            Ok(()) => {
+                let swapped = self.resolvers.swap(certs);
+                info!(
+                    "SIGHUP: reloaded {} ({swapped} TLS listener(s) with reloaded certificates)",
+                    path.display()
+                )
+            }
+            Err(e) => error!("SIGHUP: {} not applied: {e}", path.display()),
         }
     }
 

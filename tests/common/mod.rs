@@ -10,7 +10,8 @@
 //! `redis_server.rs`: `RedisServer`, `RedisSentinel`, `ctl` and plain Redis commands;
 //! `store.rs`: the store's key names, from the library; `raw.rs`: exact bytes on both sides
 //! of the proxy (`RawBackend`, also scripted to misbehave, and `RawClient`); `shutdown.rs`:
-//! stopping a proxy with a signal and waiting for its exit.
+//! stopping a proxy with a signal and waiting for its exit; `tls.rs`: a test CA and
+//! certificates made at test time, `curl` over TLS/HTTP/2 and a Rust TLS client.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
@@ -19,6 +20,7 @@ pub mod raw;
 mod redis_server;
 pub mod shutdown;
 pub mod store;
+pub mod tls;
 
 pub use redis_server::*;
 
