@@ -27,8 +27,15 @@ fn rig(rollout: &str) -> Rig {
     rig_with(rollout, "")
 }
 
-/// [`rig`] with `extra` config lines.
+/// [`rig`] with `extra` config lines. The latency rule's `floor` is raised to 200 ms: on a
+/// loaded 2-core machine a few requests stalled by the scheduler make the p99 of a small canary
+/// sample exceed 1.5 x 20 ms (the tests that want a latency failure add 800 ms, above
+/// `p99_max`).
 fn rig_with(rollout: &str, extra: &str) -> Rig {
+    let rollout = match rollout.trim_end().strip_suffix('}') {
+        Some(open) => format!("{open}, latency: {{ floor: 200ms }} }}"),
+        None => rollout.to_string(),
+    };
     let prod = App::start("prod-1", "production");
     let canary = App::start("canary-1", "canary");
     let yaml = proxy_config(
@@ -111,14 +118,21 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Poll `/rollout` until `done` holds; returns the last answer.
+/// Poll `/rollout` until `done` holds; returns the last answer. On timeout the panic shows
+/// the last answer (history with its numbers), which says why.
 fn wait_rollout(rig: &Rig, what: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    wait_until(what, within, || {
-        last = rig.rollout();
-        done(&last)
-    });
-    last
+    let deadline = Instant::now() + within;
+    loop {
+        let v = rig.rollout();
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}; last /rollout:\n{v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -97,3 +97,56 @@ impl RolloutMetrics {
         self.leader.set(i64::from(leader));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Metrics;
+    use super::*;
+
+    #[test]
+    fn every_rollout_series_exists_from_the_first_scrape() {
+        let m = Metrics::new().expect("metrics");
+        let text = String::from_utf8(m.render(&[], true)).expect("utf-8");
+        let mut want = vec![
+            "canary_lb_rollout_weight 0".to_string(),
+            "canary_lb_rollout_failed_checks 0".to_string(),
+            "canary_lb_rollout_leader 0".to_string(),
+        ];
+        for p in RolloutPhaseLabel::ALL {
+            let v = i32::from(p == RolloutPhaseLabel::Idle);
+            want.push(format!(
+                "canary_lb_rollout_phase{{phase=\"{}\"}} {v}",
+                p.as_str()
+            ));
+        }
+        for r in VerdictReason::ALL {
+            want.push(format!(
+                "canary_lb_rollout_verdicts_total{{reason=\"{}\",verdict=\"{}\"}} 0",
+                r.as_str(),
+                r.verdict()
+            ));
+        }
+        for r in VerdictReason::FAILING {
+            want.push(format!(
+                "canary_lb_rollout_rollbacks_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            ));
+        }
+        for line in &want {
+            assert!(text.contains(line.as_str()), "{line} missing:\n{text}");
+        }
+        m.rollout.set_state(RolloutPhaseLabel::RolledBack, 0.0, 3);
+        m.rollout.rollback(VerdictReason::Errors);
+        m.rollout.rollback(VerdictReason::Healthy); // no series: ignored
+        let text = String::from_utf8(m.render(&[], true)).expect("utf-8");
+        for line in [
+            "canary_lb_rollout_phase{phase=\"idle\"} 0",
+            "canary_lb_rollout_phase{phase=\"rolled_back\"} 1",
+            "canary_lb_rollout_rollbacks_total{reason=\"errors\"} 1",
+            "canary_lb_rollout_failed_checks 3",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("rollbacks_total{reason=\"healthy\"}"));
+    }
+}
