@@ -6,12 +6,14 @@
 //! `upstream.max_tries`, `passive_health.*`, `pools.*.balance`, `pools.*.servers` (with the
 //! static provider), `client.keepalive_timeout`, `client.body_timeout`, `client.send_timeout`,
 //! `client.max_header_line`, `client.max_headers`, `client.drop_underscore_headers`,
-//! `client.max_header_bytes` (lowering it), `metrics_auth_token_file`.
+//! `client.max_header_bytes` (lowering it), `client.tunnel_idle_timeout`, `trusted_proxies`,
+//! `metrics_auth_token_file`.
 //!
 //! Restart only, because Pingora or a background task takes them once at start: `listen`,
 //! `threads`, `metrics_listen`, `grace_period`, `health_check.*`, `discovery.*`,
 //! `client.header_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
-//! `upstream.keepalive_pool_size`, and `pools.*.servers` when discovery is not static (the
+//! `upstream.keepalive_pool_size`, `access_log` (its file, format and queue are set up once;
+//! SIGUSR1 reopens the file), and `pools.*.servers` when discovery is not static (the
 //! file's lists serve only until the provider first answers). [`Config::restart_needed`] names
 //! the ones that changed, so the reload log says them in one line.
 
@@ -52,6 +54,7 @@ impl Config {
             "upstream.keepalive_pool_size",
             old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size,
         );
+        check("access_log", old.access_log != new.access_log);
         if old.discovery.provider != Provider::Static {
             for (kind, key) in [
                 (PoolKind::Production, "pools.production.servers"),

@@ -121,6 +121,16 @@ pub fn assemble(
     let keeper = server.add_service(keeper);
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&keeper);
+    if shared.access_log.is_some() {
+        let writer = background_service(
+            "access log writer",
+            AccessLogWriter {
+                shared: shared.clone(),
+            },
+        );
+        let writer = server.add_service(writer);
+        proxy.add_dependency(&writer);
+    }
     if let Some(addr) = metrics_listen {
         let mut admin = Service::new("canary-lb admin".into(), AdminApp::new(shared.clone()));
         admin.add_tcp(&addr.to_string());
@@ -147,6 +157,29 @@ impl Assembled {
         self.server.run(RunArgs {
             shutdown_signal: Box::new(watch),
         });
+    }
+}
+
+/// Starts the access log's writer thread once Pingora runs (no thread may exist before:
+/// daemon mode forks), then waits for shutdown.
+struct AccessLogWriter {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for AccessLogWriter {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        if let Some(log) = &self.shared.access_log {
+            if let Err(e) = log.start_writer() {
+                log::error!("access log: cannot start its writer thread: {e}");
+            }
+        }
+        ready.notify_ready();
+        let _ = shutdown.changed().await;
     }
 }
 
