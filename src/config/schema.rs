@@ -483,9 +483,10 @@ pub struct ClientConfig {
     /// some frameworks read `X_Canary` as `X-Canary`.
     #[serde(default = "default_true")]
     pub drop_underscore_headers: bool,
-    /// A switched connection (WebSocket) with no byte in either direction for this long is
-    /// closed (HAProxy's `timeout tunnel`); it replaces `body_timeout` and
-    /// `upstream.read_timeout` once the upstream answered `101`.
+    /// A switched connection (WebSocket) is closed when either side sends nothing for this
+    /// long (HAProxy's `timeout tunnel`; a server's pings and the browser's automatic pongs
+    /// keep both sides busy). It replaces `body_timeout` and `upstream.read_timeout` for
+    /// upgrade requests (the wait for the `101` included).
     #[serde(default = "default_tunnel_idle_timeout", with = "humantime_serde")]
     pub tunnel_idle_timeout: Duration,
 }

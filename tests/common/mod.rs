@@ -10,7 +10,8 @@
 //! `redis_server.rs`: `RedisServer`, `RedisSentinel`, `ctl` and plain Redis commands;
 //! `store.rs`: the store's key names, from the library; `raw.rs`: exact bytes on both sides
 //! of the proxy (`RawBackend`, also scripted to misbehave, and `RawClient`); `shutdown.rs`:
-//! stopping a proxy with a signal and waiting for its exit.
+//! stopping a proxy with a signal and waiting for its exit; `ws.rs`: a WebSocket echo server
+//! and client.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
@@ -18,6 +19,7 @@ pub mod raw;
 mod redis_server;
 pub mod shutdown;
 pub mod store;
+pub mod ws;
 
 pub use redis_server::*;
 
@@ -559,6 +561,11 @@ impl Proxy {
 
     pub fn sighup(&self) {
         self.process.signal("HUP");
+    }
+
+    /// SIGUSR1: reopen the access log file.
+    pub fn sigusr1(&self) {
+        self.process.signal("USR1");
     }
 
     pub fn sigint(&self) {
