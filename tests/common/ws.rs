@@ -21,6 +21,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// The client's side of a WebSocket through the proxy.
 pub type WsClient = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Per accepted WebSocket, the upgrade request's headers (lower-case names).
+type Upgrades = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
 /// How long a test waits for any one WebSocket event.
 pub const WS_WAIT: Duration = Duration::from_secs(10);
 
@@ -28,8 +31,7 @@ pub const WS_WAIT: Duration = Duration::from_secs(10);
 pub struct WsEcho {
     addr: SocketAddr,
     name: String,
-    /// Per accepted WebSocket, the upgrade request's headers (lower-case names).
-    upgrades: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    upgrades: Upgrades,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -82,7 +84,9 @@ impl Drop for WsEcho {
     }
 }
 
-async fn serve(stream: TcpStream, name: String, seen: Arc<Mutex<Vec<Vec<(String, String)>>>>) {
+async fn serve(stream: TcpStream, name: String, seen: Upgrades) {
+    // The callback's error type is tungstenite's (large) error response; it never fails.
+    #[allow(clippy::result_large_err)]
     let record = |req: &Request, resp: Response| {
         let headers = req
             .headers()
