@@ -954,6 +954,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn access_log_and_trusted_proxies_are_validated() {
+        let c = Config::parse("threads: 1\n").expect("defaults");
+        assert_eq!(
+            c.access_log,
+            AccessLogConfig::On(AccessLogSettings::default())
+        );
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.client.tunnel_idle_timeout, Duration::from_secs(600));
+        assert_eq!(
+            Config::parse("access_log: off\n").expect("off").access_log,
+            AccessLogConfig::Off
+        );
+        let c = Config::parse(
+            "access_log: { path: /tmp/a.log, format: text, query: true, buffer: 8 }\n\
+             trusted_proxies: [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+        )
+        .expect("valid");
+        let s = c.access_log.settings().expect("on");
+        assert_eq!(s.path.as_deref(), Some(std::path::Path::new("/tmp/a.log")));
+        assert_eq!(
+            (s.format, s.query, s.buffer),
+            (AccessLogFormat::Text, true, 8)
+        );
+        assert_eq!(c.trusted_proxies.len(), 2);
+        for (yaml, want) in [
+            ("access_log: { format: xml }\n", "access_log.format"),
+            ("access_log: { buffer: 0 }\n", "access_log.buffer"),
+            ("access_log: { pth: /x }\n", "pth"),
+            ("access_log: sometimes\n", "access_log"),
+            ("trusted_proxies: [\"10.0.0.0/33\"]\n", "trusted_proxies"),
+            (
+                "client: { tunnel_idle_timeout: 1ms }\n",
+                "client.tunnel_idle_timeout",
+            ),
+        ] {
+            let e = Config::parse(yaml).expect_err(yaml).to_string();
+            assert!(
+                e.contains(want) && (e.contains("line") || want.starts_with("client")),
+                "{yaml}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn client_and_passive_health_sections_are_validated() {
         let c = Config::parse("threads: 1\n").expect("defaults");
         assert_eq!(c.client, ClientConfig::default());
