@@ -156,6 +156,7 @@ impl AccessLog {
             return Ok(());
         };
         let writer = Writer {
+            failing: false,
             rx,
             reopen: self.reopen.clone(),
             target: self.target.clone(),
@@ -170,6 +171,8 @@ impl AccessLog {
 }
 
 struct Writer {
+    /// Whether the last write failed: an error is logged once per run of failures, not per line.
+    failing: bool,
     rx: Receiver<Entry>,
     reopen: Arc<AtomicBool>,
     target: Arc<Target>,
@@ -178,7 +181,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(self, file: Option<File>) {
+    fn run(mut self, file: Option<File>) {
         let mut out: BufWriter<Box<dyn Write + Send>> = BufWriter::with_capacity(
             BUFFER_BYTES,
             match file {
@@ -194,9 +197,8 @@ impl Writer {
                     while let Ok(entry) = self.rx.try_recv() {
                         self.write(&mut out, &mut line, &entry);
                     }
-                    if let Err(e) = out.flush() {
-                        error!("access log: write failed: {e}");
-                    }
+                    let flushed = out.flush();
+                    self.note(flushed);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -220,15 +222,31 @@ impl Writer {
         }
     }
 
-    fn write(&self, out: &mut impl Write, line: &mut Vec<u8>, entry: &Entry) {
+    /// Log the first failure of a run of failures, and the recovery.
+    fn note(&mut self, result: io::Result<()>) {
+        match (result, self.failing) {
+            (Err(e), false) => {
+                error!("access log: write failed, lines are lost until it works again: {e}");
+                self.failing = true;
+            }
+            (Ok(()), true) => {
+                info!("access log: writing again");
+                self.failing = false;
+            }
+            _ => {}
+        }
+    }
+
+    fn write(&mut self, out: &mut impl Write, line: &mut Vec<u8>, entry: &Entry) {
         line.clear();
         match self.format {
             AccessLogFormat::Json => json_line(line, entry, self.query),
             AccessLogFormat::Text => text_line(line, entry, self.query),
         }
         line.push(b'\n');
-        if let Err(e) = out.write_all(line) {
-            error!("access log: write failed: {e}");
+        let written = out.write_all(line);
+        if written.is_err() {
+            self.note(written);
         }
     }
 }
