@@ -250,3 +250,84 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &'static str) -> Entry {
+        Entry {
+            time: SystemTime::now(),
+            client: None,
+            method: Method::GET,
+            uri: Uri::from_static("/"),
+            version: Version::HTTP_11,
+            status: Some(200),
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: Duration::ZERO,
+            upstream: None,
+            upstream_time: None,
+            pool: None,
+            reason: None,
+            user_hash: None,
+            request_id: Some(HeaderValue::from_static(id)),
+            tls: None,
+            referer: None,
+            user_agent: None,
+        }
+    }
+
+    fn settings(path: &Path, buffer: usize) -> AccessLogSettings {
+        AccessLogSettings {
+            path: Some(path.to_path_buf()),
+            buffer,
+            ..AccessLogSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dropped = IntCounter::new("dropped", "test").expect("counter");
+        let log =
+            AccessLog::new(&settings(&dir.path().join("a.log"), 2), dropped.clone()).expect("open");
+        // No writer yet: two lines fit, the rest are dropped at once.
+        for _ in 0..5 {
+            log.log(entry("x"));
+        }
+        assert_eq!(dropped.get(), 3);
+    }
+
+    #[test]
+    fn the_writer_writes_queued_lines_and_reopens_on_request() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("a.log");
+        let dropped = IntCounter::new("dropped", "test").expect("counter");
+        let log = AccessLog::new(&settings(&path, 64), dropped).expect("open");
+        log.log(entry("one"));
+        log.start_writer().expect("writer");
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !read(&path).contains("\"one\"") {
+            assert!(std::time::Instant::now() < deadline, "line not written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let rotated = dir.path().join("a.log.1");
+        std::fs::rename(&path, &rotated).expect("rename");
+        log.reopen();
+        // The writer looks at the flag at least every POLL; lines after it go to a new file.
+        while !read(&path).contains("\"two\"") {
+            assert!(std::time::Instant::now() < deadline, "not reopened");
+            log.log(entry("two"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(read(&rotated).contains("\"one\""));
+        assert!(AccessLog::new(
+            &settings(Path::new("/nonexistent/dir/a.log"), 1),
+            IntCounter::new("d", "t").expect("counter")
+        )
+        .err()
+        .is_some_and(|e| e.to_string().contains("/nonexistent/dir/a.log")));
+    }
+}
