@@ -3,8 +3,8 @@
 //! The request path builds an [`Entry`] out of cheap clones (the URI and header values are
 //! reference-counted bytes, the rest are numbers) and hands it to a bounded queue with
 //! `try_send`: it never waits. One writer thread (started by a background service once Pingora
-//! runs, [`AccessLog::start_writer`]) formats the lines (`format.rs`) into a buffer and writes
-//! them out, flushing whenever the queue is empty. When the queue is full the line is dropped and
+//! runs, [`AccessLog::start_writer`]) wakes every 20 ms, formats what is queued (`format.rs`)
+//! into a buffer and writes it out in one go. When the queue is full the line is dropped and
 //! counted (`canary_lb_access_log_dropped_total`). A file is reopened on [`AccessLog::reopen`]
 //! (SIGUSR1, logrotate's convention: rename the file, then signal).
 
@@ -16,7 +16,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -99,8 +99,11 @@ pub struct AccessLog {
     target: Arc<Target>,
 }
 
-/// How long the writer waits for a line before looking at the reopen flag again.
-const POLL: Duration = Duration::from_millis(200);
+/// How long the writer sleeps between two drains of the queue. It sleeps rather than waits on
+/// the queue, so a request never wakes it (a wake-up per line costs a context switch on the
+/// request's core), and lines are written in batches (one `write` per drain, or per full
+/// buffer). The queue holds `access_log.buffer` lines: 16,384 by default, many ticks' worth.
+const TICK: Duration = Duration::from_millis(20);
 
 /// Flush the buffer once it holds this much, even while lines keep coming.
 const BUFFER_BYTES: usize = 64 * 1024;
@@ -191,20 +194,23 @@ impl Writer {
         );
         let mut line = Vec::with_capacity(1024);
         loop {
-            match self.rx.recv_timeout(POLL) {
-                Ok(entry) => {
-                    self.write(&mut out, &mut line, &entry);
-                    while let Ok(entry) = self.rx.try_recv() {
+            let mut wrote = false;
+            loop {
+                match self.rx.try_recv() {
+                    Ok(entry) => {
                         self.write(&mut out, &mut line, &entry);
+                        wrote = true;
                     }
-                    let flushed = out.flush();
-                    self.note(flushed);
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        let _ = out.flush();
+                        return;
+                    }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = out.flush();
-                    return;
-                }
+            }
+            if wrote {
+                let flushed = out.flush();
+                self.note(flushed);
             }
             if self.reopen.swap(false, Ordering::Relaxed) {
                 if let Target::File(path) = &*self.target {
@@ -219,6 +225,7 @@ impl Writer {
                     }
                 }
             }
+            std::thread::sleep(TICK);
         }
     }
 
@@ -316,7 +323,7 @@ mod tests {
         let rotated = dir.path().join("a.log.1");
         std::fs::rename(&path, &rotated).expect("rename");
         log.reopen();
-        // The writer looks at the flag at least every POLL; lines after it go to a new file.
+        // The writer looks at the flag every TICK; lines after it go to a new file.
         while !read(&path).contains("\"two\"") {
             assert!(std::time::Instant::now() < deadline, "not reopened");
             log.log(entry("two"));
