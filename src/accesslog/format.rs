@@ -50,10 +50,29 @@ fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(b)
 }
 
+/// A `Display` value serialized as a string, without an intermediate `String`.
+struct Text<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Text<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// The user-key hash as [`user_hash_text`] writes it.
+struct UserHash(u64);
+
+impl std::fmt::Display for UserHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:012x}", self.0 >> 16)
+    }
+}
+
+// Every field borrows from the entry or is a number: formatting a line allocates nothing.
 #[derive(Serialize)]
 struct JsonLine<'a> {
-    time: String,
-    client: Option<String>,
+    time: Text<humantime::Rfc3339Timestamp>,
+    client: Option<std::net::IpAddr>,
     method: std::borrow::Cow<'a, str>,
     path: std::borrow::Cow<'a, str>,
     http: &'static str,
@@ -61,11 +80,11 @@ struct JsonLine<'a> {
     bytes_in: usize,
     bytes_out: usize,
     duration_ms: f64,
-    upstream: Option<String>,
+    upstream: Option<std::net::SocketAddr>,
     upstream_time_ms: Option<f64>,
     pool: Option<&'static str>,
     reason: Option<&'static str>,
-    user: Option<String>,
+    user: Option<Text<UserHash>>,
     request_id: Option<std::borrow::Cow<'a, str>>,
     tls: Option<&'a str>,
     referer: Option<std::borrow::Cow<'a, str>>,
@@ -73,15 +92,12 @@ struct JsonLine<'a> {
 }
 
 /// One JSON object, without the newline.
-pub fn json_line(out: &mut Vec<u8>, e: &Entry, query: bool) {
-    let header = |v: &'_ Option<http::HeaderValue>| {
-        v.as_ref()
-            .map(|v| lossy(cut(v.as_bytes(), MAX_HEADER)).into_owned())
-            .map(std::borrow::Cow::Owned)
-    };
+pub fn json_line<'a>(out: &mut Vec<u8>, e: &'a Entry, query: bool) {
+    let header =
+        |v: &'a Option<http::HeaderValue>| v.as_ref().map(|v| lossy(cut(v.as_bytes(), MAX_HEADER)));
     let line = JsonLine {
-        time: humantime::format_rfc3339_millis(e.time).to_string(),
-        client: e.client.map(|c| c.to_string()),
+        time: Text(humantime::format_rfc3339_millis(e.time)),
+        client: e.client,
         method: lossy(cut(e.method.as_str().as_bytes(), MAX_HEADER)),
         path: lossy(target(e, query)),
         http: version_text(e.version),
@@ -89,11 +105,11 @@ pub fn json_line(out: &mut Vec<u8>, e: &Entry, query: bool) {
         bytes_in: e.bytes_in,
         bytes_out: e.bytes_out,
         duration_ms: millis(e.duration),
-        upstream: e.upstream.map(|u| u.to_string()),
+        upstream: e.upstream,
         upstream_time_ms: e.upstream_time.map(millis),
         pool: e.pool,
         reason: e.reason,
-        user: e.user_hash.map(user_hash_text),
+        user: e.user_hash.map(|h| Text(UserHash(h))),
         request_id: e.request_id.as_ref().map(|v| lossy(v.as_bytes())),
         tls: e.tls.as_deref(),
         referer: header(&e.referer),
