@@ -7,14 +7,22 @@
 #   ./benches/compare.sh                      # 3 rounds x 10 s, small and 64 KiB bodies
 #   DUR=5 ROUNDS=5 ./benches/compare.sh
 #   THREADS_CANDIDATE=2 CPU_PROXY= ./benches/compare.sh   # canary-lb with threads: 2, unpinned
+#   ACCESS_LOG=file ./benches/compare.sh      # canary-lb writing its JSON access log to a file
+#                                               # (default: off, like nginx's and HAProxy's here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_BENCH=1 ./scripts/setup.sh >&2
 cargo build --release >&2
 conf=$(mktemp --suffix=.yaml)
-trap 'rm -f "$conf"' EXIT
+log=$(mktemp --suffix=.access.log)
+trap 'rm -f "$conf" "$log"' EXIT
 sed "s/^threads: 1/threads: ${THREADS_CANDIDATE:-1}/" benches/bench.yaml > "$conf"
+case "${ACCESS_LOG:-off}" in
+  off) ;;
+  file) sed -i "s|^access_log: off|access_log: { path: \"$log\" }|" "$conf" ;;
+  *) echo "ACCESS_LOG must be off or file" >&2; exit 2 ;;
+esac
 export CPU_WRK=${CPU_WRK-0} CPU_BACKEND=${CPU_BACKEND-0} CPU_PROXY=${CPU_PROXY-1}
 export RUST_LOG=${RUST_LOG:-warn}
 export CANDIDATE_CMD="$PWD/target/release/canary-lb serve --config $conf"
-exec bash benches/proxy-bench.sh
+bash benches/proxy-bench.sh

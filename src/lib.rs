@@ -2,6 +2,7 @@
 //! `canary` pool. The binary (`main.rs`) only parses the command line and calls in here.
 //! `docs/architecture.md` says what each module is for and which may use which.
 
+pub mod accesslog;
 pub mod cli;
 pub mod config;
 pub mod control;

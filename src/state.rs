@@ -20,6 +20,7 @@ use arc_swap::{ArcSwap, Guard};
 use log::info;
 use tokio::sync::Notify;
 
+use crate::accesslog::{AccessLog, OpenError};
 use crate::config::{Balance, ClientConfig, Config, PassiveHealthConfig, Provider, UpstreamConfig};
 use crate::discovery::{self, RoutingOverrides, Sink};
 use crate::metrics::{ConfigSource, DiscoveryErrorKind, Metrics};
@@ -45,6 +46,8 @@ pub struct Live {
     pub passive_health: PassiveHealthConfig,
     /// Read by the pools when they refresh (`Pool::set_balance`).
     pub balance: PerPool<Balance>,
+    /// Peers whose forwarding headers are believed (`proxy::headers::client_address`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Live {
@@ -56,6 +59,7 @@ impl Live {
             client: config.client.clone(),
             passive_health: config.passive_health.clone(),
             balance: PerPool::from_fn(|kind| config.pools.get(kind).balance),
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 }
@@ -80,6 +84,8 @@ pub enum StartError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    AccessLog(#[from] OpenError),
 }
 
 /// The rollout coordinator this process uses (none: no rollouts, e.g. Redis mode until its
@@ -101,6 +107,9 @@ pub struct Shared {
     pub pools: Pools,
     pub metrics: Metrics,
     pub discovery: DiscoveryStatus,
+    /// The access log as the process started with it (`access_log` needs a restart); None
+    /// when off.
+    pub access_log: Option<AccessLog>,
     /// Requests between `request_filter` and `logging`.
     pub in_flight: AtomicI64,
     /// Wakes the discovery task: the wanted servers changed.
@@ -125,10 +134,18 @@ impl Shared {
         let metrics = Metrics::new()?;
         metrics.set_canary_percent(policy.percent.as_f64());
         let static_provider = config.discovery.provider == Provider::Static;
+        let access_log = match config.access_log.settings() {
+            Some(settings) => Some(AccessLog::new(
+                settings,
+                metrics.access_log_dropped.clone(),
+            )?),
+            None => None,
+        };
         let config = Arc::new(config);
         let shared = Shared {
             pools,
             metrics,
+            access_log,
             discovery: DiscoveryStatus {
                 provider: config.discovery.provider,
                 source: discovery::from_config(&config).describe(),

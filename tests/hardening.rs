@@ -243,7 +243,9 @@ fn a_reset_is_retried_once_only_for_idempotent_requests_without_a_body() {
 #[test]
 fn forwarding_headers_cannot_be_forged() {
     let backend = RawBackend::start();
-    let proxy = proxy_for(&[backend.addr()], "");
+    // The client (127.0.0.1) is a trusted proxy here, so its X-Forwarded-For is kept
+    // (issue 10: an untrusted client's is replaced, tests/forwarding.rs).
+    let proxy = proxy_for(&[backend.addr()], "trusted_proxies: [\"127.0.0.1/32\"]\n");
     let port = proxy.listen_port();
     let out = raw_exchange(
         port,

@@ -6,17 +6,18 @@
 //! `upstream.max_tries`, `passive_health.*`, `pools.*.balance`, `pools.*.servers` (with the
 //! static provider), `client.keepalive_timeout`, `client.body_timeout`, `client.send_timeout`,
 //! `client.max_header_line`, `client.max_headers`, `client.drop_underscore_headers`,
-//! `client.max_header_bytes` (lowering it), `metrics_auth_token_file`, `rollout.*`, which
-//! apply to the next rollout started (a running one keeps the settings frozen at its start),
-//! and the certificates of TLS listeners (`listen[].tls.cert`, `.key`, `.sni`: the files are
-//! read again and swapped in for new handshakes; open connections keep theirs; a bad file
-//! refuses the whole reload).
+//! `client.max_header_bytes` (lowering it), `client.tunnel_idle_timeout`, `trusted_proxies`,
+//! `metrics_auth_token_file`, `rollout.*`, which apply to the next rollout started (a running
+//! one keeps the settings frozen at its start), and the certificates of TLS listeners
+//! (`listen[].tls.cert`, `.key`, `.sni`: the files are read again and swapped in for new
+//! handshakes; open connections keep theirs; a bad file refuses the whole reload).
 //!
 //! Restart only, because Pingora or a background task takes them once at start: `listen`
 //! (adding or removing a listener, its `addr`, `h2c`, `redirect_to_https`, TLS on or off),
 //! `threads`, `metrics_listen`, `grace_period`, `health_check.*`, `discovery.*`,
 //! `client.header_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
-//! `upstream.keepalive_pool_size`, and `pools.*.servers` when discovery is not static (the
+//! `upstream.keepalive_pool_size`, `access_log` (its file, format and queue are set up once;
+//! SIGUSR1 reopens the file), and `pools.*.servers` when discovery is not static (the
 //! file's lists serve only until the provider first answers). [`Config::restart_needed`] names
 //! the ones that changed, so the reload log says them in one line.
 
@@ -60,6 +61,7 @@ impl Config {
             "upstream.keepalive_pool_size",
             old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size,
         );
+        check("access_log", old.access_log != new.access_log);
         if old.discovery.provider != Provider::Static {
             for (kind, key) in [
                 (PoolKind::Production, "pools.production.servers"),

@@ -56,6 +56,121 @@ pub struct Config {
     /// Progressive delivery: the defaults of `ctl rollout start` and the judgement's thresholds.
     #[serde(default)]
     pub rollout: RolloutConfig,
+    /// Networks of the proxies in front of canary-lb whose forwarding headers are believed
+    /// (README, "Headers"); empty: no one's, every client's are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// One line per request (README, "Access log"); `off` disables it.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+}
+
+/// `access_log: off`, or its settings (every key has a default: JSON lines on stdout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum AccessLogConfig {
+    #[serde(serialize_with = "ser_off")]
+    Off,
+    On(AccessLogSettings),
+}
+
+fn ser_off<S: serde::Serializer>(s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("off")
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig::On(AccessLogSettings::default())
+    }
+}
+
+impl AccessLogConfig {
+    pub fn settings(&self) -> Option<&AccessLogSettings> {
+        match self {
+            AccessLogConfig::Off => None,
+            AccessLogConfig::On(s) => Some(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AccessLogConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor rather than an untagged enum, so errors keep the key's path and line.
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AccessLogConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`off` or { path, format, query, buffer }")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<AccessLogConfig, E> {
+                // YAML 1.1 readers turn a bare `off` into false.
+                match v {
+                    false => Ok(AccessLogConfig::Off),
+                    true => Ok(AccessLogConfig::default()),
+                }
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AccessLogConfig, E> {
+                match v {
+                    "off" => Ok(AccessLogConfig::Off),
+                    "on" => Ok(AccessLogConfig::default()),
+                    other => Err(E::custom(format!(
+                        "expected `off` or a map of settings, got `{other}`"
+                    ))),
+                }
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<AccessLogConfig, A::Error> {
+                AccessLogSettings::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(AccessLogConfig::On)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `access_log: { path, format, query, buffer }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSettings {
+    /// A file the lines are appended to (reopened on SIGUSR1); absent: stdout.
+    #[serde(default)]
+    pub path: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// Log the query string with the path (off: it may carry tokens).
+    #[serde(default)]
+    pub query: bool,
+    /// Lines queued for the writer; when it cannot keep up, further lines are dropped and
+    /// counted (`canary_lb_access_log_dropped_total`), never delaying a request.
+    #[serde(default = "default_log_buffer", deserialize_with = "de_log_buffer")]
+    pub buffer: usize,
+}
+
+impl Default for AccessLogSettings {
+    fn default() -> Self {
+        AccessLogSettings {
+            path: None,
+            format: AccessLogFormat::default(),
+            query: false,
+            buffer: default_log_buffer(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// nginx's `combined` with canary-lb's fields appended.
+    Text,
 }
 
 /// One entry of `listen:`. Written as `"ip:port"` (a plain HTTP/1.1 listener) or as a map:
@@ -464,6 +579,12 @@ pub struct ClientConfig {
     /// some frameworks read `X_Canary` as `X-Canary`.
     #[serde(default = "default_true")]
     pub drop_underscore_headers: bool,
+    /// A switched connection (WebSocket) is closed when either side sends nothing for this
+    /// long (HAProxy's `timeout tunnel`; a server's pings and the browser's automatic pongs
+    /// keep both sides busy). It replaces `body_timeout` and `upstream.read_timeout` for
+    /// upgrade requests (the wait for the `101` included).
+    #[serde(default = "default_tunnel_idle_timeout", with = "humantime_serde")]
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -478,6 +599,7 @@ impl Default for ClientConfig {
             max_headers: default_max_headers(),
             max_connections: default_max_connections(),
             drop_underscore_headers: true,
+            tunnel_idle_timeout: default_tunnel_idle_timeout(),
         }
     }
 }
@@ -602,6 +724,7 @@ impl Config {
             ("client.header_timeout", c.header_timeout),
             ("client.body_timeout", c.body_timeout),
             ("client.send_timeout", c.send_timeout),
+            ("client.tunnel_idle_timeout", c.tunnel_idle_timeout),
         ] {
             if d < Duration::from_millis(100) {
                 return Err(invalid(key, "must be at least 100ms"));
@@ -1016,6 +1139,15 @@ fn default_header_timeout() -> Duration {
 fn default_body_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_tunnel_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_log_buffer() -> usize {
+    16 * 1024
+}
+fn de_log_buffer<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    checked(d, |v| int_in(v, 1, 1_000_000).map(|n| n as usize))
+}
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
@@ -1041,6 +1173,50 @@ fn default_resync() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_log_and_trusted_proxies_are_validated() {
+        let c = Config::parse("threads: 1\n").expect("defaults");
+        assert_eq!(
+            c.access_log,
+            AccessLogConfig::On(AccessLogSettings::default())
+        );
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.client.tunnel_idle_timeout, Duration::from_secs(600));
+        assert_eq!(
+            Config::parse("access_log: off\n").expect("off").access_log,
+            AccessLogConfig::Off
+        );
+        let c = Config::parse(
+            "access_log: { path: /tmp/a.log, format: text, query: true, buffer: 8 }\n\
+             trusted_proxies: [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+        )
+        .expect("valid");
+        let s = c.access_log.settings().expect("on");
+        assert_eq!(s.path.as_deref(), Some(std::path::Path::new("/tmp/a.log")));
+        assert_eq!(
+            (s.format, s.query, s.buffer),
+            (AccessLogFormat::Text, true, 8)
+        );
+        assert_eq!(c.trusted_proxies.len(), 2);
+        for (yaml, want) in [
+            ("access_log: { format: xml }\n", "access_log.format"),
+            ("access_log: { buffer: 0 }\n", "access_log.buffer"),
+            ("access_log: { pth: /x }\n", "pth"),
+            ("access_log: sometimes\n", "access_log"),
+            ("trusted_proxies: [\"10.0.0.0/33\"]\n", "trusted_proxies"),
+            (
+                "client: { tunnel_idle_timeout: 1ms }\n",
+                "client.tunnel_idle_timeout",
+            ),
+        ] {
+            let e = Config::parse(yaml).expect_err(yaml).to_string();
+            assert!(
+                e.contains(want) && (e.contains("line") || want.starts_with("client")),
+                "{yaml}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn client_and_passive_health_sections_are_validated() {

@@ -102,6 +102,8 @@ pub struct Metrics {
     client_connections: IntGauge,
     client_connections_max: IntGauge,
     client_connections_refused: IntCounter,
+    /// Access log lines dropped because the writer could not keep up.
+    pub access_log_dropped: IntCounter,
     counts: PerPool<PoolCounts>,
     /// (pool, server) pairs that have series, to remove them when the server leaves.
     seen_servers: Mutex<HashSet<(PoolKind, String)>>,
@@ -209,6 +211,11 @@ impl Metrics {
             "Client connections closed at once because max_connections were open.",
         )?;
         registry.register(Box::new(client_connections_refused.clone()))?;
+        let access_log_dropped = IntCounter::new(
+            "canary_lb_access_log_dropped_total",
+            "Access log lines dropped because the writer could not keep up (never delaying a request).",
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
 
         // Every label set known at start gets its series now, so each exists (at 0) from the
         // first scrape and `increase()` sees its first event.
@@ -252,6 +259,7 @@ impl Metrics {
             client_connections,
             client_connections_max,
             client_connections_refused,
+            access_log_dropped,
             counts: Default::default(),
             seen_servers: Mutex::new(HashSet::new()),
         };

@@ -1,9 +1,11 @@
 //! The headers canary-lb reads and writes on the way through: the forwarding headers
-//! (`X-Forwarded-For`, `-Proto`, `-Host`), the request id, the request's cookie lines, and
+//! (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`) and the trusted-proxy rule, the request id, the request's cookie lines, and
 //! whether a request carries a body. Routing reads none of these directly: it gets plain
 //! facts from the proxy.
 
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use bytes::Bytes;
 use http::{header, HeaderValue};
@@ -51,51 +53,198 @@ pub fn request_id(upstream: &mut RequestHeader) -> Result<HeaderValue> {
     Ok(id)
 }
 
-/// The `X-Forwarded-For` value to send upstream: every line the client sent, in order, then
-/// the client's address.
-pub fn forwarded_for<'a>(
-    previous: impl IntoIterator<Item = &'a HeaderValue>,
-    ip: IpAddr,
-) -> Vec<u8> {
-    use std::io::Write;
-    let mut v = Vec::with_capacity(64);
-    for prev in previous {
-        let prev = prev.as_bytes().trim_ascii();
-        if prev.is_empty() {
-            continue;
-        }
-        v.extend_from_slice(prev);
-        v.extend_from_slice(b", ");
+/// Hops of a trusted peer's `X-Forwarded-For` looked at and sent on: the rightmost ones (the
+/// nearest proxies); the rest, written by whoever the farthest client was, are dropped.
+pub const MAX_FORWARDED_HOPS: usize = 20;
+
+/// Longest `X-Forwarded-Host` kept from a trusted peer (a DNS name is at most 253 bytes).
+pub const MAX_FORWARDED_HOST: usize = 255;
+
+/// One `X-Forwarded-For` entry: an address (`1.2.3.4`, `2001:db8::1`, also with a port,
+/// `1.2.3.4:80`, `[2001:db8::1]:80`), or None for anything else (`unknown`, garbage).
+pub fn parse_hop(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry.trim_ascii()).ok()?;
+    if text.len() > 64 {
+        return None;
     }
-    // Writing into a Vec cannot fail.
-    let _ = write!(v, "{ip}");
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            text.strip_prefix('[')
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse().ok())
+        })
+}
+
+/// The last [`MAX_FORWARDED_HOPS`] entries of the request's `X-Forwarded-For` lines, nearest
+/// first (the rightmost entry of the last line is the proxy that connected to us's client);
+/// empty entries are skipped. Work is bounded by the hop cap and the request head limits.
+pub fn forwarded_hops(req: &RequestHeader) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    for line in req.headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        for entry in line.as_bytes().rsplit(|&b| b == b',') {
+            if hops.len() == MAX_FORWARDED_HOPS {
+                return hops;
+            }
+            if !entry.trim_ascii().is_empty() {
+                hops.push(parse_hop(entry));
+            }
+        }
+    }
+    hops
+}
+
+fn trusted(nets: &[IpNet], ip: IpAddr) -> bool {
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+/// Who a request came from, by the trusted-proxy rule: the TCP peer, unless it is a trusted
+/// proxy; then the rightmost untrusted address of its `X-Forwarded-For` (`hops`, nearest
+/// first). The walk stops at an entry that is not an address (the client is then the trusted
+/// hop before it) and after [`MAX_FORWARDED_HOPS`] (the farthest one seen).
+pub fn client_address(peer: IpAddr, hops: &[Option<IpAddr>], nets: &[IpNet]) -> IpAddr {
+    let mut client = peer;
+    if !trusted(nets, peer) {
+        return client;
+    }
+    for hop in hops {
+        let Some(ip) = *hop else { break };
+        client = ip;
+        if !trusted(nets, ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// The `X-Forwarded-For` value sent on for a trusted peer: its hops, farthest first, at most
+/// [`MAX_FORWARDED_HOPS`], each an address or `unknown` (RFC 7239's word for it), then the
+/// peer.
+pub fn forwarded_for(hops: &[Option<IpAddr>], peer: IpAddr) -> Vec<u8> {
+    use std::io::Write;
+    let mut v = Vec::with_capacity(16 + 18 * hops.len());
+    for hop in hops.iter().rev() {
+        // Writing into a Vec cannot fail.
+        let _ = match hop {
+            Some(ip) => write!(v, "{ip}, "),
+            None => write!(v, "unknown, "),
+        };
+    }
+    let _ = write!(v, "{peer}");
     v
 }
 
-/// Set the forwarding headers of a request going upstream (`X-Forwarded-For` with the client's
-/// address appended, `X-Forwarded-Proto` (`https` when the client came over TLS),
-/// `X-Forwarded-Host`), and drop any `X-Canary-Pool`
-/// the client sent: only the proxy says which pool served a request.
-pub fn set_forwarding(
-    upstream: &mut RequestHeader,
-    client_ip: Option<IpAddr>,
-    proto: &'static str,
-) -> Result<()> {
-    if let Some(ip) = client_ip {
-        let xff = forwarded_for(upstream.headers.get_all(X_FORWARDED_FOR), ip);
-        if let Ok(xff) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
-            upstream.insert_header(X_FORWARDED_FOR, xff)?;
+/// What the proxy knows of a request's origin, worked out once in `request_filter`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin {
+    /// The TCP peer.
+    pub peer: Option<IpAddr>,
+    /// Whether the peer is in `trusted_proxies`: its forwarding headers are believed.
+    pub peer_trusted: bool,
+    /// The client by the trusted-proxy rule ([`client_address`]).
+    pub client: Option<IpAddr>,
+}
+
+impl Origin {
+    pub fn of(req: &RequestHeader, peer: Option<IpAddr>, nets: &[IpNet]) -> Origin {
+        let Some(peer) = peer else {
+            return Origin::default();
+        };
+        if !trusted(nets, peer) {
+            return Origin {
+                peer: Some(peer),
+                peer_trusted: false,
+                client: Some(peer),
+            };
+        }
+        Origin {
+            peer: Some(peer),
+            peer_trusted: true,
+            client: Some(client_address(peer, &forwarded_hops(req), nets)),
         }
     }
-    upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
-    let host = upstream.headers.get(header::HOST).cloned().or_else(|| {
-        upstream
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    if let Some(host) = host {
-        upstream.insert_header(X_FORWARDED_HOST, host)?;
+}
+
+/// The one value of header `name`, when the request has exactly one such line.
+fn single<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a HeaderValue> {
+    let mut all = req.headers.get_all(name).iter();
+    let first = all.next()?;
+    all.next().is_none().then_some(first)
+}
+
+/// Whether `v` looks like a host (and port) and nothing else.
+fn host_like(v: &[u8]) -> bool {
+    (1..=MAX_FORWARDED_HOST).contains(&v.len())
+        && v.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        })
+}
+
+/// Set the forwarding headers of a request going upstream, and drop any `X-Canary-Pool` the
+/// client sent (only the proxy says which pool served a request).
+///
+/// From an untrusted peer (any peer unless `trusted_proxies` names it), the client's
+/// `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` are discarded and the proxy writes its
+/// own: the peer's address, `proto` (`https` when the client came over TLS), the `Host`. From a trusted peer, its `X-Forwarded-For` is
+/// kept (its last [`MAX_FORWARDED_HOPS`] hops, normalized) with the peer appended, and its
+/// `X-Forwarded-Proto` (`http` or `https`), `X-Forwarded-Host` (one host-like value) and
+/// `Forwarded` are passed on; a missing or malformed one is replaced by the proxy's own.
+pub fn set_forwarding(
+    upstream: &mut RequestHeader,
+    origin: &Origin,
+    proto: &'static str,
+) -> Result<()> {
+    let trusted = origin.peer_trusted;
+    match origin.peer {
+        Some(peer) => {
+            let hops = if trusted {
+                forwarded_hops(upstream)
+            } else {
+                Vec::new()
+            };
+            let xff = forwarded_for(&hops, peer);
+            match HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+                Ok(xff) => {
+                    upstream.insert_header(X_FORWARDED_FOR, xff)?;
+                }
+                Err(_) => {
+                    upstream.remove_header(X_FORWARDED_FOR);
+                }
+            }
+        }
+        None => {
+            upstream.remove_header(X_FORWARDED_FOR);
+        }
+    }
+    let proto_ok = trusted
+        && single(upstream, X_FORWARDED_PROTO).is_some_and(|v| {
+            v.as_bytes().eq_ignore_ascii_case(b"http")
+                || v.as_bytes().eq_ignore_ascii_case(b"https")
+        });
+    if !proto_ok {
+        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
+    }
+    let host_ok =
+        trusted && single(upstream, X_FORWARDED_HOST).is_some_and(|v| host_like(v.as_bytes()));
+    if !host_ok {
+        let host = upstream.headers.get(header::HOST).cloned().or_else(|| {
+            upstream
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        match host {
+            Some(host) => {
+                upstream.insert_header(X_FORWARDED_HOST, host)?;
+            }
+            None => {
+                upstream.remove_header(X_FORWARDED_HOST);
+            }
+        }
+    }
+    if !trusted && upstream.headers.contains_key(header::FORWARDED) {
+        upstream.remove_header(&header::FORWARDED);
     }
     if upstream.headers.contains_key(X_CANARY_POOL) {
         upstream.remove_header(X_CANARY_POOL);
@@ -190,19 +339,85 @@ mod tests {
         }
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
     #[test]
     fn forwarded_for_keeps_every_line_in_order() {
-        let ip: IpAddr = "10.0.0.9".parse().unwrap();
-        let lines = [
-            HeaderValue::from_static("1.1.1.1"),
-            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
-            HeaderValue::from_static(" "),
-        ];
+        let req = request(&[
+            (X_FORWARDED_FOR, "1.1.1.1"),
+            (X_FORWARDED_FOR, "2.2.2.2, 3.3.3.3"),
+            (X_FORWARDED_FOR, " "),
+        ]);
         assert_eq!(
-            forwarded_for(lines.iter(), ip),
+            forwarded_for(&forwarded_hops(&req), ip("10.0.0.9")),
             b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
         );
-        assert_eq!(forwarded_for([].iter(), ip), b"10.0.0.9");
+        assert_eq!(forwarded_for(&[], ip("10.0.0.9")), b"10.0.0.9");
+    }
+
+    #[test]
+    fn hops_are_parsed_normalized_and_bounded() {
+        assert_eq!(parse_hop(b" 1.2.3.4 "), Some(ip("1.2.3.4")));
+        assert_eq!(parse_hop(b"1.2.3.4:8080"), Some(ip("1.2.3.4")));
+        assert_eq!(parse_hop(b"[2001:db8::1]:443"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_hop(b"[2001:db8::1]"), Some(ip("2001:db8::1")));
+        for bad in [
+            &b"unknown"[..],
+            b"<script>",
+            b"1.2.3",
+            b"\xff\xfe",
+            b"999.1.1.1",
+        ] {
+            assert_eq!(parse_hop(bad), None, "{bad:?}");
+        }
+        let many = vec!["9.9.9.9"; 500].join(",");
+        let req = request(&[(X_FORWARDED_FOR, "1.1.1.1, junk"), (X_FORWARDED_FOR, &many)]);
+        let hops = forwarded_hops(&req);
+        assert_eq!(hops.len(), MAX_FORWARDED_HOPS);
+        let req = request(&[(X_FORWARDED_FOR, "1.1.1.1, junk, 2.2.2.2")]);
+        assert_eq!(
+            forwarded_for(&forwarded_hops(&req), ip("10.0.0.1")),
+            b"1.1.1.1, unknown, 2.2.2.2, 10.0.0.1"
+        );
+    }
+
+    #[test]
+    fn client_is_the_rightmost_untrusted_address() {
+        let t = nets(&["10.0.0.0/8"]);
+        let hops = |s: &str| forwarded_hops(&request(&[(X_FORWARDED_FOR, s)]));
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(
+            client_address(ip("8.8.8.8"), &hops("1.1.1.1"), &t),
+            ip("8.8.8.8")
+        );
+        // A trusted peer: walk from the right past trusted hops.
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &hops("6.6.6.6, 1.1.1.1, 10.0.0.2"), &t),
+            ip("1.1.1.1")
+        );
+        // Every hop trusted: the farthest one.
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &hops("10.0.0.3, 10.0.0.2"), &t),
+            ip("10.0.0.3")
+        );
+        // No header: the peer.
+        assert_eq!(client_address(ip("10.0.0.1"), &[], &t), ip("10.0.0.1"));
+        // Garbage stops the walk at the trusted hop before it.
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &hops("1.1.1.1, junk, 10.0.0.2"), &t),
+            ip("10.0.0.2")
+        );
+        // Nothing trusted: the peer, always.
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &hops("1.1.1.1"), &[]),
+            ip("10.0.0.1")
+        );
     }
 
     #[test]
@@ -212,11 +427,40 @@ mod tests {
             (X_FORWARDED_FOR, "1.1.1.1"),
             (X_CANARY_POOL, "canary"),
         ]);
-        set_forwarding(&mut req, Some("10.0.0.9".parse().unwrap()), "http").expect("forwarding");
+        let origin = Origin::of(&req, Some(ip("10.0.0.9")), &nets(&["10.0.0.0/8"]));
+        set_forwarding(&mut req, &origin, "http").expect("forwarding");
         assert_eq!(req.headers[X_FORWARDED_FOR], "1.1.1.1, 10.0.0.9");
         assert_eq!(req.headers[X_FORWARDED_PROTO], "http");
         assert_eq!(req.headers[X_FORWARDED_HOST], "example.test");
         assert!(!req.headers.contains_key(X_CANARY_POOL));
+    }
+
+    #[test]
+    fn untrusted_peer_forwarding_headers_are_replaced() {
+        let sent = [
+            ("Host", "example.test"),
+            (X_FORWARDED_FOR, "1.1.1.1"),
+            (X_FORWARDED_PROTO, "https"),
+            (X_FORWARDED_HOST, "evil.test"),
+            ("Forwarded", "for=1.1.1.1"),
+        ];
+        let mut req = request(&sent);
+        let origin = Origin::of(&req, Some(ip("10.0.0.9")), &[]);
+        assert_eq!(origin.client, Some(ip("10.0.0.9")));
+        set_forwarding(&mut req, &origin, "http").expect("forwarding");
+        assert_eq!(req.headers[X_FORWARDED_FOR], "10.0.0.9");
+        assert_eq!(req.headers[X_FORWARDED_PROTO], "http");
+        assert_eq!(req.headers[X_FORWARDED_HOST], "example.test");
+        assert!(!req.headers.contains_key("forwarded"));
+        // The same from a trusted peer is passed on.
+        let mut req = request(&sent);
+        let origin = Origin::of(&req, Some(ip("10.0.0.9")), &nets(&["10.0.0.9/32"]));
+        assert_eq!(origin.client, Some(ip("1.1.1.1")));
+        set_forwarding(&mut req, &origin, "http").expect("forwarding");
+        assert_eq!(req.headers[X_FORWARDED_FOR], "1.1.1.1, 10.0.0.9");
+        assert_eq!(req.headers[X_FORWARDED_PROTO], "https");
+        assert_eq!(req.headers[X_FORWARDED_HOST], "evil.test");
+        assert_eq!(req.headers["forwarded"], "for=1.1.1.1");
     }
 
     #[test]

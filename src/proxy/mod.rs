@@ -22,7 +22,7 @@ pub mod headers;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,15 +30,16 @@ use http::{header, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::accesslog::{self, Entry};
 use crate::metrics::{MethodLabel, RefusalCode};
-use crate::model::PoolKind;
+use crate::model::{PoolKind, Reason};
 use crate::pool::failure::{is_reset, is_server_failure};
 use crate::pool::ServerState;
 use crate::routing::{self, RequestFacts, UserKey};
 use crate::state::{Live, Shared};
-use headers::{has_body, CookieLines, X_CANARY_POOL, X_REQUEST_ID};
+use headers::{has_body, CookieLines, Origin, X_CANARY_POOL, X_REQUEST_ID};
 
 /// The proxy keeps no settings of its own: each request reads the [`Live`] snapshot it took
 /// in `new_ctx`, so a SIGHUP applies from the next request on.
@@ -73,16 +74,30 @@ pub struct Ctx {
     in_flight: bool,
     /// The routing header or flag cookie chose the pool (left out of rollout analysis).
     forced: bool,
+    /// The peer and the client by the trusted-proxy rule, from `request_filter` on.
+    origin: Origin,
+    reason: Option<Reason>,
+    /// XXH3 of the user key, for the access log (never the key).
+    user_hash: Option<u64>,
+    /// When the current attempt was handed to Pingora, and how long its response head took.
+    upstream_start: Option<Instant>,
+    upstream_time: Option<Duration>,
 }
 
 impl CanaryProxy {
-    fn peer(live: &Live, addr: SocketAddr) -> Box<HttpPeer> {
+    /// `upgrade`: the request asks to switch protocols; its reads may be a tunnel's, idle for
+    /// up to `client.tunnel_idle_timeout` (the wait for the `101` included).
+    fn peer(live: &Live, addr: SocketAddr, upgrade: bool) -> Box<HttpPeer> {
         let upstream = &live.upstream;
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
         o.connection_timeout = Some(upstream.connect_timeout);
         o.total_connection_timeout = Some(upstream.connect_timeout);
-        o.read_timeout = Some(upstream.read_timeout);
+        o.read_timeout = Some(if upgrade {
+            upstream.read_timeout.max(live.client.tunnel_idle_timeout)
+        } else {
+            upstream.read_timeout
+        });
         o.write_timeout = Some(upstream.write_timeout);
         o.idle_timeout = Some(upstream.idle_timeout);
         Box::new(peer)
@@ -178,6 +193,11 @@ impl ProxyHttp for CanaryProxy {
             request_id: None,
             in_flight: false,
             forced: false,
+            origin: Origin::default(),
+            reason: None,
+            user_hash: None,
+            upstream_start: None,
+            upstream_time: None,
         }
     }
 
@@ -188,15 +208,17 @@ impl ProxyHttp for CanaryProxy {
         let live = &ctx.live;
         let policy = &live.policy;
         let cookies = CookieLines::of(session.req_header());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let req = session.req_header();
+        ctx.origin = Origin::of(req, peer, &live.trusted_proxies);
         let client_ip = if policy.trusted_networks.is_empty() {
             None
         } else {
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip())
+            ctx.origin.client
         };
-        let req = session.req_header();
         let facts = RequestFacts {
             header: req.headers.get(&policy.header).map(|v| v.as_bytes()),
             cookies: cookies.as_slice(),
@@ -226,6 +248,11 @@ impl ProxyHttp for CanaryProxy {
             decision.reason,
             routing::Reason::Header | routing::Reason::Cookie
         );
+        ctx.reason = Some(decision.reason);
+        if self.shared.access_log.is_some() {
+            let key = decision.hash_key();
+            ctx.user_hash = (!key.is_empty()).then(|| accesslog::user_hash(key));
+        }
         if let UserKey::New(id) = decision.user {
             ctx.new_user_id = Some(id);
         }
@@ -238,7 +265,7 @@ impl ProxyHttp for CanaryProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request was not routed"))?;
@@ -269,8 +296,9 @@ impl ProxyHttp for CanaryProxy {
             prev.end_request();
         }
         server.begin_request();
-        let peer = Self::peer(&ctx.live, server.addr);
+        let peer = Self::peer(&ctx.live, server.addr, session.is_upgrade_req());
         ctx.counted_on = Some(server);
+        ctx.upstream_start = Some(Instant::now());
         Ok(peer)
     }
 
@@ -280,12 +308,16 @@ impl ProxyHttp for CanaryProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        if ctx.origin.peer.is_none() {
+            // Not routed by `request_filter` (cannot happen today): the peer, trusting no one.
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            ctx.origin = Origin::of(upstream, peer, &[]);
+        }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        headers::set_forwarding(upstream, client_ip, if tls { "https" } else { "http" })?;
+        headers::set_forwarding(upstream, &ctx.origin, if tls { "https" } else { "http" })?;
         let request_id = headers::request_id(upstream)?;
         ctx.request_id = Some(request_id);
         let policy = &ctx.live.policy;
@@ -303,6 +335,7 @@ impl ProxyHttp for CanaryProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.upstream_time = ctx.upstream_start.map(|t| t.elapsed());
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
             let status = upstream_response.status.as_u16();
             self.shared.metrics.record_upstream(
@@ -321,16 +354,22 @@ impl ProxyHttp for CanaryProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // Pingora switches to a tunnel only on a 101 to an upgrade request; from here on a
+            // quiet WebSocket is normal, and only `tunnel_idle_timeout` of silence ends it.
+            let idle = ctx.live.client.tunnel_idle_timeout;
+            session.set_read_timeout(Some(idle));
+        }
         let policy = &ctx.live.policy;
         if let (true, Some(pool)) = (policy.pool_response_header, ctx.pool) {
             resp.insert_header(X_CANARY_POOL, pool.as_str())?;
         }
-        if let Some(id) = ctx.request_id.take() {
-            resp.insert_header(X_REQUEST_ID, id)?;
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header(X_REQUEST_ID, id.clone())?;
         }
         if let Some(uid) = ctx.new_user_id.take() {
             resp.append_header(header::SET_COOKIE, policy.set_cookie(&uid))?;
@@ -408,6 +447,21 @@ impl ProxyHttp for CanaryProxy {
         e
     }
 
+    /// Pingora's answer to a failed request, except that an upstream that timed out gets 504
+    /// (as nginx), not 502.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let code = error_status(e);
+        if code > 0 {
+            if let Err(e) = session.respond_error(code).await {
+                log::error!("failed to send error response to downstream: {e}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         if ctx.in_flight {
             self.shared.in_flight.fetch_sub(1, Relaxed);
@@ -431,5 +485,74 @@ impl ProxyHttp for CanaryProxy {
             self.shared
                 .record_rollout(pool, code, ctx.forced, ctx.start);
         }
+        if let Some(log) = &self.shared.access_log {
+            log.log(Self::entry(session, ctx));
+        }
+    }
+}
+
+impl CanaryProxy {
+    /// The access log's line for a finished request: cheap clones only, formatted later by
+    /// the writer thread.
+    fn entry(session: &Session, ctx: &Ctx) -> Entry {
+        let req = session.req_header();
+        let client = ctx.origin.client.or_else(|| {
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+        });
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|s| s.version.clone());
+        Entry {
+            time: SystemTime::now(),
+            client,
+            method: req.method.clone(),
+            uri: req.uri.clone(),
+            version: req.version,
+            status: session
+                .as_ref()
+                .response_written()
+                .map(|r| r.status.as_u16()),
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            duration: ctx.start.elapsed(),
+            upstream: ctx
+                .server
+                .as_ref()
+                .filter(|_| ctx.attempts > 0)
+                .map(|s| s.addr),
+            upstream_time: ctx.upstream_time,
+            pool: ctx.pool.map(|p| p.as_str()),
+            reason: ctx.reason.map(|r| r.as_str()),
+            user_hash: ctx.user_hash,
+            request_id: ctx.request_id.clone(),
+            tls,
+            referer: req.headers.get(header::REFERER).cloned(),
+            user_agent: req.headers.get(header::USER_AGENT).cloned(),
+        }
+    }
+}
+
+/// The status Pingora's default `fail_to_proxy` answers an error with, but 504 for an upstream
+/// timeout (connect, read or write): 0 when the client is gone.
+pub fn error_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if matches!(e.esource(), ErrorSource::Upstream) =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
     }
 }

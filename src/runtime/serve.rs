@@ -176,11 +176,28 @@ pub fn assemble(
     }
     let n_main = listen.len() - n_h2c - n_redirect;
     let keeper = server.add_service(keeper);
+    // The access log's writer starts before the proxies that feed it.
+    let writer = shared.access_log.is_some().then(|| {
+        server.add_service(background_service(
+            "access log writer",
+            AccessLogWriter {
+                shared: shared.clone(),
+            },
+        ))
+    });
     if n_main > 0 {
-        server.add_service(proxy).add_dependency(&keeper);
+        let proxy = server.add_service(proxy);
+        proxy.add_dependency(&keeper);
+        if let Some(writer) = &writer {
+            proxy.add_dependency(writer);
+        }
     }
     if n_h2c > 0 {
-        server.add_service(h2c_proxy).add_dependency(&keeper);
+        let h2c_proxy = server.add_service(h2c_proxy);
+        h2c_proxy.add_dependency(&keeper);
+        if let Some(writer) = &writer {
+            h2c_proxy.add_dependency(writer);
+        }
     }
     if n_redirect > 0 {
         server.add_service(redirect);
@@ -271,6 +288,29 @@ impl Assembled {
         self.server.run(RunArgs {
             shutdown_signal: Box::new(watch),
         });
+    }
+}
+
+/// Starts the access log's writer thread once Pingora runs (no thread may exist before:
+/// daemon mode forks), then waits for shutdown.
+struct AccessLogWriter {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for AccessLogWriter {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        if let Some(log) = &self.shared.access_log {
+            if let Err(e) = log.start_writer() {
+                log::error!("access log: cannot start its writer thread: {e}");
+            }
+        }
+        ready.notify_ready();
+        let _ = shutdown.changed().await;
     }
 }
 

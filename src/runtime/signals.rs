@@ -1,6 +1,7 @@
 //! The signals of a running proxy: SIGHUP reloads the config file; SIGTERM drains within
 //! `grace_period` (and exits as soon as nothing is in flight); SIGINT stops at once; SIGQUIT
-//! hands the sockets to a new binary started with `--upgrade`.
+//! hands the sockets to a new binary started with `--upgrade`; SIGUSR1 reopens the access log
+//! file (logrotate's convention: rename it, then signal).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -100,14 +101,21 @@ impl ShutdownSignalWatch for Signals {
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::quit()),
+            signal(SignalKind::user_defined1()),
         );
-        let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut quit)) = streams else {
+        let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut usr1)) = streams else {
             error!("cannot install signal handlers; shutting down");
             return ShutdownSignal::FastShutdown;
         };
         loop {
             tokio::select! {
                 _ = hup.recv() => self.reload(),
+                _ = usr1.recv() => {
+                    if let Some(log) = &self.shared.access_log {
+                        info!("SIGUSR1: reopening the access log");
+                        log.reopen();
+                    }
+                }
                 _ = term.recv() => {
                     info!("SIGTERM: draining in-flight requests (grace period {:?})", self.shared.started().grace_period);
                     self.exit_when_idle();

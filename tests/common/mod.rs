@@ -11,7 +11,8 @@
 //! `store.rs`: the store's key names, from the library; `raw.rs`: exact bytes on both sides
 //! of the proxy (`RawBackend`, also scripted to misbehave, and `RawClient`); `shutdown.rs`:
 //! stopping a proxy with a signal and waiting for its exit; `tls.rs`: a test CA and
-//! certificates made at test time, `curl` over TLS/HTTP/2 and a Rust TLS client.
+//! certificates made at test time, `curl` over TLS/HTTP/2 and a Rust TLS client; `ws.rs`: a
+//! WebSocket echo server and client.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
@@ -21,6 +22,7 @@ mod redis_server;
 pub mod shutdown;
 pub mod store;
 pub mod tls;
+pub mod ws;
 
 pub use redis_server::*;
 
@@ -562,6 +564,11 @@ impl Proxy {
 
     pub fn sighup(&self) {
         self.process.signal("HUP");
+    }
+
+    /// SIGUSR1: reopen the access log file.
+    pub fn sigusr1(&self) {
+        self.process.signal("USR1");
     }
 
     pub fn sigint(&self) {
