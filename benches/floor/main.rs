@@ -56,8 +56,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut proxy =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, Floor(Arc::new(lb)), "floor");
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Floor(Arc::new(lb)),
+        "floor",
+    );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     server.run_forever();
