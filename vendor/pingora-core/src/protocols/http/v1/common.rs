@@ -35,7 +35,7 @@ pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 /// arrived with. A proxy adds a few headers to both (forwarding headers, request ids, cookies):
 /// with spare room those inserts do not grow and rehash the header map and its case map one
 /// power of two at a time.
-pub(crate) const HEADER_SLACK: usize = 8;
+pub(crate) const HEADER_SLACK: usize = 4;
 
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
