@@ -2,12 +2,16 @@
 # 10,000 concurrent keep-alive client connections through nginx and through canary-lb:
 # errors, requests/s, and resident memory per connection (RSS growth / connections).
 #   ./benches/connections.sh            # CONNS=10000 DUR=15
+#   NO_BUILD=1 CLB=path/to/canary-lb ./benches/connections.sh   # another build
 # Needs nginx, wrk, curl; raises the open-file limit for itself. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-10000}; DUR=${DUR:-15}
-WITH_BENCH=1 ./scripts/setup.sh >&2
-cargo build --release >&2
+CLB=${CLB:-target/release/canary-lb}
+if [ -z "${NO_BUILD:-}" ]; then
+  WITH_BENCH=1 ./scripts/setup.sh >&2
+  cargo build --release >&2
+fi
 ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -ge $((CONNS + 1000)) ] || { echo "open-file limit $(ulimit -n) too low" >&2; exit 1; }
 D=$(mktemp -d); pids=(); echo "files in $D" >&2
@@ -34,7 +38,7 @@ tree_rss() { local t=0 p; for p in $1 $(pgrep -P $1 || true); do t=$((t + $(rss 
 wait_port() { for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$1/" && return; sleep 0.1; done; exit 1; }
 nginx -p "$D/be/" -c "$D/be/nginx.conf" & pids+=($!)
 nginx -p "$D/ngx/" -c "$D/ngx/nginx.conf" & pids+=($!); ngx=$!
-RUST_LOG=warn target/release/canary-lb serve --config benches/bench.yaml 2>"$D/clb.log" & pids+=($!); clb=$!
+RUST_LOG=warn "$CLB" serve --config benches/bench.yaml 2>"$D/clb.log" & pids+=($!); clb=$!
 wait_port 8081; wait_port 8083
 printf '%-10s %8s %10s %8s %12s %14s\n' proxy conns req/s errors rss_delta_MiB KiB_per_conn
 for t in nginx:8081:$ngx canary-lb:8083:$clb; do

@@ -4,11 +4,15 @@
 # (release build, benches/bench.yaml) under callgrind, warms up, zeroes the counters, sends
 # requests with wrk for DUR seconds, dumps the counts and divides by the requests wrk completed.
 #   ./benches/instructions.sh [BINARY]      # default target/release/canary-lb
-# Env: DUR (default 10), CONNS (default 10), OUT (callgrind output dir, default a temp dir).
+#   PORT=8084 ./benches/instructions.sh target/release/examples/floor 127.0.0.1:8084   # any proxy:
+#                                           # BINARY ARGS..., listening on 127.0.0.1:$PORT
+# Env: DUR (default 10), CONNS (default 10), OUT (callgrind output dir, default a temp dir),
+#      PORT (default 8083, the port of benches/bench.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/canary-lb}
-DUR=${DUR:-10}; CONNS=${CONNS:-10}
+if [ $# -gt 1 ]; then CMD=("$@"); else CMD=("$BIN" serve --config benches/bench.yaml); fi
+DUR=${DUR:-10}; CONNS=${CONNS:-10}; PORT=${PORT:-8083}
 OUT=${OUT:-$(mktemp -d)}
 for b in valgrind callgrind_control nginx wrk curl; do
   command -v $b >/dev/null || { echo "missing $b (apt-get install valgrind nginx wrk curl)" >&2; exit 1; }
@@ -25,11 +29,11 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 nginx -p "$OUT/be/" -c "$OUT/be/nginx.conf" & pids+=($!)
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" \
-  "$BIN" serve --config benches/bench.yaml 2>"$OUT/valgrind.log" & pids+=($!)
-for _ in $(seq 600); do curl -sf -o /dev/null http://127.0.0.1:8083/ && break; sleep 0.1; done
-wrk -t1 -c"$CONNS" -d3s http://127.0.0.1:8083/ >/dev/null    # warm-up: pools, allocator, caches
+  "${CMD[@]}" 2>"$OUT/valgrind.log" & pids+=($!)
+for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$PORT/" >/dev/null    # warm-up: pools, allocator, caches
 callgrind_control -z "${pids[1]}" >/dev/null
-wrk -t1 -c"$CONNS" -d"${DUR}s" http://127.0.0.1:8083/ > "$OUT/wrk.txt"
+wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$PORT/" > "$OUT/wrk.txt"
 callgrind_control -d "${pids[1]}" >/dev/null
 sleep 1
 req=$(awk '/requests in/{print $1}' "$OUT/wrk.txt")

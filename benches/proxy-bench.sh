@@ -5,12 +5,16 @@
 #      CPU_WRK CPU_BACKEND CPU_PROXY (taskset lists; e.g. CPU_WRK=0 CPU_BACKEND=0 CPU_PROXY=1 steadies the numbers)
 #      CANDIDATE_CMD (stays in foreground, 1 worker thread, listens on 127.0.0.1:$CANDIDATE_PORT (8083),
 #      proxies to upstreams 127.0.0.1:9001 and :9002). Every process it starts is stopped by PID on exit.
+#      CANDIDATE2_CMD/CANDIDATE2_PORT (8084): a second candidate in the same run; CANDIDATE_NAME,
+#      CANDIDATE2_NAME name them in the tables. results.tsv also gets, per run: requests completed,
+#      user and system CPU ticks and context switches (all threads of all processes) of the proxy.
 set -uo pipefail
 B=${BENCH:-${TMPDIR:-/tmp}/proxy-bench}; DUR=${DUR:-10}; WARM=${WARM:-2}; ROUNDS=${ROUNDS:-3}; CONNS=${CONNS:-50}
 THREADS=${THREADS:-1}; BW=${BACKEND_WORKERS:-1}; CASES=${CASES:-"small:/ 64k:/64k"}
-PC=${CANDIDATE_CMD:-}; PP=${CANDIDATE_PORT:-8083}; CW=${CPU_WRK:-}; CB=${CPU_BACKEND:-}; CP=${CPU_PROXY:-}
+PC=${CANDIDATE_CMD:-}; PP=${CANDIDATE_PORT:-8083}; PC2=${CANDIDATE2_CMD:-}; PP2=${CANDIDATE2_PORT:-8084}
+N1=${CANDIDATE_NAME:-candidate}; N2=${CANDIDATE2_NAME:-candidate2}; CW=${CPU_WRK:-}; CB=${CPU_BACKEND:-}; CP=${CPU_PROXY:-}
 R=$B/run-$(date +%Y%m%d-%H%M%S); CLK=$(getconf CLK_TCK); PORTS="9001 9002 8081 8082"; PIDS=(); KIDS=()
-[ -n "$PC" ] && PORTS="$PORTS $PP"
+[ -n "$PC" ] && PORTS="$PORTS $PP"; [ -n "$PC2" ] && PORTS="$PORTS $PP2"
 die() { echo "ERROR: $*" >&2; exit 1; }
 for b in nginx haproxy wrk curl taskset; do command -v $b >/dev/null || die "missing $b"; done
 mkdir -p $R/{logs,raw,be/www,be/tmp,ngx/tmp,hap} || die mkdir
@@ -30,7 +34,7 @@ cleanup() {  # TERM by PID, wait <=5 s, then KILL survivors (incl. nginx workers
 }
 trap cleanup EXIT; trap 'exit 130' INT TERM
 pin() { [ -n "$1" ] && echo "taskset -c $1"; }   # prefix words; never background a shell function
-declare -A PID PORT=([direct]=9001 [nginx]=8081 [haproxy]=8082 [candidate]=$PP)
+declare -A PID PORT=([direct]=9001 [nginx]=8081 [haproxy]=8082 [$N1]=$PP [$N2]=$PP2)
 start() {  # name cpus port cmd...   ($! is the server itself: taskset execs)
   local n=$1 c=$2 port=$3 i; shift 3
   $(pin "$c") "$@" >$R/logs/$n.out 2>&1 &
@@ -41,6 +45,12 @@ start() {  # name cpus port cmd...   ($! is the server itself: taskset execs)
 ticks() {  # utime+stime (clock ticks) of a PID and its children
   local t=0 p v; for p in $1 $(ps -o pid= --ppid $1); do
     v=$(awk '{sub(/.*\) /,""); print $12+$13}' /proc/$p/stat 2>/dev/null) && t=$((t+${v:-0})); done; echo $t; }
+usage() {  # "user_ticks sys_ticks context_switches" of a PID and its children, all threads
+  local u=0 s=0 c=0 p f v w; for p in $1 $(ps -o pid= --ppid $1); do
+    read -r v w < <(awk '{sub(/.*\) /,""); print $12, $13}' /proc/$p/stat 2>/dev/null) && u=$((u+v)) s=$((s+w))
+    for f in /proc/$p/task/*/status; do
+      v=$(awk '/^(non)?voluntary_ctxt_switches/{n+=$2} END{print n+0}' $f 2>/dev/null) && c=$((c+${v:-0})); done
+  done; echo "$u $s $c"; }
 for p in $PORTS; do open_ $p && die "127.0.0.1:$p already in use"; done
 
 head -c 65536 /dev/zero | tr '\0' x > $R/be/www/64k
@@ -70,7 +80,8 @@ start backend "$CB" 9002 $(ngx be)
 start nginx "$CP" 8081 $(ngx ngx)
 start haproxy "$CP" 8082 haproxy -db -f $R/hap/haproxy.cfg
 TARGETS=(direct nginx haproxy); PID[direct]=
-if [ -n "$PC" ]; then start candidate "$CP" $PP bash -c "exec $PC"; TARGETS+=(candidate); fi
+if [ -n "$PC" ]; then start $N1 "$CP" $PP bash -c "exec $PC"; TARGETS+=($N1); fi
+if [ -n "$PC2" ]; then start $N2 "$CP" $PP2 bash -c "exec $PC2"; TARGETS+=($N2); fi
 for m in backend nginx; do KIDS+=($(ps -o pid= --ppid ${PID[$m]})); done
 
 get() { curl -s --noproxy '*' -m 2 "$@"; }
@@ -82,20 +93,21 @@ done
 
 ms() { awk -v v="$1" 'BEGIN{u=v; sub(/^[0-9.]+/,"",u); printf "%.3f",v*(u=="us"?.001:u=="s"?1000:u=="m"?60000:1)}'; }
 cpu() { awk -v d=$1 -v e=$2 -v k=$CLK 'BEGIN{printf "%.0f",d/k*1e5/e}'; }   # ticks, ms -> %
-RES=$R/results.tsv; printf 'case\ttarget\tround\trps\tp50ms\tp99ms\terrors\tproxycpu\tbackendcpu\n' > $RES
+RES=$R/results.tsv; printf 'case\ttarget\tround\trps\tp50ms\tp99ms\terrors\tproxycpu\tbackendcpu\trequests\tusr_ticks\tsys_ticks\tctxsw\n' > $RES
 bench() {  # case path target round secs
-  local o=$R/raw/$1-$3-r$4.txt p=${PID[$3]} a=0 b=0 x y t0 t1 el pc
-  [ -n "$p" ] && a=$(ticks $p); x=$(ticks ${PID[backend]}); t0=$(date +%s%N)
+  local o=$R/raw/$1-$3-r$4.txt p=${PID[$3]} a=0 b=0 x y t0 t1 el pc u0="0 0 0" u1="0 0 0"
+  [ -n "$p" ] && { a=$(ticks $p); u0=$(usage $p); }; x=$(ticks ${PID[backend]}); t0=$(date +%s%N)
   timeout $(($5+20)) $(pin "$CW") wrk -t$THREADS -c$CONNS -d$5s --timeout 2s --latency \
     http://127.0.0.1:${PORT[$3]}$2 >$o 2>&1 &
   WRK=$!; wait $WRK; WRK=
-  t1=$(date +%s%N); y=$(ticks ${PID[backend]}); [ -n "$p" ] && b=$(ticks $p)
+  t1=$(date +%s%N); y=$(ticks ${PID[backend]}); [ -n "$p" ] && { b=$(ticks $p); u1=$(usage $p); }
   [ $4 = warm ] && return
   el=$(((t1-t0)/1000000)); pc=-; [ -n "$p" ] && pc=$(cpu $((b-a)) $el)
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $1 $3 $4 $(awk '/^Requests\/sec:/{r=$2} END{print r+0}' $o) \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $1 $3 $4 $(awk '/^Requests\/sec:/{r=$2} END{print r+0}' $o) \
     $(ms "$(awk '$1=="50%"{print $2}' $o)") $(ms "$(awk '$1=="99%"{print $2}' $o)") \
     $(awk '/Socket errors/{gsub(/,/,"");s=$4+$6+$8+$10} /Non-2xx/{n=$NF} END{print s+n+0}' $o) \
-    $pc $(cpu $((y-x)) $el) | tee -a $RES >&2
+    $pc $(cpu $((y-x)) $el) $(awk '/requests in/{print $1+0}' $o) \
+    $(echo $u0 $u1 | awk '{print $4-$1, $5-$2, $6-$3}') | tee -a $RES >&2
 }
 n=${#TARGETS[@]}
 for cp in $CASES; do c=${cp%%:*} path=${cp#*:}

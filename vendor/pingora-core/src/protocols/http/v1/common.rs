@@ -31,6 +31,12 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
+/// Spare header slots a parsed request or response head is built with, on top of the headers it
+/// arrived with. A proxy adds a few headers to both (forwarding headers, request ids, cookies):
+/// with spare room those inserts do not grow and rehash the header map and its case map one
+/// power of two at a time.
+pub(crate) const HEADER_SLACK: usize = 4;
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";
