@@ -397,6 +397,9 @@ fn pipeline_script_replaces_a_canary_server_and_sets_the_percent() {
             ("BRANCH", "canary"),
             ("OLD_ADDR", &old.addr()),
             ("NEW_ADDR", &new.addr()),
+            // The manual percent (the rollout gate, the default, is tested in deploy_kit and
+            // rollout_redis).
+            ("ROLLOUT", "off"),
             ("CANARY_PERCENT", "25"),
             ("REPLACE_TIMEOUT", "30s"),
             ("REPLACE_SETTLE", "1s"),

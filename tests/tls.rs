@@ -79,6 +79,20 @@ fn sni_versions_redirect_and_forwarded_proto() {
         assert_eq!(r.header("x-seen-forwarded-proto"), Some("https"));
         assert_eq!(r.header("x-served-by"), Some("prod-1"));
     }
+    // The access log (JSON on stdout by default) names the TLS version of those requests.
+    let tls_logged = eventually(Duration::from_secs(10), "TLS lines in the access log", || {
+        let versions: Vec<String> = proxy
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v.get("tls")?.as_str().map(str::to_string))
+            .collect();
+        (versions.len() >= 4).then_some(versions)
+    });
+    assert!(
+        tls_logged.iter().all(|t| t.starts_with("TLS")),
+        "{tls_logged:?}"
+    );
     // The Rust client agrees, and an unknown name or no SNI gets the default certificate.
     let conn = TlsConn::connect(tls_port, "a.wild.test", ca.ca_pem()).expect("TLS to a.wild.test");
     assert_eq!(conn.cert_cn(), "wild");
