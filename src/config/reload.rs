@@ -6,8 +6,10 @@
 //! `upstream.max_tries`, `passive_health.*`, `pools.*.balance`, `pools.*.servers` (with the
 //! static provider), `client.keepalive_timeout`, `client.body_timeout`, `client.send_timeout`,
 //! `client.max_header_line`, `client.max_headers`, `client.drop_underscore_headers`,
-//! `client.max_header_bytes` (lowering it), `metrics_auth_token_file`, and `rollout.*`, which
-//! apply to the next rollout started (a running one keeps the settings frozen at its start).
+//! `client.max_header_bytes` (lowering it), `metrics_auth_token_file`, `flags.*` (the header
+//! names and the file's flags; the file's flags are in force only while Redis has none), and
+//! `rollout.*`, which apply to the next rollout started (a running one keeps the settings
+//! frozen at its start).
 //!
 //! Restart only, because Pingora or a background task takes them once at start: `listen`,
 //! `threads`, `metrics_listen`, `grace_period`, `health_check.*`, `discovery.*`,
@@ -80,7 +82,8 @@ mod tests {
             "threads: 1\nfallback_to_canary: true\nupstream: { read_timeout: 1s, max_tries: 3 }\n\
              passive_health: { max_failures: 7 }\npools: { production: { balance: consistent_hash, \
              servers: [\"127.0.0.1:1\"] } }\nrouting: { canary_percent: 5 }\n\
-             client: { max_header_bytes: 32768, body_timeout: 5s }\n",
+             client: { max_header_bytes: 32768, body_timeout: 5s }\n\
+             flags: { header: X-F, items: { dark-mode: { percent: 50 } } }\n",
         )
         .expect("valid");
         assert_eq!(base.restart_needed(&live), Vec::<&str>::new());
