@@ -1170,6 +1170,41 @@ routing:
     }
 
     #[test]
+    fn flag_errors_name_the_key() {
+        let ok = Config::parse(
+            "flags:\n  header: X-F\n  items:\n    new-checkout: { percent: 12.5, allow: [u1] }\n",
+        )
+        .expect("valid flags");
+        assert_eq!(ok.flags.items["new-checkout"].percent.basis_points(), 1250);
+        assert!(ok.flags.items["new-checkout"].enabled);
+        for (yaml, want) in [
+            (
+                "flags: { items: { Bad_Name: { percent: 1 } } }\n",
+                "flags.items.Bad_Name",
+            ),
+            ("flags:\n  items:\n    a: { percent: 150 }\n", "line 3"),
+            ("flags: { items: { a: { percnt: 5 } } }\n", "percnt"),
+            (
+                "flags: { items: { a: { allow: [\"\"] } } }\n",
+                "flags.items.a.allow",
+            ),
+            ("flags: { header: \"X Bad\" }\n", "flags.header"),
+            (
+                "flags: { header: X-A, override_header: x-a }\n",
+                "flags.override_header",
+            ),
+        ] {
+            let e = Config::parse(yaml).expect_err(yaml).to_string();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        let many: String = (0..=MAX_FLAGS).map(|i| format!("f{i}: {{}}, ")).collect();
+        let e = Config::parse(&format!("flags: {{ items: {{ {many} }} }}\n"))
+            .expect_err("too many")
+            .to_string();
+        assert!(e.contains("at most 64"), "{e}");
+    }
+
+    #[test]
     fn errors_name_key_and_line() {
         let cases = [
             (

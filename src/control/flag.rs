@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use crate::cli::FlagCommand;
-use crate::config::schema::{check_flag_name, FlagConfig};
+use crate::config::{check_flag_name, FlagConfig};
 use crate::model::Percent;
 use crate::store::{FlagWriteError, Store};
 
