@@ -172,6 +172,29 @@ fn redis_flags_share_stickiness_replicas_raise_and_overlap() {
         assert_eq!(other[u], first[u], "{u} on the other replica");
     }
 
+    // A new user gets the cookie and the flags of that new id, on either replica later.
+    let mut kinds = BTreeSet::new();
+    for _ in 0..40 {
+        let first = get(&a.url("/"), &[]);
+        let cookie = first
+            .headers_all("set-cookie")
+            .into_iter()
+            .find_map(|c| {
+                c.split(';')
+                    .next()?
+                    .strip_prefix("canary_uid=")
+                    .map(String::from)
+            })
+            .expect("a new user gets the canary_uid cookie");
+        let later = get(&b.url("/"), &[("Cookie", &format!("canary_uid={cookie}"))]);
+        assert_eq!(features(&later), features(&first), "user {cookie}");
+        kinds.insert(features(&first));
+    }
+    assert!(
+        kinds.len() > 1,
+        "40 new users all got the same flags: {kinds:?}"
+    );
+
     // Raise 30 -> 50: both replicas apply it promptly, and every earlier user keeps it.
     let written = Instant::now();
     redis.ctl_ok(&[
