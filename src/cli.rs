@@ -171,6 +171,12 @@ pub enum CtlCommand {
     },
     /// Print each pool's servers and the canary settings.
     Status,
+    /// Feature flags in Redis: set, turn off, delete, list. Every proxy applies a change
+    /// within a second.
+    Flag {
+        #[command(subcommand)]
+        command: FlagCommand,
+    },
     /// Progressive delivery: start a rollout, follow it, pause, resume, abort or promote it.
     ///
     /// With Redis (the default) it writes the rollout every proxy follows; with --admin URL
@@ -284,6 +290,33 @@ pub enum RolloutCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlagCommand {
+    /// Create or change a flag and turn it on. Values not given are kept from the stored
+    /// flag (a new flag: no allow/deny list, salt = its name).
+    Set {
+        name: String,
+        /// Share of users, 0..=100 (decimals ok).
+        #[arg(long)]
+        percent: String,
+        /// The bucket salt; a new salt reshuffles which users have the flag.
+        #[arg(long)]
+        salt: Option<String>,
+        /// A user key that always gets the flag (repeat; replaces the stored list).
+        #[arg(long, num_args = 1..)]
+        allow: Option<Vec<String>>,
+        /// A user key that never gets the flag (repeat; replaces the stored list).
+        #[arg(long, num_args = 1..)]
+        deny: Option<Vec<String>>,
+    },
+    /// Turn a flag off for everyone (kept, with its settings, for a later `set`).
+    Off { name: String },
+    /// Delete a flag.
+    Delete { name: String },
+    /// Print the flags stored in Redis (and any bad entry the proxies skip).
+    List,
 }
 
 #[derive(Debug, Subcommand)]

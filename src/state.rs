@@ -17,12 +17,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
+use http::HeaderName;
 use log::info;
 use tokio::sync::Notify;
 
 use crate::accesslog::{AccessLog, OpenError};
 use crate::config::{Balance, ClientConfig, Config, PassiveHealthConfig, Provider, UpstreamConfig};
 use crate::discovery::{self, RoutingOverrides, Sink};
+use crate::flags::FlagSet;
 use crate::metrics::{ConfigSource, DiscoveryErrorKind, Metrics};
 use crate::model::{PerPool, Percent, PoolKind};
 use crate::pool::{Pool, PoolError, Pools, ServerView, WantedServer};
@@ -48,11 +50,30 @@ pub struct Live {
     pub balance: PerPool<Balance>,
     /// Peers whose forwarding headers are believed (`proxy::headers::client_address`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The feature flags in force: Redis's while it has any, else the file's `flags.items`.
+    pub flags: Arc<FlagSet>,
+    /// `redis` or `file`: where [`Live::flags`] come from.
+    pub flags_source: &'static str,
+    /// The header the flags that are on go upstream in (`flags.header`).
+    pub flag_header: HeaderName,
+    /// The testers' override header (`flags.override_header`).
+    pub flag_override_header: HeaderName,
 }
 
 impl Live {
-    fn new(config: &Config, policy: CanaryPolicy) -> Live {
+    fn new(config: &Config, policy: CanaryPolicy, layers: &Layers) -> Live {
+        let (flags, flags_source) = match &layers.flags {
+            Some(f) => (f.clone(), "redis"),
+            None => (Arc::new(file_flags(config)), "file"),
+        };
+        let header = |name: &str, default: &'static str| {
+            HeaderName::try_from(name).unwrap_or_else(|_| HeaderName::from_static(default))
+        };
         Live {
+            flags,
+            flags_source,
+            flag_header: header(&config.flags.header, "x-features"),
+            flag_override_header: header(&config.flags.override_header, "x-feature-override"),
             policy,
             upstream: config.upstream.clone(),
             fallback_to_canary: config.fallback_to_canary,
@@ -62,6 +83,15 @@ impl Live {
             trusted_proxies: config.trusted_proxies.clone(),
         }
     }
+}
+
+/// The file's `flags.items` (validated with the config, so building cannot fail; if it did,
+/// no flag would be on and the error is logged).
+fn file_flags(config: &Config) -> FlagSet {
+    FlagSet::build(config.flags.items.iter().map(|(n, f)| (n.as_str(), f))).unwrap_or_else(|e| {
+        log::error!("flags: the file's flags not applied: {e}");
+        FlagSet::default()
+    })
 }
 
 /// What `/status` says about the discovery source.
@@ -101,6 +131,8 @@ pub struct RolloutHandle {
 struct Layers {
     provider: RoutingOverrides,
     rollout: Option<RolloutRoute>,
+    /// The provider's feature flags (Redis's), which replace the file's while present.
+    flags: Option<Arc<FlagSet>>,
 }
 
 pub struct Shared {
@@ -155,7 +187,7 @@ impl Shared {
             },
             in_flight: AtomicI64::new(0),
             refresh: Notify::new(),
-            live: ArcSwap::from_pointee(Live::new(&config, policy)),
+            live: ArcSwap::from_pointee(Live::new(&config, policy, &Layers::default())),
             started: config.clone(),
             config: ArcSwap::new(config),
             overrides: Mutex::new(Layers::default()),
@@ -246,7 +278,7 @@ impl Shared {
         // Under the overrides' lock, so a provider's update cannot swap in a stale snapshot.
         let overrides = self.layers();
         let policy = self.layered_policy(&new, &overrides)?;
-        let live = Live::new(&new, policy);
+        let live = Live::new(&new, policy, &overrides);
         for kind in PoolKind::ALL {
             self.pools.get(kind).set_balance(live.balance[kind]);
         }
@@ -331,6 +363,7 @@ impl Shared {
         let candidate = Layers {
             provider: new,
             rollout: cur.rollout.clone(),
+            flags: cur.flags.clone(),
         };
         let policy = match self.layered_policy(&config, &candidate) {
             Ok(p) => p,
@@ -339,9 +372,43 @@ impl Shared {
                 return false;
             }
         };
+        let live = Live::new(&config, policy, &candidate);
         *cur = candidate;
         // Under the lock, so two writers cannot swap in each other's stale snapshot.
-        self.swap_live(Live::new(&config, policy));
+        self.swap_live(live);
+        true
+    }
+
+    /// Set the provider's feature flags (`None`: the file's apply); returns true when they
+    /// changed.
+    pub fn set_flags(&self, flags: Option<FlagSet>) -> bool {
+        let mut cur = self.layers();
+        if cur.flags.as_deref() == flags.as_ref() {
+            return false;
+        }
+        let config = self.config();
+        let candidate = Layers {
+            provider: cur.provider.clone(),
+            rollout: cur.rollout.clone(),
+            flags: flags.map(Arc::new),
+        };
+        let policy = match self.layered_policy(&config, &candidate) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("flags not applied: {e}");
+                return false;
+            }
+        };
+        let live = Live::new(&config, policy, &candidate);
+        info!(
+            "flags: {} flags from {} ({} enabled)",
+            live.flags.len(),
+            live.flags_source,
+            live.flags.iter().filter(|f| f.enabled()).count()
+        );
+        *cur = candidate;
+        self.swap_live(live);
+        self.metrics.config_change(ConfigSource::Redis);
         true
     }
 }
@@ -356,11 +423,13 @@ impl RolloutSink for Shared {
         let candidate = Layers {
             provider: cur.provider.clone(),
             rollout: route,
+            flags: cur.flags.clone(),
         };
         match self.layered_policy(&config, &candidate) {
             Ok(policy) => {
+                let live = Live::new(&config, policy, &candidate);
                 *cur = candidate;
-                self.swap_live(Live::new(&config, policy));
+                self.swap_live(live);
             }
             Err(e) => log::error!("rollout routing not applied: {e}"),
         }
@@ -398,6 +467,10 @@ impl Sink for Shared {
 
     fn set_overrides(&self, overrides: RoutingOverrides) -> bool {
         Shared::set_overrides(self, overrides)
+    }
+
+    fn set_flags(&self, flags: Option<FlagSet>) -> bool {
+        Shared::set_flags(self, flags)
     }
 
     fn synced(&self) {

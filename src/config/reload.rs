@@ -7,10 +7,12 @@
 //! static provider), `client.keepalive_timeout`, `client.body_timeout`, `client.send_timeout`,
 //! `client.max_header_line`, `client.max_headers`, `client.drop_underscore_headers`,
 //! `client.max_header_bytes` (lowering it), `client.tunnel_idle_timeout`, `trusted_proxies`,
-//! `metrics_auth_token_file`, `rollout.*`, which apply to the next rollout started (a running
-//! one keeps the settings frozen at its start), and the certificates of TLS listeners
-//! (`listen[].tls.cert`, `.key`, `.sni`: the files are read again and swapped in for new
-//! handshakes; open connections keep theirs; a bad file refuses the whole reload).
+//! `metrics_auth_token_file`, `flags.*` (the header names and the file's flags; the file's
+//! flags are in force only while Redis has none), `rollout.*`, which apply to the next
+//! rollout started (a running one keeps the settings frozen at its start), and the
+//! certificates of TLS listeners (`listen[].tls.cert`, `.key`, `.sni`: the files are read
+//! again and swapped in for new handshakes; open connections keep theirs; a bad file refuses
+//! the whole reload).
 //!
 //! Restart only, because Pingora or a background task takes them once at start: `listen`
 //! (adding or removing a listener, its `addr`, `h2c`, `redirect_to_https`, TLS on or off),
@@ -89,7 +91,8 @@ mod tests {
             "threads: 1\nfallback_to_canary: true\nupstream: { read_timeout: 1s, max_tries: 3 }\n\
              passive_health: { max_failures: 7 }\npools: { production: { balance: consistent_hash, \
              servers: [\"127.0.0.1:1\"] } }\nrouting: { canary_percent: 5 }\n\
-             client: { max_header_bytes: 32768, body_timeout: 5s }\n",
+             client: { max_header_bytes: 32768, body_timeout: 5s }\n\
+             flags: { header: X-F, items: { dark-mode: { percent: 50 } } }\n",
         )
         .expect("valid");
         assert_eq!(base.restart_needed(&live), Vec::<&str>::new());

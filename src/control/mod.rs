@@ -31,6 +31,7 @@ use crate::model::{InvalidValue, Percent, PoolKind, ServerAddr, Weight};
 use crate::rollout::{CoordError, Phase};
 use crate::store::{self, Store, StoreError};
 
+mod flag;
 mod lease;
 pub mod probe;
 pub mod replace;
@@ -174,6 +175,9 @@ pub fn run(args: CtlArgs) -> Result<(), CtlError> {
     if let CtlCommand::Rollout(rollout_args) = args.command {
         return rollout::run(rollout_args, args.redis, args.config, args.namespace);
     }
+    if let CtlCommand::Flag { command } = args.command {
+        return flag::run(command, args.redis, args.config, args.namespace);
+    }
     let op = parse_op(args.command)?;
     let target = resolve_target(args.redis, args.config, args.namespace)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -225,8 +229,8 @@ fn parse_op(command: CtlCommand) -> Result<Op, CtlError> {
             command: CanaryCommand::Get,
         } => Op::CanaryGet,
         CtlCommand::Status => Op::Status,
-        // `run` hands rollout commands to `rollout::run` before this.
-        CtlCommand::Rollout(_) => {
+        // `run` hands rollout and flag commands to their modules before this.
+        CtlCommand::Rollout(_) | CtlCommand::Flag { .. } => {
             return Err(CtlError::Rollout(
                 "ctl rollout runs through rollout::run".into(),
             ))

@@ -3,7 +3,7 @@
 //! A demo app answers every request with its pool and name, so a person with curl (or an
 //! integration test) can see at a glance which side of the canary split served a request. It
 //! also echoes the headers the proxy is expected to add upstream (`X-Canary`, `X-Forwarded-*`,
-//! `X-Request-Id`) as `X-Seen-*` response headers: what the upstream saw is then visible to the
+//! `X-Request-Id`, `X-Features`) as `X-Seen-*` response headers: what the upstream saw is then visible to the
 //! client without access to the upstream's logs.
 //!
 //! Endpoints (every response carries `X-Served-By`, `X-App-Pool`, the `X-Seen-*` echoes and
@@ -52,6 +52,7 @@ const ECHOED: &[(&str, &str)] = &[
     ("x-forwarded-proto", "X-Seen-Forwarded-Proto"),
     ("x-forwarded-host", "X-Seen-Forwarded-Host"),
     ("x-request-id", "X-Seen-Request-Id"),
+    ("x-features", "X-Seen-Features"),
 ];
 
 /// `canary-lb demo`: the proxy plus two production and one canary demo app on loopback, in
@@ -98,7 +99,8 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
          health_check: {{ kind: http, path: /healthz, interval: 1s, timeout: 500ms }}\n\
          grace_period: 2s\n\
          routing: {{ canary_percent: {pct}, salt: demo, user_header: X-User-Id }}\n\
-         rollout: {{ steps: [5, 25, 50, 100], interval: 5s, min_requests: 20 }}\n",
+         rollout: {{ steps: [5, 25, 50, 100], interval: 5s, min_requests: 20 }}\n\
+         flags: {{ items: {{ new-checkout: {{ percent: 50 }}, dark-mode: {{ percent: 10 }} }} }}\n",
         listen = args.listen,
         tls_listen = args.tls_listen,
         cert = tls.cert.display(),
@@ -147,7 +149,9 @@ fn print_tour(args: &DemoArgs, apps: &[(String, &str, SocketAddr)]) {
          \x20 curl -s --cookie 'canary=always' {p}/          # flag cookie\n\
          \x20 for u in $(seq 1 200); do curl -s -H \"X-User-Id: user$u\" {p}/; done | sort | uniq -c\n\
          \x20                                                 # the split: about {pct}% canary\n\
-         \x20 curl -s {m}/status                           # pools, health, routing in force\n\
+         \x20 for u in $(seq 1 200); do curl -s -o /dev/null -D - -H \"X-User-Id: user$u\" {p}/ | grep -i '^x-seen-features'; done | sort | uniq -c\n\
+         \x20                                                 # feature flags: new-checkout on for about 50% of users\n\
+         \x20 curl -s {m}/status                           # pools, health, routing and flags in force\n\
          \x20 curl -s {m}/metrics | grep canary_lb_         # Prometheus metrics\n\n\
          Progressive delivery: the proxy ramps the canary and judges it against production:\n\n\
          \x20 while :; do curl -s -o /dev/null -H \"X-User-Id: u$RANDOM\" {p}/; done &   # traffic\n\

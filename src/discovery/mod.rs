@@ -1,7 +1,7 @@
 //! Where the servers of each pool come from: the discovery providers.
 //!
 //! A [`Provider`] learns the wanted servers of each pool (and, if its source has them, routing
-//! overrides) and hands them to a [`Sink`]; it never sees the pools, the proxy or the metrics
+//! overrides and feature flags) and hands them to a [`Sink`]; it never sees the pools, the proxy or the metrics
 //! registry. The process state implements the sink (`state::Shared`), so a provider's whole
 //! view of the process is the few methods below. Two providers exist:
 //! - `file.rs` ([`file::FileServers`]): the `servers` lists of the config file, re-fed on
@@ -34,6 +34,7 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 
 use crate::config::{Config, Provider as ProviderKind};
+use crate::flags::FlagSet;
 use crate::metrics::DiscoveryErrorKind;
 use crate::model::{Percent, PoolKind};
 use crate::pool::{ServerView, WantedServer};
@@ -54,6 +55,9 @@ pub trait Sink: Send + Sync {
     fn overrides(&self) -> RoutingOverrides;
     /// Replace the routing overrides; returns true when they changed and were applied.
     fn set_overrides(&self, overrides: RoutingOverrides) -> bool;
+    /// Make `flags` the feature flags in force; `None`: the source has none, the config
+    /// file's apply. Returns true when they changed.
+    fn set_flags(&self, flags: Option<FlagSet>) -> bool;
     /// A full read of the source succeeded: discovery is up, the pools refresh now.
     fn synced(&self);
     /// The source failed; the pools keep their servers and discovery is reported down.

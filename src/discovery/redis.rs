@@ -30,10 +30,11 @@ use redis::AsyncConnectionConfig;
 
 use super::{Provider, RoutingOverrides, Sink};
 use crate::config::{redact_url, DiscoveryConfig};
+use crate::flags::FlagSet;
 use crate::metrics::DiscoveryErrorKind;
 use crate::model::PoolKind;
 use crate::pool::WantedServer;
-use crate::store::{self, Marker, Snapshot, Store, StoreError};
+use crate::store::{self, Marker, Snapshot, Store, StoreError, StoredFlags};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -233,8 +234,9 @@ impl Follower {
             return Ok(None);
         };
         self.note_marker(marker);
+        let flags = timed(self.store.read_flags(conn)).await?;
         let next_expiry = snap.next_lease_expiry_ms();
-        self.apply(snap);
+        self.apply(snap, flags);
         Ok(next_expiry)
     }
 
@@ -277,10 +279,10 @@ impl Follower {
         self.marker = Some(marker);
     }
 
-    fn apply(&mut self, snap: Snapshot) {
+    fn apply(&mut self, snap: Snapshot, flags: StoredFlags) {
         let sink = &self.sink;
         let mut now_seen = HashSet::new();
-        for p in &snap.problems {
+        for p in snap.problems.iter().chain(&flags.problems) {
             let text = format!("{}: {}", p.key, p.detail);
             if !self.problems.contains(&text) {
                 warn!("redis discovery: skipped bad data at {text}");
@@ -318,6 +320,22 @@ impl Follower {
             },
         };
         sink.set_overrides(overrides);
+        // Redis's flags replace the file's while `ns:flags` has any field; bad ones are
+        // skipped (off), the others apply.
+        if !flags.present {
+            sink.set_flags(None);
+        } else {
+            match FlagSet::build(flags.flags.iter().map(|(n, f)| (n.as_str(), f))) {
+                Ok(set) => {
+                    sink.set_flags(Some(set));
+                }
+                // Not reached: each flag was validated as it was read. Keep what is in force.
+                Err(e) => {
+                    warn!("redis discovery: flags not applied: {e}");
+                    sink.count_problem("flag");
+                }
+            }
+        }
         sink.synced();
     }
 

@@ -209,10 +209,12 @@ pub enum DiscoveryErrorKind {
     Meta,
     CanaryPercent,
     Salt,
+    /// A feature flag in Redis that does not parse (skipped; the other flags apply).
+    Flag,
 }
 
 impl DiscoveryErrorKind {
-    pub const ALL: [DiscoveryErrorKind; 8] = [
+    pub const ALL: [DiscoveryErrorKind; 9] = [
         DiscoveryErrorKind::Unreachable,
         DiscoveryErrorKind::StoreLost,
         DiscoveryErrorKind::Address,
@@ -221,6 +223,7 @@ impl DiscoveryErrorKind {
         DiscoveryErrorKind::Meta,
         DiscoveryErrorKind::CanaryPercent,
         DiscoveryErrorKind::Salt,
+        DiscoveryErrorKind::Flag,
     ];
 
     /// The kind whose text is `s` (a `store::Problem::kind`).
@@ -242,6 +245,7 @@ impl DiscoveryErrorKind {
             DiscoveryErrorKind::Meta => "meta",
             DiscoveryErrorKind::CanaryPercent => "canary_percent",
             DiscoveryErrorKind::Salt => "salt",
+            DiscoveryErrorKind::Flag => "flag",
         }
     }
 }

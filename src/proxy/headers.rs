@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use bytes::Bytes;
-use http::{header, HeaderValue};
+use http::{header, HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 
@@ -252,6 +252,31 @@ pub fn set_forwarding(
     Ok(())
 }
 
+/// Replace whatever feature header the client sent (every line, any case) with `features`
+/// (`a,b`; `None`: no header), and drop the client's override header when `drop_override`
+/// names it (the client is not on a trusted network).
+pub fn set_features(
+    upstream: &mut RequestHeader,
+    header: &HeaderName,
+    drop_override: Option<&HeaderName>,
+    features: Option<String>,
+) -> Result<()> {
+    if upstream.headers.contains_key(header) {
+        upstream.remove_header(header);
+    }
+    if let Some(h) = drop_override {
+        if upstream.headers.contains_key(h) {
+            upstream.remove_header(h);
+        }
+    }
+    if let Some(v) = features {
+        let v = HeaderValue::from_maybe_shared(Bytes::from(v))
+            .map_err(|e| Error::because(ErrorType::InternalError, "features header", e))?;
+        upstream.insert_header(header.clone(), v)?;
+    }
+    Ok(())
+}
+
 /// The first [`MAX_COOKIE_LINES`] `Cookie` lines of a request, borrowed, without allocating:
 /// routing finds the flag and user cookies in them.
 pub struct CookieLines<'a> {
@@ -461,6 +486,25 @@ mod tests {
         assert_eq!(req.headers[X_FORWARDED_PROTO], "https");
         assert_eq!(req.headers[X_FORWARDED_HOST], "evil.test");
         assert_eq!(req.headers["forwarded"], "for=1.1.1.1");
+    }
+
+    #[test]
+    fn client_feature_headers_are_replaced() {
+        let x = HeaderName::from_static("x-features");
+        let o = HeaderName::from_static("x-feature-override");
+        let mut req = request(&[
+            ("X-Features", "admin"),
+            ("x-FEATURES", "root"),
+            ("X-Feature-Override", "a=on"),
+        ]);
+        set_features(&mut req, &x, Some(&o), Some("a,b".into())).expect("features");
+        let sent: Vec<_> = req.headers.get_all(&x).iter().collect();
+        assert_eq!(sent, ["a,b"]);
+        assert!(!req.headers.contains_key(&o));
+        let mut req = request(&[("X-Features", "admin"), ("X-Feature-Override", "a=on")]);
+        set_features(&mut req, &x, None, None).expect("features");
+        assert!(!req.headers.contains_key(&x));
+        assert_eq!(req.headers[&o], "a=on");
     }
 
     #[test]

@@ -33,6 +33,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::accesslog::{self, Entry};
+use crate::flags::FlagBits;
 use crate::metrics::{MethodLabel, RefusalCode};
 use crate::model::{PoolKind, Reason};
 use crate::pool::failure::{is_reset, is_server_failure};
@@ -82,6 +83,11 @@ pub struct Ctx {
     /// When the current attempt was handed to Pingora, and how long its response head took.
     upstream_start: Option<Instant>,
     upstream_time: Option<Duration>,
+    /// The feature flags on for this request (bits of `live.flags`).
+    features: FlagBits,
+    /// The client is on `routing.header_trusted_networks` (a set list): its override header
+    /// was honoured and goes upstream.
+    features_trusted: bool,
 }
 
 impl CanaryProxy {
@@ -198,6 +204,8 @@ impl ProxyHttp for CanaryProxy {
             user_hash: None,
             upstream_start: None,
             upstream_time: None,
+            features: FlagBits::default(),
+            features_trusted: false,
         }
     }
 
@@ -252,6 +260,20 @@ impl ProxyHttp for CanaryProxy {
         if self.shared.access_log.is_some() {
             let key = decision.hash_key();
             ctx.user_hash = (!key.is_empty()).then(|| accesslog::user_hash(key));
+        }
+        // Feature flags for the same user key; the override header only from a trusted
+        // network (`client_ip` is read only when that list is set, so never when it is empty).
+        if !live.flags.is_empty() {
+            let key = decision.hash_key();
+            let mut bits = live.flags.evaluate((!key.is_empty()).then_some(key));
+            ctx.features_trusted =
+                client_ip.is_some_and(|ip| policy.trusted_networks.iter().any(|n| n.contains(&ip)));
+            if ctx.features_trusted {
+                if let Some(v) = req.headers.get(&live.flag_override_header) {
+                    bits = live.flags.apply_override(bits, v.as_bytes());
+                }
+            }
+            ctx.features = bits;
         }
         if let UserKey::New(id) = decision.user {
             ctx.new_user_id = Some(id);
@@ -320,7 +342,19 @@ impl ProxyHttp for CanaryProxy {
         headers::set_forwarding(upstream, &ctx.origin, if tls { "https" } else { "http" })?;
         let request_id = headers::request_id(upstream)?;
         ctx.request_id = Some(request_id);
-        let policy = &ctx.live.policy;
+        let live = &ctx.live;
+        let features = if ctx.features.is_empty() {
+            None
+        } else {
+            Some(live.flags.header_value(ctx.features))
+        };
+        headers::set_features(
+            upstream,
+            &live.flag_header,
+            (!ctx.features_trusted).then_some(&live.flag_override_header),
+            features,
+        )?;
+        let policy = &live.policy;
         if ctx.pool == Some(PoolKind::Canary) {
             upstream.insert_header(policy.header.clone(), HeaderValue::from_static("1"))?;
         } else if upstream.headers.contains_key(&policy.header) {

@@ -221,7 +221,31 @@ pub fn status(shared: &Shared) -> serde_json::Value {
             "last_sync_unix_ms": d.last_sync_ms.load(Relaxed),
             "last_error": last_error,
         },
+        "flags": flags_status(&shared.live()),
         "in_flight": shared.in_flight.load(Relaxed),
+    })
+}
+
+/// The feature flags in force (salts as fingerprints, like the routing salt).
+fn flags_status(live: &crate::state::Live) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = live
+        .flags
+        .iter()
+        .map(|f| {
+            json!({
+                "name": f.name(),
+                "enabled": f.enabled(),
+                "percent": f.percent(),
+                "salt_fingerprint": crate::routing::salt_fingerprint(f.salt()),
+                "allow": f.allow_len(),
+                "deny": f.deny_len(),
+            })
+        })
+        .collect();
+    json!({
+        "source": live.flags_source,
+        "header": live.flag_header.as_str(),
+        "items": items,
     })
 }
 

@@ -39,6 +39,11 @@ impl Keys {
         format!("{}:routing", self.namespace)
     }
 
+    /// The feature flags: one hash, field = flag name, value = the flag as JSON.
+    pub(super) fn flags(&self) -> String {
+        format!("{}:flags", self.namespace)
+    }
+
     /// The store's marker (see the module documentation).
     pub(super) fn meta(&self) -> String {
         format!("{}:meta", self.namespace)
@@ -97,6 +102,7 @@ mod tests {
         assert_eq!(k.draining(PoolKind::Canary), "ns:draining:canary");
         assert_eq!(k.serving(PoolKind::Canary), "ns:serving:canary");
         assert_eq!(k.routing(), "ns:routing");
+        assert_eq!(k.flags(), "ns:flags");
         assert_eq!(k.events(), "ns:events");
         assert_eq!(k.meta(), "ns:meta");
         assert_eq!(k.proxy("p1"), "ns:proxy:p1");

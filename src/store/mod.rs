@@ -18,10 +18,11 @@
 //! | `ns:servers:pool` | sorted set | member `host:port`; score = lease expiry in Unix ms, or `+inf` for no lease |
 //! | `ns:weights:pool` | hash       | `host:port` -> integer weight 1..=1000 (missing means 1)     |
 //! | `ns:draining:pool`| set        | `host:port` that get no new requests                         |
+//! | `ns:flags`        | hash       | feature flags: flag name -> JSON `{"enabled","percent","salt","allow","deny"}` (`flags.rs`); replace the file's `flags.items` while any field exists |
 //! | `ns:routing`      | hash       | `canary_percent` (0..=100, decimals ok) and `salt`; override the file config while present |
 //! | `ns:serving:pool` | sorted set | written by proxies: `host:port` in rotation; score = when a proxy last saw it so, in Unix ms |
 //! | `ns:meta`         | hash       | the store's marker: `generation` (bumped by every change), `updated_ms`, `created_ms` |
-//! | `ns:events`       | channel    | every writer publishes after a change: the pool name, or `routing` |
+//! | `ns:events`       | channel    | every writer publishes after a change: the pool name, `routing` or `flags` |
 //! | `ns:rollout`      | hash       | the rollout: `json` (the state) and readable `id`, `phase`, `weight`, `step`, `version`, `updated_ms` |
 //! | `ns:rollout:window:<id>:<n>` | hash | window `n` of rollout `id`, summed over replicas; expires |
 //! | `ns:rollout:leader` | string   | the replica holding the leader lease (`SET NX PX`)           |
@@ -55,12 +56,14 @@
 
 #[macro_use]
 mod commands;
+mod flags;
 mod keys;
 mod reports;
 mod resp;
 mod rollout;
 mod snapshot;
 
+pub use flags::{FlagWriteError, StoredFlags, FLAGS_EVENT};
 pub use rollout::{RolloutStore, ROLLOUT_EVENT, WINDOW_TTL_MS as ROLLOUT_WINDOW_TTL_MS};
 
 use std::time::Duration;
@@ -375,6 +378,46 @@ impl Store {
         commands::registration(conn, &self.keys, pool, addr).await
     }
 
+    // Feature flags (flags.rs).
+
+    /// Every flag in `ns:flags`, bad ones skipped and listed as problems of kind `flag`.
+    pub async fn read_flags<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> Result<StoredFlags, StoreError> {
+        flags::read_flags(conn, &self.keys).await
+    }
+
+    /// The stored JSON of flag `name`, as is (`None`: no such flag).
+    pub async fn get_flag_raw<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        flags::get_flag_raw(conn, &self.keys, name).await
+    }
+
+    /// Validate and store flag `name`, bump the marker and publish `flags`. With `expected`
+    /// (`Some("")`: absent), only if the stored JSON is still that ([`FlagWriteError::Changed`]).
+    pub async fn set_flag<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+        name: &str,
+        flag: &crate::config::schema::FlagConfig,
+        expected: Option<&str>,
+    ) -> Result<(), FlagWriteError> {
+        flags::set_flag(conn, &self.keys, name, flag, expected).await
+    }
+
+    /// Delete flag `name`; returns whether it existed (publishes only then).
+    pub async fn delete_flag<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        flags::delete_flag(conn, &self.keys, name).await
+    }
+
     // The proxies' reports (reports.rs).
 
     /// A proxy reports the servers it has in rotation for `pool` (see [`SERVING_FRESH_MS`]).
@@ -444,6 +487,10 @@ impl Store {
 
     pub fn routing_key(&self) -> String {
         self.keys.routing()
+    }
+
+    pub fn flags_key(&self) -> String {
+        self.keys.flags()
     }
 
     pub fn events_channel(&self) -> String {

@@ -82,3 +82,8 @@ pub fn store_generation(redis_url: &str, namespace: &str) -> Option<i64> {
 pub fn wipe(redis_url: &str) {
     redis_cmd(redis_url, &["FLUSHALL"]);
 }
+
+/// `ns:flags`, the hash of feature flags (field = name, value = JSON).
+pub fn flags_key(namespace: &str) -> String {
+    store(namespace).flags_key()
+}

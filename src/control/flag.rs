@@ -1,0 +1,161 @@
+//! `canary-lb ctl flag set|off|delete|list`: the feature flags in Redis.
+//!
+//! Values are validated before connecting; `set` and `off` read the stored flag and write it
+//! back only if nobody changed it in between (a Lua compare-and-set), so two operators never
+//! overwrite each other's change silently. Every write bumps the marker and publishes `flags`.
+
+use std::path::PathBuf;
+
+use crate::cli::FlagCommand;
+use crate::config::{check_flag_name, FlagConfig};
+use crate::model::Percent;
+use crate::store::{FlagWriteError, Store};
+
+use super::{connect, open_client, resolve_target, CtlError, REDIS_TIMEOUT};
+
+impl From<FlagWriteError> for CtlError {
+    fn from(e: FlagWriteError) -> CtlError {
+        match e {
+            FlagWriteError::Store(e) => CtlError::Store(e),
+            other => CtlError::BadFlag {
+                flag: "flag",
+                problem: other.to_string(),
+            },
+        }
+    }
+}
+
+fn bad(flag: &'static str, problem: impl ToString) -> CtlError {
+    CtlError::BadFlag {
+        flag,
+        problem: problem.to_string(),
+    }
+}
+
+/// Run one `ctl flag` command.
+pub(super) fn run(
+    command: FlagCommand,
+    redis: Option<String>,
+    config: Option<PathBuf>,
+    namespace: Option<String>,
+) -> Result<(), CtlError> {
+    // Validate before connecting.
+    match &command {
+        FlagCommand::Set {
+            name,
+            percent,
+            salt,
+            allow,
+            deny,
+        } => {
+            check_flag_name(name).map_err(|e| bad("name", e))?;
+            Percent::parse(percent)?;
+            let probe = FlagConfig {
+                enabled: true,
+                percent: Percent::default(),
+                salt: salt.clone(),
+                allow: allow.clone().unwrap_or_default(),
+                deny: deny.clone().unwrap_or_default(),
+            };
+            probe.check().map_err(|(k, e)| bad(k, e))?;
+        }
+        FlagCommand::Off { name } | FlagCommand::Delete { name } => {
+            check_flag_name(name).map_err(|e| bad("name", e))?;
+        }
+        FlagCommand::List => {}
+    }
+    let target = resolve_target(redis, config, namespace)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CtlError::Runtime)?;
+    runtime.block_on(async {
+        let client = open_client(&target.url)?;
+        let mut conn = connect(&client, &target.url, REDIS_TIMEOUT).await?;
+        tokio::time::timeout(REDIS_TIMEOUT, execute(command, &target.store, &mut conn))
+            .await
+            .map_err(|_| CtlError::Timeout(REDIS_TIMEOUT))?
+    })
+}
+
+async fn execute(
+    command: FlagCommand,
+    store: &Store,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<(), CtlError> {
+    match command {
+        FlagCommand::Set {
+            name,
+            percent,
+            salt,
+            allow,
+            deny,
+        } => {
+            let stored = store.get_flag_raw(conn, &name).await?;
+            let old: Option<FlagConfig> = stored
+                .as_deref()
+                .and_then(|json| serde_json::from_str(json).ok());
+            let old = old.as_ref();
+            let flag = FlagConfig {
+                enabled: true,
+                percent: Percent::parse(&percent)?,
+                salt: salt.or_else(|| old.and_then(|o| o.salt.clone())),
+                allow: allow.unwrap_or_else(|| old.map(|o| o.allow.clone()).unwrap_or_default()),
+                deny: deny.unwrap_or_else(|| old.map(|o| o.deny.clone()).unwrap_or_default()),
+            };
+            store
+                .set_flag(conn, &name, &flag, Some(stored.as_deref().unwrap_or("")))
+                .await?;
+            println!(
+                "flag {name}: on for {}% of users (salt {}, {} allowed, {} denied)",
+                flag.percent.as_f64(),
+                if flag.salt.is_some() { "set" } else { "= name" },
+                flag.allow.len(),
+                flag.deny.len()
+            );
+        }
+        FlagCommand::Off { name } => {
+            let Some(stored) = store.get_flag_raw(conn, &name).await? else {
+                return Err(bad("name", format!("no flag `{name}` in Redis")));
+            };
+            // A stored flag that does not parse is replaced by an off flag.
+            let mut flag: FlagConfig = serde_json::from_str(&stored).unwrap_or(FlagConfig {
+                enabled: false,
+                percent: Percent::default(),
+                salt: None,
+                allow: Vec::new(),
+                deny: Vec::new(),
+            });
+            flag.enabled = false;
+            store.set_flag(conn, &name, &flag, Some(&stored)).await?;
+            println!("flag {name}: off");
+        }
+        FlagCommand::Delete { name } => {
+            if store.delete_flag(conn, &name).await? {
+                println!("flag {name}: deleted");
+            } else {
+                println!("flag {name}: no such flag (nothing to delete)");
+            }
+        }
+        FlagCommand::List => {
+            let flags = store.read_flags(conn).await?;
+            if !flags.present {
+                println!("no flags in Redis (the proxies use their config file's flags)");
+            }
+            for (name, f) in &flags.flags {
+                println!(
+                    "{name}\t{}\t{}%\tsalt {}\tallow {}\tdeny {}",
+                    if f.enabled { "on" } else { "off" },
+                    f.percent.as_f64(),
+                    if f.salt.is_some() { "set" } else { "= name" },
+                    f.allow.len(),
+                    f.deny.len()
+                );
+            }
+            for p in &flags.problems {
+                println!("skipped by the proxies: {}: {}", p.key, p.detail);
+            }
+        }
+    }
+    Ok(())
+}
