@@ -80,15 +80,19 @@ fn sni_versions_redirect_and_forwarded_proto() {
         assert_eq!(r.header("x-served-by"), Some("prod-1"));
     }
     // The access log (JSON on stdout by default) names the TLS version of those requests.
-    let tls_logged = eventually(Duration::from_secs(10), "TLS lines in the access log", || {
-        let versions: Vec<String> = proxy
-            .logs()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v.get("tls")?.as_str().map(str::to_string))
-            .collect();
-        (versions.len() >= 4).then_some(versions)
-    });
+    let tls_logged = eventually(
+        Duration::from_secs(10),
+        "TLS lines in the access log",
+        || {
+            let versions: Vec<String> = proxy
+                .logs()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v.get("tls")?.as_str().map(str::to_string))
+                .collect();
+            (versions.len() >= 4).then_some(versions)
+        },
+    );
     assert!(
         tls_logged.iter().all(|t| t.starts_with("TLS")),
         "{tls_logged:?}"
