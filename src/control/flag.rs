@@ -65,10 +65,7 @@ pub(super) fn run(
         FlagCommand::List => {}
     }
     let target = resolve_target(redis, config, namespace)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CtlError::Runtime)?;
+    let runtime = super::runtime()?;
     runtime.block_on(async {
         let client = open_client(&target.url)?;
         let mut conn = connect(&client, &target.url, REDIS_TIMEOUT).await?;

@@ -180,11 +180,16 @@ pub fn run(args: CtlArgs) -> Result<(), CtlError> {
     }
     let op = parse_op(args.command)?;
     let target = resolve_target(args.redis, args.config, args.namespace)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = runtime()?;
+    runtime.block_on(execute(op, &target))
+}
+
+/// The one-thread Tokio runtime every `ctl` command runs its Redis or HTTP calls on.
+fn runtime() -> Result<tokio::runtime::Runtime, CtlError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(CtlError::Runtime)?;
-    runtime.block_on(execute(op, &target))
+        .map_err(CtlError::Runtime)
 }
 
 fn parse_op(command: CtlCommand) -> Result<Op, CtlError> {

@@ -88,10 +88,7 @@ pub(super) fn run(
     namespace: Option<String>,
 ) -> Result<(), CtlError> {
     let action = parse_action(args.command)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CtlError::Runtime)?;
+    let runtime = super::runtime()?;
     let backend = match args.admin {
         Some(url) => {
             if redis.is_some() {
