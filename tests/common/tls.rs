@@ -120,33 +120,21 @@ pub fn common_name(der: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // curl
 
-/// What curl got: the HTTP version it spoke (`1.1`, `2`), status, headers, body.
+/// What curl got: the HTTP version it spoke (`1.1`, `2`) and the certificate, beside the
+/// response itself (status, headers, body, and `Resp`'s header lookups through `Deref`).
 #[derive(Debug, Clone)]
 pub struct CurlResp {
     pub version: String,
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
     /// The common name of the certificate the server presented (empty over plain HTTP).
     pub cert_cn: String,
+    pub resp: super::Resp,
 }
 
-impl CurlResp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
+impl std::ops::Deref for CurlResp {
+    type Target = super::Resp;
 
-    pub fn headers_all(&self, name: &str) -> Vec<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+    fn deref(&self) -> &super::Resp {
+        &self.resp
     }
 }
 
@@ -245,10 +233,12 @@ fn parse_curl(text: &str) -> Option<CurlResp> {
         .unwrap_or_default();
     Some(CurlResp {
         version: version.trim().to_string(),
-        status,
-        headers,
-        body: body.to_string(),
         cert_cn,
+        resp: super::Resp {
+            status,
+            headers,
+            body: body.to_string(),
+        },
     })
 }
 
