@@ -28,7 +28,8 @@ fi
 [ -x "$CLB" ] && [ -x "$FLOOR" ] || { echo "perf-table: $CLB or $FLOOR not built" >&2; exit 1; }
 CLB=$(realpath "$CLB"); FLOOR=$(realpath "$FLOOR")
 
-export BENCH=${BENCH:-$(mktemp -d)} DUR=${DUR:-8} ROUNDS=${ROUNDS:-3}
+# (readable by nginx's worker user: the backend serves files from it)
+export BENCH=${BENCH:-$(mktemp -d)} DUR=${DUR:-8} ROUNDS=${ROUNDS:-3}; chmod 755 "$BENCH"
 export CPU_WRK=${CPU_WRK-0} CPU_BACKEND=${CPU_BACKEND-0} CPU_PROXY=${CPU_PROXY-1}
 export RUST_LOG=${RUST_LOG:-warn}
 export CANDIDATE_NAME=canary-lb CANDIDATE_PORT=8083 CANDIDATE_CMD="$CLB serve --config $PWD/benches/bench.yaml"

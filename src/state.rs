@@ -56,6 +56,9 @@ pub struct Live {
     pub flags_source: &'static str,
     /// The header the flags that are on go upstream in (`flags.header`).
     pub flag_header: HeaderName,
+    /// [`Live::flag_header`] as it goes out on the wire (the file's spelling), ready for
+    /// Pingora's insert: a `HeaderName` would be re-spelled and copied on every request.
+    pub flag_header_wire: bytes::Bytes,
     /// The testers' override header (`flags.override_header`).
     pub flag_override_header: HeaderName,
 }
@@ -69,10 +72,20 @@ impl Live {
         let header = |name: &str, default: &'static str| {
             HeaderName::try_from(name).unwrap_or_else(|_| HeaderName::from_static(default))
         };
+        let flag_header = header(&config.flags.header, "x-features");
+        let flag_header_wire = if flag_header
+            .as_str()
+            .eq_ignore_ascii_case(&config.flags.header)
+        {
+            bytes::Bytes::copy_from_slice(config.flags.header.as_bytes())
+        } else {
+            bytes::Bytes::copy_from_slice(flag_header.as_str().as_bytes())
+        };
         Live {
             flags,
             flags_source,
-            flag_header: header(&config.flags.header, "x-features"),
+            flag_header,
+            flag_header_wire,
             flag_override_header: header(&config.flags.override_header, "x-feature-override"),
             policy,
             upstream: config.upstream.clone(),

@@ -69,20 +69,24 @@ impl Flag {
     }
 
     #[inline]
-    fn is_on(&self, key: Option<&[u8]>) -> bool {
+    fn is_on(&self, key: Option<&mut Keyed>) -> bool {
         if !self.enabled {
             return false;
         }
         let Some(key) = key else {
             return self.basis_points >= 10_000;
         };
-        if contains(&self.deny, key) {
+        if contains(&self.deny, key.key) {
             return false;
         }
-        if contains(&self.allow, key) {
+        if contains(&self.allow, key.key) {
             return true;
         }
-        self.basis_points >= 10_000 || bucket_with_prefix(&self.prefix, key) < self.basis_points
+        match self.basis_points {
+            0 => false,
+            10_000.. => true,
+            b => key.bucket(&self.prefix) < b,
+        }
     }
 }
 
@@ -155,9 +159,10 @@ impl FlagSet {
     /// The flags on for `key` (see the module documentation for the rule).
     #[inline]
     pub fn evaluate(&self, key: Option<&[u8]>) -> FlagBits {
+        let mut keyed = key.map(Keyed::new);
         let mut bits = 0u64;
         for (i, flag) in self.flags.iter().enumerate() {
-            if flag.is_on(key) {
+            if flag.is_on(keyed.as_mut()) {
                 bits |= 1 << i;
             }
         }
@@ -198,16 +203,23 @@ impl FlagSet {
         bits
     }
 
-    /// `a,b`: the names of the flags in `bits`, in name order (empty when none).
+    /// `a,b`: the names of the flags in `bits`, in name order (empty when none), written in
+    /// one allocation of the exact size (it becomes the header value without a copy).
     pub fn header_value(&self, bits: FlagBits) -> String {
-        let mut out = String::new();
-        for (i, flag) in self.flags.iter().enumerate() {
-            if bits.0 & (1 << i) != 0 {
-                if !out.is_empty() {
-                    out.push(',');
-                }
-                out.push_str(&flag.name);
+        let on = || {
+            self.flags
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| bits.0 & (1 << i) != 0)
+                .map(|(_, f)| &*f.name)
+        };
+        let len = on().map(|n| n.len() + 1).sum::<usize>().saturating_sub(1);
+        let mut out = String::with_capacity(len);
+        for name in on() {
+            if !out.is_empty() {
+                out.push(',');
             }
+            out.push_str(name);
         }
         out
     }
@@ -251,24 +263,46 @@ pub fn bucket(salt: &str, key: &[u8]) -> u32 {
     bucket_with_prefix(&prefix, key)
 }
 
-/// The bucket of `key` with `prefix = salt ++ 0x00`: hashed in one shot from a stack buffer
-/// when it fits (the common case), else streamed.
-#[inline]
+/// The bucket of `key` with `prefix = salt ++ 0x00`.
 fn bucket_with_prefix(prefix: &[u8], key: &[u8]) -> u32 {
-    const STACK: usize = 192;
-    let n = prefix.len() + key.len();
-    let hash = if n <= STACK {
-        let mut buf = [0u8; STACK];
-        buf[..prefix.len()].copy_from_slice(prefix);
-        buf[prefix.len()..n].copy_from_slice(key);
-        xxh3_64(&buf[..n])
-    } else {
-        let mut h = Xxh3::new();
-        h.update(prefix);
-        h.update(key);
-        h.digest()
-    };
-    (hash % 10_000) as u32
+    Keyed::new(key).bucket(prefix)
+}
+
+/// One request's user key, copied once to the end of a stack buffer: each flag's
+/// `salt ++ 0x00` is then written just in front of it and the whole hashed in one shot (the
+/// common case), instead of building the input again per flag. Longer inputs are streamed.
+struct Keyed<'k> {
+    key: &'k [u8],
+    buf: [u8; KEYED_STACK],
+}
+
+const KEYED_STACK: usize = 256;
+
+impl<'k> Keyed<'k> {
+    #[inline]
+    fn new(key: &'k [u8]) -> Keyed<'k> {
+        let mut buf = [0u8; KEYED_STACK];
+        if key.len() <= KEYED_STACK {
+            buf[KEYED_STACK - key.len()..].copy_from_slice(key);
+        }
+        Keyed { key, buf }
+    }
+
+    #[inline]
+    fn bucket(&mut self, prefix: &[u8]) -> u32 {
+        let n = prefix.len() + self.key.len();
+        let hash = if n <= KEYED_STACK {
+            let start = KEYED_STACK - n;
+            self.buf[start..start + prefix.len()].copy_from_slice(prefix);
+            xxh3_64(&self.buf[start..])
+        } else {
+            let mut h = Xxh3::new();
+            h.update(prefix);
+            h.update(self.key);
+            h.digest()
+        };
+        (hash % 10_000) as u32
+    }
 }
 
 #[cfg(test)]
@@ -294,6 +328,39 @@ mod tests {
             whole.extend_from_slice(key);
             let want = (xxh3_64(&whole) % 10_000) as u32;
             assert_eq!(bucket("new-checkout", key), want);
+        }
+    }
+
+    #[test]
+    fn one_request_reuses_its_key_buffer_for_every_flag() {
+        // Salts of different lengths in a row (long, short, long) and keys on both sides of the
+        // stack buffer's size: each flag's bit is the documented rule applied on its own.
+        let salts = [
+            "a-much-longer-salt-than-the-others",
+            "s",
+            "",
+            "mid-salt",
+            &"z".repeat(200),
+        ];
+        let cfgs: Vec<(String, FlagConfig)> = salts
+            .iter()
+            .enumerate()
+            .map(|(i, salt)| {
+                let mut c = flag(50.0);
+                c.salt = Some(salt.to_string());
+                (format!("f{i}"), c)
+            })
+            .collect();
+        let set = FlagSet::build(cfgs.iter().map(|(n, c)| (n.as_str(), c))).expect("set");
+        for len in [0, 1, 31, 32, 54, 55, 56, 57, 200, 255, 256, 257, 600] {
+            for seed in 0..20u8 {
+                let key: Vec<u8> = (0..len).map(|j| b'a' + ((j as u8) ^ seed) % 26).collect();
+                let bits = set.evaluate(Some(&key));
+                for (i, salt) in salts.iter().enumerate() {
+                    let want = bucket(salt, &key) < 5_000;
+                    assert_eq!(bits.0 & (1 << i) != 0, want, "key len {len}, salt {salt:?}");
+                }
+            }
         }
     }
 

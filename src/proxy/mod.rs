@@ -350,7 +350,7 @@ impl ProxyHttp for CanaryProxy {
         };
         headers::set_features(
             upstream,
-            &live.flag_header,
+            (&live.flag_header, &live.flag_header_wire),
             (!ctx.features_trusted).then_some(&live.flag_override_header),
             features,
         )?;
