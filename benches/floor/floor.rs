@@ -21,6 +21,12 @@ use std::sync::Arc;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// canary-lb's jemalloc options (src/main.rs): a thread cache that keeps Pingora's 64 KiB
+// body buffers.
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_CONF: Option<&u8> = Some(&JEMALLOC_CONF_TEXT[0]);
+static JEMALLOC_CONF_TEXT: [u8; 17] = *b"tcache_max:65536\0";
+
 struct Floor(Arc<LoadBalancer<RoundRobin>>);
 
 #[async_trait]
