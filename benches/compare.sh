@@ -8,11 +8,11 @@
 #   DUR=5 ROUNDS=5 ./benches/compare.sh
 #   THREADS_CANDIDATE=2 CPU_PROXY= ./benches/compare.sh   # canary-lb with threads: 2, unpinned
 #   ACCESS_LOG=file ./benches/compare.sh      # canary-lb writing its JSON access log to a file
+#                                               # (default: off, like nginx's and HAProxy's here)
 #   FLAGS=10 CASES=small:/ ROUNDS=5 ./benches/compare.sh   # canary-lb with and without the 10
 #                                               # feature flags of benches/bench-flags.yaml, twice
 #                                               # (slots swapped), and the flags' cost: the median
 #                                               # over rounds of (with flags / without) requests/s
-#                                               # (default: off, like nginx's and HAProxy's here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_BENCH=1 ./scripts/setup.sh >&2

@@ -17,7 +17,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's built-in options (the `_RJEM_MALLOC_CONF` environment variable still overrides
 /// them). Pingora allocates a 64 KiB body buffer for every upstream response; jemalloc's thread
 /// cache keeps blocks only up to 32 KiB by default, so each buffer went through the arena's
-/// extent code and back, about 2,500 instructions a request (BENCHMARKS.md). Caching blocks up
+/// extent code and back, 1,900-2,800 instructions a request (BENCHMARKS.md). Caching blocks up
 /// to 64 KiB makes it a cache hit, for at most a few 64 KiB blocks held per thread.
 #[cfg(not(target_env = "msvc"))]
 #[export_name = "_rjem_malloc_conf"]
