@@ -22,18 +22,10 @@ const RESYNC: Duration = Duration::from_secs(1);
 
 /// A proxy following `namespace` on the Redis at `redis_port`.
 fn redis_yaml(redis_port: u16, namespace: &str) -> String {
-    proxy_config(
-        free_port(),
-        free_port(),
-        &format!(
-            "threads: 2\n\
-             grace_period: 1s\n\
-             health_check: {{ kind: http, path: /healthz, interval: 300ms, timeout: 2s, \
-                              healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
-             routing: {{ canary_percent: 0, salt: \"it-salt\", user_header: X-User-Id }}\n\
-             discovery: {{ provider: redis, url: \"redis://127.0.0.1:{redis_port}/0\", \
-                           namespace: \"{namespace}\", resync_interval: 1s }}\n"
-        ),
+    redis_proxy_config(
+        redis_port,
+        namespace,
+        "routing: { canary_percent: 0, salt: \"it-salt\", user_header: X-User-Id }\n",
     )
 }
 

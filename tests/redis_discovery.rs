@@ -31,22 +31,16 @@ fn yaml(redis_port: u16, namespace: &str, production: &[&App]) -> String {
         .iter()
         .map(|a| format!("\"{}\"", a.addr()))
         .collect();
-    proxy_config(
-        free_port(),
-        free_port(),
+    redis_proxy_config(
+        redis_port,
+        namespace,
         &format!(
-            "threads: 2\n\
-             grace_period: 1s\n\
-             pools:\n  \
+            "pools:\n  \
                production: {{ servers: [{servers}] }}\n\
-             health_check: {{ kind: http, path: /healthz, interval: 300ms, timeout: 2s, \
-                              healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
              passive_health: {{ max_failures: 3, cool_off: 2s }}\n\
              upstream: {{ connect_timeout: 1s, read_timeout: 10s, write_timeout: 10s, \
                           max_tries: 2 }}\n\
-             routing: {{ canary_percent: 0, salt: \"it-salt\", user_header: X-User-Id }}\n\
-             discovery: {{ provider: redis, url: \"redis://127.0.0.1:{redis_port}/0\", \
-                           namespace: \"{namespace}\", resync_interval: 1s }}\n",
+             routing: {{ canary_percent: 0, salt: \"it-salt\", user_header: X-User-Id }}\n",
             servers = servers.join(", "),
         ),
     )

@@ -25,22 +25,13 @@ const INTERVAL: Duration = Duration::from_secs(1);
 /// A proxy following `namespace` on `redis_port`, with a short rollout window and low traffic
 /// needs (the load here is a few hundred requests a second).
 fn yaml(redis_port: u16, namespace: &str) -> String {
-    proxy_config(
-        free_port(),
-        free_port(),
-        &format!(
-            "threads: 2\n\
-             grace_period: 1s\n\
-             health_check: {{ kind: http, path: /healthz, interval: 300ms, timeout: 2s, \
-                              healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
-             upstream: {{ connect_timeout: 1s, read_timeout: 10s, write_timeout: 10s, \
-                          max_tries: 2 }}\n\
-             routing: {{ canary_percent: 0, salt: \"rollout-salt\" }}\n\
-             discovery: {{ provider: redis, url: \"redis://127.0.0.1:{redis_port}/0\", \
-                           namespace: \"{namespace}\", resync_interval: 1s }}\n\
-             rollout: {{ interval: 1s, min_requests: 5, max_inconclusive: 100, \
-                         hard_fail_errors: 1000 }}\n"
-        ),
+    redis_proxy_config(
+        redis_port,
+        namespace,
+        "upstream: { connect_timeout: 1s, read_timeout: 10s, write_timeout: 10s, max_tries: 2 }\n\
+         routing: { canary_percent: 0, salt: \"rollout-salt\" }\n\
+         rollout: { interval: 1s, min_requests: 5, max_inconclusive: 100, \
+                    hard_fail_errors: 1000 }\n",
     )
 }
 

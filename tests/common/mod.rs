@@ -427,6 +427,25 @@ pub fn proxy_config(listen: u16, metrics: u16, body: &str) -> String {
     format!("listen: [\"127.0.0.1:{listen}\"]\nmetrics_listen: \"127.0.0.1:{metrics}\"\n{body}")
 }
 
+/// A proxy on free ports following `namespace` on the Redis at `redis_port` (resync every
+/// second), two threads, a 1 s grace period, HTTP health checks of `/healthz` every 300 ms
+/// that decide on one answer, and `extra` (more top-level YAML lines) after that.
+pub fn redis_proxy_config(redis_port: u16, namespace: &str, extra: &str) -> String {
+    proxy_config(
+        free_port(),
+        free_port(),
+        &format!(
+            "threads: 2\n\
+             grace_period: 1s\n\
+             health_check: {{ kind: http, path: /healthz, interval: 300ms, timeout: 2s, \
+                              healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
+             discovery: {{ provider: redis, url: \"redis://127.0.0.1:{redis_port}/0\", \
+                           namespace: \"{namespace}\", resync_interval: 1s }}\n\
+             {extra}"
+        ),
+    )
+}
+
 /// `canary-lb serve --config FILE` with `RUST_LOG=info`, its output in a log file.
 pub struct Proxy {
     // Declared first so it is dropped (and its log printed) before the temp dir goes.
@@ -683,10 +702,10 @@ thread_local! {
     static AGENT: ureq::Agent = new_agent();
 }
 
-fn into_resp(mut r: ureq::http::Response<ureq::Body>) -> Result<Resp, String> {
-    let status = r.status().as_u16();
-    let headers = r
-        .headers()
+/// Every header line as `(lower-case name, value)`, in order (a value that is not UTF-8 is
+/// kept lossily): what the harness's responses and echo servers record.
+pub fn header_lines(headers: &ureq::http::HeaderMap) -> Vec<(String, String)> {
+    headers
         .iter()
         .map(|(n, v)| {
             (
@@ -694,7 +713,12 @@ fn into_resp(mut r: ureq::http::Response<ureq::Body>) -> Result<Resp, String> {
                 String::from_utf8_lossy(v.as_bytes()).into_owned(),
             )
         })
-        .collect();
+        .collect()
+}
+
+fn into_resp(mut r: ureq::http::Response<ureq::Body>) -> Result<Resp, String> {
+    let status = r.status().as_u16();
+    let headers = header_lines(r.headers());
     let body = r
         .body_mut()
         .read_to_string()

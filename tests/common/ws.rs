@@ -88,17 +88,9 @@ async fn serve(stream: TcpStream, name: String, seen: Upgrades) {
     // The callback's error type is tungstenite's (large) error response; it never fails.
     #[allow(clippy::result_large_err)]
     let record = |req: &Request, resp: Response| {
-        let headers = req
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_ascii_lowercase(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        seen.lock().unwrap().push(headers);
+        seen.lock()
+            .unwrap()
+            .push(super::header_lines(req.headers()));
         Ok(resp)
     };
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
