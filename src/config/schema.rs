@@ -825,6 +825,11 @@ pub struct RolloutConfig {
     pub latency: RolloutLatency,
     /// Also run a Mann-Whitney U test on the two latency histograms.
     pub mann_whitney: bool,
+    /// File provider: where the rollout is kept across restarts (default: beside the config
+    /// file, `<config>.rollout-state.json`). Read at start. Never serialized: the settings a
+    /// rollout freezes are stored in Redis, and releases before this key refuse it there.
+    #[serde(skip_serializing)]
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// The most steps a rollout may have.
@@ -909,6 +914,7 @@ impl Default for RolloutConfig {
             error_rate: RolloutErrorRate::default(),
             latency: RolloutLatency::default(),
             mann_whitney: false,
+            state_file: None,
         }
     }
 }

@@ -108,6 +108,8 @@ pub struct Metrics {
     /// (pool, server) pairs that have series, to remove them when the server leaves.
     seen_servers: Mutex<HashSet<(PoolKind, String)>>,
     pub rollout: RolloutMetrics,
+    /// Stored values refused because a newer release wrote them, by kind (`store::codec`).
+    store_newer_schema: IntCounterVec,
 }
 
 impl Metrics {
@@ -216,6 +218,12 @@ impl Metrics {
             "Access log lines dropped because the writer could not keep up (never delaying a request).",
         )?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        let store_newer_schema = counter_vec(
+            "canary_lb_store_newer_schema_total",
+            "Stored values (Redis, the rollout state file) not read because a newer release \
+             wrote them with a newer schema major, by kind; upgrade this process.",
+            &["kind"],
+        )?;
 
         // Every label set known at start gets its series now, so each exists (at 0) from the
         // first scrape and `increase()` sees its first event.
@@ -262,6 +270,7 @@ impl Metrics {
             access_log_dropped,
             counts: Default::default(),
             seen_servers: Mutex::new(HashSet::new()),
+            store_newer_schema,
         };
         for pool in PoolKind::ALL {
             for code in PRESET_REQUEST_CODES {
@@ -358,6 +367,19 @@ impl Metrics {
             Some(k) => self.discovery_error(k),
             None => self.discovery_errors.with_label_values(&[kind]).inc(),
         }
+    }
+
+    /// Create the `canary_lb_store_newer_schema_total` series of `kinds` at 0 (the store owns
+    /// the list of kinds; this module depends on nothing but `model`).
+    pub fn preset_store_newer_schema(&self, kinds: &[&str]) {
+        for kind in kinds {
+            self.store_newer_schema.with_label_values(&[kind]);
+        }
+    }
+
+    /// A stored value of `kind` refused: a newer release wrote it.
+    pub fn store_newer_schema(&self, kind: &str) {
+        self.store_newer_schema.with_label_values(&[kind]).inc();
     }
 
     pub fn config_change(&self, source: ConfigSource) {

@@ -140,6 +140,21 @@ pub struct RolloutState {
     /// Grows by one with every write (judged transition or command): the compare-and-set
     /// token of [`Coordinator::apply`] and of `ctl`'s writes.
     pub version: u64,
+    /// Set when a restarted process took this rollout over from its state file (the file
+    /// provider, `local.rs`); never written while `None`, so releases before it read the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_file: Option<Resumed>,
+}
+
+/// How a restarted process went on with the rollout it found in its state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resumed {
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// Windows that ended while no process ran: skipped, never judged.
+    pub skipped_windows: u64,
+    /// What it did and why, in words an operator reads.
+    pub reason: String,
 }
 
 impl RolloutState {
@@ -177,6 +192,7 @@ impl RolloutState {
             step_counts: WindowCounts::default(),
             updated_ms: now_ms,
             version: previous.map_or(1, |p| p.version + 1),
+            resumed_from_file: None,
         })
     }
 

@@ -110,6 +110,7 @@ pub fn assemble(
         resolvers.add(addr, SniResolver::new(set));
     }
     let shared = Arc::new(Shared::new(config)?);
+    count_newer_schema(&shared);
 
     let keeper = background_service(
         "pool keeper",
@@ -202,7 +203,7 @@ pub fn assemble(
     if n_redirect > 0 {
         server.add_service(redirect);
     }
-    if let Some(engine) = rollout_engine(&shared) {
+    if let Some(engine) = rollout_engine(&shared, config_path.as_deref())? {
         server.add_service(background_service("rollout engine", engine));
     }
     if let Some(addr) = metrics_listen {
@@ -218,23 +219,97 @@ pub fn assemble(
     })
 }
 
+/// Stored values a newer release wrote, refused by `store`'s codec, counted in
+/// `canary_lb_store_newer_schema_total{kind}` (every kind at 0 from the first scrape).
+fn count_newer_schema(shared: &Arc<Shared>) {
+    let kinds = crate::store::codec::StoredKind::ALL.map(|k| k.as_str());
+    shared.metrics.preset_store_newer_schema(&kinds);
+    let weak = Arc::downgrade(shared);
+    crate::store::codec::on_newer_schema(move |kind| {
+        if let Some(shared) = weak.upgrade() {
+            shared.metrics.store_newer_schema(kind.as_str());
+        }
+    });
+}
+
+/// The file provider's rollout state file: `rollout.state_file`, else beside the config file.
+/// An explicit path that cannot be written stops the start (the operator asked for it); the
+/// default one only warns, and the rollout then lives in the process alone, as before the
+/// state file existed (e.g. a container whose config directory is read-only).
+fn state_file(
+    config: &crate::config::Config,
+    config_path: Option<&Path>,
+) -> anyhow::Result<Option<crate::store::RolloutStateFile>> {
+    use crate::store::RolloutStateFile;
+    if let Some(path) = &config.rollout.state_file {
+        let file = RolloutStateFile::new(path);
+        file.check_writable().map_err(|e| {
+            anyhow::anyhow!(
+                "rollout.state_file: {e}: the rollout cannot be kept across restarts; point \
+                 rollout.state_file at a writable file"
+            )
+        })?;
+        return Ok(Some(file));
+    }
+    let Some(config_path) = config_path else {
+        return Ok(None);
+    };
+    let file = RolloutStateFile::beside(config_path);
+    match file.check_writable() {
+        Ok(()) => Ok(Some(file)),
+        Err(e) => {
+            log::warn!(
+                "rollout: the state is NOT kept across restarts: {e}; a restart during a \
+                 rollout would reset it. Set rollout.state_file to a writable file"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The coordinator of the file provider: in-process, kept in the state file, and the rollout
+/// saved before a restart taken back (with its routing applied) before the proxy serves.
+fn local_coordinator(
+    shared: &Arc<Shared>,
+    replica: &str,
+    config_path: Option<&Path>,
+) -> anyhow::Result<LocalCoordinator> {
+    // Weak: the coordinator lives in `shared`.
+    let weak = Arc::downgrade(shared);
+    let mut local = LocalCoordinator::new(
+        replica.to_string(),
+        Box::new(move |percent| {
+            if let Some(shared) = weak.upgrade() {
+                shared.set_percent_override(percent);
+            }
+        }),
+    );
+    if let Some(file) = state_file(shared.started(), config_path)? {
+        local = local.with_persist(Box::new(file));
+    }
+    let now = crate::model::now_ms();
+    match local.restore(now) {
+        Ok(Some(restored)) => {
+            shared.set_route(crate::rollout::engine::route_for(Some(&restored.state), now));
+        }
+        Ok(None) => {}
+        Err(e) => log::error!(
+            "rollout: the saved rollout is not taken back ({e}); starting without one, and \
+             the file is left as it is until the next rollout starts"
+        ),
+    }
+    Ok(local)
+}
+
 /// The rollout engine of this process, with the coordinator its discovery provider implies
 /// (README, "Progressive delivery").
-fn rollout_engine(shared: &Arc<Shared>) -> Option<RolloutService> {
+fn rollout_engine(
+    shared: &Arc<Shared>,
+    config_path: Option<&Path>,
+) -> anyhow::Result<Option<RolloutService>> {
     let replica = replica_id();
     let coordinator: Arc<dyn Coordinator> = match shared.started().discovery.provider {
-        Provider::Static => {
-            // Weak: the coordinator lives in `shared`.
-            let weak = Arc::downgrade(shared);
-            Arc::new(LocalCoordinator::new(
-                replica.clone(),
-                Box::new(move |percent| {
-                    if let Some(shared) = weak.upgrade() {
-                        shared.set_percent_override(percent);
-                    }
-                }),
-            ))
-        }
+        Provider::Static => Arc::new(local_coordinator(shared, &replica, config_path)?),
         Provider::Redis => {
             match crate::store::RolloutStore::for_discovery(&shared.started().discovery) {
                 Ok(store) => Arc::new(store.with_reporter(&replica)),
@@ -242,7 +317,7 @@ fn rollout_engine(shared: &Arc<Shared>) -> Option<RolloutService> {
                     log::error!(
                         "rollout: no Redis coordinator ({e}); this proxy runs no rollout engine"
                     );
-                    return None;
+                    return Ok(None);
                 }
             }
         }
@@ -252,9 +327,9 @@ fn rollout_engine(shared: &Arc<Shared>) -> Option<RolloutService> {
         replica: replica.clone(),
     });
     let sink: Arc<dyn RolloutSink> = shared.clone();
-    Some(RolloutService {
+    Ok(Some(RolloutService {
         engine: Engine::new(coordinator, replica, sink),
-    })
+    }))
 }
 
 /// The rollout engine as a Pingora background service.

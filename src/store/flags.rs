@@ -1,6 +1,9 @@
 //! The feature flags in Redis: `ns:flags`, one hash, field = flag name, value = the flag as
-//! JSON (`{"enabled":true,"percent":30,"salt":"s","allow":["u1"],"deny":[]}`; only `percent`
-//! is needed, the rest default as in the file's `flags.items`).
+//! JSON (`{"schema":1,"enabled":true,"percent":30,"salt":"s","allow":["u1"],"deny":[]}`; only
+//! `percent` is needed, the rest default as in the file's `flags.items`).
+//!
+//! The JSON is versioned (`codec.rs`): fields a newer release added are ignored, a flag of a
+//! newer major is skipped (off) as a problem that says so, never read as something else.
 //!
 //! Read by the proxies with every resync (a second round trip after the snapshot), written by
 //! `ctl flag` with Lua scripts that validate, bump the marker and publish `flags`.
@@ -9,6 +12,7 @@ use std::collections::BTreeMap;
 
 use redis::Value;
 
+use super::codec::{self, StoredKind};
 use super::keys::Keys;
 use super::resp::raw_pairs;
 use super::{now_ms, Problem, StoreError};
@@ -50,9 +54,7 @@ pub(super) fn parse_flags(raw: &Value, keys: &Keys) -> StoredFlags {
         let parsed = if value.len() > MAX_FLAG_JSON {
             Err(format!("value of {} bytes is too long", value.len()))
         } else {
-            serde_json::from_slice::<FlagConfig>(&value)
-                .map_err(|e| e.to_string())
-                .and_then(|f| f.check().map(|()| f).map_err(|(k, e)| format!("{k}: {e}")))
+            decode_flag(&value)
         };
         match parsed {
             Ok(_) if out.flags.len() >= MAX_FLAGS => out.problems.push(problem(format!(
@@ -65,6 +67,17 @@ pub(super) fn parse_flags(raw: &Value, keys: &Keys) -> StoredFlags {
         }
     }
     out
+}
+
+/// One stored flag's JSON as a checked [`FlagConfig`] (unknown fields of the same major
+/// ignored); the error says what is wrong, a newer major included. `ctl flag` reads a flag it
+/// is about to change with this, so it keeps what it does not change.
+pub fn decode_flag(raw: &[u8]) -> Result<FlagConfig, String> {
+    let flag: FlagConfig = codec::decode(StoredKind::Flag, raw)
+        .map_err(|e| e.to_string())?
+        .value;
+    flag.check().map_err(|(k, e)| format!("{k}: {e}"))?;
+    Ok(flag)
 }
 
 /// See [`super::Store::read_flags`].
@@ -146,7 +159,7 @@ pub(super) async fn set_flag<C: redis::aio::ConnectionLike>(
     check_flag_name(name).map_err(FlagWriteError::Invalid)?;
     flag.check()
         .map_err(|(k, e)| FlagWriteError::Invalid(format!("{k}: {e}")))?;
-    let json = serde_json::to_string(flag)
+    let json = codec::encode(flag)
         .map_err(|e| FlagWriteError::Invalid(format!("flag `{name}`: {e}")))?;
     let written: i64 = redis::Script::new(SET_FLAG_LUA)
         .key(keys.flags())
@@ -209,6 +222,10 @@ mod tests {
                 "not json",
                 "typo",
                 r#"{"percnt": 5}"#,
+                "next",
+                r#"{"schema": 1, "percent": 20, "rollout_group": "b", "allow": ["u2"]}"#,
+                "newer",
+                r#"{"schema": 2, "percent": 40}"#,
             ]
             .iter()
             .map(|s| bulk(s))
@@ -216,11 +233,18 @@ mod tests {
         );
         let got = parse_flags(&raw, &keys);
         assert!(got.present);
-        assert_eq!(got.flags.keys().collect::<Vec<_>>(), ["full", "good"]);
+        assert_eq!(got.flags.keys().collect::<Vec<_>>(), ["full", "good", "next", "typo"]);
         assert_eq!(got.flags["good"].percent.basis_points(), 3000);
         assert!(got.flags["good"].enabled);
         assert_eq!(got.flags["full"].allow, ["u1"]);
+        // A field this release does not know (a newer writer's, or a typo: the same to a
+        // reader) is ignored; the rest of the flag applies.
+        assert_eq!(got.flags["next"].percent.basis_points(), 2000);
+        assert_eq!(got.flags["next"].allow, ["u2"]);
+        assert_eq!(got.flags["typo"].percent.basis_points(), 0);
         assert_eq!(got.problems.len(), 4, "{:?}", got.problems);
+        assert!(got.problems.iter().any(|p| p.detail.contains("`newer`")
+            && p.detail.contains("schema 2, newer than this release reads (1)")));
         assert!(got
             .problems
             .iter()
@@ -233,7 +257,9 @@ mod tests {
     fn json_round_trips() {
         let flag: FlagConfig =
             serde_json::from_str(r#"{"percent": 12.5, "deny": ["x"]}"#).expect("flag");
-        let json = serde_json::to_string(&flag).expect("json");
-        assert_eq!(json, r#"{"enabled":true,"percent":12.5,"deny":["x"]}"#);
+        let json = codec::encode(&flag).expect("json");
+        assert_eq!(json, r#"{"schema":1,"enabled":true,"percent":12.5,"deny":["x"]}"#);
+        assert_eq!(decode_flag(json.as_bytes()), Ok(flag));
+        assert!(decode_flag(br#"{"percent": 150}"#).is_err());
     }
 }

@@ -9,7 +9,9 @@
 //! `resp.rs` RESP2/RESP3 reply helpers; `snapshot.rs` reading and parsing what the proxies
 //! follow (and `ctl status`); `commands.rs` the writes and their Lua scripts; `reports.rs` what
 //! the proxies report back (serving, in flight); `rollout.rs` the rollout shared by the replicas
-//! ([`RolloutStore`], the `ns:rollout*` keys).
+//! ([`RolloutStore`], the `ns:rollout*` keys); `codec.rs` the schema version every stored JSON
+//! value carries and the lenient reading of it; `state_file.rs` the file provider's rollout
+//! state file, in the same versioned JSON.
 //!
 //! With `ns` the namespace (default `canary-lb`) and `pool` one of `production`, `canary`:
 //!
@@ -56,14 +58,17 @@
 
 #[macro_use]
 mod commands;
+pub mod codec;
 mod flags;
 mod keys;
 mod reports;
 mod resp;
 mod rollout;
 mod snapshot;
+mod state_file;
 
-pub use flags::{FlagWriteError, StoredFlags, FLAGS_EVENT};
+pub use flags::{decode_flag, FlagWriteError, StoredFlags, FLAGS_EVENT};
+pub use state_file::RolloutStateFile;
 pub use rollout::{RolloutStore, ROLLOUT_EVENT, WINDOW_TTL_MS as ROLLOUT_WINDOW_TTL_MS};
 
 use std::time::Duration;

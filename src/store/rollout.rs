@@ -30,6 +30,10 @@
 //! Every call is bounded by a timeout and reconnects after an error, so a hung or lost Redis
 //! costs the engine one failed round, never a blocked task. Bad data (unreadable JSON, a count
 //! that is not a number) is logged, counted ([`RolloutStore::bad_data`]) and skipped.
+//!
+//! The state and the history entries are versioned JSON (`codec.rs`): fields a newer release
+//! added are ignored; a state of a newer major is an error, not "no rollout", so the engine
+//! keeps the weight in force, judges nothing and leaves the lease to a replica that reads it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +45,7 @@ use log::warn;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
+use super::codec::{self, DecodeError, StoredKind};
 use super::keys::Keys;
 use super::resp::{pairs, scalar};
 use super::{now_ms, Store, ROUTING_EVENT};
@@ -371,6 +376,12 @@ impl Coordinator for RolloutStore {
         let Some(raw) = raw else { return Ok(None) };
         match decode_state(&raw) {
             Ok(state) => Ok(Some(state)),
+            // Not "no rollout": that would route by the file's percent and let a `start`
+            // replace a rollout this release cannot read.
+            Err(e @ DecodeError::Newer { .. }) => {
+                self.bad_data.fetch_add(1, Ordering::Relaxed);
+                Err(CoordError(format!("the rollout in {key} is {e}")))
+            }
             Err(e) => {
                 self.skip_bad("the rollout state", &key, e);
                 Ok(None)
@@ -491,8 +502,8 @@ impl Coordinator for RolloutStore {
                 );
                 continue;
             };
-            match serde_json::from_str::<HistoryEntry>(json) {
-                Ok(e) => out.push(e),
+            match codec::decode::<HistoryEntry>(StoredKind::History, json.as_bytes()) {
+                Ok(e) => out.push(e.value),
                 Err(e) => self.skip_bad("a history entry", &key, format!("{stream_id}: {e}")),
             }
         }
@@ -510,12 +521,13 @@ impl Coordinator for RolloutStore {
 }
 
 fn encode_state(state: &RolloutState) -> Result<String, CoordError> {
-    serde_json::to_string(state).map_err(|e| CoordError(format!("encode the rollout state: {e}")))
+    codec::encode(state).map_err(|e| CoordError(format!("encode the rollout state: {e}")))
 }
 
-/// The stored state; an error names what does not parse.
-pub(crate) fn decode_state(raw: &[u8]) -> Result<RolloutState, String> {
-    serde_json::from_slice(raw).map_err(|e| e.to_string())
+/// The stored state (unknown fields of the same major ignored); an error names what does not
+/// parse, or the newer major.
+pub(crate) fn decode_state(raw: &[u8]) -> Result<RolloutState, DecodeError> {
+    codec::decode(StoredKind::Rollout, raw).map(|d| d.value)
 }
 
 /// JSON cannot hold NaN or infinity (serde_json writes `null`, which would not read back):
@@ -523,7 +535,7 @@ pub(crate) fn decode_state(raw: &[u8]) -> Result<RolloutState, String> {
 fn encode_entry(entry: &HistoryEntry) -> Result<String, CoordError> {
     let mut entry = entry.clone();
     entry.numbers.retain(|(_, v)| v.is_finite());
-    serde_json::to_string(&entry).map_err(|e| CoordError(format!("encode a history entry: {e}")))
+    codec::encode(&entry).map_err(|e| CoordError(format!("encode a history entry: {e}")))
 }
 
 /// The increments of a report: only the non-zero counts, as `(field, value)`.
@@ -740,9 +752,38 @@ mod tests {
             weight: Percent::from_basis_points(1000),
         };
         let json = encode_entry(&entry).expect("encode");
-        let back: HistoryEntry = serde_json::from_str(&json).expect("decode");
+        assert!(json.starts_with(r#"{"schema":1,"#), "{json}");
+        let back: HistoryEntry = codec::decode(StoredKind::History, json.as_bytes())
+            .expect("decode")
+            .value;
         assert_eq!(back.numbers, vec![("canary_error_percent".into(), 4.1)]);
         assert_eq!(back.reasons, entry.reasons);
+    }
+
+    #[test]
+    fn a_state_a_newer_release_wrote_is_read_and_a_newer_major_is_refused() {
+        let state = RolloutState::start(
+            "r-1".into(),
+            RolloutConfig::default(),
+            "salt-1".into(),
+            1_000,
+            None,
+        )
+        .expect("start");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&encode_state(&state).expect("encode")).expect("json");
+        // What a next release might add: fields at the top, in `settings` (whose config type
+        // refuses unknown keys in the file), deeper in it, and in the step counts.
+        v["leader_note"] = serde_json::json!({"by": "next"});
+        v["settings"]["confidence"] = serde_json::json!(0.99);
+        v["settings"]["latency"]["p999_max"] = serde_json::json!("900ms");
+        v["step_counts"]["canary"]["slow"] = serde_json::json!(3);
+        let raw = serde_json::to_vec(&v).expect("json");
+        assert_eq!(decode_state(&raw).expect("read leniently"), state);
+
+        v["schema"] = serde_json::json!(2);
+        let raw = serde_json::to_vec(&v).expect("json");
+        assert_eq!(decode_state(&raw), Err(DecodeError::Newer { found: 2 }));
     }
 
     #[test]
