@@ -3,7 +3,11 @@
 //! a fleet").
 //!
 //! A stored value is a JSON object with a top-level `"schema": <major>` ([`SCHEMA`]); a value
-//! without it is major 1, which is what releases before the field wrote. Within one major a
+//! without it is major 1, which is what releases before the field wrote. One exception while
+//! the major is 1: a flag carries its version by leaving the field out
+//! ([`StoredKind::writes_version`]), because the release before this one refuses any key it
+//! does not know in a flag, `schema` included, and a stored value must stay readable by the
+//! previous release (the first flag of major 2 will say so explicitly). Within one major a
 //! writer only *adds* fields (and writes a new one only when it differs from its default), so
 //! [`decode`] reads any same-major value: fields this release does not know are ignored at any
 //! depth (logged at debug), even in types that refuse unknown keys in the config file (the
@@ -53,6 +57,14 @@ impl StoredKind {
         StoredKind::StateFile,
     ];
 
+    /// Whether values of this kind carry `"schema"` explicitly. Not a flag while the major is
+    /// 1: releases before the version refuse unknown keys at a flag's top level (its config
+    /// type), so `"schema": 1` would turn every flag off on them during an upgrade; the
+    /// rollout state and history entries never refused unknown top-level keys.
+    pub const fn writes_version(self) -> bool {
+        !matches!(self, StoredKind::Flag) || SCHEMA > 1
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             StoredKind::Rollout => "rollout",
@@ -100,13 +112,18 @@ struct Versioned<'a, T> {
     value: &'a T,
 }
 
-/// `value` as JSON with `"schema": SCHEMA` first. `value` must serialize as an object.
-pub fn encode<T: Serialize>(value: &T) -> Result<String, String> {
-    serde_json::to_string(&Versioned {
-        schema: SCHEMA,
-        value,
-    })
-    .map_err(|e| e.to_string())
+/// `value`, a value of `kind`, as JSON with `"schema": SCHEMA` first (unless the kind carries
+/// major 1 by leaving it out). `value` must serialize as an object.
+pub fn encode<T: Serialize>(kind: StoredKind, value: &T) -> Result<String, String> {
+    let json = if kind.writes_version() {
+        serde_json::to_string(&Versioned {
+            schema: SCHEMA,
+            value,
+        })
+    } else {
+        serde_json::to_string(value)
+    };
+    json.map_err(|e| e.to_string())
 }
 
 /// Read a stored value of `kind` (see the module documentation).
@@ -233,11 +250,16 @@ mod tests {
 
     #[test]
     fn encode_puts_the_version_first_and_decode_reads_it_back() {
-        let json = encode(&outer()).expect("encode");
+        let json = encode(StoredKind::Rollout, &outer()).expect("encode");
         assert!(json.starts_with(r#"{"schema":1,"name":"x""#), "{json}");
-        let back: Decoded<Outer> = decode(StoredKind::Flag, json.as_bytes()).expect("decode");
+        let back: Decoded<Outer> = decode(StoredKind::Rollout, json.as_bytes()).expect("decode");
         assert_eq!(back.value, outer());
         assert!(back.ignored.is_empty());
+        // A flag of major 1 says so by leaving the field out (see `writes_version`).
+        let json = encode(StoredKind::Flag, &outer()).expect("encode");
+        assert!(json.starts_with(r#"{"name":"x""#), "{json}");
+        let back: Decoded<Outer> = decode(StoredKind::Flag, json.as_bytes()).expect("decode");
+        assert_eq!(back.value, outer());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The feature flags in Redis: `ns:flags`, one hash, field = flag name, value = the flag as
-//! JSON (`{"schema":1,"enabled":true,"percent":30,"salt":"s","allow":["u1"],"deny":[]}`; only
-//! `percent` is needed, the rest default as in the file's `flags.items`).
+//! JSON (`{"enabled":true,"percent":30,"salt":"s","allow":["u1"],"deny":[]}`; only `percent`
+//! is needed, the rest default as in the file's `flags.items`).
 //!
-//! The JSON is versioned (`codec.rs`): fields a newer release added are ignored, a flag of a
-//! newer major is skipped (off) as a problem that says so, never read as something else.
+//! The JSON is versioned (`codec.rs`): no `"schema"` field means major 1, which is how this
+//! release writes it (the release before refuses unknown keys in a flag); fields a newer
+//! release added are ignored; a flag of a newer major is skipped (off) as a problem that says
+//! so, never read as something else.
 //!
 //! Read by the proxies with every resync (a second round trip after the snapshot), written by
 //! `ctl flag` with Lua scripts that validate, bump the marker and publish `flags`.
@@ -159,7 +161,7 @@ pub(super) async fn set_flag<C: redis::aio::ConnectionLike>(
     check_flag_name(name).map_err(FlagWriteError::Invalid)?;
     flag.check()
         .map_err(|(k, e)| FlagWriteError::Invalid(format!("{k}: {e}")))?;
-    let json = codec::encode(flag)
+    let json = codec::encode(StoredKind::Flag, flag)
         .map_err(|e| FlagWriteError::Invalid(format!("flag `{name}`: {e}")))?;
     let written: i64 = redis::Script::new(SET_FLAG_LUA)
         .key(keys.flags())
@@ -257,8 +259,9 @@ mod tests {
     fn json_round_trips() {
         let flag: FlagConfig =
             serde_json::from_str(r#"{"percent": 12.5, "deny": ["x"]}"#).expect("flag");
-        let json = codec::encode(&flag).expect("json");
-        assert_eq!(json, r#"{"schema":1,"enabled":true,"percent":12.5,"deny":["x"]}"#);
+        // Major 1 without the field: the release before refuses unknown keys in a flag.
+        let json = codec::encode(StoredKind::Flag, &flag).expect("json");
+        assert_eq!(json, r#"{"enabled":true,"percent":12.5,"deny":["x"]}"#);
         assert_eq!(decode_flag(json.as_bytes()), Ok(flag));
         assert!(decode_flag(br#"{"percent": 150}"#).is_err());
     }

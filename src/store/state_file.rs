@@ -106,7 +106,7 @@ impl Persist for RolloutStateFile {
     }
 
     fn save(&self, saved: &Saved) -> Result<(), String> {
-        let json = codec::encode(saved)?;
+        let json = codec::encode(StoredKind::StateFile, saved)?;
         self.write_atomically(json.as_bytes())
             .map_err(|e| format!("{}: {e}", self.path.display()))
     }
