@@ -55,7 +55,12 @@ fn rollout(proxy: &Proxy) -> Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
 }
 
-fn wait_rollout(proxy: &Proxy, what: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+fn wait_rollout(
+    proxy: &Proxy,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let v = rollout(proxy);
@@ -107,7 +112,10 @@ fn a_restarted_proxy_resumes_the_rollout_and_canary_users_stay_in_canary() {
         load.count("production") > 30
     });
     let r = post(
-        &admin(&proxy, "/rollout/start?steps=10,40,100&interval=1s&windows_per_step=3"),
+        &admin(
+            &proxy,
+            "/rollout/start?steps=10,40,100&interval=1s&windows_per_step=3",
+        ),
         &[],
         b"",
     );
@@ -119,7 +127,10 @@ fn a_restarted_proxy_resumes_the_rollout_and_canary_users_stay_in_canary() {
     let pools_before = pools(&proxy);
     let still = rollout(&proxy);
     assert_eq!(
-        (still["state"]["step"].as_u64(), still["state"]["weight"].as_f64()),
+        (
+            still["state"]["step"].as_u64(),
+            still["state"]["weight"].as_f64()
+        ),
         (Some(1), Some(40.0)),
         "the rollout moved while sampling: {still:#}"
     );
@@ -148,13 +159,19 @@ fn a_restarted_proxy_resumes_the_rollout_and_canary_users_stay_in_canary() {
     );
     assert!(resumed["skipped_windows"].as_u64().is_some(), "{after:#}");
     let status = proxy.status_json();
-    assert_eq!(status["routing"]["canary_percent"].as_f64(), Some(40.0), "{status:#}");
+    assert_eq!(
+        status["routing"]["canary_percent"].as_f64(),
+        Some(40.0),
+        "{status:#}"
+    );
     assert_eq!(
         status["rollout"]["state"]["resumed_from_file"], *resumed,
         "/status says it resumed too: {status:#}"
     );
     assert!(
-        proxy.logs().contains(&format!("rollout {id}: taken over from")),
+        proxy
+            .logs()
+            .contains(&format!("rollout {id}: taken over from")),
         "{}",
         proxy.logs()
     );
@@ -164,9 +181,15 @@ fn a_restarted_proxy_resumes_the_rollout_and_canary_users_stay_in_canary() {
         .iter()
         .filter(|u| pools_after[u] != "canary")
         .collect();
-    assert!(moved.is_empty(), "canary users moved out of canary: {moved:?}");
+    assert!(
+        moved.is_empty(),
+        "canary users moved out of canary: {moved:?}"
+    );
     if weight_now == Some(40.0) {
-        assert_eq!(pools_after, pools_before, "same weight, same salt: nobody moves");
+        assert_eq!(
+            pools_after, pools_before,
+            "same weight, same salt: nobody moves"
+        );
     }
 
     // The rollout goes on from there (the load never stopped: same ports), judging only
@@ -186,7 +209,10 @@ fn a_restarted_proxy_resumes_the_rollout_and_canary_users_stay_in_canary() {
         .unwrap_or_else(|| panic!("a restart entry in the history: {done:#}"));
     for e in &history[restart + 1..] {
         if let Some(w) = e["window"].as_u64() {
-            assert!(w >= first_after, "window {w} was judged across the restart: {done:#}");
+            assert!(
+                w >= first_after,
+                "window {w} was judged across the restart: {done:#}"
+            );
         }
     }
 }
@@ -199,7 +225,11 @@ fn an_ended_rollouts_weight_survives_a_restart() {
     let state_file = dir.path().join("rollout-state.json");
     let yaml = yaml(&apps, &state_file.display().to_string());
     let proxy = Proxy::start(&yaml);
-    let r = post(&admin(&proxy, "/rollout/start?steps=10,50,100&interval=1h"), &[], b"");
+    let r = post(
+        &admin(&proxy, "/rollout/start?steps=10,50,100&interval=1h"),
+        &[],
+        b"",
+    );
     assert_eq!(r.status, 200, "start: {}", r.body);
     let r = post(&admin(&proxy, "/rollout/promote"), &[], b"");
     assert_eq!(r.status, 200, "promote: {}", r.body);
@@ -214,7 +244,10 @@ fn an_ended_rollouts_weight_survives_a_restart() {
         Some(100.0),
         "the promoted weight, not the file's 0: {status:#}"
     );
-    assert_eq!(status["rollout"]["state"]["phase"], "succeeded", "{status:#}");
+    assert_eq!(
+        status["rollout"]["state"]["phase"], "succeeded",
+        "{status:#}"
+    );
     let r = get(&proxy.url("/"), &[("cookie", "canary_uid=anyone")]);
     assert_eq!(r.pool(), Some("canary"), "{r:?}");
 }
@@ -232,7 +265,11 @@ fn the_default_state_file_is_beside_the_config_and_an_unwritable_one_stops_the_s
         ),
     );
     let proxy = Proxy::start(&yaml);
-    let r = post(&admin(&proxy, "/rollout/start?steps=10,100&interval=1h"), &[], b"");
+    let r = post(
+        &admin(&proxy, "/rollout/start?steps=10,100&interval=1h"),
+        &[],
+        b"",
+    );
     assert_eq!(r.status, 200, "start: {}", r.body);
     let mut beside = proxy.config_path().as_os_str().to_owned();
     beside.push(".rollout-state.json");

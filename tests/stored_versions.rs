@@ -58,8 +58,22 @@ fn write_rollout(redis: &RedisServer, ns: &str, state: &RolloutState, json: &str
     redis_cmd(
         &redis.url(),
         &[
-            "HSET", &key, "json", json, "id", &state.id, "phase", "progressing", "weight",
-            &weight, "step", "2/3", "version", &version, "updated_ms", &updated,
+            "HSET",
+            &key,
+            "json",
+            json,
+            "id",
+            &state.id,
+            "phase",
+            "progressing",
+            "weight",
+            &weight,
+            "step",
+            "2/3",
+            "version",
+            &version,
+            "updated_ms",
+            &updated,
         ],
     );
 }
@@ -67,7 +81,10 @@ fn write_rollout(redis: &RedisServer, ns: &str, state: &RolloutState, json: &str
 fn write_flag(redis: &RedisServer, ns: &str, name: &str, json: &str) {
     let url = redis.url();
     redis_cmd(&url, &["HSET", &flags_key(ns), name, json]);
-    redis_cmd(&url, &["HINCRBY", &common::store::meta_key(ns), "generation", "1"]);
+    redis_cmd(
+        &url,
+        &["HINCRBY", &common::store::meta_key(ns), "generation", "1"],
+    );
     redis_cmd(&url, &["PUBLISH", &events_channel(ns), "flags"]);
 }
 
@@ -96,7 +113,11 @@ struct Rig {
 fn rig(ns: &str) -> Rig {
     let redis = RedisServer::start();
     let app = App::start("versions-app", "production");
-    ctl_ok(&redis.url(), ns, &["register", "--pool", "production", &app.addr()]);
+    ctl_ok(
+        &redis.url(),
+        ns,
+        &["register", "--pool", "production", &app.addr()],
+    );
     let proxy = Proxy::start(&redis_proxy_config(
         redis.port(),
         ns,
@@ -133,7 +154,8 @@ fn a_newer_writers_rollout_and_flag_of_the_same_major_are_applied() {
     // The allow list of the flag applies: u1 gets it whatever its bucket.
     let r = get(&rig.proxy.url("/"), &[("X-User-Id", "u1")]);
     assert!(
-        r.header("x-seen-features").is_some_and(|f| f.contains("next-checkout")),
+        r.header("x-seen-features")
+            .is_some_and(|f| f.contains("next-checkout")),
         "{r:?}"
     );
     let text = rig.proxy.metrics_text();
@@ -166,7 +188,10 @@ fn a_newer_major_is_refused_with_a_log_line_and_a_metric_and_the_last_state_hold
     write_flag(&rig.redis, ns, "newer", r#"{"schema":2,"percent":100}"#);
     wait_until("both refusals are counted", NOTICE, || {
         let text = rig.proxy.metrics_text();
-        metric(&text, "canary_lb_store_newer_schema_total{kind=\"rollout\"}") >= 1.0
+        metric(
+            &text,
+            "canary_lb_store_newer_schema_total{kind=\"rollout\"}",
+        ) >= 1.0
             && metric(&text, "canary_lb_store_newer_schema_total{kind=\"flag\"}") >= 1.0
     });
     let s = rig.proxy.status_json();
@@ -184,9 +209,15 @@ fn a_newer_major_is_refused_with_a_log_line_and_a_metric_and_the_last_state_hold
         logs.contains("is written with schema 2, newer than this release reads (1): upgrade"),
         "{logs}"
     );
-    assert!(logs.contains("flag `newer`: written with schema 2"), "{logs}");
+    assert!(
+        logs.contains("flag `newer`: written with schema 2"),
+        "{logs}"
+    );
     assert_eq!(
-        rig.proxy.metrics_text().lines().find(|l| l.starts_with("canary_lb_rollout_leader ")),
+        rig.proxy
+            .metrics_text()
+            .lines()
+            .find(|l| l.starts_with("canary_lb_rollout_leader ")),
         Some("canary_lb_rollout_leader 0"),
         "a replica that cannot read the rollout leaves the lease to one that can"
     );

@@ -438,19 +438,29 @@ mod tests {
         assert_eq!((next.version, next.updated_ms), (s.version + 1, 9_300));
         let resumed = next.resumed_from_file.clone().expect("resumed");
         assert_eq!((resumed.at_ms, resumed.skipped_windows), (9_300, 3));
-        assert!(resumed.reason.starts_with("resumed after a restart"), "{resumed:?}");
+        assert!(
+            resumed.reason.starts_with("resumed after a restart"),
+            "{resumed:?}"
+        );
         assert_eq!((entry.verdict.as_str(), entry.window), ("restart", None));
         assert_eq!(entry.weight, s.weight);
 
         // Down longer than max_inconclusive windows: held, paused, for an operator.
         let (held, _) = resume(&s, 20_000).expect("active");
         assert_eq!((held.phase, held.weight), (Phase::Paused, s.weight));
-        assert!(held.resumed_from_file.expect("resumed").reason.contains("max_inconclusive"));
+        assert!(held
+            .resumed_from_file
+            .expect("resumed")
+            .reason
+            .contains("max_inconclusive"));
 
         // Paused stays paused; an ended rollout is not taken over.
         let (paused, _) = s.command(Command::Pause, 7_100).expect("pause");
         let (still, _) = resume(&paused, 30_000).expect("active");
-        assert_eq!((still.phase, still.next_window), (Phase::Paused, paused.next_window));
+        assert_eq!(
+            (still.phase, still.next_window),
+            (Phase::Paused, paused.next_window)
+        );
         let (aborted, _) = s.command(Command::Abort, 7_100).expect("abort");
         assert!(resume(&aborted, 30_000).is_none());
     }
@@ -497,17 +507,26 @@ mod tests {
         assert_eq!(file.load().expect("load").expect("saved").state, now);
         let history = second.history(10).await.expect("history");
         assert_eq!(
-            history.iter().map(|e| e.verdict.as_str()).collect::<Vec<_>>(),
+            history
+                .iter()
+                .map(|e| e.verdict.as_str())
+                .collect::<Vec<_>>(),
             ["start", "restart"]
         );
 
         // It ends at 0; a third process keeps 0 and takes nothing over.
         let (aborted, entry) = now.command(Command::Abort, 8_000).expect("abort");
-        assert!(second.command(Some(&now), &aborted, &entry).await.expect("cmd"));
+        assert!(second
+            .command(Some(&now), &aborted, &entry)
+            .await
+            .expect("cmd"));
         *percent.lock().expect("lock") = Some(Percent::from_basis_points(2_500));
         let third = coordinator(&file);
         let restored = third.restore(60_000).expect("restore").expect("saved");
-        assert_eq!((restored.state.phase, restored.resumed), (Phase::Aborted, None));
+        assert_eq!(
+            (restored.state.phase, restored.resumed),
+            (Phase::Aborted, None)
+        );
         assert_eq!(*percent.lock().expect("lock"), Some(Percent::default()));
     }
 }

@@ -290,7 +290,10 @@ fn local_coordinator(
     let now = crate::model::now_ms();
     match local.restore(now) {
         Ok(Some(restored)) => {
-            shared.set_route(crate::rollout::engine::route_for(Some(&restored.state), now));
+            shared.set_route(crate::rollout::engine::route_for(
+                Some(&restored.state),
+                now,
+            ));
         }
         Ok(None) => {}
         Err(e) => log::error!(

@@ -127,7 +127,10 @@ pub fn encode<T: Serialize>(kind: StoredKind, value: &T) -> Result<String, Strin
 }
 
 /// Read a stored value of `kind` (see the module documentation).
-pub fn decode<T: DeserializeOwned>(kind: StoredKind, raw: &[u8]) -> Result<Decoded<T>, DecodeError> {
+pub fn decode<T: DeserializeOwned>(
+    kind: StoredKind,
+    raw: &[u8],
+) -> Result<Decoded<T>, DecodeError> {
     let result = decode_value(raw);
     if matches!(result, Err(DecodeError::Newer { .. })) {
         if let Some(hook) = NEWER_SCHEMA_HOOK.get() {
@@ -146,14 +149,17 @@ pub fn decode<T: DeserializeOwned>(kind: StoredKind, raw: &[u8]) -> Result<Decod
 }
 
 fn decode_value<T: DeserializeOwned>(raw: &[u8]) -> Result<Decoded<T>, DecodeError> {
-    let value: Value = serde_json::from_slice(raw).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    let value: Value =
+        serde_json::from_slice(raw).map_err(|e| DecodeError::Invalid(e.to_string()))?;
     let Value::Object(mut object) = value else {
         return Err(DecodeError::Invalid("not a JSON object".into()));
     };
     let found = match object.remove(SCHEMA_FIELD) {
         None => 1,
         Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
-            DecodeError::Invalid(format!("`{SCHEMA_FIELD}` must be an integer above 0, got {v}"))
+            DecodeError::Invalid(format!(
+                "`{SCHEMA_FIELD}` must be an integer above 0, got {v}"
+            ))
         })?,
     };
     if found > SCHEMA {
@@ -280,7 +286,12 @@ mod tests {
         ignored.sort();
         assert_eq!(
             ignored,
-            ["inner.new_inner", "list.0.another", "list.0.new_in_list", "new_top"],
+            [
+                "inner.new_inner",
+                "list.0.another",
+                "list.0.new_in_list",
+                "new_top"
+            ],
             "{:?}",
             back.ignored
         );
@@ -293,7 +304,9 @@ mod tests {
         let json = r#"{"schema":2,"name":"x","inner":{"a":1},"list":[]}"#;
         let err = decode::<Outer>(StoredKind::Rollout, json.as_bytes()).expect_err("newer");
         assert_eq!(err, DecodeError::Newer { found: 2 });
-        assert!(err.to_string().contains("schema 2, newer than this release reads (1)"));
+        assert!(err
+            .to_string()
+            .contains("schema 2, newer than this release reads (1)"));
         // The hook is process-wide: another test may have installed its own first.
         if let Ok(seen) = SEEN.lock() {
             if !seen.is_empty() {
@@ -309,16 +322,22 @@ mod tests {
         assert!(err.to_string().starts_with("inner.a:"), "{err}");
         let missing = r#"{"name":"x","list":[]}"#;
         assert!(decode::<Outer>(StoredKind::Flag, missing.as_bytes()).is_err());
-        for bad in [&b"not json"[..], b"[1]", br#"{"schema":"1"}"#, br#"{"schema":0}"#] {
+        for bad in [
+            &b"not json"[..],
+            b"[1]",
+            br#"{"schema":"1"}"#,
+            br#"{"schema":0}"#,
+        ] {
             assert!(
-                matches!(decode::<Outer>(StoredKind::Flag, bad), Err(DecodeError::Invalid(_))),
+                matches!(
+                    decode::<Outer>(StoredKind::Flag, bad),
+                    Err(DecodeError::Invalid(_))
+                ),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
         }
-        let many: String = (0..=MAX_IGNORED)
-            .map(|i| format!(r#""x{i}":0,"#))
-            .collect();
+        let many: String = (0..=MAX_IGNORED).map(|i| format!(r#""x{i}":0,"#)).collect();
         let json = format!(r#"{{{many}"name":"x","inner":{{"a":1}},"list":[]}}"#);
         assert!(decode::<Outer>(StoredKind::Flag, json.as_bytes()).is_err());
     }

@@ -235,7 +235,10 @@ mod tests {
         );
         let got = parse_flags(&raw, &keys);
         assert!(got.present);
-        assert_eq!(got.flags.keys().collect::<Vec<_>>(), ["full", "good", "next", "typo"]);
+        assert_eq!(
+            got.flags.keys().collect::<Vec<_>>(),
+            ["full", "good", "next", "typo"]
+        );
         assert_eq!(got.flags["good"].percent.basis_points(), 3000);
         assert!(got.flags["good"].enabled);
         assert_eq!(got.flags["full"].allow, ["u1"]);
@@ -246,7 +249,8 @@ mod tests {
         assert_eq!(got.flags["typo"].percent.basis_points(), 0);
         assert_eq!(got.problems.len(), 4, "{:?}", got.problems);
         assert!(got.problems.iter().any(|p| p.detail.contains("`newer`")
-            && p.detail.contains("schema 2, newer than this release reads (1)")));
+            && p.detail
+                .contains("schema 2, newer than this release reads (1)")));
         assert!(got
             .problems
             .iter()

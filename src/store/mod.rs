@@ -68,8 +68,8 @@ mod snapshot;
 mod state_file;
 
 pub use flags::{decode_flag, FlagWriteError, StoredFlags, FLAGS_EVENT};
-pub use state_file::RolloutStateFile;
 pub use rollout::{RolloutStore, ROLLOUT_EVENT, WINDOW_TTL_MS as ROLLOUT_WINDOW_TTL_MS};
+pub use state_file::RolloutStateFile;
 
 use std::time::Duration;
 

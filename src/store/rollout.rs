@@ -521,7 +521,8 @@ impl Coordinator for RolloutStore {
 }
 
 fn encode_state(state: &RolloutState) -> Result<String, CoordError> {
-    codec::encode(StoredKind::Rollout, state).map_err(|e| CoordError(format!("encode the rollout state: {e}")))
+    codec::encode(StoredKind::Rollout, state)
+        .map_err(|e| CoordError(format!("encode the rollout state: {e}")))
 }
 
 /// The stored state (unknown fields of the same major ignored); an error names what does not
@@ -535,7 +536,8 @@ pub(crate) fn decode_state(raw: &[u8]) -> Result<RolloutState, DecodeError> {
 fn encode_entry(entry: &HistoryEntry) -> Result<String, CoordError> {
     let mut entry = entry.clone();
     entry.numbers.retain(|(_, v)| v.is_finite());
-    codec::encode(StoredKind::History, &entry).map_err(|e| CoordError(format!("encode a history entry: {e}")))
+    codec::encode(StoredKind::History, &entry)
+        .map_err(|e| CoordError(format!("encode a history entry: {e}")))
 }
 
 /// The increments of a report: only the non-zero counts, as `(field, value)`.

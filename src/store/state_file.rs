@@ -152,13 +152,19 @@ mod tests {
         assert_eq!(file.load(), Ok(Some(saved())));
         let text = fs::read_to_string(file.path()).expect("read");
         assert!(text.starts_with(r#"{"schema":1,"state":{"#), "{text}");
-        let mode = fs::metadata(file.path()).expect("meta").permissions().mode();
+        let mode = fs::metadata(file.path())
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!file.temp_path().exists());
 
         fs::write(file.path(), r#"{"schema":2,"state":{}}"#).expect("write");
         let err = file.load().expect_err("newer");
-        assert!(err.contains("schema 2, newer than this release reads"), "{err}");
+        assert!(
+            err.contains("schema 2, newer than this release reads"),
+            "{err}"
+        );
         fs::write(file.path(), "garbage").expect("write");
         assert!(file.load().is_err());
     }
