@@ -19,7 +19,7 @@
 //! `threads`, `metrics_listen`, `grace_period`, `health_check.*`, `discovery.*`,
 //! `client.header_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
 //! `upstream.keepalive_pool_size`, `access_log` (its file, format and queue are set up once;
-//! SIGUSR1 reopens the file), and `pools.*.servers` when discovery is not static (the
+//! SIGUSR1 reopens the file), `rollout.state_file`, and `pools.*.servers` when discovery is not static (the
 //! file's lists serve only until the provider first answers). [`Config::restart_needed`] names
 //! the ones that changed, so the reload log says them in one line.
 
@@ -64,6 +64,10 @@ impl Config {
             old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size,
         );
         check("access_log", old.access_log != new.access_log);
+        check(
+            "rollout.state_file",
+            old.rollout.state_file != new.rollout.state_file,
+        );
         if old.discovery.provider != Provider::Static {
             for (kind, key) in [
                 (PoolKind::Production, "pools.production.servers"),

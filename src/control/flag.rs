@@ -91,7 +91,7 @@ async fn execute(
             let stored = store.get_flag_raw(conn, &name).await?;
             let old: Option<FlagConfig> = stored
                 .as_deref()
-                .and_then(|json| serde_json::from_str(json).ok());
+                .and_then(|json| crate::store::decode_flag(json.as_bytes()).ok());
             let old = old.as_ref();
             let flag = FlagConfig {
                 enabled: true,
@@ -115,14 +115,16 @@ async fn execute(
             let Some(stored) = store.get_flag_raw(conn, &name).await? else {
                 return Err(bad("name", format!("no flag `{name}` in Redis")));
             };
-            // A stored flag that does not parse is replaced by an off flag.
-            let mut flag: FlagConfig = serde_json::from_str(&stored).unwrap_or(FlagConfig {
-                enabled: false,
-                percent: Percent::default(),
-                salt: None,
-                allow: Vec::new(),
-                deny: Vec::new(),
-            });
+            // A stored flag that does not parse is replaced by an off flag; fields a newer release
+            // added are read leniently (store::decode_flag), so they are not lost by accident.
+            let mut flag: FlagConfig =
+                crate::store::decode_flag(stored.as_bytes()).unwrap_or(FlagConfig {
+                    enabled: false,
+                    percent: Percent::default(),
+                    salt: None,
+                    allow: Vec::new(),
+                    deny: Vec::new(),
+                });
             flag.enabled = false;
             store.set_flag(conn, &name, &flag, Some(&stored)).await?;
             println!("flag {name}: off");
