@@ -19,8 +19,8 @@
 //! `threads`, `metrics_listen`, `grace_period`, `health_check.*`, `discovery.*`,
 //! `client.header_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
 //! `upstream.keepalive_pool_size`, `access_log` (its file, format and queue are set up once;
-//! SIGUSR1 reopens the file), `rollout.state_file`, and `pools.*.servers` when discovery is not static (the
-//! file's lists serve only until the provider first answers). [`Config::restart_needed`] names
+//! SIGUSR1 reopens the file), `rollout.state_file`, and `pools.*.servers` when discovery is
+//! not static (the file's lists serve only until the provider first answers). [`Config::restart_needed`] names
 //! the ones that changed, so the reload log says them in one line.
 
 use super::{Config, Provider};
