@@ -20,7 +20,10 @@
 #                        `rollout:` section of CANARY_LB_CONFIG_FILE, else canary-lb's defaults)
 #   ROLLOUT_INTERVAL     analysis window, e.g. 30s (same default)
 #   ROLLOUT_TIMEOUT      stop waiting for the rollout after this long (default: no limit)
-#   CANARY_LB_CONFIG_FILE  a proxy config whose `rollout:` section gives the defaults
+#   CANARY_LB_CONFIG_FILE  the proxies' config: its routing.salt is the salt the rollout freezes
+#                        (needed unless the salt is in Redis, `ns:routing` field `salt`:
+#                        without either `ctl rollout start` refuses, since any other salt would
+#                        reshuffle users), and its `rollout:` section gives the defaults
 #   CANARY_PERCENT       canary branch with ROLLOUT=off: share of users sent to canary
 #                        afterwards (unset: unchanged)
 #   REPLACE_TIMEOUT      limit of each wait of `ctl replace` (default 60s)
