@@ -351,7 +351,10 @@ fn status_prints_every_pool_and_the_canary_settings() {
         )),
         "{out}"
     );
-    assert!(!out.contains("release-1"), "ctl status shows the salt: {out}");
+    assert!(
+        !out.contains("release-1"),
+        "ctl status shows the salt: {out}"
+    );
 }
 
 #[test]

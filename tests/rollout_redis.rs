@@ -222,12 +222,7 @@ fn status_wait_exit_codes_and_bad_input() {
     // see `a_rollout_moves_users_only_production_to_canary_and_back`).
     redis_cmd(
         &redis.url(),
-        &[
-            "HSET",
-            &common::store::routing_key(ns),
-            "salt",
-            "wait-salt",
-        ],
+        &["HSET", &common::store::routing_key(ns), "salt", "wait-salt"],
     );
 
     // Paused: exit 3 at once.
@@ -729,7 +724,10 @@ fn a_rollout_moves_users_only_production_to_canary_and_back() {
         (15..=100).contains(&in_canary),
         "about 5 % of {USERS} users in canary, got {in_canary}"
     );
-    assert_eq!(salt_fingerprints(&fleet), [theirs.as_str(), theirs.as_str()]);
+    assert_eq!(
+        salt_fingerprints(&fleet),
+        [theirs.as_str(), theirs.as_str()]
+    );
 
     // No salt in Redis, no --config: ctl cannot know the proxies' salt, so it refuses.
     let generation = common::store::store_generation(&url, ns);
@@ -748,7 +746,11 @@ fn a_rollout_moves_users_only_production_to_canary_and_back() {
         &format!("redis-cli HSET {ns}:routing salt"),
         "Nothing written",
     ] {
-        assert!(why.contains(needle), "`{needle}` missing: {}", text(&refused));
+        assert!(
+            why.contains(needle),
+            "`{needle}` missing: {}",
+            text(&refused)
+        );
     }
     assert_eq!(
         common::store::store_generation(&url, ns),
@@ -767,7 +769,10 @@ fn a_rollout_moves_users_only_production_to_canary_and_back() {
     wait_until("both replicas route 10 % to canary", NOTICE, || {
         fleet.live().iter().all(|p| percent(p) == 10.0)
     });
-    assert_eq!(salt_fingerprints(&fleet), [theirs.as_str(), theirs.as_str()]);
+    assert_eq!(
+        salt_fingerprints(&fleet),
+        [theirs.as_str(), theirs.as_str()]
+    );
     let during = pools_of_users(&fleet, USERS);
     let mut moved_in = 0;
     for (u, (b, d)) in before.iter().zip(&during).enumerate() {
@@ -790,13 +795,20 @@ fn a_rollout_moves_users_only_production_to_canary_and_back() {
 
     // Once the ended rollout no longer overrides routing, the proxies' own salt is in force
     // (not the rollout's): the same 5 % as before are back in canary.
-    wait_until("routing is the store's and the file's again", NOTICE, || {
-        fleet
-            .live()
-            .iter()
-            .all(|p| p.status_json()["routing"]["salt_from"] == "file")
-    });
-    assert_eq!(salt_fingerprints(&fleet), [theirs.as_str(), theirs.as_str()]);
+    wait_until(
+        "routing is the store's and the file's again",
+        NOTICE,
+        || {
+            fleet
+                .live()
+                .iter()
+                .all(|p| p.status_json()["routing"]["salt_from"] == "file")
+        },
+    );
+    assert_eq!(
+        salt_fingerprints(&fleet),
+        [theirs.as_str(), theirs.as_str()]
+    );
     ctl_ok(&url, ns, &["canary", "set", "5"]);
     wait_until("both replicas route 5 % to canary again", NOTICE, || {
         fleet.live().iter().all(|p| percent(p) == 5.0)
@@ -916,7 +928,11 @@ fn the_salt_shows_only_as_its_fingerprint_in_every_output() {
     assert_eq!(json(&status)["routing"]["salt_fingerprint"], fp.as_str());
     for path in ["/rollout/pause", "/rollout/resume", "/rollout/abort"] {
         let body = call("POST", path, 200);
-        assert_eq!(json(&body)["state"]["salt_fingerprint"], fp.as_str(), "{path}");
+        assert_eq!(
+            json(&body)["state"]["salt_fingerprint"],
+            fp.as_str(),
+            "{path}"
+        );
     }
     call("POST", "/rollout/start", 200);
     call("POST", "/rollout/promote", 200);
@@ -941,15 +957,24 @@ fn the_salt_shows_only_as_its_fingerprint_in_every_output() {
         all
     };
     let status = ctl_out("ctl status", ctl(&url, ns, &["status"]));
-    assert!(status.contains(&format!("salt: fingerprint {fp}")), "{status}");
+    assert!(
+        status.contains(&format!("salt: fingerprint {fp}")),
+        "{status}"
+    );
     let start = ctl_out(
         "ctl rollout start",
         fleet.ctl(&["start", "--steps", "10,50", "--interval", "1m"]),
     );
     assert!(start.contains(&fp), "{start}");
     let text_status = ctl_out("ctl rollout status", fleet.ctl(&["status"]));
-    assert!(text_status.contains(&format!("fingerprint {fp}")), "{text_status}");
-    let json_status = ctl_out("ctl rollout status --json", fleet.ctl(&["status", "--json"]));
+    assert!(
+        text_status.contains(&format!("fingerprint {fp}")),
+        "{text_status}"
+    );
+    let json_status = ctl_out(
+        "ctl rollout status --json",
+        fleet.ctl(&["status", "--json"]),
+    );
     assert_eq!(json(&json_status)["state"]["salt_fingerprint"], fp.as_str());
     let admin_status = ctl_out(
         "ctl rollout --admin status --json",
@@ -958,7 +983,10 @@ fn the_salt_shows_only_as_its_fingerprint_in_every_output() {
             Duration::from_secs(30),
         ),
     );
-    assert_eq!(json(&admin_status)["state"]["salt_fingerprint"], fp.as_str());
+    assert_eq!(
+        json(&admin_status)["state"]["salt_fingerprint"],
+        fp.as_str()
+    );
     ctl_out("ctl rollout pause", fleet.ctl(&["pause"]));
     ctl_out("ctl rollout abort", fleet.ctl(&["abort"]));
     ctl_out("ctl rollout history", fleet.ctl(&["history", "-n", "100"]));

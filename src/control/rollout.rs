@@ -24,9 +24,9 @@ use crate::cli::{RolloutArgs, RolloutCommand};
 
 use crate::config::{Config, RolloutConfig};
 use crate::model::Percent;
-use crate::routing::salt_fingerprint;
 use crate::rollout::view::StateView;
 use crate::rollout::{Command, Coordinator, HistoryEntry, Phase, RolloutState};
+use crate::routing::salt_fingerprint;
 use crate::store::{self, RolloutStore, Store};
 
 /// Shortest window a rollout may have: shorter ones leave no room for replicas to report.
