@@ -193,8 +193,14 @@ fn canary_set_is_refused_while_the_stored_rollout_is_active() {
     refused("r-2", "paused");
 
     for (fields, what) in [
-        (&[("phase", "succeeded"), ("id", "r-3")][..], "an ended rollout"),
-        (&[("phase", "aborted"), ("json", r#"{"phase":"paused"}"#)][..], "the copy wins"),
+        (
+            &[("phase", "succeeded"), ("id", "r-3")][..],
+            "an ended rollout",
+        ),
+        (
+            &[("phase", "aborted"), ("json", r#"{"phase":"paused"}"#)][..],
+            "the copy wins",
+        ),
         (&[("json", "not json")][..], "an unreadable rollout"),
     ] {
         hset(fields);

@@ -265,11 +265,14 @@ impl Backend {
                     state.settings.windows_per_step,
                     state.settings.threshold
                 );
-                println!(
-                    "routing salt fingerprint {}: the salt the proxies route with, so users \
-                     only move production -> canary",
-                    state.salt_fingerprint
-                );
+                // An older proxy (over --admin) sends no fingerprint.
+                if !state.salt_fingerprint.is_empty() {
+                    println!(
+                        "routing salt fingerprint {}: the salt the proxies route with, so \
+                         users only move production -> canary",
+                        state.salt_fingerprint
+                    );
+                }
             }
             Action::Command(cmd) => {
                 let state = self.command(cmd).await?;
@@ -594,7 +597,15 @@ fn format_view(view: &View, now_ms: u64) -> String {
         n,
         steps_text(&s.settings.steps)
     );
-    let _ = writeln!(out, "salt:     fingerprint {}", s.salt_fingerprint);
+    let _ = writeln!(
+        out,
+        "salt:     fingerprint {}",
+        if s.salt_fingerprint.is_empty() {
+            "not sent (an older proxy)"
+        } else {
+            &s.salt_fingerprint
+        }
+    );
     let _ = writeln!(
         out,
         "checks:   failed {}/{}, passing in step {}/{}, inconclusive in a row {}/{}",
