@@ -9,6 +9,11 @@
 //! - `--admin URL`: one proxy's admin endpoint (`GET /rollout`, `POST /rollout/<cmd>`), for the
 //!   file provider, where the rollout lives inside that proxy ([`http`]).
 //!
+//! A start over Redis freezes the salt the proxies route with (the store's `salt`, else
+//! `--config`'s `routing.salt`) and refuses, writing nothing, when it knows neither: any other
+//! salt would reshuffle users. Every output shows the salt only as its fingerprint, through
+//! [`crate::rollout::view`].
+//!
 //! Flags are validated before anything is connected. `status --wait` is the pipeline gate:
 //! exit 0 succeeded, 2 rolled back or aborted, 3 paused, 1 error.
 
