@@ -11,7 +11,8 @@
 #   NEW_ADDR             required: host:port of the new app instance
 #   OLD_ADDR             host:port it replaces; empty on a first deploy (NEW is only registered)
 #   CANARY_LB_REDIS_URL  required: the control plane (read by canary-lb ctl itself)
-#   CANARY_LB_NAMESPACE  key namespace (default canary-lb)
+#   CANARY_LB_NAMESPACE  key namespace of every ctl call (default canary-lb; it also wins over
+#                        CANARY_LB_CONFIG_FILE's discovery.namespace)
 #   ROLLOUT              canary branch: `auto` (default) ramps the canary step by step with
 #                        `ctl rollout start` and gates on `ctl rollout status --wait` (the
 #                        proxies judge each step and roll back on their own); `off` leaves the
@@ -20,7 +21,10 @@
 #                        `rollout:` section of CANARY_LB_CONFIG_FILE, else canary-lb's defaults)
 #   ROLLOUT_INTERVAL     analysis window, e.g. 30s (same default)
 #   ROLLOUT_TIMEOUT      stop waiting for the rollout after this long (default: no limit)
-#   CANARY_LB_CONFIG_FILE  a proxy config whose `rollout:` section gives the defaults
+#   CANARY_LB_CONFIG_FILE  the proxies' config: its routing.salt is the salt the rollout freezes
+#                        (needed unless the salt is in Redis, `ns:routing` field `salt`:
+#                        without either `ctl rollout start` refuses, since any other salt would
+#                        reshuffle users), and its `rollout:` section gives the defaults
 #   CANARY_PERCENT       canary branch with ROLLOUT=off: share of users sent to canary
 #                        afterwards (unset: unchanged)
 #   REPLACE_TIMEOUT      limit of each wait of `ctl replace` (default 60s)
@@ -54,6 +58,8 @@ new="${NEW_ADDR:?set NEW_ADDR (host:port of the new instance)}"
 old="${OLD_ADDR:-}"
 : "${CANARY_LB_REDIS_URL:?set CANARY_LB_REDIS_URL (the Redis the proxies follow)}"
 export CANARY_LB_REDIS_URL
+# One namespace for every call, the rollout start that reads CANARY_LB_CONFIG_FILE included.
+export CANARY_LB_NAMESPACE="${CANARY_LB_NAMESPACE:-canary-lb}"
 ctl=("${CANARY_LB:-canary-lb}" ctl)
 
 step "build ($branch)"

@@ -61,6 +61,45 @@ fn status_shows_a_salt_fingerprint_never_the_salt() {
     assert_eq!(m.status, 200, "{m:?}");
     assert!(!m.contains(SALT.as_bytes()), "/metrics shows the salt");
 
+    // A rollout freezes the salt (file provider: in this process); it shows only as its
+    // fingerprint in the start's answer, `GET /rollout` and `/status` (issue 20, obs. 7).
+    let fingerprint = canary_lb::routing::salt_fingerprint(SALT);
+    let start = raw_exchange(
+        port,
+        b"POST /rollout/start?steps=10,50&interval=1m HTTP/1.1\r\nHost: a\r\n\r\n",
+        NOTICE,
+    );
+    assert_eq!(start.status, 200, "{start:?}");
+    for (what, r) in [
+        ("POST /rollout/start", start),
+        ("GET /rollout", get_raw(port, "/rollout", "")),
+        ("GET /status", get_raw(port, "/status", "")),
+    ] {
+        assert!(!r.contains(SALT.as_bytes()), "{what} shows the salt: {r:?}");
+        let v: Value = serde_json::from_slice(&r.body).expect("JSON");
+        let state = if what == "GET /status" {
+            &v["rollout"]["state"]
+        } else {
+            &v["state"]
+        };
+        assert_eq!(
+            state["salt_fingerprint"],
+            fingerprint.as_str(),
+            "{what}: {v}"
+        );
+        assert!(state.get("salt").is_none(), "{what}: {v}");
+    }
+    let abort = raw_exchange(
+        port,
+        b"POST /rollout/abort HTTP/1.1\r\nHost: a\r\n\r\n",
+        NOTICE,
+    );
+    assert_eq!(abort.status, 200, "{abort:?}");
+    assert!(
+        !abort.contains(SALT.as_bytes()),
+        "the abort's answer shows the salt"
+    );
+
     // A new salt on reload shows as a new fingerprint, still never as the salt.
     let new_salt = "Zq7-second-salt-9902";
     proxy.rewrite_config(

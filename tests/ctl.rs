@@ -152,6 +152,64 @@ fn canary_set_and_get_round_trip() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("lots"));
 }
 
+/// Issue 20, observation 4, at the store: `canary set` reads the rollout's phase in the same
+/// script that writes, from the `phase` copy of `ns:rollout` or, without it, from its `json`.
+/// While the rollout is progressing or paused nothing is written and the refusal names the
+/// rollout commands that end it; an ended or unreadable rollout does not block it.
+#[test]
+fn canary_set_is_refused_while_the_stored_rollout_is_active() {
+    let redis = RedisServer::start();
+    redis.ctl_ok(&["canary", "set", "10"]);
+    let rollout = common::store::store(NS).rollout_key();
+    let stored = || -> Option<String> {
+        redis
+            .conn()
+            .hget(routing_key(NS), "canary_percent")
+            .expect("HGET")
+    };
+    let hset = |fields: &[(&str, &str)]| {
+        let _: () = redis.conn().del(&rollout).expect("DEL");
+        let _: () = redis.conn().hset_multiple(&rollout, fields).expect("HSET");
+    };
+    let refused = |id: &str, phase: &str| {
+        let generation = store_generation(&redis.url(), NS);
+        let out = redis.ctl(&["canary", "set", "50"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{id} {phase}: {err}");
+        for needle in [
+            format!("rollout {id} is {phase}"),
+            "ctl rollout abort".into(),
+            "ctl rollout promote".into(),
+            "Nothing written".into(),
+        ] {
+            assert!(err.contains(&needle), "`{needle}` missing: {err}");
+        }
+        assert_eq!(stored().as_deref(), Some("10"), "canary_percent unchanged");
+        assert_eq!(store_generation(&redis.url(), NS), generation);
+    };
+    hset(&[("phase", "progressing"), ("id", "r-1"), ("json", "{}")]);
+    refused("r-1", "progressing");
+    hset(&[("json", r#"{"id":"r-2","phase":"paused","weight":10}"#)]);
+    refused("r-2", "paused");
+
+    for (fields, what) in [
+        (
+            &[("phase", "succeeded"), ("id", "r-3")][..],
+            "an ended rollout",
+        ),
+        (
+            &[("phase", "aborted"), ("json", r#"{"phase":"paused"}"#)][..],
+            "the copy wins",
+        ),
+        (&[("json", "not json")][..], "an unreadable rollout"),
+    ] {
+        hset(fields);
+        redis.ctl_ok(&["canary", "set", "20"]);
+        assert_eq!(stored().as_deref(), Some("20"), "{what}");
+        redis.ctl_ok(&["canary", "set", "10"]);
+    }
+}
+
 #[test]
 fn bad_input_is_refused_naming_the_value_and_writes_nothing() {
     let redis = RedisServer::start();
@@ -342,7 +400,19 @@ fn status_prints_every_pool_and_the_canary_settings() {
     assert!((20..=30).contains(&left), "lease left: {out}");
     assert_eq!(&canary[3..], ["yes", "no"], "{out}");
     assert!(out.contains("canary percent: 5"), "{out}");
-    assert!(out.contains("release-1"), "{out}");
+    // The salt only as its fingerprint (the one the proxies' /status shows): with the salt,
+    // anyone can tell which users are in canary.
+    assert!(
+        out.contains(&format!(
+            "salt: fingerprint {}",
+            canary_lb::routing::salt_fingerprint("release-1")
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains("release-1"),
+        "ctl status shows the salt: {out}"
+    );
 }
 
 #[test]

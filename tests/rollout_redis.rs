@@ -218,6 +218,12 @@ fn status_wait_exit_codes_and_bad_input() {
         "nothing written on a store without its marker"
     );
     common::store::mark_store(&redis.url(), ns);
+    // Without --config, ctl takes the proxies' salt from the store (and refuses without one:
+    // see `a_rollout_moves_users_only_production_to_canary_and_back`).
+    redis_cmd(
+        &redis.url(),
+        &["HSET", &common::store::routing_key(ns), "salt", "wait-salt"],
+    );
 
     // Paused: exit 3 at once.
     ok(ctl(&["start", "--steps", "10,100", "--interval", "1m"]));
@@ -514,22 +520,25 @@ fn redis_gone_for_a_few_seconds_holds_the_percent_judges_nothing_then_resumes() 
 // `ctl rollout --admin URL` (one box, the file provider): the client side of the admin
 // endpoints, against a raw server playing the proxy, a refusing one and misbehaving ones.
 
+/// The salt of the raw "proxy"'s rollout.
+const ADMIN_SALT: &str = "admin-box-salt";
+
 fn admin_view_json() -> String {
     let state = canary_lb::rollout::RolloutState::start(
         "r-admin".into(),
         canary_lb::config::RolloutConfig::default(),
-        "salt".into(),
+        ADMIN_SALT.into(),
         1_000,
         None,
     )
     .expect("start");
-    serde_json::json!({
-        "state": state,
-        "history": [],
-        "leader": "box-1-abcd",
-        "replica": "box-1-abcd",
-    })
-    .to_string()
+    serde_json::to_string(&canary_lb::rollout::view::RolloutView::new(
+        Some(&state),
+        Vec::new(),
+        Some("box-1-abcd".into()),
+        Some("box-1-abcd".into()),
+    ))
+    .expect("json")
 }
 
 fn reply(status: &str, content_type: &str, body: &str) -> common::raw::Script {
@@ -568,6 +577,13 @@ fn admin_mode_speaks_the_endpoint_contract_and_bounds_a_bad_endpoint() {
         &["start", "--steps", "5,50", "--interval", "2s"],
     ));
     assert!(out.contains("rollout r-admin started at 5 %"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "routing salt fingerprint {}",
+            canary_lb::routing::salt_fingerprint(ADMIN_SALT)
+        )),
+        "{out}"
+    );
     let got = proxy.received();
     assert_eq!(got.len(), 1, "one request");
     assert_eq!(got[0].method, "POST");
@@ -645,4 +661,345 @@ fn admin_mode_speaks_the_endpoint_contract_and_bounds_a_bad_endpoint() {
             text(&out)
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a rollout may never do: reshuffle users, swallow a `canary set`, show its salt.
+
+/// The salt of the Fleet's config file (`yaml`).
+const FILE_SALT: &str = "rollout-salt";
+
+/// The pool each of `n` users (`canary_uid=u-<i>`) lands in, as the proxies answer it
+/// (`X-Canary-Pool`), asking the replicas in turn.
+fn pools_of_users(fleet: &Fleet, n: usize) -> Vec<String> {
+    let live = fleet.live();
+    (0..n)
+        .map(|u| {
+            let cookie = format!("canary_uid=u-{u}");
+            let r = get(&live[u % live.len()].url("/"), &[("cookie", &cookie)]);
+            assert_eq!(r.status, 200, "user u-{u}: {}", r.body);
+            r.pool().unwrap_or("none").to_string()
+        })
+        .collect()
+}
+
+fn salt_fingerprints(fleet: &Fleet) -> Vec<String> {
+    fleet
+        .live()
+        .iter()
+        .map(|p| {
+            p.status_json()["routing"]["salt_fingerprint"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect()
+}
+
+fn exists(redis: &RedisServer, key: &str) -> bool {
+    redis_cmd(&redis.url(), &["EXISTS", key]) == redis::Value::Int(1)
+}
+
+/// Issue 20, observation 3: `ctl rollout start` without `--config`, and no salt in Redis,
+/// started the rollout with an empty salt and reshuffled every user. Now it refuses, writing
+/// nothing; with the proxies' config it freezes their salt, so 1,000 users only ever move
+/// production -> canary while it ramps, and back on the abort; afterwards the same users as
+/// before are in canary at the same percent.
+#[test]
+fn a_rollout_moves_users_only_production_to_canary_and_back() {
+    let _serial = serial();
+    let fleet = Fleet::start("ro-salt");
+    let (url, ns) = (fleet.redis.url(), fleet.ns);
+    let theirs = canary_lb::routing::salt_fingerprint(FILE_SALT);
+    const USERS: usize = 1000;
+
+    // Some users are in canary before the rollout: the ones a wrong salt would move out.
+    ctl_ok(&url, ns, &["canary", "set", "5"]);
+    wait_until("both replicas route 5 % to canary", NOTICE, || {
+        fleet.live().iter().all(|p| percent(p) == 5.0)
+    });
+    let before = pools_of_users(&fleet, USERS);
+    let in_canary = before.iter().filter(|p| *p == "canary").count();
+    assert!(
+        (15..=100).contains(&in_canary),
+        "about 5 % of {USERS} users in canary, got {in_canary}"
+    );
+    assert_eq!(
+        salt_fingerprints(&fleet),
+        [theirs.as_str(), theirs.as_str()]
+    );
+
+    // No salt in Redis, no --config: ctl cannot know the proxies' salt, so it refuses.
+    let generation = common::store::store_generation(&url, ns);
+    let rollout_key = common::store::store(ns).rollout_key();
+    let refused = ctl_rollout(
+        &fleet.redis,
+        ns,
+        None,
+        &["start", "--steps", "10,50,100", "--interval", "1m"],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    for needle in [
+        "cannot tell which salt the proxies route with",
+        "--config",
+        &format!("redis-cli HSET {ns}:routing salt"),
+        "Nothing written",
+    ] {
+        assert!(
+            why.contains(needle),
+            "`{needle}` missing: {}",
+            text(&refused)
+        );
+    }
+    assert_eq!(
+        common::store::store_generation(&url, ns),
+        generation,
+        "nothing written"
+    );
+    assert!(!exists(&fleet.redis, &rollout_key), "no rollout stored");
+    assert_eq!(ok(ctl_rollout_canary_get(&fleet.redis, ns)).trim(), "5");
+
+    // With the proxies' config (as the Jenkinsfile now passes it): their salt.
+    let out = ok(fleet.ctl(&["start", "--steps", "10,50,100", "--interval", "1m"]));
+    assert!(
+        out.contains(&format!("routing salt fingerprint {theirs}")),
+        "{out}"
+    );
+    wait_until("both replicas route 10 % to canary", NOTICE, || {
+        fleet.live().iter().all(|p| percent(p) == 10.0)
+    });
+    assert_eq!(
+        salt_fingerprints(&fleet),
+        [theirs.as_str(), theirs.as_str()]
+    );
+    let during = pools_of_users(&fleet, USERS);
+    let mut moved_in = 0;
+    for (u, (b, d)) in before.iter().zip(&during).enumerate() {
+        assert!(
+            !(b == "canary" && d != "canary"),
+            "user u-{u} moved {b} -> {d} when the rollout started"
+        );
+        moved_in += usize::from(b == "production" && d == "canary");
+    }
+    assert!(moved_in > 0, "the step to 10 % moved nobody into canary");
+
+    ok(fleet.ctl(&["abort"]));
+    wait_until("both replicas route 0 % to canary", NOTICE, || {
+        fleet.live().iter().all(|p| percent(p) == 0.0)
+    });
+    let after = pools_of_users(&fleet, USERS);
+    if let Some(u) = after.iter().position(|p| p != "production") {
+        panic!("user u-{u} is in {} after the abort", after[u]);
+    }
+
+    // Once the ended rollout no longer overrides routing, the proxies' own salt is in force
+    // (not the rollout's): the same 5 % as before are back in canary.
+    wait_until(
+        "routing is the store's and the file's again",
+        NOTICE,
+        || {
+            fleet
+                .live()
+                .iter()
+                .all(|p| p.status_json()["routing"]["salt_from"] == "file")
+        },
+    );
+    assert_eq!(
+        salt_fingerprints(&fleet),
+        [theirs.as_str(), theirs.as_str()]
+    );
+    ctl_ok(&url, ns, &["canary", "set", "5"]);
+    wait_until("both replicas route 5 % to canary again", NOTICE, || {
+        fleet.live().iter().all(|p| percent(p) == 5.0)
+    });
+    assert!(
+        pools_of_users(&fleet, USERS) == before,
+        "the users in canary at 5 % changed across the rollout"
+    );
+}
+
+/// Issue 20, observation 4: `ctl canary set 50` during a rollout exited 0 and did nothing
+/// (the proxies kept the rollout's weight). Now it is refused while the rollout progresses or
+/// is paused, naming `ctl rollout abort` / `promote`, with nothing written; once the rollout
+/// has ended it works again.
+#[test]
+fn canary_set_is_refused_while_a_rollout_runs_and_works_once_it_ended() {
+    let _serial = serial();
+    let fleet = Fleet::start("ro-canary-set");
+    let (url, ns) = (fleet.redis.url(), fleet.ns);
+    ok(fleet.ctl(&["start", "--steps", "10,100", "--interval", "1m"]));
+    wait_until("both replicas route 10 % to canary", NOTICE, || {
+        fleet.live().iter().all(|p| percent(p) == 10.0)
+    });
+    for phase in ["progressing", "paused"] {
+        let generation = common::store::store_generation(&url, ns);
+        let out = ctl(&url, ns, &["canary", "set", "50"]);
+        assert_eq!(out.status.code(), Some(1), "{phase}: {}", text(&out));
+        let why = String::from_utf8_lossy(&out.stderr);
+        for needle in [
+            &format!("is {phase}"),
+            "ctl rollout abort",
+            "ctl rollout promote",
+            "Nothing written",
+        ] {
+            assert!(why.contains(needle), "{phase}: `{needle}`: {}", text(&out));
+        }
+        assert_eq!(
+            ok(ctl_rollout_canary_get(&fleet.redis, ns)).trim(),
+            "10",
+            "{phase}: canary_percent unchanged"
+        );
+        assert_eq!(
+            common::store::store_generation(&url, ns),
+            generation,
+            "{phase}: nothing written"
+        );
+        if phase == "progressing" {
+            ok(fleet.ctl(&["pause"]));
+        }
+    }
+    // The proxies keep the rollout's weight, past a resync of the store.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_millis(1500) {
+        for p in fleet.live() {
+            assert_eq!(percent(p), 10.0, "the rollout's weight holds");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    ok(fleet.ctl(&["abort"]));
+    let out = ctl_ok(&url, ns, &["canary", "set", "50"]);
+    assert!(out.contains("canary percent set to 50"), "{out}");
+    assert_eq!(ok(ctl_rollout_canary_get(&fleet.redis, ns)).trim(), "50");
+    wait_until("both replicas route 50 % to canary", NOTICE, || {
+        fleet.live().iter().all(|p| percent(p) == 50.0)
+    });
+}
+
+/// Issue 20, observation 7: the routing salt was shown in clear by `/status`, `GET /rollout`
+/// and the start's answer. Every admin path's body and every `ctl` output a rollout appears
+/// in is searched for a distinctive salt: never there, its fingerprint where it was.
+#[test]
+fn the_salt_shows_only_as_its_fingerprint_in_every_output() {
+    const SALT: &str = "Zq7-rollout-secret-salt-5519";
+    let _serial = serial();
+    let fleet = Fleet::start("ro-secret");
+    let (url, ns) = (fleet.redis.url(), fleet.ns);
+    let fp = canary_lb::routing::salt_fingerprint(SALT);
+    // The proxies route with the store's salt; that is the one a rollout freezes.
+    redis_cmd(
+        &url,
+        &["HSET", &common::store::routing_key(ns), "salt", SALT],
+    );
+    redis_cmd(
+        &url,
+        &["PUBLISH", &common::store::events_channel(ns), "routing"],
+    );
+    wait_until("both replicas route with the store's salt", NOTICE, || {
+        salt_fingerprints(&fleet).iter().all(|f| *f == fp)
+    });
+    let proxy = fleet.live()[0];
+    let admin = proxy.metrics_url().trim_end_matches("/metrics").to_string();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut call = |method: &str, path: &str, want: u16| -> String {
+        let url = format!("{admin}{path}");
+        let r = if method == "POST" {
+            post(&url, &[], b"")
+        } else {
+            get(&url, &[])
+        };
+        assert_eq!(r.status, want, "{method} {path}: {}", r.body);
+        seen.push((format!("{method} {path}"), r.body.clone()));
+        r.body
+    };
+    let json = |body: &str| -> Value { serde_json::from_str(body).expect("JSON") };
+
+    // Every admin path (src/runtime/admin.rs, rollout_api.rs), through a whole rollout.
+    let started = call("POST", "/rollout/start?steps=10,50&interval=1m", 200);
+    assert_eq!(json(&started)["state"]["salt_fingerprint"], fp.as_str());
+    let rollout = call("GET", "/rollout", 200);
+    assert_eq!(json(&rollout)["state"]["salt_fingerprint"], fp.as_str());
+    let status = call("GET", "/status", 200);
+    assert_eq!(
+        json(&status)["rollout"]["state"]["salt_fingerprint"],
+        fp.as_str()
+    );
+    assert_eq!(json(&status)["routing"]["salt_fingerprint"], fp.as_str());
+    for path in ["/rollout/pause", "/rollout/resume", "/rollout/abort"] {
+        let body = call("POST", path, 200);
+        assert_eq!(
+            json(&body)["state"]["salt_fingerprint"],
+            fp.as_str(),
+            "{path}"
+        );
+    }
+    call("POST", "/rollout/start", 200);
+    call("POST", "/rollout/promote", 200);
+    call("POST", "/rollout/pause", 409);
+    call("GET", "/metrics", 200);
+    call("GET", "/healthz", 200);
+    call("GET", "/rollout/nope", 404);
+    call("GET", "/nope", 404);
+
+    // Every ctl output that shows a rollout or the routing settings.
+    let both = |out: Output| -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let mut ctl_out = |what: &str, out: Output| -> String {
+        assert!(out.status.success(), "{what}: {}", text(&out));
+        let all = both(out);
+        seen.push((what.to_string(), all.clone()));
+        all
+    };
+    let status = ctl_out("ctl status", ctl(&url, ns, &["status"]));
+    assert!(
+        status.contains(&format!("salt: fingerprint {fp}")),
+        "{status}"
+    );
+    let start = ctl_out(
+        "ctl rollout start",
+        fleet.ctl(&["start", "--steps", "10,50", "--interval", "1m"]),
+    );
+    assert!(start.contains(&fp), "{start}");
+    let text_status = ctl_out("ctl rollout status", fleet.ctl(&["status"]));
+    assert!(
+        text_status.contains(&format!("fingerprint {fp}")),
+        "{text_status}"
+    );
+    let json_status = ctl_out(
+        "ctl rollout status --json",
+        fleet.ctl(&["status", "--json"]),
+    );
+    assert_eq!(json(&json_status)["state"]["salt_fingerprint"], fp.as_str());
+    let admin_status = ctl_out(
+        "ctl rollout --admin status --json",
+        run_cli(
+            &["ctl", "rollout", "--admin", &admin, "status", "--json"],
+            Duration::from_secs(30),
+        ),
+    );
+    assert_eq!(
+        json(&admin_status)["state"]["salt_fingerprint"],
+        fp.as_str()
+    );
+    ctl_out("ctl rollout pause", fleet.ctl(&["pause"]));
+    ctl_out("ctl rollout abort", fleet.ctl(&["abort"]));
+    ctl_out("ctl rollout history", fleet.ctl(&["history", "-n", "100"]));
+    ctl_out(
+        "ctl rollout history --json",
+        fleet.ctl(&["history", "-n", "100", "--json"]),
+    );
+    for p in fleet.live() {
+        seen.push(("a proxy's log".into(), p.logs()));
+    }
+
+    for (what, body) in &seen {
+        assert!(!body.contains(SALT), "{what} shows the salt:\n{body}");
+    }
+    assert!(seen.len() >= 20, "every output searched: {}", seen.len());
 }

@@ -9,6 +9,11 @@
 //! - `--admin URL`: one proxy's admin endpoint (`GET /rollout`, `POST /rollout/<cmd>`), for the
 //!   file provider, where the rollout lives inside that proxy ([`http`]).
 //!
+//! A start over Redis freezes the salt the proxies route with (the store's `salt`, else
+//! `--config`'s `routing.salt`) and refuses, writing nothing, when it knows neither: any other
+//! salt would reshuffle users. Every output shows the salt only as its fingerprint, through
+//! [`crate::rollout::view`].
+//!
 //! Flags are validated before anything is connected. `status --wait` is the pipeline gate:
 //! exit 0 succeeded, 2 rolled back or aborted, 3 paused, 1 error.
 
@@ -19,14 +24,14 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::{resolve_target, CtlError, REDIS_TIMEOUT};
 use crate::cli::{RolloutArgs, RolloutCommand};
 
 use crate::config::{Config, RolloutConfig};
 use crate::model::Percent;
+use crate::rollout::view::StateView;
 use crate::rollout::{Command, Coordinator, HistoryEntry, Phase, RolloutState};
+use crate::routing::salt_fingerprint;
 use crate::store::{self, RolloutStore, Store};
 
 /// Shortest window a rollout may have: shorter ones leave no room for replicas to report.
@@ -68,17 +73,9 @@ enum Action {
     },
 }
 
-/// What `status` shows: the admin endpoint's `GET /rollout` body, and the same read from Redis.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct View {
-    pub state: Option<RolloutState>,
-    #[serde(default)]
-    pub history: Vec<HistoryEntry>,
-    #[serde(default)]
-    pub leader: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replica: Option<String>,
-}
+/// What `status` shows: the admin endpoint's `GET /rollout` body, and the same read from
+/// Redis; the salt only as its fingerprint, whichever way it was read.
+pub use crate::rollout::view::RolloutView as View;
 
 /// `canary-lb ctl rollout ...`: validate, then run against Redis or the admin endpoint.
 pub(super) fn run(
@@ -273,11 +270,12 @@ impl Backend {
                     state.settings.windows_per_step,
                     state.settings.threshold
                 );
-                // Over --admin the proxy picks the salt in force itself.
-                if state.salt.is_empty() && matches!(self, Backend::Redis(_)) {
-                    eprintln!(
-                        "note: no routing salt in Redis and no --config: the rollout routes \
-                         with an empty salt"
+                // An older proxy (over --admin) sends no fingerprint.
+                if !state.salt_fingerprint.is_empty() {
+                    println!(
+                        "routing salt fingerprint {}: the salt the proxies route with, so \
+                         users only move production -> canary",
+                        state.salt_fingerprint
                     );
                 }
             }
@@ -322,12 +320,12 @@ impl Backend {
 
     async fn view(&self, n: usize) -> Result<View, CtlError> {
         match self {
-            Backend::Redis(r) => Ok(View {
-                state: r.coord.state().await?,
-                history: r.coord.history(n).await?,
-                leader: r.coord.leader().await?,
-                replica: None,
-            }),
+            Backend::Redis(r) => Ok(View::new(
+                r.coord.state().await?.as_ref(),
+                r.coord.history(n).await?,
+                r.coord.leader().await?,
+                None,
+            )),
             Backend::Admin(a) => {
                 let mut view = a.view()?;
                 let skip = view.history.len().saturating_sub(n);
@@ -337,18 +335,20 @@ impl Backend {
         }
     }
 
-    async fn start(&self, flags: &StartFlags) -> Result<RolloutState, CtlError> {
+    /// Start a rollout; over Redis it freezes the salt the proxies route with
+    /// ([`RedisBackend::rollout_salt`]), over `--admin` the proxy takes its own.
+    async fn start(&self, flags: &StartFlags) -> Result<StateView, CtlError> {
         match self {
             Backend::Admin(a) => a.start(flags)?.state.ok_or_else(|| {
                 CtlError::Rollout("the proxy answered without a rollout".to_string())
             }),
             Backend::Redis(r) => {
-                let (base, config_salt) = r.defaults.clone().unwrap_or_default();
-                let settings = apply_flags(base, flags)?;
-                let salt = match r.routing_salt().await? {
-                    Some(salt) => salt,
-                    None => config_salt,
+                let (base, config_salt) = match r.defaults.clone() {
+                    Some((base, salt)) => (base, Some(salt)),
+                    None => (RolloutConfig::default(), None),
                 };
+                let settings = apply_flags(base, flags)?;
+                let salt = r.rollout_salt(config_salt).await?;
                 for _ in 0..WRITE_ATTEMPTS {
                     let previous = r.coord.state().await?;
                     let now = store::now_ms();
@@ -372,7 +372,7 @@ impl Backend {
                         weight: next.weight,
                     };
                     if r.coord.command(previous.as_ref(), &next, &entry).await? {
-                        return Ok(next);
+                        return Ok(StateView::from(&next));
                     }
                 }
                 Err(changed_meanwhile())
@@ -380,7 +380,7 @@ impl Backend {
         }
     }
 
-    async fn command(&self, cmd: Command) -> Result<RolloutState, CtlError> {
+    async fn command(&self, cmd: Command) -> Result<StateView, CtlError> {
         match self {
             Backend::Admin(a) => a.command(cmd)?.state.ok_or_else(|| {
                 CtlError::Rollout("the proxy answered without a rollout".to_string())
@@ -397,7 +397,7 @@ impl Backend {
                         .command(cmd, store::now_ms())
                         .map_err(|e| CtlError::Rollout(e.0))?;
                     if r.coord.command(Some(&current), &next, &entry).await? {
-                        return Ok(next);
+                        return Ok(StateView::from(&next));
                     }
                 }
                 Err(changed_meanwhile())
@@ -478,14 +478,55 @@ impl Backend {
 }
 
 impl RedisBackend {
-    /// The routing salt in force from Redis (`ns:routing` salt), if set.
-    async fn routing_salt(&self) -> Result<Option<String>, CtlError> {
+    /// The salt a rollout starting now freezes: the one the proxies route with, or an error
+    /// when `ctl` cannot know it. A rollout with any other salt would move users between the
+    /// pools at its first step and again when it ends, so there is no fallback (an empty salt
+    /// once did exactly that).
+    ///
+    /// The proxies route with the store's `salt` while it is set and valid, else with their
+    /// config's `routing.salt`; `config_salt` is `--config`'s, which ctl takes to be theirs.
+    async fn rollout_salt(&self, config_salt: Option<String>) -> Result<String, CtlError> {
         let mut conn = super::connect(&self.client, &self.url, REDIS_TIMEOUT).await?;
         let status = tokio::time::timeout(REDIS_TIMEOUT, self.store.read_status(&mut conn))
             .await
             .map_err(|_| CtlError::Timeout(REDIS_TIMEOUT))??;
-        Ok(status.salt)
+        match (status.salt, config_salt) {
+            (Some(stored), config) => {
+                if let Some(config) = config.filter(|c| *c != stored) {
+                    eprintln!(
+                        "note: {} holds a salt (fingerprint {}) that overrides routing.salt of \
+                         --config (fingerprint {}) in every proxy: the rollout uses the stored one",
+                        self.store.routing_key(),
+                        salt_fingerprint(&stored),
+                        salt_fingerprint(&config)
+                    );
+                }
+                Ok(stored)
+            }
+            (None, Some(config)) => Ok(config),
+            // A lost store loses its salt too: say what is really wrong.
+            (None, None) if status.marker.is_none() => Err(CtlError::Rollout(format!(
+                "{} is missing (a new store, or Redis lost its data): a rollout would make \
+                 every proxy follow a store without its servers; register the servers again \
+                 first. Nothing written",
+                self.store.marker_key()
+            ))),
+            (None, None) => Err(no_salt(&self.store)),
+        }
     }
+}
+
+/// The refusal of a start whose salt ctl cannot know, saying what to pass.
+fn no_salt(store: &Store) -> CtlError {
+    let routing = store.routing_key();
+    CtlError::Rollout(format!(
+        "cannot tell which salt the proxies route with: {routing} has no valid `salt` and no \
+         --config was given, and a rollout with another salt would move users between the \
+         pools. Pass --config <the proxies' config file> (its routing.salt is theirs), or store \
+         their salt in Redis first: `redis-cli HSET {routing} salt '<their routing.salt>'` and \
+         `redis-cli PUBLISH {} routing`. Nothing written",
+        store.events_channel()
+    ))
 }
 
 fn changed_meanwhile() -> CtlError {
@@ -560,6 +601,15 @@ fn format_view(view: &View, now_ms: u64) -> String {
         (s.step + 1).min(n),
         n,
         steps_text(&s.settings.steps)
+    );
+    let _ = writeln!(
+        out,
+        "salt:     fingerprint {}",
+        if s.salt_fingerprint.is_empty() {
+            "not sent (an older proxy)"
+        } else {
+            &s.salt_fingerprint
+        }
     );
     let _ = writeln!(
         out,
@@ -687,11 +737,13 @@ mod tests {
         }
     }
 
+    const SALT: &str = "unit-test-distinctive-salt";
+
     fn view() -> View {
         let mut state = RolloutState::start(
             "r-1".into(),
             RolloutConfig::default(),
-            "s".into(),
+            SALT.into(),
             1_000,
             None,
         )
@@ -716,12 +768,12 @@ mod tests {
         };
         let mut old = entry.clone();
         old.rollout_id = "r-0".into();
-        View {
-            state: Some(state),
-            history: vec![old, entry],
-            leader: Some("host-1-ab12".into()),
-            replica: None,
-        }
+        View::new(
+            Some(&state),
+            vec![old, entry],
+            Some("host-1-ab12".into()),
+            None,
+        )
     }
 
     #[test]
@@ -737,9 +789,13 @@ mod tests {
             "fail",
             "canary error rate 4.1 % > 1 %",
             "canary_requests=120 canary_error_percent=4.167",
+            &format!("salt:     fingerprint {}", salt_fingerprint(SALT)),
         ] {
             assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
         }
+        assert!(!text.contains(SALT), "the salt in clear:\n{text}");
+        let json = serde_json::to_string(&view()).expect("json");
+        assert!(!json.contains(SALT), "the salt in clear: {json}");
         assert_eq!(
             text.matches("window 3").count(),
             1,

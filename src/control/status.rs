@@ -1,8 +1,10 @@
 //! The table `ctl status` prints: the store's marker, the routing overrides, each pool's
 //! servers with their weight, lease, draining and serving state, and the entries the proxies
-//! ignore. Pure formatting, so it is unit-tested without Redis.
+//! ignore. Pure formatting, so it is unit-tested without Redis. The salt shows only as its
+//! fingerprint, the one the proxies' `/status` shows.
 
 use crate::model::PoolKind;
+use crate::routing::salt_fingerprint;
 use crate::store::{Status, Store, SERVING_FRESH_MS};
 
 /// `12s`, `none` or `expired`.
@@ -42,7 +44,8 @@ pub(super) fn format_status(status: &Status, store: &Store, url: &str, now_ms: u
         None => out += "canary percent: unset (the proxies use their config)\n",
     }
     match &status.salt {
-        Some(s) => out += &format!("salt: {s:?}\n"),
+        // Never the salt itself: with it, anyone can tell which users are in canary.
+        Some(s) => out += &format!("salt: fingerprint {}\n", salt_fingerprint(s)),
         None => out += "salt: unset (the proxies use their config)\n",
     }
     for pool in PoolKind::ALL {
@@ -137,7 +140,7 @@ mod tests {
                 }],
             },
             canary_percent: Percent::parse("12.5").ok(),
-            salt: Some("r1".into()),
+            salt: Some("release-1-distinctive".into()),
             problems: vec![],
         };
         let text = format_status(&status, &Store::new("ns"), "redis://h/0", now);
@@ -157,7 +160,14 @@ mod tests {
             "{unmarked}"
         );
         assert!(text.contains("canary percent: 12.5"), "{text}");
-        assert!(text.contains("salt: \"r1\""), "{text}");
+        assert!(
+            text.contains(&format!(
+                "salt: fingerprint {}",
+                salt_fingerprint("release-1-distinctive")
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("release-1-distinctive"), "{text}");
         let prod = text
             .lines()
             .find(|l| l.contains("10.0.0.1:80"))

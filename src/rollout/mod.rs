@@ -15,6 +15,7 @@ pub mod engine;
 pub mod judge;
 pub mod local;
 pub mod machine;
+pub mod view;
 pub mod window;
 
 use std::time::Duration;

@@ -9,7 +9,9 @@
 //!   command paths (its body is never read), and no byte of the request is echoed back in a
 //!   response (a refused rollout query names the key, never the value sent);
 //! - `/status` shows a fingerprint of the routing salt, never the salt: with the documented
-//!   bucket hash, the salt tells anyone which user ids land in canary;
+//!   bucket hash, the salt tells anyone which user ids land in canary. A rollout's state is
+//!   shown the same way, here and in every `/rollout` answer, through
+//!   [`crate::rollout::view`];
 //! - with `metrics_auth_token_file` set, `/metrics` and `/status` want `Authorization: Bearer
 //!   <token>` (compared in constant time), and so do `/rollout` and its commands; `/healthz`
 //!   stays open for container health checks.

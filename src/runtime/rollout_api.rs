@@ -1,6 +1,7 @@
 //! The rollout's admin API (README, "Progressive delivery"), served by `admin.rs` on
 //! `metrics_listen` with the same token as `/status`:
-//! - `GET /rollout`: 200 `{"state", "history" (newest last, up to 20), "leader", "replica"}`;
+//! - `GET /rollout`: 200 `{"state", "history" (newest last, up to 20), "leader", "replica"}`
+//!   ([`RolloutView`]: the state with its salt shown only as `salt_fingerprint`);
 //! - `POST /rollout/start?steps=5,10,25&interval=2s&windows_per_step=1&threshold=3` (every key
 //!   optional, over the config's `rollout:` section as last loaded; also `min_requests`,
 //!   `max_inconclusive`, `hard_fail_errors`): 200 the same JSON, 400 naming a bad or unknown
@@ -21,6 +22,7 @@ use super::admin::reply;
 use crate::config::RolloutConfig;
 use crate::model::{now_ms, Percent};
 use crate::rollout::engine::{route_for, RolloutSink};
+use crate::rollout::view::RolloutView;
 use crate::rollout::{Command, HistoryEntry, RolloutState};
 use crate::state::Shared;
 use pingora_http::RequestHeader;
@@ -39,12 +41,14 @@ pub async fn view(shared: &Shared) -> serde_json::Value {
     let c = &handle.coordinator;
     let (state, history, leader) = tokio::join!(c.state(), c.history(HISTORY), c.leader());
     match (state, history, leader) {
-        (Ok(state), Ok(history), Ok(leader)) => json!({
-            "state": state,
-            "history": history,
-            "leader": leader,
-            "replica": handle.replica,
-        }),
+        // Through the view, never the state itself: the salt shows only as its fingerprint.
+        (Ok(state), Ok(history), Ok(leader)) => serde_json::to_value(RolloutView::new(
+            state.as_ref(),
+            history,
+            leader,
+            Some(handle.replica.clone()),
+        ))
+        .unwrap_or_else(|e| json!({ "error": e.to_string(), "replica": handle.replica })),
         (s, h, l) => {
             let error = [s.err(), h.err(), l.err()]
                 .into_iter()

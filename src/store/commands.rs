@@ -11,6 +11,7 @@ use super::{
     ROUTING_EVENT,
 };
 use crate::model::{Percent, PoolKind, ServerAddr, Weight};
+use crate::rollout::Phase;
 
 /// Prepended to every write script: bump the `ns:meta` marker (creating it when missing).
 macro_rules! bump_meta_lua {
@@ -100,14 +101,36 @@ return removed
 "#
 );
 
-/// KEYS: routing, events, meta. ARGV: field, value, now_ms, event message.
-const SET_ROUTING_LUA: &str = concat!(
+/// KEYS: routing, events, meta, rollout. ARGV: field, value, now_ms, event message, then the
+/// active phases' names.
+/// `ctl canary set`: refused (`{0, phase, id}`, nothing written) while the rollout in
+/// `ns:rollout` is active, since its next step or abort would overwrite the percent and its
+/// weight wins in every proxy meanwhile. The check and the write are one script, so a rollout
+/// started in between cannot slip past. The phase is the hash's readable `phase` copy, or
+/// the `json`'s `phase` when the copy is missing. Otherwise it writes the field, bumps the
+/// marker, publishes and returns `{1, '', ''}`.
+const SET_CANARY_PERCENT_LUA: &str = concat!(
     bump_meta_lua!(),
     r#"
+local phase = redis.call('HGET', KEYS[4], 'phase')
+local id = redis.call('HGET', KEYS[4], 'id')
+if not phase then
+  local raw = redis.call('HGET', KEYS[4], 'json')
+  if raw then
+    local ok, state = pcall(cjson.decode, raw)
+    if ok and type(state) == 'table' and type(state.phase) == 'string' then
+      phase = state.phase
+      if type(state.id) == 'string' then id = state.id end
+    end
+  end
+end
+for i = 5, #ARGV do
+  if phase == ARGV[i] then return {0, phase, id or ''} end
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 bump_meta(KEYS[3], ARGV[3])
 redis.call('PUBLISH', KEYS[2], ARGV[4])
-return 1
+return {1, '', ''}
 "#
 );
 
@@ -252,23 +275,32 @@ pub(super) async fn set_weight<C: redis::aio::ConnectionLike>(
 }
 
 /// Store the canary percent (already validated by [`Percent`]), bump the marker and publish
-/// `routing`.
+/// `routing`; [`StoreError::RolloutActive`] and nothing written while a rollout runs.
 pub(super) async fn set_canary_percent<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     percent: Percent,
 ) -> Result<(), StoreError> {
-    let _: i64 = redis::Script::new(SET_ROUTING_LUA)
+    let script = redis::Script::new(SET_CANARY_PERCENT_LUA);
+    let mut invocation = script.prepare_invoke();
+    invocation
         .key(keys.routing())
         .key(keys.events())
         .key(keys.meta())
+        .key(keys.rollout())
         .arg(FIELD_CANARY_PERCENT)
         .arg(percent.as_f64().to_string())
         .arg(now_ms())
-        .arg(ROUTING_EVENT)
-        .invoke_async(conn)
-        .await?;
-    Ok(())
+        .arg(ROUTING_EVENT);
+    for phase in Phase::ALL.into_iter().filter(|p| p.is_active()) {
+        invocation.arg(phase.as_str());
+    }
+    let (written, phase, id): (i64, String, String) = invocation.invoke_async(conn).await?;
+    if written == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::RolloutActive { id, phase })
+    }
 }
 
 /// The canary percent stored in `ns:routing`: `None` when unset; stored garbage is an error

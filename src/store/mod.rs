@@ -176,6 +176,13 @@ pub enum StoreError {
     Invalid(Problem),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+    /// `ctl canary set` while a rollout runs: it owns `canary_percent` until it ends.
+    #[error(
+        "rollout {id} is {phase}: it sets canary_percent itself, and its weight is what every \
+         proxy routes by until it ends. End it first with `ctl rollout abort` (back to 0 %) or \
+         `ctl rollout promote` (100 %), then set the percent. Nothing written"
+    )]
+    RolloutActive { id: String, phase: String },
 }
 
 /// How a server is registered in a pool.
