@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{HistoryEntry, Phase, RolloutState, WindowCounts};
+use super::{HistoryEntry, Phase, Resumed, RolloutState, WindowCounts};
 use crate::config::schema::RolloutConfig;
 use crate::model::Percent;
 
@@ -41,6 +41,9 @@ pub struct StateView {
     pub step_counts: WindowCounts,
     pub updated_ms: u64,
     pub version: u64,
+    /// Set when a restarted process took the rollout over from its state file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_file: Option<Resumed>,
 }
 
 impl From<&RolloutState> for StateView {
@@ -63,6 +66,7 @@ impl From<&RolloutState> for StateView {
             step_counts,
             updated_ms,
             version,
+            resumed_from_file,
         } = s;
         StateView {
             id: id.clone(),
@@ -81,6 +85,7 @@ impl From<&RolloutState> for StateView {
             step_counts: step_counts.clone(),
             updated_ms: *updated_ms,
             version: *version,
+            resumed_from_file: resumed_from_file.clone(),
         }
     }
 }
