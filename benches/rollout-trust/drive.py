@@ -129,7 +129,9 @@ def one_run(ctl, args, kind, index):
     updated = state.get("updated_ms") or int(time.time() * 1000)
     history = ctl.history(rollout_id) if rollout_id else []
     windows = [e for e in history if e.get("window") is not None]
-    verdicts = " ".join(f"w{e['window']}:{e.get('verdict', '?')}" for e in windows)
+    verdicts = " ".join(
+        f"w{e['window']}:{e.get('verdict', '?')}({canary_requests(e)})" for e in windows
+    )
     fails = [
         f"w{e['window']}: " + "; ".join(e.get("reasons") or [])
         for e in windows
@@ -157,6 +159,14 @@ def one_run(ctl, args, kind, index):
         "fail_reasons": " | ".join(fails) or "-",
         "loadavg": load,
     }
+
+
+def canary_requests(entry):
+    """`n=<canary requests>` of a judged window, from the verdict's figures, when given."""
+    for pair in entry.get("numbers") or []:
+        if isinstance(pair, (list, tuple)) and len(pair) == 2 and pair[0] == "canary_requests":
+            return f"n={pair[1]:.0f}" if isinstance(pair[1], (int, float)) else "n=?"
+    return "n=?"
 
 
 def parse_duration_ms(v):
@@ -217,9 +227,9 @@ def summarise(rows, args):
                 "  not succeeded, not rolled back: "
                 + ", ".join(f"#{r['run']} {r['phase']} ({r['reason']})" for r in other)
             )
-        failed_windows = sum(r["windows"].count(":fail") for r in healthy)
+        failed_windows = sum(r["windows"].count(":fail(") for r in healthy)
         n_windows = sum(r["windows"].count(":") for r in healthy)
-        inconclusive = sum(r["windows"].count(":inconclusive") for r in healthy)
+        inconclusive = sum(r["windows"].count(":inconclusive(") for r in healthy)
         out.append(
             f"  windows judged in healthy ramps: {n_windows}, failed: {failed_windows}, "
             f"inconclusive: {inconclusive}"
