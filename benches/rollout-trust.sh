@@ -4,7 +4,10 @@
 # production, CANARY_APPS canary), a CPU hog beside the proxies, and a paced load generator
 # (benches/rollout-trust/loadgen.py: RATE req/s over both replicas, USERS user ids in
 # X-User-Id, each user with its own fake client address in X-Forwarded-For, CLIENTS of them,
-# believed because the proxies have `trusted_proxies: [127.0.0.1/32]`). Then
+# believed because the proxies have `trusted_proxies: [127.0.0.1/32]`; each request asks the app
+# for a service time, drawn the same for both pools: exponential, mean SERVICE_MEAN_MS (2), and
+# a TAIL_SHARE (0.005) of pauses in TAIL_MS (20-60) ms; p99 about 10 ms, like the Express apps
+# of the issue; SERVICE_MEAN_MS=0 TAIL_SHARE=0 for instant answers). Then
 # (benches/rollout-trust/drive.py):
 #   - HEALTHY ramps of an unchanged canary: false rollbacks, target 0;
 #   - REGRESS runs of each regression, set on the canary app before the start: 5 % errors
@@ -24,7 +27,7 @@
 # CPU hog: HOGS (1) busy-loop shells (`while :; do :; done`), not pinned unless HOG_CPU is a
 # CPU list for taskset; HOGS=0 for none. The proxies are not pinned either.
 # Env: RATE (400) req/s in all; THREADS (16) load threads; USERS (5000); CLIENTS (2000);
-# PROD_APPS (2); CANARY_APPS (1); PROXY_THREADS (2) worker threads per replica; SETTLE (2) s
+# SERVICE_MEAN_MS, TAIL_SHARE, TAIL_MS (above); PROD_APPS (2); CANARY_APPS (1); PROXY_THREADS (2) worker threads per replica; SETTLE (2) s
 # between runs; RUN_TIMEOUT (60) s per rollout; OUT (output root, default
 # ${TMPDIR:-/tmp}/rollout-trust). Results: $OUT/run-*/{summary.txt,runs.tsv,*.log,*.yaml}.
 # Loopback only; ports from the OS; every process it starts is stopped by PID on exit (trap).
@@ -35,6 +38,7 @@ cd "$(dirname "$0")/.."
 HEALTHY=${1:-50}; REGRESS=${2:-5}
 RATE=${RATE:-400}; THREADS=${THREADS:-16}; USERS=${USERS:-5000}; CLIENTS=${CLIENTS:-2000}
 PROD_APPS=${PROD_APPS:-2}; CANARY_APPS=${CANARY_APPS:-1}; PROXY_THREADS=${PROXY_THREADS:-2}
+SERVICE_MEAN_MS=${SERVICE_MEAN_MS:-2}; TAIL_SHARE=${TAIL_SHARE:-0.005}; TAIL_MS=${TAIL_MS:-20-60}
 HOGS=${HOGS:-1}; HOG_CPU=${HOG_CPU:-}; SETTLE=${SETTLE:-2}; RUN_TIMEOUT=${RUN_TIMEOUT:-60}
 ROLLOUT=${ROLLOUT:-"{ steps: [10, 25, 50, 100], interval: 1s, threshold: 2, min_requests: 20, hard_fail_errors: 10 }"}
 OUT=${OUT:-${TMPDIR:-/tmp}/rollout-trust}; R=$OUT/run-$(date -u +%Y%m%d-%H%M%S)
@@ -147,6 +151,7 @@ RUNS=$((HEALTHY + 2 * REGRESS))
 LOAD_SECS=$((60 + RUNS * (RUN_TIMEOUT + SETTLE + 5)))
 start loadgen python3 "$HERE/loadgen.py" --targets "127.0.0.1:${LISTEN[0]},127.0.0.1:${LISTEN[1]}" \
   --rate "$RATE" --threads "$THREADS" --users "$USERS" --clients "$CLIENTS" \
+  --service-mean-ms "$SERVICE_MEAN_MS" --tail-share "$TAIL_SHARE" --tail-ms "$TAIL_MS" \
   --duration "$LOAD_SECS" --report 30
 LOADGEN=${PIDS[-1]}
 sleep 3  # warm up: connections open, both pools' latency histograms filled
@@ -157,7 +162,7 @@ alive "$LOADGEN" || die "the load generator stopped: $(cat "$R/loadgen.log")"
   echo "binary: $BIN ($(stat -c %y "$BIN" | cut -d. -f1))"
   echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
   echo "rollout: $ROLLOUT; replicas: 2 x threads $PROXY_THREADS; apps: $PROD_APPS production, $CANARY_APPS canary"
-  echo "load: $RATE req/s, $THREADS threads, $USERS users, $CLIENTS client addresses (XFF); CPU hogs: $HOGS${HOG_CPU:+ on CPU $HOG_CPU}"
+  echo "load: $RATE req/s, $THREADS threads, $USERS users, $CLIENTS client addresses (XFF); service time exp mean ${SERVICE_MEAN_MS} ms + ${TAIL_SHARE} in ${TAIL_MS} ms; CPU hogs: $HOGS${HOG_CPU:+ on CPU $HOG_CPU}"
   echo "command: $0 $HEALTHY $REGRESS"
 } | tee "$R/header.txt" >&2
 

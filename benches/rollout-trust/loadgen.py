@@ -10,6 +10,13 @@ and sends that user's own fake client address in `X-Forwarded-For`: user `u` is 
 address as the client, so per-client caps see `--clients` distinct clients, each with a few
 users, as real traffic would be.
 
+Service time: real app servers are not instant, and a judgement of tail latency must cope with
+their tail. Each request asks the demo app for a service time (`/slow?ms=N`), drawn the same
+way whichever pool serves it: exponential with mean `--service-mean-ms` (at most 20 ms), and
+with probability `--tail-share` a pause uniform in `--tail-ms` instead (a GC pause, a cold
+cache). The defaults (mean 2 ms, 0.5 % in 20-60 ms) give a p99 near 10 ms, as the issue's
+Express app servers had. `--service-mean-ms 0 --tail-share 0` sends `GET /` (no service time).
+
 Stops after `--duration` seconds (or on SIGTERM/SIGINT) and prints a stats line every
 `--report` seconds and at the end, on stdout: requests, answers by status class, transport
 errors, answers per pool (`X-Canary-Pool`), client-side p50/p99.
@@ -68,6 +75,16 @@ class Stats:
             return out
 
 
+def service_path(rng, args):
+    """The path of one request: `/slow?ms=N` with N drawn as the module docs say, or `--path`."""
+    if args.tail_share > 0 and rng.random() < args.tail_share:
+        return f"/slow?ms={rng.randint(args.tail_lo, args.tail_hi)}"
+    if args.service_mean_ms > 0:
+        ms = min(20, round(rng.expovariate(1.0 / args.service_mean_ms)))
+        return f"/slow?ms={ms}"
+    return args.path
+
+
 def worker(target, rate, args, stats, stop, seed):
     rng = random.Random(seed)
     host, port = target.rsplit(":", 1)
@@ -92,7 +109,7 @@ def worker(target, rate, args, stats, stop, seed):
         try:
             if conn is None:
                 conn = http.client.HTTPConnection(host, int(port), timeout=args.timeout)
-            conn.request("GET", args.path, headers=headers)
+            conn.request("GET", service_path(rng, args), headers=headers)
             resp = conn.getresponse()
             resp.read()
             status, pool = resp.status, resp.getheader("X-Canary-Pool", "-")
@@ -118,8 +135,19 @@ def main():
     ap.add_argument("--duration", type=float, default=900.0, help="seconds, then stop")
     ap.add_argument("--report", type=float, default=30.0, help="seconds between stats lines")
     ap.add_argument("--timeout", type=float, default=5.0, help="per request, seconds")
-    ap.add_argument("--path", default="/")
+    ap.add_argument("--path", default="/", help="without a service time")
+    ap.add_argument("--service-mean-ms", type=float, default=2.0)
+    ap.add_argument("--tail-share", type=float, default=0.005)
+    ap.add_argument("--tail-ms", default="20-60", help="LO-HI milliseconds")
     args = ap.parse_args()
+    try:
+        args.tail_lo, args.tail_hi = (int(x) for x in args.tail_ms.split("-"))
+    except ValueError:
+        sys.exit("loadgen: --tail-ms must be LO-HI in milliseconds, e.g. 20-60")
+    if not (0 <= args.tail_lo <= args.tail_hi <= 1000 and 0 <= args.tail_share <= 1):
+        sys.exit("loadgen: --tail-ms must be within 0-1000 and --tail-share 0..1")
+    if not 0 <= args.service_mean_ms <= 100:
+        sys.exit("loadgen: --service-mean-ms must be 0..100")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     for t in targets:
         if not (t.startswith("127.") or t.startswith("localhost:")):
