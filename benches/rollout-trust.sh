@@ -18,7 +18,7 @@
 # hard_fail_errors: 10` (ROLLOUT overrides the whole flow mapping), started with
 # `ctl --config` (so the salt is the config's) against Redis.
 #
-#   ./benches/rollout-trust.sh                 # 50 healthy ramps, 5 of each regression, ~8 min
+#   ./benches/rollout-trust.sh                 # 50 healthy ramps, 5 of each regression, ~7 min
 #   ./benches/rollout-trust.sh 10 2            # [healthy_ramps] [regression_runs]
 #   CANARY_LB_BIN=target/release/canary-lb ./benches/rollout-trust.sh   # no cargo at all
 #
@@ -27,9 +27,9 @@
 # CPU hog: HOGS (1) busy-loop shells (`while :; do :; done`), not pinned unless HOG_CPU is a
 # CPU list for taskset; HOGS=0 for none. The proxies are not pinned either.
 # Env: RATE (400) req/s in all; THREADS (16) load threads; USERS (5000); CLIENTS (2000);
-# SERVICE_MEAN_MS, TAIL_SHARE, TAIL_MS (above); PROD_APPS (2); CANARY_APPS (1); PROXY_THREADS (2) worker threads per replica; SETTLE (2) s
-# between runs; RUN_TIMEOUT (60) s per rollout; OUT (output root, default
-# ${TMPDIR:-/tmp}/rollout-trust). Results: $OUT/run-*/{summary.txt,runs.tsv,*.log,*.yaml}.
+# SERVICE_MEAN_MS, TAIL_SHARE, TAIL_MS (above); PROD_APPS (2); CANARY_APPS (1); PROXY_THREADS
+# (2) worker threads per replica; SETTLE (2) s between runs; RUN_TIMEOUT (60) s per rollout;
+# OUT (output root, default ${TMPDIR:-/tmp}/rollout-trust). Results: $OUT/run-*/{summary.txt,runs.tsv,*.log,*.yaml}.
 # Loopback only; ports from the OS; every process it starts is stopped by PID on exit (trap).
 # Needs redis-server, python3, curl.
 set -uo pipefail
@@ -167,9 +167,13 @@ alive "$LOADGEN" || die "the load generator stopped: $(cat "$R/loadgen.log")"
 } | tee "$R/header.txt" >&2
 
 CANARY_URLS=(); for a in "${CANARY[@]}"; do CANARY_URLS+=(--canary-app "http://$a"); done
+# In the background, and waited for: a signal to this script then runs the trap at once
+# (bash defers traps until a foreground child ends).
 python3 "$HERE/drive.py" --bin "$BIN" --config "$R/proxy-1.yaml" "${CANARY_URLS[@]}" \
   --healthy "$HEALTHY" --regress "$REGRESS" --interval-ms "$INTERVAL_MS" --threshold "$THRESHOLD" \
-  --settle "$SETTLE" --run-timeout "$RUN_TIMEOUT" --out "$R"
+  --settle "$SETTLE" --run-timeout "$RUN_TIMEOUT" --out "$R" &
+PIDS+=($!)
+wait "${PIDS[-1]}"
 rc=$?
 stop "$LOADGEN"
 echo "--- load generator" >&2; tail -n 4 "$R/loadgen.log" >&2
