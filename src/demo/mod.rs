@@ -16,6 +16,8 @@
 //!   rollout can be shown (and tested) failing; `GET /_control` shows the values, 0 resets.
 //!   `error_rate` is 0..=1 and `latency_ms` at most 60 s (as `/slow`); `/healthz` and
 //!   `/_control` themselves are never failed or slowed (the app stays in rotation).
+//!   `slow_share=0.1` adds the latency to only that share of requests (spread evenly, like
+//!   the errors; default 1, every request): a tail regression, not a uniformly slower app.
 //! - any other path: 200 `pool=<pool> server=<name> path=<path>\n`.
 //!
 //! The app is a plain Pingora [`ServeHttp`] service, so the same type serves the standalone
@@ -306,27 +308,61 @@ pub struct DemoApp {
 }
 
 /// What `POST /_control` set: the share of requests failed and the latency added.
-#[derive(Default)]
 struct Control {
     /// Share of requests answered 500, in millionths.
     error_ppm: AtomicU64,
     latency_ms: AtomicU64,
     /// Requests seen since the last change (spreads the failures evenly).
     seen: AtomicU64,
+    /// Share of requests `latency_ms` is added to, in millionths (all by default).
+    slow_ppm: AtomicU64,
+    /// Requests seen since the last change of `slow_share` (spreads the slow ones evenly).
+    slow_seen: AtomicU64,
 }
 
-/// `error_rate` in 0..=1 and `latency_ms` in 0..=60000 from a `/_control` query; a key left
-/// out keeps its value (`None`).
-fn parse_control(query: Option<&str>) -> Result<(Option<u64>, Option<u64>), String> {
-    let (mut ppm, mut latency) = (None, None);
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            error_ppm: AtomicU64::new(0),
+            latency_ms: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            slow_ppm: AtomicU64::new(PPM),
+            slow_seen: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A share of 1 in millionths.
+const PPM: u64 = 1_000_000;
+
+/// What one `/_control` query sets; a key left out keeps its value (`None`).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ControlQuery {
+    error_ppm: Option<u64>,
+    latency_ms: Option<u64>,
+    slow_ppm: Option<u64>,
+}
+
+/// Whether request `i` (counted from 0) is one of a `ppm` share: it is when
+/// `floor((i + 1) * share) > floor(i * share)`, so exactly that share is, evenly spread.
+fn in_share(i: u64, ppm: u64) -> bool {
+    (i + 1) * ppm / PPM > i * ppm / PPM
+}
+
+/// `error_rate` and `slow_share` in 0..=1 and `latency_ms` in 0..=60000 from a `/_control`
+/// query.
+fn parse_control(query: Option<&str>) -> Result<ControlQuery, String> {
+    let mut q = ControlQuery::default();
+    let share = |key: &str, v: &str| match v.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok((r * 1e6).round() as u64),
+        _ => Err(format!("{key} must be a number from 0 to 1")),
+    };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=').unwrap_or((pair, "")) {
-            ("error_rate", v) => match v.parse::<f64>() {
-                Ok(r) if (0.0..=1.0).contains(&r) => ppm = Some((r * 1e6).round() as u64),
-                _ => return Err("error_rate must be a number from 0 to 1".into()),
-            },
+            ("error_rate", v) => q.error_ppm = Some(share("error_rate", v)?),
+            ("slow_share", v) => q.slow_ppm = Some(share("slow_share", v)?),
             ("latency_ms", v) => match v.parse::<u64>() {
-                Ok(ms) if ms <= MAX_SLOW.as_millis() as u64 => latency = Some(ms),
+                Ok(ms) if ms <= MAX_SLOW.as_millis() as u64 => q.latency_ms = Some(ms),
                 _ => {
                     return Err(format!(
                         "latency_ms must be 0..={} milliseconds",
@@ -334,18 +370,19 @@ fn parse_control(query: Option<&str>) -> Result<(Option<u64>, Option<u64>), Stri
                     ))
                 }
             },
-            _ => return Err("unknown key: use error_rate and latency_ms".into()),
+            _ => return Err("unknown key: use error_rate, latency_ms and slow_share".into()),
         }
     }
-    Ok((ppm, latency))
+    Ok(q)
 }
 
 impl Control {
     fn show(&self) -> String {
         format!(
-            "error_rate={} latency_ms={}\n",
+            "error_rate={} latency_ms={} slow_share={}\n",
             self.error_ppm.load(Relaxed) as f64 / 1e6,
-            self.latency_ms.load(Relaxed)
+            self.latency_ms.load(Relaxed),
+            self.slow_ppm.load(Relaxed) as f64 / 1e6
         )
     }
 
@@ -356,8 +393,19 @@ impl Control {
         if ppm == 0 {
             return false;
         }
-        let i = self.seen.fetch_add(1, Relaxed);
-        (i + 1) * ppm / 1_000_000 > i * ppm / 1_000_000
+        in_share(self.seen.fetch_add(1, Relaxed), ppm)
+    }
+
+    /// The latency to add to this request: `latency_ms` for the `slow_share` of requests
+    /// (evenly spread, as the failures), nothing for the others.
+    fn delay_next(&self) -> Option<Duration> {
+        let ms = self.latency_ms.load(Relaxed);
+        if ms == 0 {
+            return None;
+        }
+        let ppm = self.slow_ppm.load(Relaxed);
+        let slow = ppm >= PPM || (ppm > 0 && in_share(self.slow_seen.fetch_add(1, Relaxed), ppm));
+        slow.then(|| Duration::from_millis(ms))
     }
 }
 
@@ -379,13 +427,17 @@ impl DemoApp {
             return (405, "use GET or POST\n".into());
         }
         match parse_control(query) {
-            Ok((ppm, latency)) => {
-                if let Some(ppm) = ppm {
+            Ok(q) => {
+                if let Some(ppm) = q.error_ppm {
                     self.control.error_ppm.store(ppm, Relaxed);
                     self.control.seen.store(0, Relaxed);
                 }
-                if let Some(ms) = latency {
+                if let Some(ms) = q.latency_ms {
                     self.control.latency_ms.store(ms, Relaxed);
+                }
+                if let Some(ppm) = q.slow_ppm {
+                    self.control.slow_ppm.store(ppm, Relaxed);
+                    self.control.slow_seen.store(0, Relaxed);
                 }
                 info!(
                     "demo app {}: _control {}",
@@ -476,9 +528,8 @@ impl ServeHttp for DemoApp {
 
         let injected = control.is_none() && action != Action::Health;
         if injected {
-            let ms = self.control.latency_ms.load(Relaxed);
-            if ms > 0 {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+            if let Some(delay) = self.control.delay_next() {
+                tokio::time::sleep(delay).await;
             }
         }
         let (status, body) = match (body_error, action) {
@@ -612,12 +663,23 @@ mod tests {
 
     #[test]
     fn control_values_are_validated_and_failures_are_an_exact_share() {
+        let q = |error_ppm, latency_ms, slow_ppm| {
+            Ok(ControlQuery {
+                error_ppm,
+                latency_ms,
+                slow_ppm,
+            })
+        };
         assert_eq!(
             parse_control(Some("error_rate=0.5&latency_ms=800")),
-            Ok((Some(500_000), Some(800)))
+            q(Some(500_000), Some(800), None)
         );
-        assert_eq!(parse_control(Some("error_rate=0")), Ok((Some(0), None)));
-        assert_eq!(parse_control(None), Ok((None, None)));
+        assert_eq!(parse_control(Some("error_rate=0")), q(Some(0), None, None));
+        assert_eq!(parse_control(None), q(None, None, None));
+        assert_eq!(
+            parse_control(Some("latency_ms=300&slow_share=0.1")),
+            q(None, Some(300), Some(100_000))
+        );
         for bad in [
             "error_rate=1.5",
             "error_rate=-0.1",
@@ -625,6 +687,9 @@ mod tests {
             "latency_ms=60001",
             "latency_ms=-1",
             "latency=5",
+            "slow_share=1.1",
+            "slow_share=-0.5",
+            "slow_share=",
         ] {
             assert!(parse_control(Some(bad)).is_err(), "{bad}");
         }
@@ -636,12 +701,41 @@ mod tests {
         assert_eq!(app.control(&post, Some("error_rate=2")).0, 400);
         assert_eq!(
             app.control(&http::Method::GET, None).1,
-            "error_rate=0.25 latency_ms=0\n"
+            "error_rate=0.25 latency_ms=0 slow_share=1\n"
         );
         assert_eq!(app.control(&post, Some("error_rate=1")).0, 200);
         assert!((0..10).all(|_| app.control.fail_next()));
         app.control(&post, Some("error_rate=0"));
         assert!((0..10).all(|_| !app.control.fail_next()));
+    }
+
+    #[test]
+    fn slow_share_delays_exactly_that_share_and_defaults_to_every_request() {
+        let app = DemoApp::new("c", "canary");
+        let post = http::Method::POST;
+        assert_eq!(app.control.delay_next(), None, "no latency set: no delay");
+        assert_eq!(app.control(&post, Some("latency_ms=300")).0, 200);
+        let ms = Duration::from_millis(300);
+        assert!(
+            (0..20).all(|_| app.control.delay_next() == Some(ms)),
+            "without slow_share every request is slowed"
+        );
+        assert_eq!(app.control(&post, Some("slow_share=0.1")).0, 200);
+        let delays: Vec<_> = (0..1000).map(|_| app.control.delay_next()).collect();
+        assert_eq!(delays.iter().filter(|d| **d == Some(ms)).count(), 100);
+        assert!(delays.iter().all(|d| d.is_none() || *d == Some(ms)));
+        // Evenly spread: every run of 10 requests has exactly one slow one.
+        for chunk in delays.chunks(10) {
+            assert_eq!(chunk.iter().filter(|d| d.is_some()).count(), 1);
+        }
+        assert_eq!(
+            app.control(&http::Method::GET, None).1,
+            "error_rate=0 latency_ms=300 slow_share=0.1\n"
+        );
+        assert_eq!(app.control(&post, Some("slow_share=0")).0, 200);
+        assert!((0..20).all(|_| app.control.delay_next().is_none()));
+        assert_eq!(app.control(&post, Some("slow_share=1&latency_ms=0")).0, 200);
+        assert!((0..20).all(|_| app.control.delay_next().is_none()));
     }
 
     #[test]
