@@ -12,11 +12,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use common::load::{Load, LoadSpec};
 use common::store::{
     events_channel, mark_store, now_ms, routing_key, servers_key, store_generation, weights_key,
     wipe,
 };
-use common::load::{Load, LoadSpec};
 use common::*;
 use serde_json::Value;
 
@@ -636,9 +636,11 @@ fn a_wiped_store_keeps_the_last_known_servers_until_it_is_written_again() {
 
     // Written again: followed, and discovery is up.
     ctl_ok(&url, ns, &["canary", "set", "0"]);
-    wait_until("the written percent applies and discovery is up", NOTICE, || {
-        discovery_up(&proxy) && proxy.status_json()["routing"]["canary_percent"] == 0.0
-    });
+    wait_until(
+        "the written percent applies and discovery is up",
+        NOTICE,
+        || discovery_up(&proxy) && proxy.status_json()["routing"]["canary_percent"] == 0.0,
+    );
     assert_eq!(last_error(&proxy), "");
     assert_eq!(metric(&proxy, "canary_lb_discovery_up", &[]), 1.0);
     assert_eq!(metric(&proxy, "canary_lb_discovery_reconciling", &[]), 0.0);
@@ -792,7 +794,11 @@ fn a_re_created_store_never_shrinks_a_pool_and_loses_no_request() {
     let p_hand = App::start("reinit-p-hand", "production");
     let c_hb = App::start("reinit-c-hb", "canary");
     let c_hand = App::start("reinit-c-hand", "canary");
-    ctl_ok(&url, ns, &["register", "--pool", "production", &p_hand.addr()]);
+    ctl_ok(
+        &url,
+        ns,
+        &["register", "--pool", "production", &p_hand.addr()],
+    );
     ctl_ok(&url, ns, &["register", "--pool", "canary", &c_hand.addr()]);
     let _heartbeats = [heartbeat(&url, ns, &p_hb), heartbeat(&url, ns, &c_hb)];
     ctl_ok(&url, ns, &["canary", "set", "30"]);
@@ -862,11 +868,7 @@ fn a_re_created_store_never_shrinks_a_pool_and_loses_no_request() {
     // registered them again); the routing stays until it is written again.
     wait_until("after the grace the store is followed", NOTICE, || {
         let seen = pools_seen(&proxy.status_json());
-        seen.listed
-            == [
-                HashSet::from([p_hb.addr()]),
-                HashSet::from([c_hb.addr()]),
-            ]
+        seen.listed == [HashSet::from([p_hb.addr()]), HashSet::from([c_hb.addr()])]
     });
     let status = proxy.status_json();
     let seen = pools_seen(&status);
@@ -887,13 +889,17 @@ fn a_re_created_store_never_shrinks_a_pool_and_loses_no_request() {
     let rewritten_at = load.elapsed();
     ctl_ok(&url, ns, &["canary", "set", "20"]);
     redis_cmd(&url, &["HSET", &routing_key(ns), "salt", "after-the-wipe"]);
-    wait_until("the written routing applies and discovery is up", NOTICE, || {
-        let status = proxy.status_json();
-        let seen = pools_seen(&status);
-        status["discovery"]["up"] == true
-            && seen.canary_percent == 20.0
-            && seen.salt_fingerprint != before.salt_fingerprint
-    });
+    wait_until(
+        "the written routing applies and discovery is up",
+        NOTICE,
+        || {
+            let status = proxy.status_json();
+            let seen = pools_seen(&status);
+            status["discovery"]["up"] == true
+                && seen.canary_percent == 20.0
+                && seen.salt_fingerprint != before.salt_fingerprint
+        },
+    );
     assert_eq!(metric(&proxy, "canary_lb_discovery_reconciling", &[]), 0.0);
     assert_eq!(
         metric(&proxy, "canary_lb_discovery_store_reinitialised_total", &[]),

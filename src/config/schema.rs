@@ -1555,7 +1555,10 @@ routing:
     #[test]
     fn reinit_grace_is_bounded() {
         assert_eq!(
-            Config::parse("threads: 1\n").expect("defaults").discovery.reinit_grace,
+            Config::parse("threads: 1\n")
+                .expect("defaults")
+                .discovery
+                .reinit_grace,
             Duration::from_secs(30)
         );
         let c = Config::parse("discovery: { reinit_grace: 3s }\n").expect("3s");

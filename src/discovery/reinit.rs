@@ -39,10 +39,7 @@ pub enum Cause {
     /// The marker is gone: Redis lost its data (the store is not followed until it is back).
     Lost,
     /// `created_ms` changed: the store was wiped and written again between two reads.
-    Recreated {
-        from: Option<u64>,
-        to: Option<u64>,
-    },
+    Recreated { from: Option<u64>, to: Option<u64> },
     /// `generation` went backwards: an older copy (a lagging replica promoted, an old RDB).
     Rewound { from: u64, to: u64 },
 }
@@ -396,12 +393,20 @@ mod tests {
         assert_eq!(route.canary_percent, Some(percent("30")));
         assert_eq!(route.salt.as_deref(), Some("s1"));
         assert!(!r.is_done());
-        assert_eq!(r.wake_at_ms(), Some(32_000), "the grace runs from the first read");
+        assert_eq!(
+            r.wake_at_ms(),
+            Some(32_000),
+            "the grace runs from the first read"
+        );
         let view = r.view(2_000);
         assert_eq!(view.kept_servers.production, ["10.0.0.1:80"]);
         assert_eq!(view.kept_servers.canary, ["10.0.0.9:80"]);
         assert_eq!(view.kept_routing, ["canary_percent", "salt"]);
-        assert!(view.message.contains("created_ms 1 -> 2"), "{}", view.message);
+        assert!(
+            view.message.contains("created_ms 1 -> 2"),
+            "{}",
+            view.message
+        );
 
         // A new registration is served at once.
         let store = pools(&["10.0.0.2:80", "10.0.0.3:80"], &[]);
