@@ -191,7 +191,8 @@ fn redis_lost_while_serving_keeps_the_last_servers_and_health_checks() {
     for app in [&p1, &p2] {
         ctl_ok(&url, ns, &["register", "--pool", "production", &app.addr()]);
     }
-    let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
+    // Redis comes back empty below: a re-created store, whose grace is short here.
+    let proxy = Proxy::start(&yaml_with_grace(redis.port(), ns, &[], "2s"));
     wait_until("both registered servers serve", NOTICE, || {
         reaches(&proxy, "p1", 4) && reaches(&proxy, "p2", 4)
     });
@@ -215,7 +216,8 @@ fn redis_lost_while_serving_keeps_the_last_servers_and_health_checks() {
     assert!(served_by(&proxy, 20, &[]).iter().all(|s| s == "p1"));
     assert!(!discovery_up(&proxy));
 
-    // Redis is back, empty: re-register; the proxy resubscribes and resyncs.
+    // Redis is back, empty: re-register; the proxy resubscribes and resyncs. The store is a
+    // re-created one: p2 stays listed (unhealthy, so without traffic) for the grace.
     redis.restart();
     ctl_ok(&url, ns, &["register", "--pool", "production", &p1.addr()]);
     ctl_ok(&url, ns, &["register", "--pool", "production", &p3.addr()]);
@@ -223,9 +225,13 @@ fn redis_lost_while_serving_keeps_the_last_servers_and_health_checks() {
     wait_until("the newly registered p3 gets traffic", NOTICE, || {
         reaches(&proxy, "p3", 4)
     });
-    wait_until("p2 (not re-registered) is gone", NOTICE, || {
+    wait_until("p2 (not re-registered) is gone after the grace", NOTICE, || {
         !listed(&proxy, "production").contains(&p2.addr())
     });
+    assert_eq!(
+        metric(&proxy, "canary_lb_discovery_store_reinitialised_total", &[]),
+        1.0
+    );
     let seen: HashSet<String> = served_by(&proxy, 20, &[]).into_iter().collect();
     assert_eq!(seen, HashSet::from(["p1".to_string(), "p3".to_string()]));
     // And it follows events again, not only resyncs: a publish moves the percent at once.
