@@ -225,9 +225,11 @@ fn redis_lost_while_serving_keeps_the_last_servers_and_health_checks() {
     wait_until("the newly registered p3 gets traffic", NOTICE, || {
         reaches(&proxy, "p3", 4)
     });
-    wait_until("p2 (not re-registered) is gone after the grace", NOTICE, || {
-        !listed(&proxy, "production").contains(&p2.addr())
-    });
+    wait_until(
+        "p2 (not re-registered) is gone after the grace",
+        NOTICE,
+        || !listed(&proxy, "production").contains(&p2.addr()),
+    );
     assert_eq!(
         metric(&proxy, "canary_lb_discovery_store_reinitialised_total", &[]),
         1.0
@@ -931,6 +933,63 @@ fn a_re_created_store_never_shrinks_a_pool_and_loses_no_request() {
     let moved: Vec<_> = pools_of.iter().filter(|(_, p)| p.len() > 1).collect();
     assert!(moved.is_empty(), "users changed pools: {moved:?}");
     assert!(seen.iter().any(|s| s.at > rewritten_at));
+}
+
+/// A rollout running when Redis is wiped: its state goes with the store, but the proxies keep
+/// routing by its weight and salt until the routing is written again, instead of jumping back
+/// to the config file's percent (which would move every canary user to production).
+#[test]
+fn a_wiped_store_keeps_a_running_rollouts_routing() {
+    let _serial = serial();
+    let ns = "it-reinit-rollout";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let p1 = App::start("reinit-ro-p1", "production");
+    let c1 = App::start("reinit-ro-c1", "canary");
+    let _heartbeats = [heartbeat(&url, ns, &p1), heartbeat(&url, ns, &c1)];
+    wait_until("both servers registered", NOTICE, || {
+        store_generation(&url, ns).is_some()
+    });
+    redis_cmd(&url, &["HSET", &routing_key(ns), "salt", "rollout-salt"]);
+    let proxy = Proxy::start(&yaml_with_grace(redis.port(), ns, &[], "2s"));
+    wait_until("both pools serve", NOTICE, || {
+        answered_by(&proxy, "reinit-ro-p1", &[("X-Canary", "0")])
+            && answered_by(&proxy, "reinit-ro-c1", &[("X-Canary", "1")])
+    });
+    ctl_ok(
+        &url,
+        ns,
+        &["rollout", "start", "--steps", "10,100", "--interval", "10m"],
+    );
+    let before = eventually(NOTICE, "the rollout routes 10 %", || {
+        let status = proxy.status_json();
+        (status["routing"]["canary_percent"] == 10.0).then(|| pools_seen(&status))
+    });
+
+    wipe(&url);
+    wait_until("the re-initialisation is seen", NOTICE, || {
+        metric(&proxy, "canary_lb_discovery_store_reinitialised_total", &[]) == 1.0
+    });
+    // Past the grace and several rollout engine rounds: the routing stays the rollout's.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(4) {
+        let seen = pools_seen(&proxy.status_json());
+        assert_eq!(
+            seen.canary_percent,
+            10.0,
+            "{:?} after the wipe",
+            watched.elapsed()
+        );
+        assert_eq!(seen.salt_fingerprint, before.salt_fingerprint);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = proxy.status_json();
+    assert_eq!(
+        status["discovery"]["reconciling"]["kept_routing"],
+        serde_json::json!(["canary_percent", "salt"]),
+        "{status}"
+    );
+    assert_eq!(metric(&proxy, "canary_lb_discovery_reconciling", &[]), 1.0);
 }
 
 /// `canary-lb app --register-redis URL` as a separate process, SIGKILLed if a test panics.
