@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 use crate::accesslog::{AccessLog, OpenError};
 use crate::config::{Balance, ClientConfig, Config, PassiveHealthConfig, Provider, UpstreamConfig};
-use crate::discovery::{self, RoutingOverrides, Sink};
+use crate::discovery::{self, ReconcileView, RoutingOverrides, Sink};
 use crate::flags::FlagSet;
 use crate::metrics::{ConfigSource, DiscoveryErrorKind, Metrics};
 use crate::model::{PerPool, Percent, PoolKind};
@@ -115,6 +115,10 @@ pub struct DiscoveryStatus {
     pub up: AtomicBool,
     pub last_sync_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Re-initialisations of the store seen since start.
+    pub reinitialised: AtomicU64,
+    /// What is kept from before the last re-initialisation, while anything is.
+    pub reconciling: Mutex<Option<ReconcileView>>,
 }
 
 /// Why the process state could not be built at start. (A reload fails only on the routing
@@ -197,6 +201,8 @@ impl Shared {
                 up: AtomicBool::new(static_provider),
                 last_sync_ms: AtomicU64::new(0),
                 last_error: Mutex::new(None),
+                reinitialised: AtomicU64::new(0),
+                reconciling: Mutex::new(None),
             },
             in_flight: AtomicI64::new(0),
             refresh: Notify::new(),
@@ -514,16 +520,51 @@ impl Sink for Shared {
     fn view(&self, pool: PoolKind) -> Vec<ServerView> {
         self.pools.get(pool).view()
     }
+
+    fn count_reinitialised(&self) {
+        self.discovery.reinitialised.fetch_add(1, Relaxed);
+        self.metrics.discovery_store_reinitialised.inc();
+    }
+
+    fn routing_in_force(&self) -> RoutingOverrides {
+        let layers = self.layers();
+        match &layers.rollout {
+            Some(r) => RoutingOverrides {
+                canary_percent: Some(r.weight),
+                salt: Some(r.salt.clone()),
+            },
+            None => layers.provider.clone(),
+        }
+    }
+
+    fn set_reconciling(&self, view: Option<ReconcileView>) {
+        self.metrics
+            .discovery_reconciling
+            .set(i64::from(view.is_some()));
+        *self
+            .discovery
+            .reconciling
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = view;
+    }
 }
 
 impl DiscoveryStatus {
+    /// The source was read. While servers or routing from before a re-initialisation are
+    /// kept, the proxy does not serve the store as it is: discovery stays down, saying why.
     pub fn set_ok(&self) {
-        self.up.store(true, Relaxed);
+        let reconciling = self
+            .reconciling
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map(|v| v.message.clone());
+        self.up.store(reconciling.is_none(), Relaxed);
         self.last_sync_ms.store(crate::model::now_ms(), Relaxed);
         *self
             .last_error
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = reconciling;
     }
 
     pub fn set_error(&self, e: String) {

@@ -12,6 +12,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use common::load::{Load, LoadSpec};
 use common::store::{
     events_channel, mark_store, now_ms, routing_key, servers_key, store_generation, weights_key,
     wipe,
@@ -43,6 +44,18 @@ fn yaml(redis_port: u16, namespace: &str, production: &[&App]) -> String {
              routing: {{ canary_percent: 0, salt: \"it-salt\", user_header: X-User-Id }}\n",
             servers = servers.join(", "),
         ),
+    )
+}
+
+/// [`yaml`] with `discovery.reinit_grace` set to `grace` (30 s by default: long for a test).
+fn yaml_with_grace(redis_port: u16, namespace: &str, production: &[&App], grace: &str) -> String {
+    let yaml = yaml(redis_port, namespace, production);
+    let resync = "resync_interval: 1s }";
+    assert!(yaml.contains(resync), "{yaml}");
+    yaml.replacen(
+        resync,
+        &format!("resync_interval: 1s, reinit_grace: {grace} }}"),
+        1,
     )
 }
 
@@ -178,7 +191,8 @@ fn redis_lost_while_serving_keeps_the_last_servers_and_health_checks() {
     for app in [&p1, &p2] {
         ctl_ok(&url, ns, &["register", "--pool", "production", &app.addr()]);
     }
-    let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
+    // Redis comes back empty below: a re-created store, whose grace is short here.
+    let proxy = Proxy::start(&yaml_with_grace(redis.port(), ns, &[], "2s"));
     wait_until("both registered servers serve", NOTICE, || {
         reaches(&proxy, "p1", 4) && reaches(&proxy, "p2", 4)
     });
@@ -202,7 +216,8 @@ fn redis_lost_while_serving_keeps_the_last_servers_and_health_checks() {
     assert!(served_by(&proxy, 20, &[]).iter().all(|s| s == "p1"));
     assert!(!discovery_up(&proxy));
 
-    // Redis is back, empty: re-register; the proxy resubscribes and resyncs.
+    // Redis is back, empty: re-register; the proxy resubscribes and resyncs. The store is a
+    // re-created one: p2 stays listed (unhealthy, so without traffic) for the grace.
     redis.restart();
     ctl_ok(&url, ns, &["register", "--pool", "production", &p1.addr()]);
     ctl_ok(&url, ns, &["register", "--pool", "production", &p3.addr()]);
@@ -210,9 +225,15 @@ fn redis_lost_while_serving_keeps_the_last_servers_and_health_checks() {
     wait_until("the newly registered p3 gets traffic", NOTICE, || {
         reaches(&proxy, "p3", 4)
     });
-    wait_until("p2 (not re-registered) is gone", NOTICE, || {
-        !listed(&proxy, "production").contains(&p2.addr())
-    });
+    wait_until(
+        "p2 (not re-registered) is gone after the grace",
+        NOTICE,
+        || !listed(&proxy, "production").contains(&p2.addr()),
+    );
+    assert_eq!(
+        metric(&proxy, "canary_lb_discovery_store_reinitialised_total", &[]),
+        1.0
+    );
     let seen: HashSet<String> = served_by(&proxy, 20, &[]).into_iter().collect();
     assert_eq!(seen, HashSet::from(["p1".to_string(), "p3".to_string()]));
     // And it follows events again, not only resyncs: a publish moves the percent at once.
@@ -540,7 +561,7 @@ fn a_wiped_store_keeps_the_last_known_servers_until_it_is_written_again() {
     ctl_ok(&url, ns, &["register", "--pool", "production", &p1.addr()]);
     ctl_ok(&url, ns, &["register", "--pool", "canary", &c1.addr()]);
     ctl_ok(&url, ns, &["canary", "set", "30"]);
-    let proxy = Proxy::start(&yaml(redis.port(), ns, &[]));
+    let proxy = Proxy::start(&yaml_with_grace(redis.port(), ns, &[], "5s"));
     let (to_prod, to_canary) = ([("X-Canary", "0")], [("X-Canary", "1")]);
     wait_until("both pools serve and 30 % applies", NOTICE, || {
         answered_by(&proxy, "wiped-p1", &to_prod)
@@ -594,21 +615,47 @@ fn a_wiped_store_keeps_the_last_known_servers_until_it_is_written_again() {
         "logged once, not at every resync:\n{logs}"
     );
 
-    // The pipeline registers again: the marker is back and the proxy follows the store as it
-    // now is (p1 and the canary were not re-registered, the percent is the file's again).
+    // The pipeline registers again: the marker is back, in a re-created store. p2 is served at
+    // once, beside the last known servers for the grace (5 s here); then the store as it now
+    // is (p1 and the canary were not registered again). The canary percent stays until it is
+    // written again (issue 20).
     ctl_ok(&url, ns, &["register", "--pool", "production", &p2.addr()]);
-    wait_until("discovery is up again", NOTICE, || discovery_up(&proxy));
-    wait_until("the store is followed again", NOTICE, || {
+    wait_until("p2 is served beside the last known servers", NOTICE, || {
+        listed(&proxy, "production") == HashSet::from([p1.addr(), p2.addr()])
+            && listed(&proxy, "canary") == HashSet::from([c1.addr()])
+    });
+    wait_until("after the grace the store is followed", NOTICE, || {
         listed(&proxy, "production") == HashSet::from([p2.addr()])
             && listed(&proxy, "canary").is_empty()
-            && proxy.status_json()["routing"]["canary_percent"] == 0.0
     });
     assert!(served_by(&proxy, 20, &to_canary)
         .iter()
         .all(|s| s == "wiped-p2"));
+    let status = proxy.status_json();
+    assert_eq!(status["routing"]["canary_percent"], 30.0, "{status}");
+    assert_eq!(status["discovery"]["up"], false, "{status}");
+    assert_eq!(status["discovery"]["store_reinitialised"], 1, "{status}");
+    assert_eq!(
+        status["discovery"]["reconciling"]["kept_routing"],
+        serde_json::json!(["canary_percent"]),
+        "{status}"
+    );
+    assert!(proxy.logs().contains("meta marker is back"));
+
+    // Written again: followed, and discovery is up.
+    ctl_ok(&url, ns, &["canary", "set", "0"]);
+    wait_until(
+        "the written percent applies and discovery is up",
+        NOTICE,
+        || discovery_up(&proxy) && proxy.status_json()["routing"]["canary_percent"] == 0.0,
+    );
     assert_eq!(last_error(&proxy), "");
     assert_eq!(metric(&proxy, "canary_lb_discovery_up", &[]), 1.0);
-    assert!(proxy.logs().contains("meta marker is back"));
+    assert_eq!(metric(&proxy, "canary_lb_discovery_reconciling", &[]), 0.0);
+    assert_eq!(
+        metric(&proxy, "canary_lb_discovery_store_reinitialised_total", &[]),
+        1.0
+    );
 }
 
 /// The marker does not protect against deliberate changes: an operator who deregisters the
@@ -686,6 +733,263 @@ fn a_proxy_started_on_a_store_without_marker_serves_the_file_until_it_is_written
     assert!(served_by(&proxy, 10, &[])
         .iter()
         .all(|s| s == "fresh-registered"));
+}
+
+/// `ctl register --heartbeat --ttl 3s` of `app` (renewed every second), SIGKILLed on drop.
+fn heartbeat(redis_url: &str, namespace: &str, app: &App) -> Background {
+    Background::cli(&[
+        "ctl",
+        "--redis",
+        redis_url,
+        "--namespace",
+        namespace,
+        "register",
+        "--pool",
+        app.pool(),
+        &app.addr(),
+        "--heartbeat",
+        "--ttl",
+        "3s",
+    ])
+}
+
+/// What one `/status` shows of the pools and the routing.
+struct PoolsSeen {
+    listed: [HashSet<String>; 2],
+    in_rotation: [u64; 2],
+    canary_percent: f64,
+    salt_fingerprint: String,
+}
+
+fn pools_seen(status: &Value) -> PoolsSeen {
+    let pool = |name: &str| -> HashSet<String> {
+        status["pools"][name]["servers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s["addr"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let rotation = |name: &str| status["pools"][name]["in_rotation"].as_u64().unwrap_or(0);
+    PoolsSeen {
+        listed: [pool("production"), pool("canary")],
+        in_rotation: [rotation("production"), rotation("canary")],
+        canary_percent: status["routing"]["canary_percent"].as_f64().unwrap_or(-1.0),
+        salt_fingerprint: status["routing"]["salt_fingerprint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// Issue 20 (5): after `FLUSHALL`, the first heartbeat re-created the store and the proxies
+/// followed it at once: canary had 0 servers, production 1, the canary percent went back to the
+/// file's, and discovery said all was well. A re-created store now never shrinks a pool at
+/// once: under load, every pool keeps every server that is alive for the grace, the routing
+/// stays until written again, no request fails, and discovery, its metrics and `/status` say so.
+#[test]
+fn a_re_created_store_never_shrinks_a_pool_and_loses_no_request() {
+    let _serial = serial();
+    let ns = "it-reinit";
+    let grace = Duration::from_secs(4);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Per pool: one server that keeps itself registered (3 s lease, renewed every second) and
+    // one registered once by hand, as a deploy job does.
+    let p_hb = App::start("reinit-p-hb", "production");
+    let p_hand = App::start("reinit-p-hand", "production");
+    let c_hb = App::start("reinit-c-hb", "canary");
+    let c_hand = App::start("reinit-c-hand", "canary");
+    ctl_ok(
+        &url,
+        ns,
+        &["register", "--pool", "production", &p_hand.addr()],
+    );
+    ctl_ok(&url, ns, &["register", "--pool", "canary", &c_hand.addr()]);
+    let _heartbeats = [heartbeat(&url, ns, &p_hb), heartbeat(&url, ns, &c_hb)];
+    ctl_ok(&url, ns, &["canary", "set", "30"]);
+    redis_cmd(&url, &["HSET", &routing_key(ns), "salt", "before-the-wipe"]);
+    let proxy = Proxy::start(&yaml_with_grace(redis.port(), ns, &[], "4s"));
+
+    let all = [
+        HashSet::from([p_hb.addr(), p_hand.addr()]),
+        HashSet::from([c_hb.addr(), c_hand.addr()]),
+    ];
+    let before = eventually(NOTICE, "both pools serve both servers at 30 %", || {
+        let seen = pools_seen(&proxy.status_json());
+        (seen.listed == all && seen.in_rotation == [2, 2] && seen.canary_percent == 30.0)
+            .then_some(seen)
+    });
+    assert!(discovery_up(&proxy));
+    assert_eq!(
+        metric(&proxy, "canary_lb_discovery_store_reinitialised_total", &[]),
+        0.0
+    );
+
+    let mut load = Load::start(LoadSpec {
+        users: 300,
+        threads: 2,
+        pause: Duration::from_millis(10),
+        max_run: Duration::from_secs(90),
+        ..LoadSpec::new(vec![proxy.url("")])
+    });
+    wait_until("the load reaches both pools", NOTICE, || {
+        load.count("canary") >= 20 && load.count("production") >= 20
+    });
+
+    // Redis loses everything; the heartbeats write the store again within a second.
+    let wiped_at = Instant::now();
+    wipe(&url);
+    // Through the grace (counted from the proxy's first read of the new store, so at least
+    // `grace` from now): every pool keeps both servers, in rotation, and the routing stays.
+    let mut samples = 0;
+    while wiped_at.elapsed() < grace - Duration::from_millis(300) {
+        let seen = pools_seen(&proxy.status_json());
+        let at = wiped_at.elapsed();
+        for (i, pool) in ["production", "canary"].iter().enumerate() {
+            assert!(
+                seen.listed[i].is_superset(&all[i]) && seen.in_rotation[i] >= 2,
+                "{at:?} after the wipe the {pool} pool shrank: {:?} listed, {} in rotation",
+                seen.listed[i],
+                seen.in_rotation[i]
+            );
+        }
+        assert_eq!(seen.canary_percent, 30.0, "{at:?} after the wipe");
+        assert_eq!(
+            seen.salt_fingerprint, before.salt_fingerprint,
+            "{at:?} after the wipe the salt changed"
+        );
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(samples >= 10, "only {samples} samples within the grace");
+    // The heartbeats did write the store again, and the proxy saw it re-initialised.
+    assert!(store_generation(&url, ns).is_some());
+    assert_eq!(
+        metric(&proxy, "canary_lb_discovery_store_reinitialised_total", &[]),
+        1.0
+    );
+
+    // After the grace the store is followed: the servers registered by hand are gone (nobody
+    // registered them again); the routing stays until it is written again.
+    wait_until("after the grace the store is followed", NOTICE, || {
+        let seen = pools_seen(&proxy.status_json());
+        seen.listed == [HashSet::from([p_hb.addr()]), HashSet::from([c_hb.addr()])]
+    });
+    let status = proxy.status_json();
+    let seen = pools_seen(&status);
+    assert_eq!(seen.canary_percent, 30.0, "{status}");
+    assert_eq!(seen.salt_fingerprint, before.salt_fingerprint, "{status}");
+    assert_eq!(status["discovery"]["up"], false, "{status}");
+    assert_eq!(status["discovery"]["store_reinitialised"], 1, "{status}");
+    assert_eq!(
+        status["discovery"]["reconciling"]["kept_routing"],
+        serde_json::json!(["canary_percent", "salt"]),
+        "{status}"
+    );
+    assert!(last_error(&proxy).contains("re-initialised"), "{status}");
+    assert_eq!(metric(&proxy, "canary_lb_discovery_up", &[]), 0.0);
+    assert_eq!(metric(&proxy, "canary_lb_discovery_reconciling", &[]), 1.0);
+
+    // The pipeline writes the routing again: followed, and discovery is up.
+    let rewritten_at = load.elapsed();
+    ctl_ok(&url, ns, &["canary", "set", "20"]);
+    redis_cmd(&url, &["HSET", &routing_key(ns), "salt", "after-the-wipe"]);
+    wait_until(
+        "the written routing applies and discovery is up",
+        NOTICE,
+        || {
+            let status = proxy.status_json();
+            let seen = pools_seen(&status);
+            status["discovery"]["up"] == true
+                && seen.canary_percent == 20.0
+                && seen.salt_fingerprint != before.salt_fingerprint
+        },
+    );
+    assert_eq!(metric(&proxy, "canary_lb_discovery_reconciling", &[]), 0.0);
+    assert_eq!(
+        metric(&proxy, "canary_lb_discovery_store_reinitialised_total", &[]),
+        1.0
+    );
+    load.stop();
+
+    // No request was lost, and until the routing was written again no user changed pools.
+    let seen = load.seen();
+    let failed: Vec<_> = seen.iter().filter(|s| s.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failed.len(),
+        seen.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let mut pools_of: std::collections::HashMap<usize, HashSet<String>> = Default::default();
+    for s in seen.iter().filter(|s| s.at < rewritten_at) {
+        let pool = s.pool.clone().unwrap_or_default();
+        pools_of.entry(s.user).or_default().insert(pool);
+    }
+    let moved: Vec<_> = pools_of.iter().filter(|(_, p)| p.len() > 1).collect();
+    assert!(moved.is_empty(), "users changed pools: {moved:?}");
+    assert!(seen.iter().any(|s| s.at > rewritten_at));
+}
+
+/// A rollout running when Redis is wiped: its state goes with the store, but the proxies keep
+/// routing by its weight and salt until the routing is written again, instead of jumping back
+/// to the config file's percent (which would move every canary user to production).
+#[test]
+fn a_wiped_store_keeps_a_running_rollouts_routing() {
+    let _serial = serial();
+    let ns = "it-reinit-rollout";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let p1 = App::start("reinit-ro-p1", "production");
+    let c1 = App::start("reinit-ro-c1", "canary");
+    let _heartbeats = [heartbeat(&url, ns, &p1), heartbeat(&url, ns, &c1)];
+    wait_until("both servers registered", NOTICE, || {
+        store_generation(&url, ns).is_some()
+    });
+    redis_cmd(&url, &["HSET", &routing_key(ns), "salt", "rollout-salt"]);
+    let proxy = Proxy::start(&yaml_with_grace(redis.port(), ns, &[], "2s"));
+    wait_until("both pools serve", NOTICE, || {
+        answered_by(&proxy, "reinit-ro-p1", &[("X-Canary", "0")])
+            && answered_by(&proxy, "reinit-ro-c1", &[("X-Canary", "1")])
+    });
+    ctl_ok(
+        &url,
+        ns,
+        &["rollout", "start", "--steps", "10,100", "--interval", "10m"],
+    );
+    let before = eventually(NOTICE, "the rollout routes 10 %", || {
+        let status = proxy.status_json();
+        (status["routing"]["canary_percent"] == 10.0).then(|| pools_seen(&status))
+    });
+
+    wipe(&url);
+    wait_until("the re-initialisation is seen", NOTICE, || {
+        metric(&proxy, "canary_lb_discovery_store_reinitialised_total", &[]) == 1.0
+    });
+    // Past the grace and several rollout engine rounds: the routing stays the rollout's.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(4) {
+        let seen = pools_seen(&proxy.status_json());
+        assert_eq!(
+            seen.canary_percent,
+            10.0,
+            "{:?} after the wipe",
+            watched.elapsed()
+        );
+        assert_eq!(seen.salt_fingerprint, before.salt_fingerprint);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = proxy.status_json();
+    assert_eq!(
+        status["discovery"]["reconciling"]["kept_routing"],
+        serde_json::json!(["canary_percent", "salt"]),
+        "{status}"
+    );
+    assert_eq!(metric(&proxy, "canary_lb_discovery_reconciling", &[]), 1.0);
 }
 
 /// `canary-lb app --register-redis URL` as a separate process, SIGKILLed if a test panics.

@@ -631,6 +631,11 @@ pub struct DiscoveryConfig {
     pub resync_interval: Duration,
     #[serde(default)]
     pub sentinel: Option<SentinelConfig>,
+    /// After the store was re-initialised (wiped, re-created, or restored from an older copy),
+    /// how long at least each proxy keeps its last known servers beside the new registrations
+    /// (longer when a kept server's lease runs longer). See docs/redis-schema.md.
+    #[serde(default = "default_reinit_grace", with = "humantime_serde")]
+    pub reinit_grace: Duration,
 }
 
 impl Default for DiscoveryConfig {
@@ -641,6 +646,7 @@ impl Default for DiscoveryConfig {
             namespace: default_namespace(),
             resync_interval: default_resync(),
             sentinel: None,
+            reinit_grace: default_reinit_grace(),
         }
     }
 }
@@ -754,6 +760,14 @@ impl Config {
             return Err(invalid(
                 "discovery.resync_interval",
                 "must be at least 100ms",
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+            .contains(&self.discovery.reinit_grace)
+        {
+            return Err(invalid(
+                "discovery.reinit_grace",
+                "must be between 1s and 1h",
             ));
         }
         if self.discovery.provider == Provider::Redis {
@@ -1326,6 +1340,11 @@ fn default_resync() -> Duration {
     Duration::from_secs(5)
 }
 
+/// Twice the 15 s lease of `--heartbeat` and `--register-redis`.
+fn default_reinit_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1537,6 +1556,25 @@ routing:
             .expect_err("too many")
             .to_string();
         assert!(e.contains("at most 64"), "{e}");
+    }
+
+    #[test]
+    fn reinit_grace_is_bounded() {
+        assert_eq!(
+            Config::parse("threads: 1\n")
+                .expect("defaults")
+                .discovery
+                .reinit_grace,
+            Duration::from_secs(30)
+        );
+        let c = Config::parse("discovery: { reinit_grace: 3s }\n").expect("3s");
+        assert_eq!(c.discovery.reinit_grace, Duration::from_secs(3));
+        for bad in ["500ms", "2h"] {
+            let e = Config::parse(&format!("discovery: {{ reinit_grace: {bad} }}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains("discovery.reinit_grace"), "{e}");
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! view of the process is the few methods below. Two providers exist:
 //! - `file.rs` ([`file::FileServers`]): the `servers` lists of the config file, re-fed on
 //!   SIGHUP;
-//! - `redis.rs` ([`redis::RedisDiscovery`]): follows the shared Redis store.
+//! - `redis.rs` ([`redis::RedisDiscovery`]): follows the shared Redis store; `reinit.rs`
+//!   ([`reinit::Reconcile`]) is what it keeps when that store is re-initialised (wiped and
+//!   written again), so a re-created store never shrinks a pool at once.
 //!
 //! [`from_config`] is the one place that maps `discovery.provider` to a provider.
 //!
@@ -25,8 +27,10 @@
 
 pub mod file;
 pub mod redis;
+pub mod reinit;
 
 pub use redis::DiscoveryError;
+pub use reinit::ReconcileView;
 
 use std::sync::Arc;
 
@@ -73,6 +77,17 @@ pub trait Sink: Send + Sync {
     fn count_resync(&self);
     /// The servers of `pool` as the proxy sees them, for providers that report back.
     fn view(&self, pool: PoolKind) -> Vec<ServerView>;
+    /// Count a re-initialisation of the source's store
+    /// (`canary_lb_discovery_store_reinitialised_total`).
+    fn count_reinitialised(&self);
+    /// The routing that a re-initialised store must not take away: the provider's overrides,
+    /// or a running rollout's weight and salt while one is in force (its state went with the
+    /// store).
+    fn routing_in_force(&self) -> RoutingOverrides;
+    /// Part of what is served is kept from before a re-initialisation (`None`: nothing is).
+    /// While set, [`Sink::synced`] reports discovery down with the view's message, and
+    /// `canary_lb_discovery_reconciling` is 1.
+    fn set_reconciling(&self, view: Option<ReconcileView>);
 }
 
 /// A source of servers. `run` is started once, inside Pingora's background service (never

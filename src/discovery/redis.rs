@@ -17,6 +17,12 @@
 //! they are (the file's servers, for a proxy that never had a marked store), discovery is
 //! reported down with the reason, and the store is followed again as soon as a write (any
 //! `ctl` command, a heartbeat) puts the marker back.
+//!
+//! A store that comes back, or that was wiped and written again between two reads (its
+//! `created_ms` changed) or went back to an older copy (its `generation` went down), holds only
+//! what was written since: it is *re-initialised*. It is then not followed at once: for a grace
+//! the pools serve its servers plus their last known ones, and the routing in force stays until
+//! the store has it again (`reinit.rs`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,11 +34,12 @@ use log::{info, warn};
 use pingora_core::server::ShutdownWatch;
 use redis::AsyncConnectionConfig;
 
+use super::reinit::{Cause, Reconcile};
 use super::{Provider, RoutingOverrides, Sink};
 use crate::config::{redact_url, DiscoveryConfig};
 use crate::flags::FlagSet;
 use crate::metrics::DiscoveryErrorKind;
-use crate::model::PoolKind;
+use crate::model::{PerPool, PoolKind};
 use crate::pool::WantedServer;
 use crate::store::{self, Marker, Snapshot, Store, StoreError, StoredFlags};
 
@@ -85,6 +92,10 @@ async fn run(sink: Arc<dyn Sink>, discovery: DiscoveryConfig, mut shutdown: Shut
         proxy_id: proxy_id(),
         marker: None,
         store_lost: false,
+        reinit_grace: discovery.reinit_grace,
+        reconcile: None,
+        serving: PerPool::default(),
+        last_lease_expiry_ms: None,
     };
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
@@ -170,6 +181,14 @@ struct Follower {
     marker: Option<Marker>,
     /// The last snapshot had no marker (logged once per transition).
     store_lost: bool,
+    /// `discovery.reinit_grace`: how long at least a re-initialisation keeps the last servers.
+    reinit_grace: Duration,
+    /// What is kept from before the store was re-initialised, while anything is.
+    reconcile: Option<Reconcile>,
+    /// The servers last handed to the pools: what a re-initialisation keeps.
+    serving: PerPool<Vec<WantedServer>>,
+    /// The latest lease expiry among the store's servers at the last read followed.
+    last_lease_expiry_ms: Option<u64>,
 }
 
 /// `hostname-pid`: unique per running proxy, readable in `redis-cli KEYS`.
@@ -222,26 +241,64 @@ impl Follower {
         }
     }
 
-    /// Read the whole store and apply it. Returns the earliest lease expiry still ahead.
+    /// Read the whole store and apply it. Returns when to read again at the latest: the
+    /// earliest lease expiry still ahead, or the end of a re-initialisation's grace.
     async fn sync(
         &mut self,
         conn: &mut redis::aio::MultiplexedConnection,
     ) -> Result<Option<u64>, DiscoveryError> {
-        let snap = timed(self.store.read_snapshot(conn, store::now_ms())).await?;
+        let now = store::now_ms();
+        let snap = timed(self.store.read_snapshot(conn, now)).await?;
         self.sink.count_resync();
+        self.check_reinitialised(snap.marker.as_ref(), now);
         let Some(marker) = snap.marker.clone() else {
-            self.keep_through_lost_store();
+            self.keep_through_lost_store(now);
             return Ok(None);
         };
         self.note_marker(marker);
         let flags = timed(self.store.read_flags(conn)).await?;
         let next_expiry = snap.next_lease_expiry_ms();
-        self.apply(snap, flags);
-        Ok(next_expiry)
+        let grace_end = self.apply(snap, flags, now);
+        Ok(match (next_expiry, grace_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Start reconciling when the store followed so far was re-initialised (`reinit.rs`). A
+    /// proxy that never followed a store has nothing to keep; a lost store was counted when
+    /// its marker went, not again when it comes back.
+    fn check_reinitialised(&mut self, next: Option<&Marker>, now_ms: u64) {
+        let Some(prev) = &self.marker else { return };
+        if self.store_lost {
+            return;
+        }
+        let Some(cause) = Cause::detect(prev, next) else {
+            return;
+        };
+        let lease_left = Duration::from_millis(
+            self.last_lease_expiry_ms
+                .map_or(0, |at| at.saturating_sub(now_ms)),
+        );
+        let grace = self.reinit_grace.max(lease_left);
+        warn!(
+            "redis discovery: {cause}: keeping the last known servers beside the store's for \
+             {grace:?} once it is written again (or until they are all back), and the routing in \
+             force until the store has it again"
+        );
+        self.sink.count_reinitialised();
+        self.reconcile = Some(Reconcile::start(
+            cause,
+            now_ms,
+            self.serving.clone(),
+            self.sink.routing_in_force(),
+            self.reinit_grace,
+            lease_left,
+        ));
     }
 
     /// The store has no marker: keep pools and overrides, report discovery down.
-    fn keep_through_lost_store(&mut self) {
+    fn keep_through_lost_store(&mut self, now_ms: u64) {
         let e = format!(
             "redis store has no meta marker (`{}` is missing: Redis lost its data, or nothing \
              was ever written to it): keeping the last known servers and routing",
@@ -254,33 +311,34 @@ impl Follower {
             );
         }
         self.store_lost = true;
+        self.sink
+            .set_reconciling(self.reconcile.as_ref().map(|r| r.view(now_ms)));
         self.sink.count_error(DiscoveryErrorKind::StoreLost);
         self.sink.failed(e);
     }
 
-    /// Log a marker coming back, or a store re-initialised between two reads.
+    /// Log a marker coming back.
     fn note_marker(&mut self, marker: Marker) {
         if self.store_lost {
             info!(
                 "redis discovery: the store's meta marker is back (generation {}): following \
-                 the store again",
-                marker.generation
+                 the store again{}",
+                marker.generation,
+                if self.reconcile.is_some() {
+                    ", with the last known servers beside it for the grace"
+                } else {
+                    ""
+                }
             );
             self.store_lost = false;
-        } else if let Some(prev) = &self.marker {
-            if prev.created_ms != marker.created_ms || marker.generation < prev.generation {
-                warn!(
-                    "redis discovery: the store was re-initialised (generation {} -> {}): \
-                     following it as it now is",
-                    prev.generation, marker.generation
-                );
-            }
         }
         self.marker = Some(marker);
     }
 
-    fn apply(&mut self, snap: Snapshot, flags: StoredFlags) {
-        let sink = &self.sink;
+    /// Apply a read of a marked store (with what a re-initialisation keeps laid over it).
+    /// Returns the end of a re-initialisation's grace, if it is still ahead.
+    fn apply(&mut self, snap: Snapshot, flags: StoredFlags, now_ms: u64) -> Option<u64> {
+        let sink = self.sink.clone();
         let mut now_seen = HashSet::new();
         for p in snap.problems.iter().chain(&flags.problems) {
             let text = format!("{}: {}", p.key, p.detail);
@@ -292,33 +350,43 @@ impl Follower {
         }
         self.problems = now_seen;
 
-        for kind in PoolKind::ALL {
-            let wanted = snap
-                .pool(kind)
+        let stored = PerPool::from_fn(|kind| {
+            snap.pool(kind)
                 .iter()
                 .map(|s| WantedServer {
                     addr: s.addr.clone(),
                     weight: s.weight,
                     draining: s.draining,
                 })
-                .collect();
-            sink.set_wanted(kind, wanted);
+                .collect()
+        });
+        let stored_routing = RoutingOverrides {
+            canary_percent: snap.canary_percent,
+            salt: snap.salt.clone(),
+        };
+        self.last_lease_expiry_ms = snap
+            .servers
+            .values()
+            .flatten()
+            .filter_map(|s| s.lease_expiry_ms)
+            .max();
+        let (servers, mut overrides) = match &mut self.reconcile {
+            Some(r) => r.apply(now_ms, stored, stored_routing),
+            None => (stored, stored_routing),
+        };
+        for kind in PoolKind::ALL {
+            sink.set_wanted(kind, servers[kind].clone());
         }
+        self.serving = servers;
         // A bad value keeps the previous one in force rather than falling back to the file.
         let current = sink.overrides();
         let bad = |kind: &str| snap.problems.iter().any(|p| p.kind == kind);
-        let overrides = RoutingOverrides {
-            canary_percent: if bad("canary_percent") {
-                current.canary_percent
-            } else {
-                snap.canary_percent
-            },
-            salt: if bad("salt") {
-                current.salt
-            } else {
-                snap.salt.clone()
-            },
-        };
+        if bad("canary_percent") {
+            overrides.canary_percent = current.canary_percent;
+        }
+        if bad("salt") {
+            overrides.salt = current.salt;
+        }
         sink.set_overrides(overrides);
         // Redis's flags replace the file's while `ns:flags` has any field; bad ones are
         // skipped (off), the others apply.
@@ -336,7 +404,18 @@ impl Follower {
                 }
             }
         }
-        sink.synced();
+        let grace_end = self.reconcile.as_ref().and_then(Reconcile::wake_at_ms);
+        if let Some(r) = self.reconcile.take_if(|r| r.is_done()) {
+            info!(
+                "redis discovery: reconciled after {}: the store holds every kept server or \
+                 their grace is over, and has its routing again; following it as it is",
+                r.cause()
+            );
+        }
+        self.sink
+            .set_reconciling(self.reconcile.as_ref().map(|r| r.view(now_ms)));
+        self.sink.synced();
+        grace_end
     }
 
     /// Tell the store which servers this proxy has in rotation and what it has in flight.

@@ -94,6 +94,10 @@ pub struct Metrics {
     discovery_errors: IntCounterVec,
     discovery_error_handles: [IntCounter; DiscoveryErrorKind::ALL.len()],
     pub discovery_resyncs: IntCounter,
+    /// Re-initialisations of the discovery store seen (wiped, re-created, older copy).
+    pub discovery_store_reinitialised: IntCounter,
+    /// 1 while the proxy keeps servers or routing from before a re-initialisation.
+    pub discovery_reconciling: IntGauge,
     config_changes: [IntCounter; ConfigSource::ALL.len()],
     /// Requests refused at the edge, by the status they got.
     refused: [IntCounter; RefusalCode::ALL.len()],
@@ -186,6 +190,16 @@ impl Metrics {
             "Full reads of the discovery source.",
         )?;
         registry.register(Box::new(discovery_resyncs.clone()))?;
+        let discovery_store_reinitialised = IntCounter::new(
+            "canary_lb_discovery_store_reinitialised_total",
+            "Times the discovery store was found re-initialised (marker gone, created_ms changed or generation lower).",
+        )?;
+        registry.register(Box::new(discovery_store_reinitialised.clone()))?;
+        let discovery_reconciling = IntGauge::new(
+            "canary_lb_discovery_reconciling",
+            "1 while servers or routing from before a store re-initialisation are kept, 0 when not.",
+        )?;
+        registry.register(Box::new(discovery_reconciling.clone()))?;
         let config_changes_vec = counter_vec(
             "canary_lb_config_changes_total",
             "Applied configuration changes by source (file, redis).",
@@ -261,6 +275,8 @@ impl Metrics {
             discovery_errors,
             discovery_error_handles,
             discovery_resyncs,
+            discovery_store_reinitialised,
+            discovery_reconciling,
             config_changes,
             refused,
             connection_limit: OnceLock::new(),
@@ -502,6 +518,12 @@ mod tests {
             assert!(t.contains(&line), "{line} missing:\n{t}");
         }
         let preset = "canary_lb_requests_total{code=\"503\",method=\"POST\",pool=\"canary\"} 0";
+        for line in [
+            "canary_lb_discovery_store_reinitialised_total 0",
+            "canary_lb_discovery_reconciling 0",
+        ] {
+            assert!(t.contains(line), "{line} missing:\n{t}");
+        }
         assert!(t.contains(preset), "{preset} missing:\n{t}");
         m.discovery_problem("weight");
         m.discovery_problem("something_new");

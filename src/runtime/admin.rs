@@ -204,6 +204,11 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
+    let reconciling = d
+        .reconciling
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
     json!({
         "pools": pools,
         "routing": {
@@ -222,6 +227,8 @@ pub fn status(shared: &Shared) -> serde_json::Value {
             "up": d.up.load(Relaxed),
             "last_sync_unix_ms": d.last_sync_ms.load(Relaxed),
             "last_error": last_error,
+            "store_reinitialised": d.reinitialised.load(Relaxed),
+            "reconciling": reconciling,
         },
         "flags": flags_status(&shared.live()),
         "in_flight": shared.in_flight.load(Relaxed),
