@@ -825,6 +825,50 @@ pub struct RolloutConfig {
     pub latency: RolloutLatency,
     /// Also run a Mann-Whitney U test on the two latency histograms.
     pub mann_whitney: bool,
+    /// How sure a rule must be before it fails a window: each rule's one-sided test fails it
+    /// only at p < 1 - confidence. Not written when default (older readers know no such key).
+    #[serde(default = "default_confidence", skip_serializing_if = "is_default_confidence")]
+    pub confidence: f64,
+    /// Requests of one client address (IPv6: one /64) counted per window and pool; more are
+    /// served but left out of the judgement (`capped`).
+    #[serde(
+        default = "default_per_client_requests",
+        skip_serializing_if = "is_default_per_client_requests"
+    )]
+    pub per_client_requests: u64,
+    /// Errors, and answers slower than the latency rules' lowest threshold, of one client
+    /// counted per window and pool; its further ones are left out.
+    #[serde(
+        default = "default_per_client_failures",
+        skip_serializing_if = "is_default_per_client_failures"
+    )]
+    pub per_client_failures: u64,
+}
+
+/// `rollout.confidence` by default: one-sided p < 0.001 per rule and window.
+pub const DEFAULT_ROLLOUT_CONFIDENCE: f64 = 0.999;
+/// `rollout.per_client_requests` by default.
+pub const DEFAULT_PER_CLIENT_REQUESTS: u64 = 20;
+/// `rollout.per_client_failures` by default.
+pub const DEFAULT_PER_CLIENT_FAILURES: u64 = 1;
+
+fn default_confidence() -> f64 {
+    DEFAULT_ROLLOUT_CONFIDENCE
+}
+fn is_default_confidence(v: &f64) -> bool {
+    *v == DEFAULT_ROLLOUT_CONFIDENCE
+}
+fn default_per_client_requests() -> u64 {
+    DEFAULT_PER_CLIENT_REQUESTS
+}
+fn is_default_per_client_requests(v: &u64) -> bool {
+    *v == DEFAULT_PER_CLIENT_REQUESTS
+}
+fn default_per_client_failures() -> u64 {
+    DEFAULT_PER_CLIENT_FAILURES
+}
+fn is_default_per_client_failures(v: &u64) -> bool {
+    *v == DEFAULT_PER_CLIENT_FAILURES
 }
 
 /// The most steps a rollout may have.
@@ -866,6 +910,8 @@ impl RolloutConfig {
             ("threshold", u64::from(self.threshold)),
             ("max_inconclusive", u64::from(self.max_inconclusive)),
             ("hard_fail_errors", self.hard_fail_errors),
+            ("per_client_requests", self.per_client_requests),
+            ("per_client_failures", self.per_client_failures),
         ] {
             if v == 0 {
                 return Err((key, "must be at least 1".into()));
@@ -888,6 +934,19 @@ impl RolloutConfig {
         if self.latency.p99_max.is_zero() {
             return Err(("latency.p99_max", "must be above 0".into()));
         }
+        if !(0.5..1.0).contains(&self.confidence) {
+            return Err((
+                "confidence",
+                format!("must be at least 0.5 and below 1, got {}", self.confidence),
+            ));
+        }
+        // The client table packs a client's counts into 32 and 16 bits.
+        if self.per_client_requests > 1_000_000 {
+            return Err(("per_client_requests", "must be at most 1000000".into()));
+        }
+        if self.per_client_failures > 10_000 {
+            return Err(("per_client_failures", "must be at most 10000".into()));
+        }
         Ok(())
     }
 }
@@ -909,6 +968,9 @@ impl Default for RolloutConfig {
             error_rate: RolloutErrorRate::default(),
             latency: RolloutLatency::default(),
             mann_whitney: false,
+            confidence: DEFAULT_ROLLOUT_CONFIDENCE,
+            per_client_requests: DEFAULT_PER_CLIENT_REQUESTS,
+            per_client_failures: DEFAULT_PER_CLIENT_FAILURES,
         }
     }
 }
@@ -1462,6 +1524,16 @@ mod tests {
             (
                 "rollout: { latency: { p99_max: 0s } }\n",
                 "rollout.latency.p99_max",
+            ),
+            ("rollout: { confidence: 1 }\n", "rollout.confidence"),
+            ("rollout: { confidence: 0.2 }\n", "rollout.confidence"),
+            (
+                "rollout: { per_client_requests: 0 }\n",
+                "rollout.per_client_requests",
+            ),
+            (
+                "rollout: { per_client_failures: 0 }\n",
+                "rollout.per_client_failures",
             ),
             ("rollout: { stepz: [1] }\n", "stepz"),
         ] {
