@@ -12,9 +12,9 @@
 //! rollout lays its weight and frozen salt over both (`rollout::engine`), the same way: the
 //! request path reads routing as data from the snapshot and never asks the rollout.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};

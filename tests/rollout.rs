@@ -196,7 +196,10 @@ fn one_client_hammering_a_failing_path_cannot_roll_back_a_healthy_canary() {
     wait_until("traffic flows", Duration::from_secs(10), || {
         load.count("production") > 50
     });
-    rig.command("/rollout/start?steps=10,50,100&interval=1s&threshold=2", 200);
+    rig.command(
+        "/rollout/start?steps=10,50,100&interval=1s&threshold=2",
+        200,
+    );
     // A user id in canary, as the attacker finds one: X-Canary-Pool says so.
     let cookie = (0..2000)
         .map(|i| format!("canary_uid=attacker-{i}"))
@@ -230,8 +233,14 @@ fn one_client_hammering_a_failing_path_cannot_roll_back_a_healthy_canary() {
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (sent, canary_500s) = attacker.join().expect("attacker thread");
-    println!("attacker: {sent} requests, {canary_500s} canary 500s; rollout {}", phase(&v));
-    assert!(canary_500s > 20, "the attack reached the canary: {canary_500s}");
+    println!(
+        "attacker: {sent} requests, {canary_500s} canary 500s; rollout {}",
+        phase(&v)
+    );
+    assert!(
+        canary_500s > 20,
+        "the attack reached the canary: {canary_500s}"
+    );
     assert_eq!(phase(&v), "succeeded", "{v:#}");
     let judged = verdicts(&v);
     assert!(
@@ -250,7 +259,10 @@ fn one_client_hammering_a_failing_path_cannot_roll_back_a_healthy_canary() {
                 .sum()
         })
         .unwrap_or(0.0);
-    assert!(capped >= 10.0, "canary_capped {capped} in the history: {v:#}");
+    assert!(
+        capped >= 10.0,
+        "canary_capped {capped} in the history: {v:#}"
+    );
 }
 
 #[test]

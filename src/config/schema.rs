@@ -827,7 +827,10 @@ pub struct RolloutConfig {
     pub mann_whitney: bool,
     /// How sure a rule must be before it fails a window: each rule's one-sided test fails it
     /// only at p < 1 - confidence. Not written when default (older readers know no such key).
-    #[serde(default = "default_confidence", skip_serializing_if = "is_default_confidence")]
+    #[serde(
+        default = "default_confidence",
+        skip_serializing_if = "is_default_confidence"
+    )]
     pub confidence: f64,
     /// Requests of one client address (IPv6: one /64) counted per window and pool; more are
     /// served but left out of the judgement (`capped`).

@@ -53,16 +53,18 @@
 //!   window fails with probability at most 3α = 0.3 % at the defaults; measured in
 //!   `healthy_windows_rarely_fail` over 20,000 simulated windows at the sizes (canary
 //!   20-60 requests, production 200-600, 1.5 % scheduling hiccups of 20-60 ms and 0.3 %
-//!   errors in both pools): 0.00 %-0.05 %. A rollout rolls back after `threshold` failed
-//!   windows: with `threshold: 2` and 8 judged windows, at most C(8,2) (3α)^2 = 2.5e-4 per
-//!   rollout (< 1 in 4,000; 0 of 50 expected in the benchmark).
+//!   errors in both pools): 0.025 % (0 % at 150-300 requests a side). A rollout rolls back
+//!   after `threshold` failed windows: with `threshold: 2` and 8 judged windows, at most
+//!   C(8,2) (3α)^2 = 2.5e-4 per rollout (< 1 in 4,000; 0 of 50 expected in the benchmark).
 //! - **Smallest regression detected at `min_requests` (20 canary requests, production
 //!   180-380, error-free)**: 3 errors from 3 clients (15 %) fail a window by Fisher
 //!   (p = 0.00087 at 20 vs 180); 4 of 20 by `max_percent` alone (no production). The same
 //!   counts for latency: 3 of 20 canary requests slower than `T'` against none in production.
-//!   At 33 vs 243 it takes 4. Power at realistic sizes (`regressions_are_detected`): canary
-//!   with 5 % errors at 200 vs 1,800 requests fails 95 % of windows; 10 % of requests 300 ms
-//!   slower at 100 vs 900 fails 99 % of windows.
+//!   At 33 vs 243 it takes 4. Power (`regressions_are_detected`): a canary with 5 % errors
+//!   fails 94 % of windows at 200 vs 1,800 requests; 10 % of requests 300 ms slower fails 99 %
+//!   at 100 vs 900. At 40 vs 360 (a 10 % step at 400 requests a second) they fail 20 % and
+//!   73 % of windows: there, detection takes more windows or a larger step (`confidence:
+//!   0.99`: 42 % and 89 %, at 0.27 % false failures a window).
 //! - **One client** (one address, one /64 for IPv6) contributes at most 1 judged error and 1
 //!   judged slow answer to a window, whatever it sends and however many replicas it reaches
 //!   (each replica's counts of its busiest client are summed and taken out but one), and every
@@ -365,7 +367,9 @@ pub fn judge(settings: &RolloutConfig, window: &WindowCounts, step: &WindowCount
 
 /// Bucket bound `index` in milliseconds.
 fn bound_ms(index: usize) -> f64 {
-    LATENCY_BUCKETS_S.get(index).map_or(f64::INFINITY, |b| b * 1e3)
+    LATENCY_BUCKETS_S
+        .get(index)
+        .map_or(f64::INFINITY, |b| b * 1e3)
 }
 
 /// `part / whole` in percent, 0 for an empty whole.
@@ -705,7 +709,6 @@ mod tests {
         assert_eq!(mann_whitney(&b(&[]), &b(&[(1, 1)])), None);
     }
 
-
     fn counts(c: (u64, u64, &[(usize, u64)]), p: (u64, u64, &[(usize, u64)])) -> WindowCounts {
         let pool = |(requests, errors, buckets): (u64, u64, &[(usize, u64)])| PoolWindow {
             requests,
@@ -779,7 +782,11 @@ mod tests {
     #[test]
     fn one_client_is_taken_out_but_one() {
         assert_eq!(without_one_client(0, 0), 0);
-        assert_eq!(without_one_client(5, 0), 5, "unknown heaviest: nothing taken");
+        assert_eq!(
+            without_one_client(5, 0),
+            5,
+            "unknown heaviest: nothing taken"
+        );
         assert_eq!(without_one_client(5, 1), 5);
         assert_eq!(without_one_client(5, 3), 3);
         assert_eq!(without_one_client(5, 9), 1);
@@ -846,18 +853,8 @@ mod tests {
                 Finding::Errors,
             ),
             // No production traffic (100 % step): max_percent alone, by its binomial test.
-            (
-                (100, 1, fast),
-                (0, 0, &[]),
-                Verdict::Pass,
-                Finding::Healthy,
-            ),
-            (
-                (100, 6, fast),
-                (0, 0, &[]),
-                Verdict::Fail,
-                Finding::Errors,
-            ),
+            ((100, 1, fast), (0, 0, &[]), Verdict::Pass, Finding::Healthy),
+            ((100, 6, fast), (0, 0, &[]), Verdict::Fail, Finding::Errors),
             (
                 (100, 0, &[(8, 100)]),
                 (0, 0, &[]),
@@ -982,7 +979,14 @@ mod tests {
             ..RolloutConfig::default()
         };
         for replicas in 1..=4u64 {
-            for (n_c, n_p) in [(20, 0), (20, 180), (33, 243), (60, 5940), (200, 200), (5, 100)] {
+            for (n_c, n_p) in [
+                (20, 0),
+                (20, 180),
+                (33, 243),
+                (60, 5940),
+                (200, 200),
+                (5, 100),
+            ] {
                 let mut w = counts((n_c, replicas, &[(3, n_c)]), (n_p, 0, &[(3, n_p)]));
                 w[PoolKind::Canary].client_max_errors = replicas;
                 // Its slow answers (above the 50 ms bound) likewise.
@@ -1101,12 +1105,7 @@ mod tests {
     /// the small sizes fails under the stated bound of 3 alpha = 0.3 % a window.
     #[test]
     fn healthy_windows_rarely_fail() {
-        let rate = fail_rate(
-            20,
-            20_000,
-            (20, 60, HEALTHY),
-            (200, 600, HEALTHY),
-        );
+        let rate = fail_rate(20, 20_000, (20, 60, HEALTHY), (200, 600, HEALTHY));
         println!("healthy windows failed: {:.3} %", rate * 100.0);
         assert!(rate < 0.003, "false failures {:.3} %", rate * 100.0);
         // Larger windows (50 % step at a few hundred requests a second).
@@ -1123,7 +1122,10 @@ mod tests {
             ..HEALTHY
         };
         let power = fail_rate(30, 2_000, (200, 200, errors), (1800, 1800, HEALTHY));
-        println!("5 % errors, 200 vs 1800: {:.1} % of windows fail", power * 100.0);
+        println!(
+            "5 % errors, 200 vs 1800: {:.1} % of windows fail",
+            power * 100.0
+        );
         assert!(power > 0.9, "power {power}");
         let slow = Behaviour {
             slow: 0.10,
@@ -1131,7 +1133,10 @@ mod tests {
             ..HEALTHY
         };
         let power = fail_rate(31, 2_000, (100, 100, slow), (900, 900, HEALTHY));
-        println!("10 % +300 ms, 100 vs 900: {:.1} % of windows fail", power * 100.0);
+        println!(
+            "10 % +300 ms, 100 vs 900: {:.1} % of windows fail",
+            power * 100.0
+        );
         assert!(power > 0.95, "power {power}");
         // At the small sizes the evidence takes more windows: printed for the record.
         for (what, b) in [("5 % errors", errors), ("10 % +300 ms", slow)] {

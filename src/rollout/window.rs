@@ -26,9 +26,7 @@
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::Release,
-};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::Release};
 
 use crate::model::{PerPool, PoolKind, LATENCY_BUCKETS_S};
 
@@ -361,7 +359,13 @@ mod tests {
         assert!(r.take_finished(11_500).is_empty(), "taken once");
         // Windows keep rotating through the ring.
         for w in 2..12u64 {
-            r.record_at(10_000 + w * 1000 + 10, PoolKind::Production, 200, 0.001, None);
+            r.record_at(
+                10_000 + w * 1000 + 10,
+                PoolKind::Production,
+                200,
+                0.001,
+                None,
+            );
             let done = r.take_finished(10_000 + (w + 1) * 1000 + 30);
             let got: Vec<_> = done
                 .iter()
@@ -452,7 +456,10 @@ mod tests {
         );
         assert_eq!(canary.client_max_errors, 1);
         let prod = &w[PoolKind::Production];
-        assert_eq!((prod.requests, prod.capped, prod.client_max_slow), (1, 2, 1));
+        assert_eq!(
+            (prod.requests, prod.capped, prod.client_max_slow),
+            (1, 2, 1)
+        );
         // The next window starts afresh.
         r.record_at(11_100, PoolKind::Canary, 500, 0.002, Some(attacker));
         let done = r.take_finished(12_030);

@@ -84,7 +84,8 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < spec.max_run {
                         let user = next_user.fetch_add(1, Ordering::Relaxed) % spec.users;
                         let cookie = format!("{}=u-{user}", spec.cookie);
-                        let xff = format!("10.{}.{}.{}", user >> 16 & 255, user >> 8 & 255, user & 255);
+                        let xff =
+                            format!("10.{}.{}.{}", user >> 16 & 255, user >> 8 & 255, user & 255);
                         let mut headers = vec![("cookie", cookie.as_str())];
                         if spec.forwarded_for {
                             headers.push(("x-forwarded-for", xff.as_str()));
