@@ -263,6 +263,15 @@ fn one_client_hammering_a_failing_path_cannot_roll_back_a_healthy_canary() {
         capped >= 10.0,
         "canary_capped {capped} in the history: {v:#}"
     );
+    let metrics = rig.proxy.metrics_text();
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("canary_lb_rollout_capped_requests_total{pool=\"canary\"} "))
+        .and_then(|n| n.trim().parse::<f64>().ok());
+    assert!(
+        counted.is_some_and(|n| n >= capped),
+        "capped metric {counted:?} < {capped}:\n{metrics}"
+    );
 }
 
 #[test]
