@@ -22,7 +22,9 @@
 //! only counted as `capped`. Taking a window also reports its busiest client's errors and slow
 //! answers, which the judgement takes out ([`judge::without_one_client`]). Clients that share
 //! a slot share its caps: with 1,024 slots, a window needs about a thousand active clients
-//! before that matters. Cost per request: one hash, one load and one add on the client's word.
+//! before that matters, and a window counts at most 1,024 x `per_client_requests` requests a
+//! pool and replica (beyond that the judgement reads a sample: each slot's first requests).
+//! Cost per request: one hash, one load and one add on the client's word.
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
