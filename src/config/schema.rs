@@ -1483,6 +1483,29 @@ mod tests {
     }
 
     #[test]
+    fn rollout_keys_of_this_release_are_not_written_at_their_defaults() {
+        // A rollout's settings are stored (Redis, state files) and read by the previous
+        // release, which refuses unknown keys: the new keys appear only when set.
+        let json = serde_json::to_string(&RolloutConfig::default()).expect("json");
+        for key in ["confidence", "per_client_requests", "per_client_failures"] {
+            assert!(!json.contains(key), "{key} written at its default: {json}");
+        }
+        let set = RolloutConfig {
+            confidence: 0.99,
+            per_client_requests: 50,
+            per_client_failures: 2,
+            ..RolloutConfig::default()
+        };
+        let json = serde_json::to_string(&set).expect("json");
+        let back: RolloutConfig = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back, set);
+        let old: RolloutConfig =
+            serde_json::from_str(r#"{"steps":[10,100],"interval":"1s"}"#).expect("old json");
+        assert_eq!(old.confidence, DEFAULT_ROLLOUT_CONFIDENCE);
+        assert_eq!(old.per_client_requests, DEFAULT_PER_CLIENT_REQUESTS);
+    }
+
+    #[test]
     fn rollout_section_is_validated_with_its_key() {
         let c = Config::parse(
             "rollout: { steps: [1, 2.5, 100], interval: 2s, threshold: 2, \
