@@ -1117,6 +1117,67 @@ mod tests {
         assert!(rate < 0.003, "false failures {:.3} %", rate * 100.0);
     }
 
+    /// A CPU hog stalls the whole process: every request in flight at that moment is late
+    /// at once. Modelled as stalls of 20-80 ms hitting a run of consecutive requests (up to
+    /// 5 % of the window), each request in canary with the step's weight (users are hashed to
+    /// pools, so a stall hits both pools in proportion): still under the bound.
+    #[test]
+    fn healthy_windows_with_clumped_stalls_rarely_fail() {
+        let s = RolloutConfig {
+            min_requests: 20,
+            threshold: 2,
+            ..RolloutConfig::default()
+        };
+        let slow_index = client_slow_index(&s);
+        let mut rng = Rng(40);
+        let (windows, mut failed) = (10_000u32, 0u32);
+        for i in 0..windows {
+            let weight = [0.10, 0.25, 0.50][i as usize % 3];
+            let total = rng.range(250, 600);
+            let mut w = WindowCounts::default();
+            // Up to two stalls a window, each over a run of consecutive requests.
+            let stalls: Vec<(u64, u64, f64)> = (0..rng.range(0, 2))
+                .map(|_| {
+                    let len = rng.range(1, total / 20);
+                    (rng.range(0, total - 1), len, 0.020 + 0.060 * rng.unit())
+                })
+                .collect();
+            for r in 0..total {
+                let pool = if rng.unit() < weight {
+                    PoolKind::Canary
+                } else {
+                    PoolKind::Production
+                };
+                let mut secs = 0.001 + 0.009 * rng.unit();
+                secs += stalls
+                    .iter()
+                    .filter(|&&(at, len, _)| (at..at + len).contains(&r))
+                    .map(|x| x.2)
+                    .fold(0.0, f64::max);
+                let b = bound_index(secs);
+                let pw = &mut w[pool];
+                pw.requests += 1;
+                pw.buckets[b] += 1;
+                if b > slow_index {
+                    pw.client_max_slow = 1;
+                }
+                if rng.unit() < 0.003 {
+                    pw.errors += 1;
+                    pw.client_max_errors = 1;
+                }
+            }
+            if judge(&s, &w, &w).verdict == Verdict::Fail {
+                failed += 1;
+            }
+        }
+        let rate = f64::from(failed) / f64::from(windows);
+        println!(
+            "healthy windows with clumped stalls failed: {:.3} %",
+            rate * 100.0
+        );
+        assert!(rate < 0.003, "false failures {:.3} %", rate * 100.0);
+    }
+
     /// Real regressions at realistic sizes fail nearly every window.
     #[test]
     fn regressions_are_detected() {
