@@ -53,7 +53,8 @@
 //!   window fails with probability at most 3α = 0.3 % at the defaults; measured in
 //!   `healthy_windows_rarely_fail` over 20,000 simulated windows at the sizes (canary
 //!   20-60 requests, production 200-600, 1.5 % scheduling hiccups of 20-60 ms and 0.3 %
-//!   errors in both pools): 0.025 % (0 % at 150-300 requests a side). A rollout rolls back
+//!   errors in both pools): 0.025 % (0 % at 150-300 requests a side; 0.02 % when stalls
+//!   of 20-80 ms hit runs of consecutive requests in both pools at once). A rollout rolls back
 //!   after `threshold` failed windows: with `threshold: 2` and 8 judged windows, at most
 //!   C(8,2) (3α)^2 = 2.5e-4 per rollout (< 1 in 4,000; 0 of 50 expected in the benchmark).
 //! - **Smallest regression detected at `min_requests` (20 canary requests, production
