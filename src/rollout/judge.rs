@@ -48,8 +48,9 @@
 //! # What it decides, in numbers (the tests below check them)
 //!
 //! - **False failures.** Each rule fails a healthy window with probability at most α when the
-//!   pools' requests are exchangeable (the exact tests are exact, not approximations; the
-//!   effect floors only lower it). With the three rules that can fail a window, a healthy
+//!   pools' requests are exchangeable (the tests are exact, not approximations, and the effect
+//!   floors only lower it; the latency rule's `T` comes from production's own sample, so for
+//!   it the bound is approximate, which the measured rates below confirm). With the three rules that can fail a window, a healthy
 //!   window fails with probability at most 3α = 0.3 % at the defaults; measured in
 //!   `healthy_windows_rarely_fail` over 20,000 simulated windows at the sizes (canary
 //!   20-60 requests, production 200-600, 1.5 % scheduling hiccups of 20-60 ms and 0.3 %
