@@ -1008,6 +1008,21 @@ mod tests {
         assert_eq!(judge(&s, &w, &w).verdict, Verdict::Fail);
     }
 
+    /// Too few counted requests because the caps left most out (every request from one
+    /// address: a load balancer not in `trusted_proxies`): inconclusive, saying so.
+    #[test]
+    fn a_window_starved_by_the_caps_says_why() {
+        let s = RolloutConfig::default();
+        let mut w = counts((20, 1, &[(3, 20)]), (20, 0, &[(3, 20)]));
+        w[PoolKind::Canary].capped = 480;
+        w[PoolKind::Canary].client_max_errors = 1;
+        let j = judge(&s, &w, &w);
+        assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+        assert!(j.reasons[0].contains("480"), "{:?}", j.reasons);
+        assert!(j.reasons[0].contains("trusted_proxies"), "{:?}", j.reasons);
+        assert!(j.numbers.contains(&("canary_capped".into(), 480.0)));
+    }
+
     /// splitmix64: a small deterministic PRNG for the simulations.
     struct Rng(u64);
 
