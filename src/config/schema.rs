@@ -833,14 +833,16 @@ pub struct RolloutConfig {
     )]
     pub confidence: f64,
     /// Requests of one client address (IPv6: one /64) counted per window and pool; more are
-    /// served but left out of the judgement (`capped`).
+    /// served but left out of the judgement (`capped`). 0: no cap.
     #[serde(
         default = "default_per_client_requests",
         skip_serializing_if = "is_default_per_client_requests"
     )]
     pub per_client_requests: u64,
     /// Errors, and answers slower than the latency rules' lowest threshold, of one client
-    /// counted per window and pool; its further ones are left out.
+    /// counted per window and pool; its further ones are left out. 0: no cap, and the busiest
+    /// client is not taken out of the counts (for clients that all share one address; then
+    /// one client can fail windows).
     #[serde(
         default = "default_per_client_failures",
         skip_serializing_if = "is_default_per_client_failures"
@@ -913,8 +915,6 @@ impl RolloutConfig {
             ("threshold", u64::from(self.threshold)),
             ("max_inconclusive", u64::from(self.max_inconclusive)),
             ("hard_fail_errors", self.hard_fail_errors),
-            ("per_client_requests", self.per_client_requests),
-            ("per_client_failures", self.per_client_failures),
         ] {
             if v == 0 {
                 return Err((key, "must be at least 1".into()));
@@ -1554,11 +1554,11 @@ mod tests {
             ("rollout: { confidence: 1 }\n", "rollout.confidence"),
             ("rollout: { confidence: 0.2 }\n", "rollout.confidence"),
             (
-                "rollout: { per_client_requests: 0 }\n",
+                "rollout: { per_client_requests: 1000001 }\n",
                 "rollout.per_client_requests",
             ),
             (
-                "rollout: { per_client_failures: 0 }\n",
+                "rollout: { per_client_failures: 10001 }\n",
                 "rollout.per_client_failures",
             ),
             ("rollout: { stepz: [1] }\n", "stepz"),

@@ -186,6 +186,14 @@ pub fn judge(settings: &RolloutConfig, window: &WindowCounts, step: &WindowCount
     let c = window.get(PoolKind::Canary);
     let p = window.get(PoolKind::Production);
     let alpha = 1.0 - settings.confidence;
+    // `per_client_failures: 0` turns the per-client protection off: counts as they are.
+    let without_one_client = |count: u64, heaviest: u64| {
+        if settings.per_client_failures == 0 {
+            count
+        } else {
+            without_one_client(count, heaviest)
+        }
+    };
     let x = without_one_client(c.errors, c.client_max_errors);
     let mut numbers: Vec<(String, f64)> = vec![
         ("canary_requests".into(), c.requests as f64),
@@ -1006,6 +1014,15 @@ mod tests {
         let mut w = counts((33, 6, &[(3, 33)]), (243, 0, &[(3, 243)]));
         w[PoolKind::Canary].client_max_errors = 1;
         assert_eq!(judge(&s, &w, &w).verdict, Verdict::Fail);
+        // With the protection off (`per_client_failures: 0`, every client on one address),
+        // one client's errors count like anyone's.
+        w[PoolKind::Canary].client_max_errors = 6;
+        assert_eq!(judge(&s, &w, &w).verdict, Verdict::Pass);
+        let off = RolloutConfig {
+            per_client_failures: 0,
+            ..s.clone()
+        };
+        assert_eq!(judge(&off, &w, &w).verdict, Verdict::Fail);
     }
 
     /// Too few counted requests because the caps left most out (every request from one

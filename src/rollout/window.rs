@@ -245,10 +245,12 @@ impl WindowRecorder {
         self.count_forced
             .store(state.settings.count_forced, Relaxed);
         let settings = &state.settings;
+        // 0 turns a cap off.
+        let cap = |v: u64| if v == 0 { u64::MAX } else { v };
         self.cap_requests
-            .store(settings.per_client_requests.max(1), Relaxed);
+            .store(cap(settings.per_client_requests), Relaxed);
         self.cap_failures
-            .store(settings.per_client_failures.max(1), Relaxed);
+            .store(cap(settings.per_client_failures), Relaxed);
         self.slow_index
             .store(judge::client_slow_index(settings), Relaxed);
         for i in 0..RING as u64 {
@@ -466,5 +468,16 @@ mod tests {
         r.record_at(11_100, PoolKind::Canary, 500, 0.002, Some(attacker));
         let done = r.take_finished(12_030);
         assert_eq!(done[0].1[PoolKind::Canary].errors, 1);
+        // 0 turns the caps off.
+        s.settings.per_client_requests = 0;
+        s.settings.per_client_failures = 0;
+        r.begin(&s, 3);
+        for i in 0..30 {
+            r.record_at(13_100 + i, PoolKind::Canary, 500, 0.3, Some(attacker));
+        }
+        let done = r.take_finished(14_030);
+        let c = &done[0].1[PoolKind::Canary];
+        assert_eq!((c.requests, c.errors, c.capped), (30, 30, 0));
+        assert_eq!((c.client_max_errors, c.client_max_slow), (30, 30));
     }
 }
