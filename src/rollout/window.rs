@@ -138,16 +138,26 @@ impl Default for WindowRecorder {
     }
 }
 
-/// A client address as a hash input: an IPv4 address (also IPv4-mapped IPv6) whole, an IPv6
-/// address by its /64 (one subscriber's or host's share of the address space).
-fn client_key(ip: IpAddr) -> u64 {
+/// A client address as hash input: a family tag, then an IPv4 address (also IPv4-mapped
+/// IPv6) whole, or an IPv6 address's /64 (one subscriber's or host's share of the space).
+fn client_key(ip: IpAddr) -> ([u8; 9], usize) {
+    let mut key = [0u8; 9];
     match ip {
-        IpAddr::V4(a) => u64::from(u32::from(a)),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => u64::from(u32::from(v4)),
-            // Tagged so that no /64 shares a key with an IPv4 address by construction.
-            None => ((u128::from(a) >> 64) as u64) ^ 0xa5a5_0000_0000_0000,
-        },
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_none() => {
+            key[0] = 6;
+            key[1..9].copy_from_slice(&a.octets()[..8]);
+            (key, 9)
+        }
+        IpAddr::V6(a) => {
+            key[0] = 4;
+            key[1..5].copy_from_slice(&a.octets()[12..]);
+            (key, 5)
+        }
+        IpAddr::V4(a) => {
+            key[0] = 4;
+            key[1..5].copy_from_slice(&a.octets());
+            (key, 5)
+        }
     }
 }
 
@@ -186,7 +196,8 @@ impl WindowRecorder {
     /// The client table slot of `client`.
     fn client_slot(&self, client: Option<IpAddr>) -> usize {
         let Some(ip) = client else { return 0 };
-        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&client_key(ip).to_le_bytes(), self.seed);
+        let (key, len) = client_key(ip);
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key[..len], self.seed);
         (h as usize) & (CLIENT_SLOTS - 1)
     }
 
@@ -212,22 +223,31 @@ impl WindowRecorder {
         let bucket = bucket_index(seconds);
         let error = status >= 500;
         let slow = bucket > self.slow_index.load(Relaxed);
-        let cell = &p.clients[self.client_slot(client)];
-        let seen = cell.load(Relaxed);
-        let failures = self.cap_failures.load(Relaxed);
-        if seen & REQUESTS_MASK >= self.cap_requests.load(Relaxed)
-            || (error && (seen >> 32) & 0xffff >= failures)
-            || (slow && seen >> 48 >= failures)
-        {
-            p.capped.fetch_add(1, Relaxed);
-            return;
-        }
-        // Two requests of one client racing past the check may both count: a cap is exceeded
-        // by at most the number of worker threads.
-        cell.fetch_add(
-            1 + if error { ERROR_ONE } else { 0 } + if slow { SLOW_ONE } else { 0 },
-            Relaxed,
+        let (requests_cap, failures) = (
+            self.cap_requests.load(Relaxed),
+            self.cap_failures.load(Relaxed),
         );
+        // Both caps off (0 in the config): no table at all.
+        if requests_cap != u64::MAX || failures != u64::MAX {
+            let cell = &p.clients[self.client_slot(client)];
+            let seen = cell.load(Relaxed);
+            if seen & REQUESTS_MASK >= requests_cap
+                || (error && (seen >> 32) & 0xffff >= failures)
+                || (slow && seen >> 48 >= failures)
+            {
+                p.capped.fetch_add(1, Relaxed);
+                return;
+            }
+            // Failures are tracked only under a cap, so their 16 bits never overflow. Two
+            // requests of one client racing past the check may both count: a cap is exceeded
+            // by at most the number of worker threads.
+            let tracked = failures != u64::MAX;
+            cell.fetch_add(
+                1 + if error && tracked { ERROR_ONE } else { 0 }
+                    + if slow && tracked { SLOW_ONE } else { 0 },
+                Relaxed,
+            );
+        }
         p.requests.fetch_add(1, Relaxed);
         if error {
             p.errors.fetch_add(1, Relaxed);
@@ -478,6 +498,9 @@ mod tests {
         let done = r.take_finished(14_030);
         let c = &done[0].1[PoolKind::Canary];
         assert_eq!((c.requests, c.errors, c.capped), (30, 30, 0));
-        assert_eq!((c.client_max_errors, c.client_max_slow), (30, 30));
+        assert_eq!((c.client_max_errors, c.client_max_slow), (0, 0));
+        // An IPv4-mapped IPv6 address is its IPv4 address.
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().expect("ip");
+        assert_eq!(r.client_slot(Some(mapped)), r.client_slot(Some(attacker)));
     }
 }
