@@ -12,9 +12,10 @@
 //! rollout lays its weight and frozen salt over both (`rollout::engine`), the same way: the
 //! request path reads routing as data from the snapshot and never asks the rollout.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
 use http::HeaderName;
@@ -278,12 +279,25 @@ impl Shared {
     }
 
     /// One answered request, for the rollout's window counts (`forced`: the routing header or
-    /// flag cookie chose the pool). A few atomic adds while a rollout runs; one load if not.
+    /// flag cookie chose the pool; `client`: the address by the trusted-proxy rule, which the
+    /// per-client caps count by). Its latency is the upstream's: from handing the request to
+    /// the server to its response head (`upstream`), not the whole exchange, so a client that
+    /// reads slowly does not make a server look slow; the proxy's own answers (no server,
+    /// connect failure) have none and take the time since `start`. A few atomic adds while a
+    /// rollout runs; one load if not.
     #[inline]
-    pub fn record_rollout(&self, pool: PoolKind, status: u16, forced: bool, start: Instant) {
+    pub fn record_rollout(
+        &self,
+        pool: PoolKind,
+        status: u16,
+        forced: bool,
+        (start, upstream): (Instant, Option<Duration>),
+        client: Option<IpAddr>,
+    ) {
         if self.rollout_windows.is_active() {
+            let took = upstream.unwrap_or_else(|| start.elapsed());
             self.rollout_windows
-                .record(pool, status, forced, start.elapsed().as_secs_f64());
+                .record(pool, status, forced, took.as_secs_f64(), client);
         }
     }
 

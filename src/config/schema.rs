@@ -844,6 +844,55 @@ pub struct RolloutConfig {
     /// rollout freezes are stored in Redis, and releases before this key refuse it there.
     #[serde(skip_serializing)]
     pub state_file: Option<std::path::PathBuf>,
+    /// How sure a rule must be before it fails a window: each rule's one-sided test fails it
+    /// only at p < 1 - confidence. Not written when default (older readers know no such key).
+    #[serde(
+        default = "default_confidence",
+        skip_serializing_if = "is_default_confidence"
+    )]
+    pub confidence: f64,
+    /// Requests of one client address (IPv6: one /64) counted per window and pool; more are
+    /// served but left out of the judgement (`capped`). 0: no cap.
+    #[serde(
+        default = "default_per_client_requests",
+        skip_serializing_if = "is_default_per_client_requests"
+    )]
+    pub per_client_requests: u64,
+    /// Errors, and answers slower than the latency rules' lowest threshold, of one client
+    /// counted per window and pool; its further ones are left out. 0: no cap, and the busiest
+    /// client is not taken out of the counts (for clients that all share one address; then
+    /// one client can fail windows).
+    #[serde(
+        default = "default_per_client_failures",
+        skip_serializing_if = "is_default_per_client_failures"
+    )]
+    pub per_client_failures: u64,
+}
+
+/// `rollout.confidence` by default: one-sided p < 0.001 per rule and window.
+pub const DEFAULT_ROLLOUT_CONFIDENCE: f64 = 0.999;
+/// `rollout.per_client_requests` by default.
+pub const DEFAULT_PER_CLIENT_REQUESTS: u64 = 20;
+/// `rollout.per_client_failures` by default.
+pub const DEFAULT_PER_CLIENT_FAILURES: u64 = 1;
+
+fn default_confidence() -> f64 {
+    DEFAULT_ROLLOUT_CONFIDENCE
+}
+fn is_default_confidence(v: &f64) -> bool {
+    *v == DEFAULT_ROLLOUT_CONFIDENCE
+}
+fn default_per_client_requests() -> u64 {
+    DEFAULT_PER_CLIENT_REQUESTS
+}
+fn is_default_per_client_requests(v: &u64) -> bool {
+    *v == DEFAULT_PER_CLIENT_REQUESTS
+}
+fn default_per_client_failures() -> u64 {
+    DEFAULT_PER_CLIENT_FAILURES
+}
+fn is_default_per_client_failures(v: &u64) -> bool {
+    *v == DEFAULT_PER_CLIENT_FAILURES
 }
 
 /// The most steps a rollout may have.
@@ -907,6 +956,19 @@ impl RolloutConfig {
         if self.latency.p99_max.is_zero() {
             return Err(("latency.p99_max", "must be above 0".into()));
         }
+        if !(0.5..1.0).contains(&self.confidence) {
+            return Err((
+                "confidence",
+                format!("must be at least 0.5 and below 1, got {}", self.confidence),
+            ));
+        }
+        // The client table packs a client's counts into 32 and 16 bits.
+        if self.per_client_requests > 1_000_000 {
+            return Err(("per_client_requests", "must be at most 1000000".into()));
+        }
+        if self.per_client_failures > 10_000 {
+            return Err(("per_client_failures", "must be at most 10000".into()));
+        }
         Ok(())
     }
 }
@@ -929,6 +991,9 @@ impl Default for RolloutConfig {
             latency: RolloutLatency::default(),
             mann_whitney: false,
             state_file: None,
+            confidence: DEFAULT_ROLLOUT_CONFIDENCE,
+            per_client_requests: DEFAULT_PER_CLIENT_REQUESTS,
+            per_client_failures: DEFAULT_PER_CLIENT_FAILURES,
         }
     }
 }
@@ -1443,6 +1508,29 @@ mod tests {
     }
 
     #[test]
+    fn rollout_keys_of_this_release_are_not_written_at_their_defaults() {
+        // A rollout's settings are stored (Redis, state files) and read by the previous
+        // release, which refuses unknown keys: the new keys appear only when set.
+        let json = serde_json::to_string(&RolloutConfig::default()).expect("json");
+        for key in ["confidence", "per_client_requests", "per_client_failures"] {
+            assert!(!json.contains(key), "{key} written at its default: {json}");
+        }
+        let set = RolloutConfig {
+            confidence: 0.99,
+            per_client_requests: 50,
+            per_client_failures: 2,
+            ..RolloutConfig::default()
+        };
+        let json = serde_json::to_string(&set).expect("json");
+        let back: RolloutConfig = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back, set);
+        let old: RolloutConfig =
+            serde_json::from_str(r#"{"steps":[10,100],"interval":"1s"}"#).expect("old json");
+        assert_eq!(old.confidence, DEFAULT_ROLLOUT_CONFIDENCE);
+        assert_eq!(old.per_client_requests, DEFAULT_PER_CLIENT_REQUESTS);
+    }
+
+    #[test]
     fn rollout_section_is_validated_with_its_key() {
         let c = Config::parse(
             "rollout: { steps: [1, 2.5, 100], interval: 2s, threshold: 2, \
@@ -1487,6 +1575,16 @@ mod tests {
             (
                 "rollout: { latency: { p99_max: 0s } }\n",
                 "rollout.latency.p99_max",
+            ),
+            ("rollout: { confidence: 1 }\n", "rollout.confidence"),
+            ("rollout: { confidence: 0.2 }\n", "rollout.confidence"),
+            (
+                "rollout: { per_client_requests: 1000001 }\n",
+                "rollout.per_client_requests",
+            ),
+            (
+                "rollout: { per_client_failures: 10001 }\n",
+                "rollout.per_client_failures",
             ),
             ("rollout: { stepz: [1] }\n", "stepz"),
         ] {

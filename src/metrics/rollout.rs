@@ -5,6 +5,7 @@
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::labels::{RolloutPhaseLabel, VerdictReason};
+use crate::model::{PerPool, PoolKind};
 
 pub struct RolloutMetrics {
     phase: [IntGauge; RolloutPhaseLabel::ALL.len()],
@@ -13,6 +14,7 @@ pub struct RolloutMetrics {
     verdicts: [IntCounter; VerdictReason::ALL.len()],
     rollbacks: [Option<IntCounter>; VerdictReason::ALL.len()],
     leader: IntGauge,
+    capped: PerPool<IntCounter>,
 }
 
 impl RolloutMetrics {
@@ -56,6 +58,16 @@ impl RolloutMetrics {
             "1 while this replica holds the rollout leader lease.",
         )?;
         registry.register(Box::new(leader.clone()))?;
+        let capped_vec = IntCounterVec::new(
+            Opts::new(
+                "canary_lb_rollout_capped_requests_total",
+                "Requests answered during a rollout but left out of its windows because their \
+                 client had reached its per-window cap (per_client_requests or \
+                 per_client_failures), by pool.",
+            ),
+            &["pool"],
+        )?;
+        registry.register(Box::new(capped_vec.clone()))?;
         let phase = RolloutPhaseLabel::ALL.map(|p| phase_vec.with_label_values(&[p.as_str()]));
         phase[RolloutPhaseLabel::Idle.index()].set(1);
         Ok(RolloutMetrics {
@@ -70,7 +82,13 @@ impl RolloutMetrics {
                     .then(|| rollbacks_vec.with_label_values(&[r.as_str()]))
             }),
             leader,
+            capped: PerPool::from_fn(|k| capped_vec.with_label_values(&[k.as_str()])),
         })
+    }
+
+    /// Requests of a taken window left out by the per-client caps.
+    pub fn capped(&self, pool: PoolKind, n: u64) {
+        self.capped[pool].inc_by(n);
     }
 
     /// The rollout as it stands: its phase, weight and failed windows.
@@ -111,6 +129,8 @@ mod tests {
             "canary_lb_rollout_weight 0".to_string(),
             "canary_lb_rollout_failed_checks 0".to_string(),
             "canary_lb_rollout_leader 0".to_string(),
+            "canary_lb_rollout_capped_requests_total{pool=\"canary\"} 0".to_string(),
+            "canary_lb_rollout_capped_requests_total{pool=\"production\"} 0".to_string(),
         ];
         for p in RolloutPhaseLabel::ALL {
             let v = i32::from(p == RolloutPhaseLabel::Idle);

@@ -516,8 +516,13 @@ impl ProxyHttp for CanaryProxy {
                 method,
                 ctx.start.elapsed().as_secs_f64(),
             );
-            self.shared
-                .record_rollout(pool, code, ctx.forced, ctx.start);
+            self.shared.record_rollout(
+                pool,
+                code,
+                ctx.forced,
+                (ctx.start, ctx.upstream_time),
+                ctx.origin.client,
+            );
         }
         if let Some(log) = &self.shared.access_log {
             log.log(Self::entry(session, ctx));

@@ -228,6 +228,9 @@ impl Engine {
             return;
         }
         for (window, counts) in recorder.take_finished(now) {
+            for (kind, w) in counts.iter() {
+                self.sink.metrics().rollout.capped(kind, w.capped);
+            }
             if let Err(e) = self.coordinator.report(&s.id, window, &counts).await {
                 self.coordinator_failed(memory, "reporting a window", &e);
             }

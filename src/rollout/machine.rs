@@ -147,6 +147,7 @@ mod tests {
             requests: 1,
             errors: 0,
             buckets: vec![1],
+            ..PoolWindow::default()
         };
         c
     }

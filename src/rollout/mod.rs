@@ -76,6 +76,23 @@ pub struct PoolWindow {
     /// Per-bucket (not cumulative) duration counts: `buckets[i]` counts durations in
     /// `(LATENCY_BUCKETS_S[i-1], LATENCY_BUCKETS_S[i]]`, the last one `+Inf`.
     pub buckets: Vec<u64>,
+    /// Requests answered but left out of the counts above: their client had reached its
+    /// per-window cap (`per_client_requests`, or `per_client_failures` for an error or a slow
+    /// answer). Absent (0) in what older releases wrote.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub capped: u64,
+    /// The most errors one client (one slot of the client table) had counted in the window;
+    /// summed over replicas and windows, an upper bound of one client's share of `errors`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub client_max_errors: u64,
+    /// The same for answers slower than the latency rules' lowest threshold
+    /// ([`judge::client_slow_index`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub client_max_slow: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Default for PoolWindow {
@@ -84,6 +101,9 @@ impl Default for PoolWindow {
             requests: 0,
             errors: 0,
             buckets: vec![0; LATENCY_BUCKETS_S.len() + 1],
+            capped: 0,
+            client_max_errors: 0,
+            client_max_slow: 0,
         }
     }
 }
@@ -93,6 +113,10 @@ impl PoolWindow {
     pub fn add(&mut self, other: &PoolWindow) {
         self.requests += other.requests;
         self.errors += other.errors;
+        self.capped += other.capped;
+        // Sums of maxima: one client can have contributed at most this much to the sum.
+        self.client_max_errors += other.client_max_errors;
+        self.client_max_slow += other.client_max_slow;
         if self.buckets.len() < other.buckets.len() {
             self.buckets.resize(other.buckets.len(), 0);
         }

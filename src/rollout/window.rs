@@ -12,12 +12,35 @@
 //! A request finishing just as the engine takes its window may land in the slot after the swap;
 //! it then counts in the slot's next window, [`RING`] windows later: off by one request in
 //! thousands, never lost or double-counted in the total.
+//!
+//! **No single client moves a verdict.** Each slot and pool also holds a table of
+//! [`CLIENT_SLOTS`] counters, one word per client address (an IPv6 client by its /64), found
+//! by a hash keyed at random per process (so nobody can aim at a slot): its counted requests,
+//! errors and slow answers (slower than [`judge::client_slow_index`]'s bound) in the window. A
+//! request counts only while its client is below `per_client_requests`, and an error or a slow
+//! answer only while its client is below `per_client_failures`; otherwise it is served but
+//! only counted as `capped`. Taking a window also reports its busiest client's errors and slow
+//! answers, which the judgement takes out ([`judge::without_one_client`]). Clients that share
+//! a slot share its caps: with 1,024 slots, a window needs about a thousand active clients
+//! before that matters, and a window counts at most 1,024 x `per_client_requests` requests a
+//! pool and replica (beyond that the judgement reads a sample: each slot's first requests).
+//! Cost per request: one hash, one load and one add on the client's word.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release};
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::Release};
 
 use crate::model::{PerPool, PoolKind, LATENCY_BUCKETS_S};
 
-use super::{PoolWindow, RolloutState, WindowCounts};
+use super::{judge, PoolWindow, RolloutState, WindowCounts};
+
+/// Client counters per slot and pool (a power of two).
+pub const CLIENT_SLOTS: usize = 1024;
+/// A client word: requests in bits 0-31, errors in 32-47, slow answers in 48-63 (each stays
+/// within its bits: the caps are validated at most 1,000,000 and 10,000).
+const REQUESTS_MASK: u64 = 0xffff_ffff;
+const ERROR_ONE: u64 = 1 << 32;
+const SLOW_ONE: u64 = 1 << 48;
 
 /// Slots in the ring: the window being taken, the current one and two ahead.
 pub const RING: usize = 4;
@@ -27,19 +50,41 @@ pub const SETTLE_MS: u64 = 20;
 const NONE: u64 = u64::MAX;
 const BUCKETS: usize = LATENCY_BUCKETS_S.len() + 1;
 
-#[derive(Default)]
 struct PoolSlot {
     requests: AtomicU64,
     errors: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
+    capped: AtomicU64,
+    clients: Box<[AtomicU64]>,
+}
+
+impl Default for PoolSlot {
+    fn default() -> Self {
+        PoolSlot {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            buckets: Default::default(),
+            capped: AtomicU64::new(0),
+            clients: (0..CLIENT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 impl PoolSlot {
     fn take(&self) -> PoolWindow {
+        let (mut max_errors, mut max_slow) = (0, 0);
+        for c in self.clients.iter() {
+            let v = c.swap(0, Relaxed);
+            max_errors = max_errors.max((v >> 32) & 0xffff);
+            max_slow = max_slow.max(v >> 48);
+        }
         PoolWindow {
             requests: self.requests.swap(0, Relaxed),
             errors: self.errors.swap(0, Relaxed),
             buckets: self.buckets.iter().map(|b| b.swap(0, Relaxed)).collect(),
+            capped: self.capped.swap(0, Relaxed),
+            client_max_errors: max_errors,
+            client_max_slow: max_slow,
         }
     }
 }
@@ -65,6 +110,13 @@ pub struct WindowRecorder {
     started_ms: AtomicU64,
     interval_ms: AtomicU64,
     slots: [Slot; RING],
+    /// The rollout's caps per client and window (`per_client_requests`, `_failures`).
+    cap_requests: AtomicU64,
+    cap_failures: AtomicU64,
+    /// Answers in buckets after this one are slow for the client caps.
+    slow_index: AtomicUsize,
+    /// The per-process key of the client hash.
+    seed: u64,
     /// Requests that found their window's slot untagged (engine behind) since start.
     pub dropped: AtomicU64,
 }
@@ -77,7 +129,34 @@ impl Default for WindowRecorder {
             started_ms: AtomicU64::new(0),
             interval_ms: AtomicU64::new(1),
             slots: Default::default(),
+            cap_requests: AtomicU64::new(u64::MAX),
+            cap_failures: AtomicU64::new(u64::MAX),
+            slow_index: AtomicUsize::new(BUCKETS),
+            seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64),
             dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A client address as hash input: a family tag, then an IPv4 address (also IPv4-mapped
+/// IPv6) whole, or an IPv6 address's /64 (one subscriber's or host's share of the space).
+fn client_key(ip: IpAddr) -> ([u8; 9], usize) {
+    let mut key = [0u8; 9];
+    match ip {
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_none() => {
+            key[0] = 6;
+            key[1..9].copy_from_slice(&a.octets()[..8]);
+            (key, 9)
+        }
+        IpAddr::V6(a) => {
+            key[0] = 4;
+            key[1..5].copy_from_slice(&a.octets()[12..]);
+            (key, 5)
+        }
+        IpAddr::V4(a) => {
+            key[0] = 4;
+            key[1..5].copy_from_slice(&a.octets());
+            (key, 5)
         }
     }
 }
@@ -93,20 +172,43 @@ fn bucket_index(seconds: f64) -> usize {
 impl WindowRecorder {
     /// One answered request: `status` 0 means no answer was written (the client went away:
     /// not counted, nothing a client does counts against the canary); `forced` when the
-    /// routing header or flag cookie chose the pool. A proxy's own 502/503/504 (connect
-    /// failure, no server, timeout) count as errors like an app's 5xx.
+    /// routing header or flag cookie chose the pool; `client` the address by the
+    /// trusted-proxy rule (`None`: all such requests share one client's caps). A proxy's own
+    /// 502/503/504 (connect failure, no server, timeout) count as errors like an app's 5xx.
     #[inline]
-    pub fn record(&self, pool: PoolKind, status: u16, forced: bool, seconds: f64) {
+    pub fn record(
+        &self,
+        pool: PoolKind,
+        status: u16,
+        forced: bool,
+        seconds: f64,
+        client: Option<IpAddr>,
+    ) {
         if !self.active.load(Relaxed) || status == 0 {
             return;
         }
         if forced && !self.count_forced.load(Relaxed) {
             return;
         }
-        self.record_at(crate::model::now_ms(), pool, status, seconds);
+        self.record_at(crate::model::now_ms(), pool, status, seconds, client);
     }
 
-    fn record_at(&self, now_ms: u64, pool: PoolKind, status: u16, seconds: f64) {
+    /// The client table slot of `client`.
+    fn client_slot(&self, client: Option<IpAddr>) -> usize {
+        let Some(ip) = client else { return 0 };
+        let (key, len) = client_key(ip);
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key[..len], self.seed);
+        (h as usize) & (CLIENT_SLOTS - 1)
+    }
+
+    fn record_at(
+        &self,
+        now_ms: u64,
+        pool: PoolKind,
+        status: u16,
+        seconds: f64,
+        client: Option<IpAddr>,
+    ) {
         let started = self.started_ms.load(Relaxed);
         let Some(since) = now_ms.checked_sub(started) else {
             return;
@@ -118,11 +220,39 @@ impl WindowRecorder {
             return;
         }
         let p = &slot.pools[pool];
+        let bucket = bucket_index(seconds);
+        let error = status >= 500;
+        let slow = bucket > self.slow_index.load(Relaxed);
+        let (requests_cap, failures) = (
+            self.cap_requests.load(Relaxed),
+            self.cap_failures.load(Relaxed),
+        );
+        // Both caps off (0 in the config): no table at all.
+        if requests_cap != u64::MAX || failures != u64::MAX {
+            let cell = &p.clients[self.client_slot(client)];
+            let seen = cell.load(Relaxed);
+            if seen & REQUESTS_MASK >= requests_cap
+                || (error && (seen >> 32) & 0xffff >= failures)
+                || (slow && seen >> 48 >= failures)
+            {
+                p.capped.fetch_add(1, Relaxed);
+                return;
+            }
+            // Failures are tracked only under a cap, so their 16 bits never overflow. Two
+            // requests of one client racing past the check may both count: a cap is exceeded
+            // by at most the number of worker threads.
+            let tracked = failures != u64::MAX;
+            cell.fetch_add(
+                1 + if error && tracked { ERROR_ONE } else { 0 }
+                    + if slow && tracked { SLOW_ONE } else { 0 },
+                Relaxed,
+            );
+        }
         p.requests.fetch_add(1, Relaxed);
-        if status >= 500 {
+        if error {
             p.errors.fetch_add(1, Relaxed);
         }
-        p.buckets[bucket_index(seconds)].fetch_add(1, Relaxed);
+        p.buckets[bucket].fetch_add(1, Relaxed);
     }
 
     /// Count for `state` from window `current` on: clears every slot and tags the ring with
@@ -134,6 +264,15 @@ impl WindowRecorder {
             .store(state.interval().as_millis().max(1) as u64, Relaxed);
         self.count_forced
             .store(state.settings.count_forced, Relaxed);
+        let settings = &state.settings;
+        // 0 turns a cap off.
+        let cap = |v: u64| if v == 0 { u64::MAX } else { v };
+        self.cap_requests
+            .store(cap(settings.per_client_requests), Relaxed);
+        self.cap_failures
+            .store(cap(settings.per_client_failures), Relaxed);
+        self.slow_index
+            .store(judge::client_slow_index(settings), Relaxed);
         for i in 0..RING as u64 {
             let w = current + i;
             let slot = &self.slots[(w % RING as u64) as usize];
@@ -218,17 +357,17 @@ mod tests {
     #[test]
     fn requests_count_in_their_window_and_each_window_is_taken_once() {
         let r = WindowRecorder::default();
-        r.record(PoolKind::Canary, 200, false, 0.01);
+        r.record(PoolKind::Canary, 200, false, 0.01, None);
         assert!(
             r.take_finished(10_000).is_empty(),
             "inactive records nothing"
         );
         let s = state(10_000);
         r.begin(&s, 0);
-        r.record_at(10_100, PoolKind::Canary, 200, 0.003);
-        r.record_at(10_200, PoolKind::Canary, 503, 0.003);
-        r.record_at(10_300, PoolKind::Production, 200, 0.8);
-        r.record_at(11_500, PoolKind::Canary, 200, 0.003);
+        r.record_at(10_100, PoolKind::Canary, 200, 0.003, None);
+        r.record_at(10_200, PoolKind::Canary, 503, 0.003, None);
+        r.record_at(10_300, PoolKind::Production, 200, 0.8, None);
+        r.record_at(11_500, PoolKind::Canary, 200, 0.003, None);
         // Window 0 ended at 11_000; it is taken once settled.
         assert!(r.take_finished(11_010).is_empty());
         let done = r.take_finished(11_030);
@@ -244,7 +383,13 @@ mod tests {
         assert!(r.take_finished(11_500).is_empty(), "taken once");
         // Windows keep rotating through the ring.
         for w in 2..12u64 {
-            r.record_at(10_000 + w * 1000 + 10, PoolKind::Production, 200, 0.001);
+            r.record_at(
+                10_000 + w * 1000 + 10,
+                PoolKind::Production,
+                200,
+                0.001,
+                None,
+            );
             let done = r.take_finished(10_000 + (w + 1) * 1000 + 30);
             let got: Vec<_> = done
                 .iter()
@@ -260,12 +405,12 @@ mod tests {
         assert_eq!(r.dropped.load(Relaxed), 0);
         // An engine that fell behind: windows 12..20 pass unseen; a request then finds no slot
         // tagged, the stale slots are handed back once and retagged from the current window.
-        r.record_at(30_100, PoolKind::Canary, 200, 0.001);
+        r.record_at(30_100, PoolKind::Canary, 200, 0.001, None);
         assert_eq!(r.dropped.load(Relaxed), 1);
         let stale: Vec<_> = r.take_finished(30_500).iter().map(|x| x.0).collect();
         assert_eq!(stale, [12, 13, 14, 15]);
-        r.record_at(30_600, PoolKind::Canary, 200, 0.001);
-        r.record_at(31_100, PoolKind::Canary, 200, 0.001);
+        r.record_at(30_600, PoolKind::Canary, 200, 0.001, None);
+        r.record_at(31_100, PoolKind::Canary, 200, 0.001, None);
         let done = r.take_finished(32_030);
         let got: Vec<_> = done
             .iter()
@@ -281,12 +426,81 @@ mod tests {
         let r = WindowRecorder::default();
         let mut s = state(crate::model::now_ms());
         r.begin(&s, 0);
-        r.record(PoolKind::Canary, 200, true, 0.001);
-        r.record(PoolKind::Canary, 0, false, 0.001);
+        r.record(PoolKind::Canary, 200, true, 0.001, None);
+        r.record(PoolKind::Canary, 0, false, 0.001, None);
         s.settings.count_forced = true;
         r.begin(&s, 0);
-        r.record(PoolKind::Canary, 200, true, 0.001);
+        r.record(PoolKind::Canary, 200, true, 0.001, None);
         let slot = &r.slots[0];
         assert_eq!(slot.pools[PoolKind::Canary].requests.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn each_client_counts_a_bounded_share_and_the_busiest_is_reported() {
+        // A fixed key, so the four clients below are known to land in four slots.
+        let r = WindowRecorder {
+            seed: 7,
+            ..WindowRecorder::default()
+        };
+        let mut s = state(10_000);
+        s.settings.per_client_requests = 5;
+        s.settings.per_client_failures = 1;
+        r.begin(&s, 0);
+        let attacker: IpAddr = "203.0.113.7".parse().expect("ip");
+        // 12 requests of one client, all 500s: 1 counted (its first error), 11 capped.
+        for i in 0..12 {
+            r.record_at(10_100 + i, PoolKind::Canary, 500, 0.002, Some(attacker));
+        }
+        // Another address of the same IPv6 /64 is the same client; another /64 is not.
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        let slots: std::collections::HashSet<usize> = [attacker, a, c]
+            .into_iter()
+            .map(|ip| r.client_slot(Some(ip)))
+            .collect();
+        assert_eq!(slots.len(), 3, "seed 7 separates them");
+        assert_eq!(r.client_slot(Some(a)), r.client_slot(Some(b)), "one /64");
+        for ip in [a, b, c] {
+            for i in 0..4 {
+                r.record_at(10_200 + i, PoolKind::Canary, 200, 0.002, Some(ip));
+            }
+        }
+        // Slow answers (above the 50 ms bound): one per client.
+        for i in 0..3 {
+            r.record_at(10_300 + i, PoolKind::Production, 200, 0.3, Some(attacker));
+        }
+        let done = r.take_finished(11_030);
+        let (_, w) = &done[0];
+        let canary = &w[PoolKind::Canary];
+        // attacker 1; /64 of a and b: 5 of 8 (cap 5); c: 4.
+        assert_eq!(
+            (canary.requests, canary.errors, canary.capped),
+            (1 + 5 + 4, 1, 11 + 3)
+        );
+        assert_eq!(canary.client_max_errors, 1);
+        let prod = &w[PoolKind::Production];
+        assert_eq!(
+            (prod.requests, prod.capped, prod.client_max_slow),
+            (1, 2, 1)
+        );
+        // The next window starts afresh.
+        r.record_at(11_100, PoolKind::Canary, 500, 0.002, Some(attacker));
+        let done = r.take_finished(12_030);
+        assert_eq!(done[0].1[PoolKind::Canary].errors, 1);
+        // 0 turns the caps off.
+        s.settings.per_client_requests = 0;
+        s.settings.per_client_failures = 0;
+        r.begin(&s, 3);
+        for i in 0..30 {
+            r.record_at(13_100 + i, PoolKind::Canary, 500, 0.3, Some(attacker));
+        }
+        let done = r.take_finished(14_030);
+        let c = &done[0].1[PoolKind::Canary];
+        assert_eq!((c.requests, c.errors, c.capped), (30, 30, 0));
+        assert_eq!((c.client_max_errors, c.client_max_slow), (0, 0));
+        // An IPv4-mapped IPv6 address is its IPv4 address.
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().expect("ip");
+        assert_eq!(r.client_slot(Some(mapped)), r.client_slot(Some(attacker)));
     }
 }

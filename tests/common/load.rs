@@ -28,6 +28,9 @@ pub struct LoadSpec {
     pub pause: Duration,
     /// The load stops by itself after this long.
     pub max_run: Duration,
+    /// Send each user as its own client address (`X-Forwarded-For: 10.x.y.z`), for a proxy
+    /// that trusts 127.0.0.1 (`trusted_proxies`): the rollout counts per client.
+    pub forwarded_for: bool,
 }
 
 impl LoadSpec {
@@ -40,6 +43,7 @@ impl LoadSpec {
             threads: 4,
             pause: Duration::from_millis(5),
             max_run: Duration::from_secs(120),
+            forwarded_for: false,
         }
     }
 }
@@ -80,7 +84,13 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < spec.max_run {
                         let user = next_user.fetch_add(1, Ordering::Relaxed) % spec.users;
                         let cookie = format!("{}=u-{user}", spec.cookie);
-                        let (status, pool) = match super::try_get(&url, &[("cookie", &cookie)]) {
+                        let xff =
+                            format!("10.{}.{}.{}", user >> 16 & 255, user >> 8 & 255, user & 255);
+                        let mut headers = vec![("cookie", cookie.as_str())];
+                        if spec.forwarded_for {
+                            headers.push(("x-forwarded-for", xff.as_str()));
+                        }
+                        let (status, pool) = match super::try_get(&url, &headers) {
                             Ok(r) => (r.status, r.pool().map(str::to_string)),
                             Err(_) => (0, None),
                         };
