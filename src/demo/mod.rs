@@ -94,6 +94,8 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
             .join(", ")
     };
     let tls = demo_certificate()?;
+    // The tour's traffic is one curl loop on this box: every user shares 127.0.0.1, so the
+    // rollout's per-client caps (which stop one address from failing a window) are off here.
     let yaml = format!(
         "listen: [\"{listen}\", {{ addr: \"{tls_listen}\", tls: {{ cert: \"{cert}\", \
          key: \"{key}\" }} }}]\nthreads: 2\nmetrics_listen: \"{metrics}\"\n\
@@ -101,7 +103,8 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
          health_check: {{ kind: http, path: /healthz, interval: 1s, timeout: 500ms }}\n\
          grace_period: 2s\n\
          routing: {{ canary_percent: {pct}, salt: demo, user_header: X-User-Id }}\n\
-         rollout: {{ steps: [5, 25, 50, 100], interval: 5s, min_requests: 20 }}\n\
+         rollout: {{ steps: [5, 25, 50, 100], interval: 5s, min_requests: 20, \
+         per_client_requests: 0, per_client_failures: 0 }}\n\
          flags: {{ items: {{ new-checkout: {{ percent: 50 }}, dark-mode: {{ percent: 10 }} }} }}\n",
         listen = args.listen,
         tls_listen = args.tls_listen,

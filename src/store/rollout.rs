@@ -7,9 +7,10 @@
 //!   The compare-and-set of every write checks `id` and `version`.
 //! - `ns:rollout:window:<id>:<n>` (hash): window `n` of rollout `id`, summed over the replicas
 //!   with HINCRBY: `production:requests`, `production:errors`, `production:b<i>` (bucket `i` of
-//!   [`LATENCY_BUCKETS_S`], `+Inf` last), the same for `canary`, `reporters` (how many replicas
-//!   reported) and `reporter:<id>` (one per replica, so a report retried after a timeout is not
-//!   counted twice). Expires [`WINDOW_TTL_MS`] after the last report.
+//!   [`LATENCY_BUCKETS_S`], `+Inf` last), `production:capped`, `production:client_max_errors`,
+//!   `production:client_max_slow` (the per-client figures, `window.rs`), the same for
+//!   `canary`, `reporters` (how many replicas reported) and `reporter:<id>` (one per replica,
+//!   so a report retried after a timeout is not counted twice). Expires [`WINDOW_TTL_MS`] after the last report.
 //! - `ns:rollout:leader` (string, with a TTL): the replica id holding the leader lease. Taken
 //!   with `SET NX PX` when absent, renewed (`PEXPIRE`) only by its holder, in one script.
 //! - `ns:rollout:epoch` (integer): `INCR`ed each time the lease is taken (also by the same
@@ -552,6 +553,11 @@ fn encode_counts(counts: &WindowCounts) -> Vec<(String, u64)> {
         };
         push(format!("{pool}:requests"), w.requests);
         push(format!("{pool}:errors"), w.errors);
+        // The per-client figures sum over replicas like the counts (HINCRBY), which is what
+        // the judgement takes out ("the busiest client of each replica, summed").
+        push(format!("{pool}:capped"), w.capped);
+        push(format!("{pool}:client_max_errors"), w.client_max_errors);
+        push(format!("{pool}:client_max_slow"), w.client_max_slow);
         for (i, b) in w.buckets.iter().enumerate().take(bucket_count()) {
             push(format!("{pool}:b{i}"), *b);
         }
@@ -595,6 +601,9 @@ fn decode_counts(fields: &[(String, String)]) -> DecodedCounts {
         match window {
             Some((w, "requests")) => w.requests = n,
             Some((w, "errors")) => w.errors = n,
+            Some((w, "capped")) => w.capped = n,
+            Some((w, "client_max_errors")) => w.client_max_errors = n,
+            Some((w, "client_max_slow")) => w.client_max_slow = n,
             Some((w, what)) => match what
                 .strip_prefix('b')
                 .and_then(|i| i.parse::<usize>().ok())
@@ -677,10 +686,13 @@ mod tests {
 
     #[test]
     fn counts_round_trip_through_their_fields() {
-        let counts = WindowCounts {
+        let mut counts = WindowCounts {
             production: window(900, 3, 4),
             canary: window(100, 7, bucket_count() - 1),
         };
+        counts.canary.capped = 40;
+        counts.canary.client_max_errors = 1;
+        counts.canary.client_max_slow = 2;
         let fields: Vec<(String, String)> = encode_counts(&counts)
             .into_iter()
             .map(|(f, v)| (f, v.to_string()))
