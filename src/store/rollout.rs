@@ -789,7 +789,7 @@ mod tests {
         // What a next release might add: fields at the top, in `settings` (whose config type
         // refuses unknown keys in the file), deeper in it, and in the step counts.
         v["leader_note"] = serde_json::json!({"by": "next"});
-        v["settings"]["confidence"] = serde_json::json!(0.99);
+        v["settings"]["cohort_size"] = serde_json::json!(0.99);
         v["settings"]["latency"]["p999_max"] = serde_json::json!("900ms");
         v["step_counts"]["canary"]["slow"] = serde_json::json!(3);
         let raw = serde_json::to_vec(&v).expect("json");
