@@ -70,7 +70,12 @@ fn server_entry(status: &Value, pool: &str, addr: &str) -> Option<Value> {
 
 /// The addresses `/status` lists in `pool`.
 fn listed(proxy: &Proxy, pool: &str) -> HashSet<String> {
-    proxy.status_json()["pools"][pool]["servers"]
+    listed_in(&proxy.status_json(), pool)
+}
+
+/// The addresses a `/status` document lists in `pool`.
+fn listed_in(status: &Value, pool: &str) -> HashSet<String> {
+    status["pools"][pool]["servers"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -762,16 +767,7 @@ struct PoolsSeen {
 }
 
 fn pools_seen(status: &Value) -> PoolsSeen {
-    let pool = |name: &str| -> HashSet<String> {
-        status["pools"][name]["servers"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s["addr"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let pool = |name: &str| listed_in(status, name);
     let rotation = |name: &str| status["pools"][name]["in_rotation"].as_u64().unwrap_or(0);
     PoolsSeen {
         listed: [pool("production"), pool("canary")],
