@@ -119,6 +119,66 @@ fn a_trusted_proxy_forwarding_headers_are_kept_and_name_the_client() {
     assert_eq!(r.header_lines("x-forwarded-host"), ["app.test"]);
 }
 
+/// `X-Real-IP` and `True-Client-IP` (issue 21): some apps read them instead of
+/// `X-Forwarded-For`, so an untrusted client must not set them; a trusted proxy's pass.
+#[test]
+fn real_ip_headers_are_removed_from_an_untrusted_client() {
+    let forged = "X-Real-IP: 6.6.6.6\r\nTrue-Client-IP: 6.6.6.6\r\n";
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (trusted, path) in [
+        ("", "/realip-untrusted"),
+        ("\"127.0.0.1/32\"", "/realip-trusted"),
+    ] {
+        let (prod, canary) = (RawBackend::start(), RawBackend::start());
+        let log = dir.path().join(format!("access{}.log", path.len()));
+        let proxy = proxy(&prod, &canary, trusted, &log);
+        assert_eq!(send(&proxy, path, forged), 200);
+        let r = got(&prod, path).expect("production got the request");
+        let want: &[&str] = if trusted.is_empty() {
+            &[]
+        } else {
+            &["6.6.6.6"]
+        };
+        assert_eq!(r.header_lines("x-real-ip"), want, "{path}");
+        assert_eq!(r.header_lines("true-client-ip"), want, "{path}");
+    }
+}
+
+/// The flag cookie is gated like the routing header (issue 21): with
+/// `header_trusted_networks` set, `canary=always` forces canary only from those networks.
+#[test]
+fn flag_cookie_forces_only_from_trusted_networks() {
+    for (networks, forced) in [("10.0.0.0/8", false), ("127.0.0.0/8", true)] {
+        let (prod, canary) = (RawBackend::start(), RawBackend::start());
+        let proxy = Proxy::start(&proxy_config(
+            free_port(),
+            free_port(),
+            &format!(
+                "threads: 1\ngrace_period: 1s\n\
+                 pools:\n  production: {{ servers: [\"{}\"] }}\n  canary: {{ servers: [\"{}\"] }}\n\
+                 health_check: {{ kind: tcp, interval: 1s, timeout: 500ms }}\n\
+                 routing: {{ canary_percent: 0, header_trusted_networks: [\"{networks}\"] }}\n",
+                prod.addr(),
+                canary.addr(),
+            ),
+        ));
+        let req = "GET /flag HTTP/1.1\r\nHost: app.test\r\nCookie: canary=always\r\n\
+                   Connection: close\r\n\r\n";
+        let r = raw_exchange(proxy.listen_port(), req.as_bytes(), Duration::from_secs(10));
+        assert_eq!(r.status, 200, "{networks}");
+        let (served, idle) = if forced {
+            (&canary, &prod)
+        } else {
+            (&prod, &canary)
+        };
+        assert!(
+            got(served, "/flag").is_some(),
+            "{networks}: forced {forced}"
+        );
+        assert!(got(idle, "/flag").is_none(), "{networks}: forced {forced}");
+    }
+}
+
 /// Hostile `X-Forwarded-For`: many lines, one long line, garbage. Through a trusted peer the
 /// app gets at most 20 hops plus the peer, each an address or `unknown`; through an
 /// untrusted one only the peer; past the head limits, nothing at all.

@@ -207,3 +207,100 @@ fn h2_heads_are_held_to_the_client_limits() {
         .unwrap_or(0);
     assert_eq!(seen, 2, "only the two good requests went upstream");
 }
+
+/// One HTTP/2 frame: 9-byte header (length, type, flags, stream id) and `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("frame length");
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A GET's HEADERS block with `:path` sent as raw text (HPACK literals, no Huffman): what
+/// curl cannot send, as it normalizes the path.
+fn h2_get(path: &str) -> Vec<u8> {
+    // :method GET (static 2), :scheme http (static 6), then :authority (1) and :path (4)
+    // as literals without indexing whose names are static entries.
+    let mut b = vec![0x82, 0x86];
+    for (index, value) in [(1u8, "site.test"), (4u8, path)] {
+        b.push(index);
+        b.push(u8::try_from(value.len()).expect("short value"));
+        b.extend_from_slice(value.as_bytes());
+    }
+    b
+}
+
+/// Issue 21: an HTTP/2 `:path` that is not origin-form (`?x=1`) is refused with 400 like
+/// HTTP/1's target and nothing reaches the app; a valid path on the same connection does.
+#[test]
+fn h2_path_is_held_to_the_http1_target_rules() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let backend = common::raw::RawBackend::start();
+    let (h2c_port, metrics) = (free_port(), free_port());
+    let proxy = Proxy::start(&format!(
+        "listen: [{{ addr: \"127.0.0.1:{h2c_port}\", h2c: true }}]\n\
+         metrics_listen: \"127.0.0.1:{metrics}\"\nthreads: 1\ngrace_period: 1s\n\
+         pools:\n  production: {{ servers: [\"{}\"] }}\n",
+        backend.addr(),
+    ));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", h2c_port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(4, 0, 0, &[])); // SETTINGS
+    out.extend(h2_frame(1, 0x5, 1, &h2_get("?x=1"))); // HEADERS, END_STREAM|END_HEADERS
+    out.extend(h2_frame(1, 0x5, 3, &h2_get("/ok")));
+    conn.write_all(&out).expect("send");
+    wait_until(
+        "the valid stream reaches the app",
+        Duration::from_secs(10),
+        || backend.count("/ok") == 1,
+    );
+    // Read what came back until the stream-1 answer arrives: its HEADERS block starts with
+    // the static-table :status 400 (index 12).
+    let mut got = Vec::new();
+    let mut status_400 = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !status_400 && std::time::Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        let mut rest = &got[..];
+        while rest.len() >= 9 {
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            if rest.len() < 9 + len {
+                break;
+            }
+            let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+            if rest[3] == 1 && stream == 1 && rest.get(9) == Some(&0x8c) {
+                status_400 = true;
+            }
+            rest = &rest[9 + len..];
+        }
+    }
+    assert!(
+        status_400,
+        "no 400 for `:path ?x=1`: {got:?}\n{}",
+        proxy.logs()
+    );
+    // (The pool's health checks of `/healthz` are not the client's.)
+    let seen: Vec<String> = backend
+        .received()
+        .iter()
+        .filter(|r| r.path != "/healthz")
+        .map(|r| {
+            String::from_utf8_lossy(&r.head)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(seen, ["GET /ok HTTP/1.1"], "what reached the app");
+}

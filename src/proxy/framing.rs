@@ -206,6 +206,15 @@ pub fn check_h2_head(req: &RequestHeader, limits: &Limits) -> Result<(), Rejecti
     if n_cl > 1 {
         return Err(Rejection::bad("more than one Content-Length"));
     }
+    // `:path` must be origin-form (`/…`), or `*` for OPTIONS (RFC 9113 section 8.3.1), as
+    // HTTP/1's target: the h2 codec takes `?x=1` or `x`, which would go upstream as
+    // `GET ?x=1 HTTP/1.1`. (`uri.path()` reads `/` for `?x=1`, so look at the raw text.)
+    if let Some(target) = req.uri.path_and_query().map(|p| p.as_str()) {
+        let asterisk = target == "*" && req.method == Method::OPTIONS;
+        if !(target.starts_with('/') || asterisk) {
+            return Err(Rejection::bad("invalid request target"));
+        }
+    }
     if has_escaped_control(req.uri.path().as_bytes()) {
         return Err(Rejection::bad("invalid request target"));
     }
@@ -726,6 +735,25 @@ mod tests {
         );
         assert_eq!(h2("/", &[("content-length", "+1")]), Err(400));
         assert_eq!(h2("/a%00b", &[]), Err(400));
+        // The same target forms as HTTP/1 (issue 21): a `:path` of `?x=1` or `x` is refused.
+        // The h2 codec builds the URI from its pseudo-headers as here, unchecked.
+        let by_parts = |method: &str, path: &str| {
+            let uri = http::Uri::builder()
+                .scheme("https")
+                .authority("site.test")
+                .path_and_query(path)
+                .build()
+                .expect("uri");
+            let mut r = RequestHeader::build(method, b"/", None).expect("request");
+            r.set_uri(uri);
+            r.set_version(Version::HTTP_2);
+            check_h2_head(&r, &limits).map_err(|e| e.status)
+        };
+        // (`http` already refuses a non-empty path without `/`, such as `x`, in a URI with an
+        // authority; an empty path with a query it takes.)
+        assert_eq!(by_parts("GET", "?x=1"), Err(400));
+        assert_eq!(by_parts("HEAD", "?"), Err(400));
+        assert_eq!(by_parts("GET", "/?x=1"), Ok(()));
         assert_eq!(h2("/", &[("host", "a b")]), Err(400));
         assert_eq!(h2("/", &[("host", "evil.test,good.test")]), Err(400));
     }

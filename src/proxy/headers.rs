@@ -19,6 +19,11 @@ pub const X_REQUEST_ID: &str = "X-Request-Id";
 pub const X_FORWARDED_FOR: &str = "X-Forwarded-For";
 pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
 pub const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
+/// Single-address client headers some apps read instead of `X-Forwarded-For`; like
+/// `Forwarded`, believed only from a trusted peer and otherwise removed (the proxy does not
+/// write its own: `X-Forwarded-For` already names the client).
+pub const X_REAL_IP: &str = "X-Real-IP";
+pub const TRUE_CLIENT_IP: &str = "True-Client-IP";
 
 // The same names for lookups: a `&str` is parsed and lower-cased on every lookup, a
 // `HeaderName` only hashed (about 350 instructions a lookup less, BENCHMARKS.md).
@@ -214,8 +219,8 @@ fn host_like(v: &[u8]) -> bool {
 /// client sent (only the proxy says which pool served a request).
 ///
 /// From an untrusted peer (any peer unless `trusted_proxies` names it), the client's
-/// `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` are discarded and the proxy writes its
-/// own: the peer's address, `proto` (`https` when the client came over TLS), the `Host`. From a trusted peer, its `X-Forwarded-For` is
+/// `X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`, `X-Real-IP` and `True-Client-IP` are
+/// discarded and the proxy writes its own: the peer's address, `proto` (`https` when the client came over TLS), the `Host`. From a trusted peer, its `X-Forwarded-For` is
 /// kept (its last [`MAX_FORWARDED_HOPS`] hops, normalized) with the peer appended, and its
 /// `X-Forwarded-Proto` (`http` or `https`), `X-Forwarded-Host` (one host-like value) and
 /// `Forwarded` are passed on; a missing or malformed one is replaced by the proxy's own.
@@ -272,8 +277,15 @@ pub fn set_forwarding(
             }
         }
     }
-    if !trusted && upstream.headers.contains_key(header::FORWARDED) {
-        upstream.remove_header(&header::FORWARDED);
+    if !trusted {
+        if upstream.headers.contains_key(header::FORWARDED) {
+            upstream.remove_header(&header::FORWARDED);
+        }
+        for name in [X_REAL_IP, TRUE_CLIENT_IP] {
+            if upstream.headers.contains_key(name) {
+                upstream.remove_header(name);
+            }
+        }
     }
     if upstream.headers.contains_key(N_X_CANARY_POOL) {
         upstream.remove_header(&N_X_CANARY_POOL);
@@ -518,6 +530,8 @@ mod tests {
             (X_FORWARDED_PROTO, "https"),
             (X_FORWARDED_HOST, "evil.test"),
             ("Forwarded", "for=1.1.1.1"),
+            (X_REAL_IP, "6.6.6.6"),
+            (TRUE_CLIENT_IP, "6.6.6.6"),
         ];
         let mut req = request(&sent);
         let origin = Origin::of(&req, Some(ip("10.0.0.9")), &[]);
@@ -527,6 +541,8 @@ mod tests {
         assert_eq!(req.headers[X_FORWARDED_PROTO], "http");
         assert_eq!(req.headers[X_FORWARDED_HOST], "example.test");
         assert!(!req.headers.contains_key("forwarded"));
+        assert!(!req.headers.contains_key(X_REAL_IP));
+        assert!(!req.headers.contains_key(TRUE_CLIENT_IP));
         // The same from a trusted peer is passed on.
         let mut req = request(&sent);
         let origin = Origin::of(&req, Some(ip("10.0.0.9")), &nets(&["10.0.0.9/32"]));
@@ -536,6 +552,8 @@ mod tests {
         assert_eq!(req.headers[X_FORWARDED_PROTO], "https");
         assert_eq!(req.headers[X_FORWARDED_HOST], "evil.test");
         assert_eq!(req.headers["forwarded"], "for=1.1.1.1");
+        assert_eq!(req.headers[X_REAL_IP], "6.6.6.6");
+        assert_eq!(req.headers[TRUE_CLIENT_IP], "6.6.6.6");
     }
 
     #[test]

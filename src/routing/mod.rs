@@ -6,7 +6,8 @@
 //! consistent-hashing key. Precedence, highest first:
 //! 1. the routing header (`X-Canary`): `1|true|always` -> canary, `0|false|never` -> production,
 //!    honoured only from trusted client networks when that list is set;
-//! 2. the flag cookie (`canary`): `always` -> canary, `never` -> production;
+//! 2. the flag cookie (`canary`): `always` -> canary, `never` -> production; gated like the
+//!    header: when the trusted networks are set, only from them (a cookie is as easy to forge);
 //! 3. the sticky percentage on the user key (user cookie, else user header, else a new random id).
 //!
 //! The bucket of a user is `xxh3_64(salt ++ 0x00 ++ key) mod 10000` (XXH3, 64 bit, seed 0, as
@@ -132,7 +133,12 @@ fn prefer<'a>(
             }
         }
     }
-    match cookie_value(facts.cookies, policy.flag_cookie.as_bytes()) {
+    let flag = if policy.header_trusted(facts.client_ip) {
+        cookie_value(facts.cookies, policy.flag_cookie.as_bytes())
+    } else {
+        None
+    };
+    match flag {
         Some(b"always") => return chosen(PoolKind::Canary, Reason::Cookie),
         Some(b"never") => return chosen(PoolKind::Production, Reason::Cookie),
         _ => {}
@@ -562,6 +568,43 @@ mod tests {
         };
         assert_eq!(run(&p, facts("10.1.2.3")).pool, PoolKind::Canary);
         assert_eq!(run(&p, facts("192.0.2.1")).pool, PoolKind::Production);
+    }
+
+    #[test]
+    fn flag_cookie_gated_like_the_header() {
+        let cookies: &[&[u8]] = &[b"canary=always"];
+        let facts = |ip: Option<&str>| RequestFacts {
+            cookies,
+            user_header: Some(b"u"),
+            client_ip: ip.map(|ip| ip.parse().expect("ip")),
+            ..Default::default()
+        };
+        // No list: the cookie forces for anyone, as before.
+        let open = policy(0.0);
+        for ip in [Some("192.0.2.1"), None] {
+            let d = run(&open, facts(ip));
+            assert_eq!((d.pool, d.reason), (PoolKind::Canary, Reason::Cookie));
+        }
+        // A list: only from it; anyone else falls to the percentage (0 %: production).
+        let mut p = policy(0.0);
+        p.trusted_networks = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let d = run(&p, facts(Some("10.1.2.3")));
+        assert_eq!((d.pool, d.reason), (PoolKind::Canary, Reason::Cookie));
+        for ip in [Some("192.0.2.1"), None] {
+            let d = run(&p, facts(ip));
+            assert_eq!((d.pool, d.reason), (PoolKind::Production, Reason::Percent));
+        }
+        let mut p = policy(100.0);
+        p.trusted_networks = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let never: &[&[u8]] = &[b"canary=never"];
+        let d = run(
+            &p,
+            RequestFacts {
+                cookies: never,
+                ..facts(Some("192.0.2.1"))
+            },
+        );
+        assert_eq!((d.pool, d.reason), (PoolKind::Canary, Reason::Percent));
     }
 
     #[test]

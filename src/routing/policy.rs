@@ -77,6 +77,8 @@ impl CanaryPolicy {
         c
     }
 
+    /// Whether `client` may force a pool (the routing header or the flag cookie): anyone when
+    /// no trusted networks are set, else only a client in one of them.
     pub(super) fn header_trusted(&self, client: Option<IpAddr>) -> bool {
         self.trusted_networks.is_empty()
             || client.is_some_and(|ip| self.trusted_networks.iter().any(|n| n.contains(&ip)))
