@@ -66,7 +66,10 @@ fn status_shows_a_salt_fingerprint_never_the_salt() {
     let fingerprint = canary_lb::routing::salt_fingerprint(SALT);
     let start = raw_exchange(
         port,
-        b"POST /rollout/start?steps=10,50&interval=1m HTTP/1.1\r\nHost: a\r\n\r\n",
+        format!(
+            "POST /rollout/start?steps=10,50&interval=1m HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        )
+        .as_bytes(),
         NOTICE,
     );
     assert_eq!(start.status, 200, "{start:?}");
@@ -91,7 +94,7 @@ fn status_shows_a_salt_fingerprint_never_the_salt() {
     }
     let abort = raw_exchange(
         port,
-        b"POST /rollout/abort HTTP/1.1\r\nHost: a\r\n\r\n",
+        format!("POST /rollout/abort HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
         NOTICE,
     );
     assert_eq!(abort.status, 200, "{abort:?}");
@@ -114,6 +117,85 @@ fn status_shows_a_salt_fingerprint_never_the_salt() {
     });
     let r = get_raw(port, "/status", "");
     assert!(!r.contains(new_salt.as_bytes()), "/status shows the salt");
+}
+
+/// Issue 21, finding 5: a web page the operator has open must not drive the admin port
+/// (loopback, no token). Its form POST carries another site's `Origin`, a rebinding page's
+/// `Host` is its own name: both are refused and nothing starts; `ctl` and curl (the admin
+/// address as `Host`, no `Origin`) still work.
+#[test]
+fn rollout_commands_from_a_web_page_are_refused() {
+    let app = App::start("adm-csrf", "production");
+    let proxy = start_proxy(&app, "");
+    let port = proxy.metrics_port();
+    let post = |path: &str, headers: &str| {
+        raw_exchange(
+            port,
+            format!(
+                "POST {path} HTTP/1.1\r\n{headers}Content-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: 3\r\nConnection: close\r\n\r\na=1"
+            )
+            .as_bytes(),
+            NOTICE,
+        )
+    };
+    let state = || {
+        let r = get_raw(port, "/rollout", "");
+        assert_eq!(r.status, 200, "{r:?}");
+        let v: Value = serde_json::from_slice(&r.body).expect("JSON");
+        v["state"].clone()
+    };
+    let own = format!("Host: 127.0.0.1:{port}\r\n");
+    for (what, headers) in [
+        (
+            "cross-site form",
+            format!("{own}Origin: http://evil.example\r\n"),
+        ),
+        (
+            "rebinding page",
+            format!("Host: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n"),
+        ),
+        (
+            "rebinding, no Origin",
+            format!("Host: evil.example:{port}\r\n"),
+        ),
+        ("sandboxed page", format!("{own}Origin: null\r\n")),
+    ] {
+        for path in ["/rollout/start?steps=50,100", "/rollout/promote"] {
+            let r = post(path, &headers);
+            assert_eq!(r.status, 403, "{what} POST {path}: {r:?}");
+            assert!(
+                !r.contains(b"evil.example"),
+                "{what}: the answer echoes the request"
+            );
+        }
+        assert!(state().is_null(), "{what}: a rollout started");
+    }
+    // The operator's tools: the admin address as Host, no Origin.
+    let r = post("/rollout/start?steps=50,100&interval=1m", &own);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(state()["phase"], "progressing", "{r:?}");
+    let r = post("/rollout/abort", &format!("Host: localhost:{port}\r\n"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(state()["phase"], "aborted");
+    // And `ctl rollout --admin` (it sends the address it was given as Host).
+    let admin = format!("http://127.0.0.1:{port}");
+    let out = run_cli(
+        &[
+            "ctl",
+            "rollout",
+            "--admin",
+            &admin,
+            "start",
+            "--steps",
+            "10,50",
+            "--interval",
+            "1m",
+        ],
+        NOTICE,
+    );
+    assert!(out.status.success(), "ctl rollout --admin start: {out:?}");
+    assert_eq!(state()["phase"], "progressing");
 }
 
 #[test]

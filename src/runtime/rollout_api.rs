@@ -12,8 +12,18 @@
 //! `metrics_listen` is a loopback address (403 otherwise): a published admin port without a
 //! token stays read-only.
 //!
+//! Every command must also come from the operator's tools, not from a web page the operator
+//! has open (request forgery, DNS rebinding; with a token too, as defence in depth): an
+//! `Origin` header, which browsers send on every cross-site POST and `ctl`/curl never do, must
+//! name the admin address itself, and `Host` must be that address (`IP:port`, any IP when
+//! `metrics_listen` is `0.0.0.0`/`[::]`, or `localhost:port` on a loopback or unspecified
+//! one); otherwise 403 and nothing is done. A name such as `evil.example` that resolves to the
+//! admin address is never the admin address, so a rebinding page is refused.
+//!
 //! A command also applies its weight to this process's routing at once (an abort is 0 % from
 //! the next request); other replicas follow within a tick of their engines.
+
+use std::net::{IpAddr, SocketAddr};
 
 use http::{header, HeaderValue, Method, Response};
 use serde_json::json;
@@ -99,6 +109,16 @@ pub async fn handle(shared: &Shared, req: &RequestHeader) -> Response<Vec<u8>> {
             .insert(header::ALLOW, HeaderValue::from_static(allowed));
         return r;
     }
+    if command.is_some() {
+        let listen = shared.started().metrics_listen;
+        if !listen.is_some_and(|l| from_admin_address(l, req)) {
+            return text(
+                403,
+                "forbidden: a rollout command needs Host set to the admin address (IP:port or \
+                 localhost:port) and no Origin of another site",
+            );
+        }
+    }
     if command.is_some() && !commands_allowed(shared) {
         return text(
             403,
@@ -138,6 +158,62 @@ fn commands_allowed(shared: &Shared) -> bool {
             .started()
             .metrics_listen
             .is_some_and(|a| a.ip().is_loopback())
+}
+
+/// Whether `authority` (`IP:port`, `[v6]:port`, `localhost:port`; no port means 80) names
+/// the admin listener at `listen`.
+fn is_admin_address(listen: SocketAddr, authority: &str) -> bool {
+    let (host, port) = match authority.parse::<SocketAddr>() {
+        Ok(a) => (a.ip().to_string(), a.port()),
+        Err(_) => match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') && !h.is_empty() => match p.parse::<u16>() {
+                Ok(p) => (h.to_string(), p),
+                Err(_) => return false,
+            },
+            _ => (authority.to_string(), 80),
+        },
+    };
+    if port != listen.port() {
+        return false;
+    }
+    let any = listen.ip().is_unspecified();
+    if host.eq_ignore_ascii_case("localhost") {
+        return any || listen.ip().is_loopback();
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    // `0.0.0.0` is refused even on `0.0.0.0`: browsers connect it to this machine.
+    host.parse::<IpAddr>()
+        .is_ok_and(|ip| !ip.is_unspecified() && (any || ip == listen.ip()))
+}
+
+/// Whether a command's `Host` (exactly one) names the admin listener and its `Origin`, if
+/// any, is `http://` that same address (see the module doc).
+fn from_admin_address(listen: SocketAddr, req: &RequestHeader) -> bool {
+    let one = |name: header::HeaderName| {
+        let mut all = req.headers.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (Some(v), None) => Some(v.to_str().ok()),
+            (None, _) => None,
+            (Some(_), Some(_)) => Some(None),
+        }
+    };
+    let host_ok = match one(header::HOST) {
+        Some(Some(host)) => is_admin_address(listen, host),
+        _ => false,
+    };
+    // An absolute-form target names its own authority: it must be the admin address too.
+    let target_ok = req
+        .uri
+        .authority()
+        .is_none_or(|a| is_admin_address(listen, a.as_str()));
+    let origin_ok = match one(header::ORIGIN) {
+        None => true,
+        Some(Some(origin)) => origin
+            .strip_prefix("http://")
+            .is_some_and(|a| is_admin_address(listen, a)),
+        Some(None) => false,
+    };
+    host_ok && target_ok && origin_ok
 }
 
 /// The settings of a start: the config's `rollout:` with the query's keys over it. The error
@@ -330,6 +406,66 @@ async fn run_command(shared: &Shared, cmd: Command) -> Result<(), Response<Vec<u
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn commands_come_from_the_admin_address_only() {
+        let req = |headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build("POST", b"/rollout/start", None).expect("request");
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v).expect("header");
+            }
+            r
+        };
+        let lo: SocketAddr = "127.0.0.1:9091".parse().expect("addr");
+        let any: SocketAddr = "0.0.0.0:9091".parse().expect("addr");
+        let v6: SocketAddr = "[::1]:9091".parse().expect("addr");
+        let ok = |listen, headers: &[(&str, &str)]| from_admin_address(listen, &req(headers));
+        // ctl and curl: Host only.
+        assert!(ok(lo, &[("host", "127.0.0.1:9091")]));
+        assert!(ok(lo, &[("host", "LocalHost:9091")]));
+        assert!(ok(v6, &[("host", "[::1]:9091")]));
+        assert!(ok(v6, &[("host", "localhost:9091")]));
+        assert!(ok(any, &[("host", "10.1.2.3:9091")]));
+        assert!(ok(any, &[("host", "localhost:9091")]));
+        let same = [
+            ("host", "127.0.0.1:9091"),
+            ("origin", "http://127.0.0.1:9091"),
+        ];
+        assert!(ok(lo, &same));
+        // A web page: another site's Origin, a rebinding name, a wrong port, nothing.
+        for bad in [
+            &[
+                ("host", "127.0.0.1:9091"),
+                ("origin", "http://evil.example"),
+            ][..],
+            &[("host", "127.0.0.1:9091"), ("origin", "null")],
+            &[
+                ("host", "127.0.0.1:9091"),
+                ("origin", "https://127.0.0.1:9091"),
+            ],
+            &[("host", "evil.example:9091")],
+            &[("host", "evil.example")],
+            &[("host", "127.0.0.1:9092")],
+            &[("host", "127.0.0.1")],
+            &[("host", "10.1.2.3:9091")],
+            &[("host", "a")],
+            &[],
+            &[("host", "127.0.0.1:9091"), ("host", "127.0.0.1:9091")],
+        ] {
+            assert!(!ok(lo, bad), "{bad:?}");
+        }
+        assert!(!ok(any, &[("host", "0.0.0.0:9091")]));
+        assert!(!ok(any, &[("host", "evil.example:9091")]));
+        let port80: SocketAddr = "127.0.0.1:80".parse().expect("addr");
+        assert!(ok(port80, &[("host", "127.0.0.1")]));
+        let mut absolute = req(&[("host", "127.0.0.1:9091")]);
+        absolute.set_uri(
+            "http://evil.example/rollout/start"
+                .parse()
+                .expect("absolute uri"),
+        );
+        assert!(!from_admin_address(lo, &absolute));
+    }
 
     #[test]
     fn query_keys_override_the_config_and_bad_ones_name_the_key() {
