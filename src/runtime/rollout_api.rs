@@ -13,12 +13,15 @@
 //! token stays read-only.
 //!
 //! Every command must also come from the operator's tools, not from a web page the operator
-//! has open (request forgery, DNS rebinding; with a token too, as defence in depth): an
-//! `Origin` header, which browsers send on every cross-site POST and `ctl`/curl never do, must
-//! name the admin address itself, and `Host` must be that address (`IP:port`, any IP when
-//! `metrics_listen` is `0.0.0.0`/`[::]`, or `localhost:port` on a loopback or unspecified
-//! one); otherwise 403 and nothing is done. A name such as `evil.example` that resolves to the
-//! admin address is never the admin address, so a rebinding page is refused.
+//! has open (request forgery, DNS rebinding): an `Origin` header, which browsers send on every
+//! cross-site POST and `ctl`/curl never do, must name the admin address itself; and without a
+//! token, `Host` must be that address (`IP:port`, any IP when `metrics_listen` is
+//! `0.0.0.0`/`[::]`, or `localhost:port` on a loopback or unspecified one); otherwise 403 and
+//! nothing is done. A name such as `evil.example` that resolves to the admin address is never
+//! the admin address, so a rebinding page is refused. With a token the `Host` is not checked:
+//! a page cannot send the `Authorization` header across sites (it needs a CORS preflight this
+//! port never answers), and operators reach a token-protected port by a DNS name
+//! (`ctl rollout --admin http://lb-1:9091`).
 //!
 //! A command also applies its weight to this process's routing at once (an abort is 0 % from
 //! the next request); other replicas follow within a tick of their engines.
@@ -111,7 +114,8 @@ pub async fn handle(shared: &Shared, req: &RequestHeader) -> Response<Vec<u8>> {
     }
     if command.is_some() {
         let listen = shared.started().metrics_listen;
-        if !listen.is_some_and(|l| from_admin_address(l, req)) {
+        let check_host = shared.config().metrics_auth_token_file.is_none();
+        if !listen.is_some_and(|l| from_admin_address(l, req, check_host)) {
             return text(
                 403,
                 "forbidden: a rollout command needs Host set to the admin address (IP:port or \
@@ -186,9 +190,10 @@ fn is_admin_address(listen: SocketAddr, authority: &str) -> bool {
         .is_ok_and(|ip| !ip.is_unspecified() && (any || ip == listen.ip()))
 }
 
-/// Whether a command's `Host` (exactly one) names the admin listener and its `Origin`, if
-/// any, is `http://` that same address (see the module doc).
-fn from_admin_address(listen: SocketAddr, req: &RequestHeader) -> bool {
+/// Whether a command's `Origin`, if any, is `http://` the admin listener's address and (with
+/// `check_host`: no token configured) its `Host` (exactly one) and any absolute-form target
+/// name that address (see the module doc).
+fn from_admin_address(listen: SocketAddr, req: &RequestHeader, check_host: bool) -> bool {
     let one = |name: header::HeaderName| {
         let mut all = req.headers.get_all(name).iter();
         match (all.next(), all.next()) {
@@ -213,7 +218,7 @@ fn from_admin_address(listen: SocketAddr, req: &RequestHeader) -> bool {
             .is_some_and(|a| is_admin_address(listen, a)),
         Some(None) => false,
     };
-    host_ok && target_ok && origin_ok
+    origin_ok && (!check_host || (host_ok && target_ok))
 }
 
 /// The settings of a start: the config's `rollout:` with the query's keys over it. The error
@@ -419,7 +424,7 @@ mod tests {
         let lo: SocketAddr = "127.0.0.1:9091".parse().expect("addr");
         let any: SocketAddr = "0.0.0.0:9091".parse().expect("addr");
         let v6: SocketAddr = "[::1]:9091".parse().expect("addr");
-        let ok = |listen, headers: &[(&str, &str)]| from_admin_address(listen, &req(headers));
+        let ok = |listen, headers: &[(&str, &str)]| from_admin_address(listen, &req(headers), true);
         // ctl and curl: Host only.
         assert!(ok(lo, &[("host", "127.0.0.1:9091")]));
         assert!(ok(lo, &[("host", "LocalHost:9091")]));
@@ -464,7 +469,15 @@ mod tests {
                 .parse()
                 .expect("absolute uri"),
         );
-        assert!(!from_admin_address(lo, &absolute));
+        assert!(!from_admin_address(lo, &absolute, true));
+        // With a token (no Host check): a DNS name is fine, another site's Origin is not.
+        let named = req(&[("host", "lb-1.internal:9091")]);
+        assert!(from_admin_address(lo, &named, false));
+        let forged = req(&[
+            ("host", "lb-1.internal:9091"),
+            ("origin", "http://evil.example"),
+        ]);
+        assert!(!from_admin_address(lo, &forged, false));
     }
 
     #[test]
