@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::raw::{drip_until_closed, raw_exchange, RawBackend, RawClient, BACKEND_BODY};
+use common::raw::{drip_until_closed, raw_exchange, RawBackend, RawClient, Script, BACKEND_BODY};
 use common::*;
 use serde_json::Value;
 
@@ -495,11 +495,12 @@ fn an_endless_head_is_refused_at_the_size_limit() {
     assert_eq!(backend.received().len(), 0);
 }
 
-/// `client.max_connections`: past it a new connection is closed at once, counted, and the
-/// proxy serves again as soon as connections close.
+/// `client.max_connections`: past it, with every connection busy (a request in flight; idle
+/// ones would make room, see tests/edge_idle.rs), a new connection is closed at once, counted,
+/// and the proxy serves again as soon as connections close.
 #[test]
 fn connections_past_the_limit_are_refused_and_counted() {
-    let backend = RawBackend::start();
+    let backend = RawBackend::scripted(Script::Silent);
     let proxy = proxy_for(
         &[backend.addr()],
         "client: { max_connections: 4, header_timeout: 60s }\n",
@@ -510,10 +511,10 @@ fn connections_past_the_limit_are_refused_and_counted() {
         metric(&proxy, "canary_lb_client_connections") == 0.0
     });
     let held: Vec<RawClient> = (0..4)
-        .map(|_| RawClient::hold(port, b"GET /held HTTP/1.1\r\n"))
+        .map(|_| RawClient::hold(port, b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n"))
         .collect();
-    wait_until("four connections are open", NOTICE, || {
-        metric(&proxy, "canary_lb_client_connections") == 4.0
+    wait_until("four requests are in flight", NOTICE, || {
+        backend.count("/held") == 4
     });
     let mut extra = RawClient::connect(port);
     extra.send(b"GET /extra HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -521,11 +522,14 @@ fn connections_past_the_limit_are_refused_and_counted() {
     assert_eq!(backend.count("/extra"), 0);
     assert!(metric(&proxy, "canary_lb_client_connections_refused_total") >= 1.0);
     drop(held);
-    wait_until(
-        "the proxy serves again",
-        NOTICE,
-        || matches!(try_get(&proxy.url("/after"), &[]), Ok(r) if r.status == 200),
-    );
+    wait_until("the held connections are gone", NOTICE, || {
+        metric(&proxy, "canary_lb_client_connections") == 0.0
+    });
+    // The (silent) app gets the next request: the proxy accepts again.
+    let _after = RawClient::hold(port, b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until("the request after reaches the app", NOTICE, || {
+        backend.count("/after") == 1
+    });
 }
 
 /// The value of an unlabelled metric in the proxy's `/metrics`, or -1.

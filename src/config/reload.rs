@@ -17,7 +17,7 @@
 //! Restart only, because Pingora or a background task takes them once at start: `listen`
 //! (adding or removing a listener, its `addr`, `h2c`, `redirect_to_https`, TLS on or off),
 //! `threads`, `metrics_listen`, `grace_period`, `health_check.*`, `discovery.*`,
-//! `client.header_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
+//! `client.header_timeout`, `client.handshake_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
 //! `upstream.keepalive_pool_size`, `access_log` (its file, format and queue are set up once;
 //! SIGUSR1 reopens the file), `rollout.state_file`, and `pools.*.servers` when discovery is
 //! not static (the file's lists serve only until the provider first answers). [`Config::restart_needed`] names
@@ -50,6 +50,10 @@ impl Config {
         check(
             "client.header_timeout",
             oc.header_timeout != nc.header_timeout,
+        );
+        check(
+            "client.handshake_timeout",
+            oc.handshake_timeout != nc.handshake_timeout,
         );
         check(
             "client.max_header_bytes (raising it)",

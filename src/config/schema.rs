@@ -549,6 +549,11 @@ pub struct ClientConfig {
     /// `timeout http-request`; a drip-fed head is cut off when it expires.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// Deadline for a new connection to show its protocol: the TLS handshake, the h2c
+    /// detection and the HTTP/2 connection preface each get this long (nginx's
+    /// `ssl_handshake_timeout`); a connection that misses it is closed.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     /// Longest wait for the next piece of a request body.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
@@ -595,6 +600,7 @@ impl Default for ClientConfig {
         ClientConfig {
             keepalive_timeout: default_keepalive_timeout(),
             header_timeout: default_header_timeout(),
+            handshake_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
             send_timeout: default_body_timeout(),
             max_header_bytes: default_max_header_bytes(),
@@ -731,6 +737,7 @@ impl Config {
         for (key, d) in [
             ("client.keepalive_timeout", c.keepalive_timeout),
             ("client.header_timeout", c.header_timeout),
+            ("client.handshake_timeout", c.handshake_timeout),
             ("client.body_timeout", c.body_timeout),
             ("client.send_timeout", c.send_timeout),
             ("client.tunnel_idle_timeout", c.tunnel_idle_timeout),

@@ -166,6 +166,57 @@ impl RefusalCode {
     }
 }
 
+/// The `kind` label of `canary_lb_client_errors_total`: what a client did that the proxy
+/// answered by closing or failing the connection, logged at debug level only (any client can
+/// cause these at will, so they must not fill the error log). The first four are counted by
+/// Pingora's connection limit (patches/pingora/0006), the rest by the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientErrorKind {
+    /// A TLS handshake that failed (not TLS at all, no shared cipher or version, ...).
+    TlsHandshake,
+    /// A TLS handshake, h2c detection or HTTP/2 preface past `client.handshake_timeout`.
+    HandshakeTimeout,
+    /// An invalid HTTP/2 connection preface.
+    H2Handshake,
+    /// An idle connection closed to make room at `client.max_connections`.
+    IdleShed,
+    /// The client closed or reset the connection while a request was read or answered.
+    Closed,
+    /// The client was too slow: a body piece past `client.body_timeout`, a response write past
+    /// `client.send_timeout`.
+    Timeout,
+    /// Anything else the client got wrong mid-request (an HTTP/2 protocol error, ...).
+    Protocol,
+}
+
+impl ClientErrorKind {
+    pub const ALL: [ClientErrorKind; 7] = [
+        ClientErrorKind::TlsHandshake,
+        ClientErrorKind::HandshakeTimeout,
+        ClientErrorKind::H2Handshake,
+        ClientErrorKind::IdleShed,
+        ClientErrorKind::Closed,
+        ClientErrorKind::Timeout,
+        ClientErrorKind::Protocol,
+    ];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ClientErrorKind::TlsHandshake => "tls_handshake",
+            ClientErrorKind::HandshakeTimeout => "handshake_timeout",
+            ClientErrorKind::H2Handshake => "h2_handshake",
+            ClientErrorKind::IdleShed => "idle_shed",
+            ClientErrorKind::Closed => "closed",
+            ClientErrorKind::Timeout => "timeout",
+            ClientErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
 /// The `state` label of `canary_lb_pool_servers`. A server is counted once: draining first,
 /// then healthy (passes checks and not ejected), else unhealthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -405,6 +456,12 @@ mod tests {
             &CodeClass::ALL,
             CodeClass::index,
             CodeClass::as_str,
+        );
+        check(
+            "ClientErrorKind",
+            &ClientErrorKind::ALL,
+            ClientErrorKind::index,
+            ClientErrorKind::as_str,
         );
         check(
             "RefusalCode",

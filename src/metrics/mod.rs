@@ -33,8 +33,8 @@ use prometheus::{
 };
 
 pub use labels::{
-    CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode, RolloutPhaseLabel,
-    ServerStateLabel, VerdictReason,
+    ClientErrorKind, CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode,
+    RolloutPhaseLabel, ServerStateLabel, VerdictReason,
 };
 pub use rollout::RolloutMetrics;
 
@@ -106,6 +106,10 @@ pub struct Metrics {
     client_connections: IntGauge,
     client_connections_max: IntGauge,
     client_connections_refused: IntCounter,
+    /// The admin port's connection limit, read at scrape time for its client errors.
+    admin_connection_limit: OnceLock<Arc<ConnectionLimit>>,
+    /// What clients did wrong, by kind: counted here, logged at debug only.
+    client_errors: [IntCounter; ClientErrorKind::ALL.len()],
     /// Access log lines dropped because the writer could not keep up.
     pub access_log_dropped: IntCounter,
     counts: PerPool<PoolCounts>,
@@ -227,6 +231,13 @@ impl Metrics {
             "Client connections closed at once because max_connections were open.",
         )?;
         registry.register(Box::new(client_connections_refused.clone()))?;
+        let client_errors_vec = counter_vec(
+            "canary_lb_client_errors_total",
+            "Connections and requests a client failed (bad or late handshake, idle connection shed at the limit, closed or too slow mid-request), by kind; logged at debug level only.",
+            &["kind"],
+        )?;
+        let client_errors =
+            ClientErrorKind::ALL.map(|k| client_errors_vec.with_label_values(&[k.as_str()]));
         let access_log_dropped = IntCounter::new(
             "canary_lb_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up (never delaying a request).",
@@ -283,6 +294,8 @@ impl Metrics {
             client_connections,
             client_connections_max,
             client_connections_refused,
+            admin_connection_limit: OnceLock::new(),
+            client_errors,
             access_log_dropped,
             counts: Default::default(),
             seen_servers: Mutex::new(HashSet::new()),
@@ -452,6 +465,42 @@ impl Metrics {
         let _ = self.connection_limit.set(limit);
     }
 
+    /// Count the admin port's client errors (its connection limit's) from now on.
+    pub fn watch_admin_connection_limit(&self, limit: Arc<ConnectionLimit>) {
+        let _ = self.admin_connection_limit.set(limit);
+    }
+
+    /// A request a client failed mid-way (closed, too slow, protocol error).
+    pub fn record_client_error(&self, kind: ClientErrorKind) {
+        self.client_errors[kind.index()].inc();
+    }
+
+    /// Bring the connection-level client errors Pingora counts up to date.
+    fn sync_client_errors(&self) {
+        use pingora_core::services::listening::ClientError;
+        let pairs = [
+            (ClientError::TlsHandshake, ClientErrorKind::TlsHandshake),
+            (
+                ClientError::HandshakeTimeout,
+                ClientErrorKind::HandshakeTimeout,
+            ),
+            (ClientError::H2Handshake, ClientErrorKind::H2Handshake),
+            (ClientError::IdleShed, ClientErrorKind::IdleShed),
+        ];
+        let limits = [&self.connection_limit, &self.admin_connection_limit];
+        for (theirs, ours) in pairs {
+            let total: u64 = limits
+                .iter()
+                .filter_map(|l| l.get())
+                .map(|l| l.client_errors(theirs))
+                .sum();
+            let counter = &self.client_errors[ours.index()];
+            if total > counter.get() {
+                counter.inc_by(total - counter.get());
+            }
+        }
+    }
+
     /// The Prometheus text exposition of every metric, with the pool gauges recomputed from
     /// `servers`. `discovery_up` is the discovery state at scrape time, so the gauge cannot
     /// disagree with `/status`.
@@ -466,6 +515,7 @@ impl Metrics {
                 self.client_connections_refused.inc_by(refused - counted);
             }
         }
+        self.sync_client_errors();
         self.discovery_up.set(i64::from(discovery_up));
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

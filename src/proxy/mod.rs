@@ -34,7 +34,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::accesslog::{self, Entry};
 use crate::flags::FlagBits;
-use crate::metrics::{MethodLabel, RefusalCode};
+use crate::metrics::{ClientErrorKind, MethodLabel, RefusalCode};
 use crate::model::{PoolKind, Reason};
 use crate::pool::failure::{is_reset, is_server_failure};
 use crate::pool::ServerState;
@@ -178,10 +178,23 @@ impl ProxyHttp for CanaryProxy {
         Ok(())
     }
 
-    /// A refused request is counted, not logged: any client could fill the log otherwise.
+    /// What a client caused (a refused request, a client that closed, stalled or broke the
+    /// protocol mid-request) is counted, not logged: any client could fill the log otherwise.
+    /// Refusals are counted in `canary_lb_refused_requests_total` where they are made.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
-        matches!(error.esource(), ErrorSource::Downstream)
-            && matches!(error.etype(), ErrorType::HTTPStatus(_))
+        if !matches!(error.esource(), ErrorSource::Downstream) {
+            return false;
+        }
+        let kind = match error.etype() {
+            ErrorType::HTTPStatus(_) => return true,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => ClientErrorKind::Timeout,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
+                ClientErrorKind::Closed
+            }
+            _ => ClientErrorKind::Protocol,
+        };
+        self.shared.metrics.record_client_error(kind);
+        true
     }
 
     fn new_ctx(&self) -> Ctx {

@@ -17,10 +17,14 @@
 //!   stays open for container health checks.
 //!   The token comes from the config snapshot of each request, so a SIGHUP reload that
 //!   re-reads the file applies at once;
-//! - one request per connection, whose head must arrive within `client.header_timeout` and
-//!   whose response must be taken within [`RESPONSE_DEADLINE`], and at most
-//!   [`MAX_CONNECTIONS`] connections at a time: slow clients cannot pile up the descriptors and
-//!   memory the proxy port shares with this one.
+//! - one request per connection, whose head must arrive within [`HEAD_DEADLINE`] (or
+//!   `client.header_timeout` if shorter) and whose response must be taken within
+//!   [`RESPONSE_DEADLINE`]; at most [`MAX_CONNECTIONS`] connections at a time and
+//!   [`MAX_PER_ADDRESS`] from one address ([`connection_limit`]): slow clients cannot pile up
+//!   the descriptors and memory the proxy port shares with this one. A connection that has not
+//!   sent a whole head yet is idle: a new connection at either limit closes the longest-idle
+//!   one (of its own address at the per-address limit) instead of being refused, so idle
+//!   sockets cannot keep `/healthz` from answering the container's health check.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -32,17 +36,31 @@ use log::debug;
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
+use pingora_core::services::listening::ConnectionLimit;
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use crate::metrics::ServerSample;
 use crate::model::PoolKind;
 use crate::state::Shared;
 
-/// Admin connections served at once; more are closed as soon as they are accepted. Prometheus
-/// and an operator need a handful.
+/// Admin connections open at once. Prometheus and an operator need a handful.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// Admin connections open at once from one address.
+pub const MAX_PER_ADDRESS: usize = 16;
+
+/// How long a new admin connection may take to send its request head: Prometheus, `curl` and
+/// the health check send it at once.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The admin port's connection limit (Pingora's, patches/pingora/0006): [`MAX_CONNECTIONS`],
+/// [`MAX_PER_ADDRESS`], the longest-idle connection shed to make room.
+pub fn connection_limit() -> ConnectionLimit {
+    ConnectionLimit::new(MAX_CONNECTIONS)
+        .shed_idle()
+        .per_address(MAX_PER_ADDRESS)
+}
 
 /// How long a client may take to read a whole response (`/metrics` is tens of KiB).
 pub const RESPONSE_DEADLINE: Duration = Duration::from_secs(10);
@@ -52,15 +70,11 @@ pub const AUTH_CHALLENGE: &str = "Bearer realm=\"canary-lb\"";
 
 pub struct AdminApp {
     shared: Arc<Shared>,
-    slots: Semaphore,
 }
 
 impl AdminApp {
     pub fn new(shared: Arc<Shared>) -> AdminApp {
-        AdminApp {
-            shared,
-            slots: Semaphore::new(MAX_CONNECTIONS),
-        }
+        AdminApp { shared }
     }
 
     /// The response to one request head, the rollout's paths included.
@@ -310,11 +324,7 @@ impl HttpServerApp for AdminApp {
         mut session: ServerSession,
         _shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let Ok(_slot) = self.slots.try_acquire() else {
-            debug!("admin: {MAX_CONNECTIONS} connections open, closing a new one");
-            return None;
-        };
-        let head_deadline = self.shared.config().client.header_timeout;
+        let head_deadline = HEAD_DEADLINE.min(self.shared.config().client.header_timeout);
         match tokio::time::timeout(head_deadline, session.read_request()).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => return None,

@@ -119,9 +119,11 @@ pub fn assemble(
         },
     );
     // Client limits Pingora enforces while it reads a request head and accepts connections
-    // (patches/pingora/0001 and 0002), taken at start; the rest are applied per request.
+    // (patches/pingora/0001, 0002 and 0006), taken at start; the rest are applied per request.
+    // At the limit the longest-idle connection makes room: silent sockets cannot keep out
+    // clients that send requests.
     let client = shared.started().client.clone();
-    let limit = Arc::new(ConnectionLimit::new(client.max_connections));
+    let limit = Arc::new(ConnectionLimit::new(client.max_connections).shed_idle());
     shared.metrics.watch_connection_limit(limit.clone());
     // `h2c` is a per-service option in Pingora: plain listeners with h2c get their own
     // service (same proxy logic, same connection limit). TLS listeners negotiate h2 by ALPN.
@@ -137,6 +139,7 @@ pub fn assemble(
             opts.h1_max_header_size = Some(client.max_header_bytes);
             opts.h2c = h2c;
             opts.h2_idle_timeout = Some(client.keepalive_timeout);
+            opts.handshake_timeout = Some(client.handshake_timeout);
             app.server_options = Some(opts);
             // HTTP/2 heads: the same size limit as HTTP/1 (decoded), Pingora's stream limit.
             let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
@@ -144,6 +147,7 @@ pub fn assemble(
             app.h2_options = Some(h2);
         }
         proxy.set_connection_limit(limit.clone());
+        proxy.set_handshake_timeout(client.handshake_timeout);
         proxy
     };
     let mut proxy = proxy_service("canary-lb proxy", false);
@@ -157,6 +161,7 @@ pub fn assemble(
         ),
     );
     redirect.set_connection_limit(limit.clone());
+    redirect.set_handshake_timeout(client.handshake_timeout);
     let (mut n_h2c, mut n_redirect) = (0, 0);
     for l in &listen {
         let addr = l.addr.to_string();
@@ -209,6 +214,11 @@ pub fn assemble(
     if let Some(addr) = metrics_listen {
         let mut admin = Service::new("canary-lb admin".into(), AdminApp::new(shared.clone()));
         admin.add_tcp(&addr.to_string());
+        let admin_limit = Arc::new(crate::runtime::admin::connection_limit());
+        shared
+            .metrics
+            .watch_admin_connection_limit(admin_limit.clone());
+        admin.set_connection_limit(admin_limit);
         server.add_service(admin);
     }
     Ok(Assembled {

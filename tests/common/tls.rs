@@ -268,27 +268,37 @@ impl TlsResp {
     }
 }
 
-fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+fn client_config(ca: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("read CA") {
         roots.add(cert.expect("CA PEM")).expect("add CA");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
 }
 
 impl TlsConn {
     /// Connect and finish the handshake for SNI `name`, verifying against `ca`.
     pub fn connect(port: u16, name: &str, ca: &Path) -> Result<TlsConn, String> {
+        TlsConn::connect_alpn(port, name, ca, &[])
+    }
+
+    /// [`TlsConn::connect`] offering the ALPN protocols `alpn` (e.g. `b"h2"`).
+    pub fn connect_alpn(
+        port: u16,
+        name: &str,
+        ca: &Path,
+        alpn: &[&[u8]],
+    ) -> Result<TlsConn, String> {
         let server_name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
-        let conn = rustls::ClientConnection::new(client_config(ca), server_name)
+        let conn = rustls::ClientConnection::new(client_config(ca, alpn), server_name)
             .map_err(|e| e.to_string())?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -305,6 +315,43 @@ impl TlsConn {
             tls,
             buf: Vec::new(),
         })
+    }
+
+    /// Write `bytes` as they are on this connection (false when the server closed it).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> bool {
+        self.tls
+            .write_all(bytes)
+            .and_then(|()| self.tls.flush())
+            .is_ok()
+    }
+
+    /// The ALPN protocol the server chose, if any.
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        self.tls.conn.alpn_protocol().map(|p| p.to_vec())
+    }
+
+    /// Whether the server closes the connection (EOF, reset or a TLS alert) within `within`;
+    /// what it sends before (an HTTP/2 server's SETTINGS) is read and dropped.
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let _ = self
+            .tls
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(200)));
+        let mut buf = [0u8; 1024];
+        while Instant::now() < deadline {
+            match self.tls.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+        false
     }
 
     /// The common name of the certificate the server presented.

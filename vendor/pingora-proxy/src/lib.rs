@@ -356,11 +356,12 @@ where
                         .respond_error(400)
                         .await
                         .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
+                            debug!("failed to send error response to downstream: {e}");
                         });
                 } else {
                     // otherwise the connection must be broken, no need to send anything
-                    error!(
+                    // (the client's doing: debug, so no client can fill the error log)
+                    debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
@@ -389,7 +390,7 @@ where
                 .respond_error(405)
                 .await
                 .unwrap_or_else(|e| {
-                    error!("failed to send error response to downstream: {e}");
+                    debug!("failed to send error response to downstream: {e}");
                 });
             downstream_session.shutdown().await;
             return None;

@@ -840,7 +840,7 @@ where
                     debug!("finished sending body to downstream");
                 }
                 Err(e) => {
-                    error!("Error finish sending body to downstream: {}", e);
+                    debug!("Error finish sending body to downstream: {}", e);
                     reuse_downstream = false;
                 }
             }

@@ -657,7 +657,7 @@ pub trait ProxyHttp {
         };
         if code > 0 {
             session.respond_error(code).await.unwrap_or_else(|e| {
-                error!("failed to send error response to downstream: {e}");
+                debug!("failed to send error response to downstream: {e}");
             });
         }
 

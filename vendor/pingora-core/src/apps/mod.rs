@@ -19,7 +19,7 @@ pub mod http_app;
 use crate::server::ShutdownWatch;
 use async_trait::async_trait;
 use bytes::BytesMut;
-use log::{debug, error};
+use log::debug;
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,7 @@ use crate::protocols::http::{ReusableHttpStream, ServerSession};
 use crate::protocols::Digest;
 use crate::protocols::Stream;
 use crate::protocols::ALPN;
+use crate::services::listening::{ClientError, Slot};
 
 // https://datatracker.ietf.org/doc/html/rfc9113#section-3.4
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -108,6 +109,22 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None` (the built-in 1 MiB bound)
     pub h1_max_header_size: Option<usize>,
+
+    /// Deadline, from the end of the TLS handshake (or the accept), for a connection to show
+    /// its protocol: the h2c preface detection on a plaintext `h2c` service and the HTTP/2
+    /// client connection preface (h2c or ALPN `h2`). A connection that misses it is closed. The
+    /// h2c detection also decides as soon as the bytes received stop matching the preface, so
+    /// an HTTP/1 request shorter than the preface is served at once.
+    ///
+    /// Default: `None` (no deadline; the h2c detection waits for 24 bytes)
+    pub handshake_timeout: Option<Duration>,
+}
+
+/// Count a client error against the current connection's limit, if it has one.
+fn client_error(kind: ClientError) {
+    if let Some(slot) = Slot::current() {
+        slot.client_error(kind);
+    }
 }
 
 /// Apply the HTTP/1.x request head limits of `options` to a new session; `start` says whether
@@ -312,20 +329,29 @@ where
         }
         // try to read h2 preface
         else if h2c && !custom {
-            let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
-                .await
-                .map_err(|e| {
-                    // this error is normal when h1 reuse and close the connection
+            let deadline = self.server_options().and_then(|o| o.handshake_timeout);
+            let peeked = match deadline {
+                None => stream.peek_matches(H2_PREFACE).await,
+                Some(d) => match pingora_timeout::timeout(d, stream.peek_matches(H2_PREFACE)).await
+                {
+                    Ok(peeked) => peeked,
+                    Err(_) => {
+                        debug!("h2c detection timed out");
+                        client_error(ClientError::HandshakeTimeout);
+                        return None;
+                    }
+                },
+            };
+            match peeked {
+                // this error is normal when h1 reuse and close the connection
+                Err(e) => {
                     debug!("Read error while peeking h2c preface {e}");
-                    e
-                })
-                .ok()?;
-            // not all streams support peeking
-            if peeked {
+                    return None;
+                }
                 // turn off h2c (use h1) if h2 preface doesn't exist
-                h2c = buf == H2_PREFACE;
+                Ok(Some(matched)) => h2c = matched,
+                // not all streams support peeking
+                Ok(None) => {}
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
@@ -339,9 +365,23 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            let handshake = server::handshake(stream, h2_options);
+            let handshake = match self.server_options().and_then(|o| o.handshake_timeout) {
+                None => handshake.await,
+                Some(d) => match pingora_timeout::timeout(d, handshake).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        debug!("H2 handshake timed out");
+                        client_error(ClientError::HandshakeTimeout);
+                        return None;
+                    }
+                },
+            };
+            let h2_conn = match handshake {
+                // Any client can send a bad preface: not an error of the server's.
                 Err(e) => {
-                    error!("H2 handshake error {e}");
+                    debug!("H2 handshake error {e}");
+                    client_error(ClientError::H2Handshake);
                     return None;
                 }
                 Ok(c) => c,
@@ -394,8 +434,13 @@ where
                 HeaderTimeoutStart::ReadBegins,
             );
 
+            let slot = Slot::current();
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+                // Between two requests the connection is idle (and may be shed at the limit).
+                if let Some(slot) = &slot {
+                    slot.h1_request_ended();
+                }
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);

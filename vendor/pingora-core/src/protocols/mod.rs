@@ -79,6 +79,14 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// Read until `expected.len()` bytes arrived or the bytes so far differ from `expected`'s
+    /// start, then put them back: `Ok(Some(whether they match))`. Unlike [`Self::try_peek`] it
+    /// does not wait for more bytes once the answer is known. `Ok(None)` if peeking is not
+    /// supported.
+    async fn peek_matches(&mut self, _expected: &[u8]) -> std::io::Result<Option<bool>> {
+        Ok(None)
+    }
 }
 
 use std::any::Any;

@@ -36,10 +36,13 @@ use log::{debug, error, info, warn};
 use pingora_error::Result;
 use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
+use std::collections::{HashMap, VecDeque};
 use std::fs::Permissions;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
@@ -51,14 +54,169 @@ pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> +
 /// accept until its task ends, whatever the reason (handshake failure or timeout, error, panic).
 /// Share one `Arc<ConnectionLimit>` between services for a common cap; read the getters to
 /// export metrics.
+///
+/// With [`Self::shed_idle()`], a connection accepted at the limit first closes the connection
+/// that has been idle longest (nginx frees idle keep-alive connections the same way), so
+/// silent sockets cannot keep out clients that send requests. A connection is idle from accept
+/// until its first complete request head (TLS handshake, protocol detection, HTTP/2 preface and
+/// a head sent slowly all count as idle), between two HTTP/1 requests, and while an HTTP/2
+/// connection has no open stream. A connection with a request in flight is never shed.
+/// With [`Self::per_address()`] one peer address holds at most that many places (sheds its own
+/// longest-idle connection first, then is refused).
 #[derive(Debug)]
 pub struct ConnectionLimit {
     max: usize,
     active: AtomicUsize,
     refused: AtomicU64,
+    shed: AtomicU64,
     created: Instant,
     /// Seconds after `created`, plus one, of the last refusal logged (0: never).
     last_refusal_log: AtomicU64,
+    shed_idle: bool,
+    per_address: usize,
+    /// Places held per peer address, when `per_address` is set.
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections in the order they became idle, oldest first, each with the idle period it
+    /// was queued for; entries of a connection that has since turned busy, idle again or ended
+    /// are skipped (and dropped) when a connection must be shed.
+    idle: Mutex<VecDeque<(Weak<Slot>, u64)>>,
+    client_errors: [AtomicU64; ClientError::ALL.len()],
+}
+
+/// What a client did wrong, counted in [`ConnectionLimit::client_errors()`] and logged at debug
+/// level only: any client can cause these at will, so they must not fill the error log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientError {
+    /// The TLS handshake failed (not TLS, bad ClientHello, no shared cipher, ...).
+    TlsHandshake,
+    /// The TLS handshake, the h2c detection or the HTTP/2 preface missed its deadline.
+    HandshakeTimeout,
+    /// The HTTP/2 connection preface or first SETTINGS was invalid.
+    H2Handshake,
+    /// An idle connection closed to make room at the connection limit.
+    IdleShed,
+}
+
+impl ClientError {
+    /// Every kind, in index order.
+    pub const ALL: [ClientError; 4] = [
+        ClientError::TlsHandshake,
+        ClientError::HandshakeTimeout,
+        ClientError::H2Handshake,
+        ClientError::IdleShed,
+    ];
+
+    /// A short snake_case name for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientError::TlsHandshake => "tls_handshake",
+            ClientError::HandshakeTimeout => "handshake_timeout",
+            ClientError::H2Handshake => "h2_handshake",
+            ClientError::IdleShed => "idle_shed",
+        }
+    }
+}
+
+/// The state word of a [`Slot`]: the shed bit, the HTTP/1 request bit and the count of open
+/// HTTP/2 streams. The connection is idle when the word is 0.
+const SHED: u32 = 1 << 31;
+const H1_REQUEST: u32 = 1 << 30;
+
+/// One connection's entry in a [`ConnectionLimit`]: whether it is idle, and how to close it.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    state: AtomicU32,
+    /// Bumped each time the connection turns idle: names the idle period a queue entry is for.
+    idle_period: AtomicU64,
+    shed: Notify,
+    /// Whether the place was given back: when shed (its task ends a moment later) or dropped.
+    released: AtomicBool,
+    address: Option<IpAddr>,
+    limit: Arc<ConnectionLimit>,
+}
+
+tokio::task_local! {
+    /// The slot of the connection whose task is running (unset without a connection limit).
+    static CONNECTION: Arc<Slot>;
+}
+
+impl Slot {
+    /// The slot of the current connection task, if its service has a connection limit.
+    pub(crate) fn current() -> Option<Arc<Slot>> {
+        CONNECTION.try_with(|s| s.clone()).ok()
+    }
+
+    /// An HTTP/1 request head was read: the connection is busy until [`Self::h1_request_ended`].
+    /// `false` when the connection is being shed (it must not start the request).
+    pub(crate) fn h1_request_started(&self) -> bool {
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s & SHED == 0).then_some(s | H1_REQUEST)
+            })
+            .is_ok()
+    }
+
+    /// The HTTP/1 request is done; the connection waits for the next one (idle).
+    pub(crate) fn h1_request_ended(self: &Arc<Self>) {
+        let before = self.state.fetch_and(!H1_REQUEST, Ordering::AcqRel);
+        if before == H1_REQUEST {
+            self.became_idle();
+        }
+    }
+
+    /// An HTTP/2 stream was opened. `false` when the connection is being shed.
+    pub(crate) fn h2_stream_started(&self) -> bool {
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s & SHED == 0).then_some(s + 1)
+            })
+            .is_ok()
+    }
+
+    /// An HTTP/2 stream ended (only after a `true` from [`Self::h2_stream_started`]).
+    pub(crate) fn h2_stream_ended(self: &Arc<Self>) {
+        if self.state.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.became_idle();
+        }
+    }
+
+    /// Count a client error of this connection.
+    pub(crate) fn client_error(&self, kind: ClientError) {
+        self.limit.client_error(kind);
+    }
+
+    fn became_idle(self: &Arc<Self>) {
+        let period = self.idle_period.fetch_add(1, Ordering::AcqRel) + 1;
+        self.limit.queue_idle(self, period);
+    }
+
+    /// Give the place back (once): at shed time, so the new connection gets it exactly, or when
+    /// the permit is dropped.
+    fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let limit = &self.limit;
+        limit.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.address {
+            let mut by = limit.lock_by_address();
+            if let Some(n) = by.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// Mark this connection shed if it is idle now and in the idle period `period`.
+    fn try_shed(&self, period: u64) -> bool {
+        self.idle_period.load(Ordering::Acquire) == period
+            && self
+                .state
+                .compare_exchange(0, SHED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
 }
 
 impl ConnectionLimit {
@@ -68,9 +226,27 @@ impl ConnectionLimit {
             max,
             active: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             created: Instant::now(),
             last_refusal_log: AtomicU64::new(0),
+            shed_idle: false,
+            per_address: 0,
+            by_address: Mutex::new(HashMap::new()),
+            idle: Mutex::new(VecDeque::new()),
+            client_errors: Default::default(),
         }
+    }
+
+    /// At the limit, close the longest-idle connection to admit a new one (see the type's doc).
+    pub fn shed_idle(mut self) -> Self {
+        self.shed_idle = true;
+        self
+    }
+
+    /// At most `n` connections from one peer address (0: no such limit).
+    pub fn per_address(mut self, n: usize) -> Self {
+        self.per_address = n;
+        self
     }
 
     /// The most connections open at once.
@@ -88,17 +264,130 @@ impl ConnectionLimit {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// Idle connections closed to admit a new one, since this limit was created.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
+    /// Client errors of `kind` on connections under this limit, since it was created.
+    pub fn client_errors(&self, kind: ClientError) -> u64 {
+        self.client_errors[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// Count a client error of `kind`.
+    pub fn client_error(&self, kind: ClientError) {
+        self.client_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Take a place for a new connection, `None` when `max` are open. The place is given
     /// back when the returned permit is dropped.
     pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionPermit> {
-        self.active
+        self.try_acquire_from(None)
+    }
+
+    /// Take a place for a new connection from `address`, shedding an idle connection when that
+    /// is allowed and needed; `None` when no place can be had.
+    pub fn try_acquire_from(self: &Arc<Self>, address: Option<IpAddr>) -> Option<ConnectionPermit> {
+        let address = address.filter(|_| self.per_address > 0);
+        if let Some(ip) = address {
+            let held = self.lock_by_address().get(&ip).copied().unwrap_or(0);
+            if held >= self.per_address && !self.shed_one(Some(ip)) {
+                return None;
+            }
+        }
+        let took = self
+            .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |active| {
                 (active < self.max).then_some(active + 1)
             })
-            .ok()
-            .map(|_| ConnectionPermit {
-                limit: self.clone(),
-            })
+            .is_ok();
+        if !took {
+            // A shed connection gives its place back at once (its socket closes a moment
+            // later, when its task sees it): the new connection takes that place.
+            if self.max == 0 || !self.shed_one(None) {
+                return None;
+            }
+            self.active.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some(ip) = address {
+            *self.lock_by_address().entry(ip).or_insert(0) += 1;
+        }
+        let slot = Arc::new(Slot {
+            state: AtomicU32::new(0),
+            idle_period: AtomicU64::new(0),
+            shed: Notify::new(),
+            released: AtomicBool::new(false),
+            address,
+            limit: self.clone(),
+        });
+        self.queue_idle(&slot, 0);
+        Some(ConnectionPermit { slot })
+    }
+
+    fn lock_by_address(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.by_address.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<(Weak<Slot>, u64)>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queue_idle(&self, slot: &Arc<Slot>, period: u64) {
+        if !self.shed_idle && self.per_address == 0 {
+            return;
+        }
+        let mut idle = self.lock_idle();
+        idle.push_back((Arc::downgrade(slot), period));
+        // Entries go stale as connections turn busy and end; keep the queue near the count of
+        // connections so it cannot grow with requests.
+        if idle.len() > 64 + 2 * self.active() {
+            idle.retain(|(s, p)| {
+                s.upgrade().is_some_and(|s| {
+                    s.idle_period.load(Ordering::Acquire) == *p
+                        && s.state.load(Ordering::Acquire) == 0
+                })
+            });
+        }
+    }
+
+    /// Close the longest-idle connection (of `address` when given). Whether one was found.
+    fn shed_one(&self, address: Option<IpAddr>) -> bool {
+        if !self.shed_idle && address.is_none() {
+            return false;
+        }
+        let victim = {
+            let mut idle = self.lock_idle();
+            let mut found = None;
+            let mut i = 0;
+            while i < idle.len() {
+                let (weak, period) = &idle[i];
+                let Some(slot) = weak.upgrade() else {
+                    idle.remove(i);
+                    continue;
+                };
+                if address.is_some() && slot.address != address {
+                    i += 1;
+                    continue;
+                }
+                let period = *period;
+                idle.remove(i);
+                if slot.try_shed(period) {
+                    found = Some(slot);
+                    break;
+                }
+            }
+            found
+        };
+        match victim {
+            Some(slot) => {
+                slot.release();
+                slot.shed.notify_one();
+                self.shed.fetch_add(1, Ordering::Relaxed);
+                self.client_error(ClientError::IdleShed);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Count a refused connection; log it unless a refusal was logged less than 1 s ago.
@@ -126,12 +415,29 @@ impl ConnectionLimit {
 /// A place held in a [`ConnectionLimit`] by one connection, given back on drop.
 #[derive(Debug)]
 pub struct ConnectionPermit {
-    limit: Arc<ConnectionLimit>,
+    slot: Arc<Slot>,
+}
+
+impl ConnectionPermit {
+    /// Run `work` (the connection's whole life) as this connection: code below can mark it
+    /// busy or idle, and it ends early (dropping the connection) when the limit sheds it.
+    async fn run<F: std::future::Future<Output = ()>>(&self, work: F) {
+        let slot = self.slot.clone();
+        CONNECTION
+            .scope(slot.clone(), async move {
+                tokio::select! {
+                    biased;
+                    _ = slot.shed.notified() => debug!("idle connection closed at the connection limit"),
+                    _ = work => {}
+                }
+            })
+            .await
+    }
 }
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
-        self.limit.active.fetch_sub(1, Ordering::AcqRel);
+        self.slot.release();
     }
 }
 
@@ -172,9 +478,14 @@ pub struct Service<A> {
     pub threads: Option<usize>,
     runtime_opts_override: Option<RuntimeOptsOverride>,
     connection_limit: Option<Arc<ConnectionLimit>>,
+    handshake_timeout: Duration,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
 }
+
+/// How long a new connection may take to finish its TLS handshake unless
+/// [`Service::set_handshake_timeout`] says otherwise.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl<A> Service<A> {
     /// Create a new [`Service`] with the given application (see [`crate::apps`]).
@@ -186,6 +497,7 @@ impl<A> Service<A> {
             threads: None,
             runtime_opts_override: None,
             connection_limit: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
         }
@@ -201,6 +513,7 @@ impl<A> Service<A> {
             threads: None,
             runtime_opts_override: None,
             connection_limit: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
         }
@@ -217,6 +530,12 @@ impl<A> Service<A> {
     /// [`ConnectionLimit`]. Has no effect once the service started.
     pub fn set_connection_limit(&mut self, limit: Arc<ConnectionLimit>) {
         self.connection_limit = Some(limit);
+    }
+
+    /// The deadline for a new connection's TLS handshake, from accept (default 60 s). Has no
+    /// effect once the service started.
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_timeout = timeout;
     }
 
     /// Set a custom connection filter for this service.
@@ -333,6 +652,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
         connection_limit: Option<Arc<ConnectionLimit>>,
+        handshake_timeout: Duration,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -357,9 +677,12 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    let peer_addr = io.peer_addr();
                     let permit = match &connection_limit {
                         None => None,
-                        Some(limit) => match limit.try_acquire() {
+                        Some(limit) => match limit.try_acquire_from(
+                            peer_addr.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip()),
+                        ) {
                             Some(permit) => Some(permit),
                             None => {
                                 let _logged = limit.refuse(stack.as_str());
@@ -371,26 +694,34 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
-                        // Holds the connection's place until this task ends, even by a panic.
-                        let _permit = permit;
-                        let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
-                            Ok(handshake) => {
-                                match handshake {
-                                    Ok(io) => Self::handle_event(io, app, shutdown).await,
-                                    Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
-                                        } else {
-                                            error!("Downstream handshake error: {e}");
+                        let work = async move {
+                            match timeout(handshake_timeout, io.handshake()).await {
+                                Ok(Ok(io)) => Self::handle_event(io, app, shutdown).await,
+                                // Any client can fail a handshake at will: debug, and counted
+                                // when a connection limit is set, never one error line each.
+                                Ok(Err(e)) => {
+                                    if let Some(slot) = Slot::current() {
+                                        slot.client_error(ClientError::TlsHandshake);
+                                    }
+                                    match peer_addr {
+                                        Some(addr) => {
+                                            debug!("Downstream handshake error from {addr}: {e}")
                                         }
+                                        None => debug!("Downstream handshake error: {e}"),
                                     }
                                 }
+                                Err(_) => {
+                                    if let Some(slot) = Slot::current() {
+                                        slot.client_error(ClientError::HandshakeTimeout);
+                                    }
+                                    debug!("Downstream handshake timeout");
+                                }
                             }
-                            Err(_) => {
-                                error!("Downstream handshake timeout");
-                            }
+                        };
+                        match permit {
+                            // Holds the connection's place until this task ends, even by a panic.
+                            Some(permit) => permit.run(work).await,
+                            None => work.await,
                         }
                     });
                 }
@@ -462,9 +793,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
                 let connection_limit = self.connection_limit.clone();
+                let handshake_timeout = self.handshake_timeout;
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown, connection_limit).await;
+                    Self::run_endpoint(
+                        my_app_logic,
+                        endpoint,
+                        shutdown,
+                        connection_limit,
+                        handshake_timeout,
+                    )
+                    .await;
                 });
 
                 handlers.push(jh);
@@ -568,6 +907,7 @@ mod tests {
             stack,
             shutdown_rx,
             Some(limit),
+            DEFAULT_HANDSHAKE_TIMEOUT,
         ));
         Endpoint {
             addr,
@@ -606,6 +946,71 @@ mod tests {
         limit.refuse("test");
         limit.refuse("test");
         assert_eq!(limit.refused(), 2);
+    }
+
+    fn is_shed(p: &ConnectionPermit) -> bool {
+        p.slot.state.load(Ordering::Acquire) & SHED != 0
+    }
+
+    #[test]
+    fn at_the_limit_the_longest_idle_connection_is_shed_and_a_busy_one_never() {
+        let limit = Arc::new(ConnectionLimit::new(2).shed_idle());
+        let a = limit.try_acquire().expect("first");
+        let b = limit.try_acquire().expect("second");
+        // a busy, b idle: the third place is b's.
+        assert!(a.slot.h1_request_started());
+        let c = limit.try_acquire().expect("third, by shedding b");
+        assert!(is_shed(&b) && !is_shed(&a));
+        assert_eq!((limit.active(), limit.shed()), (2, 1));
+        assert_eq!(limit.client_errors(ClientError::IdleShed), 1);
+        // A shed connection cannot start a request, and its drop gives nothing back twice.
+        assert!(!b.slot.h1_request_started());
+        drop(b);
+        assert_eq!(limit.active(), 2);
+        // a busy, c busy with an HTTP/2 stream: nothing to shed.
+        assert!(c.slot.h2_stream_started());
+        assert!(limit.try_acquire().is_none());
+        // a's request ends: idle again, so it goes next.
+        a.slot.h1_request_ended();
+        let d = limit.try_acquire().expect("fourth, by shedding a");
+        assert!(is_shed(&a) && !is_shed(&c));
+        // c's stream ends: c is idle now, but d has been idle longer (since its accept).
+        c.slot.h2_stream_ended();
+        let _e = limit.try_acquire().expect("fifth");
+        assert!(is_shed(&d) && !is_shed(&c));
+        // Without shed_idle, the limit refuses as before.
+        let plain = Arc::new(ConnectionLimit::new(1));
+        let _x = plain.try_acquire().expect("one");
+        assert!(plain.try_acquire().is_none());
+    }
+
+    #[test]
+    fn one_address_holds_at_most_its_share() {
+        let limit = Arc::new(ConnectionLimit::new(10).per_address(2));
+        let (one, two): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let a = limit.try_acquire_from(Some(one)).expect("a");
+        let b = limit.try_acquire_from(Some(one)).expect("b");
+        let other = limit.try_acquire_from(Some(two)).expect("another address");
+        // A third from `one` sheds `one`'s longest-idle connection, not the other address's.
+        let c = limit.try_acquire_from(Some(one)).expect("c");
+        assert!(is_shed(&a) && !is_shed(&b) && !is_shed(&other));
+        // With both of `one`'s connections busy, `one` is refused; `two` is not.
+        assert!(b.slot.h1_request_started() && c.slot.h1_request_started());
+        assert!(limit.try_acquire_from(Some(one)).is_none());
+        assert!(limit.try_acquire_from(Some(two)).is_some());
+        assert_eq!(limit.active(), 4);
+    }
+
+    #[test]
+    fn the_idle_queue_stays_near_the_count_of_connections() {
+        let limit = Arc::new(ConnectionLimit::new(4).shed_idle());
+        let a = limit.try_acquire().expect("a");
+        for _ in 0..10_000 {
+            assert!(a.slot.h1_request_started());
+            a.slot.h1_request_ended();
+        }
+        assert!(limit.lock_idle().len() <= 64 + 2 * 4 + 1);
     }
 
     #[test]

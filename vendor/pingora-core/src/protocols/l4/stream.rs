@@ -750,6 +750,30 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    async fn peek_matches(&mut self, expected: &[u8]) -> std::io::Result<Option<bool>> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; expected.len()];
+        let mut n = 0;
+        let result = loop {
+            if n == expected.len() {
+                break Ok(Some(true));
+            }
+            match self.read(&mut buf[n..]).await {
+                Ok(0) => break Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(k) => {
+                    n += k;
+                    if buf[..n] != expected[..n] {
+                        break Ok(Some(false));
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        // rewind regardless of what is read
+        self.rewind(&buf[..n]);
+        result
+    }
 }
 
 #[async_trait]

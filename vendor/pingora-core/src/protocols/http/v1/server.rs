@@ -538,6 +538,17 @@ impl HttpSession {
                         }
                         self.validate_request()?;
 
+                        // The connection is busy from here to the end of the request; one
+                        // being shed at the connection limit must not start it.
+                        if let Some(slot) = crate::services::listening::Slot::current() {
+                            if !slot.h1_request_started() {
+                                return Error::e_explain(
+                                    ConnectionClosed,
+                                    "idle connection shed at the connection limit",
+                                );
+                            }
+                        }
+
                         return Ok(Some(s));
                     }
                     HeaderParseState::Partial => {

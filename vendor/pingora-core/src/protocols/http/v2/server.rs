@@ -44,6 +44,7 @@ use crate::protocols::http::v1::common::validate_content_length_without_transfer
 use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream};
 use crate::server::ShutdownWatch;
+use crate::services::listening::Slot;
 use crate::{Error, ErrorType, OrErr, Result};
 
 const BODY_BUF_LIMIT: usize = 1024 * 64;
@@ -142,8 +143,9 @@ pub(crate) async fn accept_downstream_sessions<F>(
     let mut shutdown_initiated = false;
     // Per-connection budget for malformed streams (see MAX_MALFORMED_STREAMS_PER_CONN).
     let mut malformed_streams = 0usize;
-    // In-flight sessions, decremented by the `StreamGuard` given to `on_session`.
-    let active = Arc::new(ActiveSessions::new());
+    // In-flight sessions, decremented by the `StreamGuard` given to `on_session`; they also
+    // mark the connection busy (not sheddable at the connection limit) while any is open.
+    let active = Arc::new(ActiveSessions::new(Slot::current()));
     loop {
         let h2_stream = if shutdown_initiated {
             HttpSession::from_h2_conn_with_malformed_budget(
@@ -191,9 +193,11 @@ pub(crate) async fn accept_downstream_sessions<F>(
             // The offending stream was already answered or reset; keep the
             // connection alive and continue accepting sibling streams.
             Ok(Some(H2Accept::Rejected)) => continue,
-            Ok(Some(H2Accept::Session(session))) => {
-                on_session(session, active.start_session());
-            }
+            Ok(Some(H2Accept::Session(session))) => match active.start_session() {
+                Some(guard) => on_session(session, guard),
+                // Shed at the connection limit while idle: close without serving it.
+                None => return,
+            },
         }
     }
 }
@@ -207,6 +211,9 @@ pub(crate) struct StreamGuard(Arc<ActiveSessions>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        if let Some(slot) = &self.0.slot {
+            slot.h2_stream_ended();
+        }
         if self.0.count.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.0.idle.notify_one();
         }
@@ -216,19 +223,27 @@ impl Drop for StreamGuard {
 struct ActiveSessions {
     count: AtomicUsize,
     idle: Notify,
+    slot: Option<Arc<Slot>>,
 }
 
 impl ActiveSessions {
-    fn new() -> Self {
+    fn new(slot: Option<Arc<Slot>>) -> Self {
         Self {
             count: AtomicUsize::new(0),
             idle: Notify::new(),
+            slot,
         }
     }
 
-    fn start_session(self: &Arc<Self>) -> StreamGuard {
+    /// `None` when the connection is being shed at the connection limit.
+    fn start_session(self: &Arc<Self>) -> Option<StreamGuard> {
+        if let Some(slot) = &self.slot {
+            if !slot.h2_stream_started() {
+                return None;
+            }
+        }
         self.count.fetch_add(1, Ordering::Relaxed);
-        StreamGuard(self.clone())
+        Some(StreamGuard(self.clone()))
     }
 
     async fn wait_until_idle(&self) {
@@ -1548,8 +1563,8 @@ mod test {
 
     #[tokio::test]
     async fn test_zero_idle_timeout_waits_for_active_session() {
-        let active = Arc::new(ActiveSessions::new());
-        let guard = active.start_session();
+        let active = Arc::new(ActiveSessions::new(None));
+        let guard = active.start_session().expect("no connection limit");
         let timeout_active = active.clone();
         let timeout = tokio::spawn(async move {
             wait_for_idle_timeout(&timeout_active, Duration::ZERO).await;
