@@ -223,7 +223,7 @@ probe() { python3 "$ATTACK" probe "$@"; }
 SIL=$R/silent.tsv; ZW=$R/zerowin.tsv; ADM=$R/admin.tsv; FLD=$R/logflood.tsv
 printf 'variant\tproxy\tidle_p50\tidle_p99\tsent\tok\tok_pct\tp50\tp99\terrors\topened\tclosed\tpeak_open\tfirst_close\tmedian_close\tat_once\tconnect_failed\tready\tidle_rss\tpeak_rss\tpeak_fds\tlog_lines\tlog_bytes\talive\n' > "$SIL"
 printf 'proxy\tconns_up\tstreams_sent\theaders_got\tdata_bytes\trst\tgoaway\tclosed\tpeak_upstream\tidle_rss\tpeak_rss\tpeak_fds\tsent\tok\tok_pct\tp50\tp99\terrors\tlog_lines\tlog_bytes\talive\n' > "$ZW"
-printf 'proxy\tidle_sockets\theld\tsent\tok\tok_pct\tp50\tp99\terrors\n' > "$ADM"
+printf 'proxy\tidle_sockets\topened\tclosed\tpeak_open\tfirst_close\tmedian_close\tat_once\tconnect_failed\tsent\tok\tok_pct\tp50\tp99\terrors\n' > "$ADM"
 printf 'flood\tproxy\tconnections\tfailed\tlog_lines\tlog_bytes\talive\n' > "$FLD"
 
 run_silent() {  # variant letter, proxy
@@ -286,19 +286,20 @@ run_zerowin() {  # proxy
 }
 
 run_admin() {  # proxy
-  local px=$1 tag="admin-$1" k atk prb ready
+  local px=$1 tag="admin-$1" k atk prb ready res
   start_proxy "$px" "$tag"
   for k in $ADMIN_IDLE; do
     log "$tag: $k idle sockets on $PX_ADMIN, then GET /healthz"
     rm -f "$R/$tag-$k.ready"
-    timeout -k 5 $((RAMP_MAX + 40)) python3 "$ATTACK" silent 127.0.0.1 "$PX_ADMIN" tcp "$k" 10 \
+    RAMP_MAX=5 timeout -k 5 45 python3 "$ATTACK" silent 127.0.0.1 "$PX_ADMIN" tcp "$k" 10 \
       "$R/$tag-$k.ready" "$R/$tag-$k.closes.tsv" > "$R/$tag-$k.attack" 2>"$R/logs/$tag-$k.attack.err" &
     atk=$!; PIDS+=($atk)
     for _ in $(seq $((RAMP_MAX * 10 + 50))); do [ -s "$R/$tag-$k.ready" ] && break; alive $atk || break; sleep 0.1; done
     ready=$(cat "$R/$tag-$k.ready" 2>/dev/null)
     prb=$(probe http 127.0.0.1 "$PX_ADMIN" /healthz "$RATE" 5 "$R/$tag-$k.probe.tsv")
     wait $atk 2>/dev/null
-    printf '%s\t%s\t%s\t%s\n' "$px" "$k" "${ready%% *}" "$prb" | tee -a "$ADM" >&2
+    res=$(cat "$R/$tag-$k.attack"); [ -n "$res" ] || res=$'?\t?\t?\t?\t?\t?\t?'
+    printf '%s\t%s\t%s\t%s\n' "$px" "$k" "$res" "$prb" | tee -a "$ADM" >&2
   done
   stop "$PX_PID"
 }
@@ -370,11 +371,11 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg); T1=$(date +%s)
     echo
     echo "**Admin port** (idle sockets held on canary-lb's metrics_listen, nginx: a \`location = /healthz { return 200; }\` server; then $RATE/s GET /healthz for 5 s):"
     echo
-    echo "| proxy | idle sockets (open) | /healthz answered 200 | p50 | p99 | failures |"
-    echo "|---|---|---|---|---|---|"
+    echo "| proxy | idle sockets | cut by proxy (at once) | median cut after | /healthz answered 200 | p50 | p99 | failures |"
+    echo "|---|---|---|---|---|---|---|---|"
     awk -F'\t' 'NR>1{
-      p50 = ($7 == "-") ? "-" : $7 " ms"; p99 = ($8 == "-") ? "-" : $8 " ms"
-      printf "| %s | %s (%s) | %s of %s | %s | %s | %s |\n", $1, $2, $3, $5, $4, p50, p99, $9 }' "$ADM"
+      p50 = ($13 == "-") ? "-" : $13 " ms"; p99 = ($14 == "-") ? "-" : $14 " ms"
+      printf "| %s | %s | %s (%s) | %s s | %s of %s | %s | %s | %s |\n", $1, $2, $4, $8, $7, $11, $10, p50, p99, $15 }' "$ADM"
   fi
   if [ "$(wc -l < "$FLD")" -gt 1 ]; then
     echo

@@ -7,14 +7,14 @@ so the bench needs no `pip install`; a response's `:status` is read only as "200
 
 Subcommands (each bounded by its own deadline; one summary line on stdout, tab-separated):
   silent  HOST PORT VARIANT CONNS HOLD READY_FILE EVENTS_FILE
-          hold CONNS silent connections for HOLD s after READY_FILE is written (when all are
-          open, or after RAMP_MAX s); a connection the proxy closes is reopened (0.2 s later),
+          hold CONNS silent connections for HOLD s after READY_FILE is written (once each has
+          been tried, or after RAMP_MAX s); a connection the proxy closes is reopened (0.2 s later),
           so the attacker keeps its count, and the close is recorded with its age.
           VARIANT: tcp (nothing sent), http-partial (17 bytes `GET / HTTP/1.0\\r\\n\\r`),
           h2c-partial (the preface's first 18 bytes), http10 (a whole 18-byte
           `GET / HTTP/1.0\\r\\n\\r\\n`, for an h2c port that waits for 24), tls-tcp (TCP only,
           no ClientHello), tls-h2 (handshake with ALPN h2, then nothing).
-          -> opened  closed_by_peer  peak_open  first_close_s  median_close_s  at_once
+          -> opened  closed_by_peer  peak_open  first_close_s  median_close_s  at_once  failed
   probe   MODE HOST PORT PATH RATE SECS OUT
           RATE requests a second for SECS, each on a new connection, 5 s deadline; MODE http,
           https (HTTP/1.1 over TLS, ALPN http/1.1) or h2c (HTTP/2 prior knowledge).
@@ -119,13 +119,21 @@ async def silent(host, port, variant, conns, hold, ready_file, events_file):
                "http10": b"GET / HTTP/1.0\r\n\r\n"}[variant]
     ctx = tls_ctx(["h2"]) if variant == "tls-h2" else None
     gate = asyncio.Semaphore(CONNECT_CONC)
-    st = {"open": 0, "peak": 0, "opened": 0, "closed": [], "failed": 0, "at_once": 0}
+    st = {"open": 0, "peak": 0, "opened": 0, "closed": [], "failed": 0, "at_once": 0, "tried": 0}
+    # Ready once every connection has been tried once: all open, or the proxy's limit reached.
     all_open = asyncio.Event()
     stop = asyncio.Event()
     t_start = time.monotonic()
     events = open(events_file, "w")
 
+    def tried(first):
+        if first:
+            st["tried"] += 1
+            if st["tried"] >= conns:
+                all_open.set()
+
     async def one():
+        first = True
         while not stop.is_set():
             async with gate:
                 if stop.is_set():
@@ -135,14 +143,16 @@ async def silent(host, port, variant, conns, hold, ready_file, events_file):
                     r, w = await asyncio.wait_for(asyncio.open_connection(host, port, **tls), 10)
                 except (OSError, asyncio.TimeoutError, ssl.SSLError):
                     st["failed"] += 1
+                    tried(first)
+                    first = False
                     await asyncio.sleep(0.5)
                     continue
             t0 = time.monotonic()
             st["opened"] += 1
             st["open"] += 1
             st["peak"] = max(st["peak"], st["open"])
-            if st["open"] >= conns:
-                all_open.set()
+            tried(first)
+            first = False
             try:
                 if payload:
                     w.write(payload)
