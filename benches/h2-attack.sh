@@ -23,8 +23,9 @@
 #            HTTP/2-over-TLS connections closed after the first DATA frame of the 1 MiB body:
 #            lines and bytes added to the error log (canary-lb: stderr, RUST_LOG unset, i.e.
 #            its default `info`; nginx: error_log at its default level `error`).
-# Every run also counts the error-log lines written during the attack and samples the proxy's
-# RSS (VmRSS, nginx: master + worker) and open descriptors every 0.5 s.
+# Every run also counts the error-log lines written during the attack ($R/*.errkinds: their
+# kinds, digits folded) and samples the proxy's RSS (VmRSS, nginx: master + worker), open
+# descriptors and established connections to the backend every 0.5 s.
 # Loopback only; every process it starts is stopped by PID on exit (trap), nothing else.
 #
 #   ./benches/h2-attack.sh                      # builds release canary-lb; about 8 minutes
@@ -33,7 +34,8 @@
 #
 # Env: CASES ("silent zerowin admin logflood"), PROXIES ("canary-lb nginx"), VARIANTS
 # ("a b c d e f"); CONNS (10000) silent connections; HOLD (15) seconds they are held once all
-# are open (the attacker waits at most RAMP_MAX, 30, for that); IDLE (3) seconds of normal
+# were tried (the attacker waits at most RAMP_MAX, 30, for that; CONNECT_CONC, 400, connects or
+# handshakes in flight at a time); IDLE (3) seconds of normal
 # requests before an attack; RATE (10) normal requests a second; ZW_CONNS (20), ZW_STREAMS
 # (100), ZW_HOLD (20); ADMIN_IDLE ("64 500"); FLOOD_N (2000), FLOOD_CONC (50); ULIMIT_N
 # (descriptor limit of the proxies, the attacker and the prober: default the hard limit, at
@@ -218,11 +220,14 @@ grown() {  # file offset: "lines bytes" written after offset
   local f=$1 o=$2
   echo "$(tail -c +$((o + 1)) "$f" | wc -l) $(( $(size "$f") - o ))"
 }
+errkinds() {  # file offset: the kinds of lines written after offset, digits folded, counted
+  tail -c +$(($2 + 1)) "$1" | cut -c1-300 | sed -E 's/^\[[^]]*Z //; s/[0-9]+/N/g' | sort | uniq -c | sort -rn | head -20
+}
 probe() { python3 "$ATTACK" probe "$@"; }
 
 SIL=$R/silent.tsv; ZW=$R/zerowin.tsv; ADM=$R/admin.tsv; FLD=$R/logflood.tsv
 printf 'variant\tproxy\tidle_p50\tidle_p99\tsent\tok\tok_pct\tp50\tp99\terrors\topened\tclosed\tpeak_open\tfirst_close\tmedian_close\tat_once\tconnect_failed\tready\tidle_rss\tpeak_rss\tpeak_fds\tlog_lines\tlog_bytes\talive\n' > "$SIL"
-printf 'proxy\tconns_up\tstreams_sent\theaders_got\tdata_bytes\trst\tgoaway\tclosed\tpeak_upstream\tidle_rss\tpeak_rss\tpeak_fds\tsent\tok\tok_pct\tp50\tp99\terrors\tlog_lines\tlog_bytes\talive\n' > "$ZW"
+printf 'proxy\tconns_up\tstreams_sent\theaders_got\theaders_200\tdata_bytes\trst\tgoaway\tclosed\tpeak_upstream\tidle_rss\tpeak_rss\tpeak_fds\tsent\tok\tok_pct\tp50\tp99\terrors\tlog_lines\tlog_bytes\talive\n' > "$ZW"
 printf 'proxy\tidle_sockets\topened\tclosed\tpeak_open\tfirst_close\tmedian_close\tat_once\tconnect_failed\tsent\tok\tok_pct\tp50\tp99\terrors\n' > "$ADM"
 printf 'flood\tproxy\tconnections\tfailed\tlog_lines\tlog_bytes\talive\n' > "$FLD"
 
@@ -253,7 +258,7 @@ run_silent() {  # variant letter, proxy
   sleep 1
   kill $spid 2>/dev/null; wait $spid 2>/dev/null
   alive "$PX_PID" && ok=yes || ok=NO
-  local lg; lg=$(grown "$PX_ERR" "$off")
+  local lg; lg=$(grown "$PX_ERR" "$off"); errkinds "$PX_ERR" "$off" > "$R/$tag.errkinds"
   stop "$PX_PID"
   IFS=$'\t' read -r _ _ _ ip50 ip99 _ <<< "$idle"
   IFS=$'\t' read -r n okn okp p50 p99 errs <<< "$prb"
@@ -278,9 +283,9 @@ run_zerowin() {  # proxy
   sleep 1
   kill $spid 2>/dev/null; wait $spid 2>/dev/null
   alive "$PX_PID" && ok=yes || ok=NO
-  local lg; lg=$(grown "$PX_ERR" "$off")
+  local lg; lg=$(grown "$PX_ERR" "$off"); errkinds "$PX_ERR" "$off" > "$R/$tag.errkinds"
   stop "$PX_PID"
-  res=$(cat "$R/$tag.attack"); [ -n "$res" ] || res=$'?\t?\t?\t?\t?\t?\t?'
+  res=$(cat "$R/$tag.attack"); [ -n "$res" ] || res=$'?\t?\t?\t?\t?\t?\t?\t?'
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$px" "$res" "$(peak "$R/$tag.samples" 4)" "$irss" \
     "$(peak "$R/$tag.samples" 2)" "$(peak "$R/$tag.samples" 3)" "$prb" "${lg// /	}" "$ok" | tee -a "$ZW" >&2
 }
@@ -311,11 +316,13 @@ run_logflood() {  # proxy
   log "$tag: $FLOOD_N plain-text connections to the TLS port $PX_TLS"
   res=$(timeout -k 5 120 python3 "$ATTACK" plain2tls 127.0.0.1 "$PX_TLS" "$FLOOD_N" "$FLOOD_CONC" 2>"$R/logs/$tag.plain.err")
   sleep 2; lg=$(grown "$PX_ERR" "$off"); alive "$PX_PID" && ok=yes || ok=NO
+  errkinds "$PX_ERR" "$off" > "$R/$tag.plain.errkinds"
   printf 'plain-to-tls\t%s\t%s\t%s\t%s\n' "$px" "${res:-?	?}" "${lg// /	}" "$ok" | tee -a "$FLD" >&2
   off=$(size "$PX_ERR")
   log "$tag: $FLOOD_N HTTP/2 connections closed mid-response on $PX_TLS"
   res=$(timeout -k 5 180 python3 "$ATTACK" h2abort 127.0.0.1 "$PX_TLS" "$FLOOD_N" "$FLOOD_CONC" /1m 2>"$R/logs/$tag.h2.err")
   sleep 2; lg=$(grown "$PX_ERR" "$off"); alive "$PX_PID" && ok=yes || ok=NO
+  errkinds "$PX_ERR" "$off" > "$R/$tag.h2.errkinds"
   IFS=$'\t' read -r d gd f <<< "$res"
   printf 'h2-abort\t%s\t%s (%s got DATA)\t%s\t%s\t%s\n' "$px" "${d:-?}" "${gd:-?}" "${f:-?}" "${lg// /	}" "$ok" | tee -a "$FLD" >&2
   stop "$PX_PID"
@@ -359,13 +366,13 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg); T1=$(date +%s)
     echo
     echo "**Zero-window HTTP/2** ($ZW_CONNS h2c connections x $ZW_STREAMS streams of the 1 MiB body, SETTINGS_INITIAL_WINDOW_SIZE 0, ${ZW_HOLD} s; normal requests on the plain port):"
     echo
-    echo "| proxy | streams answered (HEADERS) / sent | RST_STREAM / GOAWAY / conns closed | peak upstream conns | peak RSS | idle RSS | peak fds | normal requests ok % | p50 | p99 | error-log lines (bytes) |"
+    echo "| proxy | streams answered 200 / other status / sent | RST_STREAM / GOAWAY / conns closed | peak upstream conns | peak RSS | idle RSS | peak fds | normal requests ok % | p50 | p99 | error-log lines (bytes) |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|"
     awk -F'\t' 'NR>1{
-      p50 = ($16 == "-") ? "-" : $16 " ms"; p99 = ($17 == "-") ? "-" : $17 " ms"
-      printf "| %s | %s / %s | %s / %s / %s | %s | %.0f MB | %.0f MB | %s | %s %% (%s/%s) | %s | %s | %s (%s) |%s\n",
-        $1, $4, $3, $6, $7, $8, $9, $11/1024, $10/1024, $12, $15, $14, $13, p50, p99, $19, $20,
-        ($21 == "yes" ? "" : " proxy DIED") }' "$ZW"
+      p50 = ($17 == "-") ? "-" : $17 " ms"; p99 = ($18 == "-") ? "-" : $18 " ms"
+      printf "| %s | %s / %s / %s | %s / %s / %s | %s | %.0f MB | %.0f MB | %s | %s %% (%s/%s) | %s | %s | %s (%s) |%s\n",
+        $1, $5, $4 - $5, $3, $7, $8, $9, $10, $12/1024, $11/1024, $13, $16, $15, $14, p50, p99, $20, $21,
+        ($22 == "yes" ? "" : " proxy DIED") }' "$ZW"
   fi
   if [ "$(wc -l < "$ADM")" -gt 1 ]; then
     echo

@@ -22,7 +22,7 @@ Subcommands (each bounded by its own deadline; one summary line on stdout, tab-s
   zerowin HOST PORT CONNS STREAMS PATH HOLD
           CONNS h2c connections with SETTINGS_INITIAL_WINDOW_SIZE 0, STREAMS GETs each, held
           HOLD s (PINGs answered, no WINDOW_UPDATE).
-          -> conns_up  streams_sent  headers_got  data_bytes  rst  goaway  closed
+          -> conns_up  streams_sent  headers_got  headers_200  data_bytes  rst  goaway  closed
   plain2tls HOST PORT N CONC
           N connections sending a plain HTTP/1.1 request to a TLS port, CONC at a time.
           -> done  failed
@@ -297,7 +297,7 @@ def probe(mode, host, port, path, rate, secs, out):
 # --- zero-window HTTP/2 ---------------------------------------------------------------------
 
 async def zerowin(host, port, conns, streams, path, hold):
-    st = {"up": 0, "sent": 0, "headers": 0, "data": 0, "rst": 0, "goaway": 0, "closed": 0}
+    st = {"up": 0, "sent": 0, "headers": 0, "h200": 0, "data": 0, "rst": 0, "goaway": 0, "closed": 0}
     stop = asyncio.Event()
 
     async def one():
@@ -332,6 +332,7 @@ async def zerowin(host, port, conns, streams, path, hold):
                 for ftype, _, _, payload in frames:
                     if ftype == 1:
                         st["headers"] += 1
+                        st["h200"] += payload[:1] == b"\x88"
                     elif ftype == 0:
                         st["data"] += len(payload)
                     elif ftype == 3:
@@ -349,7 +350,7 @@ async def zerowin(host, port, conns, streams, path, hold):
     await asyncio.sleep(hold)
     stop.set()
     await asyncio.wait(tasks, timeout=10)
-    print("\t".join(str(st[k]) for k in ("up", "sent", "headers", "data", "rst", "goaway", "closed")))
+    print("\t".join(str(st[k]) for k in ("up", "sent", "headers", "h200", "data", "rst", "goaway", "closed")))
 
 
 # --- log floods -----------------------------------------------------------------------------
