@@ -33,7 +33,7 @@ use prometheus::{
 };
 
 pub use labels::{
-    CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode, RolloutPhaseLabel,
+    BudgetLabel, CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode, RolloutPhaseLabel,
     ServerStateLabel, VerdictReason,
 };
 pub use rollout::RolloutMetrics;
@@ -106,6 +106,10 @@ pub struct Metrics {
     client_connections: IntGauge,
     client_connections_max: IntGauge,
     client_connections_refused: IntCounter,
+    /// HTTP/2 streams answered 503 because an upstream budget had no place, by budget.
+    budget_refused: [IntCounter; BudgetLabel::ALL.len()],
+    /// Upstream requests of HTTP/2 streams in flight (holding a place in the budgets).
+    pub h2_upstream_in_flight: IntGauge,
     /// Access log lines dropped because the writer could not keep up.
     pub access_log_dropped: IntCounter,
     counts: PerPool<PoolCounts>,
@@ -227,6 +231,20 @@ impl Metrics {
             "Client connections closed at once because max_connections were open.",
         )?;
         registry.register(Box::new(client_connections_refused.clone()))?;
+        let budget_refused_vec = counter_vec(
+            "canary_lb_upstream_budget_refused_total",
+            "HTTP/2 streams answered 503 because an upstream budget had no place in time, by \
+             budget (connection: client.max_upstream_per_connection, total: \
+             client.max_upstream_connections).",
+            &["budget"],
+        )?;
+        let budget_refused =
+            BudgetLabel::ALL.map(|b| budget_refused_vec.with_label_values(&[b.as_str()]));
+        let h2_upstream_in_flight = IntGauge::new(
+            "canary_lb_h2_upstream_in_flight",
+            "Upstream requests of HTTP/2 streams in flight (places taken in the budgets).",
+        )?;
+        registry.register(Box::new(h2_upstream_in_flight.clone()))?;
         let access_log_dropped = IntCounter::new(
             "canary_lb_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up (never delaying a request).",
@@ -283,6 +301,8 @@ impl Metrics {
             client_connections,
             client_connections_max,
             client_connections_refused,
+            budget_refused,
+            h2_upstream_in_flight,
             access_log_dropped,
             counts: Default::default(),
             seen_servers: Mutex::new(HashSet::new()),
@@ -305,6 +325,11 @@ impl Metrics {
     /// A request refused at the edge.
     pub fn record_refusal(&self, code: RefusalCode) {
         self.refused[code.index()].inc();
+    }
+
+    /// An HTTP/2 stream refused (503) because `budget` had no place in time.
+    pub fn record_budget_refusal(&self, budget: BudgetLabel) {
+        self.budget_refused[budget.index()].inc();
     }
 
     pub fn record_retry(&self, pool: PoolKind) {
