@@ -194,7 +194,8 @@ fn a_zero_window_stream_is_reset_after_send_timeout_and_its_upstream_ends() {
 #[test]
 fn a_normal_h2_client_gets_whole_bodies_its_streams_taking_turns() {
     let _serial = serial();
-    let backend = BigBackend::start(MIB);
+    // Each answer waits 100 ms, so streams let through together overlap at the backend.
+    let backend = BigBackend::start_slow(MIB, Duration::from_millis(100));
     let proxy = proxy(
         &backend,
         "max_upstream_per_connection: 3, upstream_queue_timeout: 30s",

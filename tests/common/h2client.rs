@@ -26,7 +26,7 @@ pub struct BackendCounts {
     /// Connections open now that carried at least one request.
     pub held: AtomicUsize,
     pub peak_held: AtomicUsize,
-    /// Requests whose answer is being written now.
+    /// Requests being answered now (from the head read to the last byte written).
     pub active: AtomicUsize,
     pub peak_active: AtomicUsize,
     pub requests: AtomicUsize,
@@ -47,6 +47,11 @@ pub struct BigBackend {
 
 impl BigBackend {
     pub fn start(len: usize) -> BigBackend {
+        BigBackend::start_slow(len, Duration::ZERO)
+    }
+
+    /// Each answer starts `delay` after its request (requests that overlap stay visible).
+    pub fn start_slow(len: usize, delay: Duration) -> BigBackend {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let counts = Arc::new(BackendCounts::default());
@@ -60,7 +65,7 @@ impl BigBackend {
                 }
                 let Ok(conn) = conn else { continue };
                 let (c, body) = (c.clone(), body.clone());
-                std::thread::spawn(move || serve(conn, &c, &body));
+                std::thread::spawn(move || serve(conn, &c, &body, delay));
             }
         });
         BigBackend { addr, counts, stop }
@@ -94,7 +99,7 @@ impl Drop for BigBackend {
     }
 }
 
-fn serve(conn: TcpStream, c: &BackendCounts, body: &[u8]) {
+fn serve(conn: TcpStream, c: &BackendCounts, body: &[u8], delay: Duration) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(120)));
     let Ok(write_half) = conn.try_clone() else {
@@ -132,6 +137,7 @@ fn serve(conn: TcpStream, c: &BackendCounts, body: &[u8]) {
         }
         c.requests.fetch_add(1, SeqCst);
         raise(&c.peak_active, c.active.fetch_add(1, SeqCst) + 1);
+        std::thread::sleep(delay);
         let ok = writer
             .write_all(head.as_bytes())
             .and_then(|()| writer.write_all(body))
