@@ -235,8 +235,11 @@ impl ProxyHttp for CanaryProxy {
         self.shared.in_flight.fetch_add(1, Relaxed);
         ctx.in_flight = true;
 
-        // An HTTP/2 stream waits for a place in the upstream budgets before any upstream work.
+        // An HTTP/2 stream waits for a place in the upstream budgets before any upstream work,
+        // and reads its response only as fast as the client's window takes it
+        // (patches/pingora/0007): a stalled stream holds two pieces, not ten.
         if session.as_http2().is_some() {
+            session.set_bounded_h2_response_pipe(true);
             let key = (
                 session.client_addr().and_then(|a| a.as_inet()).copied(),
                 session.server_addr().and_then(|a| a.as_inet()).copied(),
