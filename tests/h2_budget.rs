@@ -261,7 +261,9 @@ fn a_zero_window_stream_buffers_little_of_its_response() {
     let before = rss_kib(&proxy);
     let results = zero_window_streams(&rt, proxy.listen_port(), 1, 100);
     assert_eq!(count(&results, 200), 100);
-    wait_until("100 upstream requests open", SETTLE, || backend.held() == 100);
+    wait_until("100 upstream requests open", SETTLE, || {
+        backend.held() == 100
+    });
     // The response pipes fill within moments on loopback; take the highest of a second's
     // samples (the assertion is on a bound, not on a speed).
     let mut peak = 0;

@@ -590,16 +590,25 @@ pub struct ClientConfig {
     pub tunnel_idle_timeout: Duration,
     /// Streams one HTTP/2 connection may have open at once (nginx's
     /// `http2_max_concurrent_streams`, HAProxy's `tune.h2.max-concurrent-streams`).
-    #[serde(default = "default_h2_max_concurrent_streams", deserialize_with = "de_h2_streams")]
+    #[serde(
+        default = "default_h2_max_concurrent_streams",
+        deserialize_with = "de_h2_streams"
+    )]
     pub h2_max_concurrent_streams: u32,
     /// Upstream requests in flight at once for one client connection: HTTP/2 streams beyond
     /// it wait (up to `upstream_queue_timeout`) for a place, then get 503. HTTP/1 carries one
     /// request at a time and is not counted.
-    #[serde(default = "default_max_upstream_per_connection", deserialize_with = "de_budget")]
+    #[serde(
+        default = "default_max_upstream_per_connection",
+        deserialize_with = "de_budget"
+    )]
     pub max_upstream_per_connection: usize,
     /// Upstream requests in flight at once from all HTTP/2 streams of this process: what a
     /// few connections x many streams can hold (upstream connections, buffered bodies).
-    #[serde(default = "default_max_upstream_connections", deserialize_with = "de_budget")]
+    #[serde(
+        default = "default_max_upstream_connections",
+        deserialize_with = "de_budget"
+    )]
     pub max_upstream_connections: usize,
     /// How long an HTTP/2 stream waits for a place in those budgets before its 503 (HAProxy's
     /// `timeout queue`).

@@ -33,8 +33,8 @@ use prometheus::{
 };
 
 pub use labels::{
-    BudgetLabel, CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode, RolloutPhaseLabel,
-    ServerStateLabel, VerdictReason,
+    BudgetLabel, CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode,
+    RolloutPhaseLabel, ServerStateLabel, VerdictReason,
 };
 pub use rollout::RolloutMetrics;
 

@@ -180,7 +180,10 @@ mod tests {
         for k in held {
             places.push(b.acquire(k, wait).await.expect("place"));
         }
-        assert_eq!(b.acquire(key(4), wait).await.err(), Some(BudgetLabel::Total));
+        assert_eq!(
+            b.acquire(key(4), wait).await.err(),
+            Some(BudgetLabel::Total)
+        );
     }
 
     #[tokio::test]
@@ -196,6 +199,10 @@ mod tests {
         let refused = budget(1, 1);
         let _hold = refused.acquire(key(1), wait).await.expect("place");
         assert!(refused.acquire(key(2), wait).await.is_err());
-        assert_eq!(refused.connections(), 1, "the refused connection's entry is gone");
+        assert_eq!(
+            refused.connections(),
+            1,
+            "the refused connection's entry is gone"
+        );
     }
 }

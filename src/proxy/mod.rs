@@ -118,7 +118,11 @@ impl CanaryProxy {
 
     /// 503 for an HTTP/2 stream that found no place in `budget` in time; the connection and
     /// its other streams go on.
-    async fn respond_over_budget(&self, session: &mut Session, budget: BudgetLabel) -> Result<bool> {
+    async fn respond_over_budget(
+        &self,
+        session: &mut Session,
+        budget: BudgetLabel,
+    ) -> Result<bool> {
         self.shared.metrics.record_budget_refusal(budget);
         let body = Bytes::from_static(b"503 too many requests in flight\n");
         let mut resp = ResponseHeader::build(503, Some(4))?;
