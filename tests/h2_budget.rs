@@ -281,3 +281,19 @@ fn a_zero_window_stream_buffers_little_of_its_response() {
     );
     drop(results);
 }
+
+#[test]
+fn the_stream_limit_a_connection_is_offered_is_the_configured_one() {
+    let _serial = serial();
+    let backend = BigBackend::start(16);
+    let proxy = proxy(&backend, "h2_max_concurrent_streams: 5");
+    let rt = runtime();
+    rt.block_on(async {
+        let send = connect(proxy.listen_port(), None).await;
+        // The server's SETTINGS have arrived once a response has.
+        let resp = get(&send, "/small").await.expect("response");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(read_body(resp.into_body()).await.expect("body"), pattern(16));
+        assert_eq!(send.current_max_send_streams(), 5);
+    });
+}
