@@ -293,7 +293,10 @@ fn the_stream_limit_a_connection_is_offered_is_the_configured_one() {
         // The server's SETTINGS have arrived once a response has.
         let resp = get(&send, "/small").await.expect("response");
         assert_eq!(resp.status(), 200);
-        assert_eq!(read_body(resp.into_body()).await.expect("body"), pattern(16));
+        assert_eq!(
+            read_body(resp.into_body()).await.expect("body"),
+            pattern(16)
+        );
         assert_eq!(send.current_max_send_streams(), 5);
     });
 }
