@@ -6,7 +6,8 @@
 //! `upstream.max_tries`, `passive_health.*`, `pools.*.balance`, `pools.*.servers` (with the
 //! static provider), `client.keepalive_timeout`, `client.body_timeout`, `client.send_timeout`,
 //! `client.max_header_line`, `client.max_headers`, `client.drop_underscore_headers`,
-//! `client.max_header_bytes` (lowering it), `client.tunnel_idle_timeout`, `trusted_proxies`,
+//! `client.max_header_bytes` (lowering it), `client.tunnel_idle_timeout`,
+//! `client.upstream_queue_timeout`, `trusted_proxies`,
 //! `metrics_auth_token_file`, `flags.*` (the header names and the file's flags; the file's
 //! flags are in force only while Redis has none), `rollout.*`, which apply to the next
 //! rollout started (a running one keeps the settings frozen at its start), and the
@@ -18,6 +19,8 @@
 //! (adding or removing a listener, its `addr`, `h2c`, `redirect_to_https`, TLS on or off),
 //! `threads`, `metrics_listen`, `grace_period`, `health_check.*`, `discovery.*`,
 //! `client.header_timeout`, `client.handshake_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
+//! `client.h2_max_concurrent_streams`, `client.max_upstream_per_connection`,
+//! `client.max_upstream_connections` (the budgets are sized once, shared by all listeners),
 //! `upstream.keepalive_pool_size`, `access_log` (its file, format and queue are set up once;
 //! SIGUSR1 reopens the file), `rollout.state_file`, and `pools.*.servers` when discovery is
 //! not static (the file's lists serve only until the provider first answers). [`Config::restart_needed`] names
@@ -62,6 +65,18 @@ impl Config {
         check(
             "client.max_connections",
             oc.max_connections != nc.max_connections,
+        );
+        check(
+            "client.h2_max_concurrent_streams",
+            oc.h2_max_concurrent_streams != nc.h2_max_concurrent_streams,
+        );
+        check(
+            "client.max_upstream_per_connection",
+            oc.max_upstream_per_connection != nc.max_upstream_per_connection,
+        );
+        check(
+            "client.max_upstream_connections",
+            oc.max_upstream_connections != nc.max_upstream_connections,
         );
         check(
             "upstream.keepalive_pool_size",

@@ -593,6 +593,32 @@ pub struct ClientConfig {
     /// upgrade requests (the wait for the `101` included).
     #[serde(default = "default_tunnel_idle_timeout", with = "humantime_serde")]
     pub tunnel_idle_timeout: Duration,
+    /// Streams one HTTP/2 connection may have open at once (nginx's
+    /// `http2_max_concurrent_streams`, HAProxy's `tune.h2.max-concurrent-streams`).
+    #[serde(
+        default = "default_h2_max_concurrent_streams",
+        deserialize_with = "de_h2_streams"
+    )]
+    pub h2_max_concurrent_streams: u32,
+    /// Upstream requests in flight at once for one client connection: HTTP/2 streams beyond
+    /// it wait (up to `upstream_queue_timeout`) for a place, then get 503. HTTP/1 carries one
+    /// request at a time and is not counted.
+    #[serde(
+        default = "default_max_upstream_per_connection",
+        deserialize_with = "de_budget"
+    )]
+    pub max_upstream_per_connection: usize,
+    /// Upstream requests in flight at once from all HTTP/2 streams of this process: what a
+    /// few connections x many streams can hold (upstream connections, buffered bodies).
+    #[serde(
+        default = "default_max_upstream_connections",
+        deserialize_with = "de_budget"
+    )]
+    pub max_upstream_connections: usize,
+    /// How long an HTTP/2 stream waits for a place in those budgets before its 503 (HAProxy's
+    /// `timeout queue`).
+    #[serde(default = "default_upstream_queue_timeout", with = "humantime_serde")]
+    pub upstream_queue_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -609,6 +635,10 @@ impl Default for ClientConfig {
             max_connections: default_max_connections(),
             drop_underscore_headers: true,
             tunnel_idle_timeout: default_tunnel_idle_timeout(),
+            h2_max_concurrent_streams: default_h2_max_concurrent_streams(),
+            max_upstream_per_connection: default_max_upstream_per_connection(),
+            max_upstream_connections: default_max_upstream_connections(),
+            upstream_queue_timeout: default_upstream_queue_timeout(),
         }
     }
 }
@@ -741,6 +771,7 @@ impl Config {
             ("client.body_timeout", c.body_timeout),
             ("client.send_timeout", c.send_timeout),
             ("client.tunnel_idle_timeout", c.tunnel_idle_timeout),
+            ("client.upstream_queue_timeout", c.upstream_queue_timeout),
         ] {
             if d < Duration::from_millis(100) {
                 return Err(invalid(key, "must be at least 100ms"));
@@ -1383,6 +1414,24 @@ fn default_body_timeout() -> Duration {
 }
 fn default_tunnel_idle_timeout() -> Duration {
     Duration::from_secs(600)
+}
+fn default_h2_max_concurrent_streams() -> u32 {
+    100
+}
+fn de_h2_streams<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, |v| int_in(v, 1, 10_000).map(|n| n as u32))
+}
+fn default_max_upstream_per_connection() -> usize {
+    16
+}
+fn default_max_upstream_connections() -> usize {
+    256
+}
+fn de_budget<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    checked(d, |v| int_in(v, 1, 1_000_000).map(|n| n as usize))
+}
+fn default_upstream_queue_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_log_buffer() -> usize {
     16 * 1024

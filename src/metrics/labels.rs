@@ -420,6 +420,31 @@ impl VerdictReason {
     }
 }
 
+/// The `budget` label of `canary_lb_upstream_budget_refused_total`: which HTTP/2 upstream
+/// budget had no place for a stream within `client.upstream_queue_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BudgetLabel {
+    /// `client.max_upstream_per_connection`: the stream's own connection was full.
+    Connection,
+    /// `client.max_upstream_connections`: the process-wide budget was full.
+    Total,
+}
+
+impl BudgetLabel {
+    pub const ALL: [BudgetLabel; 2] = [BudgetLabel::Connection, BudgetLabel::Total];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BudgetLabel::Connection => "connection",
+            BudgetLabel::Total => "total",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -493,6 +518,12 @@ mod tests {
             &RolloutPhaseLabel::ALL,
             RolloutPhaseLabel::index,
             RolloutPhaseLabel::as_str,
+        );
+        check(
+            "BudgetLabel",
+            &BudgetLabel::ALL,
+            BudgetLabel::index,
+            BudgetLabel::as_str,
         );
         check(
             "VerdictReason",

@@ -33,8 +33,8 @@ use prometheus::{
 };
 
 pub use labels::{
-    ClientErrorKind, CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode,
-    RolloutPhaseLabel, ServerStateLabel, VerdictReason,
+    BudgetLabel, ClientErrorKind, CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel,
+    RefusalCode, RolloutPhaseLabel, ServerStateLabel, VerdictReason,
 };
 pub use rollout::RolloutMetrics;
 
@@ -110,6 +110,10 @@ pub struct Metrics {
     admin_connection_limit: OnceLock<Arc<ConnectionLimit>>,
     /// What clients did wrong, by kind: counted here, logged at debug only.
     client_errors: [IntCounter; ClientErrorKind::ALL.len()],
+    /// HTTP/2 streams answered 503 because an upstream budget had no place, by budget.
+    budget_refused: [IntCounter; BudgetLabel::ALL.len()],
+    /// Upstream requests of HTTP/2 streams in flight (holding a place in the budgets).
+    pub h2_upstream_in_flight: IntGauge,
     /// Access log lines dropped because the writer could not keep up.
     pub access_log_dropped: IntCounter,
     counts: PerPool<PoolCounts>,
@@ -238,6 +242,20 @@ impl Metrics {
         )?;
         let client_errors =
             ClientErrorKind::ALL.map(|k| client_errors_vec.with_label_values(&[k.as_str()]));
+        let budget_refused_vec = counter_vec(
+            "canary_lb_upstream_budget_refused_total",
+            "HTTP/2 streams answered 503 because an upstream budget had no place in time, by \
+             budget (connection: client.max_upstream_per_connection, total: \
+             client.max_upstream_connections).",
+            &["budget"],
+        )?;
+        let budget_refused =
+            BudgetLabel::ALL.map(|b| budget_refused_vec.with_label_values(&[b.as_str()]));
+        let h2_upstream_in_flight = IntGauge::new(
+            "canary_lb_h2_upstream_in_flight",
+            "Upstream requests of HTTP/2 streams in flight (places taken in the budgets).",
+        )?;
+        registry.register(Box::new(h2_upstream_in_flight.clone()))?;
         let access_log_dropped = IntCounter::new(
             "canary_lb_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up (never delaying a request).",
@@ -296,6 +314,8 @@ impl Metrics {
             client_connections_refused,
             admin_connection_limit: OnceLock::new(),
             client_errors,
+            budget_refused,
+            h2_upstream_in_flight,
             access_log_dropped,
             counts: Default::default(),
             seen_servers: Mutex::new(HashSet::new()),
@@ -318,6 +338,11 @@ impl Metrics {
     /// A request refused at the edge.
     pub fn record_refusal(&self, code: RefusalCode) {
         self.refused[code.index()].inc();
+    }
+
+    /// An HTTP/2 stream refused (503) because `budget` had no place in time.
+    pub fn record_budget_refusal(&self, budget: BudgetLabel) {
+        self.budget_refused[budget.index()].inc();
     }
 
     pub fn record_retry(&self, pool: PoolKind) {

@@ -16,6 +16,7 @@
 //! the client's errors, the proxy's own (out of descriptors or buffers), or a 5xx answer
 //! (unless `passive_health.error_rate` is set).
 
+pub mod budget;
 pub mod framing;
 pub mod headers;
 
@@ -34,23 +35,26 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::accesslog::{self, Entry};
 use crate::flags::FlagBits;
-use crate::metrics::{ClientErrorKind, MethodLabel, RefusalCode};
+use crate::metrics::{BudgetLabel, ClientErrorKind, MethodLabel, RefusalCode};
 use crate::model::{PoolKind, Reason};
 use crate::pool::failure::{is_reset, is_server_failure};
 use crate::pool::ServerState;
 use crate::routing::{self, RequestFacts, UserKey};
 use crate::state::{Live, Shared};
+use budget::UpstreamBudget;
 use headers::{has_body, CookieLines, Origin, X_CANARY_POOL, X_REQUEST_ID};
 
 /// The proxy keeps no settings of its own: each request reads the [`Live`] snapshot it took
 /// in `new_ctx`, so a SIGHUP applies from the next request on.
 pub struct CanaryProxy {
     shared: Arc<Shared>,
+    /// HTTP/2 streams' upstream budgets, one for all listeners of the process.
+    budget: UpstreamBudget,
 }
 
 impl CanaryProxy {
-    pub fn new(shared: Arc<Shared>) -> CanaryProxy {
-        CanaryProxy { shared }
+    pub fn new(shared: Arc<Shared>, budget: UpstreamBudget) -> CanaryProxy {
+        CanaryProxy { shared, budget }
     }
 }
 
@@ -88,6 +92,9 @@ pub struct Ctx {
     /// The client is on `routing.header_trusted_networks` (a set list): its override header
     /// was honoured and goes upstream.
     features_trusted: bool,
+    /// An HTTP/2 stream's place in the upstream budgets (`budget.rs`), held until the request
+    /// ends.
+    place: Option<budget::Place>,
 }
 
 impl CanaryProxy {
@@ -107,6 +114,24 @@ impl CanaryProxy {
         o.write_timeout = Some(upstream.write_timeout);
         o.idle_timeout = Some(upstream.idle_timeout);
         Box::new(peer)
+    }
+
+    /// 503 for an HTTP/2 stream that found no place in `budget` in time; the connection and
+    /// its other streams go on.
+    async fn respond_over_budget(
+        &self,
+        session: &mut Session,
+        budget: BudgetLabel,
+    ) -> Result<bool> {
+        self.shared.metrics.record_budget_refusal(budget);
+        let body = Bytes::from_static(b"503 too many requests in flight\n");
+        let mut resp = ResponseHeader::build(503, Some(4))?;
+        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(header::RETRY_AFTER, "1")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
     }
 
     async fn respond_no_server(live: &Live, session: &mut Session, pool: PoolKind) -> Result<bool> {
@@ -219,12 +244,29 @@ impl ProxyHttp for CanaryProxy {
             upstream_time: None,
             features: FlagBits::default(),
             features_trusted: false,
+            place: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.shared.in_flight.fetch_add(1, Relaxed);
         ctx.in_flight = true;
+
+        // An HTTP/2 stream waits for a place in the upstream budgets before any upstream work,
+        // and reads its response only as fast as the client's window takes it
+        // (patches/pingora/0008): a stalled stream holds two pieces, not ten.
+        if session.as_http2().is_some() {
+            session.set_bounded_h2_response_pipe(true);
+            let key = (
+                session.client_addr().and_then(|a| a.as_inet()).copied(),
+                session.server_addr().and_then(|a| a.as_inet()).copied(),
+            );
+            let wait = ctx.live.client.upstream_queue_timeout;
+            match self.budget.acquire(key, wait).await {
+                Ok(place) => ctx.place = Some(place),
+                Err(budget) => return self.respond_over_budget(session, budget).await,
+            }
+        }
 
         let live = &ctx.live;
         let policy = &live.policy;

@@ -17,6 +17,7 @@ use pingora_core::services::ServiceReadyNotifier;
 use crate::cli::ServeArgs;
 use crate::config::{Config, Provider};
 use crate::discovery::Sink;
+use crate::proxy::budget::UpstreamBudget;
 use crate::proxy::CanaryProxy;
 use crate::rollout::engine::{replica_id, Engine, RolloutSink};
 use crate::rollout::local::LocalCoordinator;
@@ -125,12 +126,18 @@ pub fn assemble(
     let client = shared.started().client.clone();
     let limit = Arc::new(ConnectionLimit::new(client.max_connections).shed_idle());
     shared.metrics.watch_connection_limit(limit.clone());
+    // One set of HTTP/2 upstream budgets for every listener (proxy/budget.rs).
+    let budget = UpstreamBudget::new(
+        client.max_upstream_per_connection,
+        client.max_upstream_connections,
+        shared.metrics.h2_upstream_in_flight.clone(),
+    );
     // `h2c` is a per-service option in Pingora: plain listeners with h2c get their own
     // service (same proxy logic, same connection limit). TLS listeners negotiate h2 by ALPN.
     let proxy_service = |name: &str, h2c: bool| {
         let mut proxy = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
-            CanaryProxy::new(shared.clone()),
+            CanaryProxy::new(shared.clone(), budget.clone()),
             name,
         );
         if let Some(app) = proxy.app_logic_mut() {
@@ -141,9 +148,10 @@ pub fn assemble(
             opts.h2_idle_timeout = Some(client.keepalive_timeout);
             opts.handshake_timeout = Some(client.handshake_timeout);
             app.server_options = Some(opts);
-            // HTTP/2 heads: the same size limit as HTTP/1 (decoded), Pingora's stream limit.
+            // HTTP/2 heads: the same size limit as HTTP/1 (decoded); streams per connection.
             let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
             h2.max_header_list_size(client.max_header_bytes.try_into().unwrap_or(u32::MAX));
+            h2.max_concurrent_streams(client.h2_max_concurrent_streams);
             app.h2_options = Some(h2);
         }
         proxy.set_connection_limit(limit.clone());

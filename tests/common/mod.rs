@@ -12,10 +12,12 @@
 //! of the proxy (`RawBackend`, also scripted to misbehave, and `RawClient`); `shutdown.rs`:
 //! stopping a proxy with a signal and waiting for its exit; `tls.rs`: a test CA and
 //! certificates made at test time, `curl` over TLS/HTTP/2 and a Rust TLS client; `ws.rs`: a
-//! WebSocket echo server and client.
+//! WebSocket echo server and client; `h2client.rs`: an HTTP/2 client that can keep its window
+//! shut, and a 1 MiB backend counting the upstream connections held.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod h2client;
 pub mod load;
 pub mod raw;
 mod redis_server;

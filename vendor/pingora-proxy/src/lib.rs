@@ -608,6 +608,8 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// See [`Session::set_bounded_h2_response_pipe`].
+    bounded_h2_response_pipe: bool,
 }
 
 impl Session {
@@ -635,6 +637,7 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            bounded_h2_response_pipe: false,
         }
     }
 
@@ -958,6 +961,22 @@ impl Session {
     /// Get the upstream write pending time recorded by the proxy layer. Returns [`Duration::ZERO`] for HTTP/2.
     pub fn upstream_write_pending_time(&self) -> Duration {
         self.upstream_write_pending_time
+    }
+
+    /// When the client is HTTP/2 (and the upstream HTTP/1), read the upstream response only as
+    /// fast as the client takes it: the response pipe between the upstream and downstream
+    /// halves holds one task instead of four, the downstream half writes one
+    /// task at a time instead of batching what is queued, and the upstream half reads the next
+    /// piece only when the pipe has room. A stream whose flow-control window stays shut then
+    /// buffers at most two pieces (up to 64 KiB each) instead of about ten. Off by default.
+    pub fn set_bounded_h2_response_pipe(&mut self, bounded: bool) {
+        self.bounded_h2_response_pipe = bounded;
+    }
+
+    /// Whether the response pipe of this request is bounded (see
+    /// [`Session::set_bounded_h2_response_pipe`]): set, and the client is HTTP/2.
+    pub(crate) fn response_pipe_bounded(&self) -> bool {
+        self.bounded_h2_response_pipe && self.downstream_session.is_http2()
     }
 
     /// Set the upstream write pending time. Intended for internal use by proxy layer.

@@ -139,7 +139,10 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
-        let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
+        // A bounded response pipe holds one task (`Session::set_bounded_h2_response_pipe`).
+        let bounded = session.response_pipe_bounded();
+        let response_pipe = if bounded { 1 } else { TASK_BUFFER_SIZE };
+        let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(response_pipe);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
 
         session.as_mut().enable_retry_buffering();
@@ -159,7 +162,13 @@ where
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(
+                client_session,
+                tx_upstream,
+                rx_downstream,
+                pipe_state,
+                bounded,
+            ),
         );
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
@@ -251,6 +260,7 @@ where
         tx: mpsc::Sender<HttpTask>,
         mut rx: mpsc::Receiver<HttpTask>,
         pipe_state: Arc<AtomicU8>,
+        bounded: bool,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -264,8 +274,17 @@ where
 
         /* duplex mode, wait for either to complete */
         while !request_done || !response_done {
+            // A bounded pipe: read the next piece only when the pipe has room for it, so no
+            // piece waits here for the downstream half. This task is the only sender, so room
+            // seen here is still there when the piece is sent. A closed pipe is read and sent
+            // to as before, so its send failure is handled below.
+            let pipe_full = bounded && tx.capacity() == 0 && !tx.is_closed();
             tokio::select! {
-                res = client_session.read_response_task(), if !response_done => {
+                _ = tx.reserve(), if !response_done && pipe_full => {
+                    // Room again (the permit is given back at once); loop to read.
+                },
+
+                res = client_session.read_response_task(), if !response_done && !pipe_full => {
                     match res {
                         Ok(task) => {
                             response_done = task.is_end();
@@ -381,11 +400,16 @@ where
             return Ok(None);
         }
 
-        // Batch: pull as many tasks as we can from rx
+        // Batch: pull as many tasks as we can from rx (one at a time on a bounded pipe, so the
+        // upstream half does not refill it while this batch waits for the client)
         let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
         tasks.push(initial_task);
+        let batch = !session.response_pipe_bounded();
         // tokio::task::unconstrained because now_or_never may yield None when the future is ready
-        while let Some(maybe_task) = tokio::task::unconstrained(rx.recv()).now_or_never() {
+        while let Some(maybe_task) = batch
+            .then(|| tokio::task::unconstrained(rx.recv()).now_or_never())
+            .flatten()
+        {
             debug!("upstream event now: {:?}", maybe_task);
             if let Some(t) = maybe_task {
                 tasks.push(t);
