@@ -131,6 +131,22 @@ fn readyz_waits_for_a_healthy_production_server() {
     // Liveness is unchanged meanwhile.
     let healthz = format!("http://127.0.0.1:{}/healthz", proxy.metrics_port());
     assert_eq!(get(&healthz, &[]).status, 200);
+    // `canary-lb health --ready` probes the same: exit 1 now, plain `health` exit 0.
+    let admin = format!("127.0.0.1:{}", proxy.metrics_port());
+    let probe = |ready: bool| {
+        let mut args = vec!["health", "--addr", &admin];
+        if ready {
+            args.push("--ready");
+        }
+        run_cli(&args, Duration::from_secs(30))
+    };
+    let out = probe(true);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/readyz: answered 503"),
+        "{out:?}"
+    );
+    assert!(probe(false).status.success());
 
     app.restart();
     let ready = common::eventually(STARTUP, "/readyz answers 200", || {
@@ -138,6 +154,7 @@ fn readyz_waits_for_a_healthy_production_server() {
     });
     let doc: serde_json::Value = serde_json::from_str(&ready.body).expect("JSON");
     assert_eq!(doc["ready"], true, "{doc}");
+    assert!(probe(true).status.success());
 }
 
 /// A proxy started without `RUST_LOG`, as a user would: its own lines at info, Pingora's
