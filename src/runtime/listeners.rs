@@ -235,6 +235,11 @@ mod tests {
         assert_eq!(listening(&[addr]), Some(true));
         drop(l);
         assert_eq!(listening(&[addr]), Some(false));
+        // IPv6, where loopback is available: `/proc/net/tcp6` words in host order.
+        if let Ok(l6) = std::net::TcpListener::bind("[::1]:0") {
+            let addr6 = l6.local_addr().expect("addr");
+            assert_eq!(listening(&[addr6]), Some(true));
+        }
     }
 
     #[test]
