@@ -27,8 +27,9 @@ pub enum Command {
         #[arg(short, long, env = "CANARY_LB_CONFIG")]
         config: PathBuf,
     },
-    /// Exit 0 when GET /healthz on the config's metrics_listen answers 200, else 1 (the
-    /// container HEALTHCHECK; it follows CANARY_LB_METRICS_LISTEN like `serve`).
+    /// Exit 0 when GET /healthz (liveness; --ready: /readyz, readiness) on the config's
+    /// metrics_listen answers 200, else 1 (the container HEALTHCHECK; it follows
+    /// CANARY_LB_METRICS_LISTEN like `serve`).
     Health(HealthArgs),
     /// Run the proxy with built-in demo app servers on loopback and print curl lines to try.
     Demo(DemoArgs),
@@ -59,7 +60,8 @@ pub struct SignalArgs {
 pub struct ServeArgs {
     #[arg(short, long, env = "CANARY_LB_CONFIG")]
     pub config: PathBuf,
-    /// Run in the background (Pingora daemon mode; see pid_file in --pingora-conf).
+    /// Run in the background (Pingora daemon mode; the config's pid_file, if set, is its pid
+    /// file, else pid_file in --pingora-conf).
     #[arg(short, long)]
     pub daemon: bool,
     /// Take over the listening sockets of a running instance (graceful binary upgrade).
