@@ -38,15 +38,18 @@ RUN apt-get update \
 COPY --from=build /usr/local/bin/canary-lb /usr/local/bin/canary-lb
 # The default config; mount your own over it (or point CANARY_LB_CONFIG elsewhere).
 COPY conf/canary-lb.yaml /etc/canary-lb/canary-lb.yaml
+# No RUST_LOG: the binary's default shows its own info lines and Pingora's from warn.
 ENV CANARY_LB_CONFIG=/etc/canary-lb/canary-lb.yaml \
-    CANARY_LB_METRICS_LISTEN=0.0.0.0:9091 \
-    RUST_LOG=info
+    CANARY_LB_METRICS_LISTEN=0.0.0.0:9091
 USER canary-lb
-# Proxy, then /metrics + /status + /healthz. Publishing 9091 lets anyone who reaches it read
+# Proxy, then /metrics + /status + /healthz + /readyz. Publishing 9091 lets anyone who reaches it read
 # the metrics and /status: set `metrics_auth_token_file` (SECURITY.md) or keep it unpublished.
 EXPOSE 8080 9091
 # GET /healthz on the metrics_listen in force (config file + CANARY_LB_* overrides, like
-# `serve`); /healthz stays open when the admin token is set.
+# `serve`); /healthz stays open when the admin token is set. Liveness on purpose: an
+# unhealthy container is restarted (Swarm, `--restart`), and a restart cures a hung process,
+# not dead app servers. Traffic decisions use readiness: GET /readyz (`canary-lb health
+# --ready`), e.g. a Kubernetes readinessProbe or the load balancer in front of the replicas.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["canary-lb", "health"]
 STOPSIGNAL SIGTERM

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check`, `health`, `demo`, `app` and `ctl`.
+//! The command line: `serve`, `check`, `health`, `demo`, `app`, `ctl`, `reload` and
+//! `reopen-logs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,8 +27,9 @@ pub enum Command {
         #[arg(short, long, env = "CANARY_LB_CONFIG")]
         config: PathBuf,
     },
-    /// Exit 0 when GET /healthz on the config's metrics_listen answers 200, else 1 (the
-    /// container HEALTHCHECK; it follows CANARY_LB_METRICS_LISTEN like `serve`).
+    /// Exit 0 when GET /healthz (liveness; --ready: /readyz, readiness) on the config's
+    /// metrics_listen answers 200, else 1 (the container HEALTHCHECK; it follows
+    /// CANARY_LB_METRICS_LISTEN like `serve`).
     Health(HealthArgs),
     /// Run the proxy with built-in demo app servers on loopback and print curl lines to try.
     Demo(DemoArgs),
@@ -35,13 +37,31 @@ pub enum Command {
     App(AppArgs),
     /// Change the Redis control plane: register servers, drain them, move the canary percent.
     Ctl(CtlArgs),
+    /// Reload the running proxy's config file (SIGHUP to the pid in the config's pid_file);
+    /// exit 0 once it applied the file, 1 if it refused it (the reason is printed).
+    Reload(SignalArgs),
+    /// Make the running proxy reopen its access log file (SIGUSR1 to the pid in the config's
+    /// pid_file), after logrotate renamed it.
+    ReopenLogs(SignalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SignalArgs {
+    /// The running proxy's config file: its pid_file names the process, its metrics_listen
+    /// (and metrics_auth_token_file) is where `reload` reads the result.
+    #[arg(short, long, env = "CANARY_LB_CONFIG")]
+    pub config: PathBuf,
+    /// How long `reload` waits for the proxy to say whether it applied the file.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[arg(short, long, env = "CANARY_LB_CONFIG")]
     pub config: PathBuf,
-    /// Run in the background (Pingora daemon mode; see pid_file in --pingora-conf).
+    /// Run in the background (Pingora daemon mode; the config's pid_file, if set, is its pid
+    /// file, else pid_file in --pingora-conf).
     #[arg(short, long)]
     pub daemon: bool,
     /// Take over the listening sockets of a running instance (graceful binary upgrade).
@@ -67,6 +87,10 @@ pub struct HealthArgs {
     /// Limit for connecting and reading the status line.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub timeout: Duration,
+    /// Probe readiness (GET /readyz: listeners bound, servers known, a healthy production
+    /// server) instead of liveness (GET /healthz).
+    #[arg(long)]
+    pub ready: bool,
 }
 
 #[derive(Debug, Args)]

@@ -25,8 +25,13 @@ static JEMALLOC_CONF: Option<&u8> = Some(&JEMALLOC_CONF_TEXT[0]);
 #[cfg(not(target_env = "msvc"))]
 static JEMALLOC_CONF_TEXT: [u8; 17] = *b"tcache_max:65536\0";
 
+/// The log filter without `RUST_LOG`: canary-lb's own lines from info, Pingora's from warn
+/// (its info lines narrate its start and stop service by service). `RUST_LOG=info` shows them.
+const DEFAULT_LOG: &str = "info,pingora=warn,pingora_core=warn,pingora_proxy=warn,\
+                           pingora_load_balancing=warn,pingora_pool=warn";
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG)).init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Serve(args) => {
@@ -37,6 +42,8 @@ fn main() -> ExitCode {
         cli::Command::Demo(args) => demo::run(args, exit_drained).map_err(Failure::from),
         cli::Command::App(args) => demo::run_app(args).map_err(Failure::from),
         cli::Command::Ctl(args) => control::run(args).map_err(Failure::from),
+        cli::Command::Reload(args) => control::signal::reload(args).map_err(Failure::from),
+        cli::Command::ReopenLogs(args) => control::signal::reopen_logs(args).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -173,6 +173,35 @@ pub struct Shared {
     /// The rollout's per-window counters, recorded by the request path.
     pub rollout_windows: WindowRecorder,
     rollout: OnceLock<RolloutHandle>,
+    /// Every listener is bound (`runtime::listeners`): one of `/readyz`'s conditions.
+    pub listeners_bound: AtomicBool,
+    /// The first active health-check pass over production is done (until then Pingora counts
+    /// every new server healthy): one of `/readyz`'s conditions.
+    pub health_checked: AtomicBool,
+    /// The SIGHUP reloads seen, for `/status` and `canary-lb reload`.
+    pub reloads: ReloadStatus,
+}
+
+/// The SIGHUP reloads of this process: how many were tried and how the last one ended.
+#[derive(Default)]
+pub struct ReloadStatus {
+    generation: AtomicU64,
+    last: Mutex<Option<Result<(), String>>>,
+}
+
+impl ReloadStatus {
+    /// One reload ended (`Err`: why it was not applied).
+    pub fn record(&self, result: Result<(), String>) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Some(result);
+        self.generation.fetch_add(1, Relaxed);
+    }
+
+    /// Reloads tried since start, and the last one's result (None before the first).
+    pub fn last(&self) -> (u64, Option<Result<(), String>>) {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        (self.generation.load(Relaxed), last.clone())
+    }
 }
 
 impl Shared {
@@ -213,6 +242,9 @@ impl Shared {
             overrides: Mutex::new(Layers::default()),
             rollout_windows: WindowRecorder::default(),
             rollout: OnceLock::new(),
+            listeners_bound: AtomicBool::new(false),
+            health_checked: AtomicBool::new(false),
+            reloads: ReloadStatus::default(),
         };
         // Under any provider the file's lists serve until the provider first answers.
         discovery::file::feed(&shared.started.pools, &shared);

@@ -220,6 +220,31 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `pid_file`: its directory must exist and the path must not be a directory (checked by
+    /// `check` and at start; the file itself is written once the listeners are bound).
+    pub fn check_pid_file(&self) -> Result<(), String> {
+        let Some(path) = &self.pid_file else {
+            return Ok(());
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(format!(
+                "pid_file: {}: the directory {} does not exist",
+                path.display(),
+                dir.display()
+            ));
+        }
+        if path.is_dir() {
+            return Err(format!("pid_file: {} is a directory", path.display()));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod load_error_tests {
     use super::*;

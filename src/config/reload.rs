@@ -87,6 +87,7 @@ impl Config {
             "rollout.state_file",
             old.rollout.state_file != new.rollout.state_file,
         );
+        check("pid_file", old.pid_file != new.pid_file);
         if old.discovery.provider != Provider::Static {
             for (kind, key) in [
                 (PoolKind::Production, "pools.production.servers"),

@@ -66,6 +66,10 @@ pub struct Config {
     /// Feature flags evaluated per request (README "Feature flags").
     #[serde(default)]
     pub flags: FlagsConfig,
+    /// Where `serve` writes its pid once the listeners are bound (removed on exit), for
+    /// `canary-lb reload` / `reopen-logs` and logrotate's `kill -USR1`.
+    #[serde(default)]
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 /// `access_log: off`, or its settings (every key has a default: JSON lines on stdout).

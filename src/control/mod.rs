@@ -36,6 +36,7 @@ mod lease;
 pub mod probe;
 pub mod replace;
 pub mod rollout;
+pub mod signal;
 mod status;
 
 use lease::Lease;

@@ -1,4 +1,5 @@
-//! `canary-lb health`: the container's `HEALTHCHECK`.
+//! `canary-lb health`: the container's `HEALTHCHECK` (liveness, `GET /healthz`); with
+//! `--ready`, readiness (`GET /readyz`), for whatever decides where traffic goes.
 //!
 //! It reads the config exactly as `serve` does (the file, then the `CANARY_LB_*` overrides), so
 //! the check follows `metrics_listen` wherever it was moved, and sends `GET /healthz` there:
@@ -33,9 +34,10 @@ pub enum HealthError {
     NoMetricsListen(PathBuf),
     #[error("give --config (or CANARY_LB_CONFIG) or --addr")]
     NoTarget,
-    #[error("GET http://{target}/healthz: {problem}")]
+    #[error("GET http://{target}{path}: {problem}")]
     Unhealthy {
         target: SocketAddr,
+        path: &'static str,
         problem: ProbeError,
     },
 }
@@ -73,7 +75,12 @@ pub fn run(args: HealthArgs) -> Result<(), HealthError> {
         (None, None) => return Err(HealthError::NoTarget),
     };
     let target = probe_addr(addr);
-    check(target, args.timeout).map_err(|problem| HealthError::Unhealthy { target, problem })
+    let path = if args.ready { "/readyz" } else { "/healthz" };
+    check_path(target, path, args.timeout).map_err(|problem| HealthError::Unhealthy {
+        target,
+        path,
+        problem,
+    })
 }
 
 /// Where to connect for a listen address: a wildcard (`0.0.0.0`, `[::]`) is reached on the
@@ -92,6 +99,11 @@ pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
 
 /// `GET /healthz` on `addr`; Ok when the status line says 200, all within `timeout`.
 pub fn check(addr: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
+    check_path(addr, "/healthz", timeout)
+}
+
+/// `GET path` on `addr`; Ok when the status line says 200, all within `timeout`.
+pub fn check_path(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), ProbeError> {
     let io = |step| move |error| ProbeError::Io { step, error };
     let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io("connect"))?;
@@ -99,7 +111,7 @@ pub fn check(addr: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
         .set_write_timeout(Some(remaining(deadline)?))
         .map_err(io("set write timeout"))?;
     let request = format!(
-        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: canary-lb-health\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: canary-lb-health\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())

@@ -18,6 +18,8 @@
 //! exit 0 succeeded, 2 rolled back or aborted, 3 paused, 1 error.
 
 mod http;
+// `canary-lb reload` reads the admin port's `/status` with it.
+pub(crate) use http::parse_response;
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;

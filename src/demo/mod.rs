@@ -79,10 +79,15 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
         .iter()
         .chain(apps.iter().map(|(_, _, a)| a))
     {
-        if addr.port() == 0 || std::net::TcpListener::bind(addr).is_err() {
+        let busy = match std::net::TcpListener::bind(addr) {
+            _ if addr.port() == 0 => Some("port 0".to_string()),
+            Err(e) => Some(e.to_string()),
+            Ok(_) => None,
+        };
+        if let Some(e) = busy {
             anyhow::bail!(
-                "{addr} is not free; choose other ports, e.g. `canary-lb demo --listen \
-                 127.0.0.1:18080 --metrics-listen 127.0.0.1:19091 --app-base-port 13001`"
+                "cannot listen on {addr}: {e}; choose other ports, e.g. `canary-lb demo \
+                 --listen 127.0.0.1:18080 --metrics-listen 127.0.0.1:19091 --app-base-port 13001`"
             );
         }
     }
@@ -115,13 +120,25 @@ pub fn run(args: DemoArgs, exit_now: ExitNow) -> anyhow::Result<()> {
         canary = servers("canary"),
         pct = args.canary_percent,
     );
-    let config = crate::config::Config::parse(&yaml)?;
-    let mut assembled = crate::runtime::serve::assemble(
-        config,
-        None,
-        pingora_core::server::configuration::Opt::default(),
-        ServerConf::default(),
-    )?;
+    let assembled = crate::config::Config::parse(&yaml)
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            crate::runtime::serve::assemble(
+                config,
+                None,
+                pingora_core::server::configuration::Opt::default(),
+                ServerConf::default(),
+            )
+        });
+    let mut assembled = match assembled {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tls.dir);
+            return Err(e);
+        }
+    };
+    // The CA and key are the demo's alone: gone when it stops (Ctrl-C, SIGTERM).
+    assembled.cleanup.remove_dir(tls.dir.clone());
     for (name, pool, addr) in &apps {
         assembled.server.add_service(app_service(name, pool, *addr));
     }
@@ -176,6 +193,8 @@ fn print_tour(args: &DemoArgs, apps: &[(String, &str, SocketAddr)]) {
 
 /// The files of the demo's TLS listener.
 struct DemoTls {
+    /// The directory holding them, removed on exit.
+    dir: std::path::PathBuf,
     ca: std::path::PathBuf,
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
@@ -211,6 +230,7 @@ fn demo_certificate() -> anyhow::Result<DemoTls> {
     params.not_after = (now + Duration::from_secs(30 * 24 * 3600)).into();
     let cert = params.signed_by(&key, &ca, &ca_key)?;
     let files = DemoTls {
+        dir: dir.clone(),
         ca: dir.join("ca.pem"),
         cert: dir.join("localhost.crt"),
         key: dir.join("localhost.key"),

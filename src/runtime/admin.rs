@@ -1,5 +1,6 @@
 //! The admin endpoint on `metrics_listen`: `GET /metrics` (Prometheus text), `GET /status`
-//! (JSON: pools, servers, routing in force, discovery, rollout), `GET /healthz`, and the
+//! (JSON: pools, servers, routing in force, discovery, rollout, reloads), `GET /healthz`
+//! (liveness: the process answers), `GET /readyz` (readiness, [`readiness`]), and the
 //! rollout's `GET /rollout` and `POST /rollout/start|pause|resume|abort|promote`
 //! (`rollout_api.rs`).
 //!
@@ -14,7 +15,9 @@
 //!   [`crate::rollout::view`];
 //! - with `metrics_auth_token_file` set, `/metrics` and `/status` want `Authorization: Bearer
 //!   <token>` (compared in constant time), and so do `/rollout` and its commands; `/healthz`
-//!   stays open for container health checks.
+//!   and `/readyz` stay open for container health checks and Kubernetes probes, which send
+//!   no token (they say only whether the proxy serves, and a fixed reason: no address, no
+//!   name);
 //!   The token comes from the config snapshot of each request, so a SIGHUP reload that
 //!   re-reads the file applies at once;
 //! - one request per connection, whose head must arrive within [`HEAD_DEADLINE`] (or
@@ -128,6 +131,15 @@ impl AdminApp {
         let path = req.uri.path();
         let mut r = match path {
             "/healthz" => reply(200, "text/plain", b"ok\n"),
+            "/readyz" => {
+                let (code, doc) = match readiness(&self.shared) {
+                    Ok(()) => (200, json!({ "ready": true })),
+                    Err(reason) => (503, json!({ "ready": false, "reason": reason })),
+                };
+                let mut body = serde_json::to_vec(&doc).unwrap_or_default();
+                body.push(b'\n');
+                reply(code, "application/json", &body)
+            }
             "/metrics" | "/status" if !token.is_none_or(|t| authorized(t, &req.headers)) => {
                 let mut r = reply(
                     401,
@@ -173,6 +185,31 @@ impl AdminApp {
         }
         session.finish_body().await
     }
+}
+
+/// Whether this proxy can serve (`/readyz`), or the first reason it cannot: its listeners
+/// are bound, its servers are known (the file's, or the discovery provider has answered once)
+/// and checked once, and production has a server in rotation (or canary has one and
+/// `fallback_to_canary` sends production's traffic there). A replica that can only answer 503
+/// is taken out of a load balancer's rotation instead of served traffic.
+pub fn readiness(shared: &Shared) -> Result<(), &'static str> {
+    if !shared.listeners_bound.load(Relaxed) {
+        return Err("listeners not bound yet");
+    }
+    let d = &shared.discovery;
+    if d.provider != crate::config::Provider::Static && d.last_sync_ms.load(Relaxed) == 0 {
+        return Err("discovery has not answered yet");
+    }
+    if !shared.health_checked.load(Relaxed) {
+        return Err("first health check not done yet");
+    }
+    let in_rotation = |kind: PoolKind| shared.pools.get(kind).view().iter().any(|s| s.in_rotation);
+    if in_rotation(PoolKind::Production)
+        || (shared.live().fallback_to_canary && in_rotation(PoolKind::Canary))
+    {
+        return Ok(());
+    }
+    Err("no healthy production server")
 }
 
 /// The `/metrics` text, with the pool gauges taken from the pools as they are now.
@@ -246,7 +283,20 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         },
         "flags": flags_status(&shared.live()),
         "in_flight": shared.in_flight.load(Relaxed),
+        "reload": reload_status(shared),
     })
+}
+
+/// The SIGHUP reloads: `generation` counts those tried since start; `last` is `applied`,
+/// `failed` (with `error`) or null before the first. `canary-lb reload` waits on these.
+fn reload_status(shared: &Shared) -> serde_json::Value {
+    let (generation, last) = shared.reloads.last();
+    let (last, error) = match last {
+        None => (None, None),
+        Some(Ok(())) => (Some("applied"), None),
+        Some(Err(e)) => (Some("failed"), Some(e)),
+    };
+    json!({ "generation": generation, "last": last, "error": error })
 }
 
 /// The feature flags in force (salts as fingerprints, like the routing salt).

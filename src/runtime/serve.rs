@@ -3,6 +3,7 @@
 //! that reload or stop it are in `signals.rs`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -23,6 +24,7 @@ use crate::rollout::engine::{replica_id, Engine, RolloutSink};
 use crate::rollout::local::LocalCoordinator;
 use crate::rollout::Coordinator;
 use crate::runtime::admin::AdminApp;
+use crate::runtime::listeners::{Bound, ExitCleanup};
 use crate::runtime::signals::Signals;
 use crate::state::{RolloutHandle, Shared};
 use crate::tls::redirect::RedirectApp;
@@ -35,6 +37,7 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     crate::pool::health::checker(&config.health_check, crate::model::PoolKind::Production)?;
     crate::routing::CanaryPolicy::from_config(&config.routing)?;
     let certs = ListenerCerts::load(&config)?;
+    config.check_pid_file().map_err(anyhow::Error::msg)?;
     println!(
         "{}: OK ({} production and {} canary server(s), discovery: {}, canary_percent: {}{})",
         path.display(),
@@ -81,6 +84,8 @@ pub struct Assembled {
     config_path: Option<PathBuf>,
     /// The TLS listeners' certificates, swapped by SIGHUP.
     resolvers: Resolvers,
+    /// What is removed when the process ends (the pid file; `demo` adds its certificates).
+    pub cleanup: ExitCleanup,
 }
 
 /// Build the server from `config`. An edge for `serve` and `demo`: returns `anyhow`.
@@ -90,6 +95,16 @@ pub fn assemble(
     opt: Opt,
     mut conf: ServerConf,
 ) -> anyhow::Result<Assembled> {
+    config.check_pid_file().map_err(anyhow::Error::msg)?;
+    // A busy port stops the start here, naming it (see `listeners`). With `--upgrade` the old
+    // process still holds the sockets it is about to hand over.
+    if !opt.upgrade {
+        crate::runtime::listeners::check_free(&config)?;
+    }
+    if let (true, Some(pid_file)) = (opt.daemon, &config.pid_file) {
+        // Pingora's daemon writes its own pid file: make it the same one.
+        conf.pid_file = pid_file.display().to_string();
+    }
     conf.threads = config.threads;
     conf.grace_period_seconds = Some(config.grace_period.as_secs().max(1));
     conf.graceful_shutdown_timeout_seconds = Some(1);
@@ -229,11 +244,20 @@ pub fn assemble(
         admin.set_connection_limit(admin_limit);
         server.add_service(admin);
     }
+    let cleanup = ExitCleanup::default();
+    server.add_service(background_service(
+        "listeners bound",
+        Bound {
+            shared: shared.clone(),
+            cleanup: cleanup.clone(),
+        },
+    ));
     Ok(Assembled {
         server,
         shared,
         config_path,
         resolvers,
+        cleanup,
     })
 }
 
@@ -380,10 +404,12 @@ impl Assembled {
             self.config_path,
             self.resolvers,
             exit_now,
+            self.cleanup.clone(),
         );
         self.server.run(RunArgs {
             shutdown_signal: Box::new(watch),
         });
+        self.cleanup.run();
     }
 }
 
@@ -437,6 +463,9 @@ impl BackgroundService for PoolKeeper {
             tasks.spawn(async move {
                 loop {
                     shared.pools.get(kind).health_check().await;
+                    if kind == crate::model::PoolKind::Production {
+                        shared.health_checked.store(true, Relaxed);
+                    }
                     tokio::time::sleep(interval).await;
                 }
             });

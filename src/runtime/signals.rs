@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use log::{error, info, warn};
+use log::{error, info};
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
+use crate::runtime::listeners::ExitCleanup;
 use crate::runtime::serve::ExitNow;
 use crate::state::Shared;
 use crate::tls::{ListenerCerts, Resolvers};
@@ -24,6 +25,8 @@ pub struct Signals {
     config_path: Option<PathBuf>,
     resolvers: Resolvers,
     exit_now: ExitNow,
+    /// The pid file and temporary files, removed before the SIGTERM watchdog exits.
+    cleanup: ExitCleanup,
 }
 
 impl Signals {
@@ -32,45 +35,49 @@ impl Signals {
         config_path: Option<PathBuf>,
         resolvers: Resolvers,
         exit_now: ExitNow,
+        cleanup: ExitCleanup,
     ) -> Signals {
         Signals {
             shared,
             config_path,
             resolvers,
             exit_now,
+            cleanup,
         }
     }
 
+    /// SIGHUP: reload, log the outcome and record it for `/status` (`canary-lb reload`).
     fn reload(&self) {
+        let result = self.try_reload();
+        if let Err(e) = &result {
+            error!("SIGHUP: {e}");
+        }
+        self.shared.reloads.record(result);
+    }
+
+    fn try_reload(&self) -> Result<(), String> {
         let Some(path) = &self.config_path else {
-            warn!("SIGHUP: no config file to reload");
-            return;
+            return Err("no config file to reload".into());
         };
-        let config = match Config::load(path) {
-            Ok(config) => config,
-            Err(e) => return error!("SIGHUP: {e}; keeping the running configuration"),
-        };
+        let config =
+            Config::load(path).map_err(|e| format!("{e}; keeping the running configuration"))?;
         // Certificates are read (and checked) before anything is applied: one bad file
         // refuses the whole reload, and the running certificates keep serving.
-        let certs = match ListenerCerts::load(&config) {
-            Ok(certs) => certs,
-            Err(e) => {
-                return error!(
-                "SIGHUP: {} not applied: {e}; keeping the running configuration and certificates",
+        let certs = ListenerCerts::load(&config).map_err(|e| {
+            format!(
+                "{} not applied: {e}; keeping the running configuration and certificates",
                 path.display()
             )
-            }
-        };
-        match self.shared.apply_file(config) {
-            Ok(()) => {
-                let swapped = self.resolvers.swap(certs);
-                info!(
-                    "SIGHUP: reloaded {} ({swapped} TLS listener(s) with reloaded certificates)",
-                    path.display()
-                )
-            }
-            Err(e) => error!("SIGHUP: {} not applied: {e}", path.display()),
-        }
+        })?;
+        self.shared
+            .apply_file(config)
+            .map_err(|e| format!("{} not applied: {e}", path.display()))?;
+        let swapped = self.resolvers.swap(certs);
+        info!(
+            "SIGHUP: reloaded {} ({swapped} TLS listener(s) with reloaded certificates)",
+            path.display()
+        );
+        Ok(())
     }
 
     /// Pingora waits the whole grace period after SIGTERM; exit as soon as nothing is in
@@ -79,12 +86,14 @@ impl Signals {
         let shared = self.shared.clone();
         let grace = shared.started().grace_period;
         let exit_now = self.exit_now;
+        let cleanup = self.cleanup.clone();
         std::thread::spawn(move || {
             let start = Instant::now();
             std::thread::sleep(Duration::from_millis(200));
             while start.elapsed() < grace {
                 if shared.in_flight.load(Relaxed) <= 0 {
                     info!("graceful shutdown: no request in flight, exiting");
+                    cleanup.run();
                     exit_now();
                 }
                 std::thread::sleep(Duration::from_millis(50));
