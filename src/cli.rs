@@ -21,10 +21,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy in the foreground (or as a daemon with --daemon).
     Serve(ServeArgs),
-    /// Validate a config file: exit 0, or print the bad key and line and exit 1.
+    /// Validate a config file: exit 0, or print the bad key and line and exit 1. Warnings (a
+    /// config that can only answer 503, the same server in both pools) are printed and still
+    /// exit 0, unless --strict.
     Check {
         #[arg(short, long, env = "CANARY_LB_CONFIG")]
         config: PathBuf,
+        /// Exit 1 on a warning too (for CI).
+        #[arg(long)]
+        strict: bool,
     },
     /// Exit 0 when GET /healthz on the config's metrics_listen answers 200, else 1 (the
     /// container HEALTHCHECK; it follows CANARY_LB_METRICS_LISTEN like `serve`).

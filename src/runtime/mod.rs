@@ -2,6 +2,7 @@
 //! the background tasks, and the signals that reload or stop it.
 
 pub mod admin;
+pub mod check;
 pub mod rollout_api;
 pub mod serve;
 pub mod signals;
