@@ -259,12 +259,12 @@ pub(super) mod humantime_serde {
         humantime::parse_duration(s).map_err(|e| match e {
             humantime::DurationError::InvalidCharacter(_)
             | humantime::DurationError::NumberExpected(_)
-            | humantime::DurationError::Empty => format!(
-                "`{s}` is not a duration: write a number and a unit, like 500ms, 10s or 1m"
-            ),
-            humantime::DurationError::UnknownUnit { unit, .. } => format!(
-                "`{s}`: unknown unit `{unit}`; use ms, s, m or h (e.g. 500ms, 10s, 1m)"
-            ),
+            | humantime::DurationError::Empty => {
+                format!("`{s}` is not a duration: write a number and a unit, like 500ms, 10s or 1m")
+            }
+            humantime::DurationError::UnknownUnit { unit, .. } => {
+                format!("`{s}`: unknown unit `{unit}`; use ms, s, m or h (e.g. 500ms, 10s, 1m)")
+            }
             other => format!("`{s}` is not a duration like 500ms, 10s or 1m: {other}"),
         })
     }

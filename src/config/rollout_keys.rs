@@ -68,11 +68,12 @@ impl RolloutConfig {
                     .collect::<Result<_, _>>()?;
             }
             "interval" => {
-                self.interval = humantime_serde::parse(v).map_err(|problem| RolloutSettingError {
-                    key: key.to_string(),
-                    problem,
-                    value: None,
-                })?;
+                self.interval =
+                    humantime_serde::parse(v).map_err(|problem| RolloutSettingError {
+                        key: key.to_string(),
+                        problem,
+                        value: None,
+                    })?;
             }
             "windows_per_step" | "threshold" | "max_inconclusive" => {
                 let n: u32 = v
@@ -158,10 +159,7 @@ mod tests {
             (2, 4, 7, 3, 2)
         );
         for key in ROLLOUT_START_KEYS {
-            assert!(
-                base.with_keys([(key, "x")]).is_err(),
-                "{key}: `x` accepted"
-            );
+            assert!(base.with_keys([(key, "x")]).is_err(), "{key}: `x` accepted");
         }
         let e = base.with_keys([("bogus", "1")]).expect_err("unknown");
         assert!(e.to_string().contains("unknown key"), "{e}");

@@ -67,10 +67,7 @@ impl Config {
             // Redis supplies the servers; the file's lists are normally empty.
             return out;
         }
-        let (prod, canary) = (
-            &self.pools.production.servers,
-            &self.pools.canary.servers,
-        );
+        let (prod, canary) = (&self.pools.production.servers, &self.pools.canary.servers);
         if prod.is_empty() && canary.is_empty() {
             out.push(Warning::at_key(
                 text,
