@@ -148,7 +148,9 @@ fn parse_action(command: RolloutCommand) -> Result<Action, CtlError> {
         RolloutCommand::Promote => Action::Command(Command::Promote),
         RolloutCommand::History { n, json } => {
             if n == 0 || n > 1000 {
-                return Err(flag("last", format!("must be 1..=1000, got {n}")));
+                return Err(CtlError::BadArg(format!(
+                    "-n/--last: must be 1..=1000, got {n}"
+                )));
             }
             Action::History { n, json }
         }
