@@ -292,7 +292,13 @@ pub enum RolloutCommand {
     /// The last verdicts and commands, oldest first.
     History {
         /// How many entries, newest last (1..=1000).
-        #[arg(short = 'n', long = "last", alias = "n", value_name = "N", default_value_t = 20)]
+        #[arg(
+            short = 'n',
+            long = "last",
+            alias = "n",
+            value_name = "N",
+            default_value_t = 20
+        )]
         n: usize,
         /// One JSON entry a line.
         #[arg(long)]

@@ -42,7 +42,15 @@ fn flag_set_keeps_what_it_is_not_given_and_errors_use_a_flags_words() {
         redis.ctl(&all)
     };
     let out = flag(&[
-        "set", "beta", "--percent", "12.5", "--salt", "s1", "--allow", "u1", "u2",
+        "set",
+        "beta",
+        "--percent",
+        "12.5",
+        "--salt",
+        "s1",
+        "--allow",
+        "u1",
+        "u2",
     ]);
     assert!(out.status.success(), "{}", text(&out));
 
@@ -59,7 +67,10 @@ fn flag_set_keeps_what_it_is_not_given_and_errors_use_a_flags_words() {
     let out = flag(&["set", "beta"]);
     assert!(out.status.success(), "{}", text(&out));
     let beta = stored_flag(&redis, ns, "beta");
-    assert_eq!((beta["enabled"].clone(), beta["percent"].clone()), (true.into(), 12.5.into()));
+    assert_eq!(
+        (beta["enabled"].clone(), beta["percent"].clone()),
+        (true.into(), 12.5.into())
+    );
     // A new flag without --percent: nobody but its allow list.
     let out = flag(&["set", "new-one", "--allow", "qa-3"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -68,7 +79,11 @@ fn flag_set_keeps_what_it_is_not_given_and_errors_use_a_flags_words() {
 
     // The words: a NAME is not an option, and a flag's percent is not the canary's.
     for (args, says, never) in [
-        (&["set", "Bad_Name", "--percent", "5"][..], "flag name `Bad_Name` must be", "--name"),
+        (
+            &["set", "Bad_Name", "--percent", "5"][..],
+            "flag name `Bad_Name` must be",
+            "--name",
+        ),
         (&["off", "Bad_Name"][..], "flag name `Bad_Name`", "--name"),
         (
             &["set", "ok", "--percent", "150"][..],
@@ -80,7 +95,11 @@ fn flag_set_keeps_what_it_is_not_given_and_errors_use_a_flags_words() {
             "--percent: flag percent must be a number 0..=100, got `lots`",
             "canary percent",
         ),
-        (&["off", "missing"][..], "no flag `missing` in Redis", "--name"),
+        (
+            &["off", "missing"][..],
+            "no flag `missing` in Redis",
+            "--name",
+        ),
     ] {
         let out = flag(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
@@ -93,7 +112,10 @@ fn flag_set_keeps_what_it_is_not_given_and_errors_use_a_flags_words() {
 /// A store a rollout can start on: marked, with the proxies' salt.
 fn rollout_store(redis: &RedisServer, ns: &str) {
     mark_store(&redis.url(), ns);
-    redis_cmd(&redis.url(), &["HSET", &routing_key(ns), "salt", "edges-salt"]);
+    redis_cmd(
+        &redis.url(),
+        &["HSET", &routing_key(ns), "salt", "edges-salt"],
+    );
 }
 
 fn rollout(redis: &RedisServer, ns: &str, args: &[&str]) -> Output {
@@ -112,11 +134,41 @@ fn rollout_start_takes_every_admin_key_within_the_configs_limits() {
     // as the file's `rollout:` section is.
     let dir = tempfile::tempdir().expect("temp dir");
     for (flag, value, key, yaml, says) in [
-        ("--interval", "50ms", "interval", "50ms", "must be at least 100ms"),
-        ("--windows-per-step", "10001", "windows_per_step", "10001", "must be 1..=10000, got 10001"),
-        ("--max-inconclusive", "0", "max_inconclusive", "0", "must be 1..=10000, got 0"),
-        ("--hard-fail-errors", "0", "hard_fail_errors", "0", "must be at least 1"),
-        ("--steps", "50,10", "steps", "[50, 10]", "must be strictly ascending: 10 follows 50"),
+        (
+            "--interval",
+            "50ms",
+            "interval",
+            "50ms",
+            "must be at least 100ms",
+        ),
+        (
+            "--windows-per-step",
+            "10001",
+            "windows_per_step",
+            "10001",
+            "must be 1..=10000, got 10001",
+        ),
+        (
+            "--max-inconclusive",
+            "0",
+            "max_inconclusive",
+            "0",
+            "must be 1..=10000, got 0",
+        ),
+        (
+            "--hard-fail-errors",
+            "0",
+            "hard_fail_errors",
+            "0",
+            "must be at least 1",
+        ),
+        (
+            "--steps",
+            "50,10",
+            "steps",
+            "[50, 10]",
+            "must be strictly ascending: 10 follows 50",
+        ),
     ] {
         let out = rollout(&redis, ns, &["start", flag, value]);
         assert_eq!(out.status.code(), Some(1), "{flag} {value}: {}", text(&out));
@@ -182,7 +234,11 @@ fn history_has_times_and_a_second_abort_exits_0() {
     let redis = RedisServer::start();
     let ns = "edges-abort";
     rollout_store(&redis, ns);
-    let out = rollout(&redis, ns, &["start", "--steps", "10,100", "--interval", "1m"]);
+    let out = rollout(
+        &redis,
+        ns,
+        &["start", "--steps", "10,100", "--interval", "1m"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let first = rollout(&redis, ns, &["abort"]);
     assert!(first.status.success(), "{}", text(&first));
@@ -206,7 +262,8 @@ fn history_has_times_and_a_second_abort_exits_0() {
         .map(str::to_string)
         .collect();
     assert_eq!(lines.len(), 2, "start and one abort: {lines:?}");
-    let this_year = &humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..4];
+    let this_year =
+        &humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..4];
     for line in &lines {
         let stamp = line.split_whitespace().next().unwrap_or_default();
         assert!(
@@ -214,5 +271,54 @@ fn history_has_times_and_a_second_abort_exits_0() {
             "no time at the start of `{line}`"
         );
     }
-    assert!(lines[0].contains("start") && lines[1].contains("abort"), "{lines:?}");
+    assert!(
+        lines[0].contains("start") && lines[1].contains("abort"),
+        "{lines:?}"
+    );
+}
+
+/// Over `--admin` (the file provider): the new keys reach the proxy's parser, and a second
+/// abort exits 0 as over Redis.
+#[test]
+fn over_the_admin_endpoint_too() {
+    let app = App::start("edges-p1", "production");
+    let proxy = Proxy::in_front_of(&[app.addr()], "");
+    let admin = format!("http://127.0.0.1:{}", proxy.metrics_port());
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "rollout", "--admin", &admin];
+        all.extend_from_slice(args);
+        run_cli(&all, Duration::from_secs(30))
+    };
+    let out = ctl(&[
+        "start",
+        "--steps",
+        "10,100",
+        "--interval",
+        "1m",
+        "--min-requests",
+        "5",
+        "--hard-fail-errors",
+        "4",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = ctl(&["status", "--json"]);
+    let json: Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    let s = &json["state"]["settings"];
+    assert_eq!(
+        (s["min_requests"].clone(), s["hard_fail_errors"].clone()),
+        (5.into(), 4.into()),
+        "{json}"
+    );
+    // The proxy refuses what the config refuses, in its words.
+    let out = ctl(&["start", "--interval", "50ms"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    assert!(ctl(&["abort"]).status.success());
+    let again = ctl(&["abort"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already ended: aborted"),
+        "{}",
+        text(&again)
+    );
 }

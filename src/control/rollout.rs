@@ -626,8 +626,11 @@ mod tests {
 
     #[test]
     fn steps_are_validated_naming_the_value() {
-        let s = apply_flags(RolloutConfig::default(), &flags(&[("steps", "5, 10,25%,100")]))
-            .expect("valid");
+        let s = apply_flags(
+            RolloutConfig::default(),
+            &flags(&[("steps", "5, 10,25%,100")]),
+        )
+        .expect("valid");
         assert_eq!(
             s.steps,
             [5, 10, 25, 100]
@@ -649,8 +652,11 @@ mod tests {
         let many: Vec<String> = (0..=crate::config::MAX_ROLLOUT_STEPS)
             .map(|i| format!("{}", i as f64 / 2.0 + 0.5))
             .collect();
-        let e = apply_flags(RolloutConfig::default(), &flags(&[("steps", &many.join(","))]))
-            .expect_err("too many");
+        let e = apply_flags(
+            RolloutConfig::default(),
+            &flags(&[("steps", &many.join(","))]),
+        )
+        .expect_err("too many");
         assert!(e.to_string().contains("--steps"), "{e}");
     }
 
@@ -685,9 +691,21 @@ mod tests {
             ("interval", "10ms", "--interval: must be at least 100ms"),
             ("interval", "30", "--interval: 30 has no unit"),
             ("threshold", "0", "--threshold: must be 1..=10000, got 0"),
-            ("windows_per_step", "10001", "--windows-per-step: must be 1..=10000"),
-            ("max_inconclusive", "x", "--max-inconclusive: `x` is not a whole number"),
-            ("hard_fail_errors", "0", "--hard-fail-errors: must be at least 1"),
+            (
+                "windows_per_step",
+                "10001",
+                "--windows-per-step: must be 1..=10000",
+            ),
+            (
+                "max_inconclusive",
+                "x",
+                "--max-inconclusive: `x` is not a whole number",
+            ),
+            (
+                "hard_fail_errors",
+                "0",
+                "--hard-fail-errors: must be at least 1",
+            ),
             ("steps", "", "--steps"),
         ] {
             let e = apply_flags(RolloutConfig::default(), &flags(&[(key, value)]))
