@@ -1,7 +1,10 @@
 //! The configuration: loading it (this file: the only place that reads the config file, the
 //! token file and the environment), its format ([`schema`], with the scalar deserializers that
 //! validate each value in `de.rs`), its `CANARY_LB_*` overrides (`env.rs`), and which of its
-//! keys apply on SIGHUP and which need a restart ([`reload`]).
+//! keys apply on SIGHUP and which need a restart ([`reload`]). Errors found after serde (the
+//! whole config's rules, certificate files) get their key's line from [`locate`]; `check`'s
+//! warnings are in `warnings.rs`; the one parser of a rollout's settings as text (`ctl
+//! rollout start`, the admin endpoint) is [`rollout_keys`].
 
 mod de;
 mod env;
