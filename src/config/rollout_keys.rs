@@ -68,12 +68,15 @@ impl RolloutConfig {
                     .collect::<Result<_, _>>()?;
             }
             "interval" => {
-                self.interval =
-                    humantime_serde::parse(v).map_err(|problem| RolloutSettingError {
-                        key: key.to_string(),
-                        problem,
-                        value: None,
-                    })?;
+                // The duration parser's words, without the value (see `RolloutSettingError`).
+                self.interval = humantime_serde::parse(v).map_err(|_| {
+                    let problem = if v.parse::<f64>().is_ok() {
+                        "has no unit: write e.g. 30s or 500ms"
+                    } else {
+                        "is not a duration: write a number and a unit, like 500ms, 10s or 1m"
+                    };
+                    refuse(key, v, problem)
+                })?;
             }
             "windows_per_step" | "threshold" | "max_inconclusive" => {
                 let n: u32 = v

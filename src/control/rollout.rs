@@ -689,7 +689,7 @@ mod tests {
 
         for (key, value, named) in [
             ("interval", "10ms", "--interval: must be at least 100ms"),
-            ("interval", "30", "--interval: 30 has no unit"),
+            ("interval", "30", "--interval: `30` has no unit"),
             ("threshold", "0", "--threshold: must be 1..=10000, got 0"),
             (
                 "windows_per_step",

@@ -479,6 +479,17 @@ mod tests {
         let hostile = "<script>alert(1)</script>=1";
         let e = settings_from_query(&base, Some(hostile)).expect_err("hostile");
         assert!(!e.contains("script"), "{e}");
+        // The values are never echoed either.
+        for key in crate::config::ROLLOUT_START_KEYS {
+            let e =
+                settings_from_query(&base, Some(&format!("{key}=%3Cscript%3E"))).expect_err(key);
+            assert!(e.starts_with(key) && !e.contains("script"), "{e}");
+        }
+        // The limits are the config's (`RolloutConfig::validate`), not the admin's own.
+        let s = settings_from_query(&base, Some("interval=200ms&min_requests=0")).expect("valid");
+        assert_eq!(s.interval, Duration::from_millis(200));
+        let e = settings_from_query(&base, Some("windows_per_step=10001")).expect_err("10001");
+        assert_eq!(e, "windows_per_step: must be 1..=10000, got 10001");
     }
 
     #[test]
