@@ -22,10 +22,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy in the foreground (or as a daemon with --daemon).
     Serve(ServeArgs),
-    /// Validate a config file: exit 0, or print the bad key and line and exit 1.
+    /// Validate a config file: exit 0, or print the bad key and line and exit 1. Warnings (a
+    /// config that can only answer 503, the same server in both pools) are printed and still
+    /// exit 0, unless --strict.
     Check {
         #[arg(short, long, env = "CANARY_LB_CONFIG")]
         config: PathBuf,
+        /// Exit 1 on a warning too (for CI).
+        #[arg(long)]
+        strict: bool,
     },
     /// Exit 0 when GET /healthz (liveness; --ready: /readyz, readiness) on the config's
     /// metrics_listen answers 200, else 1 (the container HEALTHCHECK; it follows
@@ -151,9 +156,12 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Add a server to a pool (optionally with a lease kept alive by --heartbeat).
     Register {
+        /// The pool: production or canary.
         #[arg(long)]
         pool: String,
+        /// The server, `host:port` (an IP or a name the proxies resolve).
         addr: String,
+        /// Its share of the pool's requests, 1..=1000 (default: keep its weight, or 1).
         #[arg(long)]
         weight: Option<i64>,
         /// Lease length; without it the server has no lease.
@@ -165,27 +173,36 @@ pub enum CtlCommand {
     },
     /// Remove a server from a pool.
     Deregister {
+        /// The pool: production or canary.
         #[arg(long)]
         pool: String,
+        /// The server, `host:port` (as registered).
         addr: String,
     },
     /// Stop sending new requests to a server (in-flight ones finish).
     Drain {
+        /// The pool: production or canary.
         #[arg(long)]
         pool: String,
+        /// The server, `host:port` (as registered).
         addr: String,
     },
     /// Put a drained server back into rotation.
     Undrain {
+        /// The pool: production or canary.
         #[arg(long)]
         pool: String,
+        /// The server, `host:port` (as registered).
         addr: String,
     },
     /// Set a server's weight.
     Weight {
+        /// The pool: production or canary.
         #[arg(long)]
         pool: String,
+        /// The server, `host:port` (as registered).
         addr: String,
+        /// Its share of the pool's requests, 1..=1000.
         weight: i64,
     },
     /// Read or set the canary percentage.
@@ -223,6 +240,7 @@ pub enum CtlCommand {
     ///      (without --strict: a `replace: warning:` line and exit 0)
     #[command(verbatim_doc_comment)]
     Replace {
+        /// The pool: production or canary.
         #[arg(long)]
         pool: String,
         /// The server being replaced (`host:port`).
@@ -262,20 +280,9 @@ pub struct RolloutArgs {
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     /// Start a rollout at its first step; flags override the `rollout:` section of --config.
-    Start {
-        /// canary_percent of each step, ascending, e.g. 5,10,25,50,100.
-        #[arg(long)]
-        steps: Option<String>,
-        /// The analysis window, e.g. 30s.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        interval: Option<Duration>,
-        /// Passing windows that advance a step.
-        #[arg(long)]
-        windows_per_step: Option<u32>,
-        /// Failed windows (cumulative) that roll the canary back.
-        #[arg(long)]
-        threshold: Option<u32>,
-    },
+    /// The flags are the keys of that section and of the admin endpoint's
+    /// `POST /rollout/start?key=value`, with the same limits.
+    Start(RolloutStartArgs),
     /// Phase, weight, step, failed checks, leader and the last verdicts.
     ///
     /// Exit codes with --wait:
@@ -308,7 +315,14 @@ pub enum RolloutCommand {
     Promote,
     /// The last verdicts and commands, oldest first.
     History {
-        #[arg(short = 'n', long, default_value_t = 20)]
+        /// How many entries, newest last (1..=1000).
+        #[arg(
+            short = 'n',
+            long = "last",
+            alias = "n",
+            value_name = "N",
+            default_value_t = 20
+        )]
         n: usize,
         /// One JSON entry a line.
         #[arg(long)]
@@ -316,15 +330,61 @@ pub enum RolloutCommand {
     },
 }
 
+/// `ctl rollout start`: each flag is a key of the `rollout:` section, parsed and checked by
+/// the one parser the config and the admin endpoint use (`config::rollout_keys`).
+#[derive(Debug, Args, Default)]
+pub struct RolloutStartArgs {
+    /// canary_percent of each step, ascending, e.g. 5,10,25,50,100.
+    #[arg(long)]
+    pub steps: Option<String>,
+    /// The analysis window, e.g. 30s (100ms..=24h).
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// Passing windows that advance a step (1..=10000).
+    #[arg(long)]
+    pub windows_per_step: Option<String>,
+    /// Failed windows (cumulative) that roll the canary back (1..=10000).
+    #[arg(long)]
+    pub threshold: Option<String>,
+    /// Canary requests a window needs to be judged; below it the window is inconclusive.
+    #[arg(long)]
+    pub min_requests: Option<String>,
+    /// Inconclusive windows in a row that pause the rollout (1..=10000).
+    #[arg(long)]
+    pub max_inconclusive: Option<String>,
+    /// Canary 5xx and connect failures in a window that fail it even below --min-requests.
+    #[arg(long)]
+    pub hard_fail_errors: Option<String>,
+}
+
+impl RolloutStartArgs {
+    /// The flags given, as `(key of rollout:, value)`.
+    pub fn keys(&self) -> Vec<(&'static str, String)> {
+        [
+            ("steps", &self.steps),
+            ("interval", &self.interval),
+            ("windows_per_step", &self.windows_per_step),
+            ("threshold", &self.threshold),
+            ("min_requests", &self.min_requests),
+            ("max_inconclusive", &self.max_inconclusive),
+            ("hard_fail_errors", &self.hard_fail_errors),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum FlagCommand {
     /// Create or change a flag and turn it on. Values not given are kept from the stored
-    /// flag (a new flag: no allow/deny list, salt = its name).
+    /// flag (a new flag: 0 %, no allow/deny list, salt = its name).
     Set {
+        /// The flag's name: 1..=64 characters of a-z, 0-9 and -.
         name: String,
-        /// Share of users, 0..=100 (decimals ok).
+        /// Share of users, 0..=100 (decimals ok); default: the stored flag's (a new flag: 0).
         #[arg(long)]
-        percent: String,
+        percent: Option<String>,
         /// The bucket salt; a new salt reshuffles which users have the flag.
         #[arg(long)]
         salt: Option<String>,
@@ -336,15 +396,63 @@ pub enum FlagCommand {
         deny: Option<Vec<String>>,
     },
     /// Turn a flag off for everyone (kept, with its settings, for a later `set`).
-    Off { name: String },
+    Off {
+        /// The flag's name.
+        name: String,
+    },
     /// Delete a flag.
-    Delete { name: String },
+    Delete {
+        /// The flag's name.
+        name: String,
+    },
     /// Print the flags stored in Redis (and any bad entry the proxies skip).
     List,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CanaryCommand {
-    Set { percent: String },
+    /// Set the canary percentage every proxy routes by (overrides routing.canary_percent).
+    Set {
+        /// Share of users sent to canary, 0..=100 (decimals ok).
+        percent: String,
+    },
+    /// Print the canary percentage stored in Redis.
     Get,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `ctl … --help` explains every argument, and every option is spelled as a word.
+    #[test]
+    fn every_ctl_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() {
+                missing.push(format!("{path} (the command)"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+                if arg.get_long().is_some_and(|l| l.len() == 1) {
+                    missing.push(format!("{path}: --{id} is a one-letter long option"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let cli = Cli::command();
+        let ctl = cli.find_subcommand("ctl").expect("ctl");
+        let mut missing = Vec::new();
+        walk(ctl, "canary-lb", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
 }

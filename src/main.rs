@@ -37,7 +37,9 @@ fn main() -> ExitCode {
         cli::Command::Serve(args) => {
             runtime::serve::serve(args, exit_drained).map_err(Failure::from)
         }
-        cli::Command::Check { config } => runtime::serve::check(&config).map_err(Failure::from),
+        cli::Command::Check { config, strict } => {
+            runtime::check::run(&config, strict).map_err(Failure::from)
+        }
         cli::Command::Health(args) => control::probe::run(args).map_err(Failure::from),
         cli::Command::Demo(args) => demo::run(args, exit_drained).map_err(Failure::from),
         cli::Command::App(args) => demo::run_app(args).map_err(Failure::from),

@@ -587,7 +587,7 @@ fn admin_mode_speaks_the_endpoint_contract_and_bounds_a_bad_endpoint() {
     let got = proxy.received();
     assert_eq!(got.len(), 1, "one request");
     assert_eq!(got[0].method, "POST");
-    assert_eq!(got[0].path, "/rollout/start?steps=5,50&interval=2000ms");
+    assert_eq!(got[0].path, "/rollout/start?steps=5,50&interval=2s");
     assert_eq!(
         got[0].header_lines("authorization"),
         vec!["Bearer s3cret-token".to_string()]

@@ -242,11 +242,35 @@ pub(super) mod humantime_serde {
     use std::time::Duration;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        super::checked(d, |v| {
-            let s = v.str()?;
-            humantime::parse_duration(s)
-                .map_err(|e| format!("`{s}` is not a duration like 500ms, 2s or 1m: {e}"))
+        super::checked(d, |v| match v {
+            super::Scalar::Str(s) => parse(s),
+            super::Scalar::Int(n) => Err(no_unit(&n.to_string())),
+            super::Scalar::Float(f) => Err(no_unit(&f.to_string())),
         })
+    }
+
+    /// A duration as written in the file or on the command line: a number and its unit.
+    /// The errors say what is missing, not what the parser expected at which byte.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let s = text.trim();
+        if !s.is_empty() && s.parse::<f64>().is_ok() {
+            return Err(no_unit(s));
+        }
+        humantime::parse_duration(s).map_err(|e| match e {
+            humantime::DurationError::InvalidCharacter(_)
+            | humantime::DurationError::NumberExpected(_)
+            | humantime::DurationError::Empty => {
+                format!("`{s}` is not a duration: write a number and a unit, like 500ms, 10s or 1m")
+            }
+            humantime::DurationError::UnknownUnit { unit, .. } => {
+                format!("`{s}`: unknown unit `{unit}`; use ms, s, m or h (e.g. 500ms, 10s, 1m)")
+            }
+            other => format!("`{s}` is not a duration like 500ms, 10s or 1m: {other}"),
+        })
+    }
+
+    fn no_unit(n: &str) -> String {
+        format!("{n} has no unit; write {n}s or {n}ms")
     }
 
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -1,19 +1,28 @@
 //! The configuration: loading it (this file: the only place that reads the config file, the
 //! token file and the environment), its format ([`schema`], with the scalar deserializers that
 //! validate each value in `de.rs`), its `CANARY_LB_*` overrides (`env.rs`), and which of its
-//! keys apply on SIGHUP and which need a restart ([`reload`]).
+//! keys apply on SIGHUP and which need a restart ([`reload`]). Errors found after serde (the
+//! whole config's rules, certificate files) get their key's line from [`locate`]; `check`'s
+//! warnings are in `warnings.rs`; the one parser of a rollout's settings as text (`ctl
+//! rollout start`, the admin endpoint) is [`rollout_keys`].
 
 mod de;
 mod env;
+pub mod locate;
 pub mod reload;
+pub mod rollout_keys;
 pub mod schema;
+mod warnings;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use locate::Position;
+pub use rollout_keys::{RolloutSettingError, ROLLOUT_START_KEYS};
 pub use schema::*;
+pub use warnings::Warning;
 
 /// `metrics_auth_token_file`: the file holding the admin port's bearer token. The file is read
 /// while the config is parsed (at start and at every SIGHUP reload), so a missing, empty or
@@ -207,6 +216,12 @@ pub enum ConfigError {
 impl Config {
     /// Read, parse and validate a config file, then apply the environment overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_text(path).map(|loaded| loaded.config)
+    }
+
+    /// [`Config::load`], keeping the text, so that what is found later (a certificate file,
+    /// a warning) can name its key's line ([`Loaded::error`]).
+    pub fn load_with_text(path: &Path) -> Result<Loaded, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
             error,
@@ -216,7 +231,44 @@ impl Config {
             error,
         })?;
         config.apply_env(|k| std::env::var(k).ok())?;
-        Ok(config)
+        Ok(Loaded {
+            config,
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+}
+
+/// A config with the file and text it was read from.
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    text: String,
+}
+
+impl Loaded {
+    /// A problem of the value at `key`, found after loading: names the file, the key and its
+    /// line.
+    pub fn error(&self, key: impl Into<String>, problem: impl ToString) -> ConfigError {
+        let key = key.into();
+        ConfigError::Invalid {
+            path: self.path.display().to_string(),
+            error: InvalidConfig::Key {
+                at: locate::locate_nearest(&self.text, &key),
+                key,
+                problem: problem.to_string(),
+            },
+        }
+    }
+
+    /// The config's warnings ([`Config::warnings`]).
+    pub fn warnings(&self) -> Vec<Warning> {
+        self.config.warnings(&self.text)
+    }
+
+    /// A warning about `key`, placed at its line.
+    pub fn warning(&self, key: impl Into<String>, message: impl Into<String>) -> Warning {
+        Warning::at_key(&self.text, key, message)
     }
 }
 

@@ -704,8 +704,9 @@ pub struct SentinelConfig {
 impl Config {
     /// Parse and validate YAML text; the error names the key and the line.
     pub fn parse(text: &str) -> Result<Config, InvalidConfig> {
-        let config: Config = serde_yaml_ng::from_str(text).map_err(InvalidConfig::Yaml)?;
-        config.validate()?;
+        let config: Config =
+            serde_yaml_ng::from_str(text).map_err(|e| InvalidConfig::from_yaml(e, text))?;
+        config.validate().map_err(|e| e.located(text))?;
         Ok(config)
     }
 
@@ -939,6 +940,8 @@ fn is_default_per_client_failures(v: &u64) -> bool {
 
 /// The most steps a rollout may have.
 pub const MAX_ROLLOUT_STEPS: usize = 100;
+/// The largest `windows_per_step`, `threshold` and `max_inconclusive`.
+pub const MAX_ROLLOUT_COUNT: u32 = 10_000;
 
 impl RolloutConfig {
     /// Check the values serde cannot: `Err((key, problem))` with the key under `rollout.`.
@@ -972,14 +975,16 @@ impl RolloutConfig {
             return Err(("interval", "must be at most 24h".into()));
         }
         for (key, v) in [
-            ("windows_per_step", u64::from(self.windows_per_step)),
-            ("threshold", u64::from(self.threshold)),
-            ("max_inconclusive", u64::from(self.max_inconclusive)),
-            ("hard_fail_errors", self.hard_fail_errors),
+            ("windows_per_step", self.windows_per_step),
+            ("threshold", self.threshold),
+            ("max_inconclusive", self.max_inconclusive),
         ] {
-            if v == 0 {
-                return Err((key, "must be at least 1".into()));
+            if !(1..=MAX_ROLLOUT_COUNT).contains(&v) {
+                return Err((key, format!("must be 1..={MAX_ROLLOUT_COUNT}, got {v}")));
             }
+        }
+        if self.hard_fail_errors == 0 {
+            return Err(("hard_fail_errors", "must be at least 1".into()));
         }
         let e = &self.error_rate;
         for (key, v) in [
@@ -1090,15 +1095,71 @@ pub enum InvalidConfig {
     /// Shown, not a `#[source]`, so a chain printer does not repeat it.
     #[error("{0}")]
     Yaml(serde_yaml_ng::Error),
-    /// A value serde accepted that the config as a whole does not (`Config::validate`).
-    #[error("{key}: {problem}")]
-    Key { key: String, problem: String },
+    /// A value serde accepted that the config as a whole does not (`Config::validate`), with
+    /// the line of the key when it is in the text.
+    #[error("{key}: {problem}{}", at.map(|p| format!(" at {p}")).unwrap_or_default())]
+    Key {
+        key: String,
+        problem: String,
+        at: Option<super::locate::Position>,
+    },
+    /// serde's message for the document as a whole (a duplicate or unknown top-level key),
+    /// which it gives without a line, with the line found.
+    #[error("{message} at {at}")]
+    YamlAt {
+        message: String,
+        at: super::locate::Position,
+    },
+}
+
+impl InvalidConfig {
+    /// serde_yaml_ng gives no line for problems of the top-level map (its position is the
+    /// document's start): find the key it names.
+    fn from_yaml(e: serde_yaml_ng::Error, text: &str) -> InvalidConfig {
+        let message = e.to_string();
+        if e.location().is_some_and(|l| l.line() > 1 || l.column() > 1) {
+            return InvalidConfig::Yaml(e);
+        }
+        let named = |prefix: &str| {
+            message
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('`'))
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_string)
+        };
+        let at = match (named("duplicate field "), named("unknown field ")) {
+            (Some(key), _) => super::locate::locate(text, &key, 2),
+            (None, Some(key)) => super::locate::locate(text, &key, 1),
+            _ => None,
+        };
+        match at {
+            Some(at) => InvalidConfig::YamlAt { message, at },
+            None => InvalidConfig::Yaml(e),
+        }
+    }
+
+    /// The error with the line of its key in `text`, when it has a key and the key is there.
+    pub(super) fn located(self, text: &str) -> InvalidConfig {
+        match self {
+            InvalidConfig::Key {
+                key,
+                problem,
+                at: None,
+            } => InvalidConfig::Key {
+                at: super::locate::locate_nearest(text, &key),
+                key,
+                problem,
+            },
+            other => other,
+        }
+    }
 }
 
 fn invalid(key: impl Into<String>, problem: impl ToString) -> InvalidConfig {
     InvalidConfig::Key {
         key: key.into(),
         problem: problem.to_string(),
+        at: None,
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::cli::FlagCommand;
 use crate::config::{check_flag_name, FlagConfig};
-use crate::model::Percent;
+use crate::model::{InvalidValue, Percent};
 use crate::store::{FlagWriteError, Store};
 
 use super::{connect, open_client, resolve_target, CtlError, REDIS_TIMEOUT};
@@ -17,19 +17,27 @@ impl From<FlagWriteError> for CtlError {
     fn from(e: FlagWriteError) -> CtlError {
         match e {
             FlagWriteError::Store(e) => CtlError::Store(e),
-            other => CtlError::BadFlag {
-                flag: "flag",
-                problem: other.to_string(),
-            },
+            other => CtlError::BadArg(other.to_string()),
         }
     }
 }
 
-fn bad(flag: &'static str, problem: impl ToString) -> CtlError {
+fn bad(flag: &str, problem: impl ToString) -> CtlError {
     CtlError::BadFlag {
-        flag,
+        flag: flag.to_string(),
         problem: problem.to_string(),
     }
+}
+
+/// `--percent`, in a flag's words (the model's message speaks of the canary percent).
+fn flag_percent(text: &str) -> Result<Percent, CtlError> {
+    Percent::parse(text).map_err(|e| {
+        let problem = match e {
+            InvalidValue::Percent(v) => format!("flag percent must be 0..=100, got {v}"),
+            _ => format!("flag percent must be a number 0..=100, got `{text}`"),
+        };
+        bad("percent", problem)
+    })
 }
 
 /// Run one `ctl flag` command.
@@ -48,8 +56,8 @@ pub(super) fn run(
             allow,
             deny,
         } => {
-            check_flag_name(name).map_err(|e| bad("name", e))?;
-            Percent::parse(percent)?;
+            check_flag_name(name).map_err(CtlError::BadArg)?;
+            percent.as_deref().map(flag_percent).transpose()?;
             let probe = FlagConfig {
                 enabled: true,
                 percent: Percent::default(),
@@ -60,7 +68,7 @@ pub(super) fn run(
             probe.check().map_err(|(k, e)| bad(k, e))?;
         }
         FlagCommand::Off { name } | FlagCommand::Delete { name } => {
-            check_flag_name(name).map_err(|e| bad("name", e))?;
+            check_flag_name(name).map_err(CtlError::BadArg)?;
         }
         FlagCommand::List => {}
     }
@@ -95,7 +103,10 @@ async fn execute(
             let old = old.as_ref();
             let flag = FlagConfig {
                 enabled: true,
-                percent: Percent::parse(&percent)?,
+                percent: match percent {
+                    Some(p) => flag_percent(&p)?,
+                    None => old.map(|o| o.percent).unwrap_or_default(),
+                },
                 salt: salt.or_else(|| old.and_then(|o| o.salt.clone())),
                 allow: allow.unwrap_or_else(|| old.map(|o| o.allow.clone()).unwrap_or_default()),
                 deny: deny.unwrap_or_else(|| old.map(|o| o.deny.clone()).unwrap_or_default()),
@@ -113,7 +124,7 @@ async fn execute(
         }
         FlagCommand::Off { name } => {
             let Some(stored) = store.get_flag_raw(conn, &name).await? else {
-                return Err(bad("name", format!("no flag `{name}` in Redis")));
+                return Err(CtlError::BadArg(format!("no flag `{name}` in Redis")));
             };
             // A stored flag that does not parse is replaced by an off flag; fields a newer release
             // added are read leniently (store::decode_flag), so they are not lost by accident.

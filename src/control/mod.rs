@@ -111,9 +111,13 @@ pub enum CtlError {
     /// A `replace` that ran to its end without completing; it printed why (`replace: FAILED:`).
     #[error("replace did not complete: {0}")]
     Incomplete(Outcome),
-    /// A `rollout` flag refused before connecting.
+    /// A flag refused before connecting (`flag` without its `--`).
     #[error("--{flag}: {problem}")]
-    BadFlag { flag: &'static str, problem: String },
+    BadFlag { flag: String, problem: String },
+    /// An argument that is not a flag (a flag's NAME), or a refusal of a whole command,
+    /// before connecting: the message names the value.
+    #[error("{0}")]
+    BadArg(String),
     /// A rollout command that does not apply now, or found no rollout (exit 1).
     #[error("{0}")]
     Rollout(String),

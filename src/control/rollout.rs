@@ -36,11 +36,6 @@ use crate::rollout::{Command, Coordinator, HistoryEntry, Phase, RolloutState};
 use crate::routing::salt_fingerprint;
 use crate::store::{self, RolloutStore, Store};
 
-/// Shortest window a rollout may have: shorter ones leave no room for replicas to report.
-const MIN_INTERVAL: Duration = Duration::from_millis(500);
-const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
-const MAX_STEPS: usize = 100;
-const MAX_COUNT: u32 = 10_000;
 /// Verdicts `status` shows.
 const STATUS_VERDICTS: usize = 5;
 /// How often `--watch` and `--wait` read the rollout.
@@ -50,13 +45,11 @@ const WAIT_UNREACHABLE: Duration = Duration::from_secs(30);
 /// Writes retried when the leader wrote in between.
 const WRITE_ATTEMPTS: usize = 5;
 
-/// `ctl rollout start` flags, validated.
+/// `ctl rollout start` flags as given, `(key of rollout:, text)`; checked before connecting
+/// and again over the config's section, by the parser the config and the admin endpoint use.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct StartFlags {
-    steps: Option<Vec<Percent>>,
-    interval: Option<Duration>,
-    windows_per_step: Option<u32>,
-    threshold: Option<u32>,
+    keys: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,27 +118,17 @@ pub(super) fn run(
     runtime.block_on(backend.execute(action))
 }
 
-fn flag(flag: &'static str, problem: impl ToString) -> CtlError {
+fn flag(flag: &str, problem: impl ToString) -> CtlError {
     CtlError::BadFlag {
-        flag,
+        flag: flag.to_string(),
         problem: problem.to_string(),
     }
 }
 
 fn parse_action(command: RolloutCommand) -> Result<Action, CtlError> {
     Ok(match command {
-        RolloutCommand::Start {
-            steps,
-            interval,
-            windows_per_step,
-            threshold,
-        } => {
-            let flags = StartFlags {
-                steps: steps.as_deref().map(parse_steps).transpose()?,
-                interval,
-                windows_per_step,
-                threshold,
-            };
+        RolloutCommand::Start(args) => {
+            let flags = StartFlags { keys: args.keys() };
             // The flags alone must make sense; merged with the config they are checked again.
             apply_flags(RolloutConfig::default(), &flags)?;
             Action::Start(flags)
@@ -167,80 +150,26 @@ fn parse_action(command: RolloutCommand) -> Result<Action, CtlError> {
         RolloutCommand::Promote => Action::Command(Command::Promote),
         RolloutCommand::History { n, json } => {
             if n == 0 || n > 1000 {
-                return Err(flag("n", format!("must be 1..=1000, got {n}")));
+                return Err(CtlError::BadArg(format!(
+                    "-n/--last: must be 1..=1000, got {n}"
+                )));
             }
             Action::History { n, json }
         }
     })
 }
 
-/// `5,10,25,50,100`: each a percent 0..=100, strictly ascending, at most [`MAX_STEPS`].
-fn parse_steps(text: &str) -> Result<Vec<Percent>, CtlError> {
-    let mut steps = Vec::new();
-    for part in text.split(',') {
-        let p = Percent::parse(part.trim().trim_end_matches('%'))
-            .map_err(|e| flag("steps", format!("`{}`: {e}", part.trim())))?;
-        if steps.last().is_some_and(|last| *last >= p) {
-            return Err(flag(
-                "steps",
-                format!(
-                    "must be ascending, but `{}` follows a step as high",
-                    part.trim()
-                ),
-            ));
-        }
-        steps.push(p);
-        if steps.len() > MAX_STEPS {
-            return Err(flag("steps", format!("at most {MAX_STEPS} steps")));
-        }
-    }
-    Ok(steps)
-}
-
-/// The settings a rollout freezes: `base` (the config's `rollout:`) with the flags over it.
-fn apply_flags(mut base: RolloutConfig, flags: &StartFlags) -> Result<RolloutConfig, CtlError> {
-    if let Some(steps) = &flags.steps {
-        base.steps = steps.clone();
-    }
-    if let Some(i) = flags.interval {
-        base.interval = i;
-    }
-    if let Some(n) = flags.windows_per_step {
-        base.windows_per_step = n;
-    }
-    if let Some(n) = flags.threshold {
-        base.threshold = n;
-    }
-    if base.steps.is_empty() {
-        return Err(flag("steps", "a rollout needs at least one step"));
-    }
-    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&base.interval) {
-        return Err(flag(
-            "interval",
-            format!(
-                "must be {}..={}, got {}",
-                humantime::format_duration(MIN_INTERVAL),
-                humantime::format_duration(MAX_INTERVAL),
-                humantime::format_duration(base.interval)
-            ),
-        ));
-    }
-    for (name, v) in [
-        ("windows-per-step", base.windows_per_step),
-        ("threshold", base.threshold),
-    ] {
-        if !(1..=MAX_COUNT).contains(&v) {
-            return Err(flag(
-                if name == "threshold" {
-                    "threshold"
-                } else {
-                    "windows-per-step"
-                },
-                format!("must be 1..={MAX_COUNT}, got {v}"),
-            ));
-        }
-    }
-    Ok(base)
+/// The settings a rollout freezes: `base` (the config's `rollout:`) with the flags over it,
+/// checked as the config is; an error names the flag (`--windows-per-step`).
+fn apply_flags(base: RolloutConfig, flags: &StartFlags) -> Result<RolloutConfig, CtlError> {
+    base.with_keys(flags.keys.iter().map(|(k, v)| (*k, v.as_str())))
+        .map_err(|e| {
+            let problem = match &e.value {
+                Some(v) => format!("`{v}` {}", e.problem),
+                None => e.problem.clone(),
+            };
+            flag(&e.key.replace('_', "-"), problem)
+        })
 }
 
 enum Backend {
@@ -282,7 +211,9 @@ impl Backend {
                 }
             }
             Action::Command(cmd) => {
-                let state = self.command(cmd).await?;
+                let Some(state) = self.command(cmd).await? else {
+                    return Ok(());
+                };
                 println!(
                     "rollout {}: {} ({}); canary_percent {} %",
                     state.id,
@@ -382,7 +313,33 @@ impl Backend {
         }
     }
 
-    async fn command(&self, cmd: Command) -> Result<StateView, CtlError> {
+    /// Run an operator's command; `None` when there was nothing to do (an `abort` of a
+    /// rollout that already ended at 0 %: it said so).
+    async fn command(&self, cmd: Command) -> Result<Option<StateView>, CtlError> {
+        let result = self.command_once(cmd).await;
+        match result {
+            Err(CtlError::Rollout(refused)) if cmd == Command::Abort => {
+                let state = self.view(1).await?.state;
+                match state {
+                    Some(s) if matches!(s.phase, Phase::Aborted | Phase::RolledBack) => {
+                        println!(
+                            "rollout {} already ended: {} ({}); canary_percent {} %; nothing \
+                             to abort",
+                            s.id,
+                            s.phase.as_str(),
+                            s.reason,
+                            s.weight.as_f64()
+                        );
+                        Ok(None)
+                    }
+                    _ => Err(CtlError::Rollout(refused)),
+                }
+            }
+            other => other.map(Some),
+        }
+    }
+
+    async fn command_once(&self, cmd: Command) -> Result<StateView, CtlError> {
         match self {
             Backend::Admin(a) => a.command(cmd)?.state.ok_or_else(|| {
                 CtlError::Rollout("the proxy answered without a rollout".to_string())
@@ -564,14 +521,17 @@ fn number(v: f64) -> String {
     }
 }
 
-/// One history line: `window 3  fail  10 %  reasons  (numbers)`.
+/// One history line: `2026-12-07T10:40:00Z  window 3  fail  10 %  reasons  (numbers)`, the
+/// time in UTC.
 fn entry_line(e: &HistoryEntry) -> String {
     let what = match e.window {
         Some(w) => format!("window {w}"),
         None => "command".to_string(),
     };
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(e.at_ms);
     let mut line = format!(
-        "{what:<10} {:<12} {:>6} %  {}",
+        "{}  {what:<10} {:<12} {:>6} %  {}",
+        humantime::format_rfc3339_seconds(at),
         e.verdict,
         e.weight.as_f64(),
         e.reasons.join("; ")
@@ -660,10 +620,21 @@ fn format_view(view: &View, now_ms: u64) -> String {
 mod tests {
     use super::*;
 
+    fn flags(keys: &[(&'static str, &str)]) -> StartFlags {
+        StartFlags {
+            keys: keys.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        }
+    }
+
     #[test]
     fn steps_are_validated_naming_the_value() {
+        let s = apply_flags(
+            RolloutConfig::default(),
+            &flags(&[("steps", "5, 10,25%,100")]),
+        )
+        .expect("valid");
         assert_eq!(
-            parse_steps("5, 10,25%,100").expect("valid"),
+            s.steps,
             [5, 10, 25, 100]
                 .map(|p| Percent::from_basis_points(p * 100))
                 .to_vec()
@@ -675,68 +646,105 @@ mod tests {
             ("5,,10", "``"),
             ("five", "five"),
         ] {
-            let e = parse_steps(bad).expect_err(bad).to_string();
+            let e = apply_flags(RolloutConfig::default(), &flags(&[("steps", bad)]))
+                .expect_err(bad)
+                .to_string();
             assert!(e.contains("--steps") && e.contains(named), "{bad}: {e}");
         }
-        let many: Vec<String> = (0..=MAX_STEPS)
-            .map(|i| format!("{}", i as f64 / 2.0))
+        let many: Vec<String> = (0..=crate::config::MAX_ROLLOUT_STEPS)
+            .map(|i| format!("{}", i as f64 / 2.0 + 0.5))
             .collect();
-        assert!(parse_steps(&many.join(",")).is_err());
+        let e = apply_flags(
+            RolloutConfig::default(),
+            &flags(&[("steps", &many.join(","))]),
+        )
+        .expect_err("too many");
+        assert!(e.to_string().contains("--steps"), "{e}");
     }
 
     #[test]
     fn start_flags_override_the_config_and_are_bounded() {
-        let flags = StartFlags {
-            steps: Some(vec![Percent::from_basis_points(1000)]),
-            interval: Some(Duration::from_secs(2)),
-            windows_per_step: Some(2),
-            threshold: None,
-        };
         let base = RolloutConfig {
             threshold: 7,
             ..RolloutConfig::default()
         };
-        let s = apply_flags(base, &flags).expect("valid");
+        let s = apply_flags(
+            base,
+            &flags(&[
+                ("steps", "10"),
+                ("interval", "2s"),
+                ("windows_per_step", "2"),
+                ("min_requests", "9"),
+                ("max_inconclusive", "4"),
+                ("hard_fail_errors", "3"),
+            ]),
+        )
+        .expect("valid");
         assert_eq!(s.steps, vec![Percent::from_basis_points(1000)]);
         assert_eq!(s.interval, Duration::from_secs(2));
         assert_eq!(s.windows_per_step, 2);
         assert_eq!(s.threshold, 7, "unset flags keep the config's value");
+        assert_eq!(
+            (s.min_requests, s.max_inconclusive, s.hard_fail_errors),
+            (9, 4, 3)
+        );
 
-        for (flags, named) in [
+        for (key, value, named) in [
+            ("interval", "10ms", "--interval: must be at least 100ms"),
+            ("interval", "30", "--interval: `30` has no unit"),
+            ("threshold", "0", "--threshold: must be 1..=10000, got 0"),
             (
-                StartFlags {
-                    interval: Some(Duration::from_millis(10)),
-                    ..StartFlags::default()
-                },
-                "--interval",
+                "windows_per_step",
+                "10001",
+                "--windows-per-step: must be 1..=10000",
             ),
             (
-                StartFlags {
-                    threshold: Some(0),
-                    ..StartFlags::default()
-                },
-                "--threshold",
+                "max_inconclusive",
+                "x",
+                "--max-inconclusive: `x` is not a whole number",
             ),
             (
-                StartFlags {
-                    windows_per_step: Some(MAX_COUNT + 1),
-                    ..StartFlags::default()
-                },
-                "--windows-per-step",
+                "hard_fail_errors",
+                "0",
+                "--hard-fail-errors: must be at least 1",
             ),
-            (
-                StartFlags {
-                    steps: Some(Vec::new()),
-                    ..StartFlags::default()
-                },
-                "--steps",
-            ),
+            ("steps", "", "--steps"),
         ] {
-            let e = apply_flags(RolloutConfig::default(), &flags)
+            let e = apply_flags(RolloutConfig::default(), &flags(&[(key, value)]))
                 .expect_err(named)
                 .to_string();
             assert!(e.contains(named), "{e}");
         }
+    }
+
+    /// Every key the admin endpoint's start takes is a `ctl rollout start` flag.
+    #[test]
+    fn ctl_start_has_a_flag_for_every_admin_key() {
+        use clap::CommandFactory;
+        let cli = crate::cli::Cli::command();
+        let start = cli
+            .find_subcommand("ctl")
+            .and_then(|c| c.find_subcommand("rollout"))
+            .and_then(|c| c.find_subcommand("start"))
+            .expect("ctl rollout start");
+        for key in crate::config::ROLLOUT_START_KEYS {
+            let long = key.replace('_', "-");
+            assert!(
+                start.get_arguments().any(|a| a.get_long() == Some(&long)),
+                "no --{long}"
+            );
+        }
+        let all = crate::cli::RolloutStartArgs {
+            steps: Some("1".into()),
+            interval: Some("1s".into()),
+            windows_per_step: Some("1".into()),
+            threshold: Some("1".into()),
+            min_requests: Some("1".into()),
+            max_inconclusive: Some("1".into()),
+            hard_fail_errors: Some("1".into()),
+        };
+        let keys: Vec<&str> = all.keys().iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, crate::config::ROLLOUT_START_KEYS);
     }
 
     const SALT: &str = "unit-test-distinctive-salt";
@@ -791,6 +799,7 @@ mod tests {
             "fail",
             "canary error rate 4.1 % > 1 %",
             "canary_requests=120 canary_error_percent=4.167",
+            "1970-01-01T00:01:31Z  window 3",
             &format!("salt:     fingerprint {}", salt_fingerprint(SALT)),
         ] {
             assert!(text.contains(needle), "`{needle}` missing from:\n{text}");

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod listeners;
+pub mod check;
 pub mod rollout_api;
 pub mod serve;
 pub mod signals;

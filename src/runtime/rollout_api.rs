@@ -32,8 +32,8 @@ use http::{header, HeaderValue, Method, Response};
 use serde_json::json;
 
 use super::admin::reply;
-use crate::config::RolloutConfig;
-use crate::model::{now_ms, Percent};
+use crate::config::{RolloutConfig, ROLLOUT_START_KEYS};
+use crate::model::now_ms;
 use crate::rollout::engine::{route_for, RolloutSink};
 use crate::rollout::view::RolloutView;
 use crate::rollout::{Command, HistoryEntry, RolloutState};
@@ -239,51 +239,18 @@ pub fn settings_from_query(
         }
         let value =
             percent_decode(raw).ok_or_else(|| format!("{}: bad %-encoding", printable(key)))?;
-        let bad = |what: &str| format!("{key}: {what}");
-        match key {
-            "steps" => {
-                s.steps = value
-                    .split(',')
-                    .map(|v| {
-                        Percent::parse(v)
-                            .map_err(|_| bad("must be percents 0..100, comma-separated"))
-                    })
-                    .collect::<Result<_, _>>()?;
-            }
-            "interval" => {
-                s.interval = humantime::parse_duration(value.trim())
-                    .map_err(|_| bad("must be a duration like 2s or 500ms"))?;
-            }
-            "windows_per_step" | "threshold" | "max_inconclusive" => {
-                let n: u32 = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad("must be a whole number"))?;
-                match key {
-                    "windows_per_step" => s.windows_per_step = n,
-                    "threshold" => s.threshold = n,
-                    _ => s.max_inconclusive = n,
-                }
-            }
-            "min_requests" | "hard_fail_errors" => {
-                let n: u64 = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad("must be a whole number"))?;
-                if key == "min_requests" {
-                    s.min_requests = n;
-                } else {
-                    s.hard_fail_errors = n;
-                }
-            }
-            _ => {
-                return Err(format!(
-                    "unknown key {}: use steps, interval, windows_per_step, threshold, \
-                     min_requests, max_inconclusive, hard_fail_errors",
-                    printable(key)
-                ))
-            }
+        if !ROLLOUT_START_KEYS.contains(&key) {
+            return Err(format!(
+                "unknown key {}: use {}",
+                printable(key),
+                ROLLOUT_START_KEYS.join(", ")
+            ));
         }
+        // The parser `ctl rollout start` uses; its problem never holds the value sent.
+        s.set(key, &value).map_err(|e| match e.value {
+            Some(_) => format!("{}: the value sent {}", e.key, e.problem),
+            None => format!("{}: {}", e.key, e.problem),
+        })?;
         seen.push(key);
     }
     s.validate()
@@ -512,6 +479,17 @@ mod tests {
         let hostile = "<script>alert(1)</script>=1";
         let e = settings_from_query(&base, Some(hostile)).expect_err("hostile");
         assert!(!e.contains("script"), "{e}");
+        // The values are never echoed either.
+        for key in crate::config::ROLLOUT_START_KEYS {
+            let e =
+                settings_from_query(&base, Some(&format!("{key}=%3Cscript%3E"))).expect_err(key);
+            assert!(e.starts_with(key) && !e.contains("script"), "{e}");
+        }
+        // The limits are the config's (`RolloutConfig::validate`), not the admin's own.
+        let s = settings_from_query(&base, Some("interval=200ms&min_requests=0")).expect("valid");
+        assert_eq!(s.interval, Duration::from_millis(200));
+        let e = settings_from_query(&base, Some("windows_per_step=10001")).expect_err("10001");
+        assert_eq!(e, "windows_per_step: must be 1..=10000, got 10001");
     }
 
     #[test]

@@ -30,29 +30,6 @@ use crate::state::{RolloutHandle, Shared};
 use crate::tls::redirect::RedirectApp;
 use crate::tls::{ListenerCerts, Resolvers, SniResolver};
 
-/// `canary-lb check`: validate a config file and say what it holds. An edge, like [`serve`]
-/// and [`assemble`]: it returns `anyhow` to `main`, over the library's typed errors.
-pub fn check(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    crate::pool::health::checker(&config.health_check, crate::model::PoolKind::Production)?;
-    crate::routing::CanaryPolicy::from_config(&config.routing)?;
-    let certs = ListenerCerts::load(&config)?;
-    config.check_pid_file().map_err(anyhow::Error::msg)?;
-    println!(
-        "{}: OK ({} production and {} canary server(s), discovery: {}, canary_percent: {}{})",
-        path.display(),
-        config.pools.production.servers.len(),
-        config.pools.canary.servers.len(),
-        crate::discovery::from_config(&config).describe(),
-        config.routing.canary_percent.as_f64(),
-        match certs.sets.len() {
-            0 => String::new(),
-            n => format!(", {n} TLS listener(s) with valid certificates"),
-        },
-    );
-    Ok(())
-}
-
 /// `canary-lb serve`; `exit_now` as in [`Assembled::run`]. An edge: `anyhow`, which also
 /// carries Pingora's config-file error with its context.
 pub fn serve(args: ServeArgs, exit_now: ExitNow) -> anyhow::Result<()> {

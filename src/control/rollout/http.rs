@@ -161,28 +161,33 @@ impl Admin {
     }
 }
 
-/// `?steps=5,10&interval=2000ms&...` with only the flags given (the proxy fills in the rest
-/// from its config).
+/// `?steps=5,10&interval=2s&...` with only the flags given, as typed (the proxy parses them
+/// with the same parser and fills in the rest from its config).
 pub(crate) fn start_query(flags: &StartFlags) -> String {
-    let mut params = Vec::new();
-    if let Some(steps) = &flags.steps {
-        let s: Vec<String> = steps.iter().map(|p| p.as_f64().to_string()).collect();
-        params.push(format!("steps={}", s.join(",")));
-    }
-    if let Some(i) = flags.interval {
-        params.push(format!("interval={}ms", i.as_millis()));
-    }
-    if let Some(n) = flags.windows_per_step {
-        params.push(format!("windows_per_step={n}"));
-    }
-    if let Some(n) = flags.threshold {
-        params.push(format!("threshold={n}"));
-    }
+    let params: Vec<String> = flags
+        .keys
+        .iter()
+        .map(|(key, value)| format!("{key}={}", percent_encode(value)))
+        .collect();
     if params.is_empty() {
         String::new()
     } else {
         format!("?{}", params.join("&"))
     }
+}
+
+/// `%XX` for every byte but letters, digits and `,._-` (the admin endpoint decodes `%XX`).
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b",._-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Status code and body of a whole `Connection: close` response (chunked or not).
@@ -253,7 +258,6 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Percent;
 
     #[test]
     fn responses_parse_with_length_chunked_or_to_the_end() {
@@ -307,17 +311,16 @@ mod tests {
     fn the_start_query_carries_only_the_given_flags() {
         assert_eq!(start_query(&StartFlags::default()), "");
         let flags = StartFlags {
-            steps: Some(vec![
-                Percent::from_basis_points(500),
-                Percent::from_basis_points(1250),
-            ]),
-            interval: Some(Duration::from_millis(1500)),
-            windows_per_step: None,
-            threshold: Some(2),
+            keys: vec![
+                ("steps", "5,12.5".into()),
+                ("interval", "1500ms".into()),
+                ("threshold", "2".into()),
+                ("min_requests", "25%& x".into()),
+            ],
         };
         assert_eq!(
             start_query(&flags),
-            "?steps=5,12.5&interval=1500ms&threshold=2"
+            "?steps=5,12.5&interval=1500ms&threshold=2&min_requests=25%25%26%20x"
         );
     }
 }
