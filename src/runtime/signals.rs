@@ -14,6 +14,7 @@ use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
+use crate::metrics::ReloadResult;
 use crate::runtime::serve::ExitNow;
 use crate::state::Shared;
 use crate::tls::{ListenerCerts, Resolvers};
@@ -41,24 +42,37 @@ impl Signals {
         }
     }
 
+    /// A SIGHUP: reload, and count the outcome (`canary_lb_config_reloads_total{result}`,
+    /// `canary_lb_config_last_reload_success`), so a refused reload is seen beyond its log line.
     fn reload(&self) {
+        if let Some(result) = self.try_reload() {
+            self.shared.metrics.record_config_reload(result);
+        }
+    }
+
+    /// None when there is no file to reload (nothing was attempted).
+    fn try_reload(&self) -> Option<ReloadResult> {
         let Some(path) = &self.config_path else {
             warn!("SIGHUP: no config file to reload");
-            return;
+            return None;
         };
         let config = match Config::load(path) {
             Ok(config) => config,
-            Err(e) => return error!("SIGHUP: {e}; keeping the running configuration"),
+            Err(e) => {
+                error!("SIGHUP: {e}; keeping the running configuration");
+                return Some(ReloadResult::Failed);
+            }
         };
         // Certificates are read (and checked) before anything is applied: one bad file
         // refuses the whole reload, and the running certificates keep serving.
         let certs = match ListenerCerts::load(&config) {
             Ok(certs) => certs,
             Err(e) => {
-                return error!(
+                error!(
                 "SIGHUP: {} not applied: {e}; keeping the running configuration and certificates",
                 path.display()
-            )
+            );
+                return Some(ReloadResult::Failed);
             }
         };
         match self.shared.apply_file(config) {
@@ -67,9 +81,13 @@ impl Signals {
                 info!(
                     "SIGHUP: reloaded {} ({swapped} TLS listener(s) with reloaded certificates)",
                     path.display()
-                )
+                );
+                Some(ReloadResult::Applied)
             }
-            Err(e) => error!("SIGHUP: {} not applied: {e}", path.display()),
+            Err(e) => {
+                error!("SIGHUP: {} not applied: {e}", path.display());
+                Some(ReloadResult::Failed)
+            }
         }
     }
 
