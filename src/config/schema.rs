@@ -1892,4 +1892,35 @@ routing:
         );
         assert_eq!(redact_url("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
     }
+
+    #[test]
+    fn server_header_is_off_on_or_a_printable_text() {
+        let parse = |yaml: &str| Config::parse(yaml).map(|c| c.server_header);
+        assert_eq!(parse("threads: 1\n").expect("default"), ServerHeader::Off);
+        for (yaml, want) in [
+            ("server_header: off\n", None),
+            ("server_header: false\n", None),
+            ("server_header: \"off\"\n", None),
+            ("server_header: on\n", Some("canary-lb")),
+            ("server_header: true\n", Some("canary-lb")),
+            ("server_header: edge/1.0 (ours)\n", Some("edge/1.0 (ours)")),
+        ] {
+            assert_eq!(parse(yaml).expect(yaml).text(), want, "{yaml}");
+        }
+        let long = format!("server_header: {}\n", "a".repeat(MAX_SERVER_HEADER + 1));
+        for yaml in [
+            "server_header: \"\"\n",
+            "server_header: \" edge\"\n",
+            "server_header: \"a\\tb\"\n",
+            "server_header: \"caf\u{e9}\"\n",
+            "server_header: 5\n",
+            long.as_str(),
+        ] {
+            let e = parse(yaml).expect_err(yaml).to_string();
+            assert!(
+                e.contains("server_header") && e.contains("line"),
+                "{yaml}: {e}"
+            );
+        }
+    }
 }
