@@ -1,5 +1,6 @@
 //! Issue 22, observation 2: every answer the proxy writes itself can be traced. Its 502 (a dead
-//! upstream), 503 (no server), 504 (a slow one), its refusals (400, 431) and the
+//! upstream), 503 (no server), 504 (a slow one), its refusals (400, 431), Pingora's own 400 and
+//! 405 (through Pingora patch 0009) and the
 //! `redirect_to_https` listener's 308 and 400 carry an `X-Request-Id`: the client's valid one,
 //! else a new one, the same the access log line names. None says `Server: Pingora`; the
 //! `server_header` setting names a `Server` for them, or none (the default).
@@ -126,6 +127,21 @@ fn the_proxys_own_errors_and_refusals_carry_the_request_id_and_no_server() {
     let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
     let r = get(listen, "/", &many);
     assert_traced("431 refusal", &r, 431, None);
+
+    // What Pingora answers before canary-lb's request code runs (patch 0009): a head it
+    // cannot parse (400, no request: a new id) and CONNECT (405, the client's id).
+    let r = raw_exchange(
+        listen,
+        b"GET / HTTP/1.1\r\nHost: site.test\r\nno colon here\r\n\r\n",
+        ANSWER,
+    );
+    assert_traced("Pingora's 400 for an unparseable head", &r, 400, None);
+    let r = raw_exchange(
+        listen,
+        b"CONNECT site.test:443 HTTP/1.1\r\nHost: site.test:443\r\nX-Request-Id: tunnel-1\r\n\r\n",
+        ANSWER,
+    );
+    assert_traced("Pingora's 405 for CONNECT", &r, 405, Some("tunnel-1"));
 
     // A proxied answer: the client's id goes upstream once, as sent, and comes back.
     let r = get(listen, "/ok", "X-Canary: 1\r\nX-Request-Id: ok-1\r\n");

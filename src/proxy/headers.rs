@@ -67,6 +67,11 @@ pub fn request_id_of(req: &RequestHeader) -> RequestId {
             };
         }
     }
+    new_request_id()
+}
+
+/// A new id: a UUID v4.
+pub fn new_request_id() -> RequestId {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     RequestId {

@@ -15,8 +15,10 @@
 //! Every answer carries the request's `X-Request-Id` ([`headers::request_id_of`], taken
 //! first in `early_request_filter`): the app's, and the proxy's own (a refusal, 503 with no
 //! server, 502/504 from `fail_to_proxy`), which carry no `Server` header unless
-//! `server_header` names one. What Pingora answers before any callback runs (a head it cannot
-//! parse: 400; `CONNECT`: 405; a head cut by `client.header_timeout`: 408) has neither.
+//! `server_header` names one. Pingora's own answers before any other callback runs (a head it
+//! cannot parse: 400; `CONNECT`: 405) get the same through `early_error_response` (Pingora
+//! patch 0009); only the 408 for a head cut by `client.header_timeout` (patch 0001's fixed
+//! bytes) has no id, and no `Server` either.
 //!
 //! Passive health sees only the upstream's transport failures ([`is_server_failure`]): never
 //! the client's errors, the proxy's own (out of descriptors or buffers), or a 5xx answer
@@ -252,6 +254,15 @@ impl ProxyHttp for CanaryProxy {
         };
         self.shared.metrics.record_client_error(kind);
         true
+    }
+
+    /// Pingora's 400 (a head it cannot parse: no request, so a new id) and 405 (`CONNECT`):
+    /// the request id and `server_header`, as on every answer the proxy writes itself.
+    fn early_error_response(&self, resp: &mut ResponseHeader, req: Option<&RequestHeader>) {
+        let id = req.map_or_else(headers::new_request_id, headers::request_id_of);
+        if let Err(e) = own_answer_headers(resp, Some(&id), self.server_header.as_ref()) {
+            log::debug!("early error response headers: {e}");
+        }
     }
 
     fn new_ctx(&self) -> Ctx {
