@@ -476,6 +476,15 @@ impl Metrics {
         self.config_last_reload_timestamp.set(unix_now());
     }
 
+    /// The last SIGHUP reload (or the start, which counts as applied): whether it applied the
+    /// file, and its Unix time; for `/status` and the `reload` command.
+    pub fn last_config_reload(&self) -> (bool, f64) {
+        (
+            self.config_last_reload_success.get() == 1,
+            self.config_last_reload_timestamp.get(),
+        )
+    }
+
     pub fn config_change(&self, source: ConfigSource) {
         self.config_changes[source.index()].inc();
     }
@@ -609,6 +618,29 @@ fn code_str(buf: &mut [u8; 3], code: u16) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_is_counted_by_result_and_the_last_one_is_kept() {
+        let m = Metrics::new().expect("metrics");
+        let (ok, at_start) = m.last_config_reload();
+        assert!(ok, "the start loaded the file");
+        assert!(at_start > 0.0);
+        m.record_config_reload(ReloadResult::Failed);
+        assert!(!m.last_config_reload().0);
+        m.record_config_reload(ReloadResult::Applied);
+        m.record_config_reload(ReloadResult::Applied);
+        assert!(m.last_config_reload().0);
+        let text = text(&m, &[]);
+        for line in [
+            "canary_lb_config_reloads_total{result=\"applied\"} 2",
+            "canary_lb_config_reloads_total{result=\"failed\"} 1",
+            "canary_lb_config_last_reload_success 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        let build = format!("canary_lb_build_info{{commit=\"{COMMIT}\",version=\"{VERSION}\"}} 1");
+        assert!(text.lines().any(|l| l == build), "{build} missing:\n{text}");
+    }
 
     #[test]
     fn code_labels() {
