@@ -17,8 +17,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 # `release` (fat LTO) for real images; CI's container checks pass `image-check` (Cargo.toml).
 ARG CARGO_PROFILE=release
+# The commit `canary_lb_build_info{commit}` reports (build.rs); the image has no .git:
+# `--build-arg CANARY_LB_COMMIT=$(git rev-parse --short=12 HEAD)`, else `unknown`.
+ARG CANARY_LB_COMMIT=
+ENV CANARY_LB_COMMIT=${CANARY_LB_COMMIT}
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 # Cargo.toml declares the benchmarks, so cargo wants their sources even for a plain build.
 COPY benches ./benches
 COPY src ./src

@@ -279,7 +279,9 @@ phase_build() {
   local t0=$SECONDS old new
   old=$(podman image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   timeout 2400 "${PODMAN[@]}" build --format docker --network host "${LIMITS[@]}" \
-    --build-arg CARGO_PROFILE="$CARGO_PROFILE" -t "$IMAGE" -f Dockerfile . \
+    --build-arg CARGO_PROFILE="$CARGO_PROFILE" \
+    --build-arg CANARY_LB_COMMIT="$(git rev-parse --short=12 HEAD 2>/dev/null || true)" \
+    -t "$IMAGE" -f Dockerfile . \
     >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; fail "podman build failed (or took over 40 minutes)"; }
   new=$(podman image inspect -f '{{.Id}}' "$IMAGE")
   log "built $IMAGE in $((SECONDS - t0))s ($(grep -c -- '--> Using cache' "$WORK/build.log" || true) steps from the layer cache)"

@@ -389,6 +389,102 @@ fn dashboard_and_alerts_query_only_metrics_the_proxy_exports() {
     }
 }
 
+/// The lines of README.md's section `heading` (up to the next `## `).
+fn readme_section(heading: &str) -> Vec<String> {
+    let readme = read("README.md");
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README.md has no section `{heading}`"));
+    let rest = &readme[start + heading.len() + 2..];
+    let end = rest.find("\n## ").unwrap_or(rest.len());
+    rest[..end].lines().map(str::to_string).collect()
+}
+
+/// The backquoted words of the first cell of each table row of `lines` that satisfy `keep`.
+fn first_cell_names(lines: &[String], keep: impl Fn(&str) -> bool) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+        .filter(|w| keep(w))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 22, observation 4: the README's metric table and a live scrape name the same
+/// families, both ways (before, `canary_lb_client_connections*` and
+/// `canary_lb_refused_requests_total` were exported and documented nowhere).
+#[test]
+fn readme_metric_table_matches_a_live_scrape() {
+    let ours = |w: &str| {
+        (w.starts_with("canary_lb_") || w.starts_with("process_"))
+            && w.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let documented = first_cell_names(&readme_section("## Metrics and status"), ours);
+    assert!(
+        documented.len() > 20,
+        "the README's metric table lists only {documented:?}"
+    );
+    let scrape = scrape_busy_proxy();
+    // Families by their `# TYPE` line: a histogram is one family, whatever its samples.
+    let exported: BTreeSet<String> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .filter(|n| ours(n))
+        .map(str::to_string)
+        .collect();
+    let undocumented: Vec<_> = exported.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in README.md's metric table (section `Metrics and status`): {undocumented:?}"
+    );
+    let gone: Vec<_> = documented.difference(&exported).collect();
+    assert!(
+        gone.is_empty(),
+        "in README.md's metric table but not exported by a running proxy: {gone:?}"
+    );
+}
+
+/// The README's alert table names exactly the rules of alerts.yml, each with its severity
+/// (before, it listed 6 of 12).
+#[test]
+fn readme_alert_table_matches_the_rules() {
+    let rules: BTreeMap<String, String> = yaml(ALERTS)["groups"]
+        .as_sequence()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().cloned().unwrap_or_default())
+        .filter_map(|r| {
+            let name = r["alert"].as_str()?.to_string();
+            let severity = r["labels"]["severity"].as_str().unwrap_or("").to_string();
+            Some((name, severity))
+        })
+        .collect();
+    assert!(!rules.is_empty(), "{ALERTS} has no alert rule");
+    let lines = readme_section("## Deployment: container, dashboards, pipelines");
+    let names = first_cell_names(&lines, |w| {
+        w.bytes().all(|b| b.is_ascii_alphanumeric()) && w.starts_with(char::is_uppercase)
+    });
+    let documented: BTreeMap<String, String> = lines
+        .iter()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            names
+                .contains(name)
+                .then(|| (name.to_string(), cells.get(2).unwrap_or(&"").to_string()))
+        })
+        .collect();
+    assert_eq!(
+        documented, rules,
+        "README.md's alert table (section `Deployment`, `Dashboard and alerts`: alert, severity) \
+         and {ALERTS} differ"
+    );
+}
+
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)

@@ -313,3 +313,137 @@ fn a_fresh_proxy_exports_every_metric_at_zero_with_redis_discovery() {
         &[("kind", "store_lost")],
     );
 }
+
+/// Issue 22, observation 4: what an operator looks for first. Which build runs
+/// (`canary_lb_build_info`), the process itself (`process_*`), and whether the last SIGHUP
+/// reload applied: before, a refused reload left nothing but a log line.
+#[test]
+fn build_process_and_reload_outcome_are_exported() {
+    let p1 = App::start("ops-p1", "production");
+    let (listen, metrics) = (free_port(), free_port());
+    let good = proxy_config(
+        listen,
+        metrics,
+        &format!(
+            "threads: 1\ngrace_period: 1s\npools:\n  production: {{ servers: [\"{}\"] }}\n{HEALTH}",
+            p1.addr()
+        ),
+    );
+    let proxy = Proxy::start(&good);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
+    let scrape = proxy.metrics_text();
+
+    // The commit is git's HEAD at build time (build.rs), unless the build was given one.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let commit = std::env::var("CANARY_LB_COMMIT")
+        .ok()
+        .or(head)
+        .unwrap_or_else(|| "unknown".to_string());
+    assert_eq!(
+        value(
+            &scrape,
+            "canary_lb_build_info",
+            &[("version", env!("CARGO_PKG_VERSION")), ("commit", &commit)]
+        ),
+        Some(1.0),
+        "build info names this build:\n{scrape}"
+    );
+
+    // The process collector: a start time near now, memory, descriptors.
+    let start = value(&scrape, "process_start_time_seconds", &[]).expect("process start time");
+    assert!(
+        (started - 600.0..=started + 60.0).contains(&start),
+        "process_start_time_seconds {start} is not about now ({started})"
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_cpu_seconds_total",
+        "process_threads",
+    ] {
+        assert!(
+            value(&scrape, name, &[]).is_some(),
+            "{name} is not exported:\n{scrape}"
+        );
+    }
+    assert!(value(&scrape, "process_open_fds", &[]).is_some_and(|v| v > 0.0));
+
+    // From the first scrape: no reload yet, and the start counts as a successful load.
+    for result in ["applied", "failed"] {
+        assert_zero(
+            &scrape,
+            "canary_lb_config_reloads_total",
+            &[("result", result)],
+        );
+    }
+    assert_eq!(
+        value(&scrape, "canary_lb_config_last_reload_success", &[]),
+        Some(1.0)
+    );
+    let stamp = |s: &str| {
+        value(s, "canary_lb_config_last_reload_timestamp_seconds", &[]).expect("reload timestamp")
+    };
+    let at_start = stamp(&scrape);
+    assert!(at_start > 0.0);
+
+    // A file that does not parse: refused, counted, and the gauge says so.
+    proxy.rewrite_config("pools: [this is not a config\n");
+    proxy.sighup();
+    wait_until("the refused reload is counted", NOTICE, || {
+        let scrape = proxy.metrics_text();
+        value(
+            &scrape,
+            "canary_lb_config_reloads_total",
+            &[("result", "failed")],
+        ) == Some(1.0)
+    });
+    let scrape = proxy.metrics_text();
+    assert_eq!(
+        value(&scrape, "canary_lb_config_last_reload_success", &[]),
+        Some(0.0),
+        "the last reload failed:\n{scrape}"
+    );
+    assert_zero(
+        &scrape,
+        "canary_lb_config_reloads_total",
+        &[("result", "applied")],
+    );
+    let at_failure = stamp(&scrape);
+    assert!(at_failure >= at_start, "{at_failure} < {at_start}");
+
+    // The good file again: applied, and the gauge is back to 1.
+    proxy.rewrite_config(&good);
+    proxy.sighup();
+    wait_until("the applied reload is counted", NOTICE, || {
+        let scrape = proxy.metrics_text();
+        value(
+            &scrape,
+            "canary_lb_config_reloads_total",
+            &[("result", "applied")],
+        ) == Some(1.0)
+    });
+    let scrape = proxy.metrics_text();
+    assert_eq!(
+        value(&scrape, "canary_lb_config_last_reload_success", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "canary_lb_config_reloads_total",
+            &[("result", "failed")]
+        ),
+        Some(1.0)
+    );
+    assert!(stamp(&scrape) >= at_failure);
+}

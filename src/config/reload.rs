@@ -21,7 +21,7 @@
 //! `client.header_timeout`, `client.handshake_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
 //! `client.h2_max_concurrent_streams`, `client.max_upstream_per_connection`,
 //! `client.max_upstream_connections` (the budgets are sized once, shared by all listeners),
-//! `upstream.keepalive_pool_size`, `access_log` (its file, format and queue are set up once;
+//! `upstream.keepalive_pool_size`, `server_header`, `access_log` (its file, format and queue are set up once;
 //! SIGUSR1 reopens the file), `rollout.state_file`, and `pools.*.servers` when discovery is
 //! not static (the file's lists serve only until the provider first answers). [`Config::restart_needed`] names
 //! the ones that changed, so the reload log says them in one line.
@@ -45,6 +45,7 @@ impl Config {
         let shapes = |c: &Config| c.listen.iter().map(|l| l.shape()).collect::<Vec<_>>();
         check("listen", shapes(old) != shapes(new));
         check("threads", old.threads != new.threads);
+        check("server_header", old.server_header != new.server_header);
         check("metrics_listen", old.metrics_listen != new.metrics_listen);
         check("grace_period", old.grace_period != new.grace_period);
         check("health_check", old.health_check != new.health_check);

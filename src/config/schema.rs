@@ -70,6 +70,72 @@ pub struct Config {
     /// `canary-lb reload` / `reopen-logs` and logrotate's `kill -USR1`.
     #[serde(default)]
     pub pid_file: Option<std::path::PathBuf>,
+    /// The `Server` header of the answers the proxy writes itself; `off` (default): none.
+    #[serde(default)]
+    pub server_header: ServerHeader,
+}
+
+/// `server_header`: the `Server` header of the answers canary-lb writes itself (its 502, 503,
+/// 504, its refusals, the `redirect_to_https` listener's answers), like nginx's
+/// `server_tokens`. `off`, the default, sends none: nothing tells a scanner what answers;
+/// `on` sends `canary-lb`; any other text is sent as it is. Proxied answers keep the app's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ServerHeader {
+    #[default]
+    #[serde(serialize_with = "ser_off")]
+    Off,
+    Text(String),
+}
+
+/// Longest `server_header` text.
+pub const MAX_SERVER_HEADER: usize = 128;
+
+impl ServerHeader {
+    /// The header's text, None when `off`.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            ServerHeader::Off => None,
+            ServerHeader::Text(t) => Some(t),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerHeader {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ServerHeader;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`off`, `on` or the header's text")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ServerHeader, E> {
+                // YAML 1.1 readers turn a bare `off` into false and `on` into true.
+                self.visit_str(if v { "on" } else { "off" })
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ServerHeader, E> {
+                match v {
+                    "off" => Ok(ServerHeader::Off),
+                    "on" => Ok(ServerHeader::Text("canary-lb".to_string())),
+                    text if text.is_empty()
+                        || text.len() > MAX_SERVER_HEADER
+                        || text.trim() != text
+                        || !text.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+                    {
+                        Err(E::custom(format!(
+                            "expected `off`, `on` or 1..={MAX_SERVER_HEADER} printable ASCII \
+                             characters without spaces at either end, got {text:?}"
+                        )))
+                    }
+                    text => Ok(ServerHeader::Text(text.to_string())),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `access_log: off`, or its settings (every key has a default: JSON lines on stdout).
@@ -1939,5 +2005,36 @@ routing:
             "redis://user:***@10.0.0.1:6379/0"
         );
         assert_eq!(redact_url("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
+    }
+
+    #[test]
+    fn server_header_is_off_on_or_a_printable_text() {
+        let parse = |yaml: &str| Config::parse(yaml).map(|c| c.server_header);
+        assert_eq!(parse("threads: 1\n").expect("default"), ServerHeader::Off);
+        for (yaml, want) in [
+            ("server_header: off\n", None),
+            ("server_header: false\n", None),
+            ("server_header: \"off\"\n", None),
+            ("server_header: on\n", Some("canary-lb")),
+            ("server_header: true\n", Some("canary-lb")),
+            ("server_header: edge/1.0 (ours)\n", Some("edge/1.0 (ours)")),
+        ] {
+            assert_eq!(parse(yaml).expect(yaml).text(), want, "{yaml}");
+        }
+        let long = format!("server_header: {}\n", "a".repeat(MAX_SERVER_HEADER + 1));
+        for yaml in [
+            "server_header: \"\"\n",
+            "server_header: \" edge\"\n",
+            "server_header: \"a\\tb\"\n",
+            "server_header: \"caf\u{e9}\"\n",
+            "server_header: 5\n",
+            long.as_str(),
+        ] {
+            let e = parse(yaml).expect_err(yaml).to_string();
+            assert!(
+                e.contains("server_header") && e.contains("line"),
+                "{yaml}: {e}"
+            );
+        }
     }
 }

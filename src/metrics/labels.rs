@@ -325,6 +325,29 @@ impl ConfigSource {
     }
 }
 
+/// The `result` label of `canary_lb_config_reloads_total`: whether a SIGHUP reload was
+/// applied or refused (the running configuration kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReloadResult {
+    Applied,
+    Failed,
+}
+
+impl ReloadResult {
+    pub const ALL: [ReloadResult; 2] = [ReloadResult::Applied, ReloadResult::Failed];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Applied => "applied",
+            ReloadResult::Failed => "failed",
+        }
+    }
+}
+
 /// The `phase` label of `canary_lb_rollout_phase` (the words of `rollout::Phase`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RolloutPhaseLabel {
@@ -511,6 +534,12 @@ mod tests {
             &ConfigSource::ALL,
             ConfigSource::index,
             ConfigSource::as_str,
+        );
+        check(
+            "ReloadResult",
+            &ReloadResult::ALL,
+            ReloadResult::index,
+            ReloadResult::as_str,
         );
         check("Reason", &Reason::ALL, Reason::index, Reason::as_str);
         check(

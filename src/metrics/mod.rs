@@ -17,6 +17,12 @@
 //! once here, so a request does not hash label values for them. Gauges that describe the
 //! pools (`server_up`, `pool_servers`) are recomputed from the live pool state when scraped,
 //! which is also where series of servers that left a pool are removed.
+//!
+//! Beside the proxy's own families the registry holds what an operator looks for first on any
+//! service: `canary_lb_build_info{version,commit}` (always 1; the commit is the one `build.rs`
+//! read from git, or `unknown`), the prometheus crate's `process_*` collector (CPU, memory,
+//! open descriptors, start time; Linux only) and the outcome of SIGHUP reloads
+//! ([`Metrics::record_config_reload`]).
 
 pub mod labels;
 pub mod rollout;
@@ -34,7 +40,7 @@ use prometheus::{
 
 pub use labels::{
     BudgetLabel, ClientErrorKind, CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel,
-    RefusalCode, RolloutPhaseLabel, ServerStateLabel, VerdictReason,
+    RefusalCode, ReloadResult, RolloutPhaseLabel, ServerStateLabel, VerdictReason,
 };
 pub use rollout::RolloutMetrics;
 
@@ -48,6 +54,16 @@ const CODES: usize = 1000;
 /// slow (504). A 5xx alert's `rate()` then sees the first of them; other codes appear when
 /// they first happen (a series per status code ever seen would be 1,000 per pool and method).
 pub const PRESET_REQUEST_CODES: [u16; 3] = [502, 503, 504];
+
+/// The version `canary_lb_build_info` reports: the crate's.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The commit `canary_lb_build_info` reports: `CANARY_LB_COMMIT` at build time (`build.rs`
+/// sets it from git, or takes it from the environment), `unknown` without either.
+pub const COMMIT: &str = match option_env!("CANARY_LB_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
 
 /// Request and 5xx counts of one pool since start, readable in-process.
 #[derive(Debug, Default)]
@@ -122,6 +138,12 @@ pub struct Metrics {
     pub rollout: RolloutMetrics,
     /// Stored values refused because a newer release wrote them, by kind (`store::codec`).
     store_newer_schema: IntCounterVec,
+    /// SIGHUP reloads by [`ReloadResult`].
+    config_reloads: [IntCounter; ReloadResult::ALL.len()],
+    /// 1 when the last reload (or the start) applied the file, 0 after a refused one.
+    config_last_reload_success: IntGauge,
+    /// Unix time of the last reload attempt, or of the start.
+    config_last_reload_timestamp: Gauge,
 }
 
 impl Metrics {
@@ -268,6 +290,38 @@ impl Metrics {
             &["kind"],
         )?;
 
+        let build_info = gauge_vec(
+            "canary_lb_build_info",
+            "Always 1; the labels say which build is running.",
+            &["version", "commit"],
+        )?;
+        build_info.with_label_values(&[VERSION, COMMIT]).set(1);
+        // CPU, memory, descriptors, start time of this process (reads /proc at scrape time).
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let config_reloads_vec = counter_vec(
+            "canary_lb_config_reloads_total",
+            "SIGHUP reloads of the config file, by result (applied, failed: the running configuration kept).",
+            &["result"],
+        )?;
+        let config_reloads =
+            ReloadResult::ALL.map(|r| config_reloads_vec.with_label_values(&[r.as_str()]));
+        let config_last_reload_success = IntGauge::new(
+            "canary_lb_config_last_reload_success",
+            "1 when the last SIGHUP reload (or the start) applied the config file, 0 when it was refused.",
+        )?;
+        registry.register(Box::new(config_last_reload_success.clone()))?;
+        // The start loaded the file, or there would be no process to scrape.
+        config_last_reload_success.set(1);
+        let config_last_reload_timestamp = Gauge::new(
+            "canary_lb_config_last_reload_timestamp_seconds",
+            "Unix time of the last SIGHUP reload attempt (or of the start).",
+        )?;
+        registry.register(Box::new(config_last_reload_timestamp.clone()))?;
+        config_last_reload_timestamp.set(unix_now());
+
         // Every label set known at start gets its series now, so each exists (at 0) from the
         // first scrape and `increase()` sees its first event.
         let decisions = PerPool::from_fn(|p| {
@@ -320,6 +374,9 @@ impl Metrics {
             counts: Default::default(),
             seen_servers: Mutex::new(HashSet::new()),
             store_newer_schema,
+            config_reloads,
+            config_last_reload_success,
+            config_last_reload_timestamp,
         };
         for pool in PoolKind::ALL {
             for code in PRESET_REQUEST_CODES {
@@ -436,6 +493,23 @@ impl Metrics {
         self.store_newer_schema.with_label_values(&[kind]).inc();
     }
 
+    /// A SIGHUP reload ended: applied, or refused with the running configuration kept.
+    pub fn record_config_reload(&self, result: ReloadResult) {
+        self.config_reloads[result.index()].inc();
+        self.config_last_reload_success
+            .set(i64::from(result == ReloadResult::Applied));
+        self.config_last_reload_timestamp.set(unix_now());
+    }
+
+    /// The last SIGHUP reload (or the start, which counts as applied): whether it applied the
+    /// file, and its Unix time; for `/status` and the `reload` command.
+    pub fn last_config_reload(&self) -> (bool, f64) {
+        (
+            self.config_last_reload_success.get() == 1,
+            self.config_last_reload_timestamp.get(),
+        )
+    }
+
     pub fn config_change(&self, source: ConfigSource) {
         self.config_changes[source.index()].inc();
     }
@@ -550,6 +624,13 @@ impl Metrics {
     }
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// A status code as text without allocating (codes are 100..=999 by construction in Pingora).
 fn code_str(buf: &mut [u8; 3], code: u16) -> &str {
     let code = code.min(999);
@@ -562,6 +643,29 @@ fn code_str(buf: &mut [u8; 3], code: u16) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_is_counted_by_result_and_the_last_one_is_kept() {
+        let m = Metrics::new().expect("metrics");
+        let (ok, at_start) = m.last_config_reload();
+        assert!(ok, "the start loaded the file");
+        assert!(at_start > 0.0);
+        m.record_config_reload(ReloadResult::Failed);
+        assert!(!m.last_config_reload().0);
+        m.record_config_reload(ReloadResult::Applied);
+        m.record_config_reload(ReloadResult::Applied);
+        assert!(m.last_config_reload().0);
+        let text = text(&m, &[]);
+        for line in [
+            "canary_lb_config_reloads_total{result=\"applied\"} 2",
+            "canary_lb_config_reloads_total{result=\"failed\"} 1",
+            "canary_lb_config_last_reload_success 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        let build = format!("canary_lb_build_info{{commit=\"{COMMIT}\",version=\"{VERSION}\"}} 1");
+        assert!(text.lines().any(|l| l == build), "{build} missing:\n{text}");
+    }
 
     #[test]
     fn code_labels() {

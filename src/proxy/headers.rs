@@ -45,21 +45,49 @@ pub fn valid_request_id(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// A request's id, taken before anything else looks at the request, so every answer (the
+/// app's, and the proxy's own errors, refusals and redirects) and the access log line carry
+/// the same one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId {
+    pub value: HeaderValue,
+    /// The client sent it (it goes upstream as sent); else it is new and must be set there.
+    pub from_client: bool,
+}
+
 /// The request's id: the client's `X-Request-Id` when it sent exactly one valid line, else a
-/// new UUID v4, which is then set on `upstream`.
-pub fn request_id(upstream: &mut RequestHeader) -> Result<HeaderValue> {
-    let mut sent = upstream.headers.get_all(N_X_REQUEST_ID).iter();
+/// new UUID v4.
+pub fn request_id_of(req: &RequestHeader) -> RequestId {
+    let mut sent = req.headers.get_all(N_X_REQUEST_ID).iter();
     if let (Some(id), None) = (sent.next(), sent.next()) {
         if valid_request_id(id.as_bytes()) {
-            return Ok(id.clone());
+            return RequestId {
+                value: id.clone(),
+                from_client: true,
+            };
         }
     }
+    new_request_id()
+}
+
+/// A new id: a UUID v4.
+pub fn new_request_id() -> RequestId {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    let id = HeaderValue::from_bytes(text.as_bytes())
-        .map_err(|e| Error::because(ErrorType::InternalError, "request id", e))?;
-    upstream.insert_header(X_REQUEST_ID, id.clone())?;
-    Ok(id)
+    RequestId {
+        // A hyphenated UUID is always a valid header value.
+        value: HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("invalid-uuid")),
+        from_client: false,
+    }
+}
+
+/// Send `id` upstream: a new id replaces whatever `X-Request-Id` lines the client sent (none,
+/// several, or an invalid one); the client's valid one is already there.
+pub fn set_request_id(upstream: &mut RequestHeader, id: &RequestId) -> Result<()> {
+    if !id.from_client {
+        upstream.insert_header(X_REQUEST_ID, id.value.clone())?;
+    }
+    Ok(())
 }
 
 /// Hops of a trusted peer's `X-Forwarded-For` looked at and sent on: the rightmost ones (the
@@ -392,18 +420,26 @@ mod tests {
     #[test]
     fn request_id_kept_once_valid_else_replaced() {
         let mut kept = request(&[(X_REQUEST_ID, "abc-1")]);
-        assert_eq!(request_id(&mut kept).expect("id"), "abc-1");
+        let id = request_id_of(&kept);
+        assert_eq!(id.value, "abc-1");
+        assert!(id.from_client);
+        set_request_id(&mut kept, &id).expect("set");
+        let sent: Vec<_> = kept.headers.get_all(X_REQUEST_ID).iter().collect();
+        assert_eq!(sent, vec!["abc-1"]);
         for headers in [
             &[(X_REQUEST_ID, "a b")][..],
             &[(X_REQUEST_ID, "one"), (X_REQUEST_ID, "two")][..],
             &[][..],
         ] {
             let mut req = request(headers);
-            let id = request_id(&mut req).expect("id");
-            assert_eq!(id.len(), uuid::fmt::Hyphenated::LENGTH, "{headers:?}");
+            let id = request_id_of(&req);
+            assert!(!id.from_client, "{headers:?}");
+            assert_eq!(id.value.len(), uuid::fmt::Hyphenated::LENGTH, "{headers:?}");
+            set_request_id(&mut req, &id).expect("set");
             let sent: Vec<_> = req.headers.get_all(X_REQUEST_ID).iter().collect();
-            assert_eq!(sent, vec![&id], "{headers:?}");
+            assert_eq!(sent, vec![&id.value], "{headers:?}");
         }
+        assert_ne!(request_id_of(&request(&[])), request_id_of(&request(&[])));
     }
 
     fn ip(s: &str) -> IpAddr {

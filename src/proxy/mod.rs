@@ -12,6 +12,14 @@
 //! - an error caused by the client (it hung up, half-closed, or misbehaved) is never retried:
 //!   the upstream request is abandoned.
 //!
+//! Every answer carries the request's `X-Request-Id` ([`headers::request_id_of`], taken
+//! first in `early_request_filter`): the app's, and the proxy's own (a refusal, 503 with no
+//! server, 502/504 from `fail_to_proxy`), which carry no `Server` header unless
+//! `server_header` names one. Pingora's own answers before any other callback runs (a head it
+//! cannot parse: 400; `CONNECT`: 405) get the same through `early_error_response` (Pingora
+//! patch 0009); only the 408 for a head cut by `client.header_timeout` (patch 0001's fixed
+//! bytes) has no id, and no `Server` either.
+//!
 //! Passive health sees only the upstream's transport failures ([`is_server_failure`]): never
 //! the client's errors, the proxy's own (out of descriptors or buffers), or a 5xx answer
 //! (unless `passive_health.error_rate` is set).
@@ -42,20 +50,54 @@ use crate::pool::ServerState;
 use crate::routing::{self, RequestFacts, UserKey};
 use crate::state::{Live, Shared};
 use budget::UpstreamBudget;
-use headers::{has_body, CookieLines, Origin, X_CANARY_POOL, X_REQUEST_ID};
+use headers::{has_body, CookieLines, Origin, RequestId, X_CANARY_POOL, X_REQUEST_ID};
 
-/// The proxy keeps no settings of its own: each request reads the [`Live`] snapshot it took
-/// in `new_ctx`, so a SIGHUP applies from the next request on.
+/// The proxy keeps no settings of its own but `server_header` (restart only): each request
+/// reads the [`Live`] snapshot it took in `new_ctx`, so a SIGHUP applies from the next request
+/// on.
 pub struct CanaryProxy {
     shared: Arc<Shared>,
     /// HTTP/2 streams' upstream budgets, one for all listeners of the process.
     budget: UpstreamBudget,
+    /// `server_header`: the `Server` of the proxy's own answers; None sends none.
+    server_header: Option<HeaderValue>,
 }
 
 impl CanaryProxy {
     pub fn new(shared: Arc<Shared>, budget: UpstreamBudget) -> CanaryProxy {
-        CanaryProxy { shared, budget }
+        let server_header = server_header_value(&shared.started().server_header);
+        CanaryProxy {
+            shared,
+            budget,
+            server_header,
+        }
     }
+}
+
+/// `server_header` as a header value (config validation admits only printable ASCII).
+pub fn server_header_value(setting: &crate::config::ServerHeader) -> Option<HeaderValue> {
+    setting.text().and_then(|t| HeaderValue::from_str(t).ok())
+}
+
+/// The headers every answer the proxy writes itself carries: the request's id, and `Server`
+/// only when `server_header` names one.
+pub fn own_answer_headers(
+    resp: &mut ResponseHeader,
+    id: Option<&RequestId>,
+    server: Option<&HeaderValue>,
+) -> Result<()> {
+    if let Some(id) = id {
+        resp.insert_header(X_REQUEST_ID, id.value.clone())?;
+    }
+    match server {
+        Some(server) => {
+            resp.insert_header(header::SERVER, server.clone())?;
+        }
+        None => {
+            resp.remove_header(&header::SERVER);
+        }
+    }
+    Ok(())
 }
 
 /// Per-request state.
@@ -75,7 +117,8 @@ pub struct Ctx {
     same_server_ok: bool,
     reset_retried: bool,
     new_user_id: Option<String>,
-    request_id: Option<HeaderValue>,
+    /// Taken first in `early_request_filter`: every answer and the access log carry it.
+    request_id: Option<RequestId>,
     in_flight: bool,
     /// The routing header or flag cookie chose the pool (left out of rollout analysis).
     forced: bool,
@@ -121,11 +164,17 @@ impl CanaryProxy {
     async fn respond_over_budget(
         &self,
         session: &mut Session,
+        ctx: &Ctx,
         budget: BudgetLabel,
     ) -> Result<bool> {
         self.shared.metrics.record_budget_refusal(budget);
         let body = Bytes::from_static(b"503 too many requests in flight\n");
-        let mut resp = ResponseHeader::build(503, Some(4))?;
+        let mut resp = ResponseHeader::build(503, Some(6))?;
+        own_answer_headers(
+            &mut resp,
+            ctx.request_id.as_ref(),
+            self.server_header.as_ref(),
+        )?;
         resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(header::RETRY_AFTER, "1")?;
@@ -134,9 +183,20 @@ impl CanaryProxy {
         Ok(true)
     }
 
-    async fn respond_no_server(live: &Live, session: &mut Session, pool: PoolKind) -> Result<bool> {
+    async fn respond_no_server(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        pool: PoolKind,
+    ) -> Result<bool> {
+        let live = &ctx.live;
         let body = Bytes::from_static(b"503 no healthy upstream server\n");
-        let mut resp = ResponseHeader::build(503, Some(5))?;
+        let mut resp = ResponseHeader::build(503, Some(7))?;
+        own_answer_headers(
+            &mut resp,
+            ctx.request_id.as_ref(),
+            self.server_header.as_ref(),
+        )?;
         resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -162,6 +222,7 @@ impl ProxyHttp for CanaryProxy {
     /// request gets a short fixed answer and the connection is closed; the returned error
     /// stops Pingora here (its `fail_to_proxy` sees the response already written).
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.request_id = Some(headers::request_id_of(session.req_header()));
         let client = &ctx.live.client;
         let limits = framing::Limits::from(client);
         let verdict = match session.as_http1() {
@@ -179,7 +240,12 @@ impl ProxyHttp for CanaryProxy {
                 .record_refusal(RefusalCode::of(rejection.status));
             let body = rejection.body();
             // (Pingora drops `Connection: close` from it on HTTP/2.)
-            let resp = rejection.response_header(body.len())?;
+            let mut resp = rejection.response_header(body.len())?;
+            own_answer_headers(
+                &mut resp,
+                ctx.request_id.as_ref(),
+                self.server_header.as_ref(),
+            )?;
             session.set_keepalive(None);
             session.write_response_header(Box::new(resp), false).await?;
             session.write_response_body(Some(body), true).await?;
@@ -220,6 +286,15 @@ impl ProxyHttp for CanaryProxy {
         };
         self.shared.metrics.record_client_error(kind);
         true
+    }
+
+    /// Pingora's 400 (a head it cannot parse: no request, so a new id) and 405 (`CONNECT`):
+    /// the request id and `server_header`, as on every answer the proxy writes itself.
+    fn early_error_response(&self, resp: &mut ResponseHeader, req: Option<&RequestHeader>) {
+        let id = req.map_or_else(headers::new_request_id, headers::request_id_of);
+        if let Err(e) = own_answer_headers(resp, Some(&id), self.server_header.as_ref()) {
+            log::debug!("early error response headers: {e}");
+        }
     }
 
     fn new_ctx(&self) -> Ctx {
@@ -264,7 +339,7 @@ impl ProxyHttp for CanaryProxy {
             let wait = ctx.live.client.upstream_queue_timeout;
             match self.budget.acquire(key, wait).await {
                 Ok(place) => ctx.place = Some(place),
-                Err(budget) => return self.respond_over_budget(session, budget).await,
+                Err(budget) => return self.respond_over_budget(session, ctx, budget).await,
             }
         }
 
@@ -338,7 +413,7 @@ impl ProxyHttp for CanaryProxy {
                 ctx.server = Some(server);
                 Ok(false)
             }
-            None => Self::respond_no_server(live, session, pool).await,
+            None => self.respond_no_server(session, ctx, pool).await,
         }
     }
 
@@ -395,8 +470,11 @@ impl ProxyHttp for CanaryProxy {
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         headers::set_forwarding(upstream, &ctx.origin, if tls { "https" } else { "http" })?;
-        let request_id = headers::request_id(upstream)?;
-        ctx.request_id = Some(request_id);
+        // (Taken in `early_request_filter`, which every request passes.)
+        let id = ctx
+            .request_id
+            .get_or_insert_with(|| headers::request_id_of(upstream));
+        headers::set_request_id(upstream, id)?;
         let live = &ctx.live;
         let features = if ctx.features.is_empty() {
             None
@@ -458,7 +536,7 @@ impl ProxyHttp for CanaryProxy {
             resp.insert_header(X_CANARY_POOL, pool.as_str())?;
         }
         if let Some(id) = &ctx.request_id {
-            resp.insert_header(X_REQUEST_ID, id.clone())?;
+            resp.insert_header(X_REQUEST_ID, id.value.clone())?;
         }
         if let Some(uid) = ctx.new_user_id.take() {
             resp.append_header(header::SET_COOKIE, policy.set_cookie(&uid))?;
@@ -536,12 +614,27 @@ impl ProxyHttp for CanaryProxy {
         e
     }
 
-    /// Pingora's answer to a failed request, except that an upstream that timed out gets 504
-    /// (as nginx), not 502.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    /// Pingora's answer to a failed request (an empty body, `Cache-Control: private,
+    /// no-store`, the connection closed), except that an upstream that timed out gets 504 (as
+    /// nginx), not 502, and that it carries the request's id and no `Server: Pingora`.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = error_status(e);
         if code > 0 {
-            if let Err(e) = session.respond_error(code).await {
+            let mut resp = pingora_core::protocols::http::ServerSession::generate_error(code);
+            let written = match own_answer_headers(
+                &mut resp,
+                ctx.request_id.as_ref(),
+                self.server_header.as_ref(),
+            ) {
+                Ok(()) => {
+                    session
+                        .as_downstream_mut()
+                        .write_error_response(resp, Bytes::new())
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 log::error!("failed to send error response to downstream: {e}");
             }
         }
@@ -622,7 +715,7 @@ impl CanaryProxy {
             pool: ctx.pool.map(|p| p.as_str()),
             reason: ctx.reason.map(|r| r.as_str()),
             user_hash: ctx.user_hash,
-            request_id: ctx.request_id.clone(),
+            request_id: ctx.request_id.as_ref().map(|id| id.value.clone()),
             tls,
             referer: req.headers.get(header::REFERER).cloned(),
             user_agent: req.headers.get(header::USER_AGENT).cloned(),

@@ -2,8 +2,8 @@
 //! the background tasks, and the signals that reload or stop it.
 
 pub mod admin;
-pub mod listeners;
 pub mod check;
+pub mod listeners;
 pub mod rollout_api;
 pub mod serve;
 pub mod signals;

@@ -158,6 +158,10 @@ pub fn assemble(
             resolvers.clone(),
             https_port.unwrap_or(443),
             client.header_timeout,
+        )
+        .answering_with(
+            crate::proxy::server_header_value(&shared.started().server_header),
+            |req| crate::proxy::headers::request_id_of(req).value,
         ),
     );
     redirect.set_connection_limit(limit.clone());

@@ -14,6 +14,7 @@ use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
+use crate::metrics::ReloadResult;
 use crate::runtime::listeners::ExitCleanup;
 use crate::runtime::serve::ExitNow;
 use crate::state::Shared;
@@ -46,9 +47,23 @@ impl Signals {
         }
     }
 
-    /// SIGHUP: reload, log the outcome and record it for `/status` (`canary-lb reload`).
+    /// SIGHUP: reload, log the outcome, record it for `/status` (`canary-lb reload`) and count
+    /// it (`canary_lb_config_reloads_total{result}`, `canary_lb_config_last_reload_success`), so
+    /// a refused reload is seen beyond its log line.
     fn reload(&self) {
         let result = self.try_reload();
+        match &result {
+            Ok(()) => self
+                .shared
+                .metrics
+                .record_config_reload(ReloadResult::Applied),
+            // Nothing was attempted without a file: not a failed reload.
+            Err(_) if self.config_path.is_none() => {}
+            Err(_) => self
+                .shared
+                .metrics
+                .record_config_reload(ReloadResult::Failed),
+        }
         if let Err(e) = &result {
             error!("SIGHUP: {e}");
         }

@@ -8,13 +8,15 @@
 //! serve; any other Host, an IP address, or none at all gets a 400 with a fixed text.
 //!
 //! One request per connection (the client is sent elsewhere anyway); its head must arrive
-//! within `client.header_timeout` and the answer be taken within [`RESPONSE_DEADLINE`].
+//! within `client.header_timeout` and the answer be taken within [`RESPONSE_DEADLINE`]. Every
+//! answer carries an `X-Request-Id` (the client's valid one, else a new one: the proxy's rule,
+//! handed in by the runtime) and a `Server` header only when `server_header` names one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use http::{header, Response};
+use http::{header, HeaderValue, Response};
 use log::debug;
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
@@ -70,11 +72,16 @@ pub fn location(
     })
 }
 
+/// The request id of a request (`proxy::headers::request_id_of`'s value).
+pub type RequestIdFn = fn(&RequestHeader) -> HeaderValue;
+
 /// The app behind a `redirect_to_https` listener.
 pub struct RedirectApp {
     resolvers: Resolvers,
     https_port: u16,
     header_timeout: Duration,
+    server_header: Option<HeaderValue>,
+    request_id: Option<RequestIdFn>,
 }
 
 impl RedirectApp {
@@ -83,14 +90,33 @@ impl RedirectApp {
             resolvers,
             https_port,
             header_timeout,
+            server_header: None,
+            request_id: None,
         }
     }
 
+    /// Answer with `Server: server_header` (None: no `Server`) and the id `request_id` gives.
+    pub fn answering_with(
+        mut self,
+        server_header: Option<HeaderValue>,
+        request_id: RequestIdFn,
+    ) -> RedirectApp {
+        self.server_header = server_header;
+        self.request_id = Some(request_id);
+        self
+    }
+
     fn respond(&self, req: &RequestHeader) -> Response<Vec<u8>> {
-        let builder = Response::builder()
+        let mut builder = Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .header(header::CACHE_CONTROL, "no-store")
             .header(header::CONNECTION, "close");
+        if let Some(id) = self.request_id {
+            builder = builder.header("X-Request-Id", id(req));
+        }
+        if let Some(server) = &self.server_header {
+            builder = builder.header(header::SERVER, server.clone());
+        }
         let built = match location(req, self.https_port, |n| self.resolvers.cover(n)) {
             Ok(to) => {
                 let body = b"308 use HTTPS\n".to_vec();

@@ -352,8 +352,10 @@ where
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
+                    let mut resp = HttpSession::generate_error(400);
+                    self.inner.early_error_response(&mut resp, None);
                     downstream_session
-                        .respond_error(400)
+                        .write_error_response(resp, Bytes::new())
                         .await
                         .unwrap_or_else(|e| {
                             debug!("failed to send error response to downstream: {e}");
@@ -386,8 +388,11 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
+            let mut resp = HttpSession::generate_error(405);
+            self.inner
+                .early_error_response(&mut resp, Some(downstream_session.req_header()));
             downstream_session
-                .respond_error(405)
+                .write_error_response(resp, Bytes::new())
                 .await
                 .unwrap_or_else(|e| {
                     debug!("failed to send error response to downstream: {e}");

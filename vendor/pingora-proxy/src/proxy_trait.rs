@@ -620,6 +620,12 @@ pub trait ProxyHttp {
         e
     }
 
+    /// Adjust the error response the proxy writes by itself before any filter runs: `400` for
+    /// a request head it cannot parse (`req` is `None`: there is no parsed head) and `405` for
+    /// a `CONNECT` request it does not proxy. `resp` is the default error response (with
+    /// `Server: Pingora`); the default implementation leaves it as it is.
+    fn early_error_response(&self, _resp: &mut ResponseHeader, _req: Option<&RequestHeader>) {}
+
     /// This filter is called when the request encounters a fatal error.
     ///
     /// Users may write an error response to the downstream if the downstream is still writable.

@@ -24,6 +24,7 @@ use crate::listeners::tls::TlsSettings;
 use crate::listeners::AcceptAllFilter;
 use crate::listeners::{
     ConnectionFilter, ListenerConfig, Listeners, ServerAddress, TcpSocketOptions, TransportStack,
+    UninitializedStream,
 };
 use crate::protocols::Stream;
 #[cfg(unix)]
@@ -647,6 +648,36 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         }
     }
 
+    /// One accepted connection: its handshake within `handshake_timeout`, then the app.
+    async fn serve_connection(
+        io: UninitializedStream,
+        app: Arc<A>,
+        shutdown: ShutdownWatch,
+        handshake_timeout: Duration,
+        peer_addr: Option<crate::protocols::l4::socket::SocketAddr>,
+    ) {
+        match timeout(handshake_timeout, io.handshake()).await {
+            Ok(Ok(io)) => Self::handle_event(io, app, shutdown).await,
+            // Any client can fail a handshake at will: debug, and counted when a connection
+            // limit is set, never one error line each.
+            Ok(Err(e)) => {
+                if let Some(slot) = Slot::current() {
+                    slot.client_error(ClientError::TlsHandshake);
+                }
+                match peer_addr {
+                    Some(addr) => debug!("Downstream handshake error from {addr}: {e}"),
+                    None => debug!("Downstream handshake error: {e}"),
+                }
+            }
+            Err(_) => {
+                if let Some(slot) = Slot::current() {
+                    slot.client_error(ClientError::HandshakeTimeout);
+                }
+                debug!("Downstream handshake timeout");
+            }
+        }
+    }
+
     async fn run_endpoint(
         app_logic: Arc<A>,
         mut stack: TransportStack,
@@ -694,33 +725,14 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
-                        let work = async move {
-                            match timeout(handshake_timeout, io.handshake()).await {
-                                Ok(Ok(io)) => Self::handle_event(io, app, shutdown).await,
-                                // Any client can fail a handshake at will: debug, and counted
-                                // when a connection limit is set, never one error line each.
-                                Ok(Err(e)) => {
-                                    if let Some(slot) = Slot::current() {
-                                        slot.client_error(ClientError::TlsHandshake);
-                                    }
-                                    match peer_addr {
-                                        Some(addr) => {
-                                            debug!("Downstream handshake error from {addr}: {e}")
-                                        }
-                                        None => debug!("Downstream handshake error: {e}"),
-                                    }
-                                }
-                                Err(_) => {
-                                    if let Some(slot) = Slot::current() {
-                                        slot.client_error(ClientError::HandshakeTimeout);
-                                    }
-                                    debug!("Downstream handshake timeout");
-                                }
-                            }
-                        };
+                        let work =
+                            Self::serve_connection(io, app, shutdown, handshake_timeout, peer_addr);
                         match permit {
-                            // Holds the connection's place until this task ends, even by a panic.
-                            Some(permit) => permit.run(work).await,
+                            // Holds the connection's place until this task ends, even by a
+                            // panic. The connection's future is boxed: moved into the wrappers
+                            // that mark it idle or shed it, it would otherwise take its (large)
+                            // size again in each of them.
+                            Some(permit) => permit.run(Box::pin(work)).await,
                             None => work.await,
                         }
                     });
