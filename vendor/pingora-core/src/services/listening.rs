@@ -724,18 +724,21 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     };
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
-                    current_handle().spawn(async move {
-                        let work =
-                            Self::serve_connection(io, app, shutdown, handshake_timeout, peer_addr);
-                        match permit {
-                            // Holds the connection's place until this task ends, even by a
-                            // panic. The connection's future is boxed: moved into the wrappers
-                            // that mark it idle or shed it, it would otherwise take its (large)
-                            // size again in each of them.
-                            Some(permit) => permit.run(Box::pin(work)).await,
-                            None => work.await,
+                    let work =
+                        Self::serve_connection(io, app, shutdown, handshake_timeout, peer_addr);
+                    match permit {
+                        // The task holds the connection's place until it ends, even by a panic.
+                        // The connection's future is boxed: moved into the wrappers that mark
+                        // it idle or shed it, it would otherwise take its (large) size again in
+                        // each of them. Without a limit it is spawned as it is.
+                        Some(permit) => {
+                            let work = Box::pin(work);
+                            current_handle().spawn(async move { permit.run(work).await });
                         }
-                    });
+                        None => {
+                            current_handle().spawn(work);
+                        }
+                    }
                 }
                 Err(e) => {
                     let io_error = e.root_cause().downcast_ref::<std::io::Error>();
