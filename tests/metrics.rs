@@ -39,7 +39,7 @@ fn metric_families(text: &str) -> BTreeSet<String> {
     while let Some(i) = rest.find("canary_lb_") {
         let token: String = rest[i..]
             .chars()
-            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
             .collect();
         rest = &rest[i + token.len()..];
         let family = ["_bucket", "_sum", "_count"]
