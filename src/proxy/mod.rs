@@ -159,6 +159,37 @@ impl CanaryProxy {
         Box::new(peer)
     }
 
+    /// A 503 the proxy writes itself: `body` as plain text, the request's id and
+    /// `server_header`, `extra` headers; `close` ends the connection after it.
+    async fn respond_503(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        body: &'static [u8],
+        extra: &[(&'static str, &'static str)],
+        close: bool,
+    ) -> Result<bool> {
+        let mut resp = ResponseHeader::build(503, Some(4 + extra.len()))?;
+        own_answer_headers(
+            &mut resp,
+            ctx.request_id.as_ref(),
+            self.server_header.as_ref(),
+        )?;
+        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        for (name, value) in extra {
+            resp.insert_header(*name, *value)?;
+        }
+        if close {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from_static(body)), true)
+            .await?;
+        Ok(true)
+    }
+
     /// 503 for an HTTP/2 stream that found no place in `budget` in time; the connection and
     /// its other streams go on.
     async fn respond_over_budget(
@@ -168,45 +199,36 @@ impl CanaryProxy {
         budget: BudgetLabel,
     ) -> Result<bool> {
         self.shared.metrics.record_budget_refusal(budget);
-        let body = Bytes::from_static(b"503 too many requests in flight\n");
-        let mut resp = ResponseHeader::build(503, Some(6))?;
-        own_answer_headers(
-            &mut resp,
-            ctx.request_id.as_ref(),
-            self.server_header.as_ref(),
-        )?;
-        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(header::RETRY_AFTER, "1")?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
-        Ok(true)
+        let extra = [("Retry-After", "1")];
+        self.respond_503(
+            session,
+            ctx,
+            b"503 too many requests in flight\n",
+            &extra,
+            false,
+        )
+        .await
     }
 
+    /// 503 when the chosen pool (and its fallback) has no server in rotation.
     async fn respond_no_server(
         &self,
         session: &mut Session,
         ctx: &Ctx,
         pool: PoolKind,
     ) -> Result<bool> {
-        let live = &ctx.live;
-        let body = Bytes::from_static(b"503 no healthy upstream server\n");
-        let mut resp = ResponseHeader::build(503, Some(7))?;
-        own_answer_headers(
-            &mut resp,
-            ctx.request_id.as_ref(),
-            self.server_header.as_ref(),
-        )?;
-        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-        if live.policy.pool_response_header {
-            resp.insert_header(X_CANARY_POOL, pool.as_str())?;
+        let mut extra = vec![("Cache-Control", "no-store")];
+        if ctx.live.policy.pool_response_header {
+            extra.push((X_CANARY_POOL, pool.as_str()));
         }
-        session.set_keepalive(None);
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
-        Ok(true)
+        self.respond_503(
+            session,
+            ctx,
+            b"503 no healthy upstream server\n",
+            &extra,
+            true,
+        )
+        .await
     }
 }
 
