@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::config::{Config, ConfigError, Loaded, Provider, Warning};
 use crate::model::PoolKind;
+use crate::tls::ListenerCerts;
 
 /// How long a host name may take to resolve before it counts as not resolving.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -55,31 +56,12 @@ pub fn run(path: &Path, strict: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every certificate and key of every TLS listener, as the `tls` module loads them at start;
-/// an error names the key (`listen[0].tls.cert`, `listen[1].tls.sni[0].key`) and its line.
+/// Every certificate and key of every TLS listener, loaded as at start; an error names the
+/// key (`listen[0].tls.cert`, `listen[1].tls.sni[0].key`) and its line. The count of TLS
+/// listeners.
 fn check_certificates(loaded: &Loaded) -> Result<usize, ConfigError> {
-    let now = crate::tls::now_secs();
-    let mut listeners = 0;
-    for (i, l) in loaded.config.listen.iter().enumerate() {
-        let Some(tls) = &l.tls else { continue };
-        listeners += 1;
-        for (j, (cert, key)) in tls.pairs().enumerate() {
-            if let Err(e) = crate::tls::load_pair(cert, key, now) {
-                let pair = match j {
-                    0 => format!("listen[{i}].tls"),
-                    j => format!("listen[{i}].tls.sni[{}]", j - 1),
-                };
-                // A reason about the key file is the `key`'s; any other is the certificate's.
-                let which = if e.path == key && e.path != cert {
-                    "key"
-                } else {
-                    "cert"
-                };
-                return Err(loaded.error(format!("{pair}.{which}"), e));
-            }
-        }
-    }
-    Ok(listeners)
+    let certs = ListenerCerts::load(&loaded.config).map_err(|e| loaded.error(e.key, e.error))?;
+    Ok(certs.sets.len())
 }
 
 /// The static servers whose host name does not resolve (an address is not looked up): each

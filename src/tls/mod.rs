@@ -29,7 +29,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::{Config, TlsListenerConfig};
+use crate::config::Config;
 
 /// A certificate or key file is never larger than this (a chain of a few certificates is a
 /// few KiB); a bigger file is refused before it is parsed.
@@ -165,18 +165,8 @@ pub fn now_secs() -> i64 {
 }
 
 impl CertSet {
-    /// Load every pair of `tls` (the default first); the first bad file refuses the set.
-    /// A name served by two certificates goes to the first listed (the default, then `sni`
-    /// in order).
-    pub fn load(tls: &TlsListenerConfig, now: i64) -> Result<CertSet, CertError> {
-        let mut loaded = Vec::new();
-        for (cert, key) in tls.pairs() {
-            loaded.push(load_pair(cert, key, now)?);
-        }
-        Ok(CertSet::from_loaded(loaded))
-    }
-
-    /// `loaded` must not be empty; its first certificate is the default.
+    /// `loaded` must not be empty; its first certificate is the default. A name served by two
+    /// certificates goes to the first listed (the default, then `sni` in order).
     fn from_loaded(loaded: Vec<LoadedCert>) -> CertSet {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
@@ -288,15 +278,44 @@ pub struct ListenerCerts {
     pub sets: Vec<(std::net::SocketAddr, CertSet)>,
 }
 
+/// A [`CertError`] with the config key of the file it is about (`listen[0].tls.cert`,
+/// `listen[1].tls.sni[0].key`), which `check` names; shown as the `CertError` alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct ListenerCertError {
+    pub key: String,
+    pub error: CertError,
+}
+
 impl ListenerCerts {
-    /// Load the certificates of every TLS listener of `config`; the first bad file refuses all.
-    pub fn load(config: &Config) -> Result<ListenerCerts, CertError> {
+    /// Load the certificates of every TLS listener of `config`, each listener's default pair
+    /// first, then its `sni` pairs in order; the first bad file refuses all.
+    pub fn load(config: &Config) -> Result<ListenerCerts, ListenerCertError> {
         let now = now_secs();
         let mut sets = Vec::new();
-        for l in &config.listen {
-            if let Some(tls) = &l.tls {
-                sets.push((l.addr, CertSet::load(tls, now)?));
+        for (i, l) in config.listen.iter().enumerate() {
+            let Some(tls) = &l.tls else { continue };
+            let mut loaded = Vec::new();
+            for (j, (cert, key)) in tls.pairs().enumerate() {
+                let pair = load_pair(cert, key, now).map_err(|error| {
+                    let pair = match j {
+                        0 => format!("listen[{i}].tls"),
+                        j => format!("listen[{i}].tls.sni[{}]", j - 1),
+                    };
+                    // A reason about the key file is the `key`'s; any other the certificate's.
+                    let which = if error.path == key && error.path != cert {
+                        "key"
+                    } else {
+                        "cert"
+                    };
+                    ListenerCertError {
+                        key: format!("{pair}.{which}"),
+                        error,
+                    }
+                })?;
+                loaded.push(pair);
             }
+            sets.push((l.addr, CertSet::from_loaded(loaded)));
         }
         Ok(ListenerCerts { sets })
     }
