@@ -593,10 +593,7 @@ impl Metrics {
                 .filter_map(|l| l.get())
                 .map(|l| l.client_errors(theirs))
                 .sum();
-            let counter = &self.client_errors[ours.index()];
-            if total > counter.get() {
-                counter.inc_by(total - counter.get());
-            }
+            catch_up(&self.client_errors[ours.index()], total);
         }
     }
 
@@ -608,11 +605,7 @@ impl Metrics {
         if let Some(limit) = self.connection_limit.get() {
             self.client_connections.set(limit.active() as i64);
             self.client_connections_max.set(limit.max() as i64);
-            let refused = limit.refused();
-            let counted = self.client_connections_refused.get();
-            if refused > counted {
-                self.client_connections_refused.inc_by(refused - counted);
-            }
+            catch_up(&self.client_connections_refused, limit.refused());
         }
         self.sync_client_errors();
         self.discovery_up.set(i64::from(discovery_up));
@@ -638,6 +631,15 @@ fn code_str(buf: &mut [u8; 3], code: u16) -> &str {
     buf[1] = b'0' + (code / 10 % 10) as u8;
     buf[2] = b'0' + (code % 10) as u8;
     std::str::from_utf8(buf).unwrap_or("000")
+}
+
+/// Bring `counter` up to `total`, a count kept elsewhere (Pingora's connection limit) and read
+/// at scrape time.
+fn catch_up(counter: &IntCounter, total: u64) {
+    let counted = counter.get();
+    if total > counted {
+        counter.inc_by(total - counted);
+    }
 }
 
 #[cfg(test)]
