@@ -13,6 +13,19 @@ use common::{free_port, proxy_config, wait_until, Proxy};
 
 /// The routing header is honoured only from 10.0.0.0/8: from 127.0.0.1 directly it is not.
 fn proxy(prod: &RawBackend, canary: &RawBackend, trusted: &str, log: &Path) -> Proxy {
+    proxy_with(
+        prod,
+        canary,
+        "header_trusted_networks: [\"10.0.0.0/8\"]",
+        &format!(
+            "trusted_proxies: [{trusted}]\naccess_log: {{ path: \"{}\" }}\n",
+            log.display()
+        ),
+    )
+}
+
+/// A proxy in front of `prod` and `canary` with `routing: { <routing> }` and `extra` lines.
+fn proxy_with(prod: &RawBackend, canary: &RawBackend, routing: &str, extra: &str) -> Proxy {
     Proxy::start(&proxy_config(
         free_port(),
         free_port(),
@@ -20,12 +33,9 @@ fn proxy(prod: &RawBackend, canary: &RawBackend, trusted: &str, log: &Path) -> P
             "threads: 1\ngrace_period: 1s\n\
              pools:\n  production: {{ servers: [\"{}\"] }}\n  canary: {{ servers: [\"{}\"] }}\n\
              health_check: {{ kind: tcp, interval: 1s, timeout: 500ms }}\n\
-             routing: {{ header_trusted_networks: [\"10.0.0.0/8\"] }}\n\
-             trusted_proxies: [{trusted}]\n\
-             access_log: {{ path: \"{}\" }}\n",
+             routing: {{ {routing} }}\n{extra}",
             prod.addr(),
             canary.addr(),
-            log.display()
         ),
     ))
 }
@@ -150,18 +160,8 @@ fn real_ip_headers_are_removed_from_an_untrusted_client() {
 fn flag_cookie_forces_only_from_trusted_networks() {
     for (networks, forced) in [("10.0.0.0/8", false), ("127.0.0.0/8", true)] {
         let (prod, canary) = (RawBackend::start(), RawBackend::start());
-        let proxy = Proxy::start(&proxy_config(
-            free_port(),
-            free_port(),
-            &format!(
-                "threads: 1\ngrace_period: 1s\n\
-                 pools:\n  production: {{ servers: [\"{}\"] }}\n  canary: {{ servers: [\"{}\"] }}\n\
-                 health_check: {{ kind: tcp, interval: 1s, timeout: 500ms }}\n\
-                 routing: {{ canary_percent: 0, header_trusted_networks: [\"{networks}\"] }}\n",
-                prod.addr(),
-                canary.addr(),
-            ),
-        ));
+        let routing = format!("canary_percent: 0, header_trusted_networks: [\"{networks}\"]");
+        let proxy = proxy_with(&prod, &canary, &routing, "");
         let req = "GET /flag HTTP/1.1\r\nHost: app.test\r\nCookie: canary=always\r\n\
                    Connection: close\r\n\r\n";
         let r = raw_exchange(proxy.listen_port(), req.as_bytes(), Duration::from_secs(10));
