@@ -64,3 +64,19 @@ END{printf "| case | proxy | req/s | vs nginx | p50 ms | p99 ms | user us/req | 
       med(q[k])/med(ng[c[1]]), med(p5[k]), med(p9[k]), d?"-":sprintf("%.1f",med(us[k])),
       d?"-":sprintf("%.1f",med(sy[k])), d?"-":sprintf("%.2f",med(cs[k])), ir}}' "$RES"
 echo "(direct = wrk against the backend itself; CPU and context switches are the proxy process's, all threads; results in $RES)"
+
+# Issue 23's targets, from the table's medians: met or not, with the figure.
+echo
+awk -F'\t' -v irc="${IR[canary-lb]:-}" -v irf="${IR[floor]:-}" '
+function srt(s,a,  n,i,j,t){n=split(s,a," "); for(i=2;i<=n;i++){t=a[i]; for(j=i-1;j>0&&a[j]+0>t+0;j--)a[j+1]=a[j]; a[j+1]=t}; return n}
+function med(s,  a,n){n=srt(s,a); return n%2?a[(n+1)/2]:(a[n/2]+a[n/2+1])/2}
+function line(what, fig, ok){printf "| %s | %s | %s |\n", what, fig, ok?"met":"**not met**"}
+NR>1 && $10>0 {q[$1,$2]=q[$1,$2]" "$4; p9[$1,$2]=p9[$1,$2]" "$6}
+END{print "| target (issue 23) | measured | |"; print "|---|---|---|"
+  if((("small","canary-lb") in q) && (("small","nginx") in q)){
+    r=med(q["small","canary-lb"])/med(q["small","nginx"]); line("small: >= 0.75x nginx req/s", sprintf("%.2fx", r), r>=0.75)
+    r=med(p9["small","canary-lb"])/med(p9["small","nginx"]); line("small: p99 <= 1.5x nginx", sprintf("%.2fx", r), r<=1.5)}
+  if((("64k","canary-lb") in q) && (("64k","nginx") in q)){
+    r=med(q["64k","canary-lb"])/med(q["64k","nginx"]); line("64 KiB: >= 1.05x nginx req/s", sprintf("%.2fx", r), r>=1.05)}
+  if(irc!=""){line("<= 70,000 instructions per small request", irc, irc<=70000)
+    if(irf!="")line("canary-lb within 15 % of the floor instructions", sprintf("+%.1f %%", (irc/irf-1)*100), irc<=irf*1.15)}}' "$RES"

@@ -29,6 +29,7 @@ pub mod framing;
 pub mod headers;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -156,6 +157,7 @@ impl CanaryProxy {
         });
         o.write_timeout = Some(upstream.write_timeout);
         o.idle_timeout = Some(upstream.idle_timeout);
+        peer.group_key = worker_slot();
         Box::new(peer)
     }
 
@@ -555,7 +557,7 @@ impl ProxyHttp for CanaryProxy {
         }
         let policy = &ctx.live.policy;
         if let (true, Some(pool)) = (policy.pool_response_header, ctx.pool) {
-            resp.insert_header(X_CANARY_POOL, pool.as_str())?;
+            resp.insert_header(X_CANARY_POOL, HeaderValue::from_static(pool.as_str()))?;
         }
         if let Some(id) = &ctx.request_id {
             resp.insert_header(X_REQUEST_ID, id.value.clone())?;
@@ -698,6 +700,19 @@ impl ProxyHttp for CanaryProxy {
             log.log(Self::entry(session, ctx));
         }
     }
+}
+
+/// This worker thread's share of the upstream connection pool, as the pool's reuse key. With
+/// `threads > 1` each thread runs its own single-threaded runtime, and an upstream connection
+/// stays registered with the I/O driver of the thread that opened it: reused by a request on
+/// another thread, every read and write of it woke two threads. Keyed by thread, a thread
+/// reuses only its own connections, as each nginx worker keeps its own (`benches/scaling.sh`).
+fn worker_slot() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static SLOT: u64 = NEXT.fetch_add(1, Relaxed);
+    }
+    SLOT.with(|s| *s)
 }
 
 impl CanaryProxy {

@@ -80,7 +80,7 @@ use crate::protocols::{l4::socket::SocketAddr, tls::TlsRef, Stream};
 use crate::server::ListenFds;
 
 use async_trait::async_trait;
-use pingora_error::Result;
+use pingora_error::{ErrorType::AcceptError, OrErr, Result};
 use std::{any::Any, fs::Permissions, sync::Arc};
 
 use l4::{ListenerEndpoint, Stream as L4Stream};
@@ -300,6 +300,7 @@ impl TransportStack {
         let stream = self.l4.accept().await?;
         Ok(UninitializedStream {
             l4: stream,
+            accepted_on: std::thread::current().id(),
             tls: self.tls.clone(),
             l4_buffer: self.l4_buffer,
             pre_tls_callback: self.pre_tls_callback.clone(),
@@ -313,6 +314,9 @@ impl TransportStack {
 
 pub(crate) struct UninitializedStream {
     l4: L4Stream,
+    /// The thread whose runtime accepted the connection (and whose I/O driver it is
+    /// registered with).
+    accepted_on: std::thread::ThreadId,
     tls: Option<Arc<Acceptor>>,
     l4_buffer: L4BufferSettings,
     pre_tls_callback: Option<PreTlsCallback>,
@@ -320,6 +324,14 @@ pub(crate) struct UninitializedStream {
 
 impl UninitializedStream {
     pub async fn handshake(mut self) -> Result<Stream> {
+        // Served on another thread than the one that accepted it (threads > 1): the socket's
+        // readiness events go to this thread's driver from now on.
+        if std::thread::current().id() != self.accepted_on {
+            self.l4.register_with_current_runtime().or_err(
+                AcceptError,
+                "failed to register the connection with its thread",
+            )?;
+        }
         self.l4.set_buffer(self.l4_buffer);
         if let Some(tls) = self.tls {
             // Process pre-TLS data if a callback is configured (e.g., PROXY protocol)

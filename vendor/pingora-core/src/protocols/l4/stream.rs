@@ -625,6 +625,36 @@ impl Stream {
 
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
+    /// Move a TCP or Unix socket's registration to the I/O driver of the runtime this is
+    /// called on. A socket stays registered with the driver of the thread that accepted it, so
+    /// with one single-threaded runtime per thread (`NoStealRuntime`) a connection served on
+    /// another thread paid a cross-thread wake-up (the accepting thread woken by epoll, then
+    /// the serving one) for every readiness event. Call it before anything is buffered and
+    /// before `set_buffer`: the stream comes back unbuffered, as accepted (two `epoll_ctl`
+    /// calls).
+    pub(crate) fn register_with_current_runtime(&mut self) -> io::Result<()> {
+        let Some(buffered) = self.stream.take() else {
+            return Ok(());
+        };
+        let mut raw = buffered.into_inner();
+        let moved = match raw.stream {
+            RawStream::Tcp(s) => s
+                .into_std()
+                .and_then(TcpStream::from_std)
+                .map(RawStream::Tcp),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s
+                .into_std()
+                .and_then(UnixStream::from_std)
+                .map(RawStream::Unix),
+            other => Ok(other),
+        };
+        // On an error the socket is closed and `self` has no stream left: the caller drops it.
+        raw.stream = moved?;
+        self.stream = Some(BufferedStream::with_capacity(0, 0, raw));
+        Ok(())
+    }
+
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
         use std::mem;
         // Since the buffers can't be resized in place,
@@ -830,8 +860,12 @@ impl Drop for Stream {
         if let Some(t) = self.tracer.as_ref() {
             t.0.on_disconnected();
         }
+        // (No stream: `register_with_current_runtime` failed and closed it.)
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
         /* use nodelay/local_addr function to detect socket status */
-        let ret = match &self.stream().get_ref().stream {
+        let ret = match &stream.get_ref().stream {
             RawStream::Tcp(s) => s.nodelay().err(),
             #[cfg(unix)]
             RawStream::Unix(s) => s.local_addr().err(),
@@ -1002,6 +1036,49 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
+
+    /// A connection accepted on one runtime and served on another keeps working after the
+    /// accepting runtime is gone: it is registered with the serving runtime's I/O driver.
+    #[test]
+    fn register_with_current_runtime_moves_the_socket_to_the_serving_driver() {
+        use std::io::{Read, Write};
+        use std::sync::mpsc;
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let accepting = runtime();
+        let (mut stream, mut client) = accepting.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (s, _) = listener.accept().await.unwrap();
+            (Stream::from(s), client)
+        });
+        let (registered_tx, registered) = mpsc::channel();
+        let (gone_tx, gone) = mpsc::channel();
+        let serving = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                stream.register_with_current_runtime().unwrap();
+                registered_tx.send(()).unwrap();
+                gone.recv().unwrap();
+                let mut buf = [0u8; 4];
+                stream.read_exact(&mut buf).await.unwrap();
+                assert_eq!(&buf, b"ping");
+                stream.write_all(b"pong").await.unwrap();
+                stream.flush().await.unwrap();
+            })
+        });
+        registered.recv().unwrap();
+        drop(accepting); // its I/O driver with it
+        gone_tx.send(()).unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"pong");
+        serving.join().unwrap();
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
