@@ -435,9 +435,17 @@ where
                         (server_reused, error)
                     }
                     ClientSession::H2(mut h2) => {
-                        let (server_reused, mut error) = self
-                            .proxy_to_h2_upstream(session, &mut h2, client_reused, &peer, ctx)
-                            .await;
+                        // The h2 and custom upstream paths are boxed: inline, their futures
+                        // would size the future of every request, which is moved into its box
+                        // once per request.
+                        let (server_reused, mut error) = Box::pin(self.proxy_to_h2_upstream(
+                            session,
+                            &mut h2,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::H2(h2);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -464,9 +472,14 @@ where
                         (server_reused, error)
                     }
                     ClientSession::Custom(mut c) => {
-                        let (server_reused, error) = self
-                            .proxy_to_custom_upstream(session, &mut c, client_reused, &peer, ctx)
-                            .await;
+                        let (server_reused, error) = Box::pin(self.proxy_to_custom_upstream(
+                            session,
+                            &mut c,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::Custom(c);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -1345,8 +1358,13 @@ where
         // allow unwrap until if let chains
         #[allow(clippy::unnecessary_unwrap)]
         let serve_stale_result = if proxy_error.is_some() && session.cache.can_serve_stale_error() {
-            self.handle_stale_if_error(&mut session, &mut ctx, proxy_error.as_ref().unwrap())
-                .await
+            // boxed: an error path's future should not size every request's
+            Box::pin(self.handle_stale_if_error(
+                &mut session,
+                &mut ctx,
+                proxy_error.as_ref().unwrap(),
+            ))
+            .await
         } else {
             None
         };

@@ -70,7 +70,7 @@ where
 
         // cache purge logic: PURGE short-circuits rest of request
         if self.inner.is_purge(session, ctx) {
-            return self.proxy_purge(session, ctx).await;
+            return Box::pin(self.proxy_purge(session, ctx)).await;
         }
 
         // bypass cache lookup if we predict to be uncacheable
@@ -85,7 +85,7 @@ where
         // cache lookup logic
         let mut cache_lock_retries = 0;
         loop {
-            match session.cache.cache_lookup().await {
+            match Box::pin(session.cache.cache_lookup()).await {
                 Ok(res) => {
                     let mut hit_status_opt = None;
                     if let Some((mut meta, mut handler)) = res {
@@ -174,7 +174,7 @@ where
                             break None;
                         } else if session.cache.is_cache_locked() {
                             // Another request is filling the cache; try waiting til that's done and retry.
-                            let outcome = session.cache.cache_lock_wait().await;
+                            let outcome = Box::pin(session.cache.cache_lock_wait()).await;
                             if self.handle_lock_wait_outcome(session, ctx, outcome) {
                                 if self.cache_lock_retry_limit_exceeded(
                                     session,
@@ -215,7 +215,7 @@ where
                             let will_serve_stale = session.cache.can_serve_stale_updating()
                                 && self.inner.should_serve_stale(session, ctx, None);
                             if !will_serve_stale {
-                                let outcome = session.cache.cache_lock_wait().await;
+                                let outcome = Box::pin(session.cache.cache_lock_wait()).await;
                                 if self.handle_lock_wait_outcome(session, ctx, outcome) {
                                     if self.cache_lock_retry_limit_exceeded(
                                         session,
@@ -262,7 +262,7 @@ where
                         }
                     }
 
-                    let (reuse, err) = self.proxy_cache_hit(session, ctx).await;
+                    let (reuse, err) = Box::pin(self.proxy_cache_hit(session, ctx)).await;
                     if let Some(e) = err.as_ref() {
                         error!(
                             "Fail to serve cache: {e}, {}",

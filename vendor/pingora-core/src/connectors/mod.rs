@@ -360,7 +360,9 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // A new connection (TCP connect and TLS handshake) is the rare path: its future is
+            // boxed so that it does not size the future of every request that reuses one.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }
