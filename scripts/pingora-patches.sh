@@ -27,6 +27,8 @@ declare -A SHA256=(
   [pingora-proxy]=8e3d5670490740405ecc8c6f75c3fcbce4d24f7adaffb355ca44550e7918e358
 )
 CRATES=(pingora-core pingora-proxy)
+SHA256[pingora-pool]=ecda093a10bad5e887d73286f052dd0fc78ad0d6c7654235e507ed0f85b64af1
+CRATES+=(pingora-pool)
 PATCHES=patches/pingora
 
 die() {
@@ -140,6 +142,10 @@ case "${1:-}" in
       mkdir -p "$target"
       cp -r "$VENDOR" "$target/crate"
       rm -f "$target/crate/Cargo.lock"
+      for other in "${CRATES[@]}"; do   # the other vendored crates, as canary-lb builds them
+        [ "$other" = "$CRATE" ] || printf '[patch.crates-io.%s]\npath = "%s"\n' \
+          "$other" "$PWD/vendor/$other" >>"$target/crate/Cargo.toml"
+      done
       CARGO_TARGET_DIR="$target" cargo test --manifest-path "$target/crate/Cargo.toml" --lib -- "$@"
     done
     ;;

@@ -30,17 +30,16 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
-use tokio::sync::Mutex;
 
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
@@ -170,7 +169,9 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<Stream>>,
+    /// Whether a task sweeps `connection_pool` (see [`sweep_idle_connections`])
+    pool_sweeper: Arc<AtomicBool>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -204,6 +205,7 @@ impl TransportConnector {
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
+            pool_sweeper: Arc::new(AtomicBool::new(false)),
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
             bind_to_v6,
@@ -248,55 +250,40 @@ impl TransportConnector {
     }
 
     /// Try to find a reusable connection to the given server [Peer]
+    ///
+    /// Pooled connections that passed their idle timeout, or that the server closed or sent
+    /// data on, are closed and the next one is tried.
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
-                debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        error!("failed to acquire reusable stream");
-                        None
-                    }
+        // test_reusable_stream: we assume server would never actively send data
+        // first on an idle stream.
+        let Some(stream) = self
+            .connection_pool
+            .get_checked(&peer.reuse_hash(), |stream| {
+                test_reusable_stream(stream, &self.unexpected_data_conn_count)
+            })
+        else {
+            debug!("No reusable connection found for {peer}");
+            return None;
+        };
+        debug!("find reusable stream");
+        #[cfg(unix)]
+        if peer.matches_fd(stream.id()) {
+            Some(stream)
+        } else {
+            None
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::io::{AsRawSocket, RawSocket};
+            struct WrappedRawSocket(RawSocket);
+            impl AsRawSocket for WrappedRawSocket {
+                fn as_raw_socket(&self) -> RawSocket {
+                    self.0
                 }
             }
-            None => {
-                debug!("No reusable connection found for {peer}");
+            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket)) {
+                Some(stream)
+            } else {
                 None
             }
         }
@@ -321,29 +308,32 @@ impl TransportConnector {
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
-        let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
-        let idle_meta = IdleConnection::new(meta);
-        let pool = self.connection_pool.clone(); //clone the arc
-        let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
-        rt.spawn(async move {
-            if pool
-                .idle_poll(
-                    locked_stream,
-                    &idle_meta.connection,
-                    idle_timeout,
-                    notify_close,
-                    watch_use,
-                )
-                .await
-            {
-                if let Some(callback) = keepalive_pool_callback {
-                    callback(idle_meta.elapsed());
-                }
+        // No task watches the idle connection: it is checked when taken (`reused_stream`) and by
+        // the pool's sweeper, which closes it once the server closed it or `idle_timeout` passed.
+        let evicted = self.connection_pool.put_idle(&meta, stream, idle_timeout);
+        if let Some(callback) = &self.keepalive_pool_callback {
+            for idle in evicted {
+                callback(idle);
             }
-        });
+        }
+        if !self.pool_sweeper.load(Ordering::SeqCst) {
+            self.start_pool_sweeper();
+        }
+    }
+
+    #[cold]
+    fn start_pool_sweeper(&self) {
+        if self
+            .pool_sweeper
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            pingora_runtime::current_handle().spawn(sweep_idle_connections(
+                Arc::downgrade(&self.connection_pool),
+                self.pool_sweeper.clone(),
+                self.unexpected_data_conn_count.clone(),
+            ));
+        }
     }
 
     /// Get a stream to the given server [Peer]
@@ -385,6 +375,54 @@ impl TransportConnector {
     /// access to the connector.
     pub fn unexpected_data_connection_counter(&self) -> Arc<AtomicU64> {
         self.unexpected_data_conn_count.clone()
+    }
+}
+
+/// How often the idle connections of a [TransportConnector]'s pool are checked
+const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Close the pooled idle connections that the server closed (or sent data on) or whose idle
+/// timeout passed, once every [POOL_SWEEP_INTERVAL], so that they do not hold their file
+/// descriptors until they are next taken. One such task runs per connector while its pool holds
+/// connections: it ends when the pool is empty (`release_stream` starts the next one) or dropped.
+async fn sweep_idle_connections(
+    pool: Weak<ConnectionPool<Stream>>,
+    running: Arc<AtomicBool>,
+    unexpected_data_conn_count: Arc<AtomicU64>,
+) {
+    // Clears `running` if this task is dropped (its runtime shuts down) while it owns the flag.
+    struct Owner(Option<Arc<AtomicBool>>);
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            if let Some(running) = self.0.take() {
+                running.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+    let mut owner = Owner(Some(running.clone()));
+    loop {
+        pingora_timeout::sleep(POOL_SWEEP_INTERVAL).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let closed = pool.sweep(|stream| test_reusable_stream(stream, &unexpected_data_conn_count));
+        if closed > 0 {
+            debug!("closed {closed} idle upstream connection(s)");
+        }
+        if pool.is_empty() {
+            // Hand the flag back. A release that comes after this store starts a new sweeper; one
+            // that came before it put a connection in the pool, which is seen below.
+            owner.0 = None;
+            running.store(false, Ordering::SeqCst);
+            if pool.is_empty()
+                || running
+                    .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+            {
+                return;
+            }
+            owner.0 = Some(running.clone());
+        }
     }
 }
 
@@ -575,6 +613,161 @@ pub(crate) mod test_utils {
         });
 
         (ready_rx, shutdown_tx, server_handle)
+    }
+}
+
+#[cfg(all(test, unix))]
+mod pool_tests {
+    use super::*;
+    use crate::upstreams::peer::BasicPeer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A listener, and a connector's stream to it with the server's end of it
+    async fn connect(connector: &TransportConnector) -> (BasicPeer, Stream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let stream = connector.new_stream(&peer).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (peer, stream, server)
+    }
+
+    /// Whether the server's end sees the connection closed by the connector within `wait`
+    async fn closed_by_us(server: &mut TcpStream, wait: Duration) -> bool {
+        let mut buf = [0; 1];
+        matches!(
+            tokio::time::timeout(wait, server.read(&mut buf)).await,
+            Ok(Ok(0))
+        )
+    }
+
+    #[tokio::test]
+    async fn test_reused_stream_hands_back_live_connection() {
+        let connector = TransportConnector::new(None);
+        let (peer, stream, mut server) = connect(&connector).await;
+        connector.release_stream(stream, peer.reuse_hash(), Some(Duration::from_secs(60)));
+        let mut stream = connector.reused_stream(&peer).await.expect("reused");
+        assert!(connector.reused_stream(&peer).await.is_none());
+        // it is the same, working connection
+        stream.write_all(b"x").await.unwrap();
+        let mut buf = [0; 1];
+        server.read_exact(&mut buf).await.unwrap();
+        server.write_all(b"y").await.unwrap();
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"y");
+    }
+
+    #[tokio::test]
+    async fn test_reused_stream_skips_closed_connection() {
+        let connector = TransportConnector::new(None);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let closed = connector.new_stream(&peer).await.unwrap();
+        let (closed_server, _) = listener.accept().await.unwrap();
+        let live = connector.new_stream(&peer).await.unwrap();
+        let (mut live_server, _) = listener.accept().await.unwrap();
+        let live_port = live
+            .get_socket_digest()
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .clone();
+        // released first, so it is the first one taken
+        connector.release_stream(closed, peer.reuse_hash(), None);
+        connector.release_stream(live, peer.reuse_hash(), None);
+        drop(closed_server);
+        tokio::time::sleep(Duration::from_millis(50)).await; // the FIN arrives
+
+        let mut stream = connector.reused_stream(&peer).await.expect("the live one");
+        let port = stream
+            .get_socket_digest()
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .clone();
+        assert_eq!(port, live_port);
+        assert!(connector.reused_stream(&peer).await.is_none());
+        stream.write_all(b"x").await.unwrap();
+        let mut buf = [0; 1];
+        live_server.read_exact(&mut buf).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn test_expired_stream_is_not_reused() {
+        let connector = TransportConnector::new(None);
+        let (peer, stream, mut server) = connect(&connector).await;
+        connector.release_stream(stream, peer.reuse_hash(), Some(Duration::from_millis(10)));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(connector.reused_stream(&peer).await.is_none());
+        assert!(closed_by_us(&mut server, Duration::from_millis(500)).await);
+    }
+
+    #[tokio::test]
+    async fn test_sweeper_closes_connection_the_server_closed() {
+        let connector = TransportConnector::new(None);
+        let (peer, stream, mut server) = connect(&connector).await;
+        connector.release_stream(stream, peer.reuse_hash(), None);
+        assert!(
+            connector.pool_sweeper.load(Ordering::SeqCst),
+            "sweeper started"
+        );
+        server.shutdown().await.unwrap(); // FIN: the server is done with it
+                                          // nothing takes it: the sweeper closes our end
+        assert!(closed_by_us(&mut server, POOL_SWEEP_INTERVAL * 3).await);
+        assert!(connector.connection_pool.is_empty());
+        // and, the pool being empty, the sweeper ends
+        tokio::time::sleep(POOL_SWEEP_INTERVAL / 2).await;
+        assert!(
+            !connector.pool_sweeper.load(Ordering::SeqCst),
+            "sweeper ended"
+        );
+        // the next release starts one again
+        let (peer, stream, mut server) = connect(&connector).await;
+        connector.release_stream(stream, peer.reuse_hash(), None);
+        assert!(
+            connector.pool_sweeper.load(Ordering::SeqCst),
+            "sweeper restarted"
+        );
+        server.shutdown().await.unwrap();
+        assert!(closed_by_us(&mut server, POOL_SWEEP_INTERVAL * 3).await);
+    }
+
+    #[tokio::test]
+    async fn test_sweeper_closes_expired_connection_and_keeps_live_one() {
+        let connector = TransportConnector::new(None);
+        let (peer, expiring, mut expiring_server) = connect(&connector).await;
+        connector.release_stream(expiring, peer.reuse_hash(), Some(Duration::from_millis(10)));
+        let (live_peer, live, mut live_server) = connect(&connector).await;
+        connector.release_stream(live, live_peer.reuse_hash(), None);
+        assert!(closed_by_us(&mut expiring_server, POOL_SWEEP_INTERVAL * 3).await);
+        assert!(!closed_by_us(&mut live_server, Duration::from_millis(10)).await);
+        assert!(connector.reused_stream(&live_peer).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn test_keepalive_pool_callback_on_eviction() {
+        let evicted = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = evicted.clone();
+        let mut options = ConnectorOptions::new(1);
+        options.keepalive_pool_callback = Some(Arc::new(move |idle| seen.lock().push(idle)));
+        let connector = TransportConnector::new(Some(options));
+        let (peer1, stream1, mut server1) = connect(&connector).await;
+        let (peer2, stream2, _server2) = connect(&connector).await;
+        connector.release_stream(stream1, peer1.reuse_hash(), None);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(evicted.lock().is_empty());
+        // the pool holds one: the first is evicted (and closed) to make room
+        connector.release_stream(stream2, peer2.reuse_hash(), None);
+        assert_eq!(evicted.lock().len(), 1);
+        assert!(evicted.lock()[0] >= Duration::from_millis(20));
+        assert!(closed_by_us(&mut server1, Duration::from_millis(500)).await);
+        assert!(connector.reused_stream(&peer1).await.is_none());
+        assert!(connector.reused_stream(&peer2).await.is_some());
+        assert_eq!(
+            evicted.lock().len(),
+            1,
+            "a reused connection is not reported"
+        );
     }
 }
 
