@@ -27,6 +27,8 @@ declare -A SHA256=(
   [pingora-proxy]=8e3d5670490740405ecc8c6f75c3fcbce4d24f7adaffb355ca44550e7918e358
 )
 CRATES=(pingora-core pingora-proxy)
+SHA256[pingora-http]=3f38e9e519d53fab09eb320f7be2cd27ef9e66f755eba3bd84cc68852108d841
+CRATES+=(pingora-http)
 PATCHES=patches/pingora
 
 die() {
