@@ -29,6 +29,8 @@ declare -A SHA256=(
 CRATES=(pingora-core pingora-proxy)
 SHA256[pingora-http]=3f38e9e519d53fab09eb320f7be2cd27ef9e66f755eba3bd84cc68852108d841
 CRATES+=(pingora-http)
+SHA256[pingora-timeout]=d58d029af71f7694815494c681f1bb93aa06d83b6fa6a6b42e7154ee0e8e43e4
+CRATES+=(pingora-timeout)
 PATCHES=patches/pingora
 
 die() {
