@@ -25,10 +25,11 @@ VERSION=0.9.1
 declare -A SHA256=(
   [pingora-core]=a535f47f65fdcb003f9e1df04cd18e614c128dfe9388acce3f211ae38ac14d68
   [pingora-proxy]=8e3d5670490740405ecc8c6f75c3fcbce4d24f7adaffb355ca44550e7918e358
+  [pingora-pool]=ecda093a10bad5e887d73286f052dd0fc78ad0d6c7654235e507ed0f85b64af1
+  [pingora-http]=3f38e9e519d53fab09eb320f7be2cd27ef9e66f755eba3bd84cc68852108d841
+  [pingora-timeout]=d58d029af71f7694815494c681f1bb93aa06d83b6fa6a6b42e7154ee0e8e43e4
 )
-CRATES=(pingora-core pingora-proxy)
-SHA256[pingora-pool]=ecda093a10bad5e887d73286f052dd0fc78ad0d6c7654235e507ed0f85b64af1
-CRATES+=(pingora-pool)
+CRATES=(pingora-core pingora-proxy pingora-pool pingora-http pingora-timeout)
 PATCHES=patches/pingora
 
 die() {

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::RequestHeader;
+use pingora_http::{CasedHeaderName, RequestHeader};
 
 // Header names as `&'static str` in the case they go out on the wire: Pingora's header
 // insertion takes these without copying the name (a `HeaderName` is copied and re-parsed).
@@ -31,6 +31,20 @@ const N_X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const N_X_CANARY_POOL: HeaderName = HeaderName::from_static("x-canary-pool");
 const N_X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const N_TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
+
+// The names the request path inserts, prepared once with their spelling (Pingora patch 0017):
+// inserted without the name being parsed and lower-cased into a new allocation each time, and
+// written in the same spelling as the `&str` above.
+pub const C_X_CANARY_POOL: CasedHeaderName =
+    CasedHeaderName::from_static("x-canary-pool", X_CANARY_POOL);
+pub const C_X_REQUEST_ID: CasedHeaderName =
+    CasedHeaderName::from_static("x-request-id", X_REQUEST_ID);
+const C_X_FORWARDED_FOR: CasedHeaderName =
+    CasedHeaderName::from_static("x-forwarded-for", X_FORWARDED_FOR);
+const C_X_FORWARDED_PROTO: CasedHeaderName =
+    CasedHeaderName::from_static("x-forwarded-proto", X_FORWARDED_PROTO);
+const C_X_FORWARDED_HOST: CasedHeaderName =
+    CasedHeaderName::from_static("x-forwarded-host", X_FORWARDED_HOST);
 
 /// Longest `X-Request-Id` kept from a client.
 pub const MAX_REQUEST_ID: usize = 128;
@@ -89,7 +103,7 @@ pub fn new_request_id() -> RequestId {
 /// several, or an invalid one); the client's valid one is already there.
 pub fn set_request_id(upstream: &mut RequestHeader, id: &RequestId) -> Result<()> {
     if !id.from_client {
-        upstream.insert_header(X_REQUEST_ID, id.value.clone())?;
+        upstream.insert_header(&C_X_REQUEST_ID, id.value.clone())?;
     }
     Ok(())
 }
@@ -272,7 +286,7 @@ pub fn set_forwarding(
             let xff = forwarded_for(&hops, peer);
             match HeaderValue::from_maybe_shared(Bytes::from(xff)) {
                 Ok(xff) => {
-                    upstream.insert_header(X_FORWARDED_FOR, xff)?;
+                    upstream.insert_header(&C_X_FORWARDED_FOR, xff)?;
                 }
                 Err(_) => {
                     upstream.remove_header(X_FORWARDED_FOR);
@@ -289,7 +303,7 @@ pub fn set_forwarding(
                 || v.as_bytes().eq_ignore_ascii_case(b"https")
         });
     if !proto_ok {
-        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
+        upstream.insert_header(&C_X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
     }
     let host_ok =
         trusted && single(upstream, X_FORWARDED_HOST).is_some_and(|v| host_like(v.as_bytes()));
@@ -302,7 +316,7 @@ pub fn set_forwarding(
         });
         match host {
             Some(host) => {
-                upstream.insert_header(X_FORWARDED_HOST, host)?;
+                upstream.insert_header(&C_X_FORWARDED_HOST, host)?;
             }
             None => {
                 upstream.remove_header(X_FORWARDED_HOST);
@@ -313,9 +327,9 @@ pub fn set_forwarding(
         if upstream.headers.contains_key(header::FORWARDED) {
             upstream.remove_header(&header::FORWARDED);
         }
-        for name in [N_X_REAL_IP, N_TRUE_CLIENT_IP] {
-            if upstream.headers.contains_key(&name) {
-                upstream.remove_header(&name);
+        for name in [&N_X_REAL_IP, &N_TRUE_CLIENT_IP] {
+            if upstream.headers.contains_key(name) {
+                upstream.remove_header(name);
             }
         }
     }

@@ -51,7 +51,10 @@ use crate::pool::ServerState;
 use crate::routing::{self, RequestFacts, UserKey};
 use crate::state::{Live, Shared};
 use budget::UpstreamBudget;
-use headers::{has_body, CookieLines, Origin, RequestId, X_CANARY_POOL, X_REQUEST_ID};
+use headers::{
+    has_body, CookieLines, Origin, RequestId, C_X_CANARY_POOL, C_X_REQUEST_ID, X_CANARY_POOL,
+    X_REQUEST_ID,
+};
 
 /// The proxy keeps no settings of its own but `server_header` (restart only): each request
 /// reads the [`Live`] snapshot it took in `new_ctx`, so a SIGHUP applies from the next request
@@ -557,10 +560,10 @@ impl ProxyHttp for CanaryProxy {
         }
         let policy = &ctx.live.policy;
         if let (true, Some(pool)) = (policy.pool_response_header, ctx.pool) {
-            resp.insert_header(X_CANARY_POOL, HeaderValue::from_static(pool.as_str()))?;
+            resp.insert_header(&C_X_CANARY_POOL, HeaderValue::from_static(pool.as_str()))?;
         }
         if let Some(id) = &ctx.request_id {
-            resp.insert_header(X_REQUEST_ID, id.value.clone())?;
+            resp.insert_header(&C_X_REQUEST_ID, id.value.clone())?;
         }
         if let Some(uid) = ctx.new_user_id.take() {
             resp.append_header(header::SET_COOKIE, policy.set_cookie(&uid))?;
