@@ -35,6 +35,8 @@ if [ "${WITH_BENCH:-0}" = 1 ]; then
   command -v wrk >/dev/null || need+=(wrk)
   command -v bc >/dev/null || need+=(bc)
   command -v valgrind >/dev/null || need+=(valgrind)
+  # h2load (benches/scaling.sh: a fixed offered load)
+  command -v h2load >/dev/null || need+=(nghttp2-client)
 fi
 
 if [ ${#need[@]} -gt 0 ] || [ ${#optional[@]} -gt 0 ]; then
