@@ -12,8 +12,8 @@ use http::{header, HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{CasedHeaderName, RequestHeader};
 
-// Header names as `&'static str` in the case they go out on the wire: Pingora's header
-// insertion takes these without copying the name (a `HeaderName` is copied and re-parsed).
+// Header names as `&'static str` in the case they go out on the wire: the spelling of the
+// prepared names below, and what removals and tests name.
 pub const X_CANARY_POOL: &str = "X-Canary-Pool";
 pub const X_REQUEST_ID: &str = "X-Request-Id";
 pub const X_FORWARDED_FOR: &str = "X-Forwarded-For";
