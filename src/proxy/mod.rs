@@ -239,7 +239,10 @@ impl CanaryProxy {
 
 #[async_trait]
 impl ProxyHttp for CanaryProxy {
-    type CTX = Ctx;
+    // Boxed: Pingora keeps the context in three nested request futures, and the 360 bytes it
+    // took there three times put the per-request future over the 8 KiB that glibc copies with
+    // vector moves (the future is moved into its box once per request; issue 23).
+    type CTX = Box<Ctx>;
 
     /// No downstream modules: Pingora's default adds a (disabled) compression module to every
     /// request, which costs work per request for nothing here.
@@ -248,7 +251,7 @@ impl ProxyHttp for CanaryProxy {
     /// Strict framing at the edge (`framing.rs`), before routing or any upstream work: a refused
     /// request gets a short fixed answer and the connection is closed; the returned error
     /// stops Pingora here (its `fail_to_proxy` sees the response already written).
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         ctx.request_id = Some(headers::request_id_of(session.req_header()));
         let client = &ctx.live.client;
         let limits = framing::Limits::from(client);
@@ -299,7 +302,7 @@ impl ProxyHttp for CanaryProxy {
     /// What a client caused (a refused request, a client that closed, stalled or broke the
     /// protocol mid-request) is counted, not logged: any client could fill the log otherwise.
     /// Refusals are counted in `canary_lb_refused_requests_total` where they are made.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
         if !matches!(error.esource(), ErrorSource::Downstream) {
             return false;
         }
@@ -324,8 +327,8 @@ impl ProxyHttp for CanaryProxy {
         }
     }
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
+    fn new_ctx(&self) -> Self::CTX {
+        Box::new(Ctx {
             start: Instant::now(),
             live: self.shared.live(),
             pool: None,
@@ -347,10 +350,10 @@ impl ProxyHttp for CanaryProxy {
             features: FlagBits::default(),
             features_trusted: false,
             place: None,
-        }
+        })
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         self.shared.in_flight.fetch_add(1, Relaxed);
         ctx.in_flight = true;
 
@@ -444,7 +447,11 @@ impl ProxyHttp for CanaryProxy {
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request was not routed"))?;
@@ -485,7 +492,7 @@ impl ProxyHttp for CanaryProxy {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if ctx.origin.peer.is_none() {
             // Not routed by `request_filter` (cannot happen today): the peer, trusting no one.
@@ -527,7 +534,7 @@ impl ProxyHttp for CanaryProxy {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.upstream_time = ctx.upstream_start.map(|t| t.elapsed());
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
@@ -550,7 +557,7 @@ impl ProxyHttp for CanaryProxy {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             // Pingora switches to a tunnel only on a 101 to an upgrade request; from here on a
@@ -575,7 +582,7 @@ impl ProxyHttp for CanaryProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
@@ -602,7 +609,7 @@ impl ProxyHttp for CanaryProxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
         upstream_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -644,7 +651,12 @@ impl ProxyHttp for CanaryProxy {
     /// Pingora's answer to a failed request (an empty body, `Cache-Control: private,
     /// no-store`, the connection closed), except that an upstream that timed out gets 504 (as
     /// nginx), not 502, and that it carries the request's id and no `Server: Pingora`.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
         let code = error_status(e);
         if code > 0 {
             let mut resp = pingora_core::protocols::http::ServerSession::generate_error(code);
@@ -671,7 +683,7 @@ impl ProxyHttp for CanaryProxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         if ctx.in_flight {
             self.shared.in_flight.fetch_sub(1, Relaxed);
         }
