@@ -51,9 +51,12 @@ fi
 
 echo
 echo "pinned run: wrk -c${CONNS:-50} ${DUR}s x $ROUNDS rounds, medians; wrk+backend on cpu ${CPU_WRK:-any}, proxy on cpu ${CPU_PROXY:-any}; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-awk -F'\t' -v clk="$(getconf CLK_TCK)" -v irc="${IR[canary-lb]:-}" -v irf="${IR[floor]:-}" '
+# Median of a space-separated list, for both tables below.
+MEDIAN='
 function srt(s,a,  n,i,j,t){n=split(s,a," "); for(i=2;i<=n;i++){t=a[i]; for(j=i-1;j>0&&a[j]+0>t+0;j--)a[j+1]=a[j]; a[j+1]=t}; return n}
 function med(s,  a,n){n=srt(s,a); return n%2?a[(n+1)/2]:(a[n/2]+a[n/2+1])/2}
+'
+awk -F'\t' -v clk="$(getconf CLK_TCK)" -v irc="${IR[canary-lb]:-}" -v irf="${IR[floor]:-}" "$MEDIAN"'
 NR>1 && $10>0 {k=$1 SUBSEP $2; if(!(k in q)){ord[++n]=k}; q[k]=q[k]" "$4; p5[k]=p5[k]" "$5; p9[k]=p9[k]" "$6
   us[k]=us[k]" "$11/clk*1e6/$10; sy[k]=sy[k]" "$12/clk*1e6/$10; cs[k]=cs[k]" "$13/$10; if($2=="nginx")ng[$1]=ng[$1]" "$4}
 END{printf "| case | proxy | req/s | vs nginx | p50 ms | p99 ms | user us/req | sys us/req | ctx switches/req | instructions/req |\n"
@@ -67,9 +70,7 @@ echo "(direct = wrk against the backend itself; CPU and context switches are the
 
 # Issue 23's targets, from the table's medians: met or not, with the figure.
 echo
-awk -F'\t' -v irc="${IR[canary-lb]:-}" -v irf="${IR[floor]:-}" '
-function srt(s,a,  n,i,j,t){n=split(s,a," "); for(i=2;i<=n;i++){t=a[i]; for(j=i-1;j>0&&a[j]+0>t+0;j--)a[j+1]=a[j]; a[j+1]=t}; return n}
-function med(s,  a,n){n=srt(s,a); return n%2?a[(n+1)/2]:(a[n/2]+a[n/2+1])/2}
+awk -F'\t' -v irc="${IR[canary-lb]:-}" -v irf="${IR[floor]:-}" "$MEDIAN"'
 function line(what, fig, ok){printf "| %s | %s | %s |\n", what, fig, ok?"met":"**not met**"}
 NR>1 && $10>0 {q[$1,$2]=q[$1,$2]" "$4; p9[$1,$2]=p9[$1,$2]" "$6}
 END{print "| target (issue 23) | measured | |"; print "|---|---|---|"
