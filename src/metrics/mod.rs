@@ -146,18 +146,26 @@ pub struct Metrics {
     config_last_reload_timestamp: Gauge,
 }
 
+/// `metric`, registered in `registry` (which keeps a clone; the handle shares its value).
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> prometheus::Result<M> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
 impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok::<_, prometheus::Error>(c)
+            registered(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
+            )
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok::<_, prometheus::Error>(g)
+            registered(&registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
         };
         let requests = counter_vec(
             "canary_lb_requests_total",
@@ -166,15 +174,17 @@ impl Metrics {
         )?;
         // 0.5 ms .. 10 s
         let buckets = crate::model::LATENCY_BUCKETS_S.to_vec();
-        let duration_vec = HistogramVec::new(
-            HistogramOpts::new(
-                "canary_lb_request_duration_seconds",
-                "Time from request start to the end of the response, by pool.",
-            )
-            .buckets(buckets),
-            &["pool"],
+        let duration_vec = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "canary_lb_request_duration_seconds",
+                    "Time from request start to the end of the response, by pool.",
+                )
+                .buckets(buckets),
+                &["pool"],
+            )?,
         )?;
-        registry.register(Box::new(duration_vec.clone()))?;
         let upstream = counter_vec(
             "canary_lb_upstream_requests_total",
             "Attempts sent to upstream servers, by answer class (error = no answer).",
@@ -200,36 +210,40 @@ impl Metrics {
             "Requests retried on another server, by pool.",
             &["pool"],
         )?;
-        let canary_percent = Gauge::new(
-            "canary_lb_canary_percent",
-            "Share of users routed to canary by percentage, in percent.",
+        let canary_percent = registered(
+            &registry,
+            Gauge::new(
+                "canary_lb_canary_percent",
+                "Share of users routed to canary by percentage, in percent.",
+            )?,
         )?;
-        registry.register(Box::new(canary_percent.clone()))?;
-        let discovery_up = IntGauge::new(
-            "canary_lb_discovery_up",
-            "1 when the discovery source answered the last sync, 0 when not.",
+        let discovery_up = registered(
+            &registry,
+            IntGauge::new(
+                "canary_lb_discovery_up",
+                "1 when the discovery source answered the last sync, 0 when not.",
+            )?,
         )?;
-        registry.register(Box::new(discovery_up.clone()))?;
         let discovery_errors = counter_vec(
             "canary_lb_discovery_errors_total",
             "Discovery problems: unreachable source or bad entries skipped, by kind.",
             &["kind"],
         )?;
-        let discovery_resyncs = IntCounter::new(
-            "canary_lb_discovery_resyncs_total",
-            "Full reads of the discovery source.",
+        let discovery_resyncs = registered(
+            &registry,
+            IntCounter::new(
+                "canary_lb_discovery_resyncs_total",
+                "Full reads of the discovery source.",
+            )?,
         )?;
-        registry.register(Box::new(discovery_resyncs.clone()))?;
-        let discovery_store_reinitialised = IntCounter::new(
+        let discovery_store_reinitialised = registered(&registry, IntCounter::new(
             "canary_lb_discovery_store_reinitialised_total",
             "Times the discovery store was found re-initialised (marker gone, created_ms changed or generation lower).",
-        )?;
-        registry.register(Box::new(discovery_store_reinitialised.clone()))?;
-        let discovery_reconciling = IntGauge::new(
+        )?)?;
+        let discovery_reconciling = registered(&registry, IntGauge::new(
             "canary_lb_discovery_reconciling",
             "1 while servers or routing from before a store re-initialisation are kept, 0 when not.",
-        )?;
-        registry.register(Box::new(discovery_reconciling.clone()))?;
+        )?)?;
         let config_changes_vec = counter_vec(
             "canary_lb_config_changes_total",
             "Applied configuration changes by source (file, redis).",
@@ -242,21 +256,27 @@ impl Metrics {
             &["code"],
         )?;
         let refused = RefusalCode::ALL.map(|c| refused_vec.with_label_values(&[c.as_str()]));
-        let client_connections = IntGauge::new(
-            "canary_lb_client_connections",
-            "Open client connections on the proxy listeners.",
+        let client_connections = registered(
+            &registry,
+            IntGauge::new(
+                "canary_lb_client_connections",
+                "Open client connections on the proxy listeners.",
+            )?,
         )?;
-        registry.register(Box::new(client_connections.clone()))?;
-        let client_connections_max = IntGauge::new(
-            "canary_lb_client_connections_max",
-            "client.max_connections: open client connections allowed.",
+        let client_connections_max = registered(
+            &registry,
+            IntGauge::new(
+                "canary_lb_client_connections_max",
+                "client.max_connections: open client connections allowed.",
+            )?,
         )?;
-        registry.register(Box::new(client_connections_max.clone()))?;
-        let client_connections_refused = IntCounter::new(
-            "canary_lb_client_connections_refused_total",
-            "Client connections closed at once because max_connections were open.",
+        let client_connections_refused = registered(
+            &registry,
+            IntCounter::new(
+                "canary_lb_client_connections_refused_total",
+                "Client connections closed at once because max_connections were open.",
+            )?,
         )?;
-        registry.register(Box::new(client_connections_refused.clone()))?;
         let client_errors_vec = counter_vec(
             "canary_lb_client_errors_total",
             "Connections and requests a client failed (bad or late handshake, idle connection shed at the limit, closed or too slow mid-request), by kind; logged at debug level only.",
@@ -273,16 +293,17 @@ impl Metrics {
         )?;
         let budget_refused =
             BudgetLabel::ALL.map(|b| budget_refused_vec.with_label_values(&[b.as_str()]));
-        let h2_upstream_in_flight = IntGauge::new(
-            "canary_lb_h2_upstream_in_flight",
-            "Upstream requests of HTTP/2 streams in flight (places taken in the budgets).",
+        let h2_upstream_in_flight = registered(
+            &registry,
+            IntGauge::new(
+                "canary_lb_h2_upstream_in_flight",
+                "Upstream requests of HTTP/2 streams in flight (places taken in the budgets).",
+            )?,
         )?;
-        registry.register(Box::new(h2_upstream_in_flight.clone()))?;
-        let access_log_dropped = IntCounter::new(
+        let access_log_dropped = registered(&registry, IntCounter::new(
             "canary_lb_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up (never delaying a request).",
-        )?;
-        registry.register(Box::new(access_log_dropped.clone()))?;
+        )?)?;
         let store_newer_schema = counter_vec(
             "canary_lb_store_newer_schema_total",
             "Stored values (Redis, the rollout state file) not read because a newer release \
@@ -308,18 +329,19 @@ impl Metrics {
         )?;
         let config_reloads =
             ReloadResult::ALL.map(|r| config_reloads_vec.with_label_values(&[r.as_str()]));
-        let config_last_reload_success = IntGauge::new(
+        let config_last_reload_success = registered(&registry, IntGauge::new(
             "canary_lb_config_last_reload_success",
             "1 when the last SIGHUP reload (or the start) applied the config file, 0 when it was refused.",
-        )?;
-        registry.register(Box::new(config_last_reload_success.clone()))?;
+        )?)?;
         // The start loaded the file, or there would be no process to scrape.
         config_last_reload_success.set(1);
-        let config_last_reload_timestamp = Gauge::new(
-            "canary_lb_config_last_reload_timestamp_seconds",
-            "Unix time of the last SIGHUP reload attempt (or of the start).",
+        let config_last_reload_timestamp = registered(
+            &registry,
+            Gauge::new(
+                "canary_lb_config_last_reload_timestamp_seconds",
+                "Unix time of the last SIGHUP reload attempt (or of the start).",
+            )?,
         )?;
-        registry.register(Box::new(config_last_reload_timestamp.clone()))?;
         config_last_reload_timestamp.set(unix_now());
 
         // Every label set known at start gets its series now, so each exists (at 0) from the
