@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod discovery;
+pub mod drain;
 pub mod flags;
 pub mod metrics;
 pub mod model;

@@ -13,7 +13,7 @@
 //! request path reads routing as data from the snapshot and never asks the rollout.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use crate::accesslog::{AccessLog, OpenError};
 use crate::config::{Balance, ClientConfig, Config, PassiveHealthConfig, Provider, UpstreamConfig};
 use crate::discovery::{self, ReconcileView, RoutingOverrides, Sink};
+use crate::drain::InFlight;
 use crate::flags::FlagSet;
 use crate::metrics::{ConfigSource, DiscoveryErrorKind, Metrics};
 use crate::model::{PerPool, Percent, PoolKind};
@@ -160,8 +161,8 @@ pub struct Shared {
     /// The access log as the process started with it (`access_log` needs a restart); None
     /// when off.
     pub access_log: Option<AccessLog>,
-    /// Requests between `request_filter` and `logging`.
-    pub in_flight: AtomicI64,
+    /// Requests between `request_filter` and the end of `logging`.
+    pub in_flight: InFlight,
     /// Wakes the discovery task: the wanted servers changed.
     pub refresh: Notify,
     /// The config the process started with: the restart-only values in force.
@@ -234,7 +235,7 @@ impl Shared {
                 reinitialised: AtomicU64::new(0),
                 reconciling: Mutex::new(None),
             },
-            in_flight: AtomicI64::new(0),
+            in_flight: InFlight::new(),
             refresh: Notify::new(),
             live: ArcSwap::from_pointee(Live::new(&config, policy, &Layers::default())),
             started: config.clone(),

@@ -388,3 +388,49 @@ fn lines_are_dropped_and_counted_when_the_writer_is_stuck() {
     assert!(dropped > 0.0, "{answered} requests and nothing dropped");
     drop(reader);
 }
+
+/// SIGTERM with requests in flight: the proxy exits once they are answered, and every one of
+/// them has its line in the log (the drain ends after the line is queued, and the queue is
+/// written out before the exit).
+#[test]
+fn sigterm_writes_the_lines_of_the_requests_it_drained() {
+    let prod = App::start("drain-p", "production");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.log");
+    let mut yaml = config(
+        &prod.addr(),
+        &prod.addr(),
+        &format!("access_log: {{ path: \"{}\" }}\n", log.display()),
+    );
+    yaml = yaml.replace("grace_period: 1s", "grace_period: 20s");
+    let mut proxy = Proxy::start(&yaml);
+
+    let ids: Vec<String> = (0..16).map(|i| format!("drain-{i}")).collect();
+    let clients: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (url, id) = (proxy.url("/slow?ms=1500"), id.clone());
+            std::thread::spawn(move || get(&url, &[("X-Request-Id", id.as_str())]).status)
+        })
+        .collect();
+    // Orders the signal after the requests reached the app; the assertions do not depend on it.
+    wait_until("the requests are in flight", NOTICE, || {
+        proxy.status_json()["in_flight"].as_i64() == Some(16)
+    });
+    proxy.sigterm();
+    for c in clients {
+        assert_eq!(c.join().expect("client thread"), 200);
+    }
+    let status = proxy
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("still running 30 s after SIGTERM:\n{}", proxy.logs()));
+    assert!(status.success(), "{status}\n{}", proxy.logs());
+
+    let logged: Vec<String> = json_lines(&log)
+        .iter()
+        .filter_map(|l| l["request_id"].as_str().map(str::to_string))
+        .collect();
+    for id in &ids {
+        assert!(logged.contains(id), "{id} missing from the log: {logged:?}");
+    }
+}

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Uri, Version};
@@ -94,6 +95,10 @@ pub struct AccessLog {
     writer: Mutex<Option<(Receiver<Entry>, Option<File>)>>,
     dropped: IntCounter,
     reopen: Arc<AtomicBool>,
+    /// Set by [`AccessLog::finish`]: the writer drains the queue, flushes and stops.
+    stop: Arc<AtomicBool>,
+    /// The writer thread, joined by [`AccessLog::finish`].
+    thread: Mutex<Option<JoinHandle<()>>>,
     format: AccessLogFormat,
     query: bool,
     target: Arc<Target>,
@@ -128,6 +133,8 @@ impl AccessLog {
             writer: Mutex::new(Some((rx, file))),
             dropped,
             reopen: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: Mutex::new(None),
             format: settings.format,
             query: settings.query,
             target: Arc::new(target),
@@ -162,14 +169,29 @@ impl AccessLog {
             failing: false,
             rx,
             reopen: self.reopen.clone(),
+            stop: self.stop.clone(),
             target: self.target.clone(),
             format: self.format,
             query: self.query,
         };
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer.run(file))
-            .map(|_| ())
+            .spawn(move || writer.run(file))?;
+        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(())
+    }
+
+    /// Write out every queued line, flush, and stop the writer (at shutdown, once nothing is
+    /// in flight). Waits for the writer's next tick; lines logged afterwards are dropped and
+    /// counted. Later calls, or a call before the writer started, do nothing.
+    pub fn finish(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                error!("access log: the writer thread panicked; its last lines may be lost");
+            }
+        }
     }
 }
 
@@ -178,6 +200,7 @@ struct Writer {
     failing: bool,
     rx: Receiver<Entry>,
     reopen: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
     target: Arc<Target>,
     format: AccessLogFormat,
     query: bool,
@@ -194,6 +217,8 @@ impl Writer {
         );
         let mut line = Vec::with_capacity(1024);
         loop {
+            // Read before the drain: a stop seen here comes after every line queued before it.
+            let stopping = self.stop.load(Ordering::SeqCst);
             let mut wrote = false;
             loop {
                 match self.rx.try_recv() {
@@ -211,6 +236,9 @@ impl Writer {
             if wrote {
                 let flushed = out.flush();
                 self.note(flushed);
+            }
+            if stopping {
+                return;
             }
             if self.reopen.swap(false, Ordering::Relaxed) {
                 if let Target::File(path) = &*self.target {
@@ -336,5 +364,27 @@ mod tests {
         )
         .err()
         .is_some_and(|e| e.to_string().contains("/nonexistent/dir/a.log")));
+    }
+
+    #[test]
+    fn finish_writes_every_queued_line_before_it_returns() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("a.log");
+        let dropped = IntCounter::new("dropped", "test").expect("counter");
+        let log = AccessLog::new(&settings(&path, 4096), dropped.clone()).expect("open");
+        log.start_writer().expect("writer");
+        for _ in 0..1000 {
+            log.log(entry("queued"));
+        }
+        log.finish();
+        let text = std::fs::read_to_string(&path).expect("log file");
+        assert_eq!(text.matches("\"queued\"").count(), 1000);
+        assert_eq!(dropped.get(), 0);
+        // Stopped: a later line is counted as dropped, and a second finish returns.
+        log.log(entry("late"));
+        log.finish();
+        assert!(!std::fs::read_to_string(&path)
+            .expect("log")
+            .contains("late"));
     }
 }

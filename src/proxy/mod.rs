@@ -354,7 +354,7 @@ impl ProxyHttp for CanaryProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        self.shared.in_flight.fetch_add(1, Relaxed);
+        self.shared.in_flight.enter();
         ctx.in_flight = true;
 
         // An HTTP/2 stream waits for a place in the upstream budgets before any upstream work,
@@ -684,9 +684,6 @@ impl ProxyHttp for CanaryProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
-        if ctx.in_flight {
-            self.shared.in_flight.fetch_sub(1, Relaxed);
-        }
         if let Some(server) = ctx.counted_on.take() {
             server.end_request();
         }
@@ -713,6 +710,10 @@ impl ProxyHttp for CanaryProxy {
         }
         if let Some(log) = &self.shared.access_log {
             log.log(Self::entry(session, ctx));
+        }
+        // Last: a drain that sees nothing in flight finds every line queued.
+        if ctx.in_flight {
+            self.shared.in_flight.leave();
         }
     }
 }

@@ -282,7 +282,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
             "reconciling": reconciling,
         },
         "flags": flags_status(&shared.live()),
-        "in_flight": shared.in_flight.load(Relaxed),
+        "in_flight": shared.in_flight.get(),
         "reload": reload_status(shared),
     })
 }

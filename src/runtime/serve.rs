@@ -390,6 +390,9 @@ impl Assembled {
         self.server.run(RunArgs {
             shutdown_signal: Box::new(watch),
         });
+        if let Some(log) = &self.shared.access_log {
+            log.finish();
+        }
         self.cleanup.run();
     }
 }

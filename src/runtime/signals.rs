@@ -4,9 +4,8 @@
 //! file (logrotate's convention: rename it, then signal).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use log::{error, info};
@@ -97,21 +96,25 @@ impl Signals {
 
     /// Pingora waits the whole grace period after SIGTERM; exit as soon as nothing is in
     /// flight instead (listeners are closed by then, idle keep-alive connections are dropped).
+    /// The last request to finish wakes the wait; the access log's queued lines are written
+    /// out before the exit. Past the grace period Pingora's own shutdown takes over
+    /// (`Assembled::run` flushes the log then).
     fn exit_when_idle(&self) {
         let shared = self.shared.clone();
         let grace = shared.started().grace_period;
         let exit_now = self.exit_now;
         let cleanup = self.cleanup.clone();
         std::thread::spawn(move || {
-            let start = Instant::now();
+            // A request accepted just before the listeners closed gets to `request_filter`.
             std::thread::sleep(Duration::from_millis(200));
-            while start.elapsed() < grace {
-                if shared.in_flight.load(Relaxed) <= 0 {
-                    info!("graceful shutdown: no request in flight, exiting");
-                    cleanup.run();
-                    exit_now();
+            let left = grace.saturating_sub(Duration::from_millis(200));
+            if shared.in_flight.wait_idle(left) {
+                info!("graceful shutdown: no request in flight, exiting");
+                if let Some(log) = &shared.access_log {
+                    log.finish();
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                cleanup.run();
+                exit_now();
             }
         });
     }
