@@ -49,10 +49,7 @@ fn line_for(path: &Path, id: &str) -> Value {
 }
 
 fn metric(proxy: &Proxy, name: &str) -> Option<f64> {
-    proxy
-        .metrics_text()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    proxy.scrape().series(name)
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::metrics::{family, names_in, Scrape};
 use common::*;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
@@ -42,43 +43,6 @@ fn yaml(path: &str) -> Yaml {
 fn dashboard() -> Json {
     serde_json::from_str(&read(DASHBOARD))
         .unwrap_or_else(|e| panic!("{DASHBOARD} is not valid JSON: {e}"))
-}
-
-/// Every `canary_lb_*` name in `text`, as written (histogram suffixes included).
-fn metric_names(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("canary_lb_") {
-        let preceded_by_word = rest[..i]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
-        let name: String = rest[i..]
-            .chars()
-            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-            .collect();
-        if !preceded_by_word {
-            names.insert(name.clone());
-        }
-        rest = &rest[i + name.len()..];
-    }
-    names
-}
-
-/// The sample names of a Prometheus text exposition.
-fn exported_names(scrape: &str) -> BTreeSet<String> {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
-        .collect()
-}
-
-fn family(name: &str) -> &str {
-    ["_bucket", "_sum", "_count"]
-        .iter()
-        .find_map(|s| name.strip_suffix(s))
-        .unwrap_or(name)
 }
 
 /// Every PromQL text of the dashboard: panel targets, annotations, template variable queries.
@@ -296,13 +260,13 @@ fn scrape_busy_proxy() -> String {
 #[test]
 fn dashboard_and_alerts_query_only_metrics_the_proxy_exports() {
     let scrape = scrape_busy_proxy();
-    let exported = exported_names(&scrape);
+    let exported = Scrape::parse(&scrape).names();
     let families: BTreeSet<&str> = exported
         .iter()
         .filter(|n| n.starts_with("canary_lb_"))
         .map(|n| family(n))
         .collect();
-    let used_by_dashboard = metric_names(&dashboard_queries(&dashboard()).join("\n"));
+    let used_by_dashboard = names_in(&dashboard_queries(&dashboard()).join("\n"));
     let alert_exprs: Vec<String> = yaml(ALERTS)["groups"]
         .as_sequence()
         .expect("groups")
@@ -317,7 +281,7 @@ fn dashboard_and_alerts_query_only_metrics_the_proxy_exports() {
         .collect();
     for (file, used) in [
         (DASHBOARD, used_by_dashboard.clone()),
-        (ALERTS, metric_names(&alert_exprs.join("\n"))),
+        (ALERTS, names_in(&alert_exprs.join("\n"))),
     ] {
         assert!(!used.is_empty(), "{file} queries no canary_lb metric");
         for name in &used {

@@ -15,11 +15,7 @@ use common::*;
 
 /// The value of the sample `name` (with its labels, as Prometheus prints them), 0 if absent.
 fn sample(proxy: &Proxy, name: &str) -> f64 {
-    proxy
-        .metrics_text()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    proxy.scrape().series(name).unwrap_or(0.0)
 }
 
 /// A proxy with a plain, an h2c and a TLS listener in front of `app`, with `client` as its

@@ -41,13 +41,8 @@ fn proxy(backend: &BigBackend, client: &str) -> Proxy {
 
 /// The sum of the samples of `name` whose labels contain `label` ("" for all).
 fn metric(proxy: &Proxy, name: &str, label: &str) -> f64 {
-    proxy
-        .metrics_text()
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let labels: &[&str] = if label.is_empty() { &[] } else { &[label] };
+    proxy.scrape().sum(name, labels)
 }
 
 /// `streams` zero-window GETs of `/big` on each of `conns` connections, all sent at once; every

@@ -534,9 +534,5 @@ fn connections_past_the_limit_are_refused_and_counted() {
 
 /// The value of an unlabelled metric in the proxy's `/metrics`, or -1.
 fn metric(proxy: &Proxy, name: &str) -> f64 {
-    proxy
-        .metrics_text()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(-1.0)
+    proxy.scrape().series(name).unwrap_or(-1.0)
 }

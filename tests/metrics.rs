@@ -17,6 +17,7 @@ use canary_lb::metrics::{
     PRESET_REQUEST_CODES,
 };
 use canary_lb::model::{PoolKind, Reason};
+use common::metrics::{family, names_in, Scrape};
 use common::{ctl_ok, free_port, proxy_config, wait_until, App, Proxy, RedisServer};
 
 const DASHBOARD: &str = "conf/grafana/canary-lb.json";
@@ -31,31 +32,14 @@ fn repo_file(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()))
 }
 
-/// Every `canary_lb_[a-z_]+` token of `text`, with the histogram sample suffixes (`_bucket`,
-/// `_sum`, `_count`) taken off, so each is the name of a metric family.
-fn metric_families(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("canary_lb_") {
-        let token: String = rest[i..]
-            .chars()
-            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-            .collect();
-        rest = &rest[i + token.len()..];
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| token.strip_suffix(s))
-            .unwrap_or(&token);
-        names.insert(family.to_string());
-    }
-    names
-}
-
 /// The metric families the dashboard and the alert rules query.
 fn families_used() -> BTreeSet<String> {
     let mut used = BTreeSet::new();
     for file in [DASHBOARD, ALERTS] {
-        let found = metric_families(&repo_file(file));
+        let found: BTreeSet<String> = names_in(&repo_file(file))
+            .iter()
+            .map(|n| family(n).to_string())
+            .collect();
         assert!(!found.is_empty(), "{file} names no canary_lb metric");
         used.extend(found);
     }
@@ -74,29 +58,16 @@ fn families_used() -> BTreeSet<String> {
     used
 }
 
-/// A scrape's sample lines as (name, labels, value), comments skipped.
-fn samples(scrape: &str) -> Vec<(&str, &str, f64)> {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (name, labels) = match series.split_once('{') {
-                Some((name, labels)) => (name, labels.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            Some((name, labels, value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The value of the one series of `name` carrying every label of `labels` (`key="value"`).
+/// The value of the one series of `name` carrying every label of `labels`.
 fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    let found: Vec<f64> = samples(scrape)
-        .into_iter()
-        .filter(|(n, l, _)| *n == name && want.iter().all(|w| l.split(',').any(|label| label == w)))
-        .map(|(_, _, v)| v)
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    let parsed = Scrape::parse(scrape);
+    let found: Vec<f64> = parsed
+        .samples
+        .iter()
+        .filter(|s| s.name == name && s.has_labels(&want))
+        .map(|s| s.value)
         .collect();
     assert!(
         found.len() <= 1,
@@ -118,7 +89,7 @@ fn assert_zero(scrape: &str, name: &str, labels: &[(&str, &str)]) {
 /// Every family the dashboard and the alerts use has a sample in `scrape`, and every label set
 /// known at start is there at 0.
 fn assert_first_scrape_complete(scrape: &str, servers: &[(PoolKind, String)]) {
-    let exported: BTreeSet<&str> = samples(scrape).into_iter().map(|(n, _, _)| n).collect();
+    let exported = Scrape::parse(scrape).names();
     for family in families_used() {
         let histogram = format!("{family}_count");
         assert!(
@@ -446,4 +417,17 @@ fn build_process_and_reload_outcome_are_exported() {
         Some(1.0)
     );
     assert!(stamp(&scrape) >= at_failure);
+}
+
+#[test]
+fn the_harness_parses_labels_with_commas_quotes_and_escapes() {
+    let s = Scrape::parse(
+        "# HELP x y\nx_total{a=\"1,2\",b=\"q\\\"t\"} 3\nx_total{a=\"2\"} 4\nup 1\nh_bucket{le=\"+Inf\"} 5\n",
+    );
+    assert_eq!(s.sum("x_total", &[]), 7.0);
+    assert_eq!(s.value("x_total", &["a=\"1,2\""]), Some(3.0));
+    assert_eq!(s.value("x_total", &["b=\"q\"t\""]), Some(3.0));
+    assert_eq!(s.value("x_total", &["a=\"1\""]), None);
+    assert_eq!(s.value("up", &[]), Some(1.0));
+    assert!(s.has("h") && !s.has("x"));
 }

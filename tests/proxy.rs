@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::metrics::Scrape;
 use common::*;
 use serde_json::Value;
 
@@ -140,28 +141,12 @@ fn healthy(proxy: &Proxy, pool: &str, addr: &str) -> Option<bool> {
 /// Whether the Prometheus text has a sample of metric `name` (histograms count by their
 /// `_bucket`/`_sum`/`_count` series).
 fn has_series(text: &str, name: &str) -> bool {
-    text.lines().filter(|l| !l.starts_with('#')).any(|l| {
-        l.strip_prefix(name).is_some_and(|rest| {
-            rest.starts_with('{')
-                || rest.starts_with(' ')
-                || rest.starts_with("_bucket")
-                || rest.starts_with("_sum")
-                || rest.starts_with("_count")
-        })
-    })
+    Scrape::parse(text).has(name)
 }
 
 /// The sum of the samples of `name` whose label set contains every one of `labels`.
 fn sample_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    Scrape::parse(text).sum(name, labels)
 }
 
 /// The demo app itself, talked to directly: the harness and the tests below rely on it.

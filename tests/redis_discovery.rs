@@ -91,17 +91,7 @@ fn discovery_up(proxy: &Proxy) -> bool {
 
 /// The sum of the samples of `name` whose label set contains every one of `labels`.
 fn metric(proxy: &Proxy, name: &str, labels: &[&str]) -> f64 {
-    proxy
-        .metrics_text()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    proxy.scrape().sum(name, labels)
 }
 
 /// `X-Served-By` of `n` requests through the proxy; every one must be a 200.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use canary_lb::config::schema::RolloutConfig;
 use canary_lb::model::Percent;
 use canary_lb::rollout::RolloutState;
+use common::metrics::Scrape;
 use common::store::{events_channel, flags_key, now_ms};
 use common::*;
 use serde_json::{json, Value};
@@ -89,10 +90,7 @@ fn write_flag(redis: &RedisServer, ns: &str, name: &str, json: &str) {
 }
 
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(-1.0)
+    Scrape::parse(text).series(series).unwrap_or(-1.0)
 }
 
 fn flag_percent(status: &Value, name: &str) -> Option<f64> {

@@ -19,6 +19,7 @@
 
 pub mod h2client;
 pub mod load;
+pub mod metrics;
 pub mod raw;
 mod redis_server;
 pub mod shutdown;
@@ -566,6 +567,11 @@ impl Proxy {
         assert_eq!(r.status, 200, "GET /status: {}", r.body);
         serde_json::from_str(&r.body)
             .unwrap_or_else(|e| panic!("/status is not JSON ({e}): {}", r.body))
+    }
+
+    /// GET /metrics, parsed.
+    pub fn scrape(&self) -> metrics::Scrape {
+        metrics::Scrape::parse(&self.metrics_text())
     }
 
     /// GET /metrics (panics unless it is a 200).
