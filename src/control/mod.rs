@@ -31,6 +31,7 @@ use crate::model::{InvalidValue, Percent, PoolKind, ServerAddr, Weight};
 use crate::rollout::{CoordError, Phase};
 use crate::store::{self, Store, StoreError};
 
+mod admin_client;
 mod flag;
 mod lease;
 pub mod probe;

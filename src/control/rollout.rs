@@ -19,7 +19,6 @@
 
 mod http;
 // `canary-lb reload` reads the admin port's `/status` with it.
-pub(crate) use http::parse_response;
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;

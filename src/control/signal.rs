@@ -8,8 +8,6 @@
 //! count moved and the last one applied; a refused file exits 1 with the proxy's reason.
 //! Without `metrics_listen` nothing can confirm it: the signal is sent, and the command says so.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,6 +15,7 @@ use anyhow::{bail, Context};
 
 use crate::cli::SignalArgs;
 use crate::config::Config;
+use crate::control::admin_client::AdminClient;
 
 /// `canary-lb reload`.
 pub fn reload(args: SignalArgs) -> anyhow::Result<()> {
@@ -103,9 +102,7 @@ fn send(pid: i32, signal: libc::c_int, name: &str) -> anyhow::Result<()> {
 
 /// The admin port of a config (its wildcard reached on loopback), with its token.
 struct Admin {
-    addr: SocketAddr,
-    token: Option<String>,
-    timeout: Duration,
+    client: AdminClient,
 }
 
 /// The most bytes of `/status` read.
@@ -115,40 +112,23 @@ fn admin(config: &Config, timeout: Duration) -> anyhow::Result<Option<Admin>> {
     let Some(listen) = config.metrics_listen else {
         return Ok(None);
     };
+    let addr = crate::control::probe::probe_addr(listen);
+    let token = config
+        .metrics_auth_token_file
+        .as_ref()
+        .map(|t| String::from_utf8_lossy(t.token()).into_owned());
     Ok(Some(Admin {
-        addr: crate::control::probe::probe_addr(listen),
-        token: config
-            .metrics_auth_token_file
-            .as_ref()
-            .map(|t| String::from_utf8_lossy(t.token()).into_owned()),
-        timeout,
+        client: AdminClient::new(format!("http://{addr}"), token, timeout, MAX_STATUS),
     }))
 }
 
 impl Admin {
-    /// `GET /status`: its status code and body, within the timeout for each step.
+    /// `GET /status`: its status code and body, within the timeout.
     fn status(&self) -> anyhow::Result<(u16, Vec<u8>)> {
-        let ctx = || format!("GET http://{}/status", self.addr);
-        let mut stream = TcpStream::connect_timeout(&self.addr, self.timeout).with_context(ctx)?;
-        stream.set_write_timeout(Some(self.timeout))?;
-        stream.set_read_timeout(Some(self.timeout))?;
-        let mut head = format!(
-            "GET /status HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
-        if let Some(token) = &self.token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).with_context(ctx)?;
-        let mut raw = Vec::new();
-        stream
-            .take(MAX_STATUS)
-            .read_to_end(&mut raw)
-            .with_context(ctx)?;
-        crate::control::rollout::parse_response(&raw)
+        self.client
+            .get("/status")
             .map_err(anyhow::Error::msg)
-            .with_context(ctx)
+            .with_context(|| format!("GET {}", self.client.url("/status")))
     }
 }
 

@@ -1,16 +1,13 @@
 //! `ctl rollout --admin URL`: the proxy's admin endpoints (`GET /rollout`, `POST
-//! /rollout/start?...`, `POST /rollout/<command>`) over a minimal HTTP/1.1 client.
-//!
-//! One request per connection (`Connection: close`), plain `http://` only (the admin listener
-//! is loopback or an internal network), one deadline for the whole exchange and at most
+//! /rollout/start?...`, `POST /rollout/<command>`) through the commands' one admin client
+//! (`control/admin_client.rs`: plain `http://`, one deadline for the whole exchange, at most
 //! [`MAX_RESPONSE`] bytes read, so a hung or babbling listener makes the command fail, never
-//! hang. No HTTP client crate: this is the only client `ctl` needs, and it is a few lines.
+//! hang).
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{StartFlags, View};
+use crate::control::admin_client::AdminClient;
 use crate::control::CtlError;
 use crate::rollout::Command;
 
@@ -18,12 +15,8 @@ use crate::rollout::Command;
 pub const MAX_RESPONSE: usize = 1 << 20;
 
 pub(crate) struct Admin {
-    /// `host:port`
-    authority: String,
-    /// Any path before `/rollout` (a proxy behind a prefix), without a trailing `/`.
-    prefix: String,
-    token: Option<String>,
-    timeout: Duration,
+    /// `http://host:port[/prefix]`: any path before `/rollout` (a proxy behind a prefix).
+    client: AdminClient,
 }
 
 fn admin_error(url: &str, problem: impl ToString) -> CtlError {
@@ -64,15 +57,17 @@ impl Admin {
             return Err(admin_error(url, "the path must be plain"));
         }
         Ok(Admin {
-            authority: authority.to_string(),
-            prefix: prefix.to_string(),
-            token,
-            timeout,
+            client: AdminClient::new(
+                format!("http://{authority}{prefix}"),
+                token,
+                timeout,
+                MAX_RESPONSE as u64,
+            ),
         })
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{}{path}", self.authority, self.prefix)
+        self.client.url(path)
     }
 
     pub(crate) fn view(&self) -> Result<View, CtlError> {
@@ -105,59 +100,11 @@ impl Admin {
     }
 
     fn request(&self, method: &str, path: &str) -> Result<(u16, Vec<u8>), CtlError> {
-        let url = self.url(path);
-        let fail = |e: &dyn std::fmt::Display| admin_error(&url, e);
-        let deadline = Instant::now() + self.timeout;
-        let addr = self
-            .authority
-            .to_socket_addrs()
-            .map_err(|e| fail(&e))?
-            .next()
-            .ok_or_else(|| fail(&"the name resolves to no address"))?;
-        let mut stream = TcpStream::connect_timeout(&addr, self.timeout).map_err(|e| fail(&e))?;
-        stream
-            .set_write_timeout(Some(self.timeout))
-            .map_err(|e| fail(&e))?;
-        let mut head = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\
-             Accept: application/json\r\n",
-            self.prefix, self.authority
-        );
-        if let Some(token) = &self.token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).map_err(|e| fail(&e))?;
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 8192];
-        let late = || {
-            fail(&format!(
-                "no complete answer within {}",
-                humantime::format_duration(self.timeout)
-            ))
+        let sent = match method {
+            "POST" => self.client.post(path),
+            _ => self.client.get(path),
         };
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(late());
-            }
-            stream.set_read_timeout(Some(left)).map_err(|e| fail(&e))?;
-            match stream.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    raw.extend_from_slice(&buf[..n]);
-                    if raw.len() > MAX_RESPONSE {
-                        return Err(fail(&format!("answer longer than {MAX_RESPONSE} bytes")));
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Err(late())
-                }
-                Err(e) => return Err(fail(&e)),
-            }
-        }
-        parse_response(&raw).map_err(|e| fail(&e))
+        sent.map_err(|e| admin_error(&self.url(path), e))
     }
 }
 
@@ -190,102 +137,9 @@ fn percent_encode(value: &str) -> String {
         .collect()
 }
 
-/// Status code and body of a whole `Connection: close` response (chunked or not).
-pub(crate) fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the answer has no complete head")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "the head is not text")?;
-    let body = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|r| r.get(2..5))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("not an HTTP status line: `{status_line}`"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad content-length `{value}`"))?,
-            );
-        }
-    }
-    if chunked {
-        return Ok((status, dechunk(body)?));
-    }
-    match length {
-        Some(n) if n > body.len() => Err(format!("body cut short: {} of {n} bytes", body.len())),
-        Some(n) => Ok((status, body[..n].to_vec())),
-        None => Ok((status, body.to_vec())),
-    }
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunk size line cut short")?;
-        let line = std::str::from_utf8(&body[..eol]).map_err(|_| "chunk size is not text")?;
-        let size_text = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size `{size_text}`"))?;
-        body = &body[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if body.len() < size + 2 {
-            return Err("chunk cut short".into());
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn responses_parse_with_length_chunked_or_to_the_end() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}trailing";
-        assert_eq!(parse_response(plain).unwrap(), (200, b"{}".to_vec()));
-        let chunked =
-            b"HTTP/1.1 409 Conflict\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nno r\r\n6;x=1\r\nunning\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_response(chunked).unwrap(),
-            (409, b"no running".to_vec())
-        );
-        let to_end = b"HTTP/1.0 404 Not Found\r\nServer: x\r\n\r\nnope";
-        assert_eq!(parse_response(to_end).unwrap(), (404, b"nope".to_vec()));
-        for bad in [
-            &b"HTTP/1.1 200 OK\r\n"[..],
-            b"SSH-2.0-OpenSSH\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
-            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffff\r\nab",
-        ] {
-            assert!(
-                parse_response(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 
     #[test]
     fn admin_urls_are_checked() {
