@@ -4,7 +4,7 @@
 //! printable ASCII as `\xHH`), so one request is always one line.
 
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::Version;
 use serde::Serialize;
@@ -196,41 +196,24 @@ pub fn text_line(out: &mut Vec<u8>, e: &Entry, query: bool) {
 
 /// `10/Oct/2000:13:55:36 +0000` (UTC), nginx's `$time_local` format.
 fn clf_time(out: &mut Vec<u8>, t: SystemTime) {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    let _ = write!(
-        out,
-        "{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(m - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+    const CLF: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
     );
-}
-
-/// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    // A clock before 1970 (or past year 9999) is written as the epoch, as before.
+    let t = time::OffsetDateTime::from(t);
+    let t = if (1970..=9999).contains(&t.year()) {
+        t
+    } else {
+        time::OffsetDateTime::UNIX_EPOCH
+    };
+    let _ = t.format_into(out, CLF);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::{HeaderValue, Method, Uri};
+    use std::time::UNIX_EPOCH;
 
     fn entry() -> Entry {
         Entry {
@@ -303,9 +286,14 @@ mod tests {
     }
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_819), (2027, 1, 1));
+    fn clf_dates() {
+        let clf = |secs: u64| {
+            let mut out = Vec::new();
+            clf_time(&mut out, UNIX_EPOCH + Duration::from_secs(secs));
+            String::from_utf8(out).expect("ascii")
+        };
+        assert_eq!(clf(0), "01/Jan/1970:00:00:00 +0000");
+        assert_eq!(clf(11_016 * 86_400 + 3_661), "29/Feb/2000:01:01:01 +0000");
+        assert_eq!(clf(20_819 * 86_400 + 86_399), "01/Jan/2027:23:59:59 +0000");
     }
 }
