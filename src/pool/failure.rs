@@ -69,7 +69,10 @@ pub fn tls_failure(e: &Error) -> Option<UpstreamTlsFailure> {
 fn classify(e: &rustls::Error) -> UpstreamTlsFailure {
     use rustls::{AlertDescription as A, CertificateError as C};
     match e {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => UpstreamTlsFailure::UnknownCa,
+        // (A certificate from another CA of the same name fails on its signature.)
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            UpstreamTlsFailure::UnknownCa
+        }
         rustls::Error::InvalidCertificate(_) => UpstreamTlsFailure::BadCertificate,
         rustls::Error::AlertReceived(
             A::CertificateRequired
@@ -89,7 +92,7 @@ fn classify(e: &rustls::Error) -> UpstreamTlsFailure {
 /// <rustls error>, SNI: ..`): rustls's `Display` of the same errors.
 fn classify_text(text: &str) -> UpstreamTlsFailure {
     if let Some(rest) = text.split("invalid peer certificate: ").nth(1) {
-        return if rest.starts_with("UnknownIssuer") {
+        return if rest.starts_with("UnknownIssuer") || rest.starts_with("BadSignature") {
             UpstreamTlsFailure::UnknownCa
         } else {
             UpstreamTlsFailure::BadCertificate
@@ -194,6 +197,10 @@ mod tests {
         for (text, kind) in [
             (
                 "invalid peer certificate: UnknownIssuer",
+                UpstreamTlsFailure::UnknownCa,
+            ),
+            (
+                "invalid peer certificate: BadSignature",
                 UpstreamTlsFailure::UnknownCa,
             ),
             (

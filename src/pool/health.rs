@@ -100,7 +100,11 @@ impl HealthCheck for OwnErrorsIgnored {
 /// The probe of `cfg` over `upstream`: a TCP connect (with the TLS handshake on a TLS pool) or
 /// an HTTP request (over TLS, and HTTP/2 when the pool speaks it), each connecting to a server
 /// exactly as a request does ([`Upstream::peer`]).
-fn probe(cfg: &HealthCheckConfig, pool: PoolKind, upstream: Arc<Upstream>) -> Result<Checker, PoolError> {
+fn probe(
+    cfg: &HealthCheckConfig,
+    pool: PoolKind,
+    upstream: Arc<Upstream>,
+) -> Result<Checker, PoolError> {
     let http = match cfg.kind {
         CheckKind::Tcp => Kind::Tcp(TransportConnector::new(None)),
         CheckKind::Http => {

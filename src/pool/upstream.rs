@@ -156,23 +156,22 @@ impl TlsPeer {
         let key = |k: &str| format!("pools.{pool}.tls.{k}");
         let ca = match &cfg.ca_file {
             None => None,
-            Some(path) => {
-                Some(load_ca(path).map_err(|reason| UpstreamError {
-                    key: key("ca_file"),
-                    reason,
-                })?)
-            }
-        };
-        let client = match (&cfg.client_cert, &cfg.client_key) {
-            (Some(cert), Some(k)) => Some(load_client(cert, k).map_err(|(which, reason)| {
-                UpstreamError {
-                    key: key(which),
-                    reason,
-                }
+            Some(path) => Some(load_ca(path).map_err(|reason| UpstreamError {
+                key: key("ca_file"),
+                reason,
             })?),
-            // (Config validation refuses one without the other.)
-            _ => None,
         };
+        let client =
+            match (&cfg.client_cert, &cfg.client_key) {
+                (Some(cert), Some(k)) => Some(load_client(cert, k).map_err(
+                    |(which, reason)| UpstreamError {
+                        key: key(which),
+                        reason,
+                    },
+                )?),
+                // (Config validation refuses one without the other.)
+                _ => None,
+            };
         Ok(TlsPeer {
             sni: cfg.sni.clone(),
             verify: cfg.verify,
@@ -233,10 +232,7 @@ fn load_ca(path: &Path) -> Result<Arc<CaType>, String> {
 
 /// The client certificate chain and its key; the error names which key (`client_cert` or
 /// `client_key`) it is about.
-fn load_client(
-    cert_path: &Path,
-    key_path: &Path,
-) -> Result<Arc<CertKey>, (&'static str, String)> {
+fn load_client(cert_path: &Path, key_path: &Path) -> Result<Arc<CertKey>, (&'static str, String)> {
     let certs = read_certs(cert_path).map_err(|e| ("client_cert", e))?;
     let key_pem = read_pem(key_path).map_err(|e| ("client_key", e))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
@@ -263,8 +259,10 @@ fn load_client(
             format!("`{}`: unusable private key: {e}", key_path.display()),
         )
     })?;
-    let chain: Vec<CertificateDer<'static>> =
-        certs.iter().map(|c| CertificateDer::from(c.clone())).collect();
+    let chain: Vec<CertificateDer<'static>> = certs
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
     match rustls::sign::CertifiedKey::new(chain, signing).keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(e) => {
@@ -314,11 +312,8 @@ mod tests {
         let cfg = |tls: &str| -> PoolConfig {
             serde_yaml_ng::from_str(&format!("{{ tls: {tls} }}")).unwrap()
         };
-        let err = Upstream::load(
-            PoolKind::Canary,
-            &cfg("{ ca_file: /nonexistent/ca.pem }"),
-        )
-        .unwrap_err();
+        let err =
+            Upstream::load(PoolKind::Canary, &cfg("{ ca_file: /nonexistent/ca.pem }")).unwrap_err();
         assert_eq!(err.key, "pools.canary.tls.ca_file");
         assert!(err.reason.contains("cannot read it"), "{err}");
         let dir = std::env::temp_dir().join(format!("canary-lb-upstream-{}", std::process::id()));
@@ -357,15 +352,17 @@ mod tests {
         assert_ne!(peer.group_key, 3);
         let cfg: PoolConfig =
             serde_yaml_ng::from_str("{ tls: { sni: api.test, verify: false } }").unwrap();
-        let peer = Upstream::load(PoolKind::Canary, &cfg)
-            .unwrap()
-            .peer(addr, "10.0.0.1:443", &t, 3);
+        let peer =
+            Upstream::load(PoolKind::Canary, &cfg)
+                .unwrap()
+                .peer(addr, "10.0.0.1:443", &t, 3);
         assert_eq!(peer.sni, "api.test");
         assert!(!peer.options.verify_cert);
         let cfg: PoolConfig = serde_yaml_ng::from_str("{ protocol: h2c }").unwrap();
-        let peer = Upstream::load(PoolKind::Canary, &cfg)
-            .unwrap()
-            .peer(addr, "10.0.0.1:443", &t, 3);
+        let peer =
+            Upstream::load(PoolKind::Canary, &cfg)
+                .unwrap()
+                .peer(addr, "10.0.0.1:443", &t, 3);
         assert!(!peer.is_tls());
         assert_eq!(peer.options.alpn, ALPN::H2);
     }
