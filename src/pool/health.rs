@@ -128,12 +128,12 @@ fn probe(
                     )
                 })?;
             req_h2.set_uri(uri);
-            Kind::Http {
+            Kind::Http(Box::new(HttpKind {
                 connector: HttpConnector::new(None),
                 req,
                 req_h2,
                 expect: cfg.expect_status,
-            }
+            }))
         }
     };
     Ok(Box::new(Probe {
@@ -153,12 +153,14 @@ fn probe(
 
 enum Kind {
     Tcp(TransportConnector),
-    Http {
-        connector: HttpConnector,
-        req: RequestHeader,
-        req_h2: RequestHeader,
-        expect: (u16, u16),
-    },
+    Http(Box<HttpKind>),
+}
+
+struct HttpKind {
+    connector: HttpConnector,
+    req: RequestHeader,
+    req_h2: RequestHeader,
+    expect: (u16, u16),
 }
 
 /// Pingora's TCP and HTTP checks (`TcpHealthCheck`, `HttpHealthCheck`), except that each
@@ -189,12 +191,13 @@ impl HealthCheck for Probe {
         let peer = self.upstream.peer(addr, &name, &self.timeouts, 0);
         match &self.kind {
             Kind::Tcp(connector) => connector.get_stream(&*peer).await.map(|_| ()),
-            Kind::Http {
-                connector,
-                req,
-                req_h2,
-                expect: (lo, hi),
-            } => {
+            Kind::Http(http) => {
+                let HttpKind {
+                    connector,
+                    req,
+                    req_h2,
+                    expect: (lo, hi),
+                } = &**http;
                 let (mut session, _) = connector.get_http_session(&*peer).await?;
                 let req = match session {
                     HttpSession::H2(_) => req_h2,
