@@ -301,6 +301,7 @@ fn grpc_style_h2_round_trip_with_trailers_through_both_pools() {
             assert_eq!(call.version, "HTTP/2.0");
             assert_eq!(call.method, "POST");
             assert_eq!(call.header("content-type"), Some("application/grpc"));
+            assert_eq!(call.header("te"), Some("trailers"), "{call:?}");
             assert_eq!(call.header("x-canary"), canary_pool.then_some("1"));
             assert_eq!(&call.body[5..], msg.as_bytes());
         }
