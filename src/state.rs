@@ -208,7 +208,7 @@ impl ReloadStatus {
 impl Shared {
     pub fn new(config: Config) -> Result<Shared, StartError> {
         let pools: Pools = PerPool::try_from_fn(|kind| -> Result<Pool, PoolError> {
-            Pool::new(kind, config.pools[kind].balance, &config.health_check)
+            Pool::new(kind, &config.pools[kind], &config.health_check)
         })?;
         let policy = CanaryPolicy::from_config(&config.routing)?;
         let metrics = Metrics::new()?;

@@ -21,7 +21,8 @@
 //! `client.header_timeout`, `client.handshake_timeout`, `client.max_header_bytes` (raising it), `client.max_connections`,
 //! `client.h2_max_concurrent_streams`, `client.max_upstream_per_connection`,
 //! `client.max_upstream_connections` (the budgets are sized once, shared by all listeners),
-//! `upstream.keepalive_pool_size`, `server_header`, `access_log` (its file, format and queue are set up once;
+//! `upstream.keepalive_pool_size`, `pools.*.tls` and `pools.*.protocol` (the pool reads its
+//! files once), `server_header`, `access_log` (its file, format and queue are set up once;
 //! SIGUSR1 reopens the file), `rollout.state_file`, and `pools.*.servers` when discovery is
 //! not static (the file's lists serve only until the provider first answers). [`Config::restart_needed`] names
 //! the ones that changed, so the reload log says them in one line.
@@ -49,6 +50,16 @@ impl Config {
         check("metrics_listen", old.metrics_listen != new.metrics_listen);
         check("grace_period", old.grace_period != new.grace_period);
         check("health_check", old.health_check != new.health_check);
+        let pools_differ = |f: fn(&super::PoolConfig, &super::PoolConfig) -> bool| {
+            PoolKind::ALL
+                .iter()
+                .any(|&k| f(old.pools.get(k), new.pools.get(k)))
+        };
+        check("pools.*.tls", pools_differ(|o, n| o.tls != n.tls));
+        check(
+            "pools.*.protocol",
+            pools_differ(|o, n| o.protocol != n.protocol),
+        );
         check("discovery", old.discovery != new.discovery);
         let (oc, nc) = (&old.client, &new.client);
         check(

@@ -350,6 +350,118 @@ pub struct PoolConfig {
     pub servers: Vec<ServerSpec>,
     #[serde(default)]
     pub balance: Balance,
+    /// TLS to this pool's servers (README, "TLS and HTTP/2 to the app servers"); none: plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
+    /// What the proxy speaks to this pool's servers: `h1` (default), `h2` (over `tls`, by
+    /// ALPN) or `h2c` (cleartext HTTP/2 with prior knowledge).
+    #[serde(default, skip_serializing_if = "UpstreamProtocol::is_default")]
+    pub protocol: UpstreamProtocol,
+}
+
+/// `pools.X.tls`: how the proxy connects to the pool's servers over TLS. The files are read
+/// once at start by `pool::upstream` (a restart applies a change).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// The name sent as SNI and checked against the certificate; none: each server's host
+    /// (its DNS name, or its IP address checked against the certificate's IP names).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM file of the CA certificates that sign the servers' certificates; none: the
+    /// system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Check the server's certificate (chain and name). `false` accepts any certificate.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// Client certificate (PEM chain) for servers that require one (mutual TLS).
+    #[serde(default)]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+/// `pools.X.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over TLS: ALPN `http/1.1`).
+    #[default]
+    H1,
+    /// HTTP/2 over TLS, negotiated by ALPN (`pools.X.tls` required), e.g. gRPC servers.
+    H2,
+    /// HTTP/2 over cleartext TCP with prior knowledge (no `tls`).
+    H2c,
+}
+
+impl UpstreamProtocol {
+    fn is_default(&self) -> bool {
+        *self == UpstreamProtocol::H1
+    }
+}
+
+impl PoolConfig {
+    /// The rules between `tls` and `protocol` serde cannot state; `pool` names the pool in
+    /// the key of the error.
+    fn validate_upstream(&self, pool: &str) -> Result<(), InvalidConfig> {
+        match (self.protocol, &self.tls) {
+            (UpstreamProtocol::H2, None) => {
+                return Err(invalid(
+                    format!("pools.{pool}.protocol"),
+                    format!(
+                        "`h2` is HTTP/2 over TLS and needs pools.{pool}.tls; for cleartext \
+                         HTTP/2 use `h2c`"
+                    ),
+                ))
+            }
+            (UpstreamProtocol::H2c, Some(_)) => {
+                return Err(invalid(
+                    format!("pools.{pool}.protocol"),
+                    "`h2c` is cleartext HTTP/2; with `tls` use `h2`",
+                ))
+            }
+            _ => {}
+        }
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        let key = |k: &str| format!("pools.{pool}.tls.{k}");
+        match (&tls.client_cert, &tls.client_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    key("client_key"),
+                    "client_cert is set but client_key is not: both or neither",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    key("client_cert"),
+                    "client_key is set but client_cert is not: both or neither",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(sni) = &tls.sni {
+            if rustls::pki_types::ServerName::try_from(sni.as_str()).is_err() {
+                return Err(invalid(
+                    key("sni"),
+                    format!("`{sni}` is not a DNS name or an IP address"),
+                ));
+            }
+        }
+        for (k, path) in [
+            ("ca_file", &tls.ca_file),
+            ("client_cert", &tls.client_cert),
+            ("client_key", &tls.client_key),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(key(k), "must not be empty"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -902,6 +1014,7 @@ impl Config {
             ("production", &self.pools.production),
             ("canary", &self.pools.canary),
         ] {
+            p.validate_upstream(pool)?;
             let mut seen = BTreeMap::new();
             for (i, s) in p.servers.iter().enumerate() {
                 if let Some(j) = seen.insert(s.addr.as_str(), i) {

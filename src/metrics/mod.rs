@@ -40,7 +40,8 @@ use prometheus::{
 
 pub use labels::{
     BudgetLabel, ClientErrorKind, CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel,
-    RefusalCode, ReloadResult, RolloutPhaseLabel, ServerStateLabel, VerdictReason,
+    RefusalCode, ReloadResult, RolloutPhaseLabel, ServerStateLabel, UpstreamTlsFailure,
+    VerdictReason,
 };
 pub use rollout::RolloutMetrics;
 
@@ -126,6 +127,8 @@ pub struct Metrics {
     admin_connection_limit: OnceLock<Arc<ConnectionLimit>>,
     /// What clients did wrong, by kind: counted here, logged at debug only.
     client_errors: [IntCounter; ClientErrorKind::ALL.len()],
+    /// Failed TLS connections to app servers, per pool and kind (`pools.X.tls`).
+    upstream_tls_failures: PerPool<[IntCounter; UpstreamTlsFailure::ALL.len()]>,
     /// HTTP/2 streams answered 503 because an upstream budget had no place, by budget.
     budget_refused: [IntCounter; BudgetLabel::ALL.len()],
     /// Upstream requests of HTTP/2 streams in flight (holding a place in the budgets).
@@ -284,6 +287,17 @@ impl Metrics {
         )?;
         let client_errors =
             ClientErrorKind::ALL.map(|k| client_errors_vec.with_label_values(&[k.as_str()]));
+        let upstream_tls_failures_vec = counter_vec(
+            "canary_lb_upstream_tls_failures_total",
+            "Failed TLS connections to app servers (pools.X.tls), by pool and kind \
+             (unknown_ca, bad_certificate, client_cert_refused: never held against the \
+             server's health; handshake: any other).",
+            &["pool", "kind"],
+        )?;
+        let upstream_tls_failures = PerPool::from_fn(|pool| {
+            UpstreamTlsFailure::ALL
+                .map(|k| upstream_tls_failures_vec.with_label_values(&[pool.as_str(), k.as_str()]))
+        });
         let budget_refused_vec = counter_vec(
             "canary_lb_upstream_budget_refused_total",
             "HTTP/2 streams answered 503 because an upstream budget had no place in time, by \
@@ -390,6 +404,7 @@ impl Metrics {
             client_connections_refused,
             admin_connection_limit: OnceLock::new(),
             client_errors,
+            upstream_tls_failures,
             budget_refused,
             h2_upstream_in_flight,
             access_log_dropped,
@@ -589,6 +604,11 @@ impl Metrics {
     /// Count the admin port's client errors (its connection limit's) from now on.
     pub fn watch_admin_connection_limit(&self, limit: Arc<ConnectionLimit>) {
         let _ = self.admin_connection_limit.set(limit);
+    }
+
+    /// A TLS connection to a server of `pool` failed for `kind`.
+    pub fn record_upstream_tls_failure(&self, pool: PoolKind, kind: UpstreamTlsFailure) {
+        self.upstream_tls_failures[pool][kind.index()].inc();
     }
 
     /// A request a client failed mid-way (closed, too slow, protocol error).

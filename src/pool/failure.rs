@@ -6,6 +6,8 @@
 
 use pingora_error::{Error, ErrorSource, ErrorType};
 
+pub use crate::metrics::UpstreamTlsFailure;
+
 /// Errno values that mean the proxy itself ran short (descriptors, buffers, memory, local
 /// ports), whoever it was talking to.
 const PROXY_OWN_ERRNOS: [i32; 5] = [
@@ -39,7 +41,79 @@ pub fn is_server_failure(e: &Error) -> bool {
             | ErrorType::WriteTimedout
             | ErrorType::ConnectionClosed
     );
-    transport && !is_proxy_own(e)
+    transport && !is_proxy_own(e) && !tls_failure(e).is_some_and(|k| k.is_certificate())
+}
+
+/// Why a TLS connection to a server failed, if `e` is such a failure: during the handshake
+/// (Pingora keeps only rustls's text of it), or right after it, when a TLS 1.3 server refuses
+/// the client certificate with an alert on its first read (a typed rustls error).
+pub fn tls_failure(e: &Error) -> Option<UpstreamTlsFailure> {
+    if matches!(e.esource(), ErrorSource::Downstream) {
+        return None;
+    }
+    let typed = e
+        .root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    if let Some(tls) = typed {
+        return Some(classify(tls));
+    }
+    if !matches!(e.etype(), ErrorType::TLSHandshakeFailure) {
+        return None;
+    }
+    let text = e.to_string();
+    Some(classify_text(&text))
+}
+
+fn classify(e: &rustls::Error) -> UpstreamTlsFailure {
+    use rustls::{AlertDescription as A, CertificateError as C};
+    match e {
+        // (A certificate from another CA of the same name fails on its signature.)
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            UpstreamTlsFailure::UnknownCa
+        }
+        rustls::Error::InvalidCertificate(_) => UpstreamTlsFailure::BadCertificate,
+        rustls::Error::AlertReceived(
+            A::CertificateRequired
+            | A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::AccessDenied,
+        ) => UpstreamTlsFailure::ClientCertRefused,
+        _ => UpstreamTlsFailure::Handshake,
+    }
+}
+
+/// [`classify`] on the text Pingora keeps of a failed handshake (`TLS connect() failed:
+/// <rustls error>, SNI: ..`): rustls's `Display` of the same errors.
+fn classify_text(text: &str) -> UpstreamTlsFailure {
+    if let Some(rest) = text.split("invalid peer certificate: ").nth(1) {
+        return if rest.starts_with("UnknownIssuer") || rest.starts_with("BadSignature") {
+            UpstreamTlsFailure::UnknownCa
+        } else {
+            UpstreamTlsFailure::BadCertificate
+        };
+    }
+    if let Some(rest) = text.split("received fatal alert: ").nth(1) {
+        const REFUSED: [&str; 8] = [
+            "CertificateRequired",
+            "BadCertificate",
+            "UnknownCA",
+            "CertificateUnknown",
+            "UnsupportedCertificate",
+            "CertificateExpired",
+            "CertificateRevoked",
+            "AccessDenied",
+        ];
+        if REFUSED.iter().any(|a| rest.starts_with(a)) {
+            return UpstreamTlsFailure::ClientCertRefused;
+        }
+    }
+    UpstreamTlsFailure::Handshake
 }
 
 /// The root cause is one of [`PROXY_OWN_ERRNOS`].
@@ -57,6 +131,7 @@ pub fn is_reset(e: &Error) -> bool {
         e.etype(),
         ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
     ) && !is_proxy_own(e)
+        && !tls_failure(e).is_some_and(|k| k.is_certificate())
 }
 
 #[cfg(test)]
@@ -109,6 +184,57 @@ mod tests {
             assert!(!is_server_failure(&e), "errno {errno}");
             assert!(!is_reset(&e), "errno {errno}");
         }
+        // A certificate the proxy does not accept is a trust mismatch, not a failing server;
+        // any other failed handshake is the server's.
+        let handshake = |text: &str| {
+            let mut e = Error::explain(
+                ErrorType::TLSHandshakeFailure,
+                format!("TLS connect() failed: {text}, SNI: app.internal"),
+            );
+            e.as_up();
+            e
+        };
+        for (text, kind) in [
+            (
+                "invalid peer certificate: UnknownIssuer",
+                UpstreamTlsFailure::UnknownCa,
+            ),
+            (
+                "invalid peer certificate: BadSignature",
+                UpstreamTlsFailure::UnknownCa,
+            ),
+            (
+                "invalid peer certificate: Expired",
+                UpstreamTlsFailure::BadCertificate,
+            ),
+            (
+                "received fatal alert: CertificateRequired",
+                UpstreamTlsFailure::ClientCertRefused,
+            ),
+            (
+                "received fatal alert: ProtocolVersion",
+                UpstreamTlsFailure::Handshake,
+            ),
+            ("corrupt message", UpstreamTlsFailure::Handshake),
+        ] {
+            let e = handshake(text);
+            assert_eq!(tls_failure(&e), Some(kind), "{text}");
+            assert_eq!(is_server_failure(&e), !kind.is_certificate(), "{text}");
+        }
+        let alert = Error::because(
+            ErrorType::ReadError,
+            "read",
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+            ),
+        );
+        assert_eq!(
+            tls_failure(&alert),
+            Some(UpstreamTlsFailure::ClientCertRefused)
+        );
+        assert!(!is_server_failure(&alert));
+        assert_eq!(tls_failure(&err(ErrorType::ConnectRefused, None)), None);
         let refused = Error::because(
             ErrorType::ConnectRefused,
             "connect",

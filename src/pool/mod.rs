@@ -13,8 +13,10 @@
 pub mod failure;
 pub mod health;
 mod server;
+pub mod upstream;
 
 pub use server::ServerState;
+pub use upstream::{PeerTimeouts, Upstream, UpstreamError};
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -28,7 +30,7 @@ use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
 
-use crate::config::{Balance, HealthCheckConfig, PassiveHealthConfig};
+use crate::config::{Balance, HealthCheckConfig, PassiveHealthConfig, PoolConfig};
 use crate::model::{PerPool, PoolKind, ServerAddr, Weight};
 
 /// A server the provider wants in the pool.
@@ -171,6 +173,9 @@ pub enum PoolError {
     /// valid header value); Pingora's error says which part.
     #[error(transparent)]
     HealthCheck(#[from] pingora_error::BError),
+    /// A `pools.X.tls` file cannot be used; the error names the key.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
 }
 
 /// One pool: its load balancer, its feed and the per-server state.
@@ -188,26 +193,45 @@ pub struct Pool {
     balance: Mutex<Balance>,
     /// Health checks as configured at start (changing them needs a restart).
     health_check: HealthCheckConfig,
+    /// How requests and health checks connect to the servers (`tls`, `protocol`; restart).
+    upstream: Arc<Upstream>,
     /// Pingora asks that updates of one backend view never overlap.
     update_lock: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
+    /// The pool `kind` as `config` describes it (its `tls` files are read here), checked by
+    /// `health_check`.
     pub fn new(
         kind: PoolKind,
-        balance: Balance,
+        config: &PoolConfig,
         health_check: &HealthCheckConfig,
     ) -> Result<Pool, PoolError> {
         let feed = Arc::new(Feed::default());
-        let lb = build_selector(kind, &feed, balance, health_check)?;
+        let upstream = Arc::new(Upstream::load(kind, config)?);
+        let balance = config.balance;
+        let lb = build_selector(kind, &feed, balance, health_check, &upstream)?;
         Ok(Pool {
             kind,
             feed,
             lb: ArcSwap::from_pointee(lb),
             balance: Mutex::new(balance),
             health_check: health_check.clone(),
+            upstream,
             update_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The peer a request to `server` connects with: the pool's TLS and protocol, `timeouts`,
+    /// and `group_key` (the caller's connection-reuse slot).
+    pub fn peer(
+        &self,
+        server: &ServerState,
+        timeouts: &PeerTimeouts,
+        group_key: u64,
+    ) -> Box<pingora_core::upstreams::peer::HttpPeer> {
+        self.upstream
+            .peer(server.addr, &server.name, timeouts, group_key)
     }
 
     /// Use `balance` from the next [`Pool::refresh`] on.
@@ -247,7 +271,13 @@ impl Pool {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if self.lb.load().balance() != balance {
-            match build_selector(self.kind, &self.feed, balance, &self.health_check) {
+            match build_selector(
+                self.kind,
+                &self.feed,
+                balance,
+                &self.health_check,
+                &self.upstream,
+            ) {
                 Ok(lb) => {
                     if let Err(e) = lb.update().await {
                         warn!("pool {}: discovery update failed: {e}", self.kind);
@@ -382,12 +412,13 @@ fn build_selector(
     feed: &Arc<Feed>,
     balance: Balance,
     health_check: &HealthCheckConfig,
+    upstream: &Arc<Upstream>,
 ) -> Result<Selector, PoolError> {
     let mut backends = pingora_load_balancing::Backends::new(Box::new(FeedDiscovery {
         pool: kind,
         feed: feed.clone(),
     }));
-    backends.set_health_check(health::checker(health_check, kind)?);
+    backends.set_health_check(health::checker_for(health_check, kind, upstream.clone())?);
     Ok(match balance {
         Balance::RoundRobin => Selector::RoundRobin(LoadBalancer::from_backends(backends)),
         Balance::ConsistentHash => Selector::Consistent(LoadBalancer::from_backends(backends)),

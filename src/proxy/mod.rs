@@ -46,8 +46,8 @@ use crate::accesslog::{self, Entry};
 use crate::flags::FlagBits;
 use crate::metrics::{BudgetLabel, ClientErrorKind, MethodLabel, RefusalCode};
 use crate::model::{PoolKind, Reason};
-use crate::pool::failure::{is_reset, is_server_failure};
-use crate::pool::ServerState;
+use crate::pool::failure::{is_reset, is_server_failure, tls_failure};
+use crate::pool::{PeerTimeouts, ServerState};
 use crate::routing::{self, RequestFacts, UserKey};
 use crate::state::{Live, Shared};
 use budget::UpstreamBudget;
@@ -145,23 +145,36 @@ pub struct Ctx {
 }
 
 impl CanaryProxy {
-    /// `upgrade`: the request asks to switch protocols; its reads may be a tunnel's, idle for
-    /// up to `client.tunnel_idle_timeout` (the wait for the `101` included).
-    fn peer(live: &Live, addr: SocketAddr, upgrade: bool) -> Box<HttpPeer> {
+    /// The timeouts of an attempt, from the settings in force. `upgrade`: the request asks to
+    /// switch protocols; its reads may be a tunnel's, idle for up to
+    /// `client.tunnel_idle_timeout` (the wait for the `101` included).
+    fn timeouts(live: &Live, upgrade: bool) -> PeerTimeouts {
         let upstream = &live.upstream;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(upstream.connect_timeout);
-        o.total_connection_timeout = Some(upstream.connect_timeout);
-        o.read_timeout = Some(if upgrade {
-            upstream.read_timeout.max(live.client.tunnel_idle_timeout)
-        } else {
-            upstream.read_timeout
-        });
-        o.write_timeout = Some(upstream.write_timeout);
-        o.idle_timeout = Some(upstream.idle_timeout);
-        peer.group_key = worker_slot();
-        Box::new(peer)
+        PeerTimeouts {
+            connect: upstream.connect_timeout,
+            read: if upgrade {
+                upstream.read_timeout.max(live.client.tunnel_idle_timeout)
+            } else {
+                upstream.read_timeout
+            },
+            write: upstream.write_timeout,
+            idle: upstream.idle_timeout,
+        }
+    }
+
+    /// A failed attempt on `server` of `pool`: counted as a TLS failure when it is one, and
+    /// held against the server's passive health only when it is the server's
+    /// ([`is_server_failure`]: never a certificate the proxy does not accept).
+    fn record_attempt_failure(&self, pool: PoolKind, server: &ServerState, e: &Error, ctx: &Ctx) {
+        if let Some(kind) = tls_failure(e) {
+            self.shared.metrics.record_upstream_tls_failure(pool, kind);
+        }
+        if is_server_failure(e) {
+            self.shared
+                .pools
+                .get(pool)
+                .record_transport_failure(server, &ctx.live.passive_health);
+        }
     }
 
     /// A 503 the proxy writes itself: `body` as plain text, the request's id and
@@ -482,7 +495,12 @@ impl ProxyHttp for CanaryProxy {
             prev.end_request();
         }
         server.begin_request();
-        let peer = Self::peer(&ctx.live, server.addr, session.is_upgrade_req());
+        let timeouts = Self::timeouts(&ctx.live, session.is_upgrade_req());
+        let peer = self
+            .shared
+            .pools
+            .get(pool)
+            .peer(&server, &timeouts, worker_slot());
         ctx.counted_on = Some(server);
         ctx.upstream_start = Some(Instant::now());
         Ok(peer)
@@ -589,12 +607,7 @@ impl ProxyHttp for CanaryProxy {
             self.shared
                 .metrics
                 .record_upstream(pool, &server.label, &server.upstream_series, None);
-            if is_server_failure(&e) {
-                self.shared
-                    .pools
-                    .get(pool)
-                    .record_transport_failure(server, &ctx.live.passive_health);
-            }
+            self.record_attempt_failure(pool, server, &e, ctx);
             ctx.tried.push(server.addr);
         }
         // The request never left the proxy: any method may try another server.
@@ -625,11 +638,8 @@ impl ProxyHttp for CanaryProxy {
                 .metrics
                 .record_upstream(pool, &server.label, &server.upstream_series, None);
             // A pooled keep-alive connection that the server had closed is a benign race.
-            if !upstream_reused && is_server_failure(&e) {
-                self.shared
-                    .pools
-                    .get(pool)
-                    .record_transport_failure(server, &ctx.live.passive_health);
+            if !upstream_reused {
+                self.record_attempt_failure(pool, server, &e, ctx);
             }
         }
         let req = session.req_header();

@@ -24,6 +24,11 @@ pub fn run(path: &Path, strict: bool) -> anyhow::Result<()> {
     crate::pool::health::checker(&config.health_check, PoolKind::Production)?;
     crate::routing::CanaryPolicy::from_config(&config.routing)?;
     let tls_listeners = check_certificates(&loaded)?;
+    // The pools' `tls` files, read as at start; an error names the key and its line.
+    for kind in PoolKind::ALL {
+        crate::pool::Upstream::load(kind, config.pools.get(kind))
+            .map_err(|e| loaded.error(e.key, e.reason))?;
+    }
     config.check_pid_file().map_err(anyhow::Error::msg)?;
     let mut warnings = loaded.warnings();
     warnings.extend(unresolved_names(&loaded));

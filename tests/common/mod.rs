@@ -25,6 +25,7 @@ mod redis_server;
 pub mod shutdown;
 pub mod store;
 pub mod tls;
+pub mod upstream;
 pub mod ws;
 
 pub use redis_server::*;
