@@ -10,6 +10,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
 use super::{StartFlags, View};
 use crate::control::CtlError;
 use crate::rollout::Command;
@@ -176,18 +178,16 @@ pub(crate) fn start_query(flags: &StartFlags) -> String {
     }
 }
 
-/// `%XX` for every byte but letters, digits and `,._-` (the admin endpoint decodes `%XX`).
+/// What a value keeps as it is: letters, digits and `,._-`; every other byte is `%XX` (never
+/// `+` for a space: releases before `form_urlencoded` read `+` as itself).
+const VALUE_AS_IS: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b',')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'-');
+
 fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b",._-".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    utf8_percent_encode(value, VALUE_AS_IS).to_string()
 }
 
 /// Status code and body of a whole `Connection: close` response (chunked or not).
