@@ -231,9 +231,11 @@ pub fn settings_from_query(
 ) -> Result<RolloutSettings, String> {
     let query = query.unwrap_or("");
     if let Some(at) = bad_escape(query) {
-        // The key of the pair holding it, as far as it goes.
-        let pair = query[..at].rsplit('&').next().unwrap_or_default();
-        let key = pair.split_once('=').map_or("", |(k, _)| k);
+        // The key of the pair holding it, as sent (shown only when plain).
+        let start = query[..at].rfind('&').map_or(0, |i| i + 1);
+        let end = query[at..].find('&').map_or(query.len(), |i| at + i);
+        let pair = &query[start..end];
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
         return Err(format!("{}: bad %-encoding", printable(key)));
     }
     let mut s = base.clone();
@@ -494,6 +496,34 @@ mod tests {
         assert_eq!(s.interval, Duration::from_millis(200));
         let e = settings_from_query(&base, Some("windows_per_step=10001")).expect_err("10001");
         assert_eq!(e, "windows_per_step: must be 1..=10000, got 10001");
+    }
+
+    /// The query is read as a form: `+` is a space, keys may be escaped too, and what `ctl`
+    /// sends (every byte but letters, digits and `,._-` as `%XX`) reads back as typed.
+    #[test]
+    fn the_query_is_read_as_a_form() {
+        let base = RolloutSettings::default();
+        let s = settings_from_query(&base, Some("interval=1m+30s&st%65ps=5%2C%2010,100"))
+            .expect("valid");
+        assert_eq!(s.interval, Duration::from_secs(90));
+        assert_eq!(
+            s.steps.iter().map(|p| p.as_f64()).collect::<Vec<_>>(),
+            [5.0, 10.0, 100.0]
+        );
+        let s = settings_from_query(&base, Some("steps=5,12.5&interval=1500ms&threshold=2"))
+            .expect("ctl's query");
+        assert_eq!((s.interval, s.threshold), (Duration::from_millis(1500), 2));
+        for (q, want) in [
+            ("threshold=%FF", "`threshold`: bad %-encoding"),
+            ("threshold=1%", "`threshold`: bad %-encoding"),
+            ("a%2=1", "(not shown): bad %-encoding"),
+            ("&&threshold=2&&", ""),
+        ] {
+            match settings_from_query(&base, Some(q)) {
+                Ok(s) => assert!(want.is_empty() && s.threshold == 2, "{q}"),
+                Err(e) => assert_eq!(e, want, "{q}"),
+            }
+        }
     }
 
     #[test]
