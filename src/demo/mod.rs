@@ -380,8 +380,8 @@ fn parse_control(query: Option<&str>) -> Result<ControlQuery, String> {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok((r * 1e6).round() as u64),
         _ => Err(format!("{key} must be a number from 0 to 1")),
     };
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=').unwrap_or((pair, "")) {
+    for (key, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match (key.as_ref(), v.as_ref()) {
             ("error_rate", v) => q.error_ppm = Some(share("error_rate", v)?),
             ("slow_share", v) => q.slow_ppm = Some(share("slow_share", v)?),
             ("latency_ms", v) => match v.parse::<u64>() {
@@ -494,10 +494,8 @@ fn parse_action(path: &str, query: Option<&str>) -> Action {
         return Action::Health;
     }
     if path == "/slow" {
-        let ms = query
-            .unwrap_or("")
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("ms="));
+        let ms = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .find_map(|(key, v)| (key == "ms").then_some(v));
         return match ms {
             None => Action::Slow(DEFAULT_SLOW),
             Some(v) => match v.parse::<u64>() {
