@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::rollout::settings::START_KEYS;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "canary-lb",
@@ -330,48 +332,60 @@ pub enum RolloutCommand {
     },
 }
 
-/// `ctl rollout start`: each flag is a key of the `rollout:` section, parsed and checked by
-/// the one parser the config and the admin endpoint use (`config::rollout_keys`).
-#[derive(Debug, Args, Default)]
+/// `ctl rollout start`: one flag for each key of the rollout's start-key table
+/// (`rollout::settings::START_KEYS`), which also parses and checks them, as it does the
+/// admin endpoint's query keys; a new key there is a new flag here.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RolloutStartArgs {
-    /// canary_percent of each step, ascending, e.g. 5,10,25,50,100.
-    #[arg(long)]
-    pub steps: Option<String>,
-    /// The analysis window, e.g. 30s (100ms..=24h).
-    #[arg(long)]
-    pub interval: Option<String>,
-    /// Passing windows that advance a step (1..=10000).
-    #[arg(long)]
-    pub windows_per_step: Option<String>,
-    /// Failed windows (cumulative) that roll the canary back (1..=10000).
-    #[arg(long)]
-    pub threshold: Option<String>,
-    /// Canary requests a window needs to be judged; below it the window is inconclusive.
-    #[arg(long)]
-    pub min_requests: Option<String>,
-    /// Inconclusive windows in a row that pause the rollout (1..=10000).
-    #[arg(long)]
-    pub max_inconclusive: Option<String>,
-    /// Canary 5xx and connect failures in a window that fail it even below --min-requests.
-    #[arg(long)]
-    pub hard_fail_errors: Option<String>,
+    keys: Vec<(&'static str, String)>,
 }
 
 impl RolloutStartArgs {
-    /// The flags given, as `(key of rollout:, value)`.
+    /// The flags given, as `(key of rollout:, value)`, in the table's order.
     pub fn keys(&self) -> Vec<(&'static str, String)> {
-        [
-            ("steps", &self.steps),
-            ("interval", &self.interval),
-            ("windows_per_step", &self.windows_per_step),
-            ("threshold", &self.threshold),
-            ("min_requests", &self.min_requests),
-            ("max_inconclusive", &self.max_inconclusive),
-            ("hard_fail_errors", &self.hard_fail_errors),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
-        .collect()
+        self.keys.clone()
+    }
+}
+
+impl clap::FromArgMatches for RolloutStartArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Self::from_arg_matches_mut(&mut matches.clone())
+    }
+
+    fn from_arg_matches_mut(matches: &mut clap::ArgMatches) -> Result<Self, clap::Error> {
+        let keys = START_KEYS
+            .iter()
+            .filter_map(|k| {
+                matches
+                    .try_remove_one::<String>(k.name)
+                    .ok()
+                    .flatten()
+                    .map(|v| (k.name, v))
+            })
+            .collect();
+        Ok(RolloutStartArgs { keys })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for RolloutStartArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        START_KEYS.iter().fold(cmd, |cmd, k| {
+            cmd.arg(
+                clap::Arg::new(k.name)
+                    .long(k.flag)
+                    .value_name(k.value)
+                    .help(k.help),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
     }
 }
 

@@ -212,6 +212,9 @@ impl Shared {
         })?;
         let policy = CanaryPolicy::from_config(&config.routing)?;
         let metrics = Metrics::new()?;
+        metrics
+            .rollout
+            .export_verdicts::<crate::rollout::judge::Finding>();
         metrics.set_canary_percent(policy.percent.as_f64());
         let static_provider = config.discovery.provider == Provider::Static;
         let access_log = match config.access_log.settings() {

@@ -3,14 +3,13 @@
 //! validate each value in `de.rs`), its `CANARY_LB_*` overrides (`env.rs`), and which of its
 //! keys apply on SIGHUP and which need a restart ([`reload`]). Errors found after serde (the
 //! whole config's rules, certificate files) get their key's line from [`locate`]; `check`'s
-//! warnings are in `warnings.rs`; the one parser of a rollout's settings as text (`ctl
-//! rollout start`, the admin endpoint) is [`rollout_keys`].
+//! warnings are in `warnings.rs`. The `rollout:` section becomes the rollout's own settings
+//! type (`rollout::settings`), which checks it and parses a start's keys as text.
 
 mod de;
 mod env;
 pub mod locate;
 pub mod reload;
-pub mod rollout_keys;
 pub mod schema;
 mod warnings;
 
@@ -20,7 +19,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use locate::Position;
-pub use rollout_keys::{RolloutSettingError, ROLLOUT_START_KEYS};
 pub use schema::*;
 pub use warnings::Warning;
 

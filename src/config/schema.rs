@@ -1091,12 +1091,11 @@ pub struct RolloutConfig {
     pub per_client_failures: u64,
 }
 
-/// `rollout.confidence` by default: one-sided p < 0.001 per rule and window.
-pub const DEFAULT_ROLLOUT_CONFIDENCE: f64 = 0.999;
-/// `rollout.per_client_requests` by default.
-pub const DEFAULT_PER_CLIENT_REQUESTS: u64 = 20;
-/// `rollout.per_client_failures` by default.
-pub const DEFAULT_PER_CLIENT_FAILURES: u64 = 1;
+use crate::rollout::settings::{ErrorRateSettings, LatencySettings, RolloutSettings};
+pub use crate::rollout::settings::{
+    DEFAULT_PER_CLIENT_FAILURES, DEFAULT_PER_CLIENT_REQUESTS, DEFAULT_ROLLOUT_CONFIDENCE,
+    MAX_ROLLOUT_COUNT, MAX_ROLLOUT_STEPS,
+};
 
 fn default_confidence() -> f64 {
     DEFAULT_ROLLOUT_CONFIDENCE
@@ -1117,109 +1116,94 @@ fn is_default_per_client_failures(v: &u64) -> bool {
     *v == DEFAULT_PER_CLIENT_FAILURES
 }
 
-/// The most steps a rollout may have.
-pub const MAX_ROLLOUT_STEPS: usize = 100;
-/// The largest `windows_per_step`, `threshold` and `max_inconclusive`.
-pub const MAX_ROLLOUT_COUNT: u32 = 10_000;
-
 impl RolloutConfig {
-    /// Check the values serde cannot: `Err((key, problem))` with the key under `rollout.`.
-    /// Used by [`Config::validate`] and by the admin's `POST /rollout/start`.
+    /// Check the values serde cannot, by the rollout's own check
+    /// ([`RolloutSettings::validate`]): `Err((key, problem))` with the key under `rollout.`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.steps.is_empty() || self.steps.len() > MAX_ROLLOUT_STEPS {
-            return Err(("steps", format!("must have 1 to {MAX_ROLLOUT_STEPS} steps")));
-        }
-        for (i, w) in self.steps.iter().enumerate() {
-            if w.basis_points() == 0 {
-                return Err((
-                    "steps",
-                    format!("step {} is 0: each must be above 0", i + 1),
-                ));
-            }
-            if i > 0 && *w <= self.steps[i - 1] {
-                return Err((
-                    "steps",
-                    format!(
-                        "must be strictly ascending: {} follows {}",
-                        w.as_f64(),
-                        self.steps[i - 1].as_f64()
-                    ),
-                ));
-            }
-        }
-        if self.interval < Duration::from_millis(100) {
-            return Err(("interval", "must be at least 100ms".into()));
-        }
-        if self.interval > Duration::from_secs(24 * 3600) {
-            return Err(("interval", "must be at most 24h".into()));
-        }
-        for (key, v) in [
-            ("windows_per_step", self.windows_per_step),
-            ("threshold", self.threshold),
-            ("max_inconclusive", self.max_inconclusive),
-        ] {
-            if !(1..=MAX_ROLLOUT_COUNT).contains(&v) {
-                return Err((key, format!("must be 1..={MAX_ROLLOUT_COUNT}, got {v}")));
-            }
-        }
-        if self.hard_fail_errors == 0 {
-            return Err(("hard_fail_errors", "must be at least 1".into()));
-        }
-        let e = &self.error_rate;
-        for (key, v) in [
-            ("error_rate.max_percent", e.max_percent),
-            ("error_rate.max_excess_points", e.max_excess_points),
-            ("error_rate.z", e.z),
-            ("latency.p99_max_ratio", self.latency.p99_max_ratio),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err((key, format!("must be a number above 0, got {v}")));
-            }
-        }
-        if e.max_percent > 100.0 {
-            return Err(("error_rate.max_percent", "must be at most 100".into()));
-        }
-        if self.latency.p99_max.is_zero() {
-            return Err(("latency.p99_max", "must be above 0".into()));
-        }
-        if !(0.5..1.0).contains(&self.confidence) {
-            return Err((
-                "confidence",
-                format!("must be at least 0.5 and below 1, got {}", self.confidence),
-            ));
-        }
-        // The client table packs a client's counts into 32 and 16 bits.
-        if self.per_client_requests > 1_000_000 {
-            return Err(("per_client_requests", "must be at most 1000000".into()));
-        }
-        if self.per_client_failures > 10_000 {
-            return Err(("per_client_failures", "must be at most 10000".into()));
-        }
-        Ok(())
+        self.settings().validate()
+    }
+
+    /// The settings a rollout started now runs with (unchecked: [`Config::validate`] checked
+    /// them when the file was read).
+    pub fn settings(&self) -> RolloutSettings {
+        RolloutSettings::from(self)
     }
 }
 
+/// The file's section as the rollout's settings: field by field (`state_file` is the
+/// process's, not the rollout's).
+impl From<&RolloutConfig> for RolloutSettings {
+    fn from(c: &RolloutConfig) -> Self {
+        let RolloutConfig {
+            steps,
+            interval,
+            windows_per_step,
+            threshold,
+            min_requests,
+            max_inconclusive,
+            hard_fail_errors,
+            count_forced,
+            error_rate,
+            latency,
+            mann_whitney,
+            state_file: _,
+            confidence,
+            per_client_requests,
+            per_client_failures,
+        } = c;
+        RolloutSettings {
+            steps: steps.clone(),
+            interval: *interval,
+            windows_per_step: *windows_per_step,
+            threshold: *threshold,
+            min_requests: *min_requests,
+            max_inconclusive: *max_inconclusive,
+            hard_fail_errors: *hard_fail_errors,
+            count_forced: *count_forced,
+            error_rate: ErrorRateSettings {
+                max_percent: error_rate.max_percent,
+                max_excess_points: error_rate.max_excess_points,
+                z: error_rate.z,
+            },
+            latency: LatencySettings {
+                p99_max: latency.p99_max,
+                p99_max_ratio: latency.p99_max_ratio,
+                floor: latency.floor,
+            },
+            mann_whitney: *mann_whitney,
+            confidence: *confidence,
+            per_client_requests: *per_client_requests,
+            per_client_failures: *per_client_failures,
+        }
+    }
+}
+
+impl From<RolloutConfig> for RolloutSettings {
+    fn from(c: RolloutConfig) -> Self {
+        RolloutSettings::from(&c)
+    }
+}
+
+/// The file's defaults are the rollout's ([`RolloutSettings::default`]).
 impl Default for RolloutConfig {
     fn default() -> Self {
+        let s = RolloutSettings::default();
         RolloutConfig {
-            steps: [5, 10, 25, 50, 100]
-                .into_iter()
-                .map(|p| Percent::from_basis_points(p * 100))
-                .collect(),
-            interval: Duration::from_secs(30),
-            windows_per_step: 1,
-            threshold: 3,
-            min_requests: 50,
-            max_inconclusive: 10,
-            hard_fail_errors: 10,
-            count_forced: false,
+            steps: s.steps,
+            interval: s.interval,
+            windows_per_step: s.windows_per_step,
+            threshold: s.threshold,
+            min_requests: s.min_requests,
+            max_inconclusive: s.max_inconclusive,
+            hard_fail_errors: s.hard_fail_errors,
+            count_forced: s.count_forced,
             error_rate: RolloutErrorRate::default(),
             latency: RolloutLatency::default(),
-            mann_whitney: false,
+            mann_whitney: s.mann_whitney,
             state_file: None,
-            confidence: DEFAULT_ROLLOUT_CONFIDENCE,
-            per_client_requests: DEFAULT_PER_CLIENT_REQUESTS,
-            per_client_failures: DEFAULT_PER_CLIENT_FAILURES,
+            confidence: s.confidence,
+            per_client_requests: s.per_client_requests,
+            per_client_failures: s.per_client_failures,
         }
     }
 }
@@ -1237,10 +1221,15 @@ pub struct RolloutErrorRate {
 
 impl Default for RolloutErrorRate {
     fn default() -> Self {
+        let ErrorRateSettings {
+            max_percent,
+            max_excess_points,
+            z,
+        } = ErrorRateSettings::default();
         RolloutErrorRate {
-            max_percent: 1.0,
-            max_excess_points: 0.5,
-            z: 2.33,
+            max_percent,
+            max_excess_points,
+            z,
         }
     }
 }
@@ -1259,10 +1248,15 @@ pub struct RolloutLatency {
 
 impl Default for RolloutLatency {
     fn default() -> Self {
+        let LatencySettings {
+            p99_max,
+            p99_max_ratio,
+            floor,
+        } = LatencySettings::default();
         RolloutLatency {
-            p99_max: Duration::from_millis(500),
-            p99_max_ratio: 1.5,
-            floor: Duration::from_millis(20),
+            p99_max,
+            p99_max_ratio,
+            floor,
         }
     }
 }
@@ -1828,6 +1822,76 @@ mod tests {
             serde_json::from_str(r#"{"steps":[10,100],"interval":"1s"}"#).expect("old json");
         assert_eq!(old.confidence, DEFAULT_ROLLOUT_CONFIDENCE);
         assert_eq!(old.per_client_requests, DEFAULT_PER_CLIENT_REQUESTS);
+    }
+
+    /// The rollout's settings built from the file's section store exactly what the section
+    /// serialized to before the two types were split (the stored format is unchanged).
+    #[test]
+    fn rollout_settings_store_the_bytes_the_section_did() {
+        use crate::rollout::settings::RolloutSettings;
+        let set = RolloutConfig {
+            steps: vec![
+                Percent::from_basis_points(250),
+                Percent::from_basis_points(10_000),
+            ],
+            interval: Duration::from_millis(1500),
+            count_forced: true,
+            mann_whitney: true,
+            confidence: 0.99,
+            per_client_requests: 0,
+            per_client_failures: 3,
+            state_file: Some("/tmp/x.json".into()),
+            latency: RolloutLatency {
+                p99_max: Duration::from_secs(2),
+                ..RolloutLatency::default()
+            },
+            ..RolloutConfig::default()
+        };
+        for c in [RolloutConfig::default(), set] {
+            let file = serde_json::to_string(&c).expect("json");
+            let settings = RolloutSettings::from(&c);
+            assert_eq!(serde_json::to_string(&settings).expect("json"), file);
+            let back: RolloutSettings = serde_json::from_str(&file).expect("read back");
+            assert_eq!(back, settings);
+        }
+        assert_eq!(
+            RolloutSettings::from(RolloutConfig::default()),
+            RolloutSettings::default()
+        );
+    }
+
+    /// The file's `rollout:` section and a start's keys take and refuse the same values,
+    /// with the same words (one check: `RolloutSettings::validate`).
+    #[test]
+    fn the_file_and_a_start_agree_on_every_limit() {
+        use crate::rollout::settings::RolloutSettings;
+        for (key, value, yaml_value, ok) in [
+            ("interval", "100ms", "100ms", true),
+            ("interval", "200ms", "200ms", true),
+            ("interval", "99ms", "99ms", false),
+            ("interval", "25h", "25h", false),
+            ("windows_per_step", "10000", "10000", true),
+            ("windows_per_step", "10001", "10001", false),
+            ("threshold", "0", "0", false),
+            ("max_inconclusive", "10001", "10001", false),
+            ("hard_fail_errors", "0", "0", false),
+            ("min_requests", "0", "0", true),
+            ("steps", "10,5", "[10, 5]", false),
+            ("steps", "0,10", "[0, 10]", false),
+            ("steps", "50,100", "[50, 100]", true),
+        ] {
+            let start = RolloutSettings::default().with_keys([(key, value)]);
+            let file = Config::parse(&format!("rollout: {{ {key}: {yaml_value} }}\n"));
+            assert_eq!(start.is_ok(), ok, "start {key}={value}: {start:?}");
+            assert_eq!(file.is_ok(), ok, "file {key}: {yaml_value}");
+            if let (Err(s), Err(f)) = (start, file) {
+                let f = f.to_string();
+                assert!(
+                    f.contains(&format!("rollout.{key}: {}", s.problem)),
+                    "{key}: the file says `{f}`, a start `{s}`"
+                );
+            }
+        }
     }
 
     #[test]

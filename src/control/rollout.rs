@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use super::{resolve_target, CtlError, REDIS_TIMEOUT};
 use crate::cli::{RolloutArgs, RolloutCommand};
 
-use crate::config::{Config, RolloutConfig};
+use crate::config::Config;
 use crate::model::Percent;
 use crate::rollout::view::StateView;
-use crate::rollout::{Command, Coordinator, HistoryEntry, Phase, RolloutState};
+use crate::rollout::{Command, Coordinator, HistoryEntry, Phase, RolloutSettings, RolloutState};
 use crate::routing::salt_fingerprint;
 use crate::store::{self, RolloutStore, Store};
 
@@ -100,7 +100,7 @@ pub(super) fn run(
                 .as_ref()
                 .map(|p| Config::load(p))
                 .transpose()?
-                .map(|c| (c.rollout, c.routing.salt));
+                .map(|c| (c.rollout.settings(), c.routing.salt));
             let target = resolve_target(redis, config, namespace)?;
             let client = super::open_client(&target.url)?;
             let coord =
@@ -129,7 +129,7 @@ fn parse_action(command: RolloutCommand) -> Result<Action, CtlError> {
         RolloutCommand::Start(args) => {
             let flags = StartFlags { keys: args.keys() };
             // The flags alone must make sense; merged with the config they are checked again.
-            apply_flags(RolloutConfig::default(), &flags)?;
+            apply_flags(RolloutSettings::default(), &flags)?;
             Action::Start(flags)
         }
         RolloutCommand::Status {
@@ -160,7 +160,7 @@ fn parse_action(command: RolloutCommand) -> Result<Action, CtlError> {
 
 /// The settings a rollout freezes: `base` (the config's `rollout:`) with the flags over it,
 /// checked as the config is; an error names the flag (`--windows-per-step`).
-fn apply_flags(base: RolloutConfig, flags: &StartFlags) -> Result<RolloutConfig, CtlError> {
+fn apply_flags(base: RolloutSettings, flags: &StartFlags) -> Result<RolloutSettings, CtlError> {
     base.with_keys(flags.keys.iter().map(|(k, v)| (*k, v.as_str())))
         .map_err(|e| {
             let problem = match &e.value {
@@ -182,7 +182,7 @@ struct RedisBackend {
     url: String,
     store: Store,
     /// The `rollout:` section and routing salt of `--config`, when given.
-    defaults: Option<(RolloutConfig, String)>,
+    defaults: Option<(RolloutSettings, String)>,
 }
 
 impl Backend {
@@ -277,7 +277,7 @@ impl Backend {
             Backend::Redis(r) => {
                 let (base, config_salt) = match r.defaults.clone() {
                     Some((base, salt)) => (base, Some(salt)),
-                    None => (RolloutConfig::default(), None),
+                    None => (RolloutSettings::default(), None),
                 };
                 let settings = apply_flags(base, flags)?;
                 let salt = r.rollout_salt(config_salt).await?;
@@ -628,7 +628,7 @@ mod tests {
     #[test]
     fn steps_are_validated_naming_the_value() {
         let s = apply_flags(
-            RolloutConfig::default(),
+            RolloutSettings::default(),
             &flags(&[("steps", "5, 10,25%,100")]),
         )
         .expect("valid");
@@ -645,7 +645,7 @@ mod tests {
             ("5,,10", "``"),
             ("five", "five"),
         ] {
-            let e = apply_flags(RolloutConfig::default(), &flags(&[("steps", bad)]))
+            let e = apply_flags(RolloutSettings::default(), &flags(&[("steps", bad)]))
                 .expect_err(bad)
                 .to_string();
             assert!(e.contains("--steps") && e.contains(named), "{bad}: {e}");
@@ -654,7 +654,7 @@ mod tests {
             .map(|i| format!("{}", i as f64 / 2.0 + 0.5))
             .collect();
         let e = apply_flags(
-            RolloutConfig::default(),
+            RolloutSettings::default(),
             &flags(&[("steps", &many.join(","))]),
         )
         .expect_err("too many");
@@ -663,9 +663,9 @@ mod tests {
 
     #[test]
     fn start_flags_override_the_config_and_are_bounded() {
-        let base = RolloutConfig {
+        let base = RolloutSettings {
             threshold: 7,
-            ..RolloutConfig::default()
+            ..RolloutSettings::default()
         };
         let s = apply_flags(
             base,
@@ -709,7 +709,7 @@ mod tests {
             ),
             ("steps", "", "--steps"),
         ] {
-            let e = apply_flags(RolloutConfig::default(), &flags(&[(key, value)]))
+            let e = apply_flags(RolloutSettings::default(), &flags(&[(key, value)]))
                 .expect_err(named)
                 .to_string();
             assert!(e.contains(named), "{e}");
@@ -719,31 +719,39 @@ mod tests {
     /// Every key the admin endpoint's start takes is a `ctl rollout start` flag.
     #[test]
     fn ctl_start_has_a_flag_for_every_admin_key() {
-        use clap::CommandFactory;
+        use clap::{CommandFactory, Parser};
+        let names = crate::rollout::start_key_names();
         let cli = crate::cli::Cli::command();
         let start = cli
             .find_subcommand("ctl")
             .and_then(|c| c.find_subcommand("rollout"))
             .and_then(|c| c.find_subcommand("start"))
             .expect("ctl rollout start");
-        for key in crate::config::ROLLOUT_START_KEYS {
+        for key in &names {
             let long = key.replace('_', "-");
             assert!(
                 start.get_arguments().any(|a| a.get_long() == Some(&long)),
                 "no --{long}"
             );
         }
-        let all = crate::cli::RolloutStartArgs {
-            steps: Some("1".into()),
-            interval: Some("1s".into()),
-            windows_per_step: Some("1".into()),
-            threshold: Some("1".into()),
-            min_requests: Some("1".into()),
-            max_inconclusive: Some("1".into()),
-            hard_fail_errors: Some("1".into()),
+        let mut argv = vec!["canary-lb".to_string(), "ctl".into(), "rollout".into()];
+        argv.push("start".into());
+        for key in names.iter().rev() {
+            argv.push(format!("--{}", key.replace('_', "-")));
+            argv.push("1".into());
+        }
+        let cli = crate::cli::Cli::try_parse_from(argv).expect("every flag");
+        let crate::cli::Command::Ctl(ctl) = cli.command else {
+            panic!("not ctl");
+        };
+        let crate::cli::CtlCommand::Rollout(rollout) = ctl.command else {
+            panic!("not rollout");
+        };
+        let RolloutCommand::Start(all) = rollout.command else {
+            panic!("not start");
         };
         let keys: Vec<&str> = all.keys().iter().map(|(k, _)| *k).collect();
-        assert_eq!(keys, crate::config::ROLLOUT_START_KEYS);
+        assert_eq!(keys, names);
     }
 
     const SALT: &str = "unit-test-distinctive-salt";
@@ -751,7 +759,7 @@ mod tests {
     fn view() -> View {
         let mut state = RolloutState::start(
             "r-1".into(),
-            RolloutConfig::default(),
+            RolloutSettings::default(),
             SALT.into(),
             1_000,
             None,

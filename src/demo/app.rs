@@ -170,10 +170,8 @@ fn parse_action(path: &str, query: Option<&str>) -> Action {
         return Action::Health;
     }
     if path == "/slow" {
-        let ms = query
-            .unwrap_or("")
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("ms="));
+        let ms = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .find_map(|(key, v)| (key == "ms").then_some(v));
         return match ms {
             None => Action::Slow(DEFAULT_SLOW),
             Some(v) => match v.parse::<u64>() {

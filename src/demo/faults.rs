@@ -56,8 +56,8 @@ pub(super) fn parse_control(query: Option<&str>) -> Result<ControlQuery, String>
         Ok(r) if (0.0..=1.0).contains(&r) => Ok((r * 1e6).round() as u64),
         _ => Err(format!("{key} must be a number from 0 to 1")),
     };
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=').unwrap_or((pair, "")) {
+    for (key, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match (key.as_ref(), v.as_ref()) {
             ("error_rate", v) => q.error_ppm = Some(share("error_rate", v)?),
             ("slow_share", v) => q.slow_ppm = Some(share("slow_share", v)?),
             ("latency_ms", v) => match v.parse::<u64>() {

@@ -12,6 +12,38 @@
 
 use http::Method;
 
+/// A label whose values a layer above `metrics` owns and decides (`metrics` may import only
+/// `model`): that layer implements this for its own enum, which the metric then takes
+/// directly, with no copy here to keep in step (the rollout's `Finding` is the `reason` of the
+/// verdict counters). The values' texts must be distinct; [`assert_distinct`] checks it in the
+/// owner's tests.
+pub trait LabelValue: Copy + PartialEq + 'static {
+    /// Every value: each label set is exported at 0 from the first scrape.
+    const ALL: &'static [Self];
+    /// The text Prometheus sees.
+    fn label(self) -> &'static str;
+}
+
+/// The `reason` label of `canary_lb_rollout_verdicts_total` and
+/// `canary_lb_rollout_rollbacks_total`, with the `verdict` each reason gives.
+pub trait VerdictLabel: LabelValue {
+    /// `pass`, `fail`, `inconclusive` or `skipped`.
+    fn verdict(self) -> &'static str;
+    /// Whether it fails a window (and so can roll a rollout back: a `rollbacks_total` series).
+    fn fails(self) -> bool {
+        self.verdict() == "fail"
+    }
+}
+
+/// Panics unless every value of `L` has its own non-empty text (for the owner's unit test).
+pub fn assert_distinct<L: LabelValue>() {
+    let mut seen = std::collections::HashSet::new();
+    for v in L::ALL {
+        assert!(!v.label().is_empty(), "an empty label text");
+        assert!(seen.insert(v.label()), "`{}` twice", v.label());
+    }
+}
+
 /// The `method` label of `canary_lb_requests_total`; any other method counts as `OTHER`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MethodLabel {
@@ -430,64 +462,6 @@ impl RolloutPhaseLabel {
     }
 }
 
-/// The `reason` label of `canary_lb_rollout_verdicts_total` and
-/// `canary_lb_rollout_rollbacks_total`: what decided a window's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum VerdictReason {
-    /// Every rule passed (verdict `pass`).
-    Healthy,
-    /// Too few canary requests (verdict `inconclusive`).
-    InsufficientTraffic,
-    Errors,
-    Latency,
-    MannWhitney,
-    /// No replica reported the window (verdict `skipped`).
-    NoReports,
-}
-
-impl VerdictReason {
-    pub const ALL: [VerdictReason; 6] = [
-        VerdictReason::Healthy,
-        VerdictReason::InsufficientTraffic,
-        VerdictReason::Errors,
-        VerdictReason::Latency,
-        VerdictReason::MannWhitney,
-        VerdictReason::NoReports,
-    ];
-
-    /// The reasons that fail a window (and can roll a rollout back).
-    pub const FAILING: [VerdictReason; 3] = [
-        VerdictReason::Errors,
-        VerdictReason::Latency,
-        VerdictReason::MannWhitney,
-    ];
-
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The verdict a window with this reason gets.
-    pub const fn verdict(self) -> &'static str {
-        match self {
-            VerdictReason::Healthy => "pass",
-            VerdictReason::InsufficientTraffic => "inconclusive",
-            VerdictReason::NoReports => "skipped",
-            VerdictReason::Errors | VerdictReason::Latency | VerdictReason::MannWhitney => "fail",
-        }
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            VerdictReason::Healthy => "healthy",
-            VerdictReason::InsufficientTraffic => "insufficient_traffic",
-            VerdictReason::Errors => "errors",
-            VerdictReason::Latency => "latency",
-            VerdictReason::MannWhitney => "mann_whitney",
-            VerdictReason::NoReports => "no_reports",
-        }
-    }
-}
-
 /// The `budget` label of `canary_lb_upstream_budget_refused_total`: which HTTP/2 upstream
 /// budget had no place for a stream within `client.upstream_queue_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -598,12 +572,6 @@ mod tests {
             &BudgetLabel::ALL,
             BudgetLabel::index,
             BudgetLabel::as_str,
-        );
-        check(
-            "VerdictReason",
-            &VerdictReason::ALL,
-            VerdictReason::index,
-            VerdictReason::as_str,
         );
         // PoolKind has no index of its own: per-pool values are `PerPool<T>`.
         let pools: HashSet<_> = PoolKind::ALL.iter().map(|p| p.as_str()).collect();

@@ -38,10 +38,10 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+pub use labels::{assert_distinct, LabelValue, VerdictLabel};
 pub use labels::{
     BudgetLabel, ClientErrorKind, CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel,
     RefusalCode, ReloadResult, RolloutPhaseLabel, ServerStateLabel, UpstreamTlsFailure,
-    VerdictReason,
 };
 pub use rollout::RolloutMetrics;
 

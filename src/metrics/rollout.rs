@@ -4,15 +4,18 @@
 
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use super::labels::{RolloutPhaseLabel, VerdictReason};
+use super::labels::{RolloutPhaseLabel, VerdictLabel};
 use crate::model::{PerPool, PoolKind};
 
 pub struct RolloutMetrics {
     phase: [IntGauge; RolloutPhaseLabel::ALL.len()],
     weight: Gauge,
     failed: IntGauge,
-    verdicts: [IntCounter; VerdictReason::ALL.len()],
-    rollbacks: [Option<IntCounter>; VerdictReason::ALL.len()],
+    /// By `verdict` and `reason`: the reasons are the rollout's ([`VerdictLabel`]), exported
+    /// by [`RolloutMetrics::export_verdicts`]. A window is judged once an interval, so the
+    /// series are looked up when counted, not held.
+    verdicts: IntCounterVec,
+    rollbacks: IntCounterVec,
     leader: IntGauge,
     capped: PerPool<IntCounter>,
 }
@@ -74,13 +77,8 @@ impl RolloutMetrics {
             phase,
             weight,
             failed,
-            verdicts: VerdictReason::ALL
-                .map(|r| verdicts_vec.with_label_values(&[r.verdict(), r.as_str()])),
-            rollbacks: VerdictReason::ALL.map(|r| {
-                VerdictReason::FAILING
-                    .contains(&r)
-                    .then(|| rollbacks_vec.with_label_values(&[r.as_str()]))
-            }),
+            verdicts: verdicts_vec,
+            rollbacks: rollbacks_vec,
             leader,
             capped: PerPool::from_fn(|k| capped_vec.with_label_values(&[k.as_str()])),
         })
@@ -100,14 +98,27 @@ impl RolloutMetrics {
         self.failed.set(i64::from(failed));
     }
 
-    pub fn verdict(&self, reason: VerdictReason) {
-        self.verdicts[reason.index()].inc();
+    /// Export every verdict and rollback series of `R` at 0 (the process that can judge
+    /// windows calls it at start, so they exist from the first scrape).
+    pub fn export_verdicts<R: VerdictLabel>(&self) {
+        for &r in R::ALL {
+            self.verdicts.with_label_values(&[r.verdict(), r.label()]);
+            if r.fails() {
+                self.rollbacks.with_label_values(&[r.label()]);
+            }
+        }
+    }
+
+    pub fn verdict<R: VerdictLabel>(&self, reason: R) {
+        self.verdicts
+            .with_label_values(&[reason.verdict(), reason.label()])
+            .inc();
     }
 
     /// An automatic rollback; only failing reasons have a series.
-    pub fn rollback(&self, reason: VerdictReason) {
-        if let Some(c) = &self.rollbacks[reason.index()] {
-            c.inc();
+    pub fn rollback<R: VerdictLabel>(&self, reason: R) {
+        if reason.fails() {
+            self.rollbacks.with_label_values(&[reason.label()]).inc();
         }
     }
 
@@ -139,34 +150,17 @@ mod tests {
                 p.as_str()
             ));
         }
-        for r in VerdictReason::ALL {
-            want.push(format!(
-                "canary_lb_rollout_verdicts_total{{reason=\"{}\",verdict=\"{}\"}} 0",
-                r.as_str(),
-                r.verdict()
-            ));
-        }
-        for r in VerdictReason::FAILING {
-            want.push(format!(
-                "canary_lb_rollout_rollbacks_total{{reason=\"{}\"}} 0",
-                r.as_str()
-            ));
-        }
         for line in &want {
             assert!(text.contains(line.as_str()), "{line} missing:\n{text}");
         }
         m.rollout.set_state(RolloutPhaseLabel::RolledBack, 0.0, 3);
-        m.rollout.rollback(VerdictReason::Errors);
-        m.rollout.rollback(VerdictReason::Healthy); // no series: ignored
         let text = String::from_utf8(m.render(&[], true)).expect("utf-8");
         for line in [
             "canary_lb_rollout_phase{phase=\"idle\"} 0",
             "canary_lb_rollout_phase{phase=\"rolled_back\"} 1",
-            "canary_lb_rollout_rollbacks_total{reason=\"errors\"} 1",
             "canary_lb_rollout_failed_checks 3",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }
-        assert!(!text.contains("rollbacks_total{reason=\"healthy\"}"));
     }
 }

@@ -26,7 +26,7 @@ use super::judge::{judge, step_with, Finding, Verdict};
 use super::machine::{skip, transition};
 use super::window::WindowRecorder;
 use super::{Coordinator, Phase, RolloutState};
-use crate::metrics::{Metrics, RolloutPhaseLabel, VerdictReason};
+use crate::metrics::{Metrics, RolloutPhaseLabel};
 use crate::model::{now_ms, Percent};
 
 /// How long a finished rollout's weight and salt still override routing, so that replicas
@@ -88,16 +88,6 @@ pub const fn phase_label(phase: Phase) -> RolloutPhaseLabel {
         Phase::Succeeded => RolloutPhaseLabel::Succeeded,
         Phase::RolledBack => RolloutPhaseLabel::RolledBack,
         Phase::Aborted => RolloutPhaseLabel::Aborted,
-    }
-}
-
-pub const fn reason_label(finding: Finding) -> VerdictReason {
-    match finding {
-        Finding::Healthy => VerdictReason::Healthy,
-        Finding::InsufficientTraffic => VerdictReason::InsufficientTraffic,
-        Finding::Errors => VerdictReason::Errors,
-        Finding::Latency => VerdictReason::Latency,
-        Finding::MannWhitney => VerdictReason::MannWhitney,
     }
 }
 
@@ -251,12 +241,12 @@ impl Engine {
         let (counts, reporters) = self.coordinator.collect(&s.id, window).await?;
         let (next, entry, reason) = if reporters == 0 {
             let (next, entry) = skip(s, window, now);
-            (next, entry, VerdictReason::NoReports)
+            (next, entry, Finding::NoReports)
         } else {
             let step = step_with(&s.step_counts, &counts);
             let j = judge(&s.settings, &counts, &step);
             let (next, entry) = transition(s, window, &counts, &j, now);
-            (next, entry, reason_label(j.finding))
+            (next, entry, j.finding)
         };
         if !self.coordinator.apply(epoch, s, &next, &entry).await? {
             info!(

@@ -78,7 +78,8 @@
 //!   production, and so roll back a healthy canary; against a larger sample it needs more.
 //!   Per-route comparison is not done: errors on a path that also fails on production count.
 
-use crate::config::schema::RolloutConfig;
+use super::settings::RolloutSettings;
+use crate::metrics::{LabelValue, VerdictLabel};
 use crate::model::{PoolKind, LATENCY_BUCKETS_S};
 
 use super::{PoolWindow, WindowCounts};
@@ -112,7 +113,9 @@ impl Verdict {
     }
 }
 
-/// What decided a verdict (the first failing rule for a fail).
+/// What decided a verdict (the first failing rule for a fail): also the `reason` label of
+/// `canary_lb_rollout_verdicts_total` and `canary_lb_rollout_rollbacks_total`, directly
+/// ([`VerdictLabel`]). A new rule is a variant here, its texts below, and its place in `ALL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finding {
     /// Every rule passed.
@@ -121,10 +124,12 @@ pub enum Finding {
     Errors,
     Latency,
     MannWhitney,
+    /// No replica reported the window: the engine skips it (never a result of [`judge`]).
+    NoReports,
 }
 
 impl Finding {
-    /// The word a rollback's `reason` and the metrics use.
+    /// The word a rollback's `reason` uses.
     pub const fn as_str(self) -> &'static str {
         match self {
             Finding::Healthy => "healthy",
@@ -132,6 +137,40 @@ impl Finding {
             Finding::Errors => "errors",
             Finding::Latency => "latency",
             Finding::MannWhitney => "mann_whitney",
+            Finding::NoReports => "no reports",
+        }
+    }
+}
+
+impl LabelValue for Finding {
+    const ALL: &'static [Finding] = &[
+        Finding::Healthy,
+        Finding::InsufficientTraffic,
+        Finding::Errors,
+        Finding::Latency,
+        Finding::MannWhitney,
+        Finding::NoReports,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Finding::Healthy => "healthy",
+            Finding::InsufficientTraffic => "insufficient_traffic",
+            Finding::Errors => "errors",
+            Finding::Latency => "latency",
+            Finding::MannWhitney => "mann_whitney",
+            Finding::NoReports => "no_reports",
+        }
+    }
+}
+
+impl VerdictLabel for Finding {
+    fn verdict(self) -> &'static str {
+        match self {
+            Finding::Healthy => Verdict::Pass.as_str(),
+            Finding::InsufficientTraffic => Verdict::Inconclusive.as_str(),
+            Finding::Errors | Finding::Latency | Finding::MannWhitney => Verdict::Fail.as_str(),
+            Finding::NoReports => "skipped",
         }
     }
 }
@@ -169,7 +208,7 @@ pub fn bound_index(seconds: f64) -> usize {
 /// The bucket above which the request path counts a client's slow answers: the lowest
 /// threshold either latency rule can use (`p99_max_ratio x floor`, or `p99_max`), so a
 /// client's count there bounds its count above any threshold the judgement picks.
-pub fn client_slow_index(settings: &RolloutConfig) -> usize {
+pub fn client_slow_index(settings: &RolloutSettings) -> usize {
     let lat = &settings.latency;
     bound_index(lat.p99_max_ratio * lat.floor.as_secs_f64())
         .min(bound_index(lat.p99_max.as_secs_f64()))
@@ -182,7 +221,7 @@ fn slower_than(buckets: &[u64], index: usize) -> u64 {
 
 /// Judge one window. `window` holds the window's counts; `step` the counts of the step so far
 /// including this window (the latency rules read it).
-pub fn judge(settings: &RolloutConfig, window: &WindowCounts, step: &WindowCounts) -> Judgement {
+pub fn judge(settings: &RolloutSettings, window: &WindowCounts, step: &WindowCounts) -> Judgement {
     let c = window.get(PoolKind::Canary);
     let p = window.get(PoolKind::Production);
     let alpha = 1.0 - settings.confidence;
@@ -620,6 +659,43 @@ mod tests {
     use super::*;
     use crate::model::PerPool;
 
+    /// The findings are the verdict metrics' `reason` label as it always was: each label set
+    /// at 0 from the start, rollbacks only for the failing ones.
+    #[test]
+    fn findings_are_the_verdict_metrics_labels() {
+        crate::metrics::assert_distinct::<Finding>();
+        let m = crate::metrics::Metrics::new().expect("metrics");
+        m.rollout.export_verdicts::<Finding>();
+        let text = String::from_utf8(m.render(&[], true)).expect("utf-8");
+        for (reason, verdict) in [
+            ("healthy", "pass"),
+            ("insufficient_traffic", "inconclusive"),
+            ("errors", "fail"),
+            ("latency", "fail"),
+            ("mann_whitney", "fail"),
+            ("no_reports", "skipped"),
+        ] {
+            let line = format!(
+                "canary_lb_rollout_verdicts_total{{reason=\"{reason}\",verdict=\"{verdict}\"}} 0"
+            );
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+            let rollback = format!("canary_lb_rollout_rollbacks_total{{reason=\"{reason}\"}} 0");
+            assert_eq!(text.contains(&rollback), verdict == "fail", "{rollback}");
+        }
+        assert_eq!(text.matches("canary_lb_rollout_verdicts_total{").count(), 6);
+        m.rollout.verdict(Finding::Latency);
+        m.rollout.rollback(Finding::Errors);
+        m.rollout.rollback(Finding::Healthy); // no series: ignored
+        let text = String::from_utf8(m.render(&[], true)).expect("utf-8");
+        for line in [
+            "canary_lb_rollout_verdicts_total{reason=\"latency\",verdict=\"fail\"} 1",
+            "canary_lb_rollout_rollbacks_total{reason=\"errors\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("rollbacks_total{reason=\"healthy\"}"));
+    }
+
     /// Per-bucket counts (15 slots: 14 bounds and +Inf) from (index, count) pairs.
     fn b(pairs: &[(usize, u64)]) -> Vec<u64> {
         let mut v = vec![0; LATENCY_BUCKETS_S.len() + 1];
@@ -806,13 +882,13 @@ mod tests {
         assert_eq!(bound_index(0.03), 6, "30 ms snaps up to the 50 ms bound");
         assert_eq!(bound_index(0.05), 6);
         assert_eq!(bound_index(11.0), LATENCY_BUCKETS_S.len());
-        let s = RolloutConfig::default(); // 1.5 x 20 ms -> 50 ms; p99_max 500 ms
+        let s = RolloutSettings::default(); // 1.5 x 20 ms -> 50 ms; p99_max 500 ms
         assert_eq!(client_slow_index(&s), 6);
     }
 
     #[test]
     fn judgement_table() {
-        let s = RolloutConfig::default(); // min 50, hard 10, 1 %, 0.5 pts, z 2.33, 500 ms, 1.5x, 20 ms, 0.999
+        let s = RolloutSettings::default(); // min 50, hard 10, 1 %, 0.5 pts, z 2.33, 500 ms, 1.5x, 20 ms, 0.999
         let fast: &[(usize, u64)] = &[(3, 100)]; // p99 ~5 ms
         let fast_p: &[(usize, u64)] = &[(3, 1000)];
         // (canary (req, err, buckets), production (...), verdict, finding)
@@ -924,7 +1000,7 @@ mod tests {
 
     #[test]
     fn excess_over_production_needs_significance() {
-        let mut s = RolloutConfig::default();
+        let mut s = RolloutSettings::default();
         s.error_rate.max_percent = 5.0;
         let fast: &[(usize, u64)] = &[(3, 100)];
         // 3 % of 5000 against 1.5 % of 10000: 1.5 points, Fisher p ~1e-8 -> fail.
@@ -949,10 +1025,10 @@ mod tests {
     /// 9.55 ms. The old rule failed it; it passes now, also with the hiccup at 80 ms.
     #[test]
     fn the_issues_healthy_window_passes() {
-        let s = RolloutConfig {
+        let s = RolloutSettings {
             min_requests: 20,
             threshold: 2,
-            ..RolloutConfig::default()
+            ..RolloutSettings::default()
         };
         let canary: &[(usize, u64)] = &[(2, 10), (3, 14), (4, 8), (6, 1)];
         let production: &[(usize, u64)] = &[(2, 100), (3, 136), (4, 5), (5, 2)];
@@ -986,10 +1062,10 @@ mod tests {
     /// over `r` replicas it adds up to `r` errors and `client_max_errors` grows by `r`.
     #[test]
     fn one_client_alone_never_fails_a_window() {
-        let s = RolloutConfig {
+        let s = RolloutSettings {
             min_requests: 20,
             hard_fail_errors: 1,
-            ..RolloutConfig::default()
+            ..RolloutSettings::default()
         };
         for replicas in 1..=4u64 {
             for (n_c, n_p) in [
@@ -1018,7 +1094,7 @@ mod tests {
         // one client's errors count like anyone's.
         w[PoolKind::Canary].client_max_errors = 6;
         assert_eq!(judge(&s, &w, &w).verdict, Verdict::Pass);
-        let off = RolloutConfig {
+        let off = RolloutSettings {
             per_client_failures: 0,
             ..s.clone()
         };
@@ -1029,7 +1105,7 @@ mod tests {
     /// address: a load balancer not in `trusted_proxies`): inconclusive, saying so.
     #[test]
     fn a_window_starved_by_the_caps_says_why() {
-        let s = RolloutConfig::default();
+        let s = RolloutSettings::default();
         let mut w = counts((20, 1, &[(3, 20)]), (20, 0, &[(3, 20)]));
         w[PoolKind::Canary].capped = 480;
         w[PoolKind::Canary].client_max_errors = 1;
@@ -1117,10 +1193,10 @@ mod tests {
         (c_lo, c_hi, c): (u64, u64, Behaviour),
         (p_lo, p_hi, p): (u64, u64, Behaviour),
     ) -> f64 {
-        let s = RolloutConfig {
+        let s = RolloutSettings {
             min_requests: 20,
             threshold: 2,
-            ..RolloutConfig::default()
+            ..RolloutSettings::default()
         };
         let slow = client_slow_index(&s);
         let mut rng = Rng(seed);
@@ -1157,10 +1233,10 @@ mod tests {
     /// pools, so a stall hits both pools in proportion): still under the bound.
     #[test]
     fn healthy_windows_with_clumped_stalls_rarely_fail() {
-        let s = RolloutConfig {
+        let s = RolloutSettings {
             min_requests: 20,
             threshold: 2,
-            ..RolloutConfig::default()
+            ..RolloutSettings::default()
         };
         let slow_index = client_slow_index(&s);
         let mut rng = Rng(40);
@@ -1245,9 +1321,9 @@ mod tests {
 
     #[test]
     fn mann_whitney_gates_only_a_large_significant_slowdown() {
-        let mut s = RolloutConfig {
+        let mut s = RolloutSettings {
             mann_whitney: true,
-            ..RolloutConfig::default()
+            ..RolloutSettings::default()
         };
         s.latency.p99_max_ratio = 100.0; // keep the p99 rules out of it
         let slow = counts(

@@ -339,9 +339,9 @@ impl Coordinator for LocalCoordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::RolloutConfig;
     use crate::model::PoolKind;
     use crate::rollout::Command;
+    use crate::rollout::RolloutSettings;
     use std::sync::Arc;
 
     #[tokio::test]
@@ -353,8 +353,14 @@ mod tests {
             Box::new(move |w| *p.lock().expect("lock") = Some(w)),
         );
         assert_eq!(c.state().await.expect("state"), None);
-        let s = RolloutState::start("r-1".into(), RolloutConfig::default(), "s".into(), 0, None)
-            .expect("start");
+        let s = RolloutState::start(
+            "r-1".into(),
+            RolloutSettings::default(),
+            "s".into(),
+            0,
+            None,
+        )
+        .expect("start");
         let (aborted, entry) = s.command(Command::Abort, 5).expect("abort");
         // Expected state absent but one given: refused.
         assert!(!c.command(Some(&s), &s, &entry).await.expect("cmd"));
@@ -406,10 +412,10 @@ mod tests {
     }
 
     fn at_step_1(started_ms: u64) -> RolloutState {
-        let settings = RolloutConfig {
+        let settings = RolloutSettings {
             interval: Duration::from_secs(1),
             max_inconclusive: 5,
-            ..RolloutConfig::default()
+            ..RolloutSettings::default()
         };
         let mut s = RolloutState::start("r-1".into(), settings, "frozen".into(), started_ms, None)
             .expect("start");

@@ -104,22 +104,22 @@ pub fn skip(state: &RolloutState, window: u64, now_ms: u64) -> (RolloutState, Hi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::RolloutConfig;
     use crate::model::PoolKind;
     use crate::rollout::judge::Finding;
+    use crate::rollout::RolloutSettings;
     use crate::rollout::{Command, CommandRefused, PoolWindow};
 
     fn pct(p: u32) -> Percent {
         Percent::from_basis_points(p * 100)
     }
 
-    fn settings() -> RolloutConfig {
-        RolloutConfig {
+    fn settings() -> RolloutSettings {
+        RolloutSettings {
             steps: vec![pct(10), pct(50), pct(100)],
             windows_per_step: 2,
             threshold: 2,
             max_inconclusive: 3,
-            ..RolloutConfig::default()
+            ..RolloutSettings::default()
         }
     }
 
@@ -264,7 +264,7 @@ mod tests {
             .expect("start after abort");
         assert_eq!(again.version, done.version + 1);
         assert_eq!((again.failed, again.next_window), (0, 0));
-        let no_steps = RolloutConfig {
+        let no_steps = RolloutSettings {
             steps: Vec::new(),
             ..settings()
         };

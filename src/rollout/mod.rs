@@ -15,6 +15,7 @@ pub mod engine;
 pub mod judge;
 pub mod local;
 pub mod machine;
+pub mod settings;
 pub mod view;
 pub mod window;
 
@@ -23,8 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::config::schema::RolloutConfig;
 use crate::model::{PerPool, Percent, LATENCY_BUCKETS_S};
+pub use settings::{start_key_names, RolloutSettings, SettingError, StartKey, START_KEYS};
 
 /// Where a rollout is. `Idle` only before the first start; the others are kept (with their
 /// reason) until the next start, so `status` still says how the last rollout ended.
@@ -139,7 +140,7 @@ pub struct RolloutState {
     /// Why the phase: `started`, `errors`, `latency`, `insufficient traffic`, `by hand`, ...
     pub reason: String,
     /// The settings frozen at start (`ctl rollout start` flags over the config's `rollout:`).
-    pub settings: RolloutConfig,
+    pub settings: RolloutSettings,
     /// Index into `settings.steps` of the step in force.
     pub step: usize,
     /// canary_percent in force (0 after a rollback or abort).
@@ -184,10 +185,11 @@ pub struct Resumed {
 
 impl RolloutState {
     /// A rollout starting now at its first step. `previous` is the stored state, if any: its
-    /// version carries on, so a compare-and-set against it still works.
+    /// version carries on, so a compare-and-set against it still works. `settings` are
+    /// checked ([`RolloutSettings::validate`]) whoever built them.
     pub fn start(
         id: String,
-        settings: RolloutConfig,
+        settings: impl Into<RolloutSettings>,
         salt: String,
         now_ms: u64,
         previous: Option<&RolloutState>,
@@ -197,6 +199,10 @@ impl RolloutState {
                 "a rollout is already running: abort or promote it first".into(),
             ));
         }
+        let settings = settings.into();
+        settings
+            .validate()
+            .map_err(|(key, problem)| CommandRefused(format!("{key}: {problem}")))?;
         let Some(&first) = settings.steps.first() else {
             return Err(CommandRefused("a rollout needs at least one step".into()));
         };

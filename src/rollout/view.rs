@@ -14,8 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::settings::RolloutSettings;
 use super::{HistoryEntry, Phase, Resumed, RolloutState, WindowCounts};
-use crate::config::schema::RolloutConfig;
 use crate::model::Percent;
 
 /// The fields of a [`RolloutState`] an output shows: all but the salt, which is shown only as
@@ -25,7 +25,7 @@ pub struct StateView {
     pub id: String,
     pub phase: Phase,
     pub reason: String,
-    pub settings: RolloutConfig,
+    pub settings: RolloutSettings,
     pub step: usize,
     pub weight: Percent,
     /// The fingerprint of the salt the rollout routes with (empty from a proxy that predates
@@ -130,7 +130,7 @@ mod tests {
     fn state() -> RolloutState {
         RolloutState::start(
             "r-7".into(),
-            RolloutConfig::default(),
+            RolloutSettings::default(),
             SALT.into(),
             1_000,
             None,

@@ -333,13 +333,13 @@ impl WindowRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::RolloutConfig;
+    use crate::rollout::RolloutSettings;
     use std::time::Duration;
 
     fn state(started: u64) -> RolloutState {
-        let settings = RolloutConfig {
+        let settings = RolloutSettings {
             interval: Duration::from_millis(1000),
-            ..RolloutConfig::default()
+            ..RolloutSettings::default()
         };
         RolloutState::start("r".into(), settings, "s".into(), started, None).expect("start")
     }

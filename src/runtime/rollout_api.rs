@@ -32,11 +32,12 @@ use http::{header, HeaderValue, Method, Response};
 use serde_json::json;
 
 use super::admin::reply;
-use crate::config::{RolloutConfig, ROLLOUT_START_KEYS};
 use crate::model::now_ms;
 use crate::rollout::engine::{route_for, RolloutSink};
 use crate::rollout::view::RolloutView;
-use crate::rollout::{Command, HistoryEntry, RolloutState};
+use crate::rollout::{
+    start_key_names, Command, HistoryEntry, RolloutSettings, RolloutState, START_KEYS,
+};
 use crate::state::Shared;
 use pingora_http::RequestHeader;
 
@@ -221,41 +222,64 @@ fn from_admin_address(listen: SocketAddr, req: &RequestHeader, check_host: bool)
     origin_ok && (!check_host || (host_ok && target_ok))
 }
 
-/// The settings of a start: the config's `rollout:` with the query's keys over it. The error
-/// names the key, never echoes the value.
+/// The settings of a start: the config's `rollout:` with the query's keys over it, parsed
+/// as `application/x-www-form-urlencoded` (`form_urlencoded`) and set through the rollout's
+/// one key table. The error names the key, never echoes the value.
 pub fn settings_from_query(
-    base: &RolloutConfig,
+    base: &RolloutSettings,
     query: Option<&str>,
-) -> Result<RolloutConfig, String> {
+) -> Result<RolloutSettings, String> {
+    let query = query.unwrap_or("");
+    if let Some(at) = bad_escape(query) {
+        // The key of the pair holding it, as sent (shown only when plain).
+        let start = query[..at].rfind('&').map_or(0, |i| i + 1);
+        let end = query[at..].find('&').map_or(query.len(), |i| at + i);
+        let pair = &query[start..end];
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        return Err(format!("{}: bad %-encoding", printable(key)));
+    }
     let mut s = base.clone();
-    let mut seen: Vec<&str> = Vec::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+    let mut seen: Vec<String> = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         if seen.len() >= MAX_KEYS {
             return Err(format!("at most {MAX_KEYS} query keys"));
         }
-        if seen.contains(&key) {
-            return Err(format!("{}: given twice", printable(key)));
+        if seen.iter().any(|k| *k == key) {
+            return Err(format!("{}: given twice", printable(&key)));
         }
-        let value =
-            percent_decode(raw).ok_or_else(|| format!("{}: bad %-encoding", printable(key)))?;
-        if !ROLLOUT_START_KEYS.contains(&key) {
+        // Decoded bytes that are not UTF-8 come out as U+FFFD.
+        if value.contains('\u{FFFD}') {
+            return Err(format!("{}: bad %-encoding", printable(&key)));
+        }
+        if !START_KEYS.iter().any(|k| k.name == key) {
             return Err(format!(
                 "unknown key {}: use {}",
-                printable(key),
-                ROLLOUT_START_KEYS.join(", ")
+                printable(&key),
+                start_key_names().join(", ")
             ));
         }
         // The parser `ctl rollout start` uses; its problem never holds the value sent.
-        s.set(key, &value).map_err(|e| match e.value {
+        s.set(&key, &value).map_err(|e| match e.value {
             Some(_) => format!("{}: the value sent {}", e.key, e.problem),
             None => format!("{}: {}", e.key, e.problem),
         })?;
-        seen.push(key);
+        seen.push(key.into_owned());
     }
     s.validate()
         .map_err(|(key, problem)| format!("{key}: {problem}"))?;
     Ok(s)
+}
+
+/// The position of the first `%` of `query` that starts no `%XX` escape (`form_urlencoded`
+/// keeps a stray `%` as it is; a start refuses it instead of guessing).
+fn bad_escape(query: &str) -> Option<usize> {
+    let b = query.as_bytes();
+    (0..b.len()).find(|&i| {
+        b[i] == b'%'
+            && !b
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 /// A key as shown in an error: short, and only when it is plain (never arbitrary bytes).
@@ -267,24 +291,6 @@ fn printable(key: &str) -> String {
     }
 }
 
-/// `%XX` decoding of a query value (`+` stays `+`); `None` for a bad escape or non-UTF-8.
-fn percent_decode(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 fn coordination_failed(e: impl std::fmt::Display) -> Response<Vec<u8>> {
     text(503, format!("the rollout store did not answer: {e}"))
 }
@@ -292,8 +298,8 @@ fn coordination_failed(e: impl std::fmt::Display) -> Response<Vec<u8>> {
 const CHANGED: &str = "the rollout changed meanwhile; read it again and retry";
 
 async fn start(shared: &Shared, query: Option<&str>) -> Result<(), Response<Vec<u8>>> {
-    let settings =
-        settings_from_query(&shared.config().rollout, query).map_err(|e| text(400, e))?;
+    let settings = settings_from_query(&shared.config().rollout.settings(), query)
+        .map_err(|e| text(400, e))?;
     let handle = shared
         .rollout()
         .ok_or_else(|| text(503, "no rollout engine"))?;
@@ -449,7 +455,7 @@ mod tests {
 
     #[test]
     fn query_keys_override_the_config_and_bad_ones_name_the_key() {
-        let base = RolloutConfig::default();
+        let base = RolloutSettings::default();
         let s = settings_from_query(&base, Some("steps=10%2C50,100&interval=1500ms&threshold=2"))
             .expect("valid");
         assert_eq!(
@@ -480,16 +486,44 @@ mod tests {
         let e = settings_from_query(&base, Some(hostile)).expect_err("hostile");
         assert!(!e.contains("script"), "{e}");
         // The values are never echoed either.
-        for key in crate::config::ROLLOUT_START_KEYS {
+        for key in start_key_names() {
             let e =
                 settings_from_query(&base, Some(&format!("{key}=%3Cscript%3E"))).expect_err(key);
             assert!(e.starts_with(key) && !e.contains("script"), "{e}");
         }
-        // The limits are the config's (`RolloutConfig::validate`), not the admin's own.
+        // The limits are the rollout's (`RolloutSettings::validate`), not the admin's own.
         let s = settings_from_query(&base, Some("interval=200ms&min_requests=0")).expect("valid");
         assert_eq!(s.interval, Duration::from_millis(200));
         let e = settings_from_query(&base, Some("windows_per_step=10001")).expect_err("10001");
         assert_eq!(e, "windows_per_step: must be 1..=10000, got 10001");
+    }
+
+    /// The query is read as a form: `+` is a space, keys may be escaped too, and what `ctl`
+    /// sends (every byte but letters, digits and `,._-` as `%XX`) reads back as typed.
+    #[test]
+    fn the_query_is_read_as_a_form() {
+        let base = RolloutSettings::default();
+        let s = settings_from_query(&base, Some("interval=1m+30s&st%65ps=5%2C%2010,100"))
+            .expect("valid");
+        assert_eq!(s.interval, Duration::from_secs(90));
+        assert_eq!(
+            s.steps.iter().map(|p| p.as_f64()).collect::<Vec<_>>(),
+            [5.0, 10.0, 100.0]
+        );
+        let s = settings_from_query(&base, Some("steps=5,12.5&interval=1500ms&threshold=2"))
+            .expect("ctl's query");
+        assert_eq!((s.interval, s.threshold), (Duration::from_millis(1500), 2));
+        for (q, want) in [
+            ("threshold=%FF", "`threshold`: bad %-encoding"),
+            ("threshold=1%", "`threshold`: bad %-encoding"),
+            ("a%2=1", "(not shown): bad %-encoding"),
+            ("&&threshold=2&&", ""),
+        ] {
+            match settings_from_query(&base, Some(q)) {
+                Ok(s) => assert!(want.is_empty() && s.threshold == 2, "{q}"),
+                Err(e) => assert_eq!(e, want, "{q}"),
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
 use super::{StartFlags, View};
 use crate::control::admin_client::AdminClient;
 use crate::control::CtlError;
@@ -123,18 +125,16 @@ pub(crate) fn start_query(flags: &StartFlags) -> String {
     }
 }
 
-/// `%XX` for every byte but letters, digits and `,._-` (the admin endpoint decodes `%XX`).
+/// What a value keeps as it is: letters, digits and `,._-`; every other byte is `%XX` (never
+/// `+` for a space: releases before `form_urlencoded` read `+` as itself).
+const VALUE_AS_IS: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b',')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'-');
+
 fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b",._-".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    utf8_percent_encode(value, VALUE_AS_IS).to_string()
 }
 
 #[cfg(test)]
