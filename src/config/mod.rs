@@ -7,6 +7,7 @@
 //! rollout start`, the admin endpoint) is [`rollout_keys`].
 
 mod de;
+pub mod discovery;
 mod env;
 pub mod locate;
 pub mod reload;
@@ -19,6 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use discovery::{
+    Coordination, FileWatchSettings, ProviderRole, ProviderSettings, RedisSettings,
+};
 pub use locate::Position;
 pub use rollout_keys::{RolloutSettingError, ROLLOUT_START_KEYS};
 pub use schema::*;
@@ -231,6 +235,12 @@ impl Config {
             error,
         })?;
         config.apply_env(|k| std::env::var(k).ok())?;
+        // `discovery.path` is relative to the config file, not to the working directory.
+        if let (Some(file), Some(dir)) = (&mut config.discovery.path, path.parent()) {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
         Ok(Loaded {
             config,
             path: path.to_path_buf(),
