@@ -74,25 +74,35 @@ pub struct ProviderRole {
     pub coordination: Coordination,
 }
 
+impl ProviderRole {
+    /// The config file's lists are the provider's data (`static`).
+    pub const CONFIG_FILE: ProviderRole = ProviderRole {
+        servers_in_config_file: true,
+        overrides_from: "rollout",
+        coordination: Coordination::InProcess,
+    };
+    /// A store every replica shares, which also holds routing overrides and flags (`redis`).
+    pub const SHARED_STORE: ProviderRole = ProviderRole {
+        servers_in_config_file: false,
+        overrides_from: "redis",
+        coordination: Coordination::SharedStore,
+    };
+    /// A source of servers only, for one box (`file_watch`; a DNS SRV or Consul provider
+    /// would be one too).
+    pub const OWN_SOURCE: ProviderRole = ProviderRole {
+        servers_in_config_file: false,
+        overrides_from: "rollout",
+        coordination: Coordination::InProcess,
+    };
+}
+
 impl Provider {
     /// What the process does around this provider: the one match on the kind.
     pub fn role(self) -> ProviderRole {
         match self {
-            Provider::Static => ProviderRole {
-                servers_in_config_file: true,
-                overrides_from: "rollout",
-                coordination: Coordination::InProcess,
-            },
-            Provider::Redis => ProviderRole {
-                servers_in_config_file: false,
-                overrides_from: "redis",
-                coordination: Coordination::SharedStore,
-            },
-            Provider::FileWatch => ProviderRole {
-                servers_in_config_file: false,
-                overrides_from: "rollout",
-                coordination: Coordination::InProcess,
-            },
+            Provider::Static => ProviderRole::CONFIG_FILE,
+            Provider::Redis => ProviderRole::SHARED_STORE,
+            Provider::FileWatch => ProviderRole::OWN_SOURCE,
         }
     }
 }

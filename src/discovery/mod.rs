@@ -1,29 +1,39 @@
 //! Where the servers of each pool come from: the discovery providers.
 //!
-//! A [`Provider`] learns the wanted servers of each pool (and, if its source has them, routing
-//! overrides and feature flags) and hands them to a [`Sink`]; it never sees the pools, the proxy or the metrics
-//! registry. The process state implements the sink (`state::Shared`), so a provider's whole
-//! view of the process is the few methods below. Two providers exist:
-//! - `file.rs` ([`file::FileServers`]): the `servers` lists of the config file, re-fed on
-//!   SIGHUP;
+//! A [`Provider`] reads its source and hands each full read to a [`Sink`] as one [`Snapshot`]
+//! (the wanted servers of each pool and, if its source has them, routing overrides and feature
+//! flags), or a [`Failure`] when the source fails; it never sees the pools, the proxy or the
+//! metrics registry. The process state implements the sink (`state::Shared`) and applies a
+//! snapshot in one step, so a provider's whole view of the process is the four methods of
+//! [`Sink`]. A provider that retries waits with the one [`Backoff`]. Three providers exist:
+//! - `file.rs` ([`file::FileServers`]): the `servers` lists of the config file, applied again
+//!   on SIGHUP;
 //! - `redis.rs` ([`redis::RedisDiscovery`]): follows the shared Redis store; `reinit.rs`
 //!   ([`reinit::Reconcile`]) is what it keeps when that store is re-initialised (wiped and
-//!   written again), so a re-created store never shrinks a pool at once.
+//!   written again), so a re-created store never shrinks a pool at once;
+//! - `file_watch.rs` ([`file_watch::FileWatch`]): a servers file beside the config, followed
+//!   as it changes (polled, no SIGHUP).
 //!
-//! [`from_config`] is the one place that maps `discovery.provider` to a provider.
+//! [`from_settings`] is the one place that turns the configured provider into a running one.
+//! What the rest of the process does around a provider (whether the config file's lists are
+//! its data, where rollouts are coordinated) is `config::Provider::role`, so nothing else
+//! matches on the kind.
 //!
-//! Adding a third provider (Consul, DNS SRV, Kubernetes endpoints):
+//! Adding a provider (DNS SRV, Consul, Kubernetes endpoints), as `file_watch` was added:
 //! 1. one new file here, say `consul.rs`, with a type that implements [`Provider`]: `describe`
 //!    says where servers come from (without secrets), and `run` loops until `shutdown` changes,
-//!    calling [`Sink::set_wanted`] for each pool with what the source says, then
-//!    [`Sink::synced`] (or [`Sink::failed`] and [`Sink::count_error`] when the source fails:
-//!    the pools then keep their last servers, so never hand over an empty list for a failed
-//!    read);
-//! 2. one new variant of `config::Provider` (with its settings in `DiscoveryConfig`, validated
-//!    in `config/schema.rs`) and one arm in [`from_config`].
+//!    handing each read of the source to [`Sink::apply`] as `Ok(Snapshot)`, or `Err(Failure)`
+//!    when the source fails (the pools then keep their last servers: never hand over an empty
+//!    list for a failed read), and retrying with a [`Backoff`];
+//! 2. one `pub mod` line and one arm in [`from_settings`];
+//! 3. in `config/discovery.rs`, its settings (a variant of `ProviderSettings`, built and
+//!    validated in `DiscoveryConfig::settings`) and its role (`Provider::role`: usually
+//!    `ProviderRole::OWN_SOURCE`); its name is a variant of `config::Provider` and any key of
+//!    its own a field of `DiscoveryConfig` (`config/schema.rs`), so the flat
+//!    `discovery: { provider: …, … }` map keeps one shape.
 //!
-//! Nothing else changes: the pools, health checks, passive ejection and routing work on what
-//! the sink was given.
+//! Nothing else changes: the pools, health checks, passive ejection, routing, `/status` and the
+//! metrics work on what the sink was given.
 
 pub mod file;
 pub mod file_watch;

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::config::{Config, ConfigError, Loaded, Provider, Warning};
+use crate::config::{Config, ConfigError, Loaded, Warning};
 use crate::model::PoolKind;
 use crate::tls::ListenerCerts;
 
@@ -68,7 +68,7 @@ fn check_certificates(loaded: &Loaded) -> Result<usize, ConfigError> {
 /// is a server the proxy can never reach.
 fn unresolved_names(loaded: &Loaded) -> Vec<Warning> {
     let config = &loaded.config;
-    if config.discovery.provider != Provider::Static {
+    if !config.discovery.provider.role().servers_in_config_file {
         return Vec::new();
     }
     let mut names: BTreeMap<&str, Vec<String>> = BTreeMap::new();
