@@ -165,6 +165,23 @@ fn check_accepts_file_watch_and_refuses_it_without_path() {
         text.contains(&format!("file {}", servers.display())),
         "the path is not resolved beside the config: {text}"
     );
+    // The servers file is missing: a warning (the proxy would start and wait for it).
+    assert!(
+        text.contains("warning") && text.contains("cannot read"),
+        "{text}"
+    );
+    // A bad one: the warning names its line; a good one: no warning.
+    fs::write(&servers, "production:\n  - 127.0.0.1:1\n  - 127.0.0.1:0x\n").expect("write");
+    let out = run_cli(&["check", "--config", &good.to_string_lossy()], NOTICE);
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        text.contains("production[1]") && text.contains("line 3"),
+        "{text}"
+    );
+    fs::write(&servers, "production: [\"127.0.0.1:1\"]\n").expect("write");
+    let out = run_cli(&["check", "--config", &good.to_string_lossy()], NOTICE);
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success() && !text.contains("warning"), "{text}");
 
     let bad = dir.path().join("bad.yaml");
     fs::write(

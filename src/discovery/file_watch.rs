@@ -83,6 +83,17 @@ impl Provider for FileWatch {
         format!("file {}", self.path.display())
     }
 
+    fn check(&self) -> Result<(), String> {
+        match read(&self.path).and_then(|bytes| parse(&bytes)) {
+            Ok(_) => Ok(()),
+            Err(Problem::Read(e) | Problem::Invalid(e)) => Err(format!(
+                "`{}`: {e}: the proxy would start on the config file's servers and wait for a \
+                 good file",
+                self.path.display()
+            )),
+        }
+    }
+
     async fn run(self: Box<Self>, sink: Arc<dyn Sink>, mut shutdown: ShutdownWatch) {
         let mut poll = tokio::time::interval(self.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -163,6 +163,11 @@ impl Default for Backoff {
 pub trait Provider: Send {
     /// Where servers come from, for `/status`, logs and `canary-lb check`; no secrets.
     fn describe(&self) -> String;
+    /// What `canary-lb check` can tell of the source at once, without a network round trip
+    /// (a file that does not parse); `Err` is shown as a warning naming `discovery.*`.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Feed `sink` until shutdown.
     async fn run(self: Box<Self>, sink: Arc<dyn Sink>, shutdown: ShutdownWatch);
 }
@@ -176,11 +181,15 @@ pub fn from_settings(settings: &ProviderSettings) -> Box<dyn Provider> {
     }
 }
 
-/// The provider `config` asks for (its settings were validated with the config; if they were
-/// not, the static provider, which reads nothing).
+/// The provider `config` asks for. Its settings were validated with the config; a config
+/// built by hand with bad ones gets the static provider, which reads nothing, and the error
+/// logged.
 pub fn from_config(config: &Config) -> Box<dyn Provider> {
     match config.discovery.settings() {
         Ok(settings) => from_settings(&settings),
-        Err(_) => Box::new(file::FileServers),
+        Err(e) => {
+            log::error!("discovery: {e}; serving the config file's servers");
+            Box::new(file::FileServers)
+        }
     }
 }

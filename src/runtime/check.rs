@@ -25,8 +25,12 @@ pub fn run(path: &Path, strict: bool) -> anyhow::Result<()> {
     crate::routing::CanaryPolicy::from_config(&config.routing)?;
     let tls_listeners = check_certificates(&loaded)?;
     config.check_pid_file().map_err(anyhow::Error::msg)?;
+    let provider = crate::discovery::from_config(config);
     let mut warnings = loaded.warnings();
     warnings.extend(unresolved_names(&loaded));
+    if let Err(problem) = provider.check() {
+        warnings.push(loaded.warning("discovery", problem));
+    }
     for w in &warnings {
         eprintln!("warning: config file {}: {w}", path.display());
     }
@@ -35,7 +39,7 @@ pub fn run(path: &Path, strict: bool) -> anyhow::Result<()> {
         path.display(),
         config.pools.production.servers.len(),
         config.pools.canary.servers.len(),
-        crate::discovery::from_config(config).describe(),
+        provider.describe(),
         config.routing.canary_percent.as_f64(),
         match tls_listeners {
             0 => String::new(),
