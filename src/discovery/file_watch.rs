@@ -206,6 +206,80 @@ fn parse(bytes: &[u8]) -> Result<PerPool<Vec<WantedServer>>, Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::RoutingOverrides;
+    use crate::pool::ServerView;
+    use std::sync::Mutex;
+
+    /// A sink that keeps what it was handed: `Ok(production addresses)` or `Err(kind)`.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<Result<Vec<String>, DiscoveryErrorKind>>>);
+
+    impl Sink for Recorded {
+        fn apply(&self, update: Result<Snapshot, Failure>) {
+            let entry = update
+                .map(|s| {
+                    let servers = s.servers.expect("file_watch hands over servers");
+                    servers[PoolKind::Production]
+                        .iter()
+                        .map(|w| w.addr.to_string())
+                        .collect()
+                })
+                .map_err(|f| f.kind);
+            self.0.lock().expect("lock").push(entry);
+        }
+        fn count(&self, _: Event<'_>) {}
+        fn view(&self, _: PoolKind) -> Vec<ServerView> {
+            Vec::new()
+        }
+        fn routing_in_force(&self) -> RoutingOverrides {
+            RoutingOverrides::default()
+        }
+    }
+
+    impl Recorded {
+        async fn wait_for(&self, n: usize) -> Vec<Result<Vec<String>, DiscoveryErrorKind>> {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let got = self.0.lock().expect("lock").clone();
+                if got.len() >= n {
+                    return got;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "only {got:?}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn each_settled_version_is_handed_over_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("servers.yaml");
+        let sink = Arc::new(Recorded::default());
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let provider = Box::new(FileWatch {
+            path: path.clone(),
+            poll: Duration::from_millis(10),
+        });
+        let task = tokio::spawn(provider.run(sink.clone(), shutdown));
+        let unreachable = Err(DiscoveryErrorKind::Unreachable);
+        assert_eq!(sink.wait_for(1).await, [unreachable.clone()]);
+        std::fs::write(&path, "production: [\"127.0.0.1:1\"]\n").expect("write");
+        let one = Ok(vec!["127.0.0.1:1".to_string()]);
+        assert_eq!(sink.wait_for(2).await[1], one);
+        std::fs::write(&path, "production: [\n").expect("write");
+        assert_eq!(sink.wait_for(3).await[2], Err(DiscoveryErrorKind::Invalid));
+        std::fs::write(&path, "production: [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n").expect("write");
+        let two = Ok(vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()]);
+        assert_eq!(sink.wait_for(4).await[3], two);
+        // Unchanged: nothing more is handed over.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sink.0.lock().expect("lock").len(), 4);
+        stop.send(true).expect("send");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the provider stops on shutdown")
+            .expect("no panic");
+    }
 
     fn problem(text: &str) -> String {
         match parse(text.as_bytes()) {

@@ -140,10 +140,16 @@ impl Backoff {
         self.next = Self::FIRST;
     }
 
-    /// Wait before the next try; false when `shutdown` came first (stop retrying).
-    pub async fn wait(&mut self, shutdown: &mut ShutdownWatch) -> bool {
+    /// The wait before the next try (each one twice the last, up to the cap).
+    fn next_wait(&mut self) -> Duration {
         let wait = self.next;
         self.next = (self.next * 2).min(Self::MAX);
+        wait
+    }
+
+    /// Wait before the next try; false when `shutdown` came first (stop retrying).
+    pub async fn wait(&mut self, shutdown: &mut ShutdownWatch) -> bool {
+        let wait = self.next_wait();
         tokio::select! {
             _ = shutdown.changed() => false,
             _ = tokio::time::sleep(wait) => true,
@@ -191,5 +197,19 @@ pub fn from_config(config: &Config) -> Box<dyn Provider> {
             log::error!("discovery: {e}; serving the config file's servers");
             Box::new(file::FileServers)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_starts_over_once_reset() {
+        let mut b = Backoff::new();
+        let waits: Vec<u64> = (0..9).map(|_| b.next_wait().as_millis() as u64).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next_wait(), Duration::from_millis(100));
     }
 }
