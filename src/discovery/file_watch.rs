@@ -261,8 +261,10 @@ mod tests {
             poll: Duration::from_millis(10),
         });
         let task = tokio::spawn(provider.run(sink.clone(), shutdown));
-        let unreachable = Err(DiscoveryErrorKind::Unreachable);
-        assert_eq!(sink.wait_for(1).await, [unreachable.clone()]);
+        assert_eq!(
+            sink.wait_for(1).await,
+            [Err(DiscoveryErrorKind::Unreachable)]
+        );
         std::fs::write(&path, "production: [\"127.0.0.1:1\"]\n").expect("write");
         let one = Ok(vec!["127.0.0.1:1".to_string()]);
         assert_eq!(sink.wait_for(2).await[1], one);
