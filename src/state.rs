@@ -23,11 +23,14 @@ use log::info;
 use tokio::sync::Notify;
 
 use crate::accesslog::{AccessLog, OpenError};
-use crate::config::{Balance, ClientConfig, Config, PassiveHealthConfig, Provider, UpstreamConfig};
-use crate::discovery::{self, ReconcileView, RoutingOverrides, Sink};
+use crate::config::{
+    Balance, ClientConfig, Config, InvalidConfig, PassiveHealthConfig, Provider, ProviderRole,
+    ProviderSettings, UpstreamConfig,
+};
+use crate::discovery::{self, Event, Failure, ReconcileView, RoutingOverrides, Sink, Snapshot};
 use crate::drain::InFlight;
 use crate::flags::FlagSet;
-use crate::metrics::{ConfigSource, DiscoveryErrorKind, Metrics};
+use crate::metrics::{ConfigSource, Metrics};
 use crate::model::{PerPool, Percent, PoolKind};
 use crate::pool::{Pool, PoolError, Pools, ServerView, WantedServer};
 use crate::rollout::engine::{RolloutRoute, RolloutSink};
@@ -135,6 +138,9 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     AccessLog(#[from] OpenError),
+    /// `discovery:` (validated with the config, so only a config built by hand gets here).
+    #[error(transparent)]
+    Discovery(#[from] InvalidConfig),
 }
 
 /// The rollout coordinator this process uses (none: no rollouts, e.g. Redis mode until its
@@ -181,6 +187,8 @@ pub struct Shared {
     pub health_checked: AtomicBool,
     /// The SIGHUP reloads seen, for `/status` and `canary-lb reload`.
     pub reloads: ReloadStatus,
+    /// The discovery provider's settings, built once at start (`discovery.*` needs a restart).
+    provider: ProviderSettings,
 }
 
 /// The SIGHUP reloads of this process: how many were tried and how the last one ended.
@@ -216,7 +224,8 @@ impl Shared {
             .rollout
             .export_verdicts::<crate::rollout::judge::Finding>();
         metrics.set_canary_percent(policy.percent.as_f64());
-        let static_provider = config.discovery.provider == Provider::Static;
+        let provider = config.discovery.settings()?;
+        let role = config.discovery.provider.role();
         let access_log = match config.access_log.settings() {
             Some(settings) => Some(AccessLog::new(
                 settings,
@@ -231,8 +240,9 @@ impl Shared {
             access_log,
             discovery: DiscoveryStatus {
                 provider: config.discovery.provider,
-                source: discovery::from_config(&config).describe(),
-                up: AtomicBool::new(static_provider),
+                source: discovery::from_settings(&provider).describe(),
+                // The file's lists are known from the start; any other source must answer.
+                up: AtomicBool::new(role.servers_in_config_file),
                 last_sync_ms: AtomicU64::new(0),
                 last_error: Mutex::new(None),
                 reinitialised: AtomicU64::new(0),
@@ -249,10 +259,28 @@ impl Shared {
             listeners_bound: AtomicBool::new(false),
             health_checked: AtomicBool::new(false),
             reloads: ReloadStatus::default(),
+            provider,
         };
         // Under any provider the file's lists serve until the provider first answers.
-        discovery::file::feed(&shared.started.pools, &shared);
+        shared.set_wanted(discovery::file::servers(&shared.started.pools));
         Ok(shared)
+    }
+
+    /// The discovery provider this process started with.
+    pub fn provider(&self) -> Box<dyn discovery::Provider> {
+        discovery::from_settings(&self.provider)
+    }
+
+    /// What the process does around its discovery provider.
+    pub fn provider_role(&self) -> ProviderRole {
+        self.started.discovery.provider.role()
+    }
+
+    /// Make `servers` the wanted servers of each pool (applied at each pool's next refresh).
+    fn set_wanted(&self, servers: PerPool<Vec<WantedServer>>) {
+        let PerPool { production, canary } = servers;
+        self.pools.get(PoolKind::Production).set_wanted(production);
+        self.pools.get(PoolKind::Canary).set_wanted(canary);
     }
 
     /// The settings in force; the request path takes this once per request.
@@ -351,8 +379,8 @@ impl Shared {
         for kind in PoolKind::ALL {
             self.pools.get(kind).set_balance(live.balance[kind]);
         }
-        if self.started.discovery.provider == Provider::Static {
-            discovery::file::feed(&new.pools, self);
+        if self.provider_role().servers_in_config_file {
+            self.set_wanted(discovery::file::servers(&new.pools));
         }
         self.config.store(Arc::new(new));
         self.swap_live(live);
@@ -399,11 +427,7 @@ impl Shared {
     /// (a running rollout, or with the file provider the weight a finished one left).
     pub fn routing_sources(&self) -> (&'static str, &'static str) {
         let layers = self.layers();
-        let over = if self.started.discovery.provider == Provider::Redis {
-            "redis"
-        } else {
-            "rollout"
-        };
+        let over = self.provider_role().overrides_from;
         if layers.rollout.is_some() {
             return ("rollout", "rollout");
         }
@@ -526,54 +550,41 @@ impl std::ops::Deref for PolicyRef {
 
 /// Providers reach the process only through this.
 impl Sink for Shared {
-    fn set_wanted(&self, pool: PoolKind, servers: Vec<WantedServer>) {
-        self.pools.get(pool).set_wanted(servers);
+    fn apply(&self, update: Result<Snapshot, Failure>) {
+        match update {
+            Ok(read) => {
+                if let Some(servers) = read.servers {
+                    self.set_wanted(servers);
+                }
+                if let Some(overrides) = read.overrides {
+                    self.set_overrides(overrides);
+                }
+                self.set_flags(read.flags);
+                self.set_reconciling(read.reconciling);
+                self.refresh.notify_one();
+                self.discovery.set_ok();
+            }
+            Err(failure) => {
+                self.set_reconciling(failure.reconciling);
+                self.metrics.discovery_error(failure.kind);
+                self.discovery.set_error(failure.error);
+            }
+        }
     }
 
-    fn overrides(&self) -> RoutingOverrides {
-        Shared::overrides(self)
-    }
-
-    fn set_overrides(&self, overrides: RoutingOverrides) -> bool {
-        Shared::set_overrides(self, overrides)
-    }
-
-    fn set_flags(&self, flags: Option<FlagSet>) -> bool {
-        Shared::set_flags(self, flags)
-    }
-
-    fn synced(&self) {
-        self.refresh.notify_one();
-        self.discovery.set_ok();
-    }
-
-    fn failed(&self, error: String) {
-        self.discovery.set_error(error);
-    }
-
-    fn is_up(&self) -> bool {
-        self.discovery.up.load(Relaxed)
-    }
-
-    fn count_error(&self, kind: DiscoveryErrorKind) {
-        self.metrics.discovery_error(kind);
-    }
-
-    fn count_problem(&self, kind: &str) {
-        self.metrics.discovery_problem(kind);
-    }
-
-    fn count_resync(&self) {
-        self.metrics.discovery_resyncs.inc();
+    fn count(&self, event: Event<'_>) {
+        match event {
+            Event::Resync => self.metrics.discovery_resyncs.inc(),
+            Event::Skipped(kind) => self.metrics.discovery_problem(kind),
+            Event::Reinitialised => {
+                self.discovery.reinitialised.fetch_add(1, Relaxed);
+                self.metrics.discovery_store_reinitialised.inc();
+            }
+        }
     }
 
     fn view(&self, pool: PoolKind) -> Vec<ServerView> {
         self.pools.get(pool).view()
-    }
-
-    fn count_reinitialised(&self) {
-        self.discovery.reinitialised.fetch_add(1, Relaxed);
-        self.metrics.discovery_store_reinitialised.inc();
     }
 
     fn routing_in_force(&self) -> RoutingOverrides {
@@ -586,7 +597,10 @@ impl Sink for Shared {
             None => layers.provider.clone(),
         }
     }
+}
 
+impl Shared {
+    /// Part of what is served is kept from before a re-initialisation (`None`: nothing is).
     fn set_reconciling(&self, view: Option<ReconcileView>) {
         self.metrics
             .discovery_reconciling

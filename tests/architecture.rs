@@ -326,6 +326,43 @@ fn only_main_exits_the_process() {
     );
 }
 
+/// Issue 24: the discovery provider kind is matched in one place. What a provider is
+/// (`ProviderSettings`) and what the process does around it (`Provider::role`) are decided in
+/// `config/discovery.rs`, the running provider chosen in `discovery/mod.rs`; everyone else asks
+/// the role. (The schema names the default, `env.rs` the provider `CANARY_LB_REDIS_URL` selects.)
+#[test]
+fn the_discovery_provider_kind_is_matched_in_one_place() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let allowed = [
+        "config/discovery.rs",
+        "discovery/mod.rs",
+        "config/schema.rs",
+        "config/env.rs",
+    ];
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let kinds = [
+        "Provider::Static",
+        "Provider::Redis",
+        "Provider::FileWatch",
+        "ProviderSettings::",
+    ];
+    let (mine, others): (Vec<PathBuf>, Vec<PathBuf>) = files
+        .into_iter()
+        .partition(|f| allowed.iter().any(|a| f.ends_with(a)));
+    assert!(
+        offending_lines(&mine, &kinds).len() >= kinds.len(),
+        "config/discovery.rs no longer spells the provider kinds the way this check expects"
+    );
+    let found = offending_lines(&others, &kinds);
+    assert!(
+        found.is_empty(),
+        "the provider kind matched outside config/discovery.rs and discovery/mod.rs (ask \
+         `Provider::role` instead):\n{}",
+        found.join("\n")
+    );
+}
+
 #[cfg(test)]
 mod parsing {
     use super::*;

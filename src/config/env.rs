@@ -41,6 +41,8 @@ impl Config {
             validate_redis_url(&v).map_err(|e| err("CANARY_LB_REDIS_URL", e.to_string()))?;
             self.discovery.url = v;
             self.discovery.provider = Provider::Redis;
+            // A `file_watch` file's path means nothing under Redis.
+            self.discovery.path = None;
         }
         if let Some(v) = get("CANARY_LB_NAMESPACE") {
             if v.is_empty() {

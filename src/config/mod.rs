@@ -7,6 +7,7 @@
 //! type (`rollout::settings`), which checks it and parses a start's keys as text.
 
 mod de;
+pub mod discovery;
 mod env;
 pub mod locate;
 pub mod reload;
@@ -18,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use discovery::{
+    Coordination, FileWatchSettings, ProviderRole, ProviderSettings, RedisSettings,
+};
 pub use locate::Position;
 pub use schema::*;
 pub use warnings::Warning;
@@ -229,6 +233,12 @@ impl Config {
             error,
         })?;
         config.apply_env(|k| std::env::var(k).ok())?;
+        // `discovery.path` is relative to the config file, not to the working directory.
+        if let (Some(file), Some(dir)) = (&mut config.discovery.path, path.parent()) {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
         Ok(Loaded {
             config,
             path: path.to_path_buf(),

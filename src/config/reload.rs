@@ -23,11 +23,12 @@
 //! `client.max_upstream_connections` (the budgets are sized once, shared by all listeners),
 //! `upstream.keepalive_pool_size`, `pools.*.tls` and `pools.*.protocol` (the pool reads its
 //! files once), `server_header`, `access_log` (its file, format and queue are set up once;
-//! SIGUSR1 reopens the file), `rollout.state_file`, and `pools.*.servers` when discovery is
-//! not static (the file's lists serve only until the provider first answers). [`Config::restart_needed`] names
+//! SIGUSR1 reopens the file), `rollout.state_file`, and `pools.*.servers` when they are not
+//! the provider's data (`ProviderRole::servers_in_config_file`: under any provider but
+//! `static`, the file's lists serve only until the provider first answers). [`Config::restart_needed`] names
 //! the ones that changed, so the reload log says them in one line.
 
-use super::{Config, Provider};
+use super::Config;
 use crate::model::PoolKind;
 
 impl Config {
@@ -100,7 +101,7 @@ impl Config {
             old.rollout.state_file != new.rollout.state_file,
         );
         check("pid_file", old.pid_file != new.pid_file);
-        if old.discovery.provider != Provider::Static {
+        if !old.discovery.provider.role().servers_in_config_file {
             for (kind, key) in [
                 (PoolKind::Production, "pools.production.servers"),
                 (PoolKind::Canary, "pools.canary.servers"),

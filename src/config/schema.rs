@@ -833,6 +833,8 @@ pub enum Provider {
     Static,
     /// The Redis store shared by all replicas (see docs/redis-schema.md).
     Redis,
+    /// A servers file beside the config (`discovery.path`), read again when it changes.
+    FileWatch,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -854,6 +856,10 @@ pub struct DiscoveryConfig {
     /// (longer when a kept server's lease runs longer). See docs/redis-schema.md.
     #[serde(default = "default_reinit_grace", with = "humantime_serde")]
     pub reinit_grace: Duration,
+    /// `file_watch`: the servers file, relative to the config file's directory
+    /// (`Config::load` resolves it). Per-provider settings: `config/discovery.rs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
 }
 
 impl Default for DiscoveryConfig {
@@ -865,6 +871,7 @@ impl Default for DiscoveryConfig {
             resync_interval: default_resync(),
             sentinel: None,
             reinit_grace: default_reinit_grace(),
+            path: None,
         }
     }
 }
@@ -991,21 +998,7 @@ impl Config {
                 "must be between 1s and 1h",
             ));
         }
-        if self.discovery.provider == Provider::Redis {
-            validate_redis_url(&self.discovery.url).map_err(|e| invalid("discovery.url", e))?;
-            if let Some(sentinel) = &self.discovery.sentinel {
-                if sentinel.master_name.is_empty() || sentinel.nodes.is_empty() {
-                    return Err(invalid(
-                        "discovery.sentinel",
-                        "needs master_name and at least one node",
-                    ));
-                }
-                for (i, node) in sentinel.nodes.iter().enumerate() {
-                    validate_redis_url(node)
-                        .map_err(|e| invalid(format!("discovery.sentinel.nodes[{i}]"), e))?;
-                }
-            }
-        }
+        self.discovery.settings()?;
         self.rollout
             .validate()
             .map_err(|(key, problem)| invalid(format!("rollout.{key}"), problem))?;

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use super::locate::{locate_nearest, Position};
-use super::{Config, Provider};
+use super::Config;
 
 /// One warning: the key it is about, what is wrong, and where the key is in the text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,7 @@ impl Config {
             });
             return out;
         }
-        if self.discovery.provider != Provider::Static {
+        if !self.discovery.provider.role().servers_in_config_file {
             // Redis supplies the servers; the file's lists are normally empty.
             return out;
         }

@@ -1,31 +1,42 @@
 //! Where the servers of each pool come from: the discovery providers.
 //!
-//! A [`Provider`] learns the wanted servers of each pool (and, if its source has them, routing
-//! overrides and feature flags) and hands them to a [`Sink`]; it never sees the pools, the proxy or the metrics
-//! registry. The process state implements the sink (`state::Shared`), so a provider's whole
-//! view of the process is the few methods below. Two providers exist:
-//! - `file.rs` ([`file::FileServers`]): the `servers` lists of the config file, re-fed on
-//!   SIGHUP;
+//! A [`Provider`] reads its source and hands each full read to a [`Sink`] as one [`Snapshot`]
+//! (the wanted servers of each pool and, if its source has them, routing overrides and feature
+//! flags), or a [`Failure`] when the source fails; it never sees the pools, the proxy or the
+//! metrics registry. The process state implements the sink (`state::Shared`) and applies a
+//! snapshot in one step, so a provider's whole view of the process is the four methods of
+//! [`Sink`]. A provider that retries waits with the one [`Backoff`]. Three providers exist:
+//! - `file.rs` ([`file::FileServers`]): the `servers` lists of the config file, applied again
+//!   on SIGHUP;
 //! - `redis.rs` ([`redis::RedisDiscovery`]): follows the shared Redis store; `reinit.rs`
 //!   ([`reinit::Reconcile`]) is what it keeps when that store is re-initialised (wiped and
-//!   written again), so a re-created store never shrinks a pool at once.
+//!   written again), so a re-created store never shrinks a pool at once;
+//! - `file_watch.rs` ([`file_watch::FileWatch`]): a servers file beside the config, followed
+//!   as it changes (polled, no SIGHUP).
 //!
-//! [`from_config`] is the one place that maps `discovery.provider` to a provider.
+//! [`from_settings`] is the one place that turns the configured provider into a running one.
+//! What the rest of the process does around a provider (whether the config file's lists are
+//! its data, where rollouts are coordinated) is `config::Provider::role`, so nothing else
+//! matches on the kind.
 //!
-//! Adding a third provider (Consul, DNS SRV, Kubernetes endpoints):
+//! Adding a provider (DNS SRV, Consul, Kubernetes endpoints), as `file_watch` was added:
 //! 1. one new file here, say `consul.rs`, with a type that implements [`Provider`]: `describe`
 //!    says where servers come from (without secrets), and `run` loops until `shutdown` changes,
-//!    calling [`Sink::set_wanted`] for each pool with what the source says, then
-//!    [`Sink::synced`] (or [`Sink::failed`] and [`Sink::count_error`] when the source fails:
-//!    the pools then keep their last servers, so never hand over an empty list for a failed
-//!    read);
-//! 2. one new variant of `config::Provider` (with its settings in `DiscoveryConfig`, validated
-//!    in `config/schema.rs`) and one arm in [`from_config`].
+//!    handing each read of the source to [`Sink::apply`] as `Ok(Snapshot)`, or `Err(Failure)`
+//!    when the source fails (the pools then keep their last servers: never hand over an empty
+//!    list for a failed read), and retrying with a [`Backoff`];
+//! 2. one `pub mod` line and one arm in [`from_settings`];
+//! 3. in `config/discovery.rs`, its settings (a variant of `ProviderSettings`, built and
+//!    validated in `DiscoveryConfig::settings`) and its role (`Provider::role`: usually
+//!    `ProviderRole::OWN_SOURCE`); its name is a variant of `config::Provider` and any key of
+//!    its own a field of `DiscoveryConfig` (`config/schema.rs`), so the flat
+//!    `discovery: { provider: …, … }` map keeps one shape.
 //!
-//! Nothing else changes: the pools, health checks, passive ejection and routing work on what
-//! the sink was given.
+//! Nothing else changes: the pools, health checks, passive ejection, routing, `/status` and the
+//! metrics work on what the sink was given.
 
 pub mod file;
+pub mod file_watch;
 pub mod redis;
 pub mod reinit;
 
@@ -33,14 +44,15 @@ pub use redis::DiscoveryError;
 pub use reinit::ReconcileView;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 
-use crate::config::{Config, Provider as ProviderKind};
+use crate::config::{Config, ProviderSettings};
 use crate::flags::FlagSet;
 use crate::metrics::DiscoveryErrorKind;
-use crate::model::{Percent, PoolKind};
+use crate::model::{PerPool, Percent, PoolKind};
 use crate::pool::{ServerView, WantedServer};
 
 /// Values a provider may set over the file's `routing` section while present (the Redis
@@ -51,43 +63,104 @@ pub struct RoutingOverrides {
     pub salt: Option<String>,
 }
 
-/// What a provider may do to the process: the narrow side of the pools and the state.
+/// One full read of a source, handed over whole: the state applies it in one step.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The wanted servers of each pool (applied at each pool's next refresh); `None`: the
+    /// source has no servers of its own, the config file's lists stay (the static provider).
+    pub servers: Option<PerPool<Vec<WantedServer>>>,
+    /// The routing overrides the source sets; `None`: it has none of its own, whatever is in
+    /// force stays (the file provider's, where a finished rollout leaves its weight).
+    pub overrides: Option<RoutingOverrides>,
+    /// The source's feature flags; `None`: it has none, the config file's apply.
+    pub flags: Option<FlagSet>,
+    /// Part of what is served is kept from before a re-initialisation of the source's store
+    /// (`reinit.rs`): discovery is then reported down with the view's message, and
+    /// `canary_lb_discovery_reconciling` is 1.
+    pub reconciling: Option<ReconcileView>,
+}
+
+/// The source could not be read: the pools keep their servers, discovery is reported down and
+/// the error counted.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// For `/status` and the logs: where, and what went wrong.
+    pub error: String,
+    /// Its `canary_lb_discovery_errors_total` label.
+    pub kind: DiscoveryErrorKind,
+    /// What is kept from before a re-initialisation, while anything is.
+    pub reconciling: Option<ReconcileView>,
+}
+
+/// What happened at a source besides a read or a failure, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A full read (`canary_lb_discovery_resyncs_total`).
+    Resync,
+    /// Bad data the source skipped, by its kind (`canary_lb_discovery_errors_total`; a kind
+    /// the metrics do not know gets its own label value).
+    Skipped(&'a str),
+    /// The source's store was re-initialised (`canary_lb_discovery_store_reinitialised_total`).
+    Reinitialised,
+}
+
+/// What a provider may do to the process: hand in what it read, count what it saw, and read
+/// back what the proxy serves (for providers that report to, or reconcile with, their source).
 pub trait Sink: Send + Sync {
-    /// Make `servers` the wanted servers of `pool` (applied at the pool's next refresh).
-    fn set_wanted(&self, pool: PoolKind, servers: Vec<WantedServer>);
-    /// The routing overrides in force.
-    fn overrides(&self) -> RoutingOverrides;
-    /// Replace the routing overrides; returns true when they changed and were applied.
-    fn set_overrides(&self, overrides: RoutingOverrides) -> bool;
-    /// Make `flags` the feature flags in force; `None`: the source has none, the config
-    /// file's apply. Returns true when they changed.
-    fn set_flags(&self, flags: Option<FlagSet>) -> bool;
-    /// A full read of the source succeeded: discovery is up, the pools refresh now.
-    fn synced(&self);
-    /// The source failed; the pools keep their servers and discovery is reported down.
-    fn failed(&self, error: String);
-    /// Whether the last read succeeded (so an outage is logged once, not every retry).
-    fn is_up(&self) -> bool;
-    /// Count a discovery error of `kind` (`canary_lb_discovery_errors_total`).
-    fn count_error(&self, kind: DiscoveryErrorKind);
-    /// Count bad data the source skipped, by the store's problem kind (the same metric; a
-    /// kind the metrics do not know gets its own label value).
-    fn count_problem(&self, kind: &str);
-    /// Count a full read of the source (`canary_lb_discovery_resyncs_total`).
-    fn count_resync(&self);
-    /// The servers of `pool` as the proxy sees them, for providers that report back.
+    /// Apply one read of the source (`Ok`: discovery is up and the pools refresh now) or its
+    /// failure (`Err`).
+    fn apply(&self, update: Result<Snapshot, Failure>);
+    /// Count `event`.
+    fn count(&self, event: Event<'_>);
+    /// The servers of `pool` as the proxy sees them.
     fn view(&self, pool: PoolKind) -> Vec<ServerView>;
-    /// Count a re-initialisation of the source's store
-    /// (`canary_lb_discovery_store_reinitialised_total`).
-    fn count_reinitialised(&self);
     /// The routing that a re-initialised store must not take away: the provider's overrides,
     /// or a running rollout's weight and salt while one is in force (its state went with the
     /// store).
     fn routing_in_force(&self) -> RoutingOverrides;
-    /// Part of what is served is kept from before a re-initialisation (`None`: nothing is).
-    /// While set, [`Sink::synced`] reports discovery down with the view's message, and
-    /// `canary_lb_discovery_reconciling` is 1.
-    fn set_reconciling(&self, view: Option<ReconcileView>);
+}
+
+/// The wait between retries of a failed source: doubling from 100 ms to 5 s, back to 100 ms
+/// once the source answers. Every provider that retries uses this one.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    pub fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// The source answered: the next failure waits the shortest time again.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// The wait before the next try (each one twice the last, up to the cap).
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        wait
+    }
+
+    /// Wait before the next try; false when `shutdown` came first (stop retrying).
+    pub async fn wait(&mut self, shutdown: &mut ShutdownWatch) -> bool {
+        let wait = self.next_wait();
+        tokio::select! {
+            _ = shutdown.changed() => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new()
+    }
 }
 
 /// A source of servers. `run` is started once, inside Pingora's background service (never
@@ -96,14 +169,47 @@ pub trait Sink: Send + Sync {
 pub trait Provider: Send {
     /// Where servers come from, for `/status`, logs and `canary-lb check`; no secrets.
     fn describe(&self) -> String;
+    /// What `canary-lb check` can tell of the source at once, without a network round trip
+    /// (a file that does not parse); `Err` is shown as a warning naming `discovery.*`.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Feed `sink` until shutdown.
     async fn run(self: Box<Self>, sink: Arc<dyn Sink>, shutdown: ShutdownWatch);
 }
 
-/// The provider `config` asks for.
+/// The provider `settings` name: the one place a provider is chosen.
+pub fn from_settings(settings: &ProviderSettings) -> Box<dyn Provider> {
+    match settings {
+        ProviderSettings::Static => Box::new(file::FileServers),
+        ProviderSettings::Redis(redis) => Box::new(redis::RedisDiscovery::new(redis)),
+        ProviderSettings::FileWatch(watch) => Box::new(file_watch::FileWatch::new(watch)),
+    }
+}
+
+/// The provider `config` asks for. Its settings were validated with the config; a config
+/// built by hand with bad ones gets the static provider, which reads nothing, and the error
+/// logged.
 pub fn from_config(config: &Config) -> Box<dyn Provider> {
-    match config.discovery.provider {
-        ProviderKind::Static => Box::new(file::FileServers),
-        ProviderKind::Redis => Box::new(redis::RedisDiscovery::new(&config.discovery)),
+    match config.discovery.settings() {
+        Ok(settings) => from_settings(&settings),
+        Err(e) => {
+            log::error!("discovery: {e}; serving the config file's servers");
+            Box::new(file::FileServers)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_starts_over_once_reset() {
+        let mut b = Backoff::new();
+        let waits: Vec<u64> = (0..9).map(|_| b.next_wait().as_millis() as u64).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next_wait(), Duration::from_millis(100));
     }
 }

@@ -34,9 +34,9 @@ use log::{info, warn};
 use pingora_core::server::ShutdownWatch;
 use redis::AsyncConnectionConfig;
 
-use super::reinit::{Cause, Reconcile};
-use super::{Provider, RoutingOverrides, Sink};
-use crate::config::{redact_url, DiscoveryConfig};
+use super::reinit::{Cause, Reconcile, ReconcileView};
+use super::{Backoff, Event, Failure, Provider, RoutingOverrides, Sink, Snapshot as Read};
+use crate::config::{redact_url, RedisSettings};
 use crate::flags::FlagSet;
 use crate::metrics::DiscoveryErrorKind;
 use crate::model::{PerPool, PoolKind};
@@ -44,17 +44,16 @@ use crate::pool::WantedServer;
 use crate::store::{self, Marker, Snapshot, Store, StoreError, StoredFlags};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often this proxy reports the servers it has in rotation (`Store::report_serving`).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// The Redis provider: follows the store named by `discovery.url` (or its Sentinels).
 pub struct RedisDiscovery {
-    config: DiscoveryConfig,
+    config: RedisSettings,
 }
 
 impl RedisDiscovery {
-    pub fn new(config: &DiscoveryConfig) -> RedisDiscovery {
+    pub fn new(config: &RedisSettings) -> RedisDiscovery {
         RedisDiscovery {
             config: config.clone(),
         }
@@ -72,14 +71,18 @@ impl Provider for RedisDiscovery {
     }
 }
 
-async fn run(sink: Arc<dyn Sink>, discovery: DiscoveryConfig, mut shutdown: ShutdownWatch) {
+async fn run(sink: Arc<dyn Sink>, discovery: RedisSettings, mut shutdown: ShutdownWatch) {
     let redacted = redact_url(&discovery.url);
     let mut source = match Source::new(&discovery) {
         Ok(s) => s,
         Err(e) => {
             let e = format!("redis {redacted}: {e}");
             log::error!("{e}; discovery stays on the config file's servers");
-            sink.failed(e);
+            sink.apply(Err(Failure {
+                error: e,
+                kind: DiscoveryErrorKind::Unreachable,
+                reconciling: None,
+            }));
             return;
         }
     };
@@ -96,30 +99,38 @@ async fn run(sink: Arc<dyn Sink>, discovery: DiscoveryConfig, mut shutdown: Shut
         reconcile: None,
         serving: PerPool::default(),
         last_lease_expiry_ms: None,
+        overrides: RoutingOverrides::default(),
+        flags: None,
+        connected: false,
     };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     let mut first = true;
     loop {
         let outcome = match source.client().await {
-            Ok(client) => follower.follow(&client, &mut shutdown, &mut backoff).await,
+            Ok(client) => follower.follow(&client, &mut shutdown).await,
             Err(e) => Err(e),
         };
         let Err(e) = outcome else { return };
         let e = format!("redis {redacted}: {e}");
         // Log the outage once, not every retry.
-        if first || sink.is_up() {
+        let was_connected = std::mem::take(&mut follower.connected);
+        if was_connected {
+            backoff.reset();
+        }
+        if first || was_connected {
             warn!("{e}; serving the last known servers and retrying");
         } else {
             log::debug!("{e}");
         }
         first = false;
-        sink.failed(e);
-        sink.count_error(DiscoveryErrorKind::Unreachable);
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        sink.apply(Err(Failure {
+            error: e,
+            kind: DiscoveryErrorKind::Unreachable,
+            reconciling: follower.reconcile_view(store::now_ms()),
+        }));
+        if !backoff.wait(&mut shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -136,7 +147,7 @@ enum Source {
 }
 
 impl Source {
-    fn new(d: &DiscoveryConfig) -> redis::RedisResult<Source> {
+    fn new(d: &RedisSettings) -> redis::RedisResult<Source> {
         let client = redis::Client::open(d.url.as_str())?;
         let Some(s) = &d.sentinel else {
             return Ok(Source::Direct(client));
@@ -189,6 +200,13 @@ struct Follower {
     serving: PerPool<Vec<WantedServer>>,
     /// The latest lease expiry among the store's servers at the last read followed.
     last_lease_expiry_ms: Option<u64>,
+    /// The routing overrides last handed to the sink (a bad stored value keeps its field).
+    overrides: RoutingOverrides,
+    /// The feature flags last handed to the sink.
+    flags: Option<FlagSet>,
+    /// Connected and read the store since the last failure (the outage is then logged, and
+    /// the back-off starts again from its shortest wait).
+    connected: bool,
 }
 
 /// `hostname-pid`: unique per running proxy, readable in `redis-cli KEYS`.
@@ -205,7 +223,6 @@ impl Follower {
         &mut self,
         client: &redis::Client,
         shutdown: &mut ShutdownWatch,
-        backoff: &mut Duration,
     ) -> Result<(), DiscoveryError> {
         let mut pubsub = timed(client.get_async_pubsub()).await?;
         timed(self.store.subscribe_events(&mut pubsub)).await?;
@@ -216,7 +233,7 @@ impl Follower {
             timed(client.get_multiplexed_async_connection_with_config(&conn_config)).await?;
         let mut next_expiry = self.sync(&mut conn).await?;
         info!("redis discovery: following {}", self.source);
-        *backoff = Duration::from_millis(100);
+        self.connected = true;
 
         let mut messages = pubsub.on_message();
         let mut resync = tokio::time::interval(self.resync);
@@ -249,7 +266,7 @@ impl Follower {
     ) -> Result<Option<u64>, DiscoveryError> {
         let now = store::now_ms();
         let snap = timed(self.store.read_snapshot(conn, now)).await?;
-        self.sink.count_resync();
+        self.sink.count(Event::Resync);
         self.check_reinitialised(snap.marker.as_ref(), now);
         let Some(marker) = snap.marker.clone() else {
             self.keep_through_lost_store(now);
@@ -286,7 +303,7 @@ impl Follower {
              {grace:?} once it is written again (or until they are all back), and the routing in \
              force until the store has it again"
         );
-        self.sink.count_reinitialised();
+        self.sink.count(Event::Reinitialised);
         self.reconcile = Some(Reconcile::start(
             cause,
             now_ms,
@@ -311,10 +328,16 @@ impl Follower {
             );
         }
         self.store_lost = true;
-        self.sink
-            .set_reconciling(self.reconcile.as_ref().map(|r| r.view(now_ms)));
-        self.sink.count_error(DiscoveryErrorKind::StoreLost);
-        self.sink.failed(e);
+        self.sink.apply(Err(Failure {
+            error: e,
+            kind: DiscoveryErrorKind::StoreLost,
+            reconciling: self.reconcile_view(now_ms),
+        }));
+    }
+
+    /// What `/status` shows of a reconciliation in progress.
+    fn reconcile_view(&self, now_ms: u64) -> Option<ReconcileView> {
+        self.reconcile.as_ref().map(|r| r.view(now_ms))
     }
 
     /// Log a marker coming back.
@@ -344,7 +367,7 @@ impl Follower {
             let text = format!("{}: {}", p.key, p.detail);
             if !self.problems.contains(&text) {
                 warn!("redis discovery: skipped bad data at {text}");
-                sink.count_problem(p.kind);
+                sink.count(Event::Skipped(p.kind));
             }
             now_seen.insert(text);
         }
@@ -374,36 +397,33 @@ impl Follower {
             Some(r) => r.apply(now_ms, stored, stored_routing),
             None => (stored, stored_routing),
         };
-        for kind in PoolKind::ALL {
-            sink.set_wanted(kind, servers[kind].clone());
-        }
-        self.serving = servers;
+        self.serving = servers.clone();
         // A bad value keeps the previous one in force rather than falling back to the file.
-        let current = sink.overrides();
         let bad = |kind: &str| snap.problems.iter().any(|p| p.kind == kind);
         if bad("canary_percent") {
-            overrides.canary_percent = current.canary_percent;
+            overrides.canary_percent = self.overrides.canary_percent;
         }
         if bad("salt") {
-            overrides.salt = current.salt;
+            overrides.salt = self.overrides.salt.clone();
         }
-        sink.set_overrides(overrides);
+        self.overrides = overrides.clone();
         // Redis's flags replace the file's while `ns:flags` has any field; bad ones are
         // skipped (off), the others apply.
-        if !flags.present {
-            sink.set_flags(None);
+        let flags = if !flags.present {
+            None
         } else {
             match FlagSet::build(flags.flags.iter().map(|(n, f)| (n.as_str(), f))) {
-                Ok(set) => {
-                    sink.set_flags(Some(set));
-                }
-                // Not reached: each flag was validated as it was read. Keep what is in force.
+                Ok(set) => Some(set),
+                // Not reached: each flag was validated as it was read. Keep what is in force
+                // (the last set handed over).
                 Err(e) => {
                     warn!("redis discovery: flags not applied: {e}");
-                    sink.count_problem("flag");
+                    sink.count(Event::Skipped("flag"));
+                    self.flags.clone()
                 }
             }
-        }
+        };
+        self.flags = flags.clone();
         let grace_end = self.reconcile.as_ref().and_then(Reconcile::wake_at_ms);
         if let Some(r) = self.reconcile.take_if(|r| r.is_done()) {
             info!(
@@ -412,9 +432,12 @@ impl Follower {
                 r.cause()
             );
         }
-        self.sink
-            .set_reconciling(self.reconcile.as_ref().map(|r| r.view(now_ms)));
-        self.sink.synced();
+        sink.apply(Ok(Read {
+            servers: Some(servers),
+            overrides: Some(overrides),
+            flags,
+            reconciling: self.reconcile_view(now_ms),
+        }));
         grace_end
     }
 

@@ -339,10 +339,13 @@ pub enum DiscoveryErrorKind {
     Salt,
     /// A feature flag in Redis that does not parse (skipped; the other flags apply).
     Flag,
+    /// The source's data does not parse as a whole (a `file_watch` servers file with bad
+    /// YAML or a bad entry): none of it applies, the last known servers keep serving.
+    Invalid,
 }
 
 impl DiscoveryErrorKind {
-    pub const ALL: [DiscoveryErrorKind; 9] = [
+    pub const ALL: [DiscoveryErrorKind; 10] = [
         DiscoveryErrorKind::Unreachable,
         DiscoveryErrorKind::StoreLost,
         DiscoveryErrorKind::Address,
@@ -352,6 +355,7 @@ impl DiscoveryErrorKind {
         DiscoveryErrorKind::CanaryPercent,
         DiscoveryErrorKind::Salt,
         DiscoveryErrorKind::Flag,
+        DiscoveryErrorKind::Invalid,
     ];
 
     /// The kind whose text is `s` (a `store::Problem::kind`).
@@ -374,6 +378,7 @@ impl DiscoveryErrorKind {
             DiscoveryErrorKind::CanaryPercent => "canary_percent",
             DiscoveryErrorKind::Salt => "salt",
             DiscoveryErrorKind::Flag => "flag",
+            DiscoveryErrorKind::Invalid => "invalid",
         }
     }
 }

@@ -197,7 +197,7 @@ pub fn readiness(shared: &Shared) -> Result<(), &'static str> {
         return Err("listeners not bound yet");
     }
     let d = &shared.discovery;
-    if d.provider != crate::config::Provider::Static && d.last_sync_ms.load(Relaxed) == 0 {
+    if !d.provider.role().servers_in_config_file && d.last_sync_ms.load(Relaxed) == 0 {
         return Err("discovery has not answered yet");
     }
     if !shared.health_checked.load(Relaxed) {

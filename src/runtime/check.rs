@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::config::{Config, ConfigError, Loaded, Provider, Warning};
+use crate::config::{Config, ConfigError, Loaded, Warning};
 use crate::model::PoolKind;
 use crate::tls::ListenerCerts;
 
@@ -30,8 +30,12 @@ pub fn run(path: &Path, strict: bool) -> anyhow::Result<()> {
             .map_err(|e| loaded.error(e.key, e.reason))?;
     }
     config.check_pid_file().map_err(anyhow::Error::msg)?;
+    let provider = crate::discovery::from_config(config);
     let mut warnings = loaded.warnings();
     warnings.extend(unresolved_names(&loaded));
+    if let Err(problem) = provider.check() {
+        warnings.push(loaded.warning("discovery", problem));
+    }
     for w in &warnings {
         eprintln!("warning: config file {}: {w}", path.display());
     }
@@ -40,7 +44,7 @@ pub fn run(path: &Path, strict: bool) -> anyhow::Result<()> {
         path.display(),
         config.pools.production.servers.len(),
         config.pools.canary.servers.len(),
-        crate::discovery::from_config(config).describe(),
+        provider.describe(),
         config.routing.canary_percent.as_f64(),
         match tls_listeners {
             0 => String::new(),
@@ -73,7 +77,7 @@ fn check_certificates(loaded: &Loaded) -> Result<usize, ConfigError> {
 /// is a server the proxy can never reach.
 fn unresolved_names(loaded: &Loaded) -> Vec<Warning> {
     let config = &loaded.config;
-    if config.discovery.provider != Provider::Static {
+    if !config.discovery.provider.role().servers_in_config_file {
         return Vec::new();
     }
     let mut names: BTreeMap<&str, Vec<String>> = BTreeMap::new();

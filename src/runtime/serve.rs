@@ -16,7 +16,7 @@ use pingora_core::services::listening::{ConnectionLimit, Service};
 use pingora_core::services::ServiceReadyNotifier;
 
 use crate::cli::ServeArgs;
-use crate::config::{Config, Provider};
+use crate::config::{Config, Coordination};
 use crate::discovery::Sink;
 use crate::proxy::budget::UpstreamBudget;
 use crate::proxy::CanaryProxy;
@@ -334,9 +334,9 @@ fn rollout_engine(
     config_path: Option<&Path>,
 ) -> anyhow::Result<Option<RolloutService>> {
     let replica = replica_id();
-    let coordinator: Arc<dyn Coordinator> = match shared.started().discovery.provider {
-        Provider::Static => Arc::new(local_coordinator(shared, &replica, config_path)?),
-        Provider::Redis => {
+    let coordinator: Arc<dyn Coordinator> = match shared.provider_role().coordination {
+        Coordination::InProcess => Arc::new(local_coordinator(shared, &replica, config_path)?),
+        Coordination::SharedStore => {
             match crate::store::RolloutStore::for_discovery(&shared.started().discovery) {
                 Ok(store) => Arc::new(store.with_reporter(&replica)),
                 Err(e) => {
@@ -454,7 +454,7 @@ impl BackgroundService for PoolKeeper {
                 }
             });
         }
-        let provider = crate::discovery::from_config(config);
+        let provider = shared.provider();
         let sink: Arc<dyn Sink> = shared.clone();
         tasks.spawn(provider.run(sink, shutdown.clone()));
         let resync = config.discovery.resync_interval;
