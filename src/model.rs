@@ -82,6 +82,20 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// This machine's host name (gethostname(2)), or `proxy` when it has none: the one read of
+/// it, for the ids a process writes to Redis (a proxy's report, a rollout replica).
+pub fn host_name() -> String {
+    let name = gethostname::gethostname()
+        .to_string_lossy()
+        .trim()
+        .to_string();
+    if name.is_empty() {
+        "proxy".into()
+    } else {
+        name
+    }
+}
+
 /// One value per pool, indexed by [`PoolKind`]: replaces `match kind { Production => ..,
 /// Canary => .. }` accessors.
 /// As a config section, both keys are optional (their default) and no other key is allowed.

@@ -39,7 +39,7 @@ use super::{Backoff, Event, Failure, Provider, RoutingOverrides, Sink, Snapshot 
 use crate::config::{redact_url, RedisSettings};
 use crate::flags::FlagSet;
 use crate::metrics::DiscoveryErrorKind;
-use crate::model::{PerPool, PoolKind};
+use crate::model::{host_name, PerPool, PoolKind};
 use crate::pool::WantedServer;
 use crate::store::{self, Marker, Snapshot, Store, StoreError, StoredFlags};
 
@@ -211,10 +211,7 @@ struct Follower {
 
 /// `hostname-pid`: unique per running proxy, readable in `redis-cli KEYS`.
 fn proxy_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "proxy".into());
-    format!("{host}-{}", std::process::id())
+    format!("{}-{}", host_name(), std::process::id())
 }
 
 impl Follower {

@@ -27,7 +27,7 @@ use super::machine::{skip, transition};
 use super::window::WindowRecorder;
 use super::{Coordinator, Phase, RolloutState};
 use crate::metrics::{Metrics, RolloutPhaseLabel};
-use crate::model::{now_ms, Percent};
+use crate::model::{host_name, now_ms, Percent};
 
 /// How long a finished rollout's weight and salt still override routing, so that replicas
 /// that learn the persisted canary_percent through discovery (Redis pub/sub) never route by
@@ -286,11 +286,6 @@ impl Engine {
 /// This replica's id: `<hostname>-<pid>-<4 random hex>` (the random part tells a restarted
 /// process with a recycled pid from its predecessor).
 pub fn replica_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "proxy".into());
     let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &random[..4])
+    format!("{}-{}-{}", host_name(), std::process::id(), &random[..4])
 }
