@@ -174,7 +174,11 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        self.prepare_buf_with_capacity(buf_to_rewind, self.body_buf_size);
+    }
+
+    fn prepare_buf_with_capacity(&mut self, buf_to_rewind: &[u8], capacity: usize) {
+        let mut body_buf = BytesMut::with_capacity(capacity.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -246,7 +250,14 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                if buf_to_rewind.len() >= cl {
+                    // The whole body was read with the head (the common small response): no read
+                    // will fill this buffer, so it holds just those bytes instead of
+                    // `body_buf_size` (64 KiB). A later read, if any, reserves what it needs.
+                    self.prepare_buf_with_capacity(buf_to_rewind, buf_to_rewind.len());
+                } else {
+                    self.prepare_buf(buf_to_rewind);
+                }
                 self.body_state = PS::Partial(0, cl);
             }
         }
@@ -1344,6 +1355,70 @@ impl BodyWriter {
         matches!(self.body_mode, BM::UntilClose(_))
     }
 
+    /// Write `head` (a serialized response head), then `buf` as [`Self::write_body`] does. In
+    /// `Content-Length` mode the two go out in vectored writes (one `writev` when the stream
+    /// passes vectored writes through); in the other modes the head is written first. `head` is
+    /// advanced past what was written, also when this fails or is dropped (a timeout), so the
+    /// caller knows whether the whole head went out.
+    pub async fn write_body_after_head<S>(
+        &mut self,
+        stream: &mut S,
+        head: &mut &[u8],
+        buf: &[u8],
+    ) -> Result<Option<usize>>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        let BM::ContentLength(total, written) = self.body_mode else {
+            stream
+                .write_all(head)
+                .await
+                .or_err(WriteError, "writing response header")?;
+            *head = &[];
+            return self.write_body(stream, buf).await;
+        };
+        if written >= total {
+            // already written full length: the head alone
+            stream
+                .write_all(head)
+                .await
+                .or_err(WriteError, "writing response header")?;
+            *head = &[];
+            return Ok(None);
+        }
+        let mut to_write = total - written;
+        if to_write < buf.len() {
+            warn!("Trying to write data over content-length: {total}");
+        } else {
+            to_write = buf.len();
+        }
+        let mut body = &buf[..to_write];
+        while !head.is_empty() || !body.is_empty() {
+            let n = match stream
+                .write_vectored(&[std::io::IoSlice::new(head), std::io::IoSlice::new(body)])
+                .await
+            {
+                Ok(0) => {
+                    return Error::e_because(
+                        WriteError,
+                        "while writing body",
+                        std::io::Error::from(std::io::ErrorKind::WriteZero),
+                    )
+                }
+                Ok(n) => n,
+                Err(e) => return Error::e_because(WriteError, "while writing body", e),
+            };
+            let from_head = n.min(head.len());
+            *head = &head[from_head..];
+            body = &body[n - from_head..];
+        }
+        self.body_mode = BM::ContentLength(total, written + to_write);
+        if self.finished() {
+            stream.flush().await.or_err(WriteError, "flushing body")?;
+        }
+        Ok(Some(to_write))
+    }
+
     async fn do_write_body<S>(&mut self, stream: &mut S, buf: &[u8]) -> Result<Option<usize>>
     where
         S: AsyncWrite + Unpin + Send,
@@ -2171,6 +2246,30 @@ mod tests {
         assert_eq!(body_reader.body_state, ParseState::Complete(3));
         assert_eq!(input, body_reader.get_body(&res));
         assert_eq!(body_reader.get_body_overread(), None);
+    }
+
+    /// A body read whole with the head gets a buffer of its size, not `BODY_BUFFER_SIZE`, and
+    /// reads the same: the body, then the end without touching the stream, bytes past the end
+    /// kept as overread, and a reader reused for the next body reads it from the stream.
+    #[tokio::test]
+    async fn read_with_body_content_length_rewind_whole_body() {
+        init_log();
+        let input = b"next";
+        let mut mock_io = Builder::new().read(&input[..]).build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(3, b"abcX");
+        assert!(body_reader.body_buf.as_ref().unwrap().capacity() < BODY_BUFFER_SIZE);
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(res, BufRef::new(0, 3));
+        assert_eq!(body_reader.body_state, ParseState::Complete(3));
+        assert_eq!(b"abc", body_reader.get_body(&res));
+        assert_eq!(body_reader.get_body_overread(), Some(&b"X"[..]));
+        assert_eq!(body_reader.read_body(&mut mock_io).await.unwrap(), None);
+
+        body_reader.init_content_length(4, b"");
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.body_state, ParseState::Complete(4));
+        assert_eq!(input, body_reader.get_body(&res));
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use std::io::ErrorKind;
+use std::mem::MaybeUninit;
 use std::str;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -271,9 +272,12 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                // Uninitialised: httparse writes only the headers it parses, so no 256
+                // empty headers (8 KiB) are filled before each parse.
+                let mut headers = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -438,7 +442,12 @@ impl HttpSession {
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
         // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        let parsed = self.response_header.as_mut().unwrap();
+        // The session keeps the copy and the caller gets the parsed head itself: that one was
+        // built with room for the headers a proxy adds (`HEADER_SLACK`), while a clone has no
+        // spare entries. Both are equal, so only where the spare room ends up changes.
+        let copy = Box::new(ResponseHeader::clone(parsed));
+        Ok(std::mem::replace(parsed, copy))
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
@@ -883,14 +892,16 @@ impl HttpSession {
 }
 
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+fn parse_resp_buffer<'headers, 'buf>(
+    resp: &mut httparse::Response<'headers, 'buf>,
     buf: &'buf [u8],
+    headers: &'headers mut [MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     parser.allow_obsolete_multiline_headers_in_responses(true);
-    let res = match parser.parse_response(resp, buf) {
+    // On `Complete`, `resp.headers` is the initialised prefix of `headers` that was parsed.
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -975,6 +986,72 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    /// The head is parsed into an uninitialised header array: a head split over several reads
+    /// (re-parsed after each), with the most headers allowed, keeps every header in order, and
+    /// one header more is refused as before.
+    #[tokio::test]
+    async fn read_response_uninit_headers_up_to_max() {
+        init_log();
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            head.extend_from_slice(format!("X-H{i}: v{i}\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let (first, rest) = head.split_at(head.len() / 2);
+        let mock_io = Builder::new().read(first).read(rest).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        assert_eq!(head.len(), http_stream.read_response().await.unwrap());
+        let resp = http_stream.resp_header().unwrap();
+        assert_eq!(MAX_HEADERS, resp.headers.len());
+        let mut n = 0;
+        for (name, value) in resp.case_header_iter() {
+            assert_eq!(format!("X-H{n}").as_bytes(), name.as_slice());
+            assert_eq!(format!("v{n}").as_bytes(), value.as_bytes());
+            n += 1;
+        }
+        assert_eq!(MAX_HEADERS, n);
+
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            head.extend_from_slice(format!("X-H{i}: v{i}\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let mock_io = Builder::new().read(&head).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let e = http_stream.read_response().await.unwrap_err();
+        assert_eq!(InvalidHTTPHeader, e.etype);
+    }
+
+    /// The head handed out keeps the spare room it was parsed with; the session's copy is equal.
+    #[tokio::test]
+    async fn read_resp_header_parts_hands_out_the_parsed_head() {
+        init_log();
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let mut resp = http_stream.read_resp_header_parts().await.unwrap();
+        let kept = http_stream.resp_header().unwrap();
+        assert_eq!(resp.status, kept.status);
+        assert_eq!(resp.headers, kept.headers);
+        assert_eq!(
+            resp.case_header_iter()
+                .map(|(n, _)| n.as_slice().to_vec())
+                .collect::<Vec<_>>(),
+            kept.case_header_iter()
+                .map(|(n, _)| n.as_slice().to_vec())
+                .collect::<Vec<_>>()
+        );
+        // headers added within the slack do not move the entries (a clone would regrow them)
+        let first = resp.headers.iter().next().unwrap().1 as *const HeaderValue;
+        for i in 0..HEADER_SLACK {
+            resp.insert_header(format!("x-added-{i}"), "v").unwrap();
+        }
+        assert_eq!(
+            first,
+            resp.headers.iter().next().unwrap().1 as *const HeaderValue
+        );
     }
 
     #[tokio::test]

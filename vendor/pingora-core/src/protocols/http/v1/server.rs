@@ -29,6 +29,7 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -441,9 +442,11 @@ impl HttpSession {
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                let parsed = parse_req_buffer(&mut req, &buf);
+                // Uninitialised: httparse writes only the headers it parses, so no 256
+                // empty headers (8 KiB) are filled before each parse.
+                let mut headers = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut []);
+                let parsed = parse_req_buffer(&mut req, &buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
@@ -1708,12 +1711,22 @@ impl HttpSession {
         }
 
         let mut end_stream = false;
+        // A response head not written yet: written together with the body that follows it in
+        // this batch (one write instead of two once they exceed the write buffer), or on its own
+        // before anything else is.
+        let mut pending_head = None;
         for task in tasks.into_iter() {
             end_stream = match task {
-                HttpTask::Header(header, end_stream) => {
-                    self.write_response_header(header)
-                        .await
-                        .map_err(|e| e.into_down())?;
+                HttpTask::Header(mut header, end_stream) => {
+                    if let Some(head) = pending_head.take() {
+                        self.write_prepared_response_header(head)
+                            .await
+                            .map_err(|e| e.into_down())?;
+                    }
+                    pending_head = self
+                        .prepare_response_header(&mut header)
+                        .map_err(|e| e.into_down())?
+                        .map(|(write_buf, flush)| (write_buf, flush, header));
                     end_stream
                 }
                 HttpTask::Body(data, end_stream) => {
@@ -1728,6 +1741,11 @@ impl HttpSession {
                 HttpTask::Done => true,
                 HttpTask::Failed(e) => {
                     // flush the data we have and quit
+                    if let Some(head) = pending_head.take() {
+                        self.write_prepared_response_header(head)
+                            .await
+                            .map_err(|e| e.into_down())?;
+                    }
                     self.write_body_buf().await.map_err(|e| e.into_down())?;
                     self.underlying_stream
                         .flush()
@@ -1737,12 +1755,77 @@ impl HttpSession {
                 }
             }
         }
+        if let Some(head) = pending_head {
+            self.write_head_and_body_buf(head)
+                .await
+                .map_err(|e| e.into_down())?;
+        }
         self.write_body_buf().await.map_err(|e| e.into_down())?;
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
         }
         Ok(end_stream || self.body_writer.finished())
+    }
+
+    /// What [`Self::write_response_header`] does once the head is prepared.
+    async fn write_prepared_response_header(
+        &mut self,
+        (write_buf, flush, header): (Bytes, bool, Box<ResponseHeader>),
+    ) -> Result<()> {
+        match self.underlying_stream.write_all(&write_buf).await {
+            Ok(()) => {
+                // flush the stream if 1xx header or there is no response body
+                if flush || self.body_writer.finished() {
+                    self.underlying_stream
+                        .flush()
+                        .await
+                        .or_err(WriteError, "flushing response header")?;
+                }
+                self.response_written = Some(header);
+                Ok(())
+            }
+            Err(e) => Error::e_because(WriteError, "writing response header", e),
+        }
+    }
+
+    /// Write a prepared response head and the buffered body after it. A head that is not
+    /// flushed on its own (a `Content-Length` response) goes out with the body in one vectored
+    /// write, under the body's write timeout; otherwise the head, then the body, as before.
+    async fn write_head_and_body_buf(
+        &mut self,
+        (write_buf, flush, header): (Bytes, bool, Box<ResponseHeader>),
+    ) -> Result<()> {
+        if flush || self.body_write_buf.is_empty() || self.body_writer.finished() {
+            return self
+                .write_prepared_response_header((write_buf, flush, header))
+                .await;
+        }
+        let body_timeout = self.write_timeout(self.body_write_buf.len());
+        let mut head: &[u8] = &write_buf;
+        let write = self.body_writer.write_body_after_head(
+            &mut self.underlying_stream,
+            &mut head,
+            &self.body_write_buf,
+        );
+        let written = match body_timeout {
+            Some(t) => match timeout(t, write).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
+            },
+            None => write.await,
+        };
+        // as before: the head counts as sent once all of it is written, whatever the body did
+        if head.is_empty() {
+            self.response_written = Some(header);
+        }
+        // make sure this buf is safe to reuse
+        self.body_write_buf.clear();
+        let written = written?;
+        if let Some(num_bytes) = written {
+            self.body_bytes_sent += num_bytes;
+        }
+        Ok(())
     }
 
     /// Queue a proxy task for cancel-safe writing with the current write_timeout.
@@ -1944,23 +2027,42 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
 }
 
 #[inline]
-fn parse_req_buffer<'buf>(
-    req: &mut httparse::Request<'_, 'buf>,
+fn parse_req_buffer<'headers, 'buf>(
+    req: &mut httparse::Request<'headers, 'buf>,
     buf: &'buf [u8],
+    headers: &'headers mut [MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     use httparse::Result;
 
     #[cfg(feature = "patched_http1")]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
+    fn parse<'headers, 'buf>(
+        req: &mut httparse::Request<'headers, 'buf>,
+        buf: &'buf [u8],
+        headers: &'headers mut [MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        // the patched parser takes initialised headers only
+        for h in headers.iter_mut() {
+            h.write(httparse::EMPTY_HEADER);
+        }
+        // SAFETY: every element was initialised just above
+        req.headers = unsafe {
+            &mut *(headers as *mut [MaybeUninit<httparse::Header<'buf>>]
+                as *mut [httparse::Header<'buf>])
+        };
         req.parse_unchecked(buf)
     }
 
     #[cfg(not(feature = "patched_http1"))]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
-        req.parse(buf)
+    fn parse<'headers, 'buf>(
+        req: &mut httparse::Request<'headers, 'buf>,
+        buf: &'buf [u8],
+        headers: &'headers mut [MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        // On `Complete`, `req.headers` is the initialised prefix of `headers` that was parsed.
+        req.parse_with_uninit_headers(buf, headers)
     }
 
-    let res = match parse(req, buf) {
+    let res = match parse(req, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -2061,6 +2163,41 @@ mod tests_stream {
         assert_eq!(Version::HTTP_11, http_stream.req_header().version);
 
         assert_eq!(b"pingora.org", http_stream.get_header_bytes("Host"));
+    }
+
+    /// The head is parsed into an uninitialised header array: a head split over several reads
+    /// (re-parsed after each), with the most headers allowed, keeps every header in order, and
+    /// one header more is refused as before.
+    #[tokio::test]
+    async fn read_request_uninit_headers_up_to_max() {
+        init_log();
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            head.extend_from_slice(format!("X-H{i}: v{i}\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let (first, rest) = head.split_at(head.len() / 2);
+        let mock_io = Builder::new().read(first).read(rest).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        assert_eq!(Some(head.len()), http_stream.read_request().await.unwrap());
+        let req = http_stream.req_header();
+        assert_eq!(MAX_HEADERS, req.headers.len());
+        let mut n = 0;
+        for (name, value) in req.case_header_iter() {
+            assert_eq!(format!("X-H{n}").as_bytes(), name.as_slice());
+            assert_eq!(format!("v{n}").as_bytes(), value.as_bytes());
+            n += 1;
+        }
+        assert_eq!(MAX_HEADERS, n);
+
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            head.extend_from_slice(format!("X-H{i}: v{i}\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let mock_io = Builder::new().read(&head).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        assert!(http_stream.read_request().await.is_err());
     }
 
     #[tokio::test]
@@ -4969,5 +5106,200 @@ mod test_head_limits {
             .await
             .unwrap();
         assert_eq!(rest.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod test_head_with_body {
+    use super::*;
+    use crate::protocols::{
+        raw_connect::ProxyDigest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown,
+        SocketDigest, Ssl, TimingDigest, UniqueID, UniqueIDType,
+    };
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    /// A stream that serves `input` to reads and records every write call (vectored or not)
+    /// as the bytes it took, taking at most `max_write` bytes a call.
+    #[derive(Debug)]
+    struct WriteRecorder {
+        input: Vec<u8>,
+        max_write: usize,
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl AsyncRead for WriteRecorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let this = self.get_mut();
+            let n = this.input.len().min(buf.remaining());
+            buf.put_slice(&this.input[..n]);
+            this.input.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for WriteRecorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.max_write);
+            self.writes.lock().unwrap().push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut taken = Vec::new();
+            for b in bufs {
+                let n = b.len().min(self.max_write - taken.len());
+                taken.extend_from_slice(&b[..n]);
+            }
+            let n = taken.len();
+            self.writes.lock().unwrap().push(taken);
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Shutdown for WriteRecorder {
+        async fn shutdown(&mut self) -> () {}
+    }
+    impl UniqueID for WriteRecorder {
+        fn id(&self) -> UniqueIDType {
+            0
+        }
+    }
+    impl Ssl for WriteRecorder {}
+    impl GetTimingDigest for WriteRecorder {
+        fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+            vec![]
+        }
+    }
+    impl GetProxyDigest for WriteRecorder {
+        fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+            None
+        }
+    }
+    impl GetSocketDigest for WriteRecorder {
+        fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+            None
+        }
+    }
+    impl Peek for WriteRecorder {}
+
+    /// Serves one GET and writes `tasks` as the proxy does; returns the write calls and the
+    /// session.
+    async fn write_tasks(
+        tasks: Vec<HttpTask>,
+        max_write: usize,
+    ) -> (Vec<Vec<u8>>, HttpSession, Result<bool>) {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let io = WriteRecorder {
+            input: b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+            max_write,
+            writes: writes.clone(),
+        };
+        let mut session = HttpSession::new(Box::new(io));
+        session.update_resp_headers = false;
+        session.read_request().await.unwrap();
+        let res = session.response_duplex_vec(tasks).await;
+        let writes = writes.lock().unwrap().clone();
+        (writes, session, res)
+    }
+
+    fn head(cl: Option<usize>) -> Box<ResponseHeader> {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        match cl {
+            Some(cl) => resp.insert_header("Content-Length", cl).unwrap(),
+            None => resp.insert_header("Transfer-Encoding", "chunked").unwrap(),
+        }
+        Box::new(resp)
+    }
+
+    const HEAD_CL: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 8000\r\n\r\n";
+
+    /// A `Content-Length` head and the body after it in one batch: one write of both.
+    #[tokio::test]
+    async fn content_length_head_and_body_in_one_write() {
+        let body = Bytes::from(vec![b'x'; 8000]);
+        let tasks = vec![
+            HttpTask::Header(head(Some(8000)), false),
+            HttpTask::Body(Some(body.clone()), true),
+        ];
+        let (writes, session, res) = write_tasks(tasks, usize::MAX).await;
+        assert!(res.unwrap());
+        assert_eq!(1, writes.len());
+        assert_eq!([HEAD_CL, &body[..]].concat(), writes[0]);
+        assert_eq!(8000, session.body_bytes_sent());
+        assert!(session.response_written().is_some());
+    }
+
+    /// Short writes: the rest of the head and the body follow, nothing lost or repeated.
+    #[tokio::test]
+    async fn content_length_head_and_body_short_writes() {
+        let body = Bytes::from((0..8000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let tasks = vec![
+            HttpTask::Header(head(Some(8000)), false),
+            HttpTask::Body(Some(body.clone()), true),
+        ];
+        let (writes, session, res) = write_tasks(tasks, 7).await;
+        assert!(res.unwrap());
+        assert!(writes.iter().all(|w| w.len() <= 7));
+        assert_eq!([HEAD_CL, &body[..]].concat(), writes.concat());
+        assert_eq!(8000, session.body_bytes_sent());
+    }
+
+    /// A body longer than its `Content-Length` is cut at it, as before.
+    #[tokio::test]
+    async fn content_length_head_and_longer_body() {
+        let tasks = vec![
+            HttpTask::Header(head(Some(3)), false),
+            HttpTask::Body(Some(Bytes::from_static(b"abcdef")), true),
+        ];
+        let (writes, session, res) = write_tasks(tasks, usize::MAX).await;
+        assert!(res.unwrap());
+        assert_eq!(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+            writes.concat()
+        );
+        assert_eq!(3, session.body_bytes_sent());
+    }
+
+    /// A chunked head is written (and flushed) on its own before the body, as before.
+    #[tokio::test]
+    async fn chunked_head_written_before_body() {
+        let tasks = vec![
+            HttpTask::Header(head(None), false),
+            HttpTask::Body(Some(Bytes::from_static(b"abc")), true),
+        ];
+        let (writes, _session, res) = write_tasks(tasks, usize::MAX).await;
+        assert!(res.unwrap());
+        assert_eq!(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            writes[0]
+        );
+        assert_eq!(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+            writes.concat()
+        );
     }
 }
