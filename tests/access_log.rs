@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::raw::{raw_exchange, RawClient};
-use common::{free_port, get, post, proxy_config, wait_until, App, Proxy};
+use common::{free_port, get, pools, post, proxy_config, wait_until, App, Proxy};
 use serde_json::Value;
 
 const NOTICE: Duration = Duration::from_secs(20);
@@ -20,9 +20,9 @@ fn config(production: &str, canary: &str, extra: &str) -> String {
         free_port(),
         free_port(),
         &format!(
-            "threads: 1\ngrace_period: 1s\n\
-             pools:\n  production: {{ servers: [\"{production}\"] }}\n  canary: {{ servers: [\"{canary}\"] }}\n\
-             health_check: {{ kind: tcp, interval: 1s, timeout: 500ms }}\n{extra}"
+            "threads: 1\ngrace_period: 1s\n{}\
+             health_check: {{ kind: tcp, interval: 1s, timeout: 500ms }}\n{extra}",
+            pools(&[production], &[canary])
         ),
     )
 }

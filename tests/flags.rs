@@ -353,11 +353,11 @@ fn file_yaml(backend: &str, routing: &str, flags: &str) -> String {
         free_port(),
         free_port(),
         &format!(
-            "threads: 1\n\
-             pools:\n  production: {{ servers: [\"{backend}\"] }}\n\
+            "threads: 1\n{}\
              health_check: {{ kind: tcp, interval: 1s }}\n\
              routing: {{ user_header: X-User-Id{routing} }}\n\
-             flags: {flags}\n"
+             flags: {flags}\n",
+            production_pool(&[backend])
         ),
     )
 }

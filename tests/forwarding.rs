@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::raw::{raw_exchange, RawBackend, Received};
-use common::{free_port, proxy_config, wait_until, Proxy};
+use common::{free_port, pools, proxy_config, wait_until, Proxy};
 
 /// The routing header is honoured only from 10.0.0.0/8: from 127.0.0.1 directly it is not.
 fn proxy(prod: &RawBackend, canary: &RawBackend, trusted: &str, log: &Path) -> Proxy {
@@ -30,12 +30,10 @@ fn proxy_with(prod: &RawBackend, canary: &RawBackend, routing: &str, extra: &str
         free_port(),
         free_port(),
         &format!(
-            "threads: 1\ngrace_period: 1s\n\
-             pools:\n  production: {{ servers: [\"{}\"] }}\n  canary: {{ servers: [\"{}\"] }}\n\
+            "threads: 1\ngrace_period: 1s\n{}\
              health_check: {{ kind: tcp, interval: 1s, timeout: 500ms }}\n\
              routing: {{ {routing} }}\n{extra}",
-            prod.addr(),
-            canary.addr(),
+            pools(&[&prod.addr()], &[&canary.addr()]),
         ),
     ))
 }

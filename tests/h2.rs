@@ -40,13 +40,11 @@ fn routing_is_the_same_over_h1_tls_h2_tls_and_h2c() {
     let proxy = Proxy::start(&format!(
         "listen: [{{ addr: \"127.0.0.1:{tls_port}\", tls: {{ cert: \"{}\", key: \"{}\" }} }}, \
          {{ addr: \"127.0.0.1:{h2c_port}\", h2c: true }}]\n\
-         metrics_listen: \"127.0.0.1:{metrics}\"\nthreads: 2\ngrace_period: 1s\n\
-         pools:\n  production: {{ servers: [\"{}\"] }}\n  canary: {{ servers: [\"{}\"] }}\n\
+         metrics_listen: \"127.0.0.1:{metrics}\"\nthreads: 2\ngrace_period: 1s\n{}\
          routing: {{ canary_percent: 50, salt: \"h2-salt\" }}\n",
         site.cert.display(),
         site.key.display(),
-        prod.addr(),
-        canary.addr(),
+        pools(&[&prod.addr()], &[&canary.addr()]),
     ));
     let ca_pem = Some(ca.ca_pem());
     let mut sticky: Option<Vec<String>> = None;
@@ -174,10 +172,9 @@ fn h2_heads_are_held_to_the_client_limits() {
     let (h2c_port, metrics) = (free_port(), free_port());
     let proxy = Proxy::start(&format!(
         "listen: [{{ addr: \"127.0.0.1:{h2c_port}\", h2c: true }}]\n\
-         metrics_listen: \"127.0.0.1:{metrics}\"\nthreads: 1\ngrace_period: 1s\n\
-         pools:\n  production: {{ servers: [\"{}\"] }}\n\
+         metrics_listen: \"127.0.0.1:{metrics}\"\nthreads: 1\ngrace_period: 1s\n{}\
          client: {{ max_header_line: 1024, max_headers: 16 }}\n",
-        app.addr(),
+        production_pool(&[&app.addr()]),
     ));
     let ok = curl(Proto::H2c, "site.test", h2c_port, "/", None, &[], &[]).expect("h2c");
     assert_eq!((ok.status, ok.version.as_str()), (200, "2"));
@@ -242,9 +239,8 @@ fn h2_path_is_held_to_the_http1_target_rules() {
     let (h2c_port, metrics) = (free_port(), free_port());
     let proxy = Proxy::start(&format!(
         "listen: [{{ addr: \"127.0.0.1:{h2c_port}\", h2c: true }}]\n\
-         metrics_listen: \"127.0.0.1:{metrics}\"\nthreads: 1\ngrace_period: 1s\n\
-         pools:\n  production: {{ servers: [\"{}\"] }}\n",
-        backend.addr(),
+         metrics_listen: \"127.0.0.1:{metrics}\"\nthreads: 1\ngrace_period: 1s\n{}",
+        production_pool(&[&backend.addr()]),
     ));
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", h2c_port)).expect("connect");
     conn.set_read_timeout(Some(Duration::from_millis(200)))

@@ -33,9 +33,9 @@ fn proxy(backend: &BigBackend, client: &str) -> Proxy {
         "listen: [{{ addr: \"127.0.0.1:{port}\", h2c: true }}]\n\
          metrics_listen: \"127.0.0.1:{metrics}\"\nthreads: 2\ngrace_period: 1s\n\
          health_check: {{ kind: tcp, interval: 10s }}\n\
-         pools:\n  production: {{ servers: [\"{}\"] }}\n  canary: {{ servers: [] }}\n\
+         {}\
          client: {{ {client} }}\n",
-        backend.addr()
+        pools(&[&backend.addr()], &[])
     ))
 }
 

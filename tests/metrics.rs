@@ -18,7 +18,9 @@ use canary_lb::metrics::{
 };
 use canary_lb::model::{PoolKind, Reason};
 use common::metrics::{family, names_in, Scrape};
-use common::{ctl_ok, free_port, proxy_config, wait_until, App, Proxy, RedisServer};
+use common::{
+    ctl_ok, free_port, production_pool, proxy_config, wait_until, App, Proxy, RedisServer,
+};
 
 const DASHBOARD: &str = "conf/grafana/canary-lb.json";
 const ALERTS: &str = "conf/prometheus/alerts.yml";
@@ -296,8 +298,8 @@ fn build_process_and_reload_outcome_are_exported() {
         listen,
         metrics,
         &format!(
-            "threads: 1\ngrace_period: 1s\npools:\n  production: {{ servers: [\"{}\"] }}\n{HEALTH}",
-            p1.addr()
+            "threads: 1\ngrace_period: 1s\n{}{HEALTH}",
+            production_pool(&[&p1.addr()])
         ),
     );
     let proxy = Proxy::start(&good);

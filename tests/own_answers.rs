@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::raw::{raw_exchange, RawBackend, RawResponse};
 use common::tls::TestCa;
-use common::{eventually, free_port, Proxy};
+use common::{eventually, free_port, pools, production_pool, Proxy};
 use serde_json::Value;
 
 const ANSWER: Duration = Duration::from_secs(10);
@@ -89,12 +89,11 @@ fn the_proxys_own_errors_and_refusals_carry_the_request_id_and_no_server() {
         listen,
         metrics,
         &format!(
-            "threads: 1\ngrace_period: 1s\n\
-             pools:\n  production: {{ servers: [\"{dead}\"] }}\n  canary: {{ servers: [\"{}\"] }}\n\
+            "threads: 1\ngrace_period: 1s\n{}\
              health_check: {LAZY_HEALTH}\n\
              upstream: {{ read_timeout: 500ms }}\n\
              client: {{ max_headers: 20 }}\n",
-            backend.addr()
+            pools(&[&dead], &[&backend.addr()])
         ),
     ));
 
@@ -168,10 +167,10 @@ fn server_header_names_the_proxy_on_its_503_and_redirects() {
                   {{ addr: \"127.0.0.1:{redirect}\", redirect_to_https: true }}, \
                   \"127.0.0.1:{plain}\"]\n\
          metrics_listen: \"127.0.0.1:{metrics}\"\nthreads: 1\ngrace_period: 1s\n\
-         server_header: edge/1\n\
-         pools:\n  production: {{ servers: [] }}\n",
+         server_header: edge/1\n{}",
         site.cert.display(),
         site.key.display(),
+        production_pool(&[]),
     ));
     let with_server = |what: &str, r: &RawResponse, status: u16, sent: Option<&str>| {
         assert_eq!(r.status, status, "{what}: {}", r.head);

@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::load::{Load, LoadSpec};
-use common::{free_port, get, post, proxy_config, serial, wait_until, App, Proxy};
+use common::{free_port, get, pools, post, proxy_config, serial, wait_until, App, Proxy};
 use serde_json::Value;
 
 struct Rig {
@@ -37,12 +37,11 @@ fn rig_with(rollout: &str, extra: &str) -> Rig {
         free_port(),
         free_port(),
         &format!(
-            "threads: 2\npools:\n  production: {{ servers: [\"{}\"] }}\n  canary: {{ servers: [\"{}\"] }}\n\
+            "threads: 2\n{}\
              health_check: {{ kind: http, path: /healthz, interval: 500ms, timeout: 2s }}\n\
              routing: {{ canary_percent: 0, salt: rollout-it }}\n\
              trusted_proxies: [\"127.0.0.1/32\"]\nrollout: {rollout}\n{extra}",
-            prod.addr(),
-            canary.addr()
+            pools(&[&prod.addr()], &[&canary.addr()])
         ),
     );
     Rig {

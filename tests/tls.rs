@@ -37,10 +37,9 @@ fn tls_map(default: &Pair, sni: &[&Pair]) -> String {
 fn tls_proxy(tls_port: u16, tls: &str, more: &str, app: &App) -> Proxy {
     Proxy::start(&format!(
         "listen: [{{ addr: \"127.0.0.1:{tls_port}\", tls: {tls} }}{more}]\n\
-         metrics_listen: \"127.0.0.1:{}\"\nthreads: 1\ngrace_period: 1s\n\
-         pools:\n  production: {{ servers: [\"{}\"] }}\n",
+         metrics_listen: \"127.0.0.1:{}\"\nthreads: 1\ngrace_period: 1s\n{}",
         free_port(),
-        app.addr()
+        production_pool(&[&app.addr()])
     ))
 }
 

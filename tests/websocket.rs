@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::raw::{RawBackend, RawClient};
 use common::ws::{block_on, connect, echo, ends_within, next_text, WsEcho};
-use common::{free_port, proxy_config, Proxy};
+use common::{free_port, pools, production_pool, proxy_config, Proxy};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -23,9 +23,9 @@ fn proxy(production: &str, canary: &str) -> Proxy {
         free_port(),
         free_port(),
         &format!(
-            "threads: 1\ngrace_period: 1s\n\
-             pools:\n  production: {{ servers: [\"{production}\"] }}\n  canary: {{ servers: [\"{canary}\"] }}\n\
-             health_check: {{ kind: tcp, interval: 1s, timeout: 500ms }}\n{TIMEOUTS}"
+            "threads: 1\ngrace_period: 1s\n{}\
+             health_check: {{ kind: tcp, interval: 1s, timeout: 500ms }}\n{TIMEOUTS}",
+            pools(&[production], &[canary])
         ),
     ))
 }
@@ -122,9 +122,9 @@ fn only_a_101_switches_to_a_tunnel() {
         free_port(),
         free_port(),
         &format!(
-            "threads: 1\ngrace_period: 1s\npools:\n  production: {{ servers: [\"{}\"] }}\n\
+            "threads: 1\ngrace_period: 1s\n{}\
              health_check: {{ kind: tcp, interval: 1s, timeout: 500ms }}\n",
-            backend.addr()
+            production_pool(&[&backend.addr()])
         ),
     ));
     let mut c = RawClient::connect(proxy.listen_port());

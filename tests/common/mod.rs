@@ -431,6 +431,29 @@ pub fn proxy_config(listen: u16, metrics: u16, body: &str) -> String {
     format!("listen: [\"127.0.0.1:{listen}\"]\nmetrics_listen: \"127.0.0.1:{metrics}\"\n{body}")
 }
 
+/// The `pools:` section of a test config: both pools with the given server addresses (a pool
+/// with none is written `servers: []`).
+pub fn pools(production: &[&str], canary: &[&str]) -> String {
+    format!(
+        "pools:\n  production: {{ servers: [{}] }}\n  canary: {{ servers: [{}] }}\n",
+        quoted(production),
+        quoted(canary)
+    )
+}
+
+/// The `pools:` section with only a `production` pool.
+pub fn production_pool(production: &[&str]) -> String {
+    format!(
+        "pools:\n  production: {{ servers: [{}] }}\n",
+        quoted(production)
+    )
+}
+
+fn quoted(addrs: &[&str]) -> String {
+    let quoted: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    quoted.join(", ")
+}
+
 /// A proxy on free ports following `namespace` on the Redis at `redis_port` (resync every
 /// second), two threads, a 1 s grace period, HTTP health checks of `/healthz` every 300 ms
 /// that decide on one answer, and `extra` (more top-level YAML lines) after that.
