@@ -1,4 +1,4 @@
-//! `discovery:`: the provider kind and its flat keys (Redis URL, namespace, Sentinel, `path`), and the Redis URL check.
+//! `discovery:`: the provider kind and its flat keys (Redis URL, namespace, Sentinel, `path`).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! `listen:` and `server_header:`: the proxy's listeners (plain, TLS with SNI certificates, h2c, redirect to HTTPS), their checks, and the `Server` header of the answers it writes itself.
+//! `listen:` (plain, TLS with SNI, h2c, redirect listeners) and `server_header:`.
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! `pools:` (each pool's servers, balance, upstream TLS and protocol) and `upstream:` (timeouts, retries, connection pool to the app servers).
+//! `pools:` (servers, balance, upstream TLS and protocol) and `upstream:` (timeouts, retries).
 
 use std::fmt;
 use std::time::Duration;

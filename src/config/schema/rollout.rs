@@ -1,4 +1,4 @@
-//! `rollout:`: the file's format of the rollout settings, turned into `rollout::settings::RolloutSettings`.
+//! `rollout:`: the file's format of the rollout settings, turned into `RolloutSettings`.
 
 use std::time::Duration;
 

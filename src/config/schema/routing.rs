@@ -1,4 +1,4 @@
-//! `routing:` (the canary header and cookies) and `flags:` (the file's feature flags and their header names).
+//! `routing:` (canary header and cookies) and `flags:` (the file's feature flags).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
