@@ -29,7 +29,7 @@
 //! 3. in `config/discovery.rs`, its settings (a variant of `ProviderSettings`, built and
 //!    validated in `DiscoveryConfig::settings`) and its role (`Provider::role`: usually
 //!    `ProviderRole::OWN_SOURCE`); its name is a variant of `config::Provider` and any key of
-//!    its own a field of `DiscoveryConfig` (`config/schema.rs`), so the flat
+//!    its own a field of `DiscoveryConfig` (`config/schema/discovery.rs`), so the flat
 //!    `discovery: { provider: …, … }` map keeps one shape.
 //!
 //! Nothing else changes: the pools, health checks, passive ejection, routing, `/status` and the

@@ -35,24 +35,36 @@
 //! The state and the history entries are versioned JSON (`codec.rs`): fields a newer release
 //! added are ignored; a state of a newer major is an error, not "no rollout", so the engine
 //! keeps the weight in force, judges nothing and leaves the lease to a replica that reads it.
+//!
+//! The files: this one the [`RolloutStore`] coordinator, `scripts.rs` its Lua, `link.rs` the
+//! connection (direct or through Sentinel, reconnected after an error), `encoding.rs` what it
+//! writes in Redis and reads back.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use log::warn;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 
 use super::codec::{self, DecodeError, StoredKind};
 use super::keys::Keys;
-use super::resp::{pairs, scalar};
+use super::resp::pairs;
 use super::{now_ms, Store, ROUTING_EVENT};
 use crate::config::schema::DiscoveryConfig;
-use crate::model::{PoolKind, LATENCY_BUCKETS_S};
 use crate::rollout::{CoordError, Coordinator, HistoryEntry, RolloutState, WindowCounts};
+
+mod encoding;
+mod link;
+mod scripts;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use encoding::decode_state;
+use encoding::{decode_counts, encode_counts, encode_entry, encode_state, stream_entries};
+use link::{Link, Source};
+use scripts::{APPLY_LUA, LEAD_LUA, REPORT_LUA};
 
 /// A window's report hash expires this long after the last replica reported to it; the leader
 /// collects it within a grace of its end, so this only bounds what a dead rollout leaves.
@@ -66,97 +78,11 @@ pub const ROLLOUT_EVENT: &str = "rollout";
 /// The most history entries one call reads.
 const HISTORY_READ_MAX: usize = 1000;
 
-/// KEYS: window hash. ARGV: reporter field, ttl ms, then field, increment pairs.
-/// Returns 1 when counted, 0 when this reporter had already reported this window.
-const REPORT_LUA: &str = r#"
-if redis.call('HSETNX', KEYS[1], ARGV[1], 1) == 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 0
-end
-for i = 3, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-redis.call('HINCRBY', KEYS[1], 'reporters', 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"#;
-
-/// KEYS: leader, epoch. ARGV: replica, ttl ms.
-/// Returns the epoch while `replica` holds the lease (renewed), a new epoch when it just took
-/// it, 0 when another replica holds it.
-const LEAD_LUA: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  local epoch = tonumber(redis.call('GET', KEYS[2]))
-  if epoch then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return epoch
-  end
-  redis.call('DEL', KEYS[1])
-  holder = false
-end
-if not holder then
-  if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return redis.call('INCR', KEYS[2])
-  end
-end
-return 0
-"#;
-
-/// KEYS: state, leader, epoch, routing, events, meta, history.
-/// ARGV: 1 check lease (`1`/`0`), 2 replica, 3 epoch, 4 expected id (`""`: nothing usable
-/// stored), 5 expected version, 6 next json, 7 next id, 8 phase, 9 weight, 10 step,
-/// 11 version, 12 updated_ms, 13 entry json, 14 now ms, 15 history maxlen, 16 routing event,
-/// 17 rollout event.
-/// Returns 1 written, 0 fenced by the lease, -1 fenced by the stored state, -2 refused
-/// because the store has no marker (lost or never written: see `mod.rs`).
-const APPLY_LUA: &str = concat!(
-    bump_meta_lua!(),
-    r#"
-if redis.call('HEXISTS', KEYS[6], 'generation') == 0 then return -2 end
-if ARGV[1] == '1' then
-  if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
-  if redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
-end
-if ARGV[4] == '' then
-  local raw = redis.call('HGET', KEYS[1], 'json')
-  if raw and pcall(cjson.decode, raw) then return -1 end
-else
-  if redis.call('HGET', KEYS[1], 'id') ~= ARGV[4] then return -1 end
-  if redis.call('HGET', KEYS[1], 'version') ~= ARGV[5] then return -1 end
-end
-redis.call('HSET', KEYS[1], 'json', ARGV[6], 'id', ARGV[7], 'phase', ARGV[8],
-  'weight', ARGV[9], 'step', ARGV[10], 'version', ARGV[11], 'updated_ms', ARGV[12])
-redis.call('HSET', KEYS[4], 'canary_percent', ARGV[9])
-bump_meta(KEYS[6], ARGV[14])
-redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[15], '*', 'entry', ARGV[13])
-redis.call('PUBLISH', KEYS[5], ARGV[16])
-redis.call('PUBLISH', KEYS[5], ARGV[17])
-return 1
-"#
-);
-
 /// The leader lease as this store last took or renewed it: `apply` checks it in Redis.
 #[derive(Debug, Clone)]
 struct Held {
     replica: String,
     epoch: u64,
-}
-
-/// Where the Redis master is: a URL, or whatever the Sentinels name at each (re)connect.
-enum Source {
-    Direct(redis::Client),
-    Sentinel {
-        sentinel: Box<redis::sentinel::Sentinel>,
-        master_name: String,
-        node: redis::sentinel::SentinelNodeConnectionInfo,
-    },
-}
-
-/// The connection and where to re-open it.
-struct Link {
-    source: Source,
-    live: Option<MultiplexedConnection>,
 }
 
 /// The [`Coordinator`] over Redis (see the module documentation). Cheap to share behind an
@@ -236,53 +162,6 @@ impl RolloutStore {
     fn skip_bad(&self, what: &str, key: &str, detail: impl std::fmt::Display) {
         self.bad_data.fetch_add(1, Ordering::Relaxed);
         warn!("rollout: skipped {what} in {key}: {detail}");
-    }
-
-    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let mut link = self.link.lock().await;
-        if let Some(conn) = link.live.as_ref() {
-            return Ok(conn.clone());
-        }
-        let client = match &mut link.source {
-            Source::Direct(client) => client.clone(),
-            Source::Sentinel {
-                sentinel,
-                master_name,
-                node,
-            } => sentinel.async_master_for(master_name, Some(node)).await?,
-        };
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        link.live = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Run `f` on the connection within the timeout; after any failure the connection is
-    /// dropped, so the next call reconnects.
-    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, CoordError>
-    where
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
-        let result = tokio::time::timeout(self.timeout, async {
-            let conn = self.connection().await?;
-            f(conn).await
-        })
-        .await;
-        let error = match result {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => format!("{what}: redis: {e}"),
-            Err(_) => format!(
-                "{what}: no answer from redis within {}",
-                humantime::format_duration(self.timeout)
-            ),
-        };
-        self.link.lock().await.live = None;
-        Err(CoordError(error))
     }
 
     /// One write of the state: `lease` is `Some` for the leader's judged transitions.
@@ -521,128 +400,6 @@ impl Coordinator for RolloutStore {
     }
 }
 
-fn encode_state(state: &RolloutState) -> Result<String, CoordError> {
-    codec::encode(StoredKind::Rollout, state)
-        .map_err(|e| CoordError(format!("encode the rollout state: {e}")))
-}
-
-/// The stored state (unknown fields of the same major ignored); an error names what does not
-/// parse, or the newer major.
-pub(crate) fn decode_state(raw: &[u8]) -> Result<RolloutState, DecodeError> {
-    codec::decode(StoredKind::Rollout, raw).map(|d| d.value)
-}
-
-/// JSON cannot hold NaN or infinity (serde_json writes `null`, which would not read back):
-/// such numbers are left out of the stored entry.
-fn encode_entry(entry: &HistoryEntry) -> Result<String, CoordError> {
-    let mut entry = entry.clone();
-    entry.numbers.retain(|(_, v)| v.is_finite());
-    codec::encode(StoredKind::History, &entry)
-        .map_err(|e| CoordError(format!("encode a history entry: {e}")))
-}
-
-/// The increments of a report: only the non-zero counts, as `(field, value)`.
-fn encode_counts(counts: &WindowCounts) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for pool in PoolKind::ALL {
-        let w = &counts[pool];
-        let mut push = |name: String, v: u64| {
-            if v > 0 {
-                out.push((name, v.min(i64::MAX as u64)));
-            }
-        };
-        push(format!("{pool}:requests"), w.requests);
-        push(format!("{pool}:errors"), w.errors);
-        // The per-client figures sum over replicas like the counts (HINCRBY), which is what
-        // the judgement takes out ("the busiest client of each replica, summed").
-        push(format!("{pool}:capped"), w.capped);
-        push(format!("{pool}:client_max_errors"), w.client_max_errors);
-        push(format!("{pool}:client_max_slow"), w.client_max_slow);
-        for (i, b) in w.buckets.iter().enumerate().take(bucket_count()) {
-            push(format!("{pool}:b{i}"), *b);
-        }
-    }
-    out
-}
-
-/// Per-bucket counts kept per pool: the bounds plus `+Inf`.
-fn bucket_count() -> usize {
-    LATENCY_BUCKETS_S.len() + 1
-}
-
-#[derive(Debug, Default)]
-struct DecodedCounts {
-    counts: WindowCounts,
-    reporters: u32,
-    problems: Vec<String>,
-}
-
-/// A window hash's fields as counts; unknown fields and bad numbers are listed, not counted.
-fn decode_counts(fields: &[(String, String)]) -> DecodedCounts {
-    let mut out = DecodedCounts::default();
-    for (field, value) in fields {
-        if field.starts_with("reporter:") {
-            continue;
-        }
-        let Ok(n) = value.parse::<u64>() else {
-            out.problems
-                .push(format!("`{field}` = `{value}` is not a count"));
-            continue;
-        };
-        if field == "reporters" {
-            out.reporters = u32::try_from(n).unwrap_or(u32::MAX);
-            continue;
-        }
-        let parsed = field.split_once(':').and_then(|(pool, what)| {
-            let pool = PoolKind::parse(pool).ok()?;
-            Some((pool, what))
-        });
-        let window = parsed.map(|(pool, what)| (&mut out.counts[pool], what));
-        match window {
-            Some((w, "requests")) => w.requests = n,
-            Some((w, "errors")) => w.errors = n,
-            Some((w, "capped")) => w.capped = n,
-            Some((w, "client_max_errors")) => w.client_max_errors = n,
-            Some((w, "client_max_slow")) => w.client_max_slow = n,
-            Some((w, what)) => match what
-                .strip_prefix('b')
-                .and_then(|i| i.parse::<usize>().ok())
-                .filter(|i| *i < bucket_count())
-            {
-                Some(i) => {
-                    if w.buckets.len() < bucket_count() {
-                        w.buckets.resize(bucket_count(), 0);
-                    }
-                    w.buckets[i] = n;
-                }
-                None => out.problems.push(format!("unknown field `{field}`")),
-            },
-            None => out.problems.push(format!("unknown field `{field}`")),
-        }
-    }
-    out
-}
-
-/// The entries of an `XRANGE`/`XREVRANGE` reply: (stream id, field/value pairs).
-fn stream_entries(v: &Value) -> Vec<(String, Vec<(String, String)>)> {
-    let Value::Array(items) = v else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(|item| match item {
-            Value::Array(parts) => match parts.as_slice() {
-                [id, fields] => {
-                    let id = String::from_utf8_lossy(&scalar(id)?).into_owned();
-                    Some((id, pairs(fields)))
-                }
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
-}
-
 /// Key names for the integration tests (see the note on [`Store`]'s).
 #[doc(hidden)]
 impl Store {
@@ -664,159 +421,5 @@ impl Store {
 
     pub fn rollout_history_key(&self) -> String {
         self.keys.rollout_history()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::schema::RolloutConfig;
-    use crate::model::Percent;
-    use crate::rollout::{Phase, PoolWindow};
-
-    fn window(requests: u64, errors: u64, bucket: usize) -> PoolWindow {
-        let mut w = PoolWindow {
-            requests,
-            errors,
-            ..PoolWindow::default()
-        };
-        w.buckets[bucket] = requests;
-        w
-    }
-
-    #[test]
-    fn counts_round_trip_through_their_fields() {
-        let mut counts = WindowCounts {
-            production: window(900, 3, 4),
-            canary: window(100, 7, bucket_count() - 1),
-        };
-        counts.canary.capped = 40;
-        counts.canary.client_max_errors = 1;
-        counts.canary.client_max_slow = 2;
-        let fields: Vec<(String, String)> = encode_counts(&counts)
-            .into_iter()
-            .map(|(f, v)| (f, v.to_string()))
-            .collect();
-        assert!(fields.contains(&("canary:b14".to_string(), "100".to_string())));
-        assert!(
-            !fields.iter().any(|(_, v)| v == "0"),
-            "zero counts are not sent: {fields:?}"
-        );
-        let mut with_meta = fields.clone();
-        with_meta.push(("reporters".into(), "2".into()));
-        with_meta.push(("reporter:abc".into(), "1".into()));
-        let decoded = decode_counts(&with_meta);
-        assert_eq!(decoded.counts, counts);
-        assert_eq!(decoded.reporters, 2);
-        assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
-    }
-
-    #[test]
-    fn bad_count_fields_are_listed_and_skipped() {
-        let fields: Vec<(String, String)> = [
-            ("canary:requests", "12"),
-            ("canary:errors", "lots"),
-            ("canary:b999999999", "5"),
-            ("canary:b-1", "5"),
-            ("staging:requests", "5"),
-            ("production:latency", "5"),
-            ("nonsense", "5"),
-            ("reporters", "-1"),
-        ]
-        .iter()
-        .map(|(f, v)| (f.to_string(), v.to_string()))
-        .collect();
-        let decoded = decode_counts(&fields);
-        assert_eq!(decoded.counts.canary.requests, 12);
-        assert_eq!(decoded.counts.canary.errors, 0);
-        assert_eq!(decoded.counts.canary.buckets.len(), bucket_count());
-        assert_eq!(decoded.reporters, 0);
-        assert_eq!(decoded.problems.len(), 7, "{:?}", decoded.problems);
-        assert!(decoded.problems.iter().any(|p| p.contains("lots")));
-    }
-
-    #[test]
-    fn state_and_entry_round_trip_as_json() {
-        let state = RolloutState::start(
-            "r-1".into(),
-            RolloutConfig::default(),
-            "salt-1".into(),
-            1_000,
-            None,
-        )
-        .expect("start");
-        let json = encode_state(&state).expect("encode");
-        assert_eq!(decode_state(json.as_bytes()).expect("decode"), state);
-        assert!(decode_state(b"{\"id\": 1}").is_err());
-        assert!(decode_state(b"\xff\xfe").is_err());
-
-        let entry = HistoryEntry {
-            rollout_id: "r-1".into(),
-            window: Some(3),
-            at_ms: 5,
-            verdict: "fail".into(),
-            reasons: vec!["canary error rate 4.1 % > 1 %".into()],
-            numbers: vec![
-                ("canary_error_percent".into(), 4.1),
-                ("z".into(), f64::INFINITY),
-                ("ratio".into(), f64::NAN),
-            ],
-            phase: Phase::Progressing,
-            step: 1,
-            weight: Percent::from_basis_points(1000),
-        };
-        let json = encode_entry(&entry).expect("encode");
-        assert!(json.starts_with(r#"{"schema":1,"#), "{json}");
-        let back: HistoryEntry = codec::decode(StoredKind::History, json.as_bytes())
-            .expect("decode")
-            .value;
-        assert_eq!(back.numbers, vec![("canary_error_percent".into(), 4.1)]);
-        assert_eq!(back.reasons, entry.reasons);
-    }
-
-    #[test]
-    fn a_state_a_newer_release_wrote_is_read_and_a_newer_major_is_refused() {
-        let state = RolloutState::start(
-            "r-1".into(),
-            RolloutConfig::default(),
-            "salt-1".into(),
-            1_000,
-            None,
-        )
-        .expect("start");
-        let mut v: serde_json::Value =
-            serde_json::from_str(&encode_state(&state).expect("encode")).expect("json");
-        // What a next release might add: fields at the top, in `settings` (whose config type
-        // refuses unknown keys in the file), deeper in it, and in the step counts.
-        v["leader_note"] = serde_json::json!({"by": "next"});
-        v["settings"]["cohort_size"] = serde_json::json!(0.99);
-        v["settings"]["latency"]["p999_max"] = serde_json::json!("900ms");
-        v["step_counts"]["canary"]["slow"] = serde_json::json!(3);
-        let raw = serde_json::to_vec(&v).expect("json");
-        assert_eq!(decode_state(&raw).expect("read leniently"), state);
-
-        v["schema"] = serde_json::json!(2);
-        let raw = serde_json::to_vec(&v).expect("json");
-        assert_eq!(decode_state(&raw), Err(DecodeError::Newer { found: 2 }));
-    }
-
-    #[test]
-    fn stream_replies_are_read_in_both_shapes() {
-        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let reply = Value::Array(vec![
-            Value::Array(vec![
-                bulk("2-0"),
-                Value::Array(vec![bulk("entry"), bulk("{}")]),
-            ]),
-            Value::Array(vec![
-                bulk("1-0"),
-                Value::Map(vec![(bulk("entry"), bulk("x"))]),
-            ]),
-            bulk("garbage"),
-        ]);
-        let entries = stream_entries(&reply);
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].0, "2-0");
-        assert_eq!(entries[1].1, vec![("entry".to_string(), "x".to_string())]);
     }
 }
