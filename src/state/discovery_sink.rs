@@ -152,7 +152,7 @@ impl Sink for Shared {
 
 impl Shared {
     /// Set the provider's routing overrides; returns true when they changed.
-    fn set_overrides(&self, new: RoutingOverrides) -> bool {
+    pub(super) fn set_overrides(&self, new: RoutingOverrides) -> bool {
         match self.relayer(Change::Provider(new)) {
             Ok(applied) => {
                 if applied.is_some() {
@@ -169,7 +169,7 @@ impl Shared {
 
     /// Set the provider's feature flags (`None`: the file's apply); returns true when they
     /// changed.
-    fn set_flags(&self, flags: Option<crate::flags::FlagSet>) -> bool {
+    pub(super) fn set_flags(&self, flags: Option<crate::flags::FlagSet>) -> bool {
         match self.relayer(Change::Flags(flags.map(std::sync::Arc::new))) {
             Ok(None) => false,
             Ok(Some(live)) => {

@@ -108,7 +108,7 @@ pub struct Shared {
     /// The config file as last loaded.
     config: ArcSwap<Config>,
     /// Held while a snapshot is rebuilt, so two writers cannot swap in each other's stale one.
-    overrides: Mutex<Layers>,
+    layers: Mutex<Layers>,
     live: ArcSwap<Live>,
     /// The rollout's per-window counters, recorded by the request path.
     rollout_windows: WindowRecorder,
@@ -164,7 +164,7 @@ impl Shared {
             live: ArcSwap::from_pointee(Live::new(&config, policy, &Layers::default())),
             started: config.clone(),
             config: ArcSwap::new(config),
-            overrides: Mutex::new(Layers::default()),
+            layers: Mutex::new(Layers::default()),
             rollout_windows: WindowRecorder::default(),
             rollout: OnceLock::new(),
             listeners_bound: AtomicBool::new(false),
@@ -278,7 +278,7 @@ impl Shared {
     }
 
     fn layers(&self) -> std::sync::MutexGuard<'_, Layers> {
-        self.overrides
+        self.layers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -450,5 +450,66 @@ impl std::ops::Deref for PolicyRef {
 
     fn deref(&self) -> &CanaryPolicy {
         &self.0.policy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::engine::RolloutSink;
+
+    fn shared(yaml: &str) -> Shared {
+        Shared::new(Config::parse(yaml).expect("config")).expect("shared")
+    }
+
+    fn percent(p: f64) -> Percent {
+        Percent::from_f64(p).expect("percent")
+    }
+
+    #[test]
+    fn each_change_replaces_its_own_input_and_keeps_the_others() {
+        let s = shared("routing: { canary_percent: 10, salt: file-salt }\n");
+        let provider = RoutingOverrides {
+            canary_percent: Some(percent(20.0)),
+            salt: None,
+        };
+        assert!(s.set_overrides(provider.clone()));
+        assert!(!s.set_overrides(provider), "unchanged: nothing swapped");
+        assert_eq!(s.policy().percent, percent(20.0));
+        assert_eq!(s.policy().salt, "file-salt");
+
+        // A running rollout wins over the provider's overrides.
+        s.set_route(Some(RolloutRoute {
+            weight: percent(50.0),
+            salt: "rollout-salt".into(),
+        }));
+        assert_eq!(s.policy().percent, percent(50.0));
+        assert_eq!(s.routing_sources(), ("rollout", "rollout"));
+
+        // A re-read file keeps both layers over it.
+        let file = Config::parse("routing: { canary_percent: 5, salt: new-salt }\n");
+        s.apply_file(file.expect("config")).expect("applied");
+        assert_eq!(s.policy().percent, percent(50.0));
+        assert_eq!(s.policy().salt, "rollout-salt");
+        assert_eq!(s.config().routing.salt, "new-salt");
+
+        // The rollout ends: the provider's percent over the new file's salt.
+        s.set_route(None);
+        assert_eq!(s.policy().percent, percent(20.0));
+        assert_eq!(s.policy().salt, "new-salt");
+        assert_eq!(s.base_salt(), "new-salt");
+    }
+
+    #[test]
+    fn flags_from_the_provider_replace_the_files_until_withdrawn() {
+        let s = shared("flags: { items: { beta: { enabled: true } } }\n");
+        assert_eq!(s.live().flags_source, "file");
+        assert!(s.set_flags(Some(FlagSet::default())));
+        assert!(!s.set_flags(Some(FlagSet::default())), "unchanged");
+        assert_eq!(s.live().flags_source, "redis");
+        assert!(s.live().flags.is_empty());
+        assert!(s.set_flags(None));
+        assert_eq!(s.live().flags_source, "file");
+        assert_eq!(s.live().flags.len(), 1);
     }
 }
