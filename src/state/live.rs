@@ -14,10 +14,10 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::Layers;
-use crate::config::{Balance, ClientConfig, Config, PassiveHealthConfig, UpstreamConfig};
+use crate::config::{Balance, ClientConfig, Config, UpstreamConfig};
 use crate::flags::FlagSet;
 use crate::model::PerPool;
-use crate::pool::PeerTimeouts;
+use crate::pool::{PassiveHealth, PeerTimeouts};
 use crate::routing::CanaryPolicy;
 
 /// The settings a SIGHUP applies, as one snapshot.
@@ -30,7 +30,8 @@ pub struct Live {
     pub fallback_to_canary: bool,
     /// The client limits enforced per request.
     pub client: ClientSettings,
-    pub passive_health: PassiveHealthConfig,
+    /// When a failing server leaves rotation (`passive_health`).
+    pub passive_health: PassiveHealth,
     /// Read by the pools when they refresh (`Pool::set_balance`).
     pub balance: PerPool<Balance>,
     /// Peers whose forwarding headers are believed (`proxy::headers::client_address`).
@@ -164,7 +165,7 @@ impl Live {
             upstream: UpstreamSettings::new(&config.upstream, &config.client),
             fallback_to_canary: config.fallback_to_canary,
             client: ClientSettings::from(&config.client),
-            passive_health: config.passive_health.clone(),
+            passive_health: PassiveHealth::from(&config.passive_health),
             balance: PerPool::from_fn(|kind| config.pools.get(kind).balance),
             trusted_proxies: config.trusted_proxies.clone(),
         }
