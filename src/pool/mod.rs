@@ -12,9 +12,11 @@
 
 pub mod failure;
 pub mod health;
+mod passive;
 mod server;
 pub mod upstream;
 
+pub use passive::{ErrorRate, PassiveHealth};
 pub use server::ServerState;
 pub use upstream::{PeerTimeouts, Upstream, UpstreamError};
 
@@ -30,7 +32,7 @@ use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
 
-use crate::config::{Balance, HealthCheckConfig, PassiveHealthConfig, PoolConfig};
+use crate::config::{Balance, HealthCheckConfig, PoolConfig};
 use crate::model::{PerPool, PoolKind, ServerAddr, Weight};
 
 /// A server the provider wants in the pool.
@@ -327,7 +329,7 @@ impl Pool {
     /// A transport failure of `state` seen by a request: connect refused, timed out or
     /// unroutable, or a reset or timeout before any response byte. Never call this for an
     /// error that is the proxy's own or the client's.
-    pub fn record_transport_failure(&self, state: &ServerState, passive: &PassiveHealthConfig) {
+    pub fn record_transport_failure(&self, state: &ServerState, passive: &PassiveHealth) {
         let n = state.record_transport_failure();
         if n >= passive.max_failures {
             self.try_eject(state, &format!("{n} transport failures in a row"), passive);
@@ -336,7 +338,7 @@ impl Pool {
 
     /// `state` answered with `status`: ends a run of transport failures, and feeds the
     /// optional 5xx-rate detection.
-    pub fn record_answer(&self, state: &ServerState, status: u16, passive: &PassiveHealthConfig) {
+    pub fn record_answer(&self, state: &ServerState, status: u16, passive: &PassiveHealth) {
         if let Some((answers, errors)) = state.record_answer(status, passive.error_rate.as_ref()) {
             self.try_eject(
                 state,
@@ -348,7 +350,7 @@ impl Pool {
 
     /// Eject `state` for `cool_off` unless that would take out more than
     /// `max_ejection_percent` of the pool (rounded down).
-    fn try_eject(&self, state: &ServerState, why: &str, passive: &PassiveHealthConfig) {
+    fn try_eject(&self, state: &ServerState, why: &str, passive: &PassiveHealth) {
         // The state registry's lock also serialises ejection decisions, so two requests
         // failing at once cannot both pass the cap.
         let states = self

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::R
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::config::ErrorRateConfig;
+use super::passive::ErrorRate;
 use crate::metrics::UpstreamSeries;
 
 /// State of one server address that outlives membership rebuilds.
@@ -75,7 +75,7 @@ impl ServerState {
     pub(super) fn record_answer(
         &self,
         status: u16,
-        rate: Option<&ErrorRateConfig>,
+        rate: Option<&ErrorRate>,
     ) -> Option<(u32, u32)> {
         if self.failures.load(Relaxed) != 0 {
             self.failures.store(0, Relaxed);
@@ -83,7 +83,7 @@ impl ServerState {
         let rate = rate?;
         let now = mono_ms();
         let start = self.window_start_ms.load(Relaxed);
-        if now.saturating_sub(start) >= rate.window.as_millis() as u64 {
+        if now.saturating_sub(start) >= rate.window_ms {
             // A new window. Two requests racing here may each reset it: a lost count or two.
             self.window_start_ms.store(now, Relaxed);
             self.window_answers.store(0, Relaxed);
@@ -96,8 +96,7 @@ impl ServerState {
             self.window_errors.load(Relaxed)
         };
         let over = answers >= rate.min_requests
-            && u64::from(errors) * 10_000
-                > u64::from(answers) * u64::from(rate.max_percent.basis_points());
+            && u64::from(errors) * 10_000 > u64::from(answers) * u64::from(rate.max_basis_points);
         if over {
             self.window_start_ms.store(now, Relaxed);
             self.window_answers.store(0, Relaxed);

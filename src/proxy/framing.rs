@@ -26,7 +26,9 @@ use http::{header, HeaderName, Method, Version};
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use crate::config::ClientConfig;
+/// The limits [`check_head`] enforces, built once from the `client` section with the settings
+/// in force (`state::Live`).
+pub use crate::state::HeadLimits as Limits;
 
 /// Why a request is refused: the status and a fixed reason (never client bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,27 +65,6 @@ impl Rejection {
         resp.insert_header(header::CONNECTION, "close")?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
         Ok(resp)
-    }
-}
-
-/// The limits [`check_head`] enforces, from the `client` section of the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Most header lines (the request line not counted).
-    pub max_headers: usize,
-    /// Longest request line or header line, without its line ending.
-    pub max_header_line: usize,
-    /// Largest whole head, request line to the empty line included.
-    pub max_header_bytes: usize,
-}
-
-impl From<&ClientConfig> for Limits {
-    fn from(c: &ClientConfig) -> Limits {
-        Limits {
-            max_headers: c.max_headers,
-            max_header_line: c.max_header_line,
-            max_header_bytes: c.max_header_bytes,
-        }
     }
 }
 

@@ -47,7 +47,7 @@ use crate::flags::FlagBits;
 use crate::metrics::{BudgetLabel, ClientErrorKind, MethodLabel, RefusalCode};
 use crate::model::{PoolKind, Reason};
 use crate::pool::failure::{is_reset, is_server_failure, tls_failure};
-use crate::pool::{PeerTimeouts, ServerState};
+use crate::pool::ServerState;
 use crate::routing::{self, RequestFacts, UserKey};
 use crate::state::{Live, Shared};
 use budget::UpstreamBudget;
@@ -145,33 +145,18 @@ pub struct Ctx {
 }
 
 impl CanaryProxy {
-    /// The timeouts of an attempt, from the settings in force. `upgrade`: the request asks to
-    /// switch protocols; its reads may be a tunnel's, idle for up to
-    /// `client.tunnel_idle_timeout` (the wait for the `101` included).
-    fn timeouts(live: &Live, upgrade: bool) -> PeerTimeouts {
-        let upstream = &live.upstream;
-        PeerTimeouts {
-            connect: upstream.connect_timeout,
-            read: if upgrade {
-                upstream.read_timeout.max(live.client.tunnel_idle_timeout)
-            } else {
-                upstream.read_timeout
-            },
-            write: upstream.write_timeout,
-            idle: upstream.idle_timeout,
-        }
-    }
-
     /// A failed attempt on `server` of `pool`: counted as a TLS failure when it is one, and
     /// held against the server's passive health only when it is the server's
     /// ([`is_server_failure`]: never a certificate the proxy does not accept).
     fn record_attempt_failure(&self, pool: PoolKind, server: &ServerState, e: &Error, ctx: &Ctx) {
         if let Some(kind) = tls_failure(e) {
-            self.shared.metrics.record_upstream_tls_failure(pool, kind);
+            self.shared
+                .metrics()
+                .record_upstream_tls_failure(pool, kind);
         }
         if is_server_failure(e) {
             self.shared
-                .pools
+                .pools()
                 .get(pool)
                 .record_transport_failure(server, &ctx.live.passive_health);
         }
@@ -216,7 +201,7 @@ impl CanaryProxy {
         ctx: &Ctx,
         budget: BudgetLabel,
     ) -> Result<bool> {
-        self.shared.metrics.record_budget_refusal(budget);
+        self.shared.metrics().record_budget_refusal(budget);
         let extra = [("Retry-After", "1")];
         self.respond_503(
             session,
@@ -267,19 +252,19 @@ impl ProxyHttp for CanaryProxy {
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         ctx.request_id = Some(headers::request_id_of(session.req_header()));
         let client = &ctx.live.client;
-        let limits = framing::Limits::from(client);
+        let limits = &client.head;
         let verdict = match session.as_http1() {
             Some(h1) => {
-                framing::check_head(session.req_header(), &h1.get_headers_raw_bytes(), &limits)
+                framing::check_head(session.req_header(), &h1.get_headers_raw_bytes(), limits)
             }
             // HTTP/2 (ALPN or h2c): the same limits on the decoded head; cookie crumbs joined.
-            None => framing::check_h2_head(session.req_header(), &limits).map(|()| {
+            None => framing::check_h2_head(session.req_header(), limits).map(|()| {
                 framing::join_cookie_crumbs(session.req_header_mut());
             }),
         };
         if let Err(rejection) = verdict {
             self.shared
-                .metrics
+                .metrics()
                 .record_refusal(RefusalCode::of(rejection.status));
             let body = rejection.body();
             // (Pingora drops `Connection: close` from it on HTTP/2.)
@@ -303,7 +288,7 @@ impl ProxyHttp for CanaryProxy {
         }
         // Pingora keeps an HTTP/1.1 connection open forever between requests unless told
         // otherwise; `Some(0)` is its "no timeout", `None` means the connection closes.
-        let idle = client.keepalive_timeout.as_secs().max(1);
+        let idle = client.keepalive_secs;
         if session.get_keepalive().is_some_and(|t| t == 0 || t > idle) {
             session.set_keepalive(Some(idle));
         }
@@ -327,7 +312,7 @@ impl ProxyHttp for CanaryProxy {
             }
             _ => ClientErrorKind::Protocol,
         };
-        self.shared.metrics.record_client_error(kind);
+        self.shared.metrics().record_client_error(kind);
         true
     }
 
@@ -367,7 +352,7 @@ impl ProxyHttp for CanaryProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        self.shared.in_flight.enter();
+        self.shared.in_flight().enter();
         ctx.in_flight = true;
 
         // An HTTP/2 stream waits for a place in the upstream budgets before any upstream work,
@@ -410,7 +395,7 @@ impl ProxyHttp for CanaryProxy {
                 .map(|v| v.as_bytes()),
             client_ip,
         };
-        let pools = &self.shared.pools;
+        let pools = self.shared.pools();
         let mut picked = None;
         let decision = routing::decide(
             policy,
@@ -423,14 +408,14 @@ impl ProxyHttp for CanaryProxy {
             },
         );
         let pool = decision.pool;
-        self.shared.metrics.record_decision(pool, decision.reason);
+        self.shared.metrics().record_decision(pool, decision.reason);
         ctx.pool = Some(pool);
         ctx.forced = matches!(
             decision.reason,
             routing::Reason::Header | routing::Reason::Cookie
         );
         ctx.reason = Some(decision.reason);
-        if self.shared.access_log.is_some() {
+        if self.shared.access_log().is_some() {
             let key = decision.hash_key();
             ctx.user_hash = (!key.is_empty()).then(|| accesslog::user_hash(key));
         }
@@ -471,7 +456,7 @@ impl ProxyHttp for CanaryProxy {
         if ctx.attempts > 0 {
             // A retry gives up stickiness to a server (consistent hashing): any other will do.
             let key = b"";
-            let p = self.shared.pools.get(pool);
+            let p = self.shared.pools().get(pool);
             let next = p
                 .select(key, &ctx.tried)
                 .or_else(|| ctx.same_server_ok.then(|| p.select(key, &[])).flatten());
@@ -484,7 +469,7 @@ impl ProxyHttp for CanaryProxy {
                     ))
                 }
             }
-            self.shared.metrics.record_retry(pool);
+            self.shared.metrics().record_retry(pool);
         }
         ctx.attempts += 1;
         let server = ctx
@@ -495,10 +480,11 @@ impl ProxyHttp for CanaryProxy {
             prev.end_request();
         }
         server.begin_request();
-        let timeouts = Self::timeouts(&ctx.live, session.is_upgrade_req());
+        // An upgrade request's reads may be a tunnel's (`client.tunnel_idle_timeout`).
+        let timeouts = *ctx.live.upstream.timeouts(session.is_upgrade_req());
         let peer = self
             .shared
-            .pools
+            .pools()
             .get(pool)
             .peer(&server, &timeouts, worker_slot());
         ctx.counted_on = Some(server);
@@ -557,14 +543,14 @@ impl ProxyHttp for CanaryProxy {
         ctx.upstream_time = ctx.upstream_start.map(|t| t.elapsed());
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
             let status = upstream_response.status.as_u16();
-            self.shared.metrics.record_upstream(
+            self.shared.metrics().record_upstream(
                 pool,
                 &server.label,
                 &server.upstream_series,
                 Some(status),
             );
             self.shared
-                .pools
+                .pools()
                 .get(pool)
                 .record_answer(server, status, &ctx.live.passive_health);
         }
@@ -604,9 +590,12 @@ impl ProxyHttp for CanaryProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
-            self.shared
-                .metrics
-                .record_upstream(pool, &server.label, &server.upstream_series, None);
+            self.shared.metrics().record_upstream(
+                pool,
+                &server.label,
+                &server.upstream_series,
+                None,
+            );
             self.record_attempt_failure(pool, server, &e, ctx);
             ctx.tried.push(server.addr);
         }
@@ -634,9 +623,12 @@ impl ProxyHttp for CanaryProxy {
         }
         let response_started = session.as_ref().response_written().is_some();
         if let (Some(pool), Some(server), false) = (ctx.pool, &ctx.server, response_started) {
-            self.shared
-                .metrics
-                .record_upstream(pool, &server.label, &server.upstream_series, None);
+            self.shared.metrics().record_upstream(
+                pool,
+                &server.label,
+                &server.upstream_series,
+                None,
+            );
             // A pooled keep-alive connection that the server had closed is a benign race.
             if !upstream_reused {
                 self.record_attempt_failure(pool, server, &e, ctx);
@@ -704,7 +696,7 @@ impl ProxyHttp for CanaryProxy {
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0);
             let method = MethodLabel::from_method(&session.req_header().method);
-            self.shared.metrics.record_request(
+            self.shared.metrics().record_request(
                 pool,
                 code,
                 method,
@@ -718,12 +710,12 @@ impl ProxyHttp for CanaryProxy {
                 ctx.origin.client,
             );
         }
-        if let Some(log) = &self.shared.access_log {
+        if let Some(log) = self.shared.access_log() {
             log.log(Self::entry(session, ctx));
         }
         // Last: a drain that sees nothing in flight finds every line queued.
         if ctx.in_flight {
-            self.shared.in_flight.leave();
+            self.shared.in_flight().leave();
         }
     }
 }

@@ -29,7 +29,6 @@
 //!   one (of its own address at the per-address limit) instead of being refused, so idle
 //!   sockets cannot keep `/healthz` from answering the container's health check.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -193,17 +192,23 @@ impl AdminApp {
 /// `fallback_to_canary` sends production's traffic there). A replica that can only answer 503
 /// is taken out of a load balancer's rotation instead of served traffic.
 pub fn readiness(shared: &Shared) -> Result<(), &'static str> {
-    if !shared.listeners_bound.load(Relaxed) {
+    if !shared.listeners_bound() {
         return Err("listeners not bound yet");
     }
-    let d = &shared.discovery;
-    if !d.provider.role().servers_in_config_file && d.last_sync_ms.load(Relaxed) == 0 {
+    if !shared.discovery_status().servers_known() {
         return Err("discovery has not answered yet");
     }
-    if !shared.health_checked.load(Relaxed) {
+    if !shared.health_checked() {
         return Err("first health check not done yet");
     }
-    let in_rotation = |kind: PoolKind| shared.pools.get(kind).view().iter().any(|s| s.in_rotation);
+    let in_rotation = |kind: PoolKind| {
+        shared
+            .pools()
+            .get(kind)
+            .view()
+            .iter()
+            .any(|s| s.in_rotation)
+    };
     if in_rotation(PoolKind::Production)
         || (shared.live().fallback_to_canary && in_rotation(PoolKind::Canary))
     {
@@ -214,7 +219,7 @@ pub fn readiness(shared: &Shared) -> Result<(), &'static str> {
 
 /// The `/metrics` text, with the pool gauges taken from the pools as they are now.
 fn metrics_text(shared: &Shared) -> Vec<u8> {
-    let views = PoolKind::ALL.map(|kind| (kind, shared.pools.get(kind).view()));
+    let views = PoolKind::ALL.map(|kind| (kind, shared.pools().get(kind).view()));
     let servers: Vec<ServerSample<'_>> = views
         .iter()
         .flat_map(|(pool, view)| {
@@ -227,8 +232,8 @@ fn metrics_text(shared: &Shared) -> Vec<u8> {
             })
         })
         .collect();
-    let discovery_up = shared.discovery.up.load(Relaxed);
-    shared.metrics.render(&servers, discovery_up)
+    let discovery_up = shared.discovery_status().is_up();
+    shared.metrics().render(&servers, discovery_up)
 }
 
 /// The `/status` document.
@@ -237,8 +242,8 @@ pub fn status(shared: &Shared) -> serde_json::Value {
     let (percent_from, salt_from) = shared.routing_sources();
     let mut pools = serde_json::Map::new();
     for kind in PoolKind::ALL {
-        let servers = shared.pools.get(kind).view();
-        let (requests, errors) = shared.metrics.pool_counts(kind);
+        let servers = shared.pools().get(kind).view();
+        let (requests, errors) = shared.metrics().pool_counts(kind);
         pools.insert(
             kind.as_str().into(),
             json!({
@@ -249,17 +254,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
             }),
         );
     }
-    let d = &shared.discovery;
-    let last_error = d
-        .last_error
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone();
-    let reconciling = d
-        .reconciling
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone();
+    let d = shared.discovery_status().report();
     json!({
         "pools": pools,
         "routing": {
@@ -275,14 +270,14 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         "discovery": {
             "provider": d.provider,
             "source": d.source,
-            "up": d.up.load(Relaxed),
-            "last_sync_unix_ms": d.last_sync_ms.load(Relaxed),
-            "last_error": last_error,
-            "store_reinitialised": d.reinitialised.load(Relaxed),
-            "reconciling": reconciling,
+            "up": d.up,
+            "last_sync_unix_ms": d.last_sync_ms,
+            "last_error": d.last_error,
+            "store_reinitialised": d.reinitialised,
+            "reconciling": d.reconciling,
         },
         "flags": flags_status(&shared.live()),
-        "in_flight": shared.in_flight.get(),
+        "in_flight": shared.in_flight().get(),
         "reload": reload_status(shared),
     })
 }
@@ -290,7 +285,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
 /// The SIGHUP reloads: `generation` counts those tried since start; `last` is `applied`,
 /// `failed` (with `error`) or null before the first. `canary-lb reload` waits on these.
 fn reload_status(shared: &Shared) -> serde_json::Value {
-    let (generation, last) = shared.reloads.last();
+    let (generation, last) = shared.last_reload();
     let (last, error) = match last {
         None => (None, None),
         Some(Ok(())) => (Some("applied"), None),

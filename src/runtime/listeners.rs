@@ -18,7 +18,6 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -160,7 +159,7 @@ impl BackgroundService for Bound {
             ),
             None => info!("no admin port (metrics_listen is not set)"),
         }
-        self.shared.listeners_bound.store(true, Relaxed);
+        self.shared.set_listeners_bound();
         if let Some(path) = &config.pid_file {
             match std::fs::write(path, format!("{}\n", std::process::id())) {
                 Ok(()) => self.cleanup.remove_pid_file(path.clone()),

@@ -3,7 +3,6 @@
 //! that reload or stop it are in `signals.rs`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -117,12 +116,12 @@ pub fn assemble(
     // clients that send requests.
     let client = shared.started().client.clone();
     let limit = Arc::new(ConnectionLimit::new(client.max_connections).shed_idle());
-    shared.metrics.watch_connection_limit(limit.clone());
+    shared.metrics().watch_connection_limit(limit.clone());
     // One set of HTTP/2 upstream budgets for every listener (proxy/budget.rs).
     let budget = UpstreamBudget::new(
         client.max_upstream_per_connection,
         client.max_upstream_connections,
-        shared.metrics.h2_upstream_in_flight.clone(),
+        shared.metrics().h2_upstream_in_flight.clone(),
     );
     // `h2c` is a per-service option in Pingora: plain listeners with h2c get their own
     // service (same proxy logic, same connection limit). TLS listeners negotiate h2 by ALPN.
@@ -187,7 +186,7 @@ pub fn assemble(
     let n_main = listen.len() - n_h2c - n_redirect;
     let keeper = server.add_service(keeper);
     // The access log's writer starts before the proxies that feed it.
-    let writer = shared.access_log.is_some().then(|| {
+    let writer = shared.access_log().is_some().then(|| {
         server.add_service(background_service(
             "access log writer",
             AccessLogWriter {
@@ -220,7 +219,7 @@ pub fn assemble(
         admin.add_tcp(&addr.to_string());
         let admin_limit = Arc::new(crate::runtime::admin::connection_limit());
         shared
-            .metrics
+            .metrics()
             .watch_admin_connection_limit(admin_limit.clone());
         admin.set_connection_limit(admin_limit);
         server.add_service(admin);
@@ -246,11 +245,11 @@ pub fn assemble(
 /// `canary_lb_store_newer_schema_total{kind}` (every kind at 0 from the first scrape).
 fn count_newer_schema(shared: &Arc<Shared>) {
     let kinds = crate::store::codec::StoredKind::ALL.map(|k| k.as_str());
-    shared.metrics.preset_store_newer_schema(&kinds);
+    shared.metrics().preset_store_newer_schema(&kinds);
     let weak = Arc::downgrade(shared);
     crate::store::codec::on_newer_schema(move |kind| {
         if let Some(shared) = weak.upgrade() {
-            shared.metrics.store_newer_schema(kind.as_str());
+            shared.metrics().store_newer_schema(kind.as_str());
         }
     });
 }
@@ -390,7 +389,7 @@ impl Assembled {
         self.server.run(RunArgs {
             shutdown_signal: Box::new(watch),
         });
-        if let Some(log) = &self.shared.access_log {
+        if let Some(log) = self.shared.access_log() {
             log.finish();
         }
         self.cleanup.run();
@@ -410,7 +409,7 @@ impl BackgroundService for AccessLogWriter {
         mut shutdown: ShutdownWatch,
         ready: ServiceReadyNotifier,
     ) {
-        if let Some(log) = &self.shared.access_log {
+        if let Some(log) = self.shared.access_log() {
             if let Err(e) = log.start_writer() {
                 log::error!("access log: cannot start its writer thread: {e}");
             }
@@ -435,7 +434,7 @@ impl BackgroundService for PoolKeeper {
     ) {
         let shared = &self.shared;
         let config = shared.started();
-        for pool in shared.pools.values() {
+        for pool in shared.pools().values() {
             pool.refresh().await;
         }
         ready.notify_ready();
@@ -446,9 +445,9 @@ impl BackgroundService for PoolKeeper {
             let interval = config.health_check.interval;
             tasks.spawn(async move {
                 loop {
-                    shared.pools.get(kind).health_check().await;
+                    shared.pools().get(kind).health_check().await;
                     if kind == crate::model::PoolKind::Production {
-                        shared.health_checked.store(true, Relaxed);
+                        shared.set_health_checked();
                     }
                     tokio::time::sleep(interval).await;
                 }
@@ -461,10 +460,10 @@ impl BackgroundService for PoolKeeper {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = shared.refresh.notified() => {}
+                _ = shared.wanted_changed() => {}
                 _ = tokio::time::sleep(resync) => {}
             }
-            for pool in shared.pools.values() {
+            for pool in shared.pools().values() {
                 pool.refresh().await;
             }
         }

@@ -54,19 +54,19 @@ impl Signals {
         match &result {
             Ok(()) => self
                 .shared
-                .metrics
+                .metrics()
                 .record_config_reload(ReloadResult::Applied),
             // Nothing was attempted without a file: not a failed reload.
             Err(_) if self.config_path.is_none() => {}
             Err(_) => self
                 .shared
-                .metrics
+                .metrics()
                 .record_config_reload(ReloadResult::Failed),
         }
         if let Err(e) = &result {
             error!("SIGHUP: {e}");
         }
-        self.shared.reloads.record(result);
+        self.shared.record_reload(result);
     }
 
     fn try_reload(&self) -> Result<(), String> {
@@ -108,9 +108,9 @@ impl Signals {
             // A request accepted just before the listeners closed gets to `request_filter`.
             std::thread::sleep(Duration::from_millis(200));
             let left = grace.saturating_sub(Duration::from_millis(200));
-            if shared.in_flight.wait_idle(left) {
+            if shared.in_flight().wait_idle(left) {
                 info!("graceful shutdown: no request in flight, exiting");
-                if let Some(log) = &shared.access_log {
+                if let Some(log) = shared.access_log() {
                     log.finish();
                 }
                 cleanup.run();
@@ -138,7 +138,7 @@ impl ShutdownSignalWatch for Signals {
             tokio::select! {
                 _ = hup.recv() => self.reload(),
                 _ = usr1.recv() => {
-                    if let Some(log) = &self.shared.access_log {
+                    if let Some(log) = self.shared.access_log() {
                         info!("SIGUSR1: reopening the access log");
                         log.reopen();
                     }
