@@ -27,12 +27,14 @@ use crate::config::{
     Balance, ClientConfig, Config, InvalidConfig, PassiveHealthConfig, Provider, ProviderRole,
     ProviderSettings, UpstreamConfig,
 };
-use crate::discovery::{self, Event, Failure, ReconcileView, RoutingOverrides, Sink, Snapshot};
+use crate::discovery::{
+    self, DiscoveryMetrics, Event, Failure, ReconcileView, RoutingOverrides, Sink, Snapshot,
+};
 use crate::drain::InFlight;
 use crate::flags::FlagSet;
 use crate::metrics::{ConfigSource, Metrics};
 use crate::model::{PerPool, Percent, PoolKind};
-use crate::pool::{Pool, PoolError, Pools, ServerView, WantedServer};
+use crate::pool::{Pool, PoolError, PoolMetrics, Pools, ServerView, WantedServer};
 use crate::rollout::engine::{RolloutRoute, RolloutSink};
 use crate::rollout::window::WindowRecorder;
 use crate::rollout::Coordinator;
@@ -124,6 +126,8 @@ pub struct DiscoveryStatus {
     pub reinitialised: AtomicU64,
     /// What is kept from before the last re-initialisation, while anything is.
     pub reconciling: Mutex<Option<ReconcileView>>,
+    /// Discovery's series (`discovery::metrics`).
+    pub metrics: DiscoveryMetrics,
 }
 
 /// Why the process state could not be built at start. (A reload fails only on the routing
@@ -215,11 +219,18 @@ impl ReloadStatus {
 
 impl Shared {
     pub fn new(config: Config) -> Result<Shared, StartError> {
+        let metrics = Metrics::new()?;
+        let pool_metrics = PoolMetrics::register(metrics.registry())?;
+        let discovery_metrics = DiscoveryMetrics::register(metrics.registry())?;
         let pools: Pools = PerPool::try_from_fn(|kind| -> Result<Pool, PoolError> {
-            Pool::new(kind, &config.pools[kind], &config.health_check)
+            Pool::new(
+                kind,
+                &config.pools[kind],
+                &config.health_check,
+                &pool_metrics,
+            )
         })?;
         let policy = CanaryPolicy::from_config(&config.routing)?;
-        let metrics = Metrics::new()?;
         metrics
             .rollout
             .export_verdicts::<crate::rollout::judge::Finding>();
@@ -239,6 +250,7 @@ impl Shared {
             metrics,
             access_log,
             discovery: DiscoveryStatus {
+                metrics: discovery_metrics,
                 provider: config.discovery.provider,
                 source: discovery::from_settings(&provider).describe(),
                 // The file's lists are known from the start; any other source must answer.
@@ -566,21 +578,17 @@ impl Sink for Shared {
             }
             Err(failure) => {
                 self.set_reconciling(failure.reconciling);
-                self.metrics.discovery_error(failure.kind);
+                self.discovery.metrics.failure(failure.kind);
                 self.discovery.set_error(failure.error);
             }
         }
     }
 
     fn count(&self, event: Event<'_>) {
-        match event {
-            Event::Resync => self.metrics.discovery_resyncs.inc(),
-            Event::Skipped(kind) => self.metrics.discovery_problem(kind),
-            Event::Reinitialised => {
-                self.discovery.reinitialised.fetch_add(1, Relaxed);
-                self.metrics.discovery_store_reinitialised.inc();
-            }
+        if event == Event::Reinitialised {
+            self.discovery.reinitialised.fetch_add(1, Relaxed);
         }
+        self.discovery.metrics.count(event);
     }
 
     fn view(&self, pool: PoolKind) -> Vec<ServerView> {
@@ -602,9 +610,7 @@ impl Sink for Shared {
 impl Shared {
     /// Part of what is served is kept from before a re-initialisation (`None`: nothing is).
     fn set_reconciling(&self, view: Option<ReconcileView>) {
-        self.metrics
-            .discovery_reconciling
-            .set(i64::from(view.is_some()));
+        self.discovery.metrics.set_reconciling(view.is_some());
         *self
             .discovery
             .reconciling

@@ -22,6 +22,28 @@ pub trait LabelValue: Copy + PartialEq + 'static {
     const ALL: &'static [Self];
     /// The text Prometheus sees.
     fn label(self) -> &'static str;
+    /// The position of `self` in `ALL`: the slot of its pre-resolved series. Label types
+    /// recorded per request override it with `self as usize`.
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|v| *v == self).unwrap_or(0)
+    }
+}
+
+/// `LabelValue` for an enum with the inherent `ALL` array, `index()` and `as_str()` this
+/// module's enums have.
+#[macro_export]
+macro_rules! label_value {
+    ($t:ty) => {
+        impl $crate::metrics::LabelValue for $t {
+            const ALL: &'static [Self] = &<$t>::ALL;
+            fn label(self) -> &'static str {
+                self.as_str()
+            }
+            fn index(self) -> usize {
+                <$t>::index(self)
+            }
+        }
+    };
 }
 
 /// The `reason` label of `canary_lb_rollout_verdicts_total` and
@@ -38,7 +60,8 @@ pub trait VerdictLabel: LabelValue {
 /// Panics unless every value of `L` has its own non-empty text (for the owner's unit test).
 pub fn assert_distinct<L: LabelValue>() {
     let mut seen = std::collections::HashSet::new();
-    for v in L::ALL {
+    for (i, v) in L::ALL.iter().enumerate() {
+        assert_eq!(v.index(), i, "`{}` is not at its index in ALL", v.label());
         assert!(!v.label().is_empty(), "an empty label text");
         assert!(seen.insert(v.label()), "`{}` twice", v.label());
     }
@@ -96,58 +119,6 @@ impl MethodLabel {
             MethodLabel::Patch => "PATCH",
             MethodLabel::Options => "OPTIONS",
             MethodLabel::Other => "OTHER",
-        }
-    }
-}
-
-/// The `code_class` label of `canary_lb_upstream_requests_total`: the class of an upstream's
-/// answer, or `error` when it never answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CodeClass {
-    Informational,
-    Success,
-    Redirection,
-    ClientError,
-    ServerError,
-    /// No answer: connect failure, reset, timeout.
-    Error,
-}
-
-impl CodeClass {
-    pub const ALL: [CodeClass; 6] = [
-        CodeClass::Informational,
-        CodeClass::Success,
-        CodeClass::Redirection,
-        CodeClass::ClientError,
-        CodeClass::ServerError,
-        CodeClass::Error,
-    ];
-
-    /// The class of an upstream answer; `None` (no answer) and statuses outside 100..=599
-    /// are `error`.
-    pub const fn of(status: Option<u16>) -> CodeClass {
-        match status {
-            Some(100..=199) => CodeClass::Informational,
-            Some(200..=299) => CodeClass::Success,
-            Some(300..=399) => CodeClass::Redirection,
-            Some(400..=499) => CodeClass::ClientError,
-            Some(500..=599) => CodeClass::ServerError,
-            _ => CodeClass::Error,
-        }
-    }
-
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            CodeClass::Informational => "1xx",
-            CodeClass::Success => "2xx",
-            CodeClass::Redirection => "3xx",
-            CodeClass::ClientError => "4xx",
-            CodeClass::ServerError => "5xx",
-            CodeClass::Error => "error",
         }
     }
 }
@@ -245,140 +216,6 @@ impl ClientErrorKind {
             ClientErrorKind::Closed => "closed",
             ClientErrorKind::Timeout => "timeout",
             ClientErrorKind::Protocol => "protocol",
-        }
-    }
-}
-
-/// The `kind` label of `canary_lb_upstream_tls_failures_total`: why a TLS connection to an
-/// app server failed. The first three are a trust mismatch between the proxy's `pools.X.tls`
-/// and the server's certificates, which never counts against the server's health; the last is
-/// any other failed handshake (a server that does not speak TLS, no shared version), which
-/// does, as a connect failure would.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UpstreamTlsFailure {
-    /// The server's certificate is not signed by a CA the pool trusts (`ca_file`).
-    UnknownCa,
-    /// The server's certificate is signed but unusable: expired, not yet valid, not for the
-    /// SNI name, revoked, malformed.
-    BadCertificate,
-    /// The server refused the proxy's client certificate, or wanted one and got none (mTLS).
-    ClientCertRefused,
-    /// Any other failed TLS handshake with the server.
-    Handshake,
-}
-
-impl UpstreamTlsFailure {
-    pub const ALL: [UpstreamTlsFailure; 4] = [
-        UpstreamTlsFailure::UnknownCa,
-        UpstreamTlsFailure::BadCertificate,
-        UpstreamTlsFailure::ClientCertRefused,
-        UpstreamTlsFailure::Handshake,
-    ];
-
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            UpstreamTlsFailure::UnknownCa => "unknown_ca",
-            UpstreamTlsFailure::BadCertificate => "bad_certificate",
-            UpstreamTlsFailure::ClientCertRefused => "client_cert_refused",
-            UpstreamTlsFailure::Handshake => "handshake",
-        }
-    }
-
-    /// A trust mismatch (certificates), not a failing server.
-    pub const fn is_certificate(self) -> bool {
-        !matches!(self, UpstreamTlsFailure::Handshake)
-    }
-}
-
-/// The `state` label of `canary_lb_pool_servers`. A server is counted once: draining first,
-/// then healthy (passes checks and not ejected), else unhealthy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServerStateLabel {
-    Healthy,
-    Unhealthy,
-    Draining,
-}
-
-impl ServerStateLabel {
-    pub const ALL: [ServerStateLabel; 3] = [
-        ServerStateLabel::Healthy,
-        ServerStateLabel::Unhealthy,
-        ServerStateLabel::Draining,
-    ];
-
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ServerStateLabel::Healthy => "healthy",
-            ServerStateLabel::Unhealthy => "unhealthy",
-            ServerStateLabel::Draining => "draining",
-        }
-    }
-}
-
-/// The `kind` label of `canary_lb_discovery_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DiscoveryErrorKind {
-    /// The source did not answer (Redis down, Sentinel without a master, timeout).
-    Unreachable,
-    /// Redis answers but its store has no meta marker: it lost its data.
-    StoreLost,
-    /// Bad entries skipped by the store reader, one kind per `store::Problem::kind`.
-    Address,
-    Weight,
-    Lease,
-    Meta,
-    CanaryPercent,
-    Salt,
-    /// A feature flag in Redis that does not parse (skipped; the other flags apply).
-    Flag,
-    /// The source's data does not parse as a whole (a `file_watch` servers file with bad
-    /// YAML or a bad entry): none of it applies, the last known servers keep serving.
-    Invalid,
-}
-
-impl DiscoveryErrorKind {
-    pub const ALL: [DiscoveryErrorKind; 10] = [
-        DiscoveryErrorKind::Unreachable,
-        DiscoveryErrorKind::StoreLost,
-        DiscoveryErrorKind::Address,
-        DiscoveryErrorKind::Weight,
-        DiscoveryErrorKind::Lease,
-        DiscoveryErrorKind::Meta,
-        DiscoveryErrorKind::CanaryPercent,
-        DiscoveryErrorKind::Salt,
-        DiscoveryErrorKind::Flag,
-        DiscoveryErrorKind::Invalid,
-    ];
-
-    /// The kind whose text is `s` (a `store::Problem::kind`).
-    pub fn parse(s: &str) -> Option<DiscoveryErrorKind> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DiscoveryErrorKind::Unreachable => "unreachable",
-            DiscoveryErrorKind::StoreLost => "store_lost",
-            DiscoveryErrorKind::Address => "address",
-            DiscoveryErrorKind::Weight => "weight",
-            DiscoveryErrorKind::Lease => "lease",
-            DiscoveryErrorKind::Meta => "meta",
-            DiscoveryErrorKind::CanaryPercent => "canary_percent",
-            DiscoveryErrorKind::Salt => "salt",
-            DiscoveryErrorKind::Flag => "flag",
-            DiscoveryErrorKind::Invalid => "invalid",
         }
     }
 }
@@ -492,6 +329,14 @@ impl BudgetLabel {
     }
 }
 
+crate::label_value!(MethodLabel);
+crate::label_value!(RefusalCode);
+crate::label_value!(ClientErrorKind);
+crate::label_value!(ConfigSource);
+crate::label_value!(ReloadResult);
+crate::label_value!(RolloutPhaseLabel);
+crate::label_value!(BudgetLabel);
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -524,12 +369,6 @@ mod tests {
             MethodLabel::as_str,
         );
         check(
-            "CodeClass",
-            &CodeClass::ALL,
-            CodeClass::index,
-            CodeClass::as_str,
-        );
-        check(
             "ClientErrorKind",
             &ClientErrorKind::ALL,
             ClientErrorKind::index,
@@ -540,18 +379,6 @@ mod tests {
             &RefusalCode::ALL,
             RefusalCode::index,
             RefusalCode::as_str,
-        );
-        check(
-            "ServerStateLabel",
-            &ServerStateLabel::ALL,
-            ServerStateLabel::index,
-            ServerStateLabel::as_str,
-        );
-        check(
-            "DiscoveryErrorKind",
-            &DiscoveryErrorKind::ALL,
-            DiscoveryErrorKind::index,
-            DiscoveryErrorKind::as_str,
         );
         check(
             "ConfigSource",
@@ -593,26 +420,10 @@ mod tests {
         ] {
             assert_eq!(MethodLabel::from_method(&m).as_str(), want, "{m}");
         }
-        for (status, want) in [
-            (None, "error"),
-            (Some(99), "error"),
-            (Some(100), "1xx"),
-            (Some(204), "2xx"),
-            (Some(308), "3xx"),
-            (Some(404), "4xx"),
-            (Some(599), "5xx"),
-            (Some(600), "error"),
-        ] {
-            assert_eq!(CodeClass::of(status).as_str(), want, "{status:?}");
-        }
         for code in RefusalCode::ALL {
             assert_eq!(RefusalCode::of(code.status()), code);
             assert_eq!(code.as_str(), code.status().to_string());
         }
         assert_eq!(RefusalCode::of(418), RefusalCode::BadRequest);
-        for kind in DiscoveryErrorKind::ALL {
-            assert_eq!(DiscoveryErrorKind::parse(kind.as_str()), Some(kind));
-        }
-        assert_eq!(DiscoveryErrorKind::parse("nope"), None);
     }
 }

@@ -2,7 +2,9 @@
 //! Every label set exists from the first scrape. Verdicts and rollbacks are counted only by
 //! the replica that applied them, so `sum()` over replicas counts each once.
 
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+
+use super::Registry;
 
 use super::labels::{RolloutPhaseLabel, VerdictLabel};
 use crate::model::{PerPool, PoolKind};
@@ -29,17 +31,17 @@ impl RolloutMetrics {
             ),
             &["phase"],
         )?;
-        registry.register(Box::new(phase_vec.clone()))?;
+        registry.register(phase_vec.clone())?;
         let weight = Gauge::new(
             "canary_lb_rollout_weight",
             "canary_percent the rollout holds (its step's weight, 0 after a rollback).",
         )?;
-        registry.register(Box::new(weight.clone()))?;
+        registry.register(weight.clone())?;
         let failed = IntGauge::new(
             "canary_lb_rollout_failed_checks",
             "Failed windows in the current rollout (it rolls back at its threshold).",
         )?;
-        registry.register(Box::new(failed.clone()))?;
+        registry.register(failed.clone())?;
         let verdicts_vec = IntCounterVec::new(
             Opts::new(
                 "canary_lb_rollout_verdicts_total",
@@ -47,7 +49,7 @@ impl RolloutMetrics {
             ),
             &["verdict", "reason"],
         )?;
-        registry.register(Box::new(verdicts_vec.clone()))?;
+        registry.register(verdicts_vec.clone())?;
         let rollbacks_vec = IntCounterVec::new(
             Opts::new(
                 "canary_lb_rollout_rollbacks_total",
@@ -55,12 +57,12 @@ impl RolloutMetrics {
             ),
             &["reason"],
         )?;
-        registry.register(Box::new(rollbacks_vec.clone()))?;
+        registry.register(rollbacks_vec.clone())?;
         let leader = IntGauge::new(
             "canary_lb_rollout_leader",
             "1 while this replica holds the rollout leader lease.",
         )?;
-        registry.register(Box::new(leader.clone()))?;
+        registry.register(leader.clone())?;
         let capped_vec = IntCounterVec::new(
             Opts::new(
                 "canary_lb_rollout_capped_requests_total",
@@ -70,7 +72,7 @@ impl RolloutMetrics {
             ),
             &["pool"],
         )?;
-        registry.register(Box::new(capped_vec.clone()))?;
+        registry.register(capped_vec.clone())?;
         let phase = RolloutPhaseLabel::ALL.map(|p| phase_vec.with_label_values(&[p.as_str()]));
         phase[RolloutPhaseLabel::Idle.index()].set(1);
         Ok(RolloutMetrics {
@@ -135,7 +137,7 @@ mod tests {
     #[test]
     fn every_rollout_series_exists_from_the_first_scrape() {
         let m = Metrics::new().expect("metrics");
-        let text = String::from_utf8(m.render(&[], true)).expect("utf-8");
+        let text = String::from_utf8(m.render()).expect("utf-8");
         let mut want = vec![
             "canary_lb_rollout_weight 0".to_string(),
             "canary_lb_rollout_failed_checks 0".to_string(),
@@ -154,7 +156,7 @@ mod tests {
             assert!(text.contains(line.as_str()), "{line} missing:\n{text}");
         }
         m.rollout.set_state(RolloutPhaseLabel::RolledBack, 0.0, 3);
-        let text = String::from_utf8(m.render(&[], true)).expect("utf-8");
+        let text = String::from_utf8(m.render()).expect("utf-8");
         for line in [
             "canary_lb_rollout_phase{phase=\"idle\"} 0",
             "canary_lb_rollout_phase{phase=\"rolled_back\"} 1",

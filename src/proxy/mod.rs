@@ -167,7 +167,7 @@ impl CanaryProxy {
     /// ([`is_server_failure`]: never a certificate the proxy does not accept).
     fn record_attempt_failure(&self, pool: PoolKind, server: &ServerState, e: &Error, ctx: &Ctx) {
         if let Some(kind) = tls_failure(e) {
-            self.shared.metrics.record_upstream_tls_failure(pool, kind);
+            self.shared.pools.get(pool).metrics().tls_failure(kind);
         }
         if is_server_failure(e) {
             self.shared
@@ -557,8 +557,7 @@ impl ProxyHttp for CanaryProxy {
         ctx.upstream_time = ctx.upstream_start.map(|t| t.elapsed());
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
             let status = upstream_response.status.as_u16();
-            self.shared.metrics.record_upstream(
-                pool,
+            self.shared.pools.get(pool).metrics().upstream(
                 &server.label,
                 &server.upstream_series,
                 Some(status),
@@ -604,9 +603,11 @@ impl ProxyHttp for CanaryProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
-            self.shared
-                .metrics
-                .record_upstream(pool, &server.label, &server.upstream_series, None);
+            self.shared.pools.get(pool).metrics().upstream(
+                &server.label,
+                &server.upstream_series,
+                None,
+            );
             self.record_attempt_failure(pool, server, &e, ctx);
             ctx.tried.push(server.addr);
         }
@@ -634,9 +635,11 @@ impl ProxyHttp for CanaryProxy {
         }
         let response_started = session.as_ref().response_written().is_some();
         if let (Some(pool), Some(server), false) = (ctx.pool, &ctx.server, response_started) {
-            self.shared
-                .metrics
-                .record_upstream(pool, &server.label, &server.upstream_series, None);
+            self.shared.pools.get(pool).metrics().upstream(
+                &server.label,
+                &server.upstream_series,
+                None,
+            );
             // A pooled keep-alive connection that the server had closed is a benign race.
             if !upstream_reused {
                 self.record_attempt_failure(pool, server, &e, ctx);
