@@ -13,9 +13,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use canary_lb::discovery::DiscoveryErrorKind;
-use canary_lb::metrics::{ConfigSource, MethodLabel, RefusalCode, PRESET_REQUEST_CODES};
+use canary_lb::metrics::ConfigSource;
 use canary_lb::model::{PoolKind, Reason};
 use canary_lb::pool::{CodeClass, ServerStateLabel};
+use canary_lb::proxy::{MethodLabel, RefusalCode, PRESET_REQUEST_CODES};
 use common::metrics::{family, names_in, Scrape};
 use common::{ctl_ok, free_port, proxy_config, wait_until, App, Proxy, RedisServer};
 

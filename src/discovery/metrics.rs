@@ -68,7 +68,7 @@ impl DiscoveryErrorKind {
     }
 }
 
-crate::label_value!(DiscoveryErrorKind);
+crate::metrics::label_value!(DiscoveryErrorKind);
 
 /// Discovery's series, every one from the first scrape.
 pub struct DiscoveryMetrics {

@@ -14,6 +14,7 @@
 //! and writes the text exposition ([`Registry::text`]).
 
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -24,9 +25,15 @@ use prometheus::{
 use super::labels::LabelValue;
 use crate::model::{PerPool, PoolKind};
 
+/// What a layer brings up to date just before a scrape (values counted elsewhere).
+type ScrapeHook = Box<dyn Fn() + Send + Sync>;
+
 /// A Prometheus registry, shared by every layer of one process.
 #[derive(Clone, Default)]
-pub struct Registry(prometheus::Registry);
+pub struct Registry {
+    inner: prometheus::Registry,
+    hooks: Arc<Mutex<Vec<ScrapeHook>>>,
+}
 
 impl Registry {
     pub fn new() -> Registry {
@@ -35,13 +42,13 @@ impl Registry {
 
     /// `metric`, registered (the registry keeps a clone; the handle shares its value).
     pub fn register<M: Collector + Clone + 'static>(&self, metric: M) -> prometheus::Result<M> {
-        self.0.register(Box::new(metric.clone()))?;
+        self.inner.register(Box::new(metric.clone()))?;
         Ok(metric)
     }
 
     /// A collector the registry alone holds (the process collector).
     pub fn register_collector(&self, collector: Box<dyn Collector>) -> prometheus::Result<()> {
-        self.0.register(collector)
+        self.inner.register(collector)
     }
 
     /// A counter without labels.
@@ -147,10 +154,22 @@ impl Registry {
         Ok(PerPool::from_fn(|p| vec.with_label_values(&[p.as_str()])))
     }
 
-    /// The Prometheus text exposition of every registered metric.
+    /// Run `hook` before every scrape: for values a layer reads from elsewhere (Pingora's
+    /// connection counts) rather than counts itself.
+    pub fn on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(hook));
+    }
+
+    /// The Prometheus text exposition of every registered metric, after the scrape hooks.
     pub fn text(&self) -> Vec<u8> {
+        for hook in self.hooks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            hook();
+        }
         let mut out = Vec::with_capacity(16 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&self.0.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&self.inner.gather(), &mut out) {
             log::error!("cannot encode metrics: {e}");
         }
         out

@@ -51,7 +51,7 @@ impl UpstreamTlsFailure {
     }
 }
 
-crate::label_value!(UpstreamTlsFailure);
+crate::metrics::label_value!(UpstreamTlsFailure);
 
 /// Errno values that mean the proxy itself ran short (descriptors, buffers, memory, local
 /// ports), whoever it was talking to.

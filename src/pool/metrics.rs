@@ -12,6 +12,7 @@
 //! a new server's attempt series are created at 0.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec};
@@ -73,7 +74,7 @@ impl CodeClass {
     }
 }
 
-crate::label_value!(CodeClass);
+crate::metrics::label_value!(CodeClass);
 
 /// The `state` label of `canary_lb_pool_servers`. A server is counted once: draining first,
 /// then healthy (passes checks and not ejected), else unhealthy.
@@ -104,7 +105,7 @@ impl ServerStateLabel {
     }
 }
 
-crate::label_value!(ServerStateLabel);
+crate::metrics::label_value!(ServerStateLabel);
 
 impl ServerStateLabel {
     /// A server is counted once: draining first, then healthy (passes checks and not
@@ -166,6 +167,8 @@ impl PoolMetrics {
             servers: Gauges::of_pool(&self.pool_servers, pool),
             tls_failures: Counters::of_pool(&self.tls_failures, pool),
             seen: Mutex::new(HashSet::new()),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
         }
     }
 }
@@ -179,9 +182,26 @@ pub struct PoolSeries {
     tls_failures: Counters<UpstreamTlsFailure>,
     /// Servers that have series, to remove them when the server leaves.
     seen: Mutex<HashSet<String>>,
+    /// Client requests answered from this pool since start, and the 5xx among them: read
+    /// in-process (`/status`), without going through the text.
+    requests: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl PoolSeries {
+    /// A client request routed to this pool was answered with `code` (0: no answer).
+    pub fn answered(&self, code: u16) {
+        self.requests.fetch_add(1, Relaxed);
+        if code >= 500 {
+            self.errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Requests answered from this pool since start, and the 5xx among them.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.requests.load(Relaxed), self.errors.load(Relaxed))
+    }
+
     /// A TLS connection to a server of this pool failed for `kind`.
     pub fn tls_failure(&self, kind: UpstreamTlsFailure) {
         self.tls_failures.inc(kind);
@@ -315,5 +335,15 @@ mod tests {
             !t.contains("10.0.0.2:80") && !t.contains("10.0.0.3:80"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn in_process_counts_follow_requests() {
+        let metrics = PoolMetrics::register(&Registry::new()).expect("register");
+        let canary = metrics.series(PoolKind::Canary);
+        canary.answered(200);
+        canary.answered(502);
+        assert_eq!(canary.counts(), (2, 1));
+        assert_eq!(metrics.series(PoolKind::Production).counts(), (0, 0));
     }
 }

@@ -27,6 +27,7 @@
 pub mod budget;
 pub mod framing;
 pub mod headers;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -44,7 +45,6 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::accesslog::{self, Entry};
 use crate::flags::FlagBits;
-use crate::metrics::{BudgetLabel, ClientErrorKind, MethodLabel, RefusalCode};
 use crate::model::{PoolKind, Reason};
 use crate::pool::failure::{is_reset, is_server_failure, tls_failure};
 use crate::pool::{PeerTimeouts, ServerState};
@@ -54,6 +54,9 @@ use budget::UpstreamBudget;
 use headers::{
     has_body, CookieLines, Origin, RequestId, C_X_CANARY_POOL, C_X_REQUEST_ID, X_CANARY_POOL,
     X_REQUEST_ID,
+};
+pub use metrics::{
+    BudgetLabel, ClientErrorKind, MethodLabel, ProxyMetrics, RefusalCode, PRESET_REQUEST_CODES,
 };
 
 /// The proxy keeps no settings of its own but `server_header` (restart only): each request
@@ -65,15 +68,22 @@ pub struct CanaryProxy {
     budget: UpstreamBudget,
     /// `server_header`: the `Server` of the proxy's own answers; None sends none.
     server_header: Option<HeaderValue>,
+    /// What the proxy measures (`metrics.rs`), one set for all proxy services.
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl CanaryProxy {
-    pub fn new(shared: Arc<Shared>, budget: UpstreamBudget) -> CanaryProxy {
+    pub fn new(
+        shared: Arc<Shared>,
+        budget: UpstreamBudget,
+        metrics: Arc<ProxyMetrics>,
+    ) -> CanaryProxy {
         let server_header = server_header_value(&shared.started().server_header);
         CanaryProxy {
             shared,
             budget,
             server_header,
+            metrics,
         }
     }
 }
@@ -216,7 +226,7 @@ impl CanaryProxy {
         ctx: &Ctx,
         budget: BudgetLabel,
     ) -> Result<bool> {
-        self.shared.metrics.record_budget_refusal(budget);
+        self.metrics.record_budget_refusal(budget);
         let extra = [("Retry-After", "1")];
         self.respond_503(
             session,
@@ -278,8 +288,7 @@ impl ProxyHttp for CanaryProxy {
             }),
         };
         if let Err(rejection) = verdict {
-            self.shared
-                .metrics
+            self.metrics
                 .record_refusal(RefusalCode::of(rejection.status));
             let body = rejection.body();
             // (Pingora drops `Connection: close` from it on HTTP/2.)
@@ -327,7 +336,7 @@ impl ProxyHttp for CanaryProxy {
             }
             _ => ClientErrorKind::Protocol,
         };
-        self.shared.metrics.record_client_error(kind);
+        self.metrics.record_client_error(kind);
         true
     }
 
@@ -423,7 +432,7 @@ impl ProxyHttp for CanaryProxy {
             },
         );
         let pool = decision.pool;
-        self.shared.metrics.record_decision(pool, decision.reason);
+        self.metrics.record_decision(pool, decision.reason);
         ctx.pool = Some(pool);
         ctx.forced = matches!(
             decision.reason,
@@ -484,7 +493,7 @@ impl ProxyHttp for CanaryProxy {
                     ))
                 }
             }
-            self.shared.metrics.record_retry(pool);
+            self.metrics.record_retry(pool);
         }
         ctx.attempts += 1;
         let server = ctx
@@ -707,12 +716,9 @@ impl ProxyHttp for CanaryProxy {
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0);
             let method = MethodLabel::from_method(&session.req_header().method);
-            self.shared.metrics.record_request(
-                pool,
-                code,
-                method,
-                ctx.start.elapsed().as_secs_f64(),
-            );
+            self.metrics
+                .record_request(pool, code, method, ctx.start.elapsed().as_secs_f64());
+            self.shared.pools.get(pool).metrics().answered(code);
             self.shared.record_rollout(
                 pool,
                 code,

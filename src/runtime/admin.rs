@@ -229,7 +229,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
     let mut pools = serde_json::Map::new();
     for kind in PoolKind::ALL {
         let servers = shared.pools.get(kind).view();
-        let (requests, errors) = shared.metrics.pool_counts(kind);
+        let (requests, errors) = shared.pools.get(kind).metrics().counts();
         pools.insert(
             kind.as_str().into(),
             json!({
