@@ -234,6 +234,7 @@ impl Shared {
         metrics
             .rollout
             .export_verdicts::<crate::rollout::judge::Finding>();
+        metrics.rollout.export_phases(crate::rollout::Phase::Idle);
         metrics.set_canary_percent(policy.percent.as_f64());
         let provider = config.discovery.settings()?;
         let role = config.discovery.provider.role();

@@ -112,46 +112,8 @@ impl ReloadResult {
     }
 }
 
-/// The `phase` label of `canary_lb_rollout_phase` (the words of `rollout::Phase`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RolloutPhaseLabel {
-    Idle,
-    Progressing,
-    Paused,
-    Succeeded,
-    RolledBack,
-    Aborted,
-}
-
-impl RolloutPhaseLabel {
-    pub const ALL: [RolloutPhaseLabel; 6] = [
-        RolloutPhaseLabel::Idle,
-        RolloutPhaseLabel::Progressing,
-        RolloutPhaseLabel::Paused,
-        RolloutPhaseLabel::Succeeded,
-        RolloutPhaseLabel::RolledBack,
-        RolloutPhaseLabel::Aborted,
-    ];
-
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            RolloutPhaseLabel::Idle => "idle",
-            RolloutPhaseLabel::Progressing => "progressing",
-            RolloutPhaseLabel::Paused => "paused",
-            RolloutPhaseLabel::Succeeded => "succeeded",
-            RolloutPhaseLabel::RolledBack => "rolled_back",
-            RolloutPhaseLabel::Aborted => "aborted",
-        }
-    }
-}
-
 label_value!(ConfigSource);
 label_value!(ReloadResult);
-label_value!(RolloutPhaseLabel);
 
 #[cfg(test)]
 mod tests {
@@ -191,12 +153,6 @@ mod tests {
             ReloadResult::as_str,
         );
         check("Reason", &Reason::ALL, Reason::index, Reason::as_str);
-        check(
-            "RolloutPhaseLabel",
-            &RolloutPhaseLabel::ALL,
-            RolloutPhaseLabel::index,
-            RolloutPhaseLabel::as_str,
-        );
         // PoolKind has no index of its own: per-pool values are `PerPool<T>`.
         let pools: HashSet<_> = PoolKind::ALL.iter().map(|p| p.as_str()).collect();
         assert_eq!(pools.len(), PoolKind::ALL.len());

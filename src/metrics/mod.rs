@@ -26,7 +26,7 @@ use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge};
 
 pub(crate) use labels::label_value;
 pub use labels::{assert_distinct, LabelValue, VerdictLabel};
-pub use labels::{ConfigSource, ReloadResult, RolloutPhaseLabel};
+pub use labels::{ConfigSource, ReloadResult};
 pub use registry::{Counters, Family, Gauges, Registry};
 pub use rollout::RolloutMetrics;
 
