@@ -1,11 +1,14 @@
-//! Label values of the metrics, as typed enums that own their text and their index.
+//! What a metric label is: [`LabelValue`], implemented by each layer for its own enum (the
+//! proxy's `MethodLabel`, the pools' `CodeClass`, discovery's `DiscoveryErrorKind`, the
+//! rollout's `Finding` and `Phase`), which the layer's metric then takes directly, and the
+//! few label enums of the metrics no single layer owns ([`ConfigSource`], [`ReloadResult`]).
 //!
-//! Each enum lists its values once: `ALL` in declaration order, `index()` the position in
-//! `ALL` (the slot of a pre-resolved counter handle), `as_str()` the text Prometheus sees.
-//! Adding a value means adding a variant, its text, and its place in `ALL`; the unit test below
-//! fails if `ALL` and `index()` disagree or two values share a text. The pool and the routing
-//! reason are words of the whole crate and live in `crate::model` ([`PoolKind`],
-//! [`Reason`]).
+//! Such an enum lists its values once: `ALL` in declaration order, `index()` the position in
+//! `ALL` (the slot of a pre-resolved series), `as_str()` the text Prometheus sees, and
+//! `label_value!` makes it a [`LabelValue`]. Adding a value means adding a variant, its text,
+//! and its place in `ALL`; [`assert_distinct`] in the owner's tests fails if `ALL` and
+//! `index()` disagree or two values share a text. The pool and the routing reason are words of
+//! the whole crate and live in `crate::model` ([`PoolKind`], [`Reason`]).
 //!
 //! [`PoolKind`]: crate::model::PoolKind
 //! [`Reason`]: crate::model::Reason
@@ -27,8 +30,8 @@ pub trait LabelValue: Copy + PartialEq + 'static {
     }
 }
 
-/// `LabelValue` for an enum with the inherent `ALL` array, `index()` and `as_str()` this
-/// module's enums have.
+/// `LabelValue` for an enum with an inherent `ALL` array, `index()` (`self as usize`) and
+/// `as_str()`: `crate::metrics::label_value!(MyLabel);` beside the enum, in its layer.
 macro_rules! label_value {
     ($t:ty) => {
         impl $crate::metrics::LabelValue for $t {
