@@ -2,7 +2,7 @@
 //! attempts per server by [`CodeClass`] (`canary_lb_upstream_requests_total`), each server's
 //! health (`canary_lb_server_up`), servers per [`ServerStateLabel`]
 //! (`canary_lb_pool_servers`) and failed TLS connections per
-//! [`UpstreamTlsFailure`](super::failure::UpstreamTlsFailure).
+//! [`UpstreamTlsFailure`].
 //!
 //! [`PoolMetrics::register`] registers the families once; each [`Pool`](super::Pool) takes
 //! its own [`PoolSeries`]. A server's attempt counters are resolved on its first attempt and
