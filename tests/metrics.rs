@@ -12,11 +12,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use canary_lb::metrics::{
-    CodeClass, ConfigSource, DiscoveryErrorKind, MethodLabel, RefusalCode, ServerStateLabel,
-    PRESET_REQUEST_CODES,
-};
+use canary_lb::discovery::DiscoveryErrorKind;
+use canary_lb::metrics::ConfigSource;
 use canary_lb::model::{PoolKind, Reason};
+use canary_lb::pool::{CodeClass, ServerStateLabel};
+use canary_lb::proxy::{MethodLabel, RefusalCode, PRESET_REQUEST_CODES};
 use common::metrics::{family, names_in, Scrape};
 use common::{
     ctl_ok, free_port, production_pool, proxy_config, wait_until, App, Proxy, RedisServer,

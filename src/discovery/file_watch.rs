@@ -33,10 +33,10 @@ use log::{info, warn};
 use pingora_core::server::ShutdownWatch;
 use serde::Deserialize;
 
+use super::DiscoveryErrorKind;
 use super::{file, Event, Failure, Provider, Sink, Snapshot};
 use crate::config::locate::locate_nearest;
 use crate::config::{FileWatchSettings, ServerSpec};
-use crate::metrics::DiscoveryErrorKind;
 use crate::model::{PerPool, PoolKind};
 use crate::pool::WantedServer;
 

@@ -37,9 +37,11 @@
 
 pub mod file;
 pub mod file_watch;
+pub mod metrics;
 pub mod redis;
 pub mod reinit;
 
+pub use metrics::{DiscoveryErrorKind, DiscoveryMetrics};
 pub use redis::DiscoveryError;
 pub use reinit::ReconcileView;
 
@@ -51,7 +53,6 @@ use pingora_core::server::ShutdownWatch;
 
 use crate::config::{Config, ProviderSettings};
 use crate::flags::FlagSet;
-use crate::metrics::DiscoveryErrorKind;
 use crate::model::{PerPool, Percent, PoolKind};
 use crate::pool::{ServerView, WantedServer};
 

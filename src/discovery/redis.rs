@@ -35,10 +35,10 @@ use pingora_core::server::ShutdownWatch;
 use redis::AsyncConnectionConfig;
 
 use super::reinit::{Cause, Reconcile, ReconcileView};
+use super::DiscoveryErrorKind;
 use super::{Backoff, Event, Failure, Provider, RoutingOverrides, Sink, Snapshot as Read};
 use crate::config::{redact_url, RedisSettings};
 use crate::flags::FlagSet;
-use crate::metrics::DiscoveryErrorKind;
 use crate::model::{host_name, PerPool, PoolKind};
 use crate::pool::WantedServer;
 use crate::store::{self, Marker, Snapshot, Store, StoreError, StoredFlags};

@@ -2,13 +2,17 @@
 //! Every label set exists from the first scrape. Verdicts and rollbacks are counted only by
 //! the replica that applied them, so `sum()` over replicas counts each once.
 
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
-use super::labels::{RolloutPhaseLabel, VerdictLabel};
+use super::Registry;
+
+use super::labels::{LabelValue, VerdictLabel};
 use crate::model::{PerPool, PoolKind};
 
 pub struct RolloutMetrics {
-    phase: [IntGauge; RolloutPhaseLabel::ALL.len()],
+    /// By `phase`: the phases are the rollout's ([`LabelValue`]), exported by
+    /// [`RolloutMetrics::export_phases`].
+    phase: IntGaugeVec,
     weight: Gauge,
     failed: IntGauge,
     /// By `verdict` and `reason`: the reasons are the rollout's ([`VerdictLabel`]), exported
@@ -29,17 +33,17 @@ impl RolloutMetrics {
             ),
             &["phase"],
         )?;
-        registry.register(Box::new(phase_vec.clone()))?;
+        registry.register(phase_vec.clone())?;
         let weight = Gauge::new(
             "canary_lb_rollout_weight",
             "canary_percent the rollout holds (its step's weight, 0 after a rollback).",
         )?;
-        registry.register(Box::new(weight.clone()))?;
+        registry.register(weight.clone())?;
         let failed = IntGauge::new(
             "canary_lb_rollout_failed_checks",
             "Failed windows in the current rollout (it rolls back at its threshold).",
         )?;
-        registry.register(Box::new(failed.clone()))?;
+        registry.register(failed.clone())?;
         let verdicts_vec = IntCounterVec::new(
             Opts::new(
                 "canary_lb_rollout_verdicts_total",
@@ -47,7 +51,7 @@ impl RolloutMetrics {
             ),
             &["verdict", "reason"],
         )?;
-        registry.register(Box::new(verdicts_vec.clone()))?;
+        registry.register(verdicts_vec.clone())?;
         let rollbacks_vec = IntCounterVec::new(
             Opts::new(
                 "canary_lb_rollout_rollbacks_total",
@@ -55,12 +59,12 @@ impl RolloutMetrics {
             ),
             &["reason"],
         )?;
-        registry.register(Box::new(rollbacks_vec.clone()))?;
+        registry.register(rollbacks_vec.clone())?;
         let leader = IntGauge::new(
             "canary_lb_rollout_leader",
             "1 while this replica holds the rollout leader lease.",
         )?;
-        registry.register(Box::new(leader.clone()))?;
+        registry.register(leader.clone())?;
         let capped_vec = IntCounterVec::new(
             Opts::new(
                 "canary_lb_rollout_capped_requests_total",
@@ -70,11 +74,9 @@ impl RolloutMetrics {
             ),
             &["pool"],
         )?;
-        registry.register(Box::new(capped_vec.clone()))?;
-        let phase = RolloutPhaseLabel::ALL.map(|p| phase_vec.with_label_values(&[p.as_str()]));
-        phase[RolloutPhaseLabel::Idle.index()].set(1);
+        registry.register(capped_vec.clone())?;
         Ok(RolloutMetrics {
-            phase,
+            phase: phase_vec,
             weight,
             failed,
             verdicts: verdicts_vec,
@@ -89,11 +91,19 @@ impl RolloutMetrics {
         self.capped[pool].inc_by(n);
     }
 
-    /// The rollout as it stands: its phase, weight and failed windows.
-    pub fn set_state(&self, phase: RolloutPhaseLabel, weight: f64, failed: u32) {
-        for (i, g) in self.phase.iter().enumerate() {
-            g.set(i64::from(i == phase.index()));
+    /// Export the phase series of every value of `P`: 1 for `now`, 0 for the others (the
+    /// process calls it at start, so they exist from the first scrape).
+    pub fn export_phases<P: LabelValue>(&self, now: P) {
+        for &p in P::ALL {
+            self.phase
+                .with_label_values(&[p.label()])
+                .set(i64::from(p == now));
         }
+    }
+
+    /// The rollout as it stands: its phase, weight and failed windows.
+    pub fn set_state<P: LabelValue>(&self, phase: P, weight: f64, failed: u32) {
+        self.export_phases(phase);
         self.weight.set(weight);
         self.failed.set(i64::from(failed));
     }
@@ -130,35 +140,17 @@ impl RolloutMetrics {
 #[cfg(test)]
 mod tests {
     use super::super::Metrics;
-    use super::*;
 
     #[test]
     fn every_rollout_series_exists_from_the_first_scrape() {
         let m = Metrics::new().expect("metrics");
-        let text = String::from_utf8(m.render(&[], true)).expect("utf-8");
-        let mut want = vec![
-            "canary_lb_rollout_weight 0".to_string(),
-            "canary_lb_rollout_failed_checks 0".to_string(),
-            "canary_lb_rollout_leader 0".to_string(),
-            "canary_lb_rollout_capped_requests_total{pool=\"canary\"} 0".to_string(),
-            "canary_lb_rollout_capped_requests_total{pool=\"production\"} 0".to_string(),
-        ];
-        for p in RolloutPhaseLabel::ALL {
-            let v = i32::from(p == RolloutPhaseLabel::Idle);
-            want.push(format!(
-                "canary_lb_rollout_phase{{phase=\"{}\"}} {v}",
-                p.as_str()
-            ));
-        }
-        for line in &want {
-            assert!(text.contains(line.as_str()), "{line} missing:\n{text}");
-        }
-        m.rollout.set_state(RolloutPhaseLabel::RolledBack, 0.0, 3);
-        let text = String::from_utf8(m.render(&[], true)).expect("utf-8");
+        let text = String::from_utf8(m.render()).expect("utf-8");
         for line in [
-            "canary_lb_rollout_phase{phase=\"idle\"} 0",
-            "canary_lb_rollout_phase{phase=\"rolled_back\"} 1",
-            "canary_lb_rollout_failed_checks 3",
+            "canary_lb_rollout_weight 0",
+            "canary_lb_rollout_failed_checks 0",
+            "canary_lb_rollout_leader 0",
+            "canary_lb_rollout_capped_requests_total{pool=\"canary\"} 0",
+            "canary_lb_rollout_capped_requests_total{pool=\"production\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }

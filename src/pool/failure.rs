@@ -6,7 +6,52 @@
 
 use pingora_error::{Error, ErrorSource, ErrorType};
 
-pub use crate::metrics::UpstreamTlsFailure;
+/// The `kind` label of `canary_lb_upstream_tls_failures_total`: why a TLS connection to an
+/// app server failed. The first three are a trust mismatch between the proxy's `pools.X.tls`
+/// and the server's certificates, which never counts against the server's health; the last is
+/// any other failed handshake (a server that does not speak TLS, no shared version), which
+/// does, as a connect failure would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamTlsFailure {
+    /// The server's certificate is not signed by a CA the pool trusts (`ca_file`).
+    UnknownCa,
+    /// The server's certificate is signed but unusable: expired, not yet valid, not for the
+    /// SNI name, revoked, malformed.
+    BadCertificate,
+    /// The server refused the proxy's client certificate, or wanted one and got none (mTLS).
+    ClientCertRefused,
+    /// Any other failed TLS handshake with the server.
+    Handshake,
+}
+
+impl UpstreamTlsFailure {
+    pub const ALL: [UpstreamTlsFailure; 4] = [
+        UpstreamTlsFailure::UnknownCa,
+        UpstreamTlsFailure::BadCertificate,
+        UpstreamTlsFailure::ClientCertRefused,
+        UpstreamTlsFailure::Handshake,
+    ];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpstreamTlsFailure::UnknownCa => "unknown_ca",
+            UpstreamTlsFailure::BadCertificate => "bad_certificate",
+            UpstreamTlsFailure::ClientCertRefused => "client_cert_refused",
+            UpstreamTlsFailure::Handshake => "handshake",
+        }
+    }
+
+    /// A trust mismatch (certificates), not a failing server.
+    pub const fn is_certificate(self) -> bool {
+        !matches!(self, UpstreamTlsFailure::Handshake)
+    }
+}
+
+crate::metrics::label_value!(UpstreamTlsFailure);
 
 /// Errno values that mean the proxy itself ran short (descriptors, buffers, memory, local
 /// ports), whoever it was talking to.

@@ -12,10 +12,12 @@
 
 pub mod failure;
 pub mod health;
+pub mod metrics;
 mod passive;
 mod server;
 pub mod upstream;
 
+pub use metrics::{CodeClass, PoolMetrics, PoolSeries, ServerStateLabel, UpstreamSeries};
 pub use passive::{ErrorRate, PassiveHealth};
 pub use server::ServerState;
 pub use upstream::{PeerTimeouts, Upstream, UpstreamError};
@@ -199,15 +201,18 @@ pub struct Pool {
     upstream: Arc<Upstream>,
     /// Pingora asks that updates of one backend view never overlap.
     update_lock: tokio::sync::Mutex<()>,
+    /// This pool's series (`metrics.rs`).
+    metrics: PoolSeries,
 }
 
 impl Pool {
     /// The pool `kind` as `config` describes it (its `tls` files are read here), checked by
-    /// `health_check`.
+    /// `health_check`, measured in `metrics`.
     pub fn new(
         kind: PoolKind,
         config: &PoolConfig,
         health_check: &HealthCheckConfig,
+        metrics: &PoolMetrics,
     ) -> Result<Pool, PoolError> {
         let feed = Arc::new(Feed::default());
         let upstream = Arc::new(Upstream::load(kind, config)?);
@@ -221,6 +226,7 @@ impl Pool {
             health_check: health_check.clone(),
             upstream,
             update_lock: tokio::sync::Mutex::new(()),
+            metrics: metrics.series(kind),
         })
     }
 
@@ -380,6 +386,16 @@ impl Pool {
             "pool {}: {} out of rotation for {:?}: {why}",
             self.kind, state.label, passive.cool_off
         );
+    }
+
+    /// This pool's series, for the proxy to record attempts and TLS failures in.
+    pub fn metrics(&self) -> &PoolSeries {
+        &self.metrics
+    }
+
+    /// Bring this pool's gauges and per-server series up to date (at scrape time).
+    pub fn export_metrics(&self) {
+        self.metrics.export(&self.view());
     }
 
     /// Every server currently in the pool with its health, for `/status` and metrics.

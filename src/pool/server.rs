@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::R
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::metrics::UpstreamSeries;
 use super::passive::ErrorRate;
-use crate::metrics::UpstreamSeries;
 
 /// State of one server address that outlives membership rebuilds.
 #[derive(Debug)]

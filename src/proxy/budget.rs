@@ -23,7 +23,7 @@ use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::metrics::BudgetLabel;
+use super::metrics::BudgetLabel;
 
 /// Which connection a stream belongs to: (client address, listener address).
 pub type ConnKey = (Option<SocketAddr>, Option<SocketAddr>);

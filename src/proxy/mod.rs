@@ -27,6 +27,7 @@
 pub mod budget;
 pub mod framing;
 pub mod headers;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -44,7 +45,6 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::accesslog::{self, Entry};
 use crate::flags::FlagBits;
-use crate::metrics::{BudgetLabel, ClientErrorKind, MethodLabel, RefusalCode};
 use crate::model::{PoolKind, Reason};
 use crate::pool::failure::{is_reset, is_server_failure, tls_failure};
 use crate::pool::ServerState;
@@ -54,6 +54,9 @@ use budget::UpstreamBudget;
 use headers::{
     has_body, CookieLines, Origin, RequestId, C_X_CANARY_POOL, C_X_REQUEST_ID, X_CANARY_POOL,
     X_REQUEST_ID,
+};
+pub use metrics::{
+    BudgetLabel, ClientErrorKind, MethodLabel, ProxyMetrics, RefusalCode, PRESET_REQUEST_CODES,
 };
 
 /// The proxy keeps no settings of its own but `server_header` (restart only): each request
@@ -65,15 +68,22 @@ pub struct CanaryProxy {
     budget: UpstreamBudget,
     /// `server_header`: the `Server` of the proxy's own answers; None sends none.
     server_header: Option<HeaderValue>,
+    /// What the proxy measures (`metrics.rs`), one set for all proxy services.
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl CanaryProxy {
-    pub fn new(shared: Arc<Shared>, budget: UpstreamBudget) -> CanaryProxy {
+    pub fn new(
+        shared: Arc<Shared>,
+        budget: UpstreamBudget,
+        metrics: Arc<ProxyMetrics>,
+    ) -> CanaryProxy {
         let server_header = server_header_value(&shared.started().server_header);
         CanaryProxy {
             shared,
             budget,
             server_header,
+            metrics,
         }
     }
 }
@@ -150,9 +160,7 @@ impl CanaryProxy {
     /// ([`is_server_failure`]: never a certificate the proxy does not accept).
     fn record_attempt_failure(&self, pool: PoolKind, server: &ServerState, e: &Error, ctx: &Ctx) {
         if let Some(kind) = tls_failure(e) {
-            self.shared
-                .metrics()
-                .record_upstream_tls_failure(pool, kind);
+            self.shared.pools().get(pool).metrics().tls_failure(kind);
         }
         if is_server_failure(e) {
             self.shared
@@ -201,7 +209,7 @@ impl CanaryProxy {
         ctx: &Ctx,
         budget: BudgetLabel,
     ) -> Result<bool> {
-        self.shared.metrics().record_budget_refusal(budget);
+        self.metrics.record_budget_refusal(budget);
         let extra = [("Retry-After", "1")];
         self.respond_503(
             session,
@@ -263,8 +271,7 @@ impl ProxyHttp for CanaryProxy {
             }),
         };
         if let Err(rejection) = verdict {
-            self.shared
-                .metrics()
+            self.metrics
                 .record_refusal(RefusalCode::of(rejection.status));
             let body = rejection.body();
             // (Pingora drops `Connection: close` from it on HTTP/2.)
@@ -312,7 +319,7 @@ impl ProxyHttp for CanaryProxy {
             }
             _ => ClientErrorKind::Protocol,
         };
-        self.shared.metrics().record_client_error(kind);
+        self.metrics.record_client_error(kind);
         true
     }
 
@@ -408,7 +415,7 @@ impl ProxyHttp for CanaryProxy {
             },
         );
         let pool = decision.pool;
-        self.shared.metrics().record_decision(pool, decision.reason);
+        self.metrics.record_decision(pool, decision.reason);
         ctx.pool = Some(pool);
         ctx.forced = matches!(
             decision.reason,
@@ -469,7 +476,7 @@ impl ProxyHttp for CanaryProxy {
                     ))
                 }
             }
-            self.shared.metrics().record_retry(pool);
+            self.metrics.record_retry(pool);
         }
         ctx.attempts += 1;
         let server = ctx
@@ -543,8 +550,7 @@ impl ProxyHttp for CanaryProxy {
         ctx.upstream_time = ctx.upstream_start.map(|t| t.elapsed());
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
             let status = upstream_response.status.as_u16();
-            self.shared.metrics().record_upstream(
-                pool,
+            self.shared.pools().get(pool).metrics().upstream(
                 &server.label,
                 &server.upstream_series,
                 Some(status),
@@ -590,8 +596,7 @@ impl ProxyHttp for CanaryProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(pool), Some(server)) = (ctx.pool, &ctx.server) {
-            self.shared.metrics().record_upstream(
-                pool,
+            self.shared.pools().get(pool).metrics().upstream(
                 &server.label,
                 &server.upstream_series,
                 None,
@@ -623,8 +628,7 @@ impl ProxyHttp for CanaryProxy {
         }
         let response_started = session.as_ref().response_written().is_some();
         if let (Some(pool), Some(server), false) = (ctx.pool, &ctx.server, response_started) {
-            self.shared.metrics().record_upstream(
-                pool,
+            self.shared.pools().get(pool).metrics().upstream(
                 &server.label,
                 &server.upstream_series,
                 None,
@@ -696,12 +700,9 @@ impl ProxyHttp for CanaryProxy {
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0);
             let method = MethodLabel::from_method(&session.req_header().method);
-            self.shared.metrics().record_request(
-                pool,
-                code,
-                method,
-                ctx.start.elapsed().as_secs_f64(),
-            );
+            self.metrics
+                .record_request(pool, code, method, ctx.start.elapsed().as_secs_f64());
+            self.shared.pools().get(pool).metrics().answered(code);
             self.shared.record_rollout(
                 pool,
                 code,

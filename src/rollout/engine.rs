@@ -26,7 +26,7 @@ use super::judge::{judge, step_with, Finding, Verdict};
 use super::machine::{skip, transition};
 use super::window::WindowRecorder;
 use super::{Coordinator, Phase, RolloutState};
-use crate::metrics::{Metrics, RolloutPhaseLabel};
+use crate::metrics::Metrics;
 use crate::model::{host_name, now_ms, Percent};
 
 /// How long a finished rollout's weight and salt still override routing, so that replicas
@@ -78,17 +78,6 @@ pub fn tick_for(state: Option<&RolloutState>) -> Duration {
 /// How long after a window's end the leader waits for the replicas' reports.
 pub fn grace_for(state: &RolloutState) -> Duration {
     (state.interval() / 4).min(Duration::from_millis(500))
-}
-
-pub const fn phase_label(phase: Phase) -> RolloutPhaseLabel {
-    match phase {
-        Phase::Idle => RolloutPhaseLabel::Idle,
-        Phase::Progressing => RolloutPhaseLabel::Progressing,
-        Phase::Paused => RolloutPhaseLabel::Paused,
-        Phase::Succeeded => RolloutPhaseLabel::Succeeded,
-        Phase::RolledBack => RolloutPhaseLabel::RolledBack,
-        Phase::Aborted => RolloutPhaseLabel::Aborted,
-    }
 }
 
 pub struct Engine {
@@ -198,8 +187,8 @@ impl Engine {
     fn show(&self, state: Option<&RolloutState>) {
         let m = &self.sink.metrics().rollout;
         match state {
-            Some(s) => m.set_state(phase_label(s.phase), s.weight.as_f64(), s.failed),
-            None => m.set_state(RolloutPhaseLabel::Idle, 0.0, 0),
+            Some(s) => m.set_state(s.phase, s.weight.as_f64(), s.failed),
+            None => m.set_state(Phase::Idle, 0.0, 0),
         }
     }
 

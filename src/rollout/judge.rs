@@ -666,7 +666,7 @@ mod tests {
         crate::metrics::assert_distinct::<Finding>();
         let m = crate::metrics::Metrics::new().expect("metrics");
         m.rollout.export_verdicts::<Finding>();
-        let text = String::from_utf8(m.render(&[], true)).expect("utf-8");
+        let text = String::from_utf8(m.render()).expect("utf-8");
         for (reason, verdict) in [
             ("healthy", "pass"),
             ("insufficient_traffic", "inconclusive"),
@@ -686,7 +686,7 @@ mod tests {
         m.rollout.verdict(Finding::Latency);
         m.rollout.rollback(Finding::Errors);
         m.rollout.rollback(Finding::Healthy); // no series: ignored
-        let text = String::from_utf8(m.render(&[], true)).expect("utf-8");
+        let text = String::from_utf8(m.render()).expect("utf-8");
         for line in [
             "canary_lb_rollout_verdicts_total{reason=\"latency\",verdict=\"fail\"} 1",
             "canary_lb_rollout_rollbacks_total{reason=\"errors\"} 1",

@@ -24,6 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::LabelValue;
 use crate::model::{PerPool, Percent, LATENCY_BUCKETS_S};
 pub use settings::{start_key_names, RolloutSettings, SettingError, StartKey, START_KEYS};
 
@@ -64,6 +65,15 @@ impl Phase {
     /// Still running: windows are counted and judged (`Progressing`) or held (`Paused`).
     pub const fn is_active(self) -> bool {
         matches!(self, Phase::Progressing | Phase::Paused)
+    }
+}
+
+/// The `phase` label of `canary_lb_rollout_phase` is the phase itself.
+impl LabelValue for Phase {
+    const ALL: &'static [Phase] = &Phase::ALL;
+
+    fn label(self) -> &'static str {
+        self.as_str()
     }
 }
 
@@ -391,4 +401,36 @@ pub trait Coordinator: Send + Sync + 'static {
     async fn history(&self, n: usize) -> Result<Vec<HistoryEntry>, CoordError>;
     /// The replica holding the leader lease now, if any (for status).
     async fn leader(&self) -> Result<Option<String>, CoordError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every phase has its `canary_lb_rollout_phase` series from the start, idle at 1.
+    #[test]
+    fn phases_are_the_phase_metrics_labels() {
+        crate::metrics::assert_distinct::<Phase>();
+        let m = crate::metrics::Metrics::new().expect("metrics");
+        m.rollout.export_phases(Phase::Idle);
+        let text = || String::from_utf8(m.render()).expect("utf-8");
+        let t = text();
+        for p in Phase::ALL {
+            let line = format!(
+                "canary_lb_rollout_phase{{phase=\"{}\"}} {}",
+                p.as_str(),
+                i32::from(p == Phase::Idle)
+            );
+            assert!(t.contains(&line), "{line} missing:\n{t}");
+        }
+        m.rollout.set_state(Phase::RolledBack, 0.0, 3);
+        let t = text();
+        for line in [
+            "canary_lb_rollout_phase{phase=\"idle\"} 0",
+            "canary_lb_rollout_phase{phase=\"rolled_back\"} 1",
+            "canary_lb_rollout_failed_checks 3",
+        ] {
+            assert!(t.contains(line), "{line} missing:\n{t}");
+        }
+    }
 }

@@ -42,7 +42,6 @@ use pingora_core::services::listening::ConnectionLimit;
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::json;
 
-use crate::metrics::ServerSample;
 use crate::model::PoolKind;
 use crate::state::Shared;
 
@@ -217,23 +216,15 @@ pub fn readiness(shared: &Shared) -> Result<(), &'static str> {
     Err("no healthy production server")
 }
 
-/// The `/metrics` text, with the pool gauges taken from the pools as they are now.
+/// The `/metrics` text, with the pool gauges taken from the pools as they are now and the
+/// discovery gauge from `/status`'s state.
 fn metrics_text(shared: &Shared) -> Vec<u8> {
-    let views = PoolKind::ALL.map(|kind| (kind, shared.pools().get(kind).view()));
-    let servers: Vec<ServerSample<'_>> = views
-        .iter()
-        .flat_map(|(pool, view)| {
-            view.iter().map(|s| ServerSample {
-                pool: *pool,
-                server: &s.addr,
-                healthy: s.healthy,
-                ejected: s.ejected,
-                draining: s.draining,
-            })
-        })
-        .collect();
+    for kind in PoolKind::ALL {
+        shared.pools().get(kind).export_metrics();
+    }
     let discovery_up = shared.discovery_status().is_up();
-    shared.metrics().render(&servers, discovery_up)
+    shared.discovery_status().metrics().set_up(discovery_up);
+    shared.metrics().render()
 }
 
 /// The `/status` document.
@@ -243,7 +234,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
     let mut pools = serde_json::Map::new();
     for kind in PoolKind::ALL {
         let servers = shared.pools().get(kind).view();
-        let (requests, errors) = shared.metrics().pool_counts(kind);
+        let (requests, errors) = shared.pools().get(kind).metrics().counts();
         pools.insert(
             kind.as_str().into(),
             json!({

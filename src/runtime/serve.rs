@@ -18,7 +18,7 @@ use crate::cli::ServeArgs;
 use crate::config::{Config, Coordination};
 use crate::discovery::Sink;
 use crate::proxy::budget::UpstreamBudget;
-use crate::proxy::CanaryProxy;
+use crate::proxy::{CanaryProxy, ProxyMetrics};
 use crate::rollout::engine::{replica_id, Engine, RolloutSink};
 use crate::rollout::local::LocalCoordinator;
 use crate::rollout::Coordinator;
@@ -116,19 +116,20 @@ pub fn assemble(
     // clients that send requests.
     let client = shared.started().client.clone();
     let limit = Arc::new(ConnectionLimit::new(client.max_connections).shed_idle());
-    shared.metrics().watch_connection_limit(limit.clone());
+    let proxy_metrics = Arc::new(ProxyMetrics::register(shared.metrics().registry())?);
+    proxy_metrics.watch_connection_limit(limit.clone());
     // One set of HTTP/2 upstream budgets for every listener (proxy/budget.rs).
     let budget = UpstreamBudget::new(
         client.max_upstream_per_connection,
         client.max_upstream_connections,
-        shared.metrics().h2_upstream_in_flight.clone(),
+        proxy_metrics.h2_upstream_in_flight.clone(),
     );
     // `h2c` is a per-service option in Pingora: plain listeners with h2c get their own
     // service (same proxy logic, same connection limit). TLS listeners negotiate h2 by ALPN.
     let proxy_service = |name: &str, h2c: bool| {
         let mut proxy = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
-            CanaryProxy::new(shared.clone(), budget.clone()),
+            CanaryProxy::new(shared.clone(), budget.clone(), proxy_metrics.clone()),
             name,
         );
         if let Some(app) = proxy.app_logic_mut() {
@@ -218,9 +219,7 @@ pub fn assemble(
         let mut admin = Service::new("canary-lb admin".into(), AdminApp::new(shared.clone()));
         admin.add_tcp(&addr.to_string());
         let admin_limit = Arc::new(crate::runtime::admin::connection_limit());
-        shared
-            .metrics()
-            .watch_admin_connection_limit(admin_limit.clone());
+        proxy_metrics.watch_admin_connection_limit(admin_limit.clone());
         admin.set_connection_limit(admin_limit);
         server.add_service(admin);
     }

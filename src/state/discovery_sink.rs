@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use super::{Change, Shared};
 use crate::config::{Provider, ProviderRole};
-use crate::discovery::{Event, Failure, ReconcileView, RoutingOverrides, Sink, Snapshot};
+use crate::discovery::{
+    DiscoveryMetrics, Event, Failure, ReconcileView, RoutingOverrides, Sink, Snapshot,
+};
 use crate::metrics::ConfigSource;
 use crate::model::PoolKind;
 use crate::pool::ServerView;
@@ -24,6 +26,8 @@ pub struct DiscoveryStatus {
     reinitialised: AtomicU64,
     /// What is kept from before the last re-initialisation, while anything is.
     reconciling: Mutex<Option<ReconcileView>>,
+    /// Discovery's series (`discovery::metrics`).
+    metrics: DiscoveryMetrics,
 }
 
 /// One reading of [`DiscoveryStatus`], for `/status`.
@@ -41,8 +45,13 @@ pub struct DiscoveryReport {
 impl DiscoveryStatus {
     /// `source` as `describe()` names it; discovery starts up only when the servers are the
     /// config file's (any other source must answer first).
-    pub(super) fn new(provider: Provider, source: String) -> DiscoveryStatus {
+    pub(super) fn new(
+        provider: Provider,
+        source: String,
+        metrics: DiscoveryMetrics,
+    ) -> DiscoveryStatus {
         DiscoveryStatus {
+            metrics,
             provider,
             source,
             up: AtomicBool::new(provider.role().servers_in_config_file),
@@ -51,6 +60,11 @@ impl DiscoveryStatus {
             reinitialised: AtomicU64::new(0),
             reconciling: Mutex::new(None),
         }
+    }
+
+    /// Discovery's series, for the admin endpoint's scrape.
+    pub fn metrics(&self) -> &DiscoveryMetrics {
+        &self.metrics
     }
 
     /// Discovery is up: the source answered last time and nothing is kept from before a
@@ -117,21 +131,17 @@ impl Sink for Shared {
             }
             Err(failure) => {
                 self.set_reconciling(failure.reconciling);
-                self.metrics.discovery_error(failure.kind);
+                self.discovery.metrics.failure(failure.kind);
                 self.discovery.set_error(failure.error);
             }
         }
     }
 
     fn count(&self, event: Event<'_>) {
-        match event {
-            Event::Resync => self.metrics.discovery_resyncs.inc(),
-            Event::Skipped(kind) => self.metrics.discovery_problem(kind),
-            Event::Reinitialised => {
-                self.discovery.reinitialised.fetch_add(1, Relaxed);
-                self.metrics.discovery_store_reinitialised.inc();
-            }
+        if event == Event::Reinitialised {
+            self.discovery.reinitialised.fetch_add(1, Relaxed);
         }
+        self.discovery.metrics.count(event);
     }
 
     fn view(&self, pool: PoolKind) -> Vec<ServerView> {
@@ -191,9 +201,7 @@ impl Shared {
 
     /// Part of what is served is kept from before a re-initialisation (`None`: nothing is).
     fn set_reconciling(&self, view: Option<ReconcileView>) {
-        self.metrics
-            .discovery_reconciling
-            .set(i64::from(view.is_some()));
+        self.discovery.metrics.set_reconciling(view.is_some());
         *lock(&self.discovery.reconciling) = view;
     }
 }

@@ -27,12 +27,12 @@ use tokio::sync::Notify;
 
 use crate::accesslog::{AccessLog, OpenError};
 use crate::config::{Config, InvalidConfig, ProviderRole, ProviderSettings};
-use crate::discovery::{self, RoutingOverrides};
+use crate::discovery::{self, DiscoveryMetrics, RoutingOverrides};
 use crate::drain::InFlight;
 use crate::flags::FlagSet;
 use crate::metrics::{ConfigSource, Metrics};
 use crate::model::{PerPool, Percent, PoolKind};
-use crate::pool::{Pool, PoolError, Pools, WantedServer};
+use crate::pool::{Pool, PoolError, PoolMetrics, Pools, WantedServer};
 use crate::rollout::engine::RolloutRoute;
 use crate::rollout::window::WindowRecorder;
 use crate::rollout::Coordinator;
@@ -133,14 +133,22 @@ struct ReloadStatus {
 
 impl Shared {
     pub fn new(config: Config) -> Result<Shared, StartError> {
+        let metrics = Metrics::new()?;
+        let pool_metrics = PoolMetrics::register(metrics.registry())?;
+        let discovery_metrics = DiscoveryMetrics::register(metrics.registry())?;
         let pools: Pools = PerPool::try_from_fn(|kind| -> Result<Pool, PoolError> {
-            Pool::new(kind, &config.pools[kind], &config.health_check)
+            Pool::new(
+                kind,
+                &config.pools[kind],
+                &config.health_check,
+                &pool_metrics,
+            )
         })?;
         let policy = CanaryPolicy::from_config(&config.routing)?;
-        let metrics = Metrics::new()?;
         metrics
             .rollout
             .export_verdicts::<crate::rollout::judge::Finding>();
+        metrics.rollout.export_phases(crate::rollout::Phase::Idle);
         metrics.set_canary_percent(policy.percent.as_f64());
         let provider = config.discovery.settings()?;
         let access_log = match config.access_log.settings() {
@@ -158,6 +166,7 @@ impl Shared {
             discovery: DiscoveryStatus::new(
                 config.discovery.provider,
                 discovery::from_settings(&provider).describe(),
+                discovery_metrics,
             ),
             in_flight: InFlight::new(),
             refresh: Notify::new(),
