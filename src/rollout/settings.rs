@@ -119,22 +119,23 @@ pub struct LatencySettings {
     pub floor: Duration,
 }
 
-fn default_confidence() -> f64 {
+// Also the config file's defaults (`config/schema/rollout.rs`): one value, one test of it.
+pub(crate) fn default_confidence() -> f64 {
     DEFAULT_ROLLOUT_CONFIDENCE
 }
-fn is_default_confidence(v: &f64) -> bool {
+pub(crate) fn is_default_confidence(v: &f64) -> bool {
     *v == DEFAULT_ROLLOUT_CONFIDENCE
 }
-fn default_per_client_requests() -> u64 {
+pub(crate) fn default_per_client_requests() -> u64 {
     DEFAULT_PER_CLIENT_REQUESTS
 }
-fn is_default_per_client_requests(v: &u64) -> bool {
+pub(crate) fn is_default_per_client_requests(v: &u64) -> bool {
     *v == DEFAULT_PER_CLIENT_REQUESTS
 }
-fn default_per_client_failures() -> u64 {
+pub(crate) fn default_per_client_failures() -> u64 {
     DEFAULT_PER_CLIENT_FAILURES
 }
-fn is_default_per_client_failures(v: &u64) -> bool {
+pub(crate) fn is_default_per_client_failures(v: &u64) -> bool {
     *v == DEFAULT_PER_CLIENT_FAILURES
 }
 

@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use super::super::de::*;
 use crate::model::Percent;
-use crate::rollout::settings::{ErrorRateSettings, LatencySettings, RolloutSettings};
 use crate::rollout::settings::{
-    DEFAULT_PER_CLIENT_FAILURES, DEFAULT_PER_CLIENT_REQUESTS, DEFAULT_ROLLOUT_CONFIDENCE,
+    default_confidence, default_per_client_failures, default_per_client_requests,
+    is_default_confidence, is_default_per_client_failures, is_default_per_client_requests,
 };
+use crate::rollout::settings::{ErrorRateSettings, LatencySettings, RolloutSettings};
 
 /// `rollout:`: how the proxy ramps the canary and judges it against production (README,
 /// "Progressive delivery"). Every key has a default; a rollout freezes a copy at its start.
@@ -65,25 +66,6 @@ pub struct RolloutConfig {
         skip_serializing_if = "is_default_per_client_failures"
     )]
     pub per_client_failures: u64,
-}
-
-fn default_confidence() -> f64 {
-    DEFAULT_ROLLOUT_CONFIDENCE
-}
-fn is_default_confidence(v: &f64) -> bool {
-    *v == DEFAULT_ROLLOUT_CONFIDENCE
-}
-fn default_per_client_requests() -> u64 {
-    DEFAULT_PER_CLIENT_REQUESTS
-}
-fn is_default_per_client_requests(v: &u64) -> bool {
-    *v == DEFAULT_PER_CLIENT_REQUESTS
-}
-fn default_per_client_failures() -> u64 {
-    DEFAULT_PER_CLIENT_FAILURES
-}
-fn is_default_per_client_failures(v: &u64) -> bool {
-    *v == DEFAULT_PER_CLIENT_FAILURES
 }
 
 impl RolloutConfig {
