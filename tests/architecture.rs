@@ -245,6 +245,7 @@ fn routing_and_model_do_no_io() {
     files.extend(files_under("src/rollout/judge.rs"));
     files.extend(files_under("src/rollout/machine.rs"));
     files.extend(files_under("src/rollout/settings.rs"));
+    files.extend(files_under("src/rollout/shadow.rs"));
     assert!(files.len() >= 4);
     let io = [
         "std::fs",

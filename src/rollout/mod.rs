@@ -16,6 +16,7 @@ pub mod judge;
 pub mod local;
 pub mod machine;
 pub mod settings;
+pub mod shadow;
 pub mod view;
 pub mod window;
 
@@ -180,6 +181,11 @@ pub struct RolloutState {
     /// provider, `local.rs`); never written while `None`, so releases before it read the state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from_file: Option<Resumed>,
+    /// The shadow step, when the rollout started with one: while it is not `done`, the
+    /// weight is 0 and the proxies copy production requests to the canary instead. Never
+    /// written while `None`; releases before it ignore it and see a step at weight 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<shadow::ShadowStage>,
 }
 
 /// How a restarted process went on with the rollout it found in its state file.
@@ -209,20 +215,29 @@ impl RolloutState {
                 "a rollout is already running: abort or promote it first".into(),
             ));
         }
-        let settings = settings.into();
+        let mut settings = settings.into();
         settings
             .validate()
             .map_err(|(key, problem)| CommandRefused(format!("{key}: {problem}")))?;
         let Some(&first) = settings.steps.first() else {
             return Err(CommandRefused("a rollout needs at least one step".into()));
         };
+        let shadow = settings.shadow.take().map(|settings| shadow::ShadowStage {
+            settings,
+            done: false,
+        });
         Ok(RolloutState {
             id,
             phase: Phase::Progressing,
             reason: "started".into(),
             settings,
             step: 0,
-            weight: first,
+            // No user reaches the canary during a shadow step.
+            weight: if shadow.is_some() {
+                Percent::default()
+            } else {
+                first
+            },
             salt,
             started_ms: now_ms,
             next_window: 0,
@@ -234,7 +249,16 @@ impl RolloutState {
             updated_ms: now_ms,
             version: previous.map_or(1, |p| p.version + 1),
             resumed_from_file: None,
+            shadow,
         })
+    }
+
+    /// The shadow step's settings while the rollout is in it (active or paused there).
+    pub fn in_shadow(&self) -> Option<&shadow::ShadowSettings> {
+        self.shadow
+            .as_ref()
+            .filter(|s| !s.done && self.phase.is_active())
+            .map(|s| &s.settings)
     }
 
     /// The window length, at least 1 ms.

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::shadow::ShadowSettings;
 use crate::model::Percent;
 
 /// The most steps a rollout may have.
@@ -92,6 +93,11 @@ pub struct RolloutSettings {
         skip_serializing_if = "is_default_per_client_failures"
     )]
     pub per_client_failures: u64,
+    /// The shadow step (`rollout.shadow`, `--shadow P`): `None` when off. Never written inside
+    /// the stored settings (older releases refuse keys they do not know there): a start moves
+    /// it into the state's own `shadow` field ([`super::shadow::ShadowStage`]).
+    #[serde(skip)]
+    pub shadow: Option<ShadowSettings>,
 }
 
 /// `rollout.error_rate`: the error rules.
@@ -159,6 +165,7 @@ impl Default for RolloutSettings {
             confidence: DEFAULT_ROLLOUT_CONFIDENCE,
             per_client_requests: DEFAULT_PER_CLIENT_REQUESTS,
             per_client_failures: DEFAULT_PER_CLIENT_FAILURES,
+            shadow: None,
         }
     }
 }
@@ -261,6 +268,9 @@ impl RolloutSettings {
                 "per_client_failures",
                 format!("must be at most {MAX_PER_CLIENT_FAILURES}"),
             ));
+        }
+        if let Some(shadow) = &self.shadow {
+            shadow.validate()?;
         }
         Ok(())
     }
@@ -426,6 +436,27 @@ pub const START_KEYS: &[StartKey] = &[
             Ok(())
         },
     },
+    StartKey {
+        name: "shadow",
+        flag: "shadow",
+        value: "P",
+        help: "Start with a shadow step: copy P percent of production's requests to the \
+               canary and judge the pairs before any user is routed to it (0: no shadow \
+               step; the other shadow settings come from rollout.shadow).",
+        set: |s, v| {
+            let percent = Percent::parse(v.trim_end_matches('%'))
+                .map_err(|_| (v.to_string(), "is not a percent 0..=100"))?;
+            s.shadow = if percent.basis_points() == 0 {
+                None
+            } else {
+                Some(ShadowSettings {
+                    percent,
+                    ..s.shadow.clone().unwrap_or_default()
+                })
+            };
+            Ok(())
+        },
+    },
 ];
 
 /// The names of [`START_KEYS`], in order.
@@ -444,7 +475,7 @@ fn parse_duration(v: &str) -> Result<Duration, &'static str> {
 }
 
 /// Durations as the stored JSON has them: humantime text (`"30s"`, `"1m 30s"`).
-mod duration_text {
+pub(crate) mod duration_text {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

@@ -15,6 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::settings::RolloutSettings;
+use super::shadow::ShadowStage;
 use super::{HistoryEntry, Phase, Resumed, RolloutState, WindowCounts};
 use crate::model::Percent;
 
@@ -44,6 +45,9 @@ pub struct StateView {
     /// Set when a restarted process took the rollout over from its state file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from_file: Option<Resumed>,
+    /// The shadow step, when the rollout has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStage>,
 }
 
 impl From<&RolloutState> for StateView {
@@ -67,6 +71,7 @@ impl From<&RolloutState> for StateView {
             updated_ms,
             version,
             resumed_from_file,
+            shadow,
         } = s;
         StateView {
             id: id.clone(),
@@ -86,6 +91,7 @@ impl From<&RolloutState> for StateView {
             updated_ms: *updated_ms,
             version: *version,
             resumed_from_file: resumed_from_file.clone(),
+            shadow: shadow.clone(),
         }
     }
 }

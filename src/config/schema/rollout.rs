@@ -11,6 +11,7 @@ use crate::rollout::settings::{
     is_default_confidence, is_default_per_client_failures, is_default_per_client_requests,
 };
 use crate::rollout::settings::{ErrorRateSettings, LatencySettings, RolloutSettings};
+use crate::rollout::shadow::ShadowSettings;
 
 /// `rollout:`: how the proxy ramps the canary and judges it against production (README,
 /// "Progressive delivery"). Every key has a default; a rollout freezes a copy at its start.
@@ -66,6 +67,11 @@ pub struct RolloutConfig {
         skip_serializing_if = "is_default_per_client_failures"
     )]
     pub per_client_failures: u64,
+    /// The shadow step: step 0, copies of production's requests judged in pairs before any
+    /// user reaches the canary (`rollout.shadow`, README "Progressive delivery"). Off when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSettings>,
 }
 
 impl RolloutConfig {
@@ -102,6 +108,7 @@ impl From<&RolloutConfig> for RolloutSettings {
             confidence,
             per_client_requests,
             per_client_failures,
+            shadow,
         } = c;
         RolloutSettings {
             steps: steps.clone(),
@@ -126,6 +133,7 @@ impl From<&RolloutConfig> for RolloutSettings {
             confidence: *confidence,
             per_client_requests: *per_client_requests,
             per_client_failures: *per_client_failures,
+            shadow: shadow.clone(),
         }
     }
 }
@@ -156,6 +164,7 @@ impl Default for RolloutConfig {
             confidence: s.confidence,
             per_client_requests: s.per_client_requests,
             per_client_failures: s.per_client_failures,
+            shadow: s.shadow,
         }
     }
 }
