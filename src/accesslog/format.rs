@@ -89,6 +89,12 @@ struct JsonLine<'a> {
     tls: Option<&'a str>,
     referer: Option<std::borrow::Cow<'a, str>>,
     user_agent: Option<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "is_false")]
+    shadow: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 /// One JSON object, without the newline.
@@ -114,6 +120,7 @@ pub fn json_line<'a>(out: &mut Vec<u8>, e: &'a Entry, query: bool) {
         tls: e.tls.as_deref(),
         referer: header(&e.referer),
         user_agent: header(&e.user_agent),
+        shadow: e.shadow,
     };
     // Serializing plain strings and numbers into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, &line);
@@ -192,6 +199,9 @@ pub fn text_line(out: &mut Vec<u8>, e: &Entry, query: bool) {
     }
     out.extend_from_slice(b" tls=");
     opt(out, e.tls.as_deref());
+    if e.shadow {
+        out.extend_from_slice(b" shadow=1");
+    }
 }
 
 /// `10/Oct/2000:13:55:36 +0000` (UTC), nginx's `$time_local` format.
@@ -235,6 +245,7 @@ mod tests {
             tls: None,
             referer: None,
             user_agent: Some(HeaderValue::from_bytes(b"a\"b\\c\t\xff").unwrap()),
+            shadow: false,
         }
     }
 

@@ -56,6 +56,8 @@ pub struct Entry {
     pub tls: Option<Cow<'static, str>>,
     pub referer: Option<HeaderValue>,
     pub user_agent: Option<HeaderValue>,
+    /// A shadow step's copy of a user's request to the canary (its answer went to no one).
+    pub shadow: bool,
 }
 
 /// The user-key hash as logged: the top 48 bits of XXH3-64 in hex, enough to follow one user
@@ -101,6 +103,8 @@ pub struct AccessLog {
     thread: Mutex<Option<JoinHandle<()>>>,
     format: AccessLogFormat,
     query: bool,
+    /// `access_log.shadow`: the shadow step's copies are logged too.
+    shadow: bool,
     target: Arc<Target>,
 }
 
@@ -137,6 +141,7 @@ impl AccessLog {
             thread: Mutex::new(None),
             format: settings.format,
             query: settings.query,
+            shadow: settings.shadow,
             target: Arc::new(target),
         })
     }
@@ -147,6 +152,11 @@ impl AccessLog {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
         }
+    }
+
+    /// Whether the shadow step's copies are logged (`access_log.shadow`).
+    pub fn logs_shadow(&self) -> bool {
+        self.shadow
     }
 
     /// Reopen the file before the next line (SIGUSR1); nothing for stdout.
@@ -310,6 +320,7 @@ mod tests {
             tls: None,
             referer: None,
             user_agent: None,
+            shadow: false,
         }
     }
 

@@ -85,6 +85,43 @@ impl MethodLabel {
     }
 }
 
+/// The `outcome` label of `canary_lb_shadow_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShadowOutcome {
+    Answered,
+    Failed,
+    Timeout,
+    Dropped,
+    NoServer,
+    TooLarge,
+}
+
+impl ShadowOutcome {
+    pub const ALL: [ShadowOutcome; 6] = [
+        ShadowOutcome::Answered,
+        ShadowOutcome::Failed,
+        ShadowOutcome::Timeout,
+        ShadowOutcome::Dropped,
+        ShadowOutcome::NoServer,
+        ShadowOutcome::TooLarge,
+    ];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ShadowOutcome::Answered => "answered",
+            ShadowOutcome::Failed => "failed",
+            ShadowOutcome::Timeout => "timeout",
+            ShadowOutcome::Dropped => "dropped",
+            ShadowOutcome::NoServer => "no_server",
+            ShadowOutcome::TooLarge => "too_large",
+        }
+    }
+}
+
 /// The `code` label of `canary_lb_refused_requests_total`: the statuses a request refused at
 /// the edge (before routing) can get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -211,6 +248,7 @@ crate::metrics::label_value!(MethodLabel);
 crate::metrics::label_value!(RefusalCode);
 crate::metrics::label_value!(ClientErrorKind);
 crate::metrics::label_value!(BudgetLabel);
+crate::metrics::label_value!(ShadowOutcome);
 
 /// The proxy's series.
 pub struct ProxyMetrics {
@@ -227,6 +265,8 @@ pub struct ProxyMetrics {
     budget_refused: Counters<BudgetLabel>,
     /// Upstream requests of HTTP/2 streams in flight (holding a place in the budgets).
     pub h2_upstream_in_flight: IntGauge,
+    /// The shadow step's copies to the canary, by how they ended.
+    shadow: Counters<ShadowOutcome>,
     /// The client connections and errors, partly counted by Pingora and read at scrape.
     clients: Arc<Clients>,
 }
@@ -312,6 +352,14 @@ impl ProxyMetrics {
                  client.max_upstream_connections).",
                 "budget",
             )?,
+            shadow: r.counters(
+                "canary_lb_shadow_requests_total",
+                "The shadow step's copies of production requests to the canary, by outcome \
+                 (answered; failed: no answer; timeout: over shadow.timeout; dropped: \
+                 shadow.max_in_flight copies were out; no_server: no canary server; too_large: \
+                 a body over shadow.max_body or not received whole).",
+                "outcome",
+            )?,
             h2_upstream_in_flight: r.gauge(
                 "canary_lb_h2_upstream_in_flight",
                 "Upstream requests of HTTP/2 streams in flight (places taken in the budgets).",
@@ -351,6 +399,11 @@ impl ProxyMetrics {
 
     pub fn record_decision(&self, pool: PoolKind, reason: Reason) {
         self.decisions[pool][reason.index()].inc();
+    }
+
+    /// One shadow copy, by how it ended.
+    pub fn shadow(&self, outcome: ShadowOutcome) {
+        self.shadow.inc(outcome);
     }
 
     pub fn record_retry(&self, pool: PoolKind) {

@@ -28,6 +28,7 @@ pub mod budget;
 pub mod framing;
 pub mod headers;
 pub mod metrics;
+pub mod shadow;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -70,13 +71,17 @@ pub struct CanaryProxy {
     server_header: Option<HeaderValue>,
     /// What the proxy measures (`metrics.rs`), one set for all proxy services.
     metrics: Arc<ProxyMetrics>,
+    /// The shadow step's copies to the canary (`shadow.rs`).
+    shadow: Arc<shadow::Shadow>,
 }
 
 impl CanaryProxy {
+    /// `budget` and `shadow` are the process's, shared by all its proxy services.
     pub fn new(
         shared: Arc<Shared>,
         budget: UpstreamBudget,
         metrics: Arc<ProxyMetrics>,
+        shadow: Arc<shadow::Shadow>,
     ) -> CanaryProxy {
         let server_header = server_header_value(&shared.started().server_header);
         CanaryProxy {
@@ -84,6 +89,7 @@ impl CanaryProxy {
             budget,
             server_header,
             metrics,
+            shadow,
         }
     }
 }
@@ -152,6 +158,8 @@ pub struct Ctx {
     /// An HTTP/2 stream's place in the upstream budgets (`budget.rs`), held until the request
     /// ends.
     place: Option<budget::Place>,
+    /// Picked to be copied to the canary by the shadow step (`shadow.rs`), sent in `logging`.
+    shadow: Option<Box<shadow::Picked>>,
 }
 
 impl CanaryProxy {
@@ -355,6 +363,7 @@ impl ProxyHttp for CanaryProxy {
             features: FlagBits::default(),
             features_trusted: false,
             place: None,
+            shadow: None,
         })
     }
 
@@ -442,6 +451,11 @@ impl ProxyHttp for CanaryProxy {
         }
         if let UserKey::New(id) = decision.user {
             ctx.new_user_id = Some(id);
+        }
+        if live.shadow.is_some() {
+            ctx.shadow =
+                self.shadow
+                    .pick(live, pool, session.req_header(), session.is_upgrade_req());
         }
         match picked {
             Some((_, server)) => {
@@ -532,6 +546,11 @@ impl ProxyHttp for CanaryProxy {
             (!ctx.features_trusted).then_some(&live.flag_override_header),
             features,
         )?;
+        // Only the proxy's copies carry the shadow mark: a client's own would tell the app
+        // servers to skip the side effects of a real request.
+        if upstream.headers.contains_key(&live.shadow_header) {
+            upstream.remove_header(&live.shadow_header);
+        }
         let policy = &live.policy;
         if ctx.pool == Some(PoolKind::Canary) {
             upstream.insert_header(policy.header.clone(), HeaderValue::from_static("1"))?;
@@ -539,6 +558,32 @@ impl ProxyHttp for CanaryProxy {
             upstream.remove_header(&policy.header);
         }
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let (Some(picked), Some(chunk)) = (ctx.shadow.as_mut(), body.as_ref()) {
+            picked.request_body(chunk);
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        if let (Some(picked), Some(chunk)) = (ctx.shadow.as_mut(), body.as_ref()) {
+            picked.response_body(chunk);
+        }
+        Ok(None)
     }
 
     async fn upstream_response_filter(
@@ -710,6 +755,11 @@ impl ProxyHttp for CanaryProxy {
                 (ctx.start, ctx.upstream_time),
                 ctx.origin.client,
             );
+            if let (Some(picked), Some(took), true) =
+                (ctx.shadow.take(), ctx.upstream_time, code != 0)
+            {
+                self.send_shadow(session, ctx, picked, code, took);
+            }
         }
         if let Some(log) = self.shared.access_log() {
             log.log(Self::entry(session, ctx));
@@ -735,6 +785,34 @@ fn worker_slot() -> u64 {
 }
 
 impl CanaryProxy {
+    /// Copy a request production answered (`code` after `took`) to the canary.
+    fn send_shadow(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        picked: Box<shadow::Picked>,
+        code: u16,
+        took: Duration,
+    ) {
+        let body_done = session.is_body_done();
+        let features =
+            (!ctx.features.is_empty()).then(|| ctx.live.flags.header_value(ctx.features));
+        let original = shadow::Original {
+            live: &ctx.live,
+            req: session.req_header(),
+            origin: &ctx.origin,
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            request_id: ctx.request_id.as_ref(),
+            features,
+            production: crate::rollout::shadow::Answer {
+                status: Some(code),
+                seconds: took.as_secs_f64(),
+            },
+            body_done,
+        };
+        self.shadow.send(&self.shared, picked, original);
+    }
+
     /// The access log's line for a finished request: cheap clones only, formatted later by
     /// the writer thread.
     fn entry(session: &Session, ctx: &Ctx) -> Entry {
@@ -775,6 +853,7 @@ impl CanaryProxy {
             tls,
             referer: req.headers.get(header::REFERER).cloned(),
             user_agent: req.headers.get(header::USER_AGENT).cloned(),
+            shadow: false,
         }
     }
 }

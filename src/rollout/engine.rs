@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use tokio::sync::watch;
 
-use super::judge::{judge, step_with, Finding, Verdict};
+use super::judge::{judge, judge_shadow, step_with, Finding, Verdict};
 use super::machine::{skip, transition};
+use super::shadow::ShadowSettings;
 use super::window::WindowRecorder;
 use super::{Coordinator, Phase, RolloutState};
 use crate::metrics::Metrics;
@@ -38,11 +39,13 @@ pub const IDLE_TICK: Duration = Duration::from_millis(250);
 /// Coordinator errors are logged at most this often.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
 
-/// The routing override of a rollout: its weight with its frozen salt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The routing override of a rollout: its weight with its frozen salt, and while it is in
+/// its shadow step (and progressing) the shadow settings the proxy copies requests by.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RolloutRoute {
     pub weight: Percent,
     pub salt: String,
+    pub shadow: Option<Arc<ShadowSettings>>,
 }
 
 /// What the engine needs of the process (`state::Shared` implements it).
@@ -62,6 +65,11 @@ pub fn route_for(state: Option<&RolloutState>, now_ms: u64) -> Option<RolloutRou
     holds.then(|| RolloutRoute {
         weight: s.weight,
         salt: s.salt.clone(),
+        // Copies only while windows are judged: a paused shadow step copies nothing.
+        shadow: s
+            .in_shadow()
+            .filter(|_| s.phase == Phase::Progressing)
+            .map(|sh| Arc::new(sh.clone())),
     })
 }
 
@@ -233,7 +241,10 @@ impl Engine {
             (next, entry, Finding::NoReports)
         } else {
             let step = step_with(&s.step_counts, &counts);
-            let j = judge(&s.settings, &counts, &step);
+            let j = match s.in_shadow() {
+                Some(shadow) => judge_shadow(&s.settings, shadow, &counts, &step),
+                None => judge(&s.settings, &counts, &step),
+            };
             let (next, entry) = transition(s, window, &counts, &j, now);
             (next, entry, j.finding)
         };
@@ -255,7 +266,10 @@ impl Engine {
                 next.reason,
                 entry.reasons.join("; ")
             );
-        } else if verdict == Verdict::Fail.as_str() || next.phase != s.phase || next.step != s.step
+        } else if verdict == Verdict::Fail.as_str()
+            || next.phase != s.phase
+            || next.step != s.step
+            || next.weight != s.weight
         {
             info!(
                 "rollout {}: window {window} {verdict}: {}; now {} at step {} ({} %)",

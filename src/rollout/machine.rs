@@ -3,7 +3,8 @@
 //! ([`RolloutState::command`], [`RolloutState::start`]).
 //!
 //! ```text
-//! idle -> progressing(step 0) -pass x windows_per_step-> progressing(step 1) -> ... -> succeeded
+//! idle -> [shadow: weight 0, copies judged in pairs -pass x shadow.windows->]
+//!         progressing(step 0) -pass x windows_per_step-> progressing(step 1) -> ... -> succeeded
 //!            |  fail: failed += 1, weight held; failed == threshold -> rolled_back (weight 0)
 //!            |  inconclusive: run += 1; run == max_inconclusive -> paused ("insufficient traffic")
 //!            '- pause/resume/abort/promote by hand
@@ -32,6 +33,21 @@ pub fn transition(
         next.step_counts[kind].add(w);
     }
     match judgement.verdict {
+        Verdict::Pass if state.in_shadow().is_some() => {
+            next.inconclusive_run = 0;
+            next.passes_in_step += 1;
+            let needed = state.in_shadow().map_or(1, |s| s.windows.max(1));
+            if next.passes_in_step >= needed {
+                // The shadow step passed: step 1 sends the first real users.
+                if let Some(shadow) = next.shadow.as_mut() {
+                    shadow.done = true;
+                }
+                next.weight = settings.steps.first().copied().unwrap_or_default();
+                next.passes_in_step = 0;
+                next.step_first_window = window + 1;
+                next.step_counts = WindowCounts::default();
+            }
+        }
         Verdict::Pass => {
             next.inconclusive_run = 0;
             next.passes_in_step += 1;

@@ -126,10 +126,16 @@ pub fn assemble(
     );
     // `h2c` is a per-service option in Pingora: plain listeners with h2c get their own
     // service (same proxy logic, same connection limit). TLS listeners negotiate h2 by ALPN.
+    let shadow = Arc::new(crate::proxy::shadow::Shadow::new(proxy_metrics.clone()));
     let proxy_service = |name: &str, h2c: bool| {
         let mut proxy = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
-            CanaryProxy::new(shared.clone(), budget.clone(), proxy_metrics.clone()),
+            CanaryProxy::new(
+                shared.clone(),
+                budget.clone(),
+                proxy_metrics.clone(),
+                shadow.clone(),
+            ),
             name,
         );
         if let Some(app) = proxy.app_logic_mut() {

@@ -18,6 +18,7 @@ use crate::config::{Balance, ClientConfig, Config, UpstreamConfig};
 use crate::flags::FlagSet;
 use crate::model::PerPool;
 use crate::pool::{PassiveHealth, PeerTimeouts};
+use crate::rollout::shadow::ShadowSettings;
 use crate::routing::CanaryPolicy;
 
 /// The settings a SIGHUP applies, as one snapshot.
@@ -47,6 +48,41 @@ pub struct Live {
     pub flag_header_wire: bytes::Bytes,
     /// The testers' override header (`flags.override_header`).
     pub flag_override_header: HeaderName,
+    /// The shadow step in force: a running rollout's, while it copies production requests
+    /// to the canary.
+    pub shadow: Option<Arc<ShadowRun>>,
+    /// The header that marks the shadow step's copies (`rollout.shadow.header`, or the
+    /// default's): removed from every request a client sends.
+    pub shadow_header: HeaderName,
+}
+
+/// The copies' mark when `rollout.shadow` does not name one ([`ShadowSettings`]' default).
+const DEFAULT_SHADOW_HEADER: &str = "x-canary-shadow";
+
+/// The shadow step as a request reads it, built once per change: the settings with the copy
+/// header and the methods parsed.
+#[derive(Debug)]
+pub struct ShadowRun {
+    pub settings: Arc<ShadowSettings>,
+    /// `shadow.header`, value `1` on every copy.
+    pub header: HeaderName,
+    /// `shadow.percent` as a fraction of `u32::MAX + 1`: a request is copied when a uniform
+    /// random `u32` is below it.
+    pub threshold: u64,
+}
+
+impl ShadowRun {
+    fn new(settings: Arc<ShadowSettings>) -> Option<ShadowRun> {
+        // Validated with the rollout's settings; a header that still does not parse copies
+        // nothing rather than copying without the mark.
+        let header = HeaderName::try_from(settings.header.as_str()).ok()?;
+        let threshold = settings.percent.basis_points() as u64 * (1u64 << 32) / 10_000;
+        Some(ShadowRun {
+            settings,
+            header,
+            threshold,
+        })
+    }
 }
 
 /// `upstream:` as a request reads it: the timeouts of an attempt, built once.
@@ -168,6 +204,18 @@ impl Live {
             passive_health: PassiveHealth::from(&config.passive_health),
             balance: PerPool::from_fn(|kind| config.pools.get(kind).balance),
             trusted_proxies: config.trusted_proxies.clone(),
+            shadow_header: config
+                .rollout
+                .shadow
+                .as_ref()
+                .and_then(|s| HeaderName::try_from(s.header.as_str()).ok())
+                .unwrap_or_else(|| HeaderName::from_static(DEFAULT_SHADOW_HEADER)),
+            shadow: layers
+                .rollout
+                .as_ref()
+                .and_then(|r| r.shadow.clone())
+                .and_then(ShadowRun::new)
+                .map(Arc::new),
         }
     }
 }

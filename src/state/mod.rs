@@ -34,12 +34,13 @@ use crate::metrics::{ConfigSource, Metrics};
 use crate::model::{PerPool, Percent, PoolKind};
 use crate::pool::{Pool, PoolError, PoolMetrics, Pools, WantedServer};
 use crate::rollout::engine::RolloutRoute;
+use crate::rollout::shadow::Pair;
 use crate::rollout::window::WindowRecorder;
 use crate::rollout::Coordinator;
 use crate::routing::{CanaryPolicy, PolicyError};
 
 pub use discovery_sink::{DiscoveryReport, DiscoveryStatus};
-pub use live::{ClientSettings, HeadLimits, Live, UpstreamSettings};
+pub use live::{ClientSettings, HeadLimits, Live, ShadowRun, UpstreamSettings};
 
 /// Why the process state could not be built at start. (A reload fails only on the routing
 /// policy: [`Shared::apply_file`] returns a [`PolicyError`].)
@@ -344,6 +345,12 @@ impl Shared {
         }
     }
 
+    /// One pair of the shadow step: production's answer to a user's request and the canary's
+    /// to its copy, for the rollout's window counts (`client` as in [`Shared::record_rollout`]).
+    pub fn record_shadow_pair(&self, pair: &Pair, client: Option<IpAddr>) {
+        self.rollout_windows.record_pair(pair, client);
+    }
+
     /// Apply a re-read config file: every live key, and the servers when they come from the
     /// file. Restart-only keys that changed are named in one log line.
     pub fn apply_file(&self, new: Config) -> Result<(), PolicyError> {
@@ -491,6 +498,7 @@ mod tests {
         s.set_route(Some(RolloutRoute {
             weight: percent(50.0),
             salt: "rollout-salt".into(),
+            shadow: None,
         }));
         assert_eq!(s.policy().percent, percent(50.0));
         assert_eq!(s.routing_sources(), ("rollout", "rollout"));

@@ -42,7 +42,7 @@ impl<'de> Deserialize<'de> for AccessLogConfig {
             type Value = AccessLogConfig;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("`off` or { path, format, query, buffer }")
+                f.write_str("`off` or { path, format, query, buffer, shadow }")
             }
 
             fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<AccessLogConfig, E> {
@@ -75,7 +75,7 @@ impl<'de> Deserialize<'de> for AccessLogConfig {
     }
 }
 
-/// `access_log: { path, format, query, buffer }`.
+/// `access_log: { path, format, query, buffer, shadow }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogSettings {
@@ -91,6 +91,14 @@ pub struct AccessLogSettings {
     /// counted (`canary_lb_access_log_dropped_total`), never delaying a request.
     #[serde(default = "default_log_buffer", deserialize_with = "de_log_buffer")]
     pub buffer: usize,
+    /// Log the shadow step's copies to the canary too, marked `"shadow": true` (`shadow=1` in
+    /// text); false leaves them out.
+    #[serde(default = "default_true")]
+    pub shadow: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for AccessLogSettings {
@@ -100,6 +108,7 @@ impl Default for AccessLogSettings {
             format: AccessLogFormat::default(),
             query: false,
             buffer: default_log_buffer(),
+            shadow: true,
         }
     }
 }
