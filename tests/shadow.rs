@@ -1,0 +1,388 @@
+//! The shadow step (issue 25): before any user is routed to the canary, the proxy copies a
+//! share of production's requests to it and judges the pairs (production's answer and the
+//! canary's to the same request). Real demo apps (whose errors and latency change through
+//! `/_control`) or raw backends that record every byte they receive, the real proxy, the
+//! rollout driven through the admin endpoints with 1 s windows.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::load::{Load, LoadSpec};
+use common::raw::{raw_exchange, RawBackend, Received};
+use common::{free_port, get, pools, post, proxy_config, serial, wait_until, App, Proxy};
+use serde_json::Value;
+
+/// The proxy's admin URL for `path`.
+fn admin(proxy: &Proxy, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", proxy.metrics_port())
+}
+
+fn rollout(proxy: &Proxy) -> Value {
+    let r = get(&admin(proxy, "/rollout"), &[]);
+    assert_eq!(r.status, 200, "GET /rollout: {}", r.body);
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+fn command(proxy: &Proxy, path_and_query: &str) -> String {
+    let r = post(&admin(proxy, path_and_query), &[], b"");
+    assert_eq!(r.status, 200, "POST {path_and_query}: {}", r.body);
+    r.body
+}
+
+/// `canary_lb_shadow_requests_total{outcome}` now.
+fn copies(proxy: &Proxy, outcome: &str) -> f64 {
+    proxy.scrape().sum(
+        "canary_lb_shadow_requests_total",
+        &[&format!("outcome=\"{outcome}\"")],
+    )
+}
+
+fn phase(v: &Value) -> &str {
+    v["state"]["phase"].as_str().unwrap_or("none")
+}
+
+/// Poll `/rollout` until `done` holds; on timeout the panic shows the last answer.
+fn wait_rollout(
+    proxy: &Proxy,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = rollout(proxy);
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}; last /rollout:\n{v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Demo apps behind one proxy with `rollout:` as given; the proxy trusts 127.0.0.1 as a
+/// forwarding proxy so the load's users count as distinct clients.
+struct Rig {
+    proxy: Proxy,
+    canary: App,
+    _prod: App,
+}
+
+fn rig(rollout: &str) -> Rig {
+    let prod = App::start("prod-1", "production");
+    let canary = App::start("canary-1", "canary");
+    let yaml = proxy_config(
+        free_port(),
+        free_port(),
+        &format!(
+            "threads: 2\n{}\
+             health_check: {{ kind: http, path: /healthz, interval: 500ms, timeout: 2s }}\n\
+             routing: {{ canary_percent: 0, salt: shadow-it }}\n\
+             trusted_proxies: [\"127.0.0.1/32\"]\nrollout: {rollout}\n",
+            pools(&[&prod.addr()], &[&canary.addr()])
+        ),
+    );
+    Rig {
+        proxy: Proxy::start(&yaml),
+        canary,
+        _prod: prod,
+    }
+}
+
+impl Rig {
+    fn control(&self, query: &str) {
+        let r = post(&self.canary.url(&format!("/_control?{query}")), &[], b"");
+        assert_eq!(r.status, 200, "canary /_control?{query}: {}", r.body);
+    }
+
+    fn load(&self) -> Load {
+        let mut spec = LoadSpec::new(vec![self.proxy.url("")]);
+        spec.threads = 4;
+        spec.pause = Duration::from_millis(5);
+        spec.max_run = Duration::from_secs(90);
+        spec.forwarded_for = true;
+        Load::start(spec)
+    }
+}
+
+/// What every user saw: (answers, answers not 200, answers from canary).
+fn user_outcomes(load: &Load) -> (usize, usize, usize) {
+    let seen = load.seen();
+    let bad = seen.iter().filter(|s| s.status != 200).count();
+    let canary = seen
+        .iter()
+        .filter(|s| s.pool.as_deref() == Some("canary"))
+        .count();
+    (seen.len(), bad, canary)
+}
+
+/// Every history entry and the state say no user was routed to canary.
+fn assert_weight_stayed_zero(v: &Value) {
+    assert_eq!(v["state"]["weight"].as_f64(), Some(0.0), "{v:#}");
+    for e in v["history"].as_array().into_iter().flatten() {
+        assert_eq!(e["weight"].as_f64(), Some(0.0), "weight rose: {e}");
+    }
+    assert_eq!(
+        v["state"]["shadow"]["done"].as_bool(),
+        Some(false),
+        "the shadow step was passed: {v:#}"
+    );
+}
+
+const SHADOW: &str = "shadow: { percent: 100, windows: 5, timeout: 500ms }";
+
+#[test]
+fn a_canary_failing_30_percent_of_copies_is_rolled_back_in_the_shadow_step() {
+    let _serial = serial();
+    let rig = rig(&format!(
+        "{{ interval: 1s, min_requests: 20, threshold: 2, {SHADOW} }}"
+    ));
+    rig.control("error_rate=0.3");
+    let mut load = rig.load();
+    wait_until("traffic flows", Duration::from_secs(10), || {
+        load.count("production") > 50
+    });
+    command(&rig.proxy, "/rollout/start?steps=10,50,100");
+    let v = wait_rollout(
+        &rig.proxy,
+        "the rollout ends",
+        Duration::from_secs(40),
+        |v| phase(v) != "progressing",
+    );
+    load.stop();
+    assert_eq!(phase(&v), "rolled_back", "{v:#}");
+    assert_weight_stayed_zero(&v);
+    let (answers, bad, canary) = user_outcomes(&load);
+    assert!(answers > 100, "only {answers} answers");
+    assert_eq!(bad, 0, "users got errors");
+    assert_eq!(canary, 0, "users were routed to canary");
+    let answered = copies(&rig.proxy, "answered");
+    assert!(answered > 20.0, "copies answered: {answered}");
+}
+
+#[test]
+fn a_canary_50ms_slower_fails_the_paired_latency_rule() {
+    let _serial = serial();
+    let rig = rig(&format!(
+        "{{ interval: 1s, min_requests: 20, threshold: 2, {SHADOW} }}"
+    ));
+    rig.control("latency_ms=50");
+    let mut load = rig.load();
+    wait_until("traffic flows", Duration::from_secs(10), || {
+        load.count("production") > 50
+    });
+    command(&rig.proxy, "/rollout/start?steps=10,50,100");
+    let v = wait_rollout(
+        &rig.proxy,
+        "the rollout ends",
+        Duration::from_secs(40),
+        |v| phase(v) != "progressing",
+    );
+    load.stop();
+    assert_eq!(phase(&v), "rolled_back", "{v:#}");
+    assert_eq!(
+        v["state"]["reason"].as_str(),
+        Some(LATENCY_FINDING),
+        "{v:#}"
+    );
+    assert_weight_stayed_zero(&v);
+    let (_, bad, canary) = user_outcomes(&load);
+    assert_eq!((bad, canary), (0, 0), "users saw errors or canary");
+}
+
+/// The paired latency rule's finding, as a rollback's `reason` names it.
+const LATENCY_FINDING: &str = "shadow_latency";
+
+#[test]
+fn a_hanging_canary_costs_users_nothing_and_copies_stay_bounded() {
+    let _serial = serial();
+    let rig = rig("{ interval: 1s, min_requests: 20, threshold: 2, \
+         shadow: { percent: 100, windows: 5, timeout: 300ms, max_in_flight: 4 } }");
+    rig.control("latency_ms=60000");
+    let mut load = rig.load();
+    wait_until("traffic flows", Duration::from_secs(10), || {
+        load.count("production") > 50
+    });
+    command(&rig.proxy, "/rollout/start?steps=10,50,100");
+    let v = wait_rollout(
+        &rig.proxy,
+        "the rollout ends",
+        Duration::from_secs(40),
+        |v| phase(v) != "progressing",
+    );
+    load.stop();
+    assert_eq!(phase(&v), "rolled_back", "{v:#}");
+    assert_weight_stayed_zero(&v);
+    let (answers, bad, canary) = user_outcomes(&load);
+    assert!(answers > 100, "only {answers} answers");
+    assert_eq!((bad, canary), (0, 0), "users saw errors or canary");
+    let count = |outcome: &str| copies(&rig.proxy, outcome);
+    assert!(count("timeout") > 0.0, "no copy timed out");
+    // At most 4 copies out at once, each 300 ms: far fewer than the users' requests.
+    assert!(
+        count("dropped") > 0.0,
+        "no copy was dropped at max_in_flight"
+    );
+    assert_eq!(count("answered"), 0.0);
+}
+
+// --- What a copy carries, byte for byte (raw backends) ---
+
+/// A proxy over raw backends in a shadow step that never ends by itself (windows and
+/// inconclusive runs at their maximum): every production request is copied.
+fn raw_proxy(prod: &RawBackend, canary: &RawBackend, shadow: &str, log: &Path) -> Proxy {
+    let proxy = Proxy::start(&proxy_config(
+        free_port(),
+        free_port(),
+        &format!(
+            "threads: 1\ngrace_period: 1s\n{}\
+             health_check: {{ kind: tcp, interval: 1s, timeout: 500ms }}\n\
+             routing: {{ canary_percent: 0 }}\n\
+             access_log: {{ path: \"{}\" }}\n\
+             rollout: {{ interval: 1s, min_requests: 1000000, max_inconclusive: 10000, \
+             shadow: {{ percent: 100, windows: 10000, {shadow} }} }}\n",
+            pools(&[&prod.addr()], &[&canary.addr()]),
+            log.display()
+        ),
+    ));
+    command(&proxy, "/rollout/start?steps=100");
+    wait_until("the shadow step copies", Duration::from_secs(10), || {
+        send(&proxy, "GET", "/warm", "", "");
+        canary.count("/warm") > 0
+    });
+    proxy
+}
+
+/// One request as raw bytes; returns the status.
+fn send(proxy: &Proxy, method: &str, path: &str, headers: &str, body: &str) -> u16 {
+    let length = if body.is_empty() && method == "GET" {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: app.test\r\n{headers}{length}Connection: close\r\n\r\n{body}"
+    );
+    raw_exchange(proxy.listen_port(), req.as_bytes(), Duration::from_secs(10)).status
+}
+
+fn got(backend: &RawBackend, path: &str) -> Option<Received> {
+    backend.received().into_iter().find(|r| r.path == path)
+}
+
+/// The copy of `path` once the canary received it.
+fn copy_of(canary: &RawBackend, path: &str) -> Received {
+    let mut copy = None;
+    wait_until(
+        &format!("the canary receives the copy of {path}"),
+        Duration::from_secs(10),
+        || {
+            copy = got(canary, path);
+            copy.is_some()
+        },
+    );
+    copy.expect("waited for")
+}
+
+const CREDENTIALS: &str = "Cookie: session=secret-user-session\r\n\
+                           Authorization: Bearer user-token\r\n\
+                           Proxy-Authorization: Basic cHJveHk6cHc=\r\n";
+
+#[test]
+fn copies_carry_no_credentials_and_the_shadow_mark_no_client_can_forge() {
+    let (prod, canary) = (RawBackend::start(), RawBackend::start());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.log");
+    let proxy = raw_proxy(&prod, &canary, "", &log);
+
+    // A user request with credentials and a forged shadow mark.
+    let forged = format!("{CREDENTIALS}X-Canary-Shadow: 1\r\nX-Request-Id: idcreds\r\n");
+    assert_eq!(send(&proxy, "GET", "/creds?q=1", &forged, ""), 200);
+    let real = got(&prod, "/creds?q=1").expect("production got the request");
+    assert!(
+        real.header_lines("x-canary-shadow").is_empty(),
+        "a client's shadow mark reached production"
+    );
+    assert_eq!(real.header_lines("cookie"), ["session=secret-user-session"]);
+
+    let copy = copy_of(&canary, "/creds?q=1");
+    assert_eq!(copy.method, "GET");
+    assert_eq!(copy.header_lines("x-canary-shadow"), ["1"]);
+    assert_eq!(copy.header_lines("x-canary"), ["1"]);
+    assert_eq!(copy.header_lines("x-request-id"), ["idcreds"]);
+    for name in ["cookie", "authorization", "proxy-authorization"] {
+        assert!(
+            copy.header_lines(name).is_empty(),
+            "the copy carried {name}: {:?}",
+            String::from_utf8_lossy(&copy.head)
+        );
+    }
+    let head = String::from_utf8_lossy(&copy.head).to_string();
+    assert!(!head.contains("secret-user-session") && !head.contains("user-token"));
+
+    // The access log marks the copy.
+    wait_until("the copy is logged", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["request_id"] == "idcreds" && v["shadow"] == true && v["pool"] == "canary")
+    });
+}
+
+#[test]
+fn credentials_go_to_the_canary_only_when_configured() {
+    let (prod, canary) = (RawBackend::start(), RawBackend::start());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.log");
+    let proxy = raw_proxy(&prod, &canary, "forward_credentials: true", &log);
+    assert_eq!(send(&proxy, "GET", "/withcreds", CREDENTIALS, ""), 200);
+    let copy = copy_of(&canary, "/withcreds");
+    assert_eq!(copy.header_lines("cookie"), ["session=secret-user-session"]);
+    assert_eq!(copy.header_lines("authorization"), ["Bearer user-token"]);
+    assert!(copy.header_lines("proxy-authorization").is_empty());
+}
+
+#[test]
+fn a_post_is_copied_only_when_its_method_is_listed() {
+    let (prod, canary) = (RawBackend::start(), RawBackend::start());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.log");
+    let proxy = raw_proxy(&prod, &canary, "", &log);
+    assert_eq!(send(&proxy, "POST", "/order", "", "item=1"), 200);
+    assert_eq!(
+        got(&prod, "/order").map(|r| r.body),
+        Some(b"item=1".to_vec())
+    );
+    // A GET after it is copied, so the POST's copy would have been sent by now.
+    assert_eq!(send(&proxy, "GET", "/after-post", "", ""), 200);
+    copy_of(&canary, "/after-post");
+    assert!(
+        got(&canary, "/order").is_none(),
+        "an unlisted POST was copied"
+    );
+    drop(proxy);
+
+    let (prod, canary) = (RawBackend::start(), RawBackend::start());
+    let proxy = raw_proxy(&prod, &canary, "methods: [GET, POST], max_body: 16", &log);
+    assert_eq!(send(&proxy, "POST", "/listed", "", "item=2"), 200);
+    let copy = copy_of(&canary, "/listed");
+    assert_eq!(copy.method, "POST");
+    assert_eq!(copy.body, b"item=2");
+    assert_eq!(copy.header_lines("content-length"), ["6"]);
+    // A body over max_body is not copied (production gets it whole).
+    let big = "x".repeat(17);
+    assert_eq!(send(&proxy, "POST", "/too-big", "", &big), 200);
+    assert_eq!(got(&prod, "/too-big").map(|r| r.body.len()), Some(17));
+    assert_eq!(send(&proxy, "GET", "/after-big", "", ""), 200);
+    copy_of(&canary, "/after-big");
+    assert!(
+        got(&canary, "/too-big").is_none(),
+        "a body over max_body was copied"
+    );
+    assert!(copies(&proxy, "too_large") >= 1.0);
+}
