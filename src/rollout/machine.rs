@@ -190,6 +190,54 @@ mod tests {
 
     use Verdict::{Fail as F, Inconclusive as I, Pass as P};
 
+    fn start_shadow() -> RolloutState {
+        let settings = RolloutSettings {
+            shadow: Some(crate::rollout::shadow::ShadowSettings {
+                windows: 2,
+                ..Default::default()
+            }),
+            ..settings()
+        };
+        RolloutState::start("r-s".into(), settings, "salt".into(), 1_000, None).expect("start")
+    }
+
+    #[test]
+    fn a_shadow_step_routes_no_one_until_its_windows_pass() {
+        let s = start_shadow();
+        assert_eq!(s.weight, pct(0));
+        assert!(s.in_shadow().is_some());
+        assert!(s.settings.shadow.is_none(), "moved into the state");
+        let states = run(s, &[P, I, P, P, P]);
+        let got: Vec<_> = states
+            .iter()
+            .map(|s| (s.weight, s.in_shadow().is_some(), s.step, s.passes_in_step))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (pct(0), true, 0, 1),
+                (pct(0), true, 0, 1),
+                // The second pass ends the shadow step: step 1's weight, its own counts.
+                (pct(10), false, 0, 0),
+                (pct(10), false, 0, 1),
+                (pct(50), false, 1, 0),
+            ]
+        );
+        assert_eq!(states[2].step_first_window, 3);
+        assert_eq!(states[2].step_counts, WindowCounts::default());
+    }
+
+    #[test]
+    fn a_rollback_in_the_shadow_step_never_routed_anyone() {
+        let states = run(start_shadow(), &[F, P, F]);
+        let last = states.last().expect("states");
+        assert_eq!(last.phase, Phase::RolledBack);
+        assert!(states.iter().all(|s| s.weight == pct(0)));
+        assert_eq!(last.shadow.as_ref().map(|s| s.done), Some(false));
+        // Ended: nothing copies any more.
+        assert!(last.in_shadow().is_none());
+    }
+
     #[test]
     fn passes_advance_steps_and_the_last_succeeds() {
         let states = run(start(), &[P, P, P, P, P, P]);

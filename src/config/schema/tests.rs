@@ -244,10 +244,60 @@ fn rollout_section_is_validated_with_its_key() {
             "rollout.per_client_failures",
         ),
         ("rollout: { stepz: [1] }\n", "stepz"),
+        (
+            "rollout: { shadow: { percent: 0 } }\n",
+            "rollout.shadow.percent",
+        ),
+        (
+            "rollout: { shadow: { methods: [get] } }\n",
+            "rollout.shadow.methods",
+        ),
+        (
+            "rollout: { shadow: { timeout: 0s } }\n",
+            "rollout.shadow.timeout",
+        ),
+        ("rollout: { shadow: { percnt: 5 } }\n", "percnt"),
     ] {
         let e = Config::parse(yaml).expect_err(yaml).to_string();
         assert!(e.contains(key), "{yaml}: {e}");
     }
+}
+
+#[test]
+fn the_shadow_step_is_configured_and_a_start_may_ask_for_it() {
+    use crate::rollout::shadow::Compare;
+    let c = Config::parse(
+        "rollout:\n  shadow:\n    percent: 10\n    windows: 5\n    methods: [GET, HEAD]\n    \
+         max_in_flight: 64\n    timeout: 2s\n    compare: [status, latency, body_hash]\n",
+    )
+    .expect("valid");
+    let s = c.rollout.settings();
+    let shadow = s.shadow.clone().expect("shadow on");
+    assert_eq!(shadow.percent.as_f64(), 10.0);
+    assert_eq!(
+        shadow.compare,
+        [Compare::Status, Compare::Latency, Compare::BodyHash]
+    );
+    assert!(!shadow.forward_credentials, "off unless asked");
+    // `--shadow 25` keeps the file's other shadow settings; `--shadow 0` turns it off.
+    let asked = s.with_keys([("shadow", "25")]).expect("valid");
+    let asked_shadow = asked.shadow.expect("on");
+    assert_eq!(asked_shadow.percent.as_f64(), 25.0);
+    assert_eq!(asked_shadow.windows, 5);
+    assert!(s
+        .with_keys([("shadow", "0")])
+        .expect("valid")
+        .shadow
+        .is_none());
+    // Without the section it is off, and a start turns it on with the defaults.
+    let plain = Config::parse("listen: \"127.0.0.1:1\"\n").expect("valid");
+    assert!(plain.rollout.settings().shadow.is_none());
+    let on = plain
+        .rollout
+        .settings()
+        .with_keys([("shadow", "10")])
+        .expect("on");
+    assert_eq!(on.shadow.map(|s| s.windows), Some(5));
 }
 
 #[test]

@@ -87,6 +87,30 @@ pub(super) fn format_view(view: &View, now_ms: u64) -> String {
             &s.salt_fingerprint
         }
     );
+    if let Some(shadow) = &s.shadow {
+        let how = if shadow.done {
+            "passed: users are routed by the steps".to_string()
+        } else {
+            format!(
+                "copying {} % of production's requests to canary, no user routed there; \
+                 passing {}/{} windows",
+                shadow.settings.percent.as_f64(),
+                s.passes_in_step,
+                shadow.settings.windows
+            )
+        };
+        let _ = writeln!(out, "shadow:   {how}");
+        let compare: Vec<&str> = shadow.settings.compare.iter().map(|c| c.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "          compares {} (mismatches over {} %, slower by {} and {} %); methods {}",
+            compare.join(", "),
+            number(shadow.settings.max_mismatch_percent),
+            humantime::format_duration(shadow.settings.max_slowdown),
+            number(shadow.settings.max_slowdown_percent),
+            shadow.settings.methods.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "checks:   failed {}/{}, passing in step {}/{}, inconclusive in a row {}/{}",

@@ -237,3 +237,27 @@ fn the_view_reads_the_admin_endpoints_json() {
         serde_json::from_str(r#"{"state": null, "history": [], "leader": null}"#).expect("parse");
     assert!(minimal.state.is_none());
 }
+
+#[test]
+fn status_shows_the_shadow_step_with_its_numbers() {
+    let settings = RolloutSettings {
+        shadow: Some(crate::rollout::shadow::ShadowSettings::default()),
+        ..RolloutSettings::default()
+    };
+    let mut state =
+        RolloutState::start("r-2".into(), settings, SALT.into(), 1_000, None).expect("start");
+    state.passes_in_step = 2;
+    let view = View::new(Some(&state), Vec::new(), None, None);
+    let text = format_view(&view, 5_000);
+    for needle in [
+        "weight:   0 %",
+        "shadow:   copying 10 % of production's requests to canary, no user routed there; \
+         passing 2/5 windows",
+        "compares status, latency (mismatches over 1 %, slower by 25ms and 20 %); methods GET, HEAD",
+    ] {
+        assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+    }
+    state.shadow.as_mut().expect("shadow").done = true;
+    let text = format_view(&View::new(Some(&state), Vec::new(), None, None), 5_000);
+    assert!(text.contains("shadow:   passed"), "{text}");
+}
