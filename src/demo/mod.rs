@@ -150,6 +150,14 @@ fn print_tour(args: &DemoArgs, apps: &[(String, &str, SocketAddr)]) {
          \x20 canary-lb ctl rollout --admin {m} status --watch   # rolled_back, 0 %, within 3 windows\n\
          \x20 curl -X POST '{canary}/_control?error_rate=0'     # heal the canary\n\
          \x20 curl -s {m}/rollout                              # state and verdicts as JSON\n\n\
+         The shadow step: the canary judged on copies of production's requests before any\n\
+         user reaches it (the same request's two answers compared, the canary's thrown away):\n\n\
+         \x20 curl -X POST '{canary}/_control?error_rate=0.3'   # or latency_ms=50\n\
+         \x20 canary-lb ctl rollout --admin {m} start --shadow 50 --steps 5,25,50,100 --interval 5s\n\
+         \x20 canary-lb ctl rollout --admin {m} status --watch   # shadow: copying 50 %, then rolled_back at 0 %\n\
+         \x20 curl -s {m}/metrics | grep canary_lb_shadow_requests_total   # the copies, by outcome\n\
+         \x20 curl -X POST '{canary}/_control?error_rate=0'     # heal it, start again: the shadow\n\
+         \x20                                                   # step passes, then step 1 routes 5 % of users\n\n\
          Ctrl-C stops the demo.\n",
         pct = args.canary_percent,
         canary = canary_url,
