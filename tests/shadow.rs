@@ -195,7 +195,7 @@ fn a_canary_50ms_slower_fails_the_paired_latency_rule() {
 }
 
 /// The paired latency rule's finding, as a rollback's `reason` names it.
-const LATENCY_FINDING: &str = "shadow_latency";
+const LATENCY_FINDING: &str = "shadow latency";
 
 #[test]
 fn a_hanging_canary_costs_users_nothing_and_copies_stay_bounded() {
