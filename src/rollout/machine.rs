@@ -192,7 +192,7 @@ mod tests {
 
     fn start_shadow() -> RolloutState {
         let settings = RolloutSettings {
-            shadow: Some(crate::rollout::shadow::ShadowSettings {
+            shadow: Some(super::super::shadow::ShadowSettings {
                 windows: 2,
                 ..Default::default()
             }),
