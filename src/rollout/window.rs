@@ -25,6 +25,13 @@
 //! before that matters, and a window counts at most 1,024 x `per_client_requests` requests a
 //! pool and replica (beyond that the judgement reads a sample: each slot's first requests).
 //! Cost per request: one hash, one load and one add on the client's word.
+//!
+//! **Pairs** (the shadow step, [`WindowRecorder::record_pair`]) count the same way into the
+//! slot's own pair counters and their own client table ([`PairSlot`]): a client's pairs up to
+//! `per_client_requests`, its mismatching, slower or body-mismatching pairs each up to
+//! `per_client_failures`, the rest `pairs_capped`; taking the window reports the busiest
+//! client's counts of each, in the canary's [`PoolWindow`]. What a pair counts as is
+//! [`paired::classify`], with the margin the engine handed over in [`WindowRecorder::begin`].
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -32,7 +39,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, O
 
 use crate::model::{PerPool, PoolKind, LATENCY_BUCKETS_S};
 
-use super::{judge, PoolWindow, RolloutState, WindowCounts};
+use super::shadow::Pair;
+use super::{judge, paired, PoolWindow, RolloutState, WindowCounts};
 
 /// Client counters per slot and pool (a power of two).
 pub const CLIENT_SLOTS: usize = 1024;
@@ -41,6 +49,15 @@ pub const CLIENT_SLOTS: usize = 1024;
 const REQUESTS_MASK: u64 = 0xffff_ffff;
 const ERROR_ONE: u64 = 1 << 32;
 const SLOW_ONE: u64 = 1 << 48;
+
+/// A pair client word: pairs in bits 0-21, then mismatching, slower and body-mismatching pairs
+/// in 14 bits each (the caps are validated at most 1,000,000 and 10,000, and a cap is
+/// exceeded by at most the worker threads racing past it).
+const PAIRS_MASK: u64 = (1 << 22) - 1;
+const PAIR_FAIL_MASK: u64 = (1 << 14) - 1;
+const MISMATCH_SHIFT: u32 = 22;
+const SLOWER_SHIFT: u32 = 36;
+const BODY_SHIFT: u32 = 50;
 
 /// Slots in the ring: the window being taken, the current one and two ahead.
 pub const RING: usize = 4;
@@ -85,13 +102,65 @@ impl PoolSlot {
             capped: self.capped.swap(0, Relaxed),
             client_max_errors: max_errors,
             client_max_slow: max_slow,
+            ..PoolWindow::default()
         }
+    }
+}
+
+/// One window's pairs (they travel in the canary's [`PoolWindow`]).
+struct PairSlot {
+    pairs: AtomicU64,
+    mismatches: AtomicU64,
+    slower: AtomicU64,
+    not_slower: AtomicU64,
+    body_compared: AtomicU64,
+    body_mismatches: AtomicU64,
+    capped: AtomicU64,
+    clients: Box<[AtomicU64]>,
+}
+
+impl Default for PairSlot {
+    fn default() -> Self {
+        PairSlot {
+            pairs: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+            slower: AtomicU64::new(0),
+            not_slower: AtomicU64::new(0),
+            body_compared: AtomicU64::new(0),
+            body_mismatches: AtomicU64::new(0),
+            capped: AtomicU64::new(0),
+            clients: (0..CLIENT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl PairSlot {
+    /// Move the counts into `w` (the canary's window), leaving 0.
+    fn take_into(&self, w: &mut PoolWindow) {
+        let (mut mismatches, mut slower, mut body) = (0, 0, 0);
+        for c in self.clients.iter() {
+            let v = c.swap(0, Relaxed);
+            mismatches = mismatches.max((v >> MISMATCH_SHIFT) & PAIR_FAIL_MASK);
+            slower = slower.max((v >> SLOWER_SHIFT) & PAIR_FAIL_MASK);
+            body = body.max(v >> BODY_SHIFT);
+        }
+        w.pairs = self.pairs.swap(0, Relaxed);
+        w.pair_mismatches = self.mismatches.swap(0, Relaxed);
+        w.pair_slower = self.slower.swap(0, Relaxed);
+        w.pair_not_slower = self.not_slower.swap(0, Relaxed);
+        w.pair_body_compared = self.body_compared.swap(0, Relaxed);
+        w.pair_body_mismatches = self.body_mismatches.swap(0, Relaxed);
+        w.pairs_capped = self.capped.swap(0, Relaxed);
+        w.client_max_pair_mismatches = mismatches;
+        w.client_max_pair_slower = slower;
+        w.client_max_pair_body_mismatches = body;
     }
 }
 
 struct Slot {
     window: AtomicU64,
     pools: PerPool<PoolSlot>,
+    pairs: PairSlot,
 }
 
 impl Default for Slot {
@@ -99,6 +168,7 @@ impl Default for Slot {
         Slot {
             window: AtomicU64::new(NONE),
             pools: PerPool::default(),
+            pairs: PairSlot::default(),
         }
     }
 }
@@ -115,6 +185,12 @@ pub struct WindowRecorder {
     cap_failures: AtomicU64,
     /// Answers in buckets after this one are slow for the client caps.
     slow_index: AtomicUsize,
+    /// The rollout is in its shadow step: pairs are counted.
+    shadow: AtomicBool,
+    /// The shadow step's margin of a slower pair: `max_slowdown` in seconds and
+    /// `max_slowdown_percent` as a share, as `f64` bits.
+    slowdown_seconds: AtomicU64,
+    slowdown_share: AtomicU64,
     /// The per-process key of the client hash.
     seed: u64,
     /// Requests that found their window's slot untagged (engine behind) since start.
@@ -132,6 +208,9 @@ impl Default for WindowRecorder {
             cap_requests: AtomicU64::new(u64::MAX),
             cap_failures: AtomicU64::new(u64::MAX),
             slow_index: AtomicUsize::new(BUCKETS),
+            shadow: AtomicBool::new(false),
+            slowdown_seconds: AtomicU64::new(0),
+            slowdown_share: AtomicU64::new(0),
             seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64),
             dropped: AtomicU64::new(0),
         }
@@ -201,6 +280,20 @@ impl WindowRecorder {
         (h as usize) & (CLIENT_SLOTS - 1)
     }
 
+    /// The slot of the window `now_ms` is in, when it is tagged for it (else the request is
+    /// dropped and counted); `None` before the start.
+    fn slot_at(&self, now_ms: u64) -> Option<&Slot> {
+        let started = self.started_ms.load(Relaxed);
+        let since = now_ms.checked_sub(started)?;
+        let window = since / self.interval_ms.load(Relaxed).max(1);
+        let slot = &self.slots[(window % RING as u64) as usize];
+        if slot.window.load(Relaxed) != window {
+            self.dropped.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(slot)
+    }
+
     fn record_at(
         &self,
         now_ms: u64,
@@ -209,16 +302,9 @@ impl WindowRecorder {
         seconds: f64,
         client: Option<IpAddr>,
     ) {
-        let started = self.started_ms.load(Relaxed);
-        let Some(since) = now_ms.checked_sub(started) else {
+        let Some(slot) = self.slot_at(now_ms) else {
             return;
         };
-        let window = since / self.interval_ms.load(Relaxed).max(1);
-        let slot = &self.slots[(window % RING as u64) as usize];
-        if slot.window.load(Relaxed) != window {
-            self.dropped.fetch_add(1, Relaxed);
-            return;
-        }
         let p = &slot.pools[pool];
         let bucket = bucket_index(seconds);
         let error = status >= 500;
@@ -255,8 +341,77 @@ impl WindowRecorder {
         p.buckets[bucket].fetch_add(1, Relaxed);
     }
 
+    /// One pair of the shadow step: production's answer to a user's request and the canary's
+    /// answer to its copy, counted into the window it ends in (now) as [`paired::classify`]
+    /// says; `client` as for [`WindowRecorder::record`]. A no-op unless the rollout counted
+    /// for is in its shadow step ([`WindowRecorder::begin`]).
+    #[inline]
+    pub fn record_pair(&self, pair: &Pair, client: Option<IpAddr>) {
+        if !self.active.load(Relaxed) || !self.shadow.load(Relaxed) {
+            return;
+        }
+        self.record_pair_at(crate::model::now_ms(), pair, client);
+    }
+
+    fn record_pair_at(&self, now_ms: u64, pair: &Pair, client: Option<IpAddr>) {
+        let Some(slot) = self.slot_at(now_ms) else {
+            return;
+        };
+        let class = paired::classify(
+            pair,
+            f64::from_bits(self.slowdown_seconds.load(Relaxed)),
+            f64::from_bits(self.slowdown_share.load(Relaxed)),
+        );
+        let p = &slot.pairs;
+        let slower = class.slower == Some(true);
+        let body_mismatch = class.body_mismatch == Some(true);
+        let (pairs_cap, failures) = (
+            self.cap_requests.load(Relaxed),
+            self.cap_failures.load(Relaxed),
+        );
+        if pairs_cap != u64::MAX || failures != u64::MAX {
+            let cell = &p.clients[self.client_slot(client)];
+            let seen = cell.load(Relaxed);
+            let at_cap = |shift: u32| (seen >> shift) & PAIR_FAIL_MASK >= failures;
+            if seen & PAIRS_MASK >= pairs_cap
+                || (class.mismatch && at_cap(MISMATCH_SHIFT))
+                || (slower && at_cap(SLOWER_SHIFT))
+                || (body_mismatch && at_cap(BODY_SHIFT))
+            {
+                p.capped.fetch_add(1, Relaxed);
+                return;
+            }
+            // As in `record_at`: failures are tracked only under a cap.
+            let tracked = failures != u64::MAX;
+            let one = |on: bool, shift: u32| if on && tracked { 1 << shift } else { 0 };
+            cell.fetch_add(
+                1 + one(class.mismatch, MISMATCH_SHIFT)
+                    + one(slower, SLOWER_SHIFT)
+                    + one(body_mismatch, BODY_SHIFT),
+                Relaxed,
+            );
+        }
+        p.pairs.fetch_add(1, Relaxed);
+        if class.mismatch {
+            p.mismatches.fetch_add(1, Relaxed);
+        }
+        match class.slower {
+            Some(true) => p.slower.fetch_add(1, Relaxed),
+            Some(false) => p.not_slower.fetch_add(1, Relaxed),
+            None => 0,
+        };
+        if let Some(differ) = class.body_mismatch {
+            p.body_compared.fetch_add(1, Relaxed);
+            if differ {
+                p.body_mismatches.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
     /// Count for `state` from window `current` on: clears every slot and tags the ring with
-    /// `current ..`. Called by the engine when a rollout it follows starts.
+    /// `current ..`. Called by the engine when a rollout it follows starts. While `state` is
+    /// in its shadow step ([`RolloutState::in_shadow`]) pairs are counted too, with its margin
+    /// of a slower pair; otherwise [`WindowRecorder::record_pair`] counts nothing.
     pub fn begin(&self, state: &RolloutState, current: u64) {
         self.active.store(false, Relaxed);
         self.started_ms.store(state.started_ms, Relaxed);
@@ -273,12 +428,21 @@ impl WindowRecorder {
             .store(cap(settings.per_client_failures), Relaxed);
         self.slow_index
             .store(judge::client_slow_index(settings), Relaxed);
+        let shadow = state.in_shadow();
+        if let Some(sh) = shadow {
+            self.slowdown_seconds
+                .store(sh.max_slowdown.as_secs_f64().to_bits(), Relaxed);
+            self.slowdown_share
+                .store((sh.max_slowdown_percent / 100.0).to_bits(), Relaxed);
+        }
+        self.shadow.store(shadow.is_some(), Relaxed);
         for i in 0..RING as u64 {
             let w = current + i;
             let slot = &self.slots[(w % RING as u64) as usize];
             for p in slot.pools.values() {
                 p.take();
             }
+            slot.pairs.take_into(&mut PoolWindow::default());
             slot.window.store(w, Release);
         }
         self.active.store(true, Release);
@@ -315,7 +479,8 @@ impl WindowRecorder {
             if tag != NONE && tag >= current {
                 continue;
             }
-            let counts = PerPool::from_fn(|kind| slot.pools[kind].take());
+            let mut counts = PerPool::from_fn(|kind| slot.pools[kind].take());
+            slot.pairs.take_into(&mut counts[PoolKind::Canary]);
             // The first window >= current with this slot's residue: normally `tag + RING`;
             // after the engine fell behind, the current window itself when it is this slot's.
             let mut next = current;
