@@ -668,4 +668,144 @@ mod tests {
         let mapped: IpAddr = "::ffff:203.0.113.7".parse().expect("ip");
         assert_eq!(r.client_slot(Some(mapped)), r.client_slot(Some(attacker)));
     }
+
+    fn shadow_state(started: u64) -> RolloutState {
+        let settings = RolloutSettings {
+            interval: Duration::from_millis(1000),
+            per_client_requests: 5,
+            per_client_failures: 1,
+            shadow: Some(crate::rollout::shadow::ShadowSettings::default()),
+            ..RolloutSettings::default()
+        };
+        RolloutState::start("r".into(), settings, "s".into(), started, None).expect("start")
+    }
+
+    fn pair(production: (Option<u16>, f64), canary: (Option<u16>, f64), body: Option<bool>) -> Pair {
+        use crate::rollout::shadow::Answer;
+        Pair {
+            production: Answer {
+                status: production.0,
+                seconds: production.1,
+            },
+            canary: Answer {
+                status: canary.0,
+                seconds: canary.1,
+            },
+            body_match: body,
+        }
+    }
+
+    #[test]
+    fn pairs_count_only_in_a_shadow_step_with_its_margin() {
+        let r = WindowRecorder::default();
+        let same = pair((Some(200), 0.010), (Some(200), 0.012), None);
+        r.record_pair(&same, None);
+        // A rollout without a shadow step counts no pairs.
+        let plain = state(crate::model::now_ms());
+        r.begin(&plain, 0);
+        r.record_pair(&same, None);
+        assert_eq!(r.slots[0].pairs.pairs.load(Relaxed), 0);
+        let mut s = shadow_state(crate::model::now_ms());
+        r.begin(&s, 0);
+        r.record_pair(&same, None);
+        r.record_pair(&same, None);
+        assert_eq!(r.slots[0].pairs.pairs.load(Relaxed), 2);
+        // The margin is the one begin handed over: 30 ms slower passes at 40 ms, not at 25 ms.
+        let slower = pair((Some(200), 0.010), (Some(200), 0.040), None);
+        let take = |r: &WindowRecorder| {
+            let mut w = PoolWindow::default();
+            r.slots[0].pairs.take_into(&mut w);
+            w
+        };
+        r.record_pair(&slower, None);
+        let w = take(&r);
+        assert_eq!((w.pair_slower, w.pair_not_slower), (1, 2));
+        if let Some(stage) = s.shadow.as_mut() {
+            stage.settings.max_slowdown = Duration::from_millis(40);
+        }
+        r.begin(&s, 0);
+        r.record_pair(&slower, None);
+        let w = take(&r);
+        assert_eq!((w.pair_slower, w.pair_not_slower), (0, 1));
+    }
+
+    #[test]
+    fn pairs_are_capped_per_client_and_travel_in_the_canarys_window() {
+        let r = WindowRecorder {
+            seed: 7,
+            ..WindowRecorder::default()
+        };
+        let s = shadow_state(10_000); // 5 pairs and 1 failure of each kind per client
+        r.begin(&s, 0);
+        let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        let (attacker, b, c, d) = (
+            ip("203.0.113.7"),
+            ip("2001:db8:1:2::1"),
+            ip("2001:db8:1:3::1"),
+            ip("198.51.100.4"),
+        );
+        let slots: std::collections::HashSet<usize> = [attacker, b, c, d]
+            .into_iter()
+            .map(|ip| r.client_slot(Some(ip)))
+            .collect();
+        assert_eq!(slots.len(), 4, "seed 7 separates them");
+        // The attacker: 12 pairs where the canary gave no answer (a mismatch and slower):
+        // 1 counted, 11 capped.
+        let dead = pair((Some(200), 0.005), (None, 2.0), None);
+        for i in 0..12 {
+            r.record_pair_at(10_100 + i, &dead, Some(attacker));
+        }
+        // b: 8 healthy pairs, bodies alike: 5 counted.
+        let fine = pair((Some(200), 0.005), (Some(200), 0.006), Some(true));
+        for i in 0..8 {
+            r.record_pair_at(10_200 + i, &fine, Some(b));
+        }
+        // c: 3 slower pairs (same status): 1 counted.
+        let slow = pair((Some(200), 0.005), (Some(200), 0.300), None);
+        for i in 0..3 {
+            r.record_pair_at(10_300 + i, &slow, Some(c));
+        }
+        // d: 2 pairs with differing bodies: 1 counted; 1 where neither answered.
+        let differ = pair((Some(200), 0.005), (Some(200), 0.005), Some(false));
+        r.record_pair_at(10_400, &differ, Some(d));
+        r.record_pair_at(10_401, &differ, Some(d));
+        r.record_pair_at(10_402, &pair((None, 2.0), (None, 2.0), None), Some(d));
+        // Users' requests count apart.
+        r.record_at(10_500, PoolKind::Production, 200, 0.005, Some(b));
+        let done = r.take_finished(11_030);
+        let (window, counts) = &done[0];
+        assert_eq!(*window, 0);
+        let w = &counts[PoolKind::Canary];
+        assert_eq!(
+            (w.pairs, w.pairs_capped),
+            (1 + 5 + 1 + 2, 11 + 3 + 2 + 1)
+        );
+        assert_eq!(
+            (w.pair_mismatches, w.pair_slower, w.pair_not_slower),
+            (1, 2, 5 + 1)
+        );
+        assert_eq!((w.pair_body_compared, w.pair_body_mismatches), (5 + 1, 1));
+        assert_eq!(
+            (
+                w.client_max_pair_mismatches,
+                w.client_max_pair_slower,
+                w.client_max_pair_body_mismatches
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(w.requests, 0, "pairs are not the canary's requests");
+        assert_eq!(counts[PoolKind::Production].pairs, 0);
+        assert_eq!(counts[PoolKind::Production].requests, 1);
+        // The attacker alone never fails the window it filled ("without one client").
+        let mut settings = s.settings.clone();
+        settings.min_requests = 5;
+        let shadow = crate::rollout::shadow::ShadowSettings::default();
+        let j = judge::judge_shadow(&settings, &shadow, counts, counts);
+        assert_eq!(j.verdict, judge::Verdict::Pass, "{j:?}");
+        // The next window starts afresh.
+        r.record_pair_at(11_100, &dead, Some(attacker));
+        let done = r.take_finished(12_030);
+        assert_eq!(done[0].1[PoolKind::Canary].pairs, 1);
+        assert_eq!(done[0].1[PoolKind::Canary].pairs_capped, 0);
+    }
 }
