@@ -82,8 +82,8 @@ use super::settings::RolloutSettings;
 use crate::metrics::{LabelValue, VerdictLabel};
 use crate::model::{PoolKind, LATENCY_BUCKETS_S};
 
-use super::{PoolWindow, WindowCounts};
 pub use super::paired::judge_shadow;
+use super::{PoolWindow, WindowCounts};
 
 /// One-sided z for p < 0.001: the Mann-Whitney gate.
 pub const MW_Z: f64 = 3.090_232_306_167_813;

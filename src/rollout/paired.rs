@@ -258,7 +258,10 @@ pub fn judge_shadow(
         let xb = without_one_client(w.pair_body_mismatches, w.client_max_pair_body_mismatches);
         let share = percent(xb, nb);
         numbers.push(("shadow_body_compared".into(), nb as f64));
-        numbers.push(("shadow_body_mismatches".into(), w.pair_body_mismatches as f64));
+        numbers.push((
+            "shadow_body_mismatches".into(),
+            w.pair_body_mismatches as f64,
+        ));
         numbers.push(("shadow_body_mismatch_percent".into(), share));
         if xb >= MIN_EVIDENCE {
             let p = binomial_sf(xb, nb, max_share);
@@ -293,8 +296,8 @@ pub fn judge_shadow(
 
 #[cfg(test)]
 mod tests {
+    use super::super::shadow::Answer;
     use super::*;
-    use crate::rollout::shadow::Answer;
     use std::time::Duration;
 
     fn answer(status: Option<u16>, ms: f64) -> Answer {
@@ -317,39 +320,98 @@ mod tests {
         let ok = Some(200);
         // (production, canary, body) -> (mismatch, slower, body_mismatch); margin max(25 ms,
         // 20 % of production's time).
-        type Case = ((Option<u16>, f64), (Option<u16>, f64), Option<bool>, PairClass);
+        type Case = (
+            (Option<u16>, f64),
+            (Option<u16>, f64),
+            Option<bool>,
+            PairClass,
+        );
         let class = |mismatch, slower, body_mismatch| PairClass {
             mismatch,
             slower,
             body_mismatch,
         };
         let cases: &[Case] = &[
-            ((ok, 10.0), (ok, 12.0), None, class(false, Some(false), None)),
+            (
+                (ok, 10.0),
+                (ok, 12.0),
+                None,
+                class(false, Some(false), None),
+            ),
             // 26 ms slower than 10 ms: beyond 25 ms.
             ((ok, 10.0), (ok, 36.0), None, class(false, Some(true), None)),
             // 30 ms slower than 200 ms: within its 20 % (40 ms).
-            ((ok, 200.0), (ok, 230.0), None, class(false, Some(false), None)),
-            ((ok, 200.0), (ok, 241.0), None, class(false, Some(true), None)),
+            (
+                (ok, 200.0),
+                (ok, 230.0),
+                None,
+                class(false, Some(false), None),
+            ),
+            (
+                (ok, 200.0),
+                (ok, 241.0),
+                None,
+                class(false, Some(true), None),
+            ),
             // Faster is not slower.
             ((ok, 50.0), (ok, 1.0), None, class(false, Some(false), None)),
             // Same class, different codes: no mismatch.
-            ((Some(201), 5.0), (ok, 5.0), None, class(false, Some(false), None)),
-            ((ok, 5.0), (Some(503), 5.0), None, class(true, Some(false), None)),
-            ((Some(404), 5.0), (Some(500), 5.0), None, class(true, Some(false), None)),
+            (
+                (Some(201), 5.0),
+                (ok, 5.0),
+                None,
+                class(false, Some(false), None),
+            ),
+            (
+                (ok, 5.0),
+                (Some(503), 5.0),
+                None,
+                class(true, Some(false), None),
+            ),
+            (
+                (Some(404), 5.0),
+                (Some(500), 5.0),
+                None,
+                class(true, Some(false), None),
+            ),
             // The canary gave no answer: a mismatch, and slower.
-            ((ok, 5.0), (None, 2000.0), None, class(true, Some(true), None)),
+            (
+                (ok, 5.0),
+                (None, 2000.0),
+                None,
+                class(true, Some(true), None),
+            ),
             // Neither answered: the same class, and no latency to compare.
-            ((None, 2000.0), (None, 2000.0), None, class(false, None, None)),
+            (
+                (None, 2000.0),
+                (None, 2000.0),
+                None,
+                class(false, None, None),
+            ),
             // Production gave none: a mismatch, no latency.
             ((None, 2000.0), (ok, 3.0), None, class(true, None, None)),
             // An unusable time: no latency.
             ((ok, f64::NAN), (ok, 3.0), None, class(false, None, None)),
             // Bodies.
-            ((ok, 5.0), (ok, 5.0), Some(true), class(false, Some(false), Some(false))),
-            ((ok, 5.0), (ok, 5.0), Some(false), class(false, Some(false), Some(true))),
+            (
+                (ok, 5.0),
+                (ok, 5.0),
+                Some(true),
+                class(false, Some(false), Some(false)),
+            ),
+            (
+                (ok, 5.0),
+                (ok, 5.0),
+                Some(false),
+                class(false, Some(false), Some(true)),
+            ),
         ];
         for (i, (p, c, body, want)) in cases.iter().enumerate() {
-            assert_eq!(classify(&pair(*p, *c, *body), 0.025, 0.2), *want, "case {i}");
+            assert_eq!(
+                classify(&pair(*p, *c, *body), 0.025, 0.2),
+                *want,
+                "case {i}"
+            );
         }
         // An exact tie at the margin is dropped (times exact in binary).
         let tie = pair((ok, 0.0), (ok, 0.0), None);
@@ -508,7 +570,10 @@ mod tests {
             pair_not_slower: 50,
             ..PoolWindow::default()
         });
-        assert_eq!(judge_shadow(&s, &only_latency, &c, &c).verdict, Verdict::Pass);
+        assert_eq!(
+            judge_shadow(&s, &only_latency, &c, &c).verdict,
+            Verdict::Pass
+        );
         let only_status = ShadowSettings {
             compare: vec![Compare::Status],
             ..shadow.clone()
@@ -518,8 +583,14 @@ mod tests {
             pair_slower: 50,
             ..PoolWindow::default()
         });
-        assert_eq!(judge_shadow(&s, &only_status, &c, &c).verdict, Verdict::Pass);
-        assert_eq!(judge_shadow(&s, &shadow, &c, &c).finding, Finding::ShadowLatency);
+        assert_eq!(
+            judge_shadow(&s, &only_status, &c, &c).verdict,
+            Verdict::Pass
+        );
+        assert_eq!(
+            judge_shadow(&s, &shadow, &c, &c).finding,
+            Finding::ShadowLatency
+        );
     }
 
     #[test]
@@ -560,7 +631,10 @@ mod tests {
             pair_mismatches: 5,
             ..PoolWindow::default()
         });
-        assert_eq!(judge_shadow(&s, &latency, &c, &c).verdict, Verdict::Inconclusive);
+        assert_eq!(
+            judge_shadow(&s, &latency, &c, &c).verdict,
+            Verdict::Inconclusive
+        );
         // The numbers a status or history shows.
         let j = judge(40, 0);
         for name in [
@@ -573,7 +647,11 @@ mod tests {
             "shadow_pairs_capped",
             "shadow_body_compared",
         ] {
-            assert!(number(&j, name).is_some(), "{name} missing: {:?}", j.numbers);
+            assert!(
+                number(&j, name).is_some(),
+                "{name} missing: {:?}",
+                j.numbers
+            );
         }
     }
 
@@ -699,7 +777,13 @@ mod tests {
 
     /// One window of `n` pairs, production `HEALTHY`-like with `production`'s shape and the
     /// canary as given, counted as the request path does.
-    fn window(rng: &mut Rng, n: u64, production: Side, canary: Side, margin: (f64, f64)) -> PoolWindow {
+    fn window(
+        rng: &mut Rng,
+        n: u64,
+        production: Side,
+        canary: Side,
+        margin: (f64, f64),
+    ) -> PoolWindow {
         let mut w = PoolWindow::default();
         for _ in 0..n {
             let p = Pair {
@@ -738,7 +822,7 @@ mod tests {
             for i in 0..windows {
                 let n = rng.range(sizes.0, sizes.1);
                 let w = canary(window(&mut rng, n, production, canary_side, margin));
-                step = crate::rollout::judge::step_with(&step, &w);
+                step = super::super::judge::step_with(&step, &w);
                 if judge_shadow(&s, &shadow, &w, &step).verdict == Verdict::Fail {
                     failed_windows += 1;
                     failed_by |= i < by;
@@ -782,7 +866,10 @@ mod tests {
             ..HEALTHY
         };
         let (rate, _) = run(60, 1_000, 1, (40, 100), (HEALTHY, errors), 1);
-        println!("30 % 500s, 40-100 pairs: {:.2} % of windows fail", rate * 100.0);
+        println!(
+            "30 % 500s, 40-100 pairs: {:.2} % of windows fail",
+            rate * 100.0
+        );
         assert!(rate >= 0.995, "{rate}");
         // 50 ms slower on every request against a steady production: the first window of 15.
         let steady = Side {
@@ -795,7 +882,10 @@ mod tests {
             ..steady
         };
         let (rate, _) = run(61, 1_000, 1, (15, 15), (steady, slow), 1);
-        println!("+50 ms, steady, 15 pairs: {:.2} % of windows fail", rate * 100.0);
+        println!(
+            "+50 ms, steady, 15 pairs: {:.2} % of windows fail",
+            rate * 100.0
+        );
         assert_eq!(rate, 1.0);
         // Against production's log-normal 5-50 ms, drawn independently for the two sides (no
         // per-request cost shared by the pair: the hardest case for pairing), about 90 % of

@@ -674,14 +674,18 @@ mod tests {
             interval: Duration::from_millis(1000),
             per_client_requests: 5,
             per_client_failures: 1,
-            shadow: Some(crate::rollout::shadow::ShadowSettings::default()),
+            shadow: Some(super::super::shadow::ShadowSettings::default()),
             ..RolloutSettings::default()
         };
         RolloutState::start("r".into(), settings, "s".into(), started, None).expect("start")
     }
 
-    fn pair(production: (Option<u16>, f64), canary: (Option<u16>, f64), body: Option<bool>) -> Pair {
-        use crate::rollout::shadow::Answer;
+    fn pair(
+        production: (Option<u16>, f64),
+        canary: (Option<u16>, f64),
+        body: Option<bool>,
+    ) -> Pair {
+        use super::super::shadow::Answer;
         Pair {
             production: Answer {
                 status: production.0,
@@ -776,10 +780,7 @@ mod tests {
         let (window, counts) = &done[0];
         assert_eq!(*window, 0);
         let w = &counts[PoolKind::Canary];
-        assert_eq!(
-            (w.pairs, w.pairs_capped),
-            (1 + 5 + 1 + 2, 11 + 3 + 2 + 1)
-        );
+        assert_eq!((w.pairs, w.pairs_capped), (1 + 5 + 1 + 2, 11 + 3 + 2 + 1));
         assert_eq!(
             (w.pair_mismatches, w.pair_slower, w.pair_not_slower),
             (1, 2, 5 + 1)
@@ -799,7 +800,7 @@ mod tests {
         // The attacker alone never fails the window it filled ("without one client").
         let mut settings = s.settings.clone();
         settings.min_requests = 5;
-        let shadow = crate::rollout::shadow::ShadowSettings::default();
+        let shadow = super::super::shadow::ShadowSettings::default();
         let j = judge::judge_shadow(&settings, &shadow, counts, counts);
         assert_eq!(j.verdict, judge::Verdict::Pass, "{j:?}");
         // The next window starts afresh.
