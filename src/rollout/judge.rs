@@ -45,6 +45,9 @@
 //!    in more than [`MW_MIN_EFFECT`] of canary-production pairs (U / (n1 n2)).
 //! 5. Otherwise **pass**.
 //!
+//! The shadow step's windows (no user on the canary yet) are judged on pairs instead, by the
+//! same standards: [`judge_shadow`] (`paired.rs`).
+//!
 //! # What it decides, in numbers (the tests below check them)
 //!
 //! - **False failures.** Each rule fails a healthy window with probability at most α when the

@@ -8,9 +8,8 @@
 //!
 //! The two answers to the same request differ only by the build that served them (and by
 //! noise): the request's own cost, its path and the user's data are the same on both sides.
-//! So the comparison needs no model of the traffic, and under "the canary behaves like
-//! production" each pair is *exchangeable* (its two answers could be swapped without changing
-//! the distribution), which the tests below rely on.
+//! So the comparison needs no model of the traffic: a healthy canary's pair looks the same with
+//! its two answers swapped, and a regression shows as pairs that lean one way.
 //!
 //! # The rules
 //!
@@ -27,8 +26,11 @@
 //! 2. **Status mismatch** (`status`), over the window: `x` = pairs whose status class (1xx ..
 //!    5xx, or no answer: refused, reset, timed out) differs, `n` = pairs. Fails when
 //!    `P(Binomial(n, max_mismatch_percent / 100) >= x) < α`: the canary disagrees with
-//!    production on more than `max_mismatch_percent` of requests. Two independent 0.3 % error
-//!    rates disagree on about 0.6 % of pairs, under the default 1 %.
+//!    production on more than `max_mismatch_percent` of requests. The bound is absolute, not
+//!    relative to production: transient errors that strike each side independently count
+//!    on both, so two 0.3 % error rates disagree on about 0.6 % of pairs, under the default
+//!    1 %; an endpoint whose own transient error rate is `e` needs `max_mismatch_percent`
+//!    above `2e` (and, with `body_hash`, bodies that do not vary by time or request id).
 //! 3. **Paired latency** (`latency`), over the step so far (this window included, as the
 //!    latency rules of `judge.rs`): a pair is *slower* when the canary took longer than
 //!    production by more than the margin `max(max_slowdown, max_slowdown_percent` of

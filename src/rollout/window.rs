@@ -27,7 +27,7 @@
 //! Cost per request: one hash, one load and one add on the client's word.
 //!
 //! **Pairs** (the shadow step, [`WindowRecorder::record_pair`]) count the same way into the
-//! slot's own pair counters and their own client table ([`PairSlot`]): a client's pairs up to
+//! slot's own pair counters and their own client table (`PairSlot`): a client's pairs up to
 //! `per_client_requests`, its mismatching, slower or body-mismatching pairs each up to
 //! `per_client_failures`, the rest `pairs_capped`; taking the window reports the busiest
 //! client's counts of each, in the canary's [`PoolWindow`]. What a pair counts as is
