@@ -381,11 +381,13 @@ impl WindowRecorder {
                 p.capped.fetch_add(1, Relaxed);
                 return;
             }
-            // As in `record_at`: failures are tracked only under a cap.
+            // As in `record_at`, failures are tracked only under a cap; so are pairs, whose 22
+            // bits a busy client could fill in a long window with no cap.
             let tracked = failures != u64::MAX;
             let one = |on: bool, shift: u32| if on && tracked { 1 << shift } else { 0 };
             cell.fetch_add(
-                1 + one(class.mismatch, MISMATCH_SHIFT)
+                u64::from(pairs_cap != u64::MAX)
+                    + one(class.mismatch, MISMATCH_SHIFT)
                     + one(slower, SLOWER_SHIFT)
                     + one(body_mismatch, BODY_SHIFT),
                 Relaxed,
@@ -808,5 +810,25 @@ mod tests {
         let done = r.take_finished(12_030);
         assert_eq!(done[0].1[PoolKind::Canary].pairs, 1);
         assert_eq!(done[0].1[PoolKind::Canary].pairs_capped, 0);
+        // Without a pair cap, failures are still capped; with neither, everything counts.
+        for (requests, failures, counted) in [(0, 1, (1, 1, 11)), (0, 0, (12, 0, 0))] {
+            let mut s = shadow_state(10_000);
+            s.settings.per_client_requests = requests;
+            s.settings.per_client_failures = failures;
+            r.begin(&s, 3);
+            for i in 0..12 {
+                r.record_pair_at(13_100 + i, &dead, Some(attacker));
+            }
+            let done = r.take_finished(14_030);
+            let w = &done[0].1[PoolKind::Canary];
+            assert_eq!(
+                (
+                    w.pair_mismatches,
+                    w.client_max_pair_mismatches,
+                    w.pairs_capped
+                ),
+                counted
+            );
+        }
     }
 }
