@@ -49,6 +49,9 @@
 //!    difference's rank among all pairs of all replicas; it is exact at any sample size,
 //!    and it makes no assumption about the shape of the latencies (a skewed, hiccuping
 //!    distribution is its home ground).
+//!
+//!    A copy without an answer on a request whose production answer took the copy's whole
+//!    budget (`shadow.timeout`) or longer counts in neither rule: it never had that time.
 //! 4. **Body** (`body_hash`), over the window: among the pairs whose bodies were both
 //!    hashed, those whose hashes differ, by the same binomial test as status.
 //! 5. Otherwise **pass**.
@@ -106,15 +109,48 @@ pub struct PairClass {
     pub body_mismatch: Option<bool>,
 }
 
-/// Classify `pair`: the margin of a slower pair is `max(max_slowdown_seconds,
-/// max_slowdown_share x production's seconds)`.
-pub fn classify(pair: &Pair, max_slowdown_seconds: f64, max_slowdown_share: f64) -> PairClass {
+/// What [`classify`] needs of the shadow settings, in seconds and shares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairLimits {
+    /// `max_slowdown`.
+    pub max_slowdown: f64,
+    /// `max_slowdown_percent / 100`.
+    pub max_slowdown_share: f64,
+    /// `timeout`: a copy's whole budget.
+    pub timeout: f64,
+}
+
+impl From<&ShadowSettings> for PairLimits {
+    fn from(s: &ShadowSettings) -> Self {
+        PairLimits {
+            max_slowdown: s.max_slowdown.as_secs_f64(),
+            max_slowdown_share: s.max_slowdown_percent / 100.0,
+            timeout: s.timeout.as_secs_f64(),
+        }
+    }
+}
+
+/// Classify `pair`. The margin of a slower pair is `max(max_slowdown, max_slowdown_share x
+/// production's time)`. A copy without an answer whose production answer itself took the
+/// copy's whole budget (`timeout`) or longer says nothing: the copy never had the time
+/// production took (a slow endpoint, not a failing canary), so it is neither a mismatch nor
+/// latency-compared.
+pub fn classify(pair: &Pair, limits: &PairLimits) -> PairClass {
     let (p, c) = (pair.production, pair.canary);
+    if p.status.is_some() && c.status.is_none() && p.seconds >= limits.timeout {
+        return PairClass {
+            mismatch: false,
+            slower: None,
+            body_mismatch: None,
+        };
+    }
     let slower = match (p.status, c.status) {
         (None, _) => None,
         (Some(_), None) => Some(true),
         (Some(_), Some(_)) if p.seconds.is_finite() && c.seconds.is_finite() => {
-            let margin = max_slowdown_seconds.max(max_slowdown_share * p.seconds);
+            let margin = limits
+                .max_slowdown
+                .max(limits.max_slowdown_share * p.seconds);
             let excess = c.seconds - p.seconds - margin;
             if excess > 0.0 {
                 Some(true)
@@ -410,14 +446,14 @@ mod tests {
         ];
         for (i, (p, c, body, want)) in cases.iter().enumerate() {
             assert_eq!(
-                classify(&pair(*p, *c, *body), 0.025, 0.2),
+                classify(&pair(*p, *c, *body), &limits(0.025, 0.2)),
                 *want,
                 "case {i}"
             );
         }
         // An exact tie at the margin is dropped (times exact in binary).
         let tie = pair((ok, 0.0), (ok, 0.0), None);
-        assert_eq!(classify(&tie, 0.0, 0.2).slower, None);
+        assert_eq!(classify(&tie, &limits(0.0, 0.2)).slower, None);
         let tie = Pair {
             production: Answer {
                 status: ok,
@@ -429,8 +465,39 @@ mod tests {
             },
             body_match: None,
         };
-        assert_eq!(classify(&tie, 0.25, 0.0).slower, None);
-        assert_eq!(classify(&tie, 0.125, 0.0).slower, Some(true));
+        assert_eq!(classify(&tie, &limits(0.25, 0.0)).slower, None);
+        assert_eq!(classify(&tie, &limits(0.125, 0.0)).slower, Some(true));
+        // A copy that timed out on a request production itself took longer than the copy's
+        // budget (2 s) to answer: no evidence either way. Within the budget: a mismatch.
+        let slow_endpoint = pair((ok, 2500.0), (None, 2000.0), None);
+        let none = PairClass {
+            mismatch: false,
+            slower: None,
+            body_mismatch: None,
+        };
+        assert_eq!(classify(&slow_endpoint, &limits(0.025, 0.2)), none);
+        let failed = pair((ok, 1500.0), (None, 2000.0), None);
+        assert_eq!(
+            classify(&failed, &limits(0.025, 0.2)),
+            PairClass {
+                mismatch: true,
+                slower: Some(true),
+                body_mismatch: None
+            }
+        );
+        assert_eq!(
+            PairLimits::from(&ShadowSettings::default()),
+            limits(0.025, 0.2)
+        );
+    }
+
+    /// The limits of the default settings (timeout 2 s) with this margin.
+    fn limits(max_slowdown: f64, max_slowdown_share: f64) -> PairLimits {
+        PairLimits {
+            max_slowdown,
+            max_slowdown_share,
+            timeout: 2.0,
+        }
     }
 
     /// Add one classified pair to `w`, each pair from its own client (as the request path
@@ -784,7 +851,7 @@ mod tests {
         n: u64,
         production: Side,
         canary: Side,
-        margin: (f64, f64),
+        limits: &PairLimits,
     ) -> PoolWindow {
         let mut w = PoolWindow::default();
         for _ in 0..n {
@@ -793,7 +860,7 @@ mod tests {
                 canary: draw(rng, canary),
                 body_match: None,
             };
-            tally(&mut w, classify(&p, margin.0, margin.1));
+            tally(&mut w, classify(&p, limits));
         }
         w
     }
@@ -812,10 +879,7 @@ mod tests {
     ) -> (f64, f64) {
         let (mut s, shadow) = settings();
         s.min_requests = sizes.0;
-        let margin = (
-            shadow.max_slowdown.as_secs_f64(),
-            shadow.max_slowdown_percent / 100.0,
-        );
+        let limits = PairLimits::from(&shadow);
         let mut rng = Rng(seed);
         let (mut failed_windows, mut failed_steps) = (0u32, 0u32);
         for _ in 0..steps {
@@ -823,7 +887,7 @@ mod tests {
             let mut failed_by = false;
             for i in 0..windows {
                 let n = rng.range(sizes.0, sizes.1);
-                let w = canary(window(&mut rng, n, production, canary_side, margin));
+                let w = canary(window(&mut rng, n, production, canary_side, &limits));
                 step = super::super::judge::step_with(&step, &w);
                 if judge_shadow(&s, &shadow, &w, &step).verdict == Verdict::Fail {
                     failed_windows += 1;
@@ -850,8 +914,7 @@ mod tests {
         let (s, shadow) = settings();
         let _ = s;
         let mut rng = Rng(51);
-        let margin = (shadow.max_slowdown.as_secs_f64(), 0.2);
-        let w = window(&mut rng, 100_000, HEALTHY, HEALTHY, margin);
+        let w = window(&mut rng, 100_000, HEALTHY, HEALTHY, &(&shadow).into());
         let slower = percent(w.pair_slower, w.pair_slower + w.pair_not_slower);
         let mismatch = percent(w.pair_mismatches, w.pairs);
         println!("healthy pairs: {slower:.2} % slower, {mismatch:.2} % mismatching");
@@ -931,7 +994,7 @@ mod tests {
                         },
                         body_match: None,
                     };
-                    tally(&mut w, classify(&p, 0.025, 0.2));
+                    tally(&mut w, classify(&p, &limits(0.025, 0.2)));
                 }
                 let c = canary(w);
                 failed += u32::from(judge_shadow(&s, &shadow, &c, &c).verdict == Verdict::Fail);

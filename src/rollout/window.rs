@@ -31,7 +31,7 @@
 //! `per_client_requests`, its mismatching, slower or body-mismatching pairs each up to
 //! `per_client_failures`, the rest `pairs_capped`; taking the window reports the busiest
 //! client's counts of each, in the canary's [`PoolWindow`]. What a pair counts as is
-//! [`paired::classify`], with the margin the engine handed over in [`WindowRecorder::begin`].
+//! [`paired::classify`], with the limits the engine handed over in [`WindowRecorder::begin`].
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -187,10 +187,10 @@ pub struct WindowRecorder {
     slow_index: AtomicUsize,
     /// The rollout is in its shadow step: pairs are counted.
     shadow: AtomicBool,
-    /// The shadow step's margin of a slower pair: `max_slowdown` in seconds and
-    /// `max_slowdown_percent` as a share, as `f64` bits.
+    /// The shadow step's [`paired::PairLimits`], each as `f64` bits.
     slowdown_seconds: AtomicU64,
     slowdown_share: AtomicU64,
+    copy_timeout: AtomicU64,
     /// The per-process key of the client hash.
     seed: u64,
     /// Requests that found their window's slot untagged (engine behind) since start.
@@ -211,6 +211,7 @@ impl Default for WindowRecorder {
             shadow: AtomicBool::new(false),
             slowdown_seconds: AtomicU64::new(0),
             slowdown_share: AtomicU64::new(0),
+            copy_timeout: AtomicU64::new(0),
             seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64),
             dropped: AtomicU64::new(0),
         }
@@ -357,11 +358,12 @@ impl WindowRecorder {
         let Some(slot) = self.slot_at(now_ms) else {
             return;
         };
-        let class = paired::classify(
-            pair,
-            f64::from_bits(self.slowdown_seconds.load(Relaxed)),
-            f64::from_bits(self.slowdown_share.load(Relaxed)),
-        );
+        let limits = paired::PairLimits {
+            max_slowdown: f64::from_bits(self.slowdown_seconds.load(Relaxed)),
+            max_slowdown_share: f64::from_bits(self.slowdown_share.load(Relaxed)),
+            timeout: f64::from_bits(self.copy_timeout.load(Relaxed)),
+        };
+        let class = paired::classify(pair, &limits);
         let p = &slot.pairs;
         let slower = class.slower == Some(true);
         let body_mismatch = class.body_mismatch == Some(true);
@@ -432,10 +434,12 @@ impl WindowRecorder {
             .store(judge::client_slow_index(settings), Relaxed);
         let shadow = state.in_shadow();
         if let Some(sh) = shadow {
+            let limits = paired::PairLimits::from(sh);
             self.slowdown_seconds
-                .store(sh.max_slowdown.as_secs_f64().to_bits(), Relaxed);
+                .store(limits.max_slowdown.to_bits(), Relaxed);
             self.slowdown_share
-                .store((sh.max_slowdown_percent / 100.0).to_bits(), Relaxed);
+                .store(limits.max_slowdown_share.to_bits(), Relaxed);
+            self.copy_timeout.store(limits.timeout.to_bits(), Relaxed);
         }
         self.shadow.store(shadow.is_some(), Relaxed);
         for i in 0..RING as u64 {
