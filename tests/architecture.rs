@@ -244,6 +244,7 @@ fn routing_and_model_do_no_io() {
     files.extend(files_under("src/model.rs"));
     files.extend(files_under("src/rollout/judge.rs"));
     files.extend(files_under("src/rollout/machine.rs"));
+    files.extend(files_under("src/rollout/paired.rs"));
     files.extend(files_under("src/rollout/settings.rs"));
     files.extend(files_under("src/rollout/shadow.rs"));
     assert!(files.len() >= 4);

@@ -343,6 +343,49 @@ fn window_reports_sum_over_replicas_once_each_and_expire() {
     assert_eq!(a.bad_data(), 2);
 }
 
+/// The shadow step's pair counts travel in the same window hash, summed over replicas, and a
+/// replica that counted none (or a release before them) adds nothing.
+#[test]
+fn pair_counts_sum_over_replicas() {
+    let redis = RedisServer::start();
+    let a = coordinator(&redis, "a");
+    let b = coordinator(&redis, "b");
+    let c = coordinator(&redis, "c");
+    let paired = |pairs: u64, mismatches: u64, slower: u64| {
+        let mut w = counts(0, 0, 0);
+        let canary = &mut w.canary;
+        canary.pairs = pairs;
+        canary.pair_mismatches = mismatches;
+        canary.pair_slower = slower;
+        canary.pair_not_slower = pairs - slower;
+        canary.client_max_pair_mismatches = mismatches.min(1);
+        canary.client_max_pair_slower = slower.min(1);
+        canary.pairs_capped = 2;
+        w
+    };
+    block_on(a.report("r-1", 0, &paired(40, 3, 1))).expect("report a");
+    block_on(b.report("r-1", 0, &paired(25, 1, 0))).expect("report b");
+    block_on(c.report("r-1", 0, &counts(30, 0, 2))).expect("report c, no pairs");
+    let (sum, reporters) = block_on(a.collect("r-1", 0)).expect("collect");
+    assert_eq!(reporters, 3);
+    let w = &sum.canary;
+    assert_eq!(
+        (w.pairs, w.pair_mismatches, w.pair_slower, w.pair_not_slower),
+        (65, 4, 1, 64)
+    );
+    assert_eq!(
+        (
+            w.client_max_pair_mismatches,
+            w.client_max_pair_slower,
+            w.pairs_capped
+        ),
+        (2, 1, 4)
+    );
+    assert_eq!(w.requests, 30);
+    assert_eq!(sum.production.pairs, 0);
+    assert_eq!(a.bad_data(), 0);
+}
+
 #[test]
 fn bad_data_in_redis_is_skipped_never_fatal() {
     let redis = RedisServer::start();

@@ -45,6 +45,9 @@
 //!    in more than [`MW_MIN_EFFECT`] of canary-production pairs (U / (n1 n2)).
 //! 5. Otherwise **pass**.
 //!
+//! The shadow step's windows (no user on the canary yet) are judged on pairs instead, by the
+//! same standards: [`judge_shadow`] (`paired.rs`).
+//!
 //! # What it decides, in numbers (the tests below check them)
 //!
 //! - **False failures.** Each rule fails a healthy window with probability at most α when the
@@ -82,6 +85,7 @@ use super::settings::RolloutSettings;
 use crate::metrics::{LabelValue, VerdictLabel};
 use crate::model::{PoolKind, LATENCY_BUCKETS_S};
 
+pub use super::paired::judge_shadow;
 use super::{PoolWindow, WindowCounts};
 
 /// One-sided z for p < 0.001: the Mann-Whitney gate.
@@ -93,8 +97,8 @@ const TAIL_SHARE: f64 = 0.01;
 /// The canary's share above `T'` must be at least this many times production's.
 const TAIL_RATIO: f64 = 2.0;
 /// No rule fails a window on fewer judged errors or slow answers than this (so one client,
-/// who contributes at most one, never does).
-const MIN_EVIDENCE: u64 = 2;
+/// who contributes at most one, never does). The shadow step's rules too (`paired.rs`).
+pub const MIN_EVIDENCE: u64 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -124,6 +128,12 @@ pub enum Finding {
     Errors,
     Latency,
     MannWhitney,
+    /// The shadow step ([`judge_shadow`]): the share of pairs whose status class differs.
+    ShadowMismatch,
+    /// The shadow step: the canary slower than production, pair by pair (sign test).
+    ShadowLatency,
+    /// The shadow step: the share of pairs whose bodies hash differently.
+    ShadowBody,
     /// No replica reported the window: the engine skips it (never a result of [`judge`]).
     NoReports,
 }
@@ -137,6 +147,9 @@ impl Finding {
             Finding::Errors => "errors",
             Finding::Latency => "latency",
             Finding::MannWhitney => "mann_whitney",
+            Finding::ShadowMismatch => "shadow mismatch",
+            Finding::ShadowLatency => "shadow latency",
+            Finding::ShadowBody => "shadow body",
             Finding::NoReports => "no reports",
         }
     }
@@ -149,6 +162,9 @@ impl LabelValue for Finding {
         Finding::Errors,
         Finding::Latency,
         Finding::MannWhitney,
+        Finding::ShadowMismatch,
+        Finding::ShadowLatency,
+        Finding::ShadowBody,
         Finding::NoReports,
     ];
 
@@ -159,6 +175,9 @@ impl LabelValue for Finding {
             Finding::Errors => "errors",
             Finding::Latency => "latency",
             Finding::MannWhitney => "mann_whitney",
+            Finding::ShadowMismatch => "shadow_mismatch",
+            Finding::ShadowLatency => "shadow_latency",
+            Finding::ShadowBody => "shadow_body",
             Finding::NoReports => "no_reports",
         }
     }
@@ -169,7 +188,12 @@ impl VerdictLabel for Finding {
         match self {
             Finding::Healthy => Verdict::Pass.as_str(),
             Finding::InsufficientTraffic => Verdict::Inconclusive.as_str(),
-            Finding::Errors | Finding::Latency | Finding::MannWhitney => Verdict::Fail.as_str(),
+            Finding::Errors
+            | Finding::Latency
+            | Finding::MannWhitney
+            | Finding::ShadowMismatch
+            | Finding::ShadowLatency
+            | Finding::ShadowBody => Verdict::Fail.as_str(),
             Finding::NoReports => "skipped",
         }
     }
@@ -688,6 +712,9 @@ mod tests {
             ("errors", "fail"),
             ("latency", "fail"),
             ("mann_whitney", "fail"),
+            ("shadow_mismatch", "fail"),
+            ("shadow_latency", "fail"),
+            ("shadow_body", "fail"),
             ("no_reports", "skipped"),
         ] {
             let line = format!(
@@ -697,7 +724,11 @@ mod tests {
             let rollback = format!("canary_lb_rollout_rollbacks_total{{reason=\"{reason}\"}} 0");
             assert_eq!(text.contains(&rollback), verdict == "fail", "{rollback}");
         }
-        assert_eq!(text.matches("canary_lb_rollout_verdicts_total{").count(), 6);
+        assert_eq!(
+            text.matches("canary_lb_rollout_verdicts_total{").count(),
+            Finding::ALL.len()
+        );
+        assert_eq!(Finding::ALL.len(), 9);
         m.rollout.verdict(Finding::Latency);
         m.rollout.rollback(Finding::Errors);
         m.rollout.rollback(Finding::Healthy); // no series: ignored

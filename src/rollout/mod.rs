@@ -15,6 +15,7 @@ pub mod engine;
 pub mod judge;
 pub mod local;
 pub mod machine;
+pub mod paired;
 pub mod settings;
 pub mod shadow;
 pub mod view;
@@ -101,6 +102,43 @@ pub struct PoolWindow {
     /// ([`judge::client_slow_index`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub client_max_slow: u64,
+    /// The shadow step's pairs (production's answer to a user's request and the canary's to
+    /// its copy, [`shadow::Pair`]), counted in the canary's window only (`paired.rs` says
+    /// what each count means and how they are judged). Absent (0) in what older releases
+    /// wrote and whenever no pair was counted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pairs: u64,
+    /// Pairs whose status class differs (no answer is a class of its own).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pair_mismatches: u64,
+    /// Pairs where the canary was slower than production by more than the margin
+    /// (`max(max_slowdown, max_slowdown_percent` of production's time)), or gave no answer
+    /// while production did.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pair_slower: u64,
+    /// Pairs where both answered and the canary was less than the margin slower, or faster.
+    /// Pairs without production's answer, and exact ties at the margin, are in neither.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pair_not_slower: u64,
+    /// Pairs whose two bodies were hashed (`compare: [.., body_hash]`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pair_body_compared: u64,
+    /// Of those, pairs whose hashes differ.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pair_body_mismatches: u64,
+    /// Pairs left out of the counts above by the per-client caps.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pairs_capped: u64,
+    /// The most mismatching pairs one client had counted in the window (summed over replicas
+    /// and windows like `client_max_errors`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub client_max_pair_mismatches: u64,
+    /// The same for slower pairs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub client_max_pair_slower: u64,
+    /// The same for pairs whose bodies differ.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub client_max_pair_body_mismatches: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -116,6 +154,16 @@ impl Default for PoolWindow {
             capped: 0,
             client_max_errors: 0,
             client_max_slow: 0,
+            pairs: 0,
+            pair_mismatches: 0,
+            pair_slower: 0,
+            pair_not_slower: 0,
+            pair_body_compared: 0,
+            pair_body_mismatches: 0,
+            pairs_capped: 0,
+            client_max_pair_mismatches: 0,
+            client_max_pair_slower: 0,
+            client_max_pair_body_mismatches: 0,
         }
     }
 }
@@ -129,6 +177,16 @@ impl PoolWindow {
         // Sums of maxima: one client can have contributed at most this much to the sum.
         self.client_max_errors += other.client_max_errors;
         self.client_max_slow += other.client_max_slow;
+        self.pairs += other.pairs;
+        self.pair_mismatches += other.pair_mismatches;
+        self.pair_slower += other.pair_slower;
+        self.pair_not_slower += other.pair_not_slower;
+        self.pair_body_compared += other.pair_body_compared;
+        self.pair_body_mismatches += other.pair_body_mismatches;
+        self.pairs_capped += other.pairs_capped;
+        self.client_max_pair_mismatches += other.client_max_pair_mismatches;
+        self.client_max_pair_slower += other.client_max_pair_slower;
+        self.client_max_pair_body_mismatches += other.client_max_pair_body_mismatches;
         if self.buckets.len() < other.buckets.len() {
             self.buckets.resize(other.buckets.len(), 0);
         }

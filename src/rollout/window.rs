@@ -25,6 +25,13 @@
 //! before that matters, and a window counts at most 1,024 x `per_client_requests` requests a
 //! pool and replica (beyond that the judgement reads a sample: each slot's first requests).
 //! Cost per request: one hash, one load and one add on the client's word.
+//!
+//! **Pairs** (the shadow step, [`WindowRecorder::record_pair`]) count the same way into the
+//! slot's own pair counters and their own client table (`PairSlot`): a client's pairs up to
+//! `per_client_requests`, its mismatching, slower or body-mismatching pairs each up to
+//! `per_client_failures`, the rest `pairs_capped`; taking the window reports the busiest
+//! client's counts of each, in the canary's [`PoolWindow`]. What a pair counts as is
+//! [`paired::classify`], with the limits the engine handed over in [`WindowRecorder::begin`].
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -32,7 +39,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, O
 
 use crate::model::{PerPool, PoolKind, LATENCY_BUCKETS_S};
 
-use super::{judge, PoolWindow, RolloutState, WindowCounts};
+use super::shadow::Pair;
+use super::{judge, paired, PoolWindow, RolloutState, WindowCounts};
 
 /// Client counters per slot and pool (a power of two).
 pub const CLIENT_SLOTS: usize = 1024;
@@ -41,6 +49,15 @@ pub const CLIENT_SLOTS: usize = 1024;
 const REQUESTS_MASK: u64 = 0xffff_ffff;
 const ERROR_ONE: u64 = 1 << 32;
 const SLOW_ONE: u64 = 1 << 48;
+
+/// A pair client word: pairs in bits 0-21, then mismatching, slower and body-mismatching pairs
+/// in 14 bits each (the caps are validated at most 1,000,000 and 10,000, and a cap is
+/// exceeded by at most the worker threads racing past it).
+const PAIRS_MASK: u64 = (1 << 22) - 1;
+const PAIR_FAIL_MASK: u64 = (1 << 14) - 1;
+const MISMATCH_SHIFT: u32 = 22;
+const SLOWER_SHIFT: u32 = 36;
+const BODY_SHIFT: u32 = 50;
 
 /// Slots in the ring: the window being taken, the current one and two ahead.
 pub const RING: usize = 4;
@@ -85,13 +102,65 @@ impl PoolSlot {
             capped: self.capped.swap(0, Relaxed),
             client_max_errors: max_errors,
             client_max_slow: max_slow,
+            ..PoolWindow::default()
         }
+    }
+}
+
+/// One window's pairs (they travel in the canary's [`PoolWindow`]).
+struct PairSlot {
+    pairs: AtomicU64,
+    mismatches: AtomicU64,
+    slower: AtomicU64,
+    not_slower: AtomicU64,
+    body_compared: AtomicU64,
+    body_mismatches: AtomicU64,
+    capped: AtomicU64,
+    clients: Box<[AtomicU64]>,
+}
+
+impl Default for PairSlot {
+    fn default() -> Self {
+        PairSlot {
+            pairs: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+            slower: AtomicU64::new(0),
+            not_slower: AtomicU64::new(0),
+            body_compared: AtomicU64::new(0),
+            body_mismatches: AtomicU64::new(0),
+            capped: AtomicU64::new(0),
+            clients: (0..CLIENT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl PairSlot {
+    /// Move the counts into `w` (the canary's window), leaving 0.
+    fn take_into(&self, w: &mut PoolWindow) {
+        let (mut mismatches, mut slower, mut body) = (0, 0, 0);
+        for c in self.clients.iter() {
+            let v = c.swap(0, Relaxed);
+            mismatches = mismatches.max((v >> MISMATCH_SHIFT) & PAIR_FAIL_MASK);
+            slower = slower.max((v >> SLOWER_SHIFT) & PAIR_FAIL_MASK);
+            body = body.max(v >> BODY_SHIFT);
+        }
+        w.pairs = self.pairs.swap(0, Relaxed);
+        w.pair_mismatches = self.mismatches.swap(0, Relaxed);
+        w.pair_slower = self.slower.swap(0, Relaxed);
+        w.pair_not_slower = self.not_slower.swap(0, Relaxed);
+        w.pair_body_compared = self.body_compared.swap(0, Relaxed);
+        w.pair_body_mismatches = self.body_mismatches.swap(0, Relaxed);
+        w.pairs_capped = self.capped.swap(0, Relaxed);
+        w.client_max_pair_mismatches = mismatches;
+        w.client_max_pair_slower = slower;
+        w.client_max_pair_body_mismatches = body;
     }
 }
 
 struct Slot {
     window: AtomicU64,
     pools: PerPool<PoolSlot>,
+    pairs: PairSlot,
 }
 
 impl Default for Slot {
@@ -99,6 +168,7 @@ impl Default for Slot {
         Slot {
             window: AtomicU64::new(NONE),
             pools: PerPool::default(),
+            pairs: PairSlot::default(),
         }
     }
 }
@@ -115,6 +185,12 @@ pub struct WindowRecorder {
     cap_failures: AtomicU64,
     /// Answers in buckets after this one are slow for the client caps.
     slow_index: AtomicUsize,
+    /// The rollout is in its shadow step: pairs are counted.
+    shadow: AtomicBool,
+    /// The shadow step's [`paired::PairLimits`], each as `f64` bits.
+    slowdown_seconds: AtomicU64,
+    slowdown_share: AtomicU64,
+    copy_timeout: AtomicU64,
     /// The per-process key of the client hash.
     seed: u64,
     /// Requests that found their window's slot untagged (engine behind) since start.
@@ -132,6 +208,10 @@ impl Default for WindowRecorder {
             cap_requests: AtomicU64::new(u64::MAX),
             cap_failures: AtomicU64::new(u64::MAX),
             slow_index: AtomicUsize::new(BUCKETS),
+            shadow: AtomicBool::new(false),
+            slowdown_seconds: AtomicU64::new(0),
+            slowdown_share: AtomicU64::new(0),
+            copy_timeout: AtomicU64::new(0),
             seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64),
             dropped: AtomicU64::new(0),
         }
@@ -204,6 +284,20 @@ impl WindowRecorder {
         (h as usize) & (CLIENT_SLOTS - 1)
     }
 
+    /// The slot of the window `now_ms` is in, when it is tagged for it (else the request is
+    /// dropped and counted); `None` before the start.
+    fn slot_at(&self, now_ms: u64) -> Option<&Slot> {
+        let started = self.started_ms.load(Relaxed);
+        let since = now_ms.checked_sub(started)?;
+        let window = since / self.interval_ms.load(Relaxed).max(1);
+        let slot = &self.slots[(window % RING as u64) as usize];
+        if slot.window.load(Relaxed) != window {
+            self.dropped.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(slot)
+    }
+
     fn record_at(
         &self,
         now_ms: u64,
@@ -212,16 +306,9 @@ impl WindowRecorder {
         seconds: f64,
         client: Option<IpAddr>,
     ) {
-        let started = self.started_ms.load(Relaxed);
-        let Some(since) = now_ms.checked_sub(started) else {
+        let Some(slot) = self.slot_at(now_ms) else {
             return;
         };
-        let window = since / self.interval_ms.load(Relaxed).max(1);
-        let slot = &self.slots[(window % RING as u64) as usize];
-        if slot.window.load(Relaxed) != window {
-            self.dropped.fetch_add(1, Relaxed);
-            return;
-        }
         let p = &slot.pools[pool];
         let bucket = bucket_index(seconds);
         let error = status >= 500;
@@ -258,8 +345,80 @@ impl WindowRecorder {
         p.buckets[bucket].fetch_add(1, Relaxed);
     }
 
+    /// One pair of the shadow step: production's answer to a user's request and the canary's
+    /// answer to its copy, counted into the window it ends in (now) as [`paired::classify`]
+    /// says; `client` as for [`WindowRecorder::record`]. A no-op unless the rollout counted
+    /// for is in its shadow step ([`WindowRecorder::begin`]).
+    #[inline]
+    pub fn record_pair(&self, pair: &Pair, client: Option<IpAddr>) {
+        if !self.active.load(Relaxed) || !self.shadow.load(Relaxed) {
+            return;
+        }
+        self.record_pair_at(crate::model::now_ms(), pair, client);
+    }
+
+    fn record_pair_at(&self, now_ms: u64, pair: &Pair, client: Option<IpAddr>) {
+        let Some(slot) = self.slot_at(now_ms) else {
+            return;
+        };
+        let limits = paired::PairLimits {
+            max_slowdown: f64::from_bits(self.slowdown_seconds.load(Relaxed)),
+            max_slowdown_share: f64::from_bits(self.slowdown_share.load(Relaxed)),
+            timeout: f64::from_bits(self.copy_timeout.load(Relaxed)),
+        };
+        let class = paired::classify(pair, &limits);
+        let p = &slot.pairs;
+        let slower = class.slower == Some(true);
+        let body_mismatch = class.body_mismatch == Some(true);
+        let (pairs_cap, failures) = (
+            self.cap_requests.load(Relaxed),
+            self.cap_failures.load(Relaxed),
+        );
+        if pairs_cap != u64::MAX || failures != u64::MAX {
+            let cell = &p.clients[self.client_slot(client)];
+            let seen = cell.load(Relaxed);
+            let at_cap = |shift: u32| (seen >> shift) & PAIR_FAIL_MASK >= failures;
+            if seen & PAIRS_MASK >= pairs_cap
+                || (class.mismatch && at_cap(MISMATCH_SHIFT))
+                || (slower && at_cap(SLOWER_SHIFT))
+                || (body_mismatch && at_cap(BODY_SHIFT))
+            {
+                p.capped.fetch_add(1, Relaxed);
+                return;
+            }
+            // As in `record_at`, failures are tracked only under a cap; so are pairs, whose 22
+            // bits a busy client could fill in a long window with no cap.
+            let tracked = failures != u64::MAX;
+            let one = |on: bool, shift: u32| if on && tracked { 1 << shift } else { 0 };
+            cell.fetch_add(
+                u64::from(pairs_cap != u64::MAX)
+                    + one(class.mismatch, MISMATCH_SHIFT)
+                    + one(slower, SLOWER_SHIFT)
+                    + one(body_mismatch, BODY_SHIFT),
+                Relaxed,
+            );
+        }
+        p.pairs.fetch_add(1, Relaxed);
+        if class.mismatch {
+            p.mismatches.fetch_add(1, Relaxed);
+        }
+        match class.slower {
+            Some(true) => p.slower.fetch_add(1, Relaxed),
+            Some(false) => p.not_slower.fetch_add(1, Relaxed),
+            None => 0,
+        };
+        if let Some(differ) = class.body_mismatch {
+            p.body_compared.fetch_add(1, Relaxed);
+            if differ {
+                p.body_mismatches.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
     /// Count for `state` from window `current` on: clears every slot and tags the ring with
-    /// `current ..`. Called by the engine when a rollout it follows starts.
+    /// `current ..`. Called by the engine when a rollout it follows starts. While `state` is
+    /// in its shadow step ([`RolloutState::in_shadow`]) pairs are counted too, with its margin
+    /// of a slower pair; otherwise [`WindowRecorder::record_pair`] counts nothing.
     pub fn begin(&self, state: &RolloutState, current: u64) {
         self.active.store(false, Relaxed);
         self.started_ms.store(state.started_ms, Relaxed);
@@ -276,12 +435,23 @@ impl WindowRecorder {
             .store(cap(settings.per_client_failures), Relaxed);
         self.slow_index
             .store(judge::client_slow_index(settings), Relaxed);
+        let shadow = state.in_shadow();
+        if let Some(sh) = shadow {
+            let limits = paired::PairLimits::from(sh);
+            self.slowdown_seconds
+                .store(limits.max_slowdown.to_bits(), Relaxed);
+            self.slowdown_share
+                .store(limits.max_slowdown_share.to_bits(), Relaxed);
+            self.copy_timeout.store(limits.timeout.to_bits(), Relaxed);
+        }
+        self.shadow.store(shadow.is_some(), Relaxed);
         for i in 0..RING as u64 {
             let w = current + i;
             let slot = &self.slots[(w % RING as u64) as usize];
             for p in slot.pools.values() {
                 p.take();
             }
+            slot.pairs.take_into(&mut PoolWindow::default());
             slot.window.store(w, Release);
         }
         self.active.store(true, Release);
@@ -318,7 +488,8 @@ impl WindowRecorder {
             if tag != NONE && tag >= current {
                 continue;
             }
-            let counts = PerPool::from_fn(|kind| slot.pools[kind].take());
+            let mut counts = PerPool::from_fn(|kind| slot.pools[kind].take());
+            slot.pairs.take_into(&mut counts[PoolKind::Canary]);
             // The first window >= current with this slot's residue: normally `tag + RING`;
             // after the engine fell behind, the current window itself when it is this slot's.
             let mut next = current;
@@ -505,5 +676,166 @@ mod tests {
         // An IPv4-mapped IPv6 address is its IPv4 address.
         let mapped: IpAddr = "::ffff:203.0.113.7".parse().expect("ip");
         assert_eq!(r.client_slot(Some(mapped)), r.client_slot(Some(attacker)));
+    }
+
+    fn shadow_state(started: u64) -> RolloutState {
+        let settings = RolloutSettings {
+            interval: Duration::from_millis(1000),
+            per_client_requests: 5,
+            per_client_failures: 1,
+            shadow: Some(super::super::shadow::ShadowSettings::default()),
+            ..RolloutSettings::default()
+        };
+        RolloutState::start("r".into(), settings, "s".into(), started, None).expect("start")
+    }
+
+    fn pair(
+        production: (Option<u16>, f64),
+        canary: (Option<u16>, f64),
+        body: Option<bool>,
+    ) -> Pair {
+        use super::super::shadow::Answer;
+        Pair {
+            production: Answer {
+                status: production.0,
+                seconds: production.1,
+            },
+            canary: Answer {
+                status: canary.0,
+                seconds: canary.1,
+            },
+            body_match: body,
+        }
+    }
+
+    #[test]
+    fn pairs_count_only_in_a_shadow_step_with_its_margin() {
+        let r = WindowRecorder::default();
+        let same = pair((Some(200), 0.010), (Some(200), 0.012), None);
+        r.record_pair(&same, None);
+        // A rollout without a shadow step counts no pairs.
+        let plain = state(crate::model::now_ms());
+        r.begin(&plain, 0);
+        r.record_pair(&same, None);
+        assert_eq!(r.slots[0].pairs.pairs.load(Relaxed), 0);
+        let mut s = shadow_state(crate::model::now_ms());
+        r.begin(&s, 0);
+        r.record_pair(&same, None);
+        r.record_pair(&same, None);
+        assert_eq!(r.slots[0].pairs.pairs.load(Relaxed), 2);
+        // The margin is the one begin handed over: 30 ms slower passes at 40 ms, not at 25 ms.
+        let slower = pair((Some(200), 0.010), (Some(200), 0.040), None);
+        let take = |r: &WindowRecorder| {
+            let mut w = PoolWindow::default();
+            r.slots[0].pairs.take_into(&mut w);
+            w
+        };
+        r.record_pair(&slower, None);
+        let w = take(&r);
+        assert_eq!((w.pair_slower, w.pair_not_slower), (1, 2));
+        if let Some(stage) = s.shadow.as_mut() {
+            stage.settings.max_slowdown = Duration::from_millis(40);
+        }
+        r.begin(&s, 0);
+        r.record_pair(&slower, None);
+        let w = take(&r);
+        assert_eq!((w.pair_slower, w.pair_not_slower), (0, 1));
+    }
+
+    #[test]
+    fn pairs_are_capped_per_client_and_travel_in_the_canarys_window() {
+        let r = WindowRecorder {
+            seed: 7,
+            ..WindowRecorder::default()
+        };
+        let s = shadow_state(10_000); // 5 pairs and 1 failure of each kind per client
+        r.begin(&s, 0);
+        let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        let (attacker, b, c, d) = (
+            ip("203.0.113.7"),
+            ip("2001:db8:1:2::1"),
+            ip("2001:db8:1:3::1"),
+            ip("198.51.100.4"),
+        );
+        let slots: std::collections::HashSet<usize> = [attacker, b, c, d]
+            .into_iter()
+            .map(|ip| r.client_slot(Some(ip)))
+            .collect();
+        assert_eq!(slots.len(), 4, "seed 7 separates them");
+        // The attacker: 12 pairs where the canary gave no answer (a mismatch and slower):
+        // 1 counted, 11 capped.
+        let dead = pair((Some(200), 0.005), (None, 2.0), None);
+        for i in 0..12 {
+            r.record_pair_at(10_100 + i, &dead, Some(attacker));
+        }
+        // b: 8 healthy pairs, bodies alike: 5 counted.
+        let fine = pair((Some(200), 0.005), (Some(200), 0.006), Some(true));
+        for i in 0..8 {
+            r.record_pair_at(10_200 + i, &fine, Some(b));
+        }
+        // c: 3 slower pairs (same status): 1 counted.
+        let slow = pair((Some(200), 0.005), (Some(200), 0.300), None);
+        for i in 0..3 {
+            r.record_pair_at(10_300 + i, &slow, Some(c));
+        }
+        // d: 2 pairs with differing bodies: 1 counted; 1 where neither answered.
+        let differ = pair((Some(200), 0.005), (Some(200), 0.005), Some(false));
+        r.record_pair_at(10_400, &differ, Some(d));
+        r.record_pair_at(10_401, &differ, Some(d));
+        r.record_pair_at(10_402, &pair((None, 2.0), (None, 2.0), None), Some(d));
+        // Users' requests count apart.
+        r.record_at(10_500, PoolKind::Production, 200, 0.005, Some(b));
+        let done = r.take_finished(11_030);
+        let (window, counts) = &done[0];
+        assert_eq!(*window, 0);
+        let w = &counts[PoolKind::Canary];
+        assert_eq!((w.pairs, w.pairs_capped), (1 + 5 + 1 + 2, 11 + 3 + 2 + 1));
+        assert_eq!(
+            (w.pair_mismatches, w.pair_slower, w.pair_not_slower),
+            (1, 2, 5 + 1)
+        );
+        assert_eq!((w.pair_body_compared, w.pair_body_mismatches), (5 + 1, 1));
+        assert_eq!(
+            (
+                w.client_max_pair_mismatches,
+                w.client_max_pair_slower,
+                w.client_max_pair_body_mismatches
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(w.requests, 0, "pairs are not the canary's requests");
+        assert_eq!(counts[PoolKind::Production].pairs, 0);
+        assert_eq!(counts[PoolKind::Production].requests, 1);
+        // The attacker alone never fails the window it filled ("without one client").
+        let mut settings = s.settings.clone();
+        settings.min_requests = 5;
+        let shadow = super::super::shadow::ShadowSettings::default();
+        let j = judge::judge_shadow(&settings, &shadow, counts, counts);
+        assert_eq!(j.verdict, judge::Verdict::Pass, "{j:?}");
+        // The next window starts afresh.
+        r.record_pair_at(11_100, &dead, Some(attacker));
+        let done = r.take_finished(12_030);
+        assert_eq!(done[0].1[PoolKind::Canary].pairs, 1);
+        assert_eq!(done[0].1[PoolKind::Canary].pairs_capped, 0);
+        // Without a pair cap, failures are still capped; with neither, everything counts.
+        for (requests, failures, counted) in [(0, 1, (1, 1, 11)), (0, 0, (12, 0, 0))] {
+            let mut s = shadow_state(10_000);
+            s.settings.per_client_requests = requests;
+            s.settings.per_client_failures = failures;
+            r.begin(&s, 3);
+            for i in 0..12 {
+                r.record_pair_at(13_100 + i, &dead, Some(attacker));
+            }
+            let done = r.take_finished(14_030);
+            let w = &done[0].1[PoolKind::Canary];
+            assert_eq!(
+                (
+                    w.pair_mismatches,
+                    w.client_max_pair_mismatches,
+                    w.pairs_capped
+                ),
+                counted
+            );
+        }
     }
 }

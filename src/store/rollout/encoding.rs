@@ -5,7 +5,7 @@ use redis::Value;
 use super::super::codec::{self, DecodeError, StoredKind};
 use super::super::resp::{pairs, scalar};
 use crate::model::{PoolKind, LATENCY_BUCKETS_S};
-use crate::rollout::{CoordError, HistoryEntry, RolloutState, WindowCounts};
+use crate::rollout::{CoordError, HistoryEntry, PoolWindow, RolloutState, WindowCounts};
 
 pub(super) fn encode_state(state: &RolloutState) -> Result<String, CoordError> {
     codec::encode(StoredKind::Rollout, state)
@@ -44,11 +44,54 @@ pub(super) fn encode_counts(counts: &WindowCounts) -> Vec<(String, u64)> {
         push(format!("{pool}:capped"), w.capped);
         push(format!("{pool}:client_max_errors"), w.client_max_errors);
         push(format!("{pool}:client_max_slow"), w.client_max_slow);
+        // The shadow step's pairs (the canary's only; 0, so not written, otherwise).
+        for (name, v) in pair_fields(w) {
+            push(format!("{pool}:{name}"), v);
+        }
         for (i, b) in w.buckets.iter().enumerate().take(bucket_count()) {
             push(format!("{pool}:b{i}"), *b);
         }
     }
     out
+}
+
+/// The pair counts of a window by field name (after `<pool>:`), in the order written. A
+/// release before them lists each as an unknown field (one warning per field and collected
+/// window, and its bad-data count) and judges the window without them, as it would anyway:
+/// it knows no shadow step, and they are written only while one runs.
+fn pair_fields(w: &PoolWindow) -> [(&'static str, u64); 10] {
+    [
+        ("pairs", w.pairs),
+        ("pair_mismatches", w.pair_mismatches),
+        ("pair_slower", w.pair_slower),
+        ("pair_not_slower", w.pair_not_slower),
+        ("pair_body_compared", w.pair_body_compared),
+        ("pair_body_mismatches", w.pair_body_mismatches),
+        ("pairs_capped", w.pairs_capped),
+        ("client_max_pair_mismatches", w.client_max_pair_mismatches),
+        ("client_max_pair_slower", w.client_max_pair_slower),
+        (
+            "client_max_pair_body_mismatches",
+            w.client_max_pair_body_mismatches,
+        ),
+    ]
+}
+
+/// The pair count of `w` named `name` (as in [`pair_fields`]).
+fn pair_field<'a>(w: &'a mut PoolWindow, name: &str) -> Option<&'a mut u64> {
+    Some(match name {
+        "pairs" => &mut w.pairs,
+        "pair_mismatches" => &mut w.pair_mismatches,
+        "pair_slower" => &mut w.pair_slower,
+        "pair_not_slower" => &mut w.pair_not_slower,
+        "pair_body_compared" => &mut w.pair_body_compared,
+        "pair_body_mismatches" => &mut w.pair_body_mismatches,
+        "pairs_capped" => &mut w.pairs_capped,
+        "client_max_pair_mismatches" => &mut w.client_max_pair_mismatches,
+        "client_max_pair_slower" => &mut w.client_max_pair_slower,
+        "client_max_pair_body_mismatches" => &mut w.client_max_pair_body_mismatches,
+        _ => return None,
+    })
 }
 
 /// Per-bucket counts kept per pool: the bounds plus `+Inf`.
@@ -90,18 +133,21 @@ pub(super) fn decode_counts(fields: &[(String, String)]) -> DecodedCounts {
             Some((w, "capped")) => w.capped = n,
             Some((w, "client_max_errors")) => w.client_max_errors = n,
             Some((w, "client_max_slow")) => w.client_max_slow = n,
-            Some((w, what)) => match what
-                .strip_prefix('b')
-                .and_then(|i| i.parse::<usize>().ok())
-                .filter(|i| *i < bucket_count())
-            {
-                Some(i) => {
-                    if w.buckets.len() < bucket_count() {
-                        w.buckets.resize(bucket_count(), 0);
+            Some((w, what)) => match pair_field(w, what) {
+                Some(v) => *v = n,
+                None => match what
+                    .strip_prefix('b')
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .filter(|i| *i < bucket_count())
+                {
+                    Some(i) => {
+                        if w.buckets.len() < bucket_count() {
+                            w.buckets.resize(bucket_count(), 0);
+                        }
+                        w.buckets[i] = n;
                     }
-                    w.buckets[i] = n;
-                }
-                None => out.problems.push(format!("unknown field `{field}`")),
+                    None => out.problems.push(format!("unknown field `{field}`")),
+                },
             },
             None => out.problems.push(format!("unknown field `{field}`")),
         }

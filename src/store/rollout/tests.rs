@@ -44,6 +44,82 @@ fn counts_round_trip_through_their_fields() {
     assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
 }
 
+/// The shadow step's pair counts: written as `canary:pairs`, ... (only the non-zero ones) and
+/// read back; what an older release wrote (no pair fields) reads as zeros.
+#[test]
+fn pair_counts_round_trip_and_an_older_report_reads_as_no_pairs() {
+    let mut counts = WindowCounts {
+        production: window(900, 3, 4),
+        canary: PoolWindow::default(),
+    };
+    let c = &mut counts.canary;
+    (c.pairs, c.pair_mismatches, c.pair_slower, c.pair_not_slower) = (80, 3, 2, 75);
+    (c.pair_body_compared, c.pair_body_mismatches, c.pairs_capped) = (60, 1, 9);
+    c.client_max_pair_mismatches = 1;
+    c.client_max_pair_slower = 2;
+    c.client_max_pair_body_mismatches = 1;
+    let fields: Vec<(String, String)> = encode_counts(&counts)
+        .into_iter()
+        .map(|(f, v)| (f, v.to_string()))
+        .collect();
+    for (f, v) in [
+        ("canary:pairs", "80"),
+        ("canary:pair_mismatches", "3"),
+        ("canary:pair_slower", "2"),
+        ("canary:pair_not_slower", "75"),
+        ("canary:pair_body_compared", "60"),
+        ("canary:pair_body_mismatches", "1"),
+        ("canary:pairs_capped", "9"),
+        ("canary:client_max_pair_mismatches", "1"),
+        ("canary:client_max_pair_slower", "2"),
+        ("canary:client_max_pair_body_mismatches", "1"),
+    ] {
+        assert!(
+            fields.contains(&(f.to_string(), v.to_string())),
+            "{f} missing: {fields:?}"
+        );
+    }
+    assert!(
+        !fields.iter().any(|(f, _)| f.starts_with("production:pair")),
+        "no pairs, no fields: {fields:?}"
+    );
+    let decoded = decode_counts(&fields);
+    assert_eq!(decoded.counts, counts);
+    assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
+    // Summed over replicas (HINCRBY of each field): the sum of the counts.
+    let mut twice = counts.clone();
+    twice.canary.add(&counts.canary);
+    assert_eq!(twice.canary.pairs, 160);
+    assert_eq!(twice.canary.client_max_pair_slower, 4);
+
+    // A report of the release before pairs: its fields only.
+    let older: Vec<(String, String)> = [
+        ("canary:requests", "0"),
+        ("production:requests", "400"),
+        ("production:b3", "400"),
+        ("reporters", "1"),
+    ]
+    .iter()
+    .map(|(f, v)| (f.to_string(), v.to_string()))
+    .collect();
+    let decoded = decode_counts(&older);
+    assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
+    assert_eq!(decoded.counts.canary, PoolWindow::default());
+    assert_eq!(decoded.counts.production.requests, 400);
+
+    // The stored state's step counts: pair fields only when counted, and read back; JSON
+    // without them (any older state) reads as zeros.
+    let json = serde_json::to_value(&counts.canary).expect("json");
+    assert_eq!(json["pairs"], serde_json::json!(80));
+    let plain = serde_json::to_value(&counts.production).expect("json");
+    assert!(plain.get("pairs").is_none(), "{plain}");
+    let back: PoolWindow = serde_json::from_value(json).expect("read");
+    assert_eq!(back, counts.canary);
+    let old: PoolWindow =
+        serde_json::from_str(r#"{"requests": 5, "errors": 0, "buckets": [5]}"#).expect("read");
+    assert_eq!((old.requests, old.pairs, old.pair_slower), (5, 0, 0));
+}
+
 #[test]
 fn bad_count_fields_are_listed_and_skipped() {
     let fields: Vec<(String, String)> = [
