@@ -136,6 +136,53 @@ fn assert_weight_stayed_zero(v: &Value) {
 const SHADOW: &str = "shadow: { percent: 100, windows: 5, timeout: 500ms }";
 
 #[test]
+fn a_healthy_canary_passes_the_shadow_step_and_then_meets_users() {
+    let _serial = serial();
+    let rig = rig("{ interval: 1s, min_requests: 20, threshold: 2, \
+         shadow: { percent: 100, windows: 2, timeout: 500ms } }");
+    let mut load = rig.load();
+    wait_until("traffic flows", Duration::from_secs(10), || {
+        load.count("production") > 50
+    });
+    command(&rig.proxy, "/rollout/start?steps=20,100");
+    let v = wait_rollout(
+        &rig.proxy,
+        "the rollout ends",
+        Duration::from_secs(40),
+        |v| phase(v) != "progressing",
+    );
+    load.stop();
+    assert_eq!(phase(&v), "succeeded", "{v:#}");
+    assert_eq!(v["state"]["shadow"]["done"].as_bool(), Some(true), "{v:#}");
+    // The judged windows: two shadow passes at weight 0, then the steps.
+    let judged: Vec<(String, f64)> = v["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["window"].is_u64())
+        .map(|e| {
+            (
+                e["verdict"].as_str().unwrap_or("").to_string(),
+                e["weight"].as_f64().unwrap_or(-1.0),
+            )
+        })
+        .collect();
+    assert!(
+        judged.iter().all(|(verdict, _)| verdict == "pass"),
+        "{judged:?}"
+    );
+    assert_eq!(judged.first().map(|j| j.1), Some(0.0), "{judged:?}");
+    assert_eq!(
+        judged.get(1).map(|j| j.1),
+        Some(20.0),
+        "step 1 after 2 shadow passes: {judged:?}"
+    );
+    let (_, bad, canary) = user_outcomes(&load);
+    assert_eq!(bad, 0);
+    assert!(canary > 0, "users reached the canary after the shadow step");
+}
+
+#[test]
 fn a_canary_failing_30_percent_of_copies_is_rolled_back_in_the_shadow_step() {
     let _serial = serial();
     let rig = rig(&format!(

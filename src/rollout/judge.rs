@@ -245,21 +245,6 @@ fn slower_than(buckets: &[u64], index: usize) -> u64 {
 
 /// Judge one window. `window` holds the window's counts; `step` the counts of the step so far
 /// including this window (the latency rules read it).
-/// PLACEHOLDER until the paired judgement lands (branch i25-paired).
-pub fn judge_shadow(
-    _settings: &RolloutSettings,
-    _shadow: &super::shadow::ShadowSettings,
-    _window: &WindowCounts,
-    _step: &WindowCounts,
-) -> Judgement {
-    Judgement {
-        verdict: Verdict::Inconclusive,
-        finding: Finding::InsufficientTraffic,
-        reasons: vec![],
-        numbers: vec![],
-    }
-}
-
 pub fn judge(settings: &RolloutSettings, window: &WindowCounts, step: &WindowCounts) -> Judgement {
     let c = window.get(PoolKind::Canary);
     let p = window.get(PoolKind::Production);

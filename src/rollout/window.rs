@@ -273,9 +273,6 @@ impl WindowRecorder {
         self.record_at(crate::model::now_ms(), pool, status, seconds, client);
     }
 
-    /// PLACEHOLDER until the pair counting lands (branch i25-paired).
-    pub fn record_pair(&self, _pair: &super::shadow::Pair, _client: Option<IpAddr>) {}
-
     /// The client table slot of `client`.
     fn client_slot(&self, client: Option<IpAddr>) -> usize {
         let Some(ip) = client else { return 0 };
