@@ -262,6 +262,32 @@ mod tests {
         assert!(!s.copies("POST") && !s.copies("get"));
     }
 
+    /// The stored state keeps the shadow stage beside the settings: the settings' JSON (which
+    /// older releases read with `deny_unknown_fields`) has no new key, and a state written
+    /// before the shadow step reads back without one.
+    #[test]
+    fn the_stage_is_stored_beside_the_settings() {
+        use crate::rollout::{RolloutSettings, RolloutState};
+        let settings = RolloutSettings {
+            shadow: Some(ShadowSettings::default()),
+            ..RolloutSettings::default()
+        };
+        let state = RolloutState::start("r-1".into(), settings, "s".into(), 1, None).expect("start");
+        let json: serde_json::Value = serde_json::to_value(&state).expect("json");
+        assert!(json["settings"].get("shadow").is_none(), "{json}");
+        assert_eq!(json["shadow"]["settings"]["percent"], 10.0);
+        assert_eq!(json["shadow"]["done"], false);
+        let old_settings: RolloutSettings =
+            serde_json::from_value(json["settings"].clone()).expect("an older reader's type");
+        assert_eq!(old_settings, RolloutSettings::default());
+        let back: RolloutState = serde_json::from_value(json.clone()).expect("read back");
+        assert_eq!(back, state);
+        let mut without = json;
+        without.as_object_mut().expect("object").remove("shadow");
+        let plain: RolloutState = serde_json::from_value(without).expect("an older state");
+        assert!(plain.shadow.is_none() && plain.in_shadow().is_none());
+    }
+
     #[test]
     fn status_classes() {
         assert_eq!(status_class(Some(200)), 2);
