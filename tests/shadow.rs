@@ -433,3 +433,107 @@ fn a_post_is_copied_only_when_its_method_is_listed() {
     );
     assert!(copies(&proxy, "too_large") >= 1.0);
 }
+
+// --- Across replicas: the pairs of two proxies summed in Redis ---
+
+#[test]
+fn two_replicas_judge_the_shadow_step_together_through_redis() {
+    let _serial = serial();
+    let ns = "shadow-fleet";
+    let redis = common::RedisServer::start();
+    let prod = App::start("prod", "production");
+    let canary = App::start("canary", "canary");
+    for (pool, addr) in [("production", prod.addr()), ("canary", canary.addr())] {
+        common::ctl_ok(&redis.url(), ns, &["register", "--pool", pool, &addr]);
+    }
+    let yaml = || {
+        common::redis_proxy_config(
+            redis.port(),
+            ns,
+            "routing: { canary_percent: 0, salt: \"shadow-salt\" }\n\
+             trusted_proxies: [\"127.0.0.1/32\"]\n\
+             rollout: { interval: 1s, min_requests: 20, threshold: 2, max_inconclusive: 100, \
+                        shadow: { windows: 5, timeout: 500ms } }\n",
+        )
+    };
+    let proxies = [Proxy::start(&yaml()), Proxy::start(&yaml())];
+    for p in &proxies {
+        wait_until(
+            "the replica serves both pools",
+            Duration::from_secs(20),
+            || {
+                let s = p.status_json();
+                s["pools"]["production"]["in_rotation"] == 1
+                    && s["pools"]["canary"]["in_rotation"] == 1
+            },
+        );
+    }
+    let r = post(&canary.url("/_control?error_rate=0.3"), &[], b"");
+    assert_eq!(r.status, 200);
+    let mut spec = LoadSpec::new(proxies.iter().map(|p| p.url("")).collect());
+    spec.forwarded_for = true;
+    spec.max_run = Duration::from_secs(90);
+    let mut load = Load::start(spec);
+    wait_until("traffic flows", Duration::from_secs(10), || {
+        load.count("production") > 50
+    });
+    let config = proxies[0].config_path().display().to_string();
+    let url = redis.url();
+    let out = common::run_cli(
+        &[
+            "ctl",
+            "--redis",
+            &url,
+            "--namespace",
+            ns,
+            "--config",
+            &config,
+            "rollout",
+            "start",
+            "--shadow",
+            "100",
+            "--steps",
+            "10,100",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = |p: &Proxy| p.status_json()["rollout"].clone();
+    let mut last = Value::Null;
+    wait_until(
+        "both replicas see the rollback",
+        Duration::from_secs(40),
+        || {
+            last = status(&proxies[0]);
+            proxies
+                .iter()
+                .all(|p| status(p)["state"]["phase"] == "rolled_back")
+        },
+    );
+    load.stop();
+    assert_weight_stayed_zero(&last);
+    let (answers, bad, canary_seen) = user_outcomes(&load);
+    assert!(answers > 100, "only {answers} answers");
+    assert_eq!((bad, canary_seen), (0, 0), "users saw errors or canary");
+    // Both replicas copied: each counted answered copies, and the judged pairs are their sum.
+    for p in &proxies {
+        assert!(copies(p, "answered") > 0.0, "a replica copied nothing");
+    }
+    let pairs: f64 = last["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            e["numbers"]
+                .as_array()?
+                .iter()
+                .find(|n| n[0] == "shadow_pairs")
+                .and_then(|n| n[1].as_f64())
+        })
+        .sum();
+    assert!(pairs >= 20.0, "pairs judged: {pairs}\n{last:#}");
+}

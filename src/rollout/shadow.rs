@@ -272,7 +272,8 @@ mod tests {
             shadow: Some(ShadowSettings::default()),
             ..RolloutSettings::default()
         };
-        let state = RolloutState::start("r-1".into(), settings, "s".into(), 1, None).expect("start");
+        let state =
+            RolloutState::start("r-1".into(), settings, "s".into(), 1, None).expect("start");
         let json: serde_json::Value = serde_json::to_value(&state).expect("json");
         assert!(json["settings"].get("shadow").is_none(), "{json}");
         assert_eq!(json["shadow"]["settings"]["percent"], 10.0);
