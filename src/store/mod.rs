@@ -13,7 +13,14 @@
 //! value carries and the lenient reading of it; `state_file.rs` the file provider's rollout
 //! state file, in the same versioned JSON.
 //!
-//! With `ns` the namespace (default `canary-lb`) and `pool` one of `production`, `canary`:
+//! `layout.rs` which key layout a store is in (every call looks) and following a move;
+//! `migrate.rs` the move (`ctl migrate-keys`).
+//!
+//! With `ns` the namespace (default `canary-lb`) and `pool` one of `production`, `canary`, the
+//! table below names the keys of the legacy layout; a new store names each `{ns}:…` instead
+//! (the namespace as a Redis Cluster hash tag: one slot per namespace, so every script and
+//! MULTI/EXEC here stays in one slot), and a store with only the legacy marker `ns:meta` is read
+//! and written under the legacy names until `ctl migrate-keys` (see `layout.rs`):
 //!
 //! | key               | type       | content                                                      |
 //! |-------------------|------------|--------------------------------------------------------------|
@@ -582,10 +589,6 @@ impl Store {
         Store {
             keys: self.keys.with_layout(Layout::Legacy),
         }
-    }
-
-    pub fn meta_key(&self) -> String {
-        self.keys.meta()
     }
 
     pub fn servers_key(&self, pool: PoolKind) -> String {
