@@ -557,3 +557,129 @@ fn counts() -> WindowCounts {
         canary: pool(10),
     }
 }
+
+/// A connection that runs `ctl migrate-keys`' move on a second connection just before it sends
+/// its first script (`EVALSHA`) or its first pipeline: a migration landing exactly between a
+/// call's look at the layout and its write or read.
+struct MigratesMidCall {
+    inner: redis::aio::MultiplexedConnection,
+    side: redis::aio::MultiplexedConnection,
+    store: Store,
+    on_script: bool,
+    fired: bool,
+}
+
+impl MigratesMidCall {
+    async fn open(url: &str, ns: &str, on_script: bool) -> MigratesMidCall {
+        let client = redis::Client::open(url).expect("url");
+        MigratesMidCall {
+            inner: client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect"),
+            side: client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect"),
+            store: Store::new(ns),
+            on_script,
+            fired: false,
+        }
+    }
+
+    async fn migrate_once(&mut self) -> redis::RedisResult<()> {
+        if !self.fired {
+            self.fired = true;
+            let moved = self.store.migrate_keys(&mut self.side).await;
+            assert!(
+                matches!(moved, Ok(canary_lb::store::Migration::Moved { .. })),
+                "{moved:?}"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl redis::aio::ConnectionLike for MigratesMidCall {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let is_script = matches!(
+                cmd.args_iter().next(),
+                Some(redis::Arg::Simple(name)) if name.eq_ignore_ascii_case(b"EVALSHA")
+            );
+            if self.on_script && is_script {
+                self.migrate_once().await?;
+            }
+            self.inner.req_packed_command(cmd).await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            if !self.on_script {
+                self.migrate_once().await?;
+            }
+            self.inner
+                .req_packed_commands(pipeline, offset, count)
+                .await
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+#[test]
+fn a_write_or_read_racing_the_migration_follows_it() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let pool = canary_lb::model::PoolKind::Production;
+    let addr = |a: &str| canary_lb::model::ServerAddr::parse(a).expect("addr");
+
+    // A registration that looked (legacy) before the move and writes after it: its script
+    // refuses under the legacy names and runs again under the tagged ones.
+    let ns = "mk-race-write";
+    write_legacy_store(&url, ns, &["10.0.0.1:80"]);
+    block_on(async {
+        let mut conn = MigratesMidCall::open(&url, ns, true).await;
+        let changed = Store::new(ns)
+            .register(&mut conn, pool, &addr("10.0.0.2:80"), None, None)
+            .await
+            .expect("register");
+        assert!(conn.fired, "the move ran between the look and the write");
+        assert!(changed);
+    });
+    let servers = format!("{{{ns}}}:servers:production");
+    assert!(redis.zscore(&servers, "10.0.0.1:80").is_some());
+    assert!(redis.zscore(&servers, "10.0.0.2:80").is_some());
+    for legacy in ["meta", "servers:production"] {
+        assert!(
+            !exists(&url, &format!("{ns}:{legacy}")),
+            "the write re-created {ns}:{legacy}"
+        );
+    }
+
+    // A snapshot that looked (legacy) before the move and read after it: it reads again under
+    // the tagged names, so the proxy never sees a store without its marker.
+    let ns = "mk-race-read";
+    write_legacy_store(&url, ns, &["10.0.0.1:80", "10.0.0.3:80"]);
+    block_on(async {
+        let mut conn = MigratesMidCall::open(&url, ns, false).await;
+        let snap = Store::new(ns)
+            .read_snapshot(&mut conn, canary_lb::store::now_ms())
+            .await
+            .expect("snapshot");
+        assert!(conn.fired, "the move ran between the look and the read");
+        assert_eq!(snap.marker.as_ref().map(|m| m.generation), Some(7));
+        assert_eq!(snap.pool(pool).len(), 2);
+    });
+}
