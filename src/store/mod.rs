@@ -37,7 +37,7 @@
 //! | `{ns}:rollout:leader` | string   | the replica holding the leader lease (`SET NX PX`)           |
 //! | `{ns}:rollout:epoch`| integer  | the fencing epoch, `INCR`ed each time the lease is taken     |
 //! | `{ns}:rollout:history` | stream  | verdicts and commands (`XADD MAXLEN ~ 1000`), field `entry` = JSON |
-//! | `{ns}:proxy:<id>` | hash       | written by each proxy every second: `pool/host:port` -> requests in flight on that server through this proxy; expires [`PROXY_REPORT_TTL_MS`] after the last report |
+//! | `{ns}:proxy:<id>` | hash       | written by each proxy every second: `pool/host:port` -> requests in flight on that server through this proxy, and `_layout` = `tagged` (`ctl migrate-keys` looks for it); expires [`PROXY_REPORT_TTL_MS`] after the last report |
 //!
 //! Why this shape:
 //! - A lease is the score itself, so a server whose heartbeat died drops out without anybody
