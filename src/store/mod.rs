@@ -13,24 +13,31 @@
 //! value carries and the lenient reading of it; `state_file.rs` the file provider's rollout
 //! state file, in the same versioned JSON.
 //!
-//! With `ns` the namespace (default `canary-lb`) and `pool` one of `production`, `canary`:
+//! `layout.rs` which key layout a store is in (every call looks) and following a move;
+//! `migrate.rs` the move (`ctl migrate-keys`).
+//!
+//! With `ns` the namespace (default `canary-lb`) and `pool` one of `production`, `canary`; each
+//! name starts with `{ns}`, the namespace as a Redis Cluster hash tag (one slot per namespace,
+//! so every script and MULTI/EXEC here stays in one slot). A store with only the legacy marker
+//! `ns:meta` (a release before the tagged layout wrote it) is read and written under the same
+//! names without braces until `ctl migrate-keys` (see `layout.rs`):
 //!
 //! | key               | type       | content                                                      |
 //! |-------------------|------------|--------------------------------------------------------------|
-//! | `ns:servers:pool` | sorted set | member `host:port`; score = lease expiry in Unix ms, or `+inf` for no lease |
-//! | `ns:weights:pool` | hash       | `host:port` -> integer weight 1..=1000 (missing means 1)     |
-//! | `ns:draining:pool`| set        | `host:port` that get no new requests                         |
-//! | `ns:flags`        | hash       | feature flags: flag name -> JSON `{"enabled","percent","salt","allow","deny"}` (`flags.rs`); replace the file's `flags.items` while any field exists |
-//! | `ns:routing`      | hash       | `canary_percent` (0..=100, decimals ok) and `salt`; override the file config while present |
-//! | `ns:serving:pool` | sorted set | written by proxies: `host:port` in rotation; score = when a proxy last saw it so, in Unix ms |
-//! | `ns:meta`         | hash       | the store's marker: `generation` (bumped by every change), `updated_ms`, `created_ms` |
-//! | `ns:events`       | channel    | every writer publishes after a change: the pool name, `routing` or `flags` |
-//! | `ns:rollout`      | hash       | the rollout: `json` (the state) and readable `id`, `phase`, `weight`, `step`, `version`, `updated_ms` |
-//! | `ns:rollout:window:<id>:<n>` | hash | window `n` of rollout `id`, summed over replicas; expires |
-//! | `ns:rollout:leader` | string   | the replica holding the leader lease (`SET NX PX`)           |
-//! | `ns:rollout:epoch`  | integer  | the fencing epoch, `INCR`ed each time the lease is taken     |
-//! | `ns:rollout:history` | stream  | verdicts and commands (`XADD MAXLEN ~ 1000`), field `entry` = JSON |
-//! | `ns:proxy:<id>`   | hash       | written by each proxy every second: `pool/host:port` -> requests in flight on that server through this proxy; expires [`PROXY_REPORT_TTL_MS`] after the last report |
+//! | `{ns}:servers:pool` | sorted set | member `host:port`; score = lease expiry in Unix ms, or `+inf` for no lease |
+//! | `{ns}:weights:pool` | hash       | `host:port` -> integer weight 1..=1000 (missing means 1)     |
+//! | `{ns}:draining:pool`| set        | `host:port` that get no new requests                         |
+//! | `{ns}:flags`      | hash       | feature flags: flag name -> JSON `{"enabled","percent","salt","allow","deny"}` (`flags.rs`); replace the file's `flags.items` while any field exists |
+//! | `{ns}:routing`    | hash       | `canary_percent` (0..=100, decimals ok) and `salt`; override the file config while present |
+//! | `{ns}:serving:pool` | sorted set | written by proxies: `host:port` in rotation; score = when a proxy last saw it so, in Unix ms |
+//! | `{ns}:meta`       | hash       | the store's marker: `generation` (bumped by every change), `updated_ms`, `created_ms` |
+//! | `{ns}:events`     | channel    | every writer publishes after a change: the pool name, `routing` or `flags` |
+//! | `{ns}:rollout`    | hash       | the rollout: `json` (the state) and readable `id`, `phase`, `weight`, `step`, `version`, `updated_ms` |
+//! | `{ns}:rollout:window:<id>:<n>` | hash | window `n` of rollout `id`, summed over replicas; expires |
+//! | `{ns}:rollout:leader` | string   | the replica holding the leader lease (`SET NX PX`)           |
+//! | `{ns}:rollout:epoch`| integer  | the fencing epoch, `INCR`ed each time the lease is taken     |
+//! | `{ns}:rollout:history` | stream  | verdicts and commands (`XADD MAXLEN ~ 1000`), field `entry` = JSON |
+//! | `{ns}:proxy:<id>` | hash       | written by each proxy every second: `pool/host:port` -> requests in flight on that server through this proxy, and `_layout` = `tagged` (`ctl migrate-keys` looks for it); expires [`PROXY_REPORT_TTL_MS`] after the last report |
 //!
 //! Why this shape:
 //! - A lease is the score itself, so a server whose heartbeat died drops out without anybody
@@ -61,6 +68,9 @@ mod commands;
 pub mod codec;
 mod flags;
 mod keys;
+#[macro_use]
+mod layout;
+mod migrate;
 mod reports;
 mod resp;
 mod rollout;
@@ -68,6 +78,8 @@ mod snapshot;
 mod state_file;
 
 pub use flags::{decode_flag, FlagWriteError, StoredFlags, FLAGS_EVENT};
+pub use layout::KeyLayout;
+pub use migrate::Migration;
 pub use rollout::{RolloutStore, ROLLOUT_EVENT, WINDOW_TTL_MS as ROLLOUT_WINDOW_TTL_MS};
 pub use state_file::RolloutStateFile;
 
@@ -75,7 +87,7 @@ use std::time::Duration;
 
 use crate::model::{PerPool, Percent, PoolKind, ServerAddr, Weight};
 
-use keys::Keys;
+use keys::{Keys, Layout};
 
 /// A server reported by a proxy within this long counts as serving (`ctl status`).
 /// Proxies should report at least every `SERVING_FRESH_MS / 3`.
@@ -205,6 +217,14 @@ pub struct InFlight {
     pub proxies: usize,
 }
 
+/// A proxy's current `ns:proxy:<id>` report, as `ctl migrate-keys` checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyReport {
+    pub proxy_id: String,
+    /// The report carries the tagged-layout marker: the proxy's release follows a migration.
+    pub follows_tagged_layout: bool,
+}
+
 /// One row of `ctl status`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerStatus {
@@ -264,14 +284,58 @@ impl Store {
         self.keys.meta()
     }
 
-    /// Subscribe `pubsub` to the channel every writer publishes on after a change (the message
-    /// is the pool name, or `routing`). Only a hint to re-read: see the module docs.
+    /// Subscribe `pubsub` to the channels every writer publishes on after a change (the message
+    /// is the pool name, or `routing`): the tagged layout's and the legacy one's, so a proxy
+    /// hears the writers of either layout, before and after `ctl migrate-keys`. Only a hint to
+    /// re-read: see the module docs.
     pub async fn subscribe_events(
         &self,
         pubsub: &mut redis::aio::PubSub,
     ) -> Result<(), StoreError> {
-        pubsub.subscribe(self.keys.events()).await?;
+        pubsub
+            .subscribe(&[
+                self.keys.with_layout(Layout::Tagged).events(),
+                self.keys.with_layout(Layout::Legacy).events(),
+            ])
+            .await?;
         Ok(())
+    }
+
+    /// What the store's two markers say about its key layout (see `layout.rs`).
+    pub async fn key_layout<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> Result<KeyLayout, StoreError> {
+        Ok(layout::key_layout(conn, &self.keys).await?)
+    }
+
+    /// This handle with the key names (for messages and `redis-cli` advice) of the layout the
+    /// store is in now. Its calls look again each time, as every handle's do.
+    pub async fn in_layout_in_force<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Store, StoreError> {
+        Ok(Store {
+            keys: layout::in_force(conn, &self.keys).await?,
+        })
+    }
+
+    /// The current proxy reports under the legacy names: each proxy's id and whether its
+    /// release follows the tagged layout (`ctl migrate-keys` refuses while one does not).
+    pub async fn legacy_proxy_reports<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Vec<ProxyReport>, StoreError> {
+        reports::proxy_reports(conn, &self.keys.with_layout(Layout::Legacy)).await
+    }
+
+    /// Move every key of a legacy-layout store to its tagged name, atomically (one script).
+    /// Does nothing on a store in any other layout (see [`Migration`]).
+    pub async fn migrate_keys<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Migration, StoreError> {
+        migrate::migrate_keys(conn, &self.keys).await
     }
 
     // Reads (snapshot.rs).
@@ -285,7 +349,10 @@ impl Store {
         conn: &mut C,
         now_ms: u64,
     ) -> Result<Snapshot, StoreError> {
-        snapshot::read_snapshot(conn, &self.keys, now_ms).await
+        layout_read!(conn, &self.keys, |k| snapshot::read_snapshot(
+            conn, k, now_ms
+        )
+        .await)
     }
 
     /// The store's marker alone (`None`: no marker).
@@ -293,7 +360,7 @@ impl Store {
         &self,
         conn: &mut C,
     ) -> Result<Option<Marker>, StoreError> {
-        snapshot::read_marker(conn, &self.keys).await
+        layout_read!(conn, &self.keys, |k| snapshot::read_marker(conn, k).await)
     }
 
     /// Everything `ctl status` shows, in one MULTI/EXEC round trip.
@@ -301,7 +368,7 @@ impl Store {
         &self,
         conn: &mut C,
     ) -> Result<Status, StoreError> {
-        snapshot::read_status(conn, &self.keys).await
+        layout_read!(conn, &self.keys, |k| snapshot::read_status(conn, k).await)
     }
 
     // Writes (commands.rs).
@@ -317,7 +384,10 @@ impl Store {
         weight: Option<Weight>,
         ttl: Option<Duration>,
     ) -> Result<bool, StoreError> {
-        commands::register(conn, &self.keys, pool, addr, weight, ttl).await
+        layout_write!(conn, &self.keys, |k| commands::register(
+            conn, k, pool, addr, weight, ttl
+        )
+        .await)
     }
 
     /// Remove `addr` from the pool's servers, weights and draining keys. Returns whether it
@@ -328,7 +398,10 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<bool, StoreError> {
-        commands::deregister(conn, &self.keys, pool, addr).await
+        layout_write!(conn, &self.keys, |k| commands::deregister(
+            conn, k, pool, addr
+        )
+        .await)
     }
 
     /// Stop new requests to a registered server ([`StoreError::NotRegistered`] otherwise).
@@ -338,7 +411,8 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<(), StoreError> {
-        commands::drain(conn, &self.keys, pool, addr).await
+        layout_write!(conn, &self.keys, |k| commands::drain(conn, k, pool, addr)
+            .await)
     }
 
     /// Put a server back into rotation. Returns whether it was draining (not an error if not).
@@ -348,7 +422,8 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<bool, StoreError> {
-        commands::undrain(conn, &self.keys, pool, addr).await
+        layout_write!(conn, &self.keys, |k| commands::undrain(conn, k, pool, addr)
+            .await)
     }
 
     /// Set the weight of a registered server ([`StoreError::NotRegistered`] otherwise).
@@ -359,7 +434,10 @@ impl Store {
         addr: &ServerAddr,
         weight: Weight,
     ) -> Result<(), StoreError> {
-        commands::set_weight(conn, &self.keys, pool, addr, weight).await
+        layout_write!(conn, &self.keys, |k| commands::set_weight(
+            conn, k, pool, addr, weight
+        )
+        .await)
     }
 
     /// Store the canary percent, bump the marker and publish `routing`.
@@ -368,7 +446,10 @@ impl Store {
         conn: &mut C,
         percent: Percent,
     ) -> Result<(), StoreError> {
-        commands::set_canary_percent(conn, &self.keys, percent).await
+        layout_write!(conn, &self.keys, |k| commands::set_canary_percent(
+            conn, k, percent
+        )
+        .await)
     }
 
     /// The stored canary percent: `None` when unset; stored garbage is
@@ -377,7 +458,8 @@ impl Store {
         &self,
         conn: &mut C,
     ) -> Result<Option<Percent>, StoreError> {
-        commands::get_canary_percent(conn, &self.keys).await
+        layout_read!(conn, &self.keys, |k| commands::get_canary_percent(conn, k)
+            .await)
     }
 
     /// How `addr` is registered in `pool` (a lapsed lease still counts as registered).
@@ -387,7 +469,10 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<Registration, StoreError> {
-        commands::registration(conn, &self.keys, pool, addr).await
+        layout_read!(conn, &self.keys, |k| commands::registration(
+            conn, k, pool, addr
+        )
+        .await)
     }
 
     // Feature flags (flags.rs).
@@ -397,7 +482,7 @@ impl Store {
         &self,
         conn: &mut C,
     ) -> Result<StoredFlags, StoreError> {
-        flags::read_flags(conn, &self.keys).await
+        layout_read!(conn, &self.keys, |k| flags::read_flags(conn, k).await)
     }
 
     /// The stored JSON of flag `name`, as is (`None`: no such flag).
@@ -406,7 +491,8 @@ impl Store {
         conn: &mut C,
         name: &str,
     ) -> Result<Option<String>, StoreError> {
-        flags::get_flag_raw(conn, &self.keys, name).await
+        layout_read!(conn, &self.keys, |k| flags::get_flag_raw(conn, k, name)
+            .await)
     }
 
     /// Validate and store flag `name`, bump the marker and publish `flags`. With `expected`
@@ -418,7 +504,10 @@ impl Store {
         flag: &crate::config::schema::FlagConfig,
         expected: Option<&str>,
     ) -> Result<(), FlagWriteError> {
-        flags::set_flag(conn, &self.keys, name, flag, expected).await
+        layout_write!(conn, &self.keys, |k| flags::set_flag(
+            conn, k, name, flag, expected
+        )
+        .await)
     }
 
     /// Delete flag `name`; returns whether it existed (publishes only then).
@@ -427,7 +516,8 @@ impl Store {
         conn: &mut C,
         name: &str,
     ) -> Result<bool, StoreError> {
-        flags::delete_flag(conn, &self.keys, name).await
+        layout_write!(conn, &self.keys, |k| flags::delete_flag(conn, k, name)
+            .await)
     }
 
     // The proxies' reports (reports.rs).
@@ -440,7 +530,10 @@ impl Store {
         addrs: &[String],
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        reports::report_serving(conn, &self.keys, pool, addrs, now_ms).await
+        layout_write!(conn, &self.keys, |k| reports::report_serving(
+            conn, k, pool, addrs, now_ms
+        )
+        .await)
     }
 
     /// A proxy reports its requests in flight per server; the report expires after
@@ -451,7 +544,10 @@ impl Store {
         proxy_id: &str,
         in_flight: &[(PoolKind, String, i64)],
     ) -> Result<(), StoreError> {
-        reports::report_proxy(conn, &self.keys, proxy_id, in_flight).await
+        layout_write!(conn, &self.keys, |k| reports::report_proxy(
+            conn, k, proxy_id, in_flight
+        )
+        .await)
     }
 
     /// When a proxy last reported `addr` in rotation (Unix ms, the proxy's clock), if ever
@@ -462,7 +558,10 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<Option<u64>, StoreError> {
-        reports::serving_seen_ms(conn, &self.keys, pool, addr).await
+        layout_read!(conn, &self.keys, |k| reports::serving_seen_ms(
+            conn, k, pool, addr
+        )
+        .await)
     }
 
     /// Requests in flight on one server, summed over every proxy's current report.
@@ -472,7 +571,10 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<InFlight, StoreError> {
-        reports::in_flight(conn, &self.keys, pool, addr).await
+        layout_read!(conn, &self.keys, |k| reports::in_flight(
+            conn, k, pool, addr
+        )
+        .await)
     }
 }
 
@@ -481,6 +583,14 @@ impl Store {
 /// this module, code goes through [`Store`]'s methods.
 #[doc(hidden)]
 impl Store {
+    /// The names of the layout before the tagged one (a previous release's store, written by
+    /// hand in a test); the handle's calls still look for the layout in force.
+    pub fn with_legacy_names(&self) -> Store {
+        Store {
+            keys: self.keys.with_layout(Layout::Legacy),
+        }
+    }
+
     pub fn servers_key(&self, pool: PoolKind) -> String {
         self.keys.servers(pool)
     }
