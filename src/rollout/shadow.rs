@@ -267,7 +267,7 @@ mod tests {
     /// before the shadow step reads back without one.
     #[test]
     fn the_stage_is_stored_beside_the_settings() {
-        use crate::rollout::{RolloutSettings, RolloutState};
+        use super::super::{RolloutSettings, RolloutState};
         let settings = RolloutSettings {
             shadow: Some(ShadowSettings::default()),
             ..RolloutSettings::default()
