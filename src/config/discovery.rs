@@ -200,6 +200,15 @@ impl DiscoveryConfig {
                      by itself; give its seed nodes in `discovery.url`",
                 ));
             }
+            // redis-rs applies the first seed's TLS and credentials to every node.
+            let first = urls.first().map(|u| seed_identity(u));
+            if let Some(i) = urls.iter().position(|u| Some(seed_identity(u)) != first) {
+                return Err(invalid(
+                    format!("discovery.url[{i}]"),
+                    "the seeds of a cluster must agree on the scheme (redis:// or rediss://), \
+                     the user and the password",
+                ));
+            }
             if let Some(url) = urls.iter().find(|u| url_database(u) != 0) {
                 return Err(invalid(
                     "discovery.url",
@@ -211,6 +220,18 @@ impl DiscoveryConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// What every seed of a cluster must share: TLS or not, user, password.
+fn seed_identity(url: &str) -> (bool, Option<String>, Option<String>) {
+    match redis::IntoConnectionInfo::into_connection_info(url) {
+        Ok(info) => (
+            matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }),
+            info.redis_settings().username().map(str::to_string),
+            info.redis_settings().password().map(str::to_string),
+        ),
+        Err(_) => (false, None, None),
     }
 }
 
@@ -261,12 +282,12 @@ mod tests {
     #[test]
     fn cluster_takes_a_list_of_seeds() {
         let c = Config::parse(
-            "discovery:\n  provider: redis\n  cluster: true\n  url: [\"redis://a:7000\", \"rediss://u:p@b:7001\"]\n",
+            "discovery:\n  provider: redis\n  cluster: true\n  url: [\"rediss://u:p@a:7000\", \"rediss://u:p@b:7001\"]\n",
         )
         .expect("cluster");
         match c.discovery.settings().expect("valid") {
             ProviderSettings::Redis(r) => {
-                assert_eq!(r.urls, vec!["redis://a:7000", "rediss://u:p@b:7001"]);
+                assert_eq!(r.urls, vec!["rediss://u:p@a:7000", "rediss://u:p@b:7001"]);
                 assert!(r.cluster);
             }
             other => panic!("{other:?}"),
@@ -299,6 +320,11 @@ mod tests {
             (
                 "threads: 1\ndiscovery:\n  provider: redis\n  cluster: true\n  url: \"redis://a:1/3\"\n",
                 "database other than 0",
+                "line 5",
+            ),
+            (
+                "threads: 1\ndiscovery:\n  provider: redis\n  cluster: true\n  url: [\"redis://u:a@h:1\", \"redis://u:b@h:2\"]\n",
+                "discovery.url[1]",
                 "line 5",
             ),
             (

@@ -13,6 +13,9 @@
 //! the state's id and version) does the rest on whichever master answers.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redis::{ErrorKind, ServerErrorKind};
 
 use super::RolloutStore;
 use crate::rollout::CoordError;
@@ -70,7 +73,8 @@ impl RolloutStore {
     /// Whether every write made so far on this connection reached a replica: `WAIT 1` on the
     /// master holding the namespace, within half the call timeout. `true` at once when that
     /// master has no replica (nothing to lose it to but a restart, which the `ns:meta` marker
-    /// catches).
+    /// catches), or when the server refuses `WAIT` (a managed service may): it is then logged
+    /// once and not asked again on this connection.
     pub(super) async fn replicated(&self, what: &str) -> Result<bool, CoordError> {
         let replicas = self.link.lock().await.replicas;
         if replicas == 0 {
@@ -78,11 +82,35 @@ impl RolloutStore {
         }
         let key = self.keys.rollout();
         let wait = self.timeout / 2;
+        let refused = AtomicBool::new(false);
+        let refused_ref = &refused;
         let acked = self
             .call(what, |mut conn| async move {
-                conn.wait_for_replicas(&key, 1, wait).await
+                match conn.wait_for_replicas(&key, 1, wait).await {
+                    // `ERR unknown command` or a NOPERM: not a failure of this write.
+                    Err(e) if refuses(&e) => {
+                        refused_ref.store(true, Ordering::Relaxed);
+                        log::warn!(
+                            "rollout: the master of {key} refuses WAIT ({e}): judged writes are \
+                             not checked on a replica"
+                        );
+                        Ok(1)
+                    }
+                    other => other,
+                }
             })
             .await?;
+        if refused.into_inner() {
+            self.link.lock().await.replicas = 0;
+        }
         Ok(acked >= 1)
     }
+}
+
+/// The server refused the command itself (unknown, or not allowed to this user).
+fn refuses(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::ResponseError | ServerErrorKind::NoPerm)
+    )
 }
