@@ -211,7 +211,7 @@ fn status_wait_exit_codes_and_bad_input() {
     // A store without its marker (new, or lost its data) is never the one a rollout starts on.
     let lost = ctl(&["start"]);
     assert_eq!(code(&lost), Some(1), "{}", text(&lost));
-    assert!(String::from_utf8_lossy(&lost.stderr).contains("ro-wait:meta is missing"));
+    assert!(String::from_utf8_lossy(&lost.stderr).contains("{ro-wait}:meta is missing"));
     assert_eq!(
         redis.dbsize(),
         0,
@@ -743,7 +743,7 @@ fn a_rollout_moves_users_only_production_to_canary_and_back() {
     for needle in [
         "cannot tell which salt the proxies route with",
         "--config",
-        &format!("redis-cli HSET {ns}:routing salt"),
+        &format!("redis-cli HSET {{{ns}}}:routing salt"),
         "Nothing written",
     ] {
         assert!(

@@ -155,7 +155,7 @@ fn a_store_without_its_marker_is_never_written() {
     let a = RolloutStore::open(Store::new(NS), &redis.url()).expect("url");
     let (s0, entry) = started("r-1", 1_000, None);
     let err = block_on(a.command(None, &s0, &entry)).expect_err("refused");
-    assert!(err.to_string().contains("ro:meta is missing"), "{err}");
+    assert!(err.to_string().contains("{ro}:meta is missing"), "{err}");
     assert_eq!(redis.dbsize(), 0, "nothing written, the marker not created");
 }
 

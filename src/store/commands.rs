@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::keys::Keys;
+use super::layout::{guard_keys, script};
 use super::snapshot::parse_lease;
 use super::{
     now_ms, Problem, Registration, StoreError, FIELD_CANARY_PERCENT, LEASE_PURGE_AFTER_MS,
@@ -154,12 +155,13 @@ pub(super) async fn register<C: redis::aio::ConnectionLike>(
     ttl: Option<Duration>,
 ) -> Result<bool, StoreError> {
     let now = now_ms();
-    let changed: i64 = redis::Script::new(REGISTER_LUA)
+    let changed: i64 = script(keys, REGISTER_LUA)
         .key(keys.servers(pool))
         .key(keys.weights(pool))
         .key(keys.draining(pool))
         .key(keys.events())
         .key(keys.meta())
+        .key(guard_keys(keys))
         .arg(addr.as_str())
         .arg(lease_score(ttl, now))
         .arg(weight.map_or(String::new(), |w| w.get().to_string()))
@@ -179,12 +181,13 @@ pub(super) async fn deregister<C: redis::aio::ConnectionLike>(
     pool: PoolKind,
     addr: &ServerAddr,
 ) -> Result<bool, StoreError> {
-    let removed: i64 = redis::Script::new(DEREGISTER_LUA)
+    let removed: i64 = script(keys, DEREGISTER_LUA)
         .key(keys.servers(pool))
         .key(keys.weights(pool))
         .key(keys.draining(pool))
         .key(keys.events())
         .key(keys.meta())
+        .key(guard_keys(keys))
         .arg(addr.as_str())
         .arg(pool.as_str())
         .arg(now_ms())
@@ -202,11 +205,12 @@ async fn modify_registered<C: redis::aio::ConnectionLike>(
     op: &str,
     value: String,
 ) -> Result<(), StoreError> {
-    let done: i64 = redis::Script::new(MODIFY_REGISTERED_LUA)
+    let done: i64 = script(keys, MODIFY_REGISTERED_LUA)
         .key(keys.servers(pool))
         .key(target)
         .key(keys.events())
         .key(keys.meta())
+        .key(guard_keys(keys))
         .arg(addr.as_str())
         .arg(op)
         .arg(value)
@@ -250,10 +254,11 @@ pub(super) async fn undrain<C: redis::aio::ConnectionLike>(
     pool: PoolKind,
     addr: &ServerAddr,
 ) -> Result<bool, StoreError> {
-    let removed: i64 = redis::Script::new(UNDRAIN_LUA)
+    let removed: i64 = script(keys, UNDRAIN_LUA)
         .key(keys.draining(pool))
         .key(keys.events())
         .key(keys.meta())
+        .key(guard_keys(keys))
         .arg(addr.as_str())
         .arg(pool.as_str())
         .arg(now_ms())
@@ -281,13 +286,14 @@ pub(super) async fn set_canary_percent<C: redis::aio::ConnectionLike>(
     keys: &Keys,
     percent: Percent,
 ) -> Result<(), StoreError> {
-    let script = redis::Script::new(SET_CANARY_PERCENT_LUA);
-    let mut invocation = script.prepare_invoke();
+    let lua = script(keys, SET_CANARY_PERCENT_LUA);
+    let mut invocation = lua.prepare_invoke();
     invocation
         .key(keys.routing())
         .key(keys.events())
         .key(keys.meta())
         .key(keys.rollout())
+        .key(guard_keys(keys))
         .arg(FIELD_CANARY_PERCENT)
         .arg(percent.as_f64().to_string())
         .arg(now_ms())

@@ -16,6 +16,7 @@ use redis::Value;
 
 use super::codec::{self, StoredKind};
 use super::keys::Keys;
+use super::layout::{guard_keys, script};
 use super::resp::raw_pairs;
 use super::{now_ms, Problem, StoreError};
 use crate::config::schema::{check_flag_name, FlagConfig, MAX_FLAGS};
@@ -149,6 +150,12 @@ pub enum FlagWriteError {
     Store(#[from] StoreError),
 }
 
+impl From<redis::RedisError> for FlagWriteError {
+    fn from(e: redis::RedisError) -> Self {
+        FlagWriteError::Store(StoreError::Redis(e))
+    }
+}
+
 /// Validate and write one flag. `expected`: the JSON the caller read (`Some("")` = absent),
 /// written only if the stored value is still that; `None` writes whatever is there.
 pub(super) async fn set_flag<C: redis::aio::ConnectionLike>(
@@ -163,10 +170,11 @@ pub(super) async fn set_flag<C: redis::aio::ConnectionLike>(
         .map_err(|(k, e)| FlagWriteError::Invalid(format!("{k}: {e}")))?;
     let json = codec::encode(StoredKind::Flag, flag)
         .map_err(|e| FlagWriteError::Invalid(format!("flag `{name}`: {e}")))?;
-    let written: i64 = redis::Script::new(SET_FLAG_LUA)
+    let written: i64 = script(keys, SET_FLAG_LUA)
         .key(keys.flags())
         .key(keys.events())
         .key(keys.meta())
+        .key(guard_keys(keys))
         .arg(name)
         .arg(&json)
         .arg(now_ms())
@@ -188,10 +196,11 @@ pub(super) async fn delete_flag<C: redis::aio::ConnectionLike>(
     keys: &Keys,
     name: &str,
 ) -> Result<bool, StoreError> {
-    let removed: i64 = redis::Script::new(DELETE_FLAG_LUA)
+    let removed: i64 = script(keys, DELETE_FLAG_LUA)
         .key(keys.flags())
         .key(keys.events())
         .key(keys.meta())
+        .key(guard_keys(keys))
         .arg(name)
         .arg(now_ms())
         .invoke_async(conn)
@@ -254,7 +263,7 @@ mod tests {
         assert!(got
             .problems
             .iter()
-            .all(|p| p.kind == "flag" && p.key == "t:flags"));
+            .all(|p| p.kind == "flag" && p.key == "{t}:flags"));
         assert!(got.problems.iter().any(|p| p.detail.contains("`over`")));
         assert!(!parse_flags(&Value::Array(vec![]), &keys).present);
     }

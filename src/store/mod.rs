@@ -63,6 +63,9 @@ pub mod codec;
 mod connection;
 mod flags;
 mod keys;
+#[macro_use]
+mod layout;
+mod migrate;
 mod reports;
 mod resp;
 mod rollout;
@@ -71,6 +74,8 @@ mod state_file;
 
 pub use connection::{Connection, Endpoint, EndpointError};
 pub use flags::{decode_flag, FlagWriteError, StoredFlags, FLAGS_EVENT};
+pub use layout::KeyLayout;
+pub use migrate::Migration;
 pub use rollout::{RolloutStore, ROLLOUT_EVENT, WINDOW_TTL_MS as ROLLOUT_WINDOW_TTL_MS};
 pub use state_file::RolloutStateFile;
 
@@ -78,7 +83,7 @@ use std::time::Duration;
 
 use crate::model::{PerPool, Percent, PoolKind, ServerAddr, Weight};
 
-use keys::Keys;
+use keys::{Keys, Layout};
 
 /// A server reported by a proxy within this long counts as serving (`ctl status`).
 /// Proxies should report at least every `SERVING_FRESH_MS / 3`.
@@ -208,6 +213,14 @@ pub struct InFlight {
     pub proxies: usize,
 }
 
+/// A proxy's current `ns:proxy:<id>` report, as `ctl migrate-keys` checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyReport {
+    pub proxy_id: String,
+    /// The report carries the tagged-layout marker: the proxy's release follows a migration.
+    pub follows_tagged_layout: bool,
+}
+
 /// One row of `ctl status`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerStatus {
@@ -267,14 +280,58 @@ impl Store {
         self.keys.meta()
     }
 
-    /// Subscribe `pubsub` to the channel every writer publishes on after a change (the message
-    /// is the pool name, or `routing`). Only a hint to re-read: see the module docs.
+    /// Subscribe `pubsub` to the channels every writer publishes on after a change (the message
+    /// is the pool name, or `routing`): the tagged layout's and the legacy one's, so a proxy
+    /// hears the writers of either layout, before and after `ctl migrate-keys`. Only a hint to
+    /// re-read: see the module docs.
     pub async fn subscribe_events(
         &self,
         pubsub: &mut redis::aio::PubSub,
     ) -> Result<(), StoreError> {
-        pubsub.subscribe(self.keys.events()).await?;
+        pubsub
+            .subscribe(&[
+                self.keys.with_layout(Layout::Tagged).events(),
+                self.keys.with_layout(Layout::Legacy).events(),
+            ])
+            .await?;
         Ok(())
+    }
+
+    /// What the store's two markers say about its key layout (see `layout.rs`).
+    pub async fn key_layout<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> Result<KeyLayout, StoreError> {
+        Ok(layout::key_layout(conn, &self.keys).await?)
+    }
+
+    /// This handle with the key names (for messages and `redis-cli` advice) of the layout the
+    /// store is in now. Its calls look again each time, as every handle's do.
+    pub async fn in_layout_in_force<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Store, StoreError> {
+        Ok(Store {
+            keys: layout::in_force(conn, &self.keys).await?,
+        })
+    }
+
+    /// The current proxy reports under the legacy names: each proxy's id and whether its
+    /// release follows the tagged layout (`ctl migrate-keys` refuses while one does not).
+    pub async fn legacy_proxy_reports<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Vec<ProxyReport>, StoreError> {
+        reports::proxy_reports(conn, &self.keys.with_layout(Layout::Legacy)).await
+    }
+
+    /// Move every key of a legacy-layout store to its tagged name, atomically (one script).
+    /// Does nothing on a store in any other layout (see [`Migration`]).
+    pub async fn migrate_keys<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Migration, StoreError> {
+        migrate::migrate_keys(conn, &self.keys).await
     }
 
     // Reads (snapshot.rs).
@@ -288,7 +345,10 @@ impl Store {
         conn: &mut C,
         now_ms: u64,
     ) -> Result<Snapshot, StoreError> {
-        snapshot::read_snapshot(conn, &self.keys, now_ms).await
+        layout_read!(conn, &self.keys, |k| snapshot::read_snapshot(
+            conn, k, now_ms
+        )
+        .await)
     }
 
     /// The store's marker alone (`None`: no marker).
@@ -296,7 +356,7 @@ impl Store {
         &self,
         conn: &mut C,
     ) -> Result<Option<Marker>, StoreError> {
-        snapshot::read_marker(conn, &self.keys).await
+        layout_read!(conn, &self.keys, |k| snapshot::read_marker(conn, k).await)
     }
 
     /// Everything `ctl status` shows, in one MULTI/EXEC round trip.
@@ -304,7 +364,7 @@ impl Store {
         &self,
         conn: &mut C,
     ) -> Result<Status, StoreError> {
-        snapshot::read_status(conn, &self.keys).await
+        layout_read!(conn, &self.keys, |k| snapshot::read_status(conn, k).await)
     }
 
     // Writes (commands.rs).
@@ -320,7 +380,10 @@ impl Store {
         weight: Option<Weight>,
         ttl: Option<Duration>,
     ) -> Result<bool, StoreError> {
-        commands::register(conn, &self.keys, pool, addr, weight, ttl).await
+        layout_write!(conn, &self.keys, |k| commands::register(
+            conn, k, pool, addr, weight, ttl
+        )
+        .await)
     }
 
     /// Remove `addr` from the pool's servers, weights and draining keys. Returns whether it
@@ -331,7 +394,10 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<bool, StoreError> {
-        commands::deregister(conn, &self.keys, pool, addr).await
+        layout_write!(conn, &self.keys, |k| commands::deregister(
+            conn, k, pool, addr
+        )
+        .await)
     }
 
     /// Stop new requests to a registered server ([`StoreError::NotRegistered`] otherwise).
@@ -341,7 +407,8 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<(), StoreError> {
-        commands::drain(conn, &self.keys, pool, addr).await
+        layout_write!(conn, &self.keys, |k| commands::drain(conn, k, pool, addr)
+            .await)
     }
 
     /// Put a server back into rotation. Returns whether it was draining (not an error if not).
@@ -351,7 +418,8 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<bool, StoreError> {
-        commands::undrain(conn, &self.keys, pool, addr).await
+        layout_write!(conn, &self.keys, |k| commands::undrain(conn, k, pool, addr)
+            .await)
     }
 
     /// Set the weight of a registered server ([`StoreError::NotRegistered`] otherwise).
@@ -362,7 +430,10 @@ impl Store {
         addr: &ServerAddr,
         weight: Weight,
     ) -> Result<(), StoreError> {
-        commands::set_weight(conn, &self.keys, pool, addr, weight).await
+        layout_write!(conn, &self.keys, |k| commands::set_weight(
+            conn, k, pool, addr, weight
+        )
+        .await)
     }
 
     /// Store the canary percent, bump the marker and publish `routing`.
@@ -371,7 +442,10 @@ impl Store {
         conn: &mut C,
         percent: Percent,
     ) -> Result<(), StoreError> {
-        commands::set_canary_percent(conn, &self.keys, percent).await
+        layout_write!(conn, &self.keys, |k| commands::set_canary_percent(
+            conn, k, percent
+        )
+        .await)
     }
 
     /// The stored canary percent: `None` when unset; stored garbage is
@@ -380,7 +454,8 @@ impl Store {
         &self,
         conn: &mut C,
     ) -> Result<Option<Percent>, StoreError> {
-        commands::get_canary_percent(conn, &self.keys).await
+        layout_read!(conn, &self.keys, |k| commands::get_canary_percent(conn, k)
+            .await)
     }
 
     /// How `addr` is registered in `pool` (a lapsed lease still counts as registered).
@@ -390,7 +465,10 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<Registration, StoreError> {
-        commands::registration(conn, &self.keys, pool, addr).await
+        layout_read!(conn, &self.keys, |k| commands::registration(
+            conn, k, pool, addr
+        )
+        .await)
     }
 
     // Feature flags (flags.rs).
@@ -400,7 +478,7 @@ impl Store {
         &self,
         conn: &mut C,
     ) -> Result<StoredFlags, StoreError> {
-        flags::read_flags(conn, &self.keys).await
+        layout_read!(conn, &self.keys, |k| flags::read_flags(conn, k).await)
     }
 
     /// The stored JSON of flag `name`, as is (`None`: no such flag).
@@ -409,7 +487,8 @@ impl Store {
         conn: &mut C,
         name: &str,
     ) -> Result<Option<String>, StoreError> {
-        flags::get_flag_raw(conn, &self.keys, name).await
+        layout_read!(conn, &self.keys, |k| flags::get_flag_raw(conn, k, name)
+            .await)
     }
 
     /// Validate and store flag `name`, bump the marker and publish `flags`. With `expected`
@@ -421,7 +500,10 @@ impl Store {
         flag: &crate::config::schema::FlagConfig,
         expected: Option<&str>,
     ) -> Result<(), FlagWriteError> {
-        flags::set_flag(conn, &self.keys, name, flag, expected).await
+        layout_write!(conn, &self.keys, |k| flags::set_flag(
+            conn, k, name, flag, expected
+        )
+        .await)
     }
 
     /// Delete flag `name`; returns whether it existed (publishes only then).
@@ -430,7 +512,8 @@ impl Store {
         conn: &mut C,
         name: &str,
     ) -> Result<bool, StoreError> {
-        flags::delete_flag(conn, &self.keys, name).await
+        layout_write!(conn, &self.keys, |k| flags::delete_flag(conn, k, name)
+            .await)
     }
 
     // The proxies' reports (reports.rs).
@@ -443,7 +526,10 @@ impl Store {
         addrs: &[String],
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        reports::report_serving(conn, &self.keys, pool, addrs, now_ms).await
+        layout_write!(conn, &self.keys, |k| reports::report_serving(
+            conn, k, pool, addrs, now_ms
+        )
+        .await)
     }
 
     /// A proxy reports its requests in flight per server; the report expires after
@@ -454,7 +540,10 @@ impl Store {
         proxy_id: &str,
         in_flight: &[(PoolKind, String, i64)],
     ) -> Result<(), StoreError> {
-        reports::report_proxy(conn, &self.keys, proxy_id, in_flight).await
+        layout_write!(conn, &self.keys, |k| reports::report_proxy(
+            conn, k, proxy_id, in_flight
+        )
+        .await)
     }
 
     /// When a proxy last reported `addr` in rotation (Unix ms, the proxy's clock), if ever
@@ -465,7 +554,10 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<Option<u64>, StoreError> {
-        reports::serving_seen_ms(conn, &self.keys, pool, addr).await
+        layout_read!(conn, &self.keys, |k| reports::serving_seen_ms(
+            conn, k, pool, addr
+        )
+        .await)
     }
 
     /// Requests in flight on one server, summed over every proxy's current report.
@@ -475,7 +567,10 @@ impl Store {
         pool: PoolKind,
         addr: &ServerAddr,
     ) -> Result<InFlight, StoreError> {
-        reports::in_flight(conn, &self.keys, pool, addr).await
+        layout_read!(conn, &self.keys, |k| reports::in_flight(
+            conn, k, pool, addr
+        )
+        .await)
     }
 }
 
@@ -484,6 +579,18 @@ impl Store {
 /// this module, code goes through [`Store`]'s methods.
 #[doc(hidden)]
 impl Store {
+    /// The names of the layout before the tagged one (a previous release's store, written by
+    /// hand in a test); the handle's calls still look for the layout in force.
+    pub fn with_legacy_names(&self) -> Store {
+        Store {
+            keys: self.keys.with_layout(Layout::Legacy),
+        }
+    }
+
+    pub fn meta_key(&self) -> String {
+        self.keys.meta()
+    }
+
     pub fn servers_key(&self, pool: PoolKind) -> String {
         self.keys.servers(pool)
     }

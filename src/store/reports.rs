@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use super::keys::Keys;
-use super::{InFlight, StoreError, PROXY_REPORT_TTL_MS, SERVING_RETENTION_MS};
+use super::keys::{Keys, LAYOUT_FIELD, LAYOUT_TAGGED};
+use super::{InFlight, ProxyReport, StoreError, PROXY_REPORT_TTL_MS, SERVING_RETENTION_MS};
 use crate::model::{PoolKind, ServerAddr};
 
 /// A proxy reports the servers it has in rotation for `pool`: each gets score `now_ms` in
@@ -46,9 +46,12 @@ pub(super) async fn report_serving<C: redis::aio::ConnectionLike>(
 }
 
 /// A proxy reports, per server in its pools, how many requests it has in flight there
-/// (`ns:proxy:<id>`, field `pool/host:port`). The key is rewritten whole and expires after
-/// [`PROXY_REPORT_TTL_MS`], so a proxy that stops reporting drops out by itself. `ctl replace`
-/// sums these over all proxies to know when a drained server has finished its requests.
+/// (`ns:proxy:<id>`, field `pool/host:port`), and that its release follows the tagged key
+/// layout (field [`LAYOUT_FIELD`] = `tagged`, which `ctl migrate-keys` looks for; readers of the
+/// in-flight counts only read `pool/host:port` fields, so older releases ignore it). The key is
+/// rewritten whole and expires after [`PROXY_REPORT_TTL_MS`], so a proxy that stops reporting
+/// drops out by itself. `ctl replace` sums these over all proxies to know when a drained server
+/// has finished its requests.
 pub(super) async fn report_proxy<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
@@ -59,18 +62,16 @@ pub(super) async fn report_proxy<C: redis::aio::ConnectionLike>(
     let mut pipe = redis::pipe();
     pipe.atomic();
     pipe.cmd("DEL").arg(&key).ignore();
-    if !in_flight.is_empty() {
-        let mut hset = redis::cmd("HSET");
-        hset.arg(&key);
-        for (pool, addr, n) in in_flight {
-            hset.arg(format!("{}/{addr}", pool.as_str())).arg(*n);
-        }
-        pipe.add_command(hset).ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(&key)
-            .arg(PROXY_REPORT_TTL_MS)
-            .ignore();
+    let mut hset = redis::cmd("HSET");
+    hset.arg(&key).arg(LAYOUT_FIELD).arg(LAYOUT_TAGGED);
+    for (pool, addr, n) in in_flight {
+        hset.arg(format!("{}/{addr}", pool.as_str())).arg(*n);
     }
+    pipe.add_command(hset).ignore();
+    pipe.cmd("PEXPIRE")
+        .arg(&key)
+        .arg(PROXY_REPORT_TTL_MS)
+        .ignore();
     pipe.query_async::<()>(conn).await?;
     Ok(())
 }
@@ -91,14 +92,11 @@ pub(super) async fn serving_seen_ms<C: redis::aio::ConnectionLike>(
     Ok(score.map(|s| s.max(0.0) as u64))
 }
 
-/// Sum the `pool/host:port` field of every `ns:proxy:<id>` report (SCAN, never KEYS, so a big
-/// Redis is not blocked). Reports expire [`PROXY_REPORT_TTL_MS`] after a proxy stops.
-pub(super) async fn in_flight<C: redis::aio::ConnectionLike>(
+/// Every `ns:proxy:<id>` key (SCAN, never KEYS, so a big Redis is not blocked).
+async fn report_keys<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
-    pool: PoolKind,
-    addr: &ServerAddr,
-) -> Result<InFlight, StoreError> {
+) -> Result<BTreeSet<String>, StoreError> {
     let mut report_keys = BTreeSet::new();
     let mut cursor: u64 = 0;
     loop {
@@ -116,6 +114,18 @@ pub(super) async fn in_flight<C: redis::aio::ConnectionLike>(
         }
         cursor = next;
     }
+    Ok(report_keys)
+}
+
+/// Sum the `pool/host:port` field of every `ns:proxy:<id>` report. Reports expire
+/// [`PROXY_REPORT_TTL_MS`] after a proxy stops.
+pub(super) async fn in_flight<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    pool: PoolKind,
+    addr: &ServerAddr,
+) -> Result<InFlight, StoreError> {
+    let report_keys = report_keys(conn, keys).await?;
     if report_keys.is_empty() {
         return Ok(InFlight::default());
     }
@@ -129,4 +139,31 @@ pub(super) async fn in_flight<C: redis::aio::ConnectionLike>(
         requests: counts.iter().map(|n| n.unwrap_or(0).max(0)).sum(),
         proxies: report_keys.len(),
     })
+}
+
+/// Every current proxy report in `keys`' layout: the proxy's id, and whether it says its
+/// release follows the tagged layout.
+pub(super) async fn proxy_reports<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+) -> Result<Vec<ProxyReport>, StoreError> {
+    let report_keys = report_keys(conn, keys).await?;
+    if report_keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for key in &report_keys {
+        pipe.cmd("HGET").arg(key).arg(LAYOUT_FIELD);
+    }
+    let layouts: Vec<Option<String>> = pipe.query_async(conn).await?;
+    Ok(report_keys
+        .iter()
+        .zip(layouts)
+        .filter_map(|(key, layout)| {
+            Some(ProxyReport {
+                proxy_id: keys.proxy_id(key)?.to_string(),
+                follows_tagged_layout: layout.as_deref() == Some(LAYOUT_TAGGED),
+            })
+        })
+        .collect())
 }

@@ -535,7 +535,7 @@ mod tests {
         };
         let snap = parse_snapshot(&raw, &keys, NOW);
         assert_eq!(snap.problems.len(), 1);
-        assert_eq!(snap.problems[0].key, "t:weights:production");
+        assert_eq!(snap.problems[0].key, "{t}:weights:production");
         assert!(snap.problems[0].detail.contains("10.0.0.1:80"));
         assert!(snap.problems[0].detail.contains('0'));
     }

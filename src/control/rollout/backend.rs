@@ -301,13 +301,17 @@ impl RedisBackend {
         let status = tokio::time::timeout(REDIS_TIMEOUT, self.store.read_status(&mut conn))
             .await
             .map_err(|_| CtlError::Timeout(REDIS_TIMEOUT))??;
+        // Messages name the keys of the layout the store is in (legacy until migrated).
+        let store = tokio::time::timeout(REDIS_TIMEOUT, self.store.in_layout_in_force(&mut conn))
+            .await
+            .map_err(|_| CtlError::Timeout(REDIS_TIMEOUT))??;
         match (status.salt, config_salt) {
             (Some(stored), config) => {
                 if let Some(config) = config.filter(|c| *c != stored) {
                     eprintln!(
                         "note: {} holds a salt (fingerprint {}) that overrides routing.salt of \
                          --config (fingerprint {}) in every proxy: the rollout uses the stored one",
-                        self.store.routing_key(),
+                        store.routing_key(),
                         salt_fingerprint(&stored),
                         salt_fingerprint(&config)
                     );
@@ -320,9 +324,9 @@ impl RedisBackend {
                 "{} is missing (a new store, or Redis lost its data): a rollout would make \
                  every proxy follow a store without its servers; register the servers again \
                  first. Nothing written",
-                self.store.marker_key()
+                store.marker_key()
             ))),
-            (None, None) => Err(no_salt(&self.store)),
+            (None, None) => Err(no_salt(&store)),
         }
     }
 }

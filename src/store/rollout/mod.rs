@@ -50,6 +50,7 @@ use redis::Value;
 
 use super::codec::{self, DecodeError, StoredKind};
 use super::keys::Keys;
+use super::layout::{guard_keys, script};
 use super::resp::pairs;
 use super::{now_ms, Endpoint, Store, ROUTING_EVENT};
 use crate::config::schema::DiscoveryConfig;
@@ -187,36 +188,42 @@ impl RolloutStore {
         let (replica, epoch) = lease
             .as_ref()
             .map_or((String::new(), 0), |h| (h.replica.clone(), h.epoch));
-        let script = redis::Script::new(APPLY_LUA);
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(self.keys.rollout())
-            .key(self.keys.rollout_leader())
-            .key(self.keys.rollout_epoch())
-            .key(self.keys.routing())
-            .key(self.keys.events())
-            .key(self.keys.meta())
-            .key(self.keys.rollout_history())
-            .arg(if lease.is_some() { "1" } else { "0" })
-            .arg(replica)
-            .arg(epoch)
-            .arg(expected.map_or("", |e| e.id.as_str()))
-            .arg(expected.map_or(0, |e| e.version))
-            .arg(json)
-            .arg(&next.id)
-            .arg(next.phase.as_str())
-            .arg(next.weight.as_f64().to_string())
-            .arg(format!("{}/{}", next.step + 1, next.settings.steps.len()))
-            .arg(next.version)
-            .arg(next.updated_ms)
-            .arg(entry_json)
-            .arg(now_ms())
-            .arg(HISTORY_MAXLEN)
-            .arg(ROUTING_EVENT)
-            .arg(ROLLOUT_EVENT);
+        let base = &self.keys;
+        let checks_lease = if lease.is_some() { "1" } else { "0" };
         let written: i64 = self
             .call("write the rollout", |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
+                let conn = &mut conn;
+                layout_write!(conn, base, |k| {
+                    let lua = script(k, APPLY_LUA);
+                    let mut invocation = lua.prepare_invoke();
+                    invocation
+                        .key(k.rollout())
+                        .key(k.rollout_leader())
+                        .key(k.rollout_epoch())
+                        .key(k.routing())
+                        .key(k.events())
+                        .key(k.meta())
+                        .key(k.rollout_history())
+                        .key(guard_keys(k))
+                        .arg(checks_lease)
+                        .arg(&replica)
+                        .arg(epoch)
+                        .arg(expected.map_or("", |e| e.id.as_str()))
+                        .arg(expected.map_or(0, |e| e.version))
+                        .arg(&json)
+                        .arg(&next.id)
+                        .arg(next.phase.as_str())
+                        .arg(next.weight.as_f64().to_string())
+                        .arg(format!("{}/{}", next.step + 1, next.settings.steps.len()))
+                        .arg(next.version)
+                        .arg(next.updated_ms)
+                        .arg(&entry_json)
+                        .arg(now_ms())
+                        .arg(HISTORY_MAXLEN)
+                        .arg(ROUTING_EVENT)
+                        .arg(ROLLOUT_EVENT);
+                    invocation.invoke_async::<i64>(conn).await
+                })
             })
             .await?;
         match written {
@@ -243,16 +250,17 @@ impl RolloutStore {
 impl Coordinator for RolloutStore {
     async fn state(&self) -> Result<Option<RolloutState>, CoordError> {
         let key = self.keys.rollout();
+        let base = &self.keys;
         let raw: Option<Vec<u8>> = self
-            .call("read the rollout", |mut conn| {
-                let key = key.clone();
-                async move {
+            .call("read the rollout", |mut conn| async move {
+                let conn = &mut conn;
+                layout_read!(conn, base, |k| {
                     redis::cmd("HGET")
-                        .arg(key)
+                        .arg(k.rollout())
                         .arg("json")
-                        .query_async(&mut conn)
+                        .query_async::<Option<Vec<u8>>>(conn)
                         .await
-                }
+                })
             })
             .await?;
         let Some(raw) = raw else { return Ok(None) };
@@ -272,28 +280,41 @@ impl Coordinator for RolloutStore {
     }
 
     async fn report(&self, id: &str, window: u64, counts: &WindowCounts) -> Result<(), CoordError> {
-        let key = self.keys.rollout_window(id, window);
+        let base = &self.keys;
         let fields = encode_counts(counts);
         let reporter = format!("reporter:{}", self.reporter);
         self.call("report a window", |mut conn| async move {
-            let script = redis::Script::new(REPORT_LUA);
-            let mut invocation = script.prepare_invoke();
-            invocation.key(key).arg(reporter).arg(WINDOW_TTL_MS);
-            for (field, value) in fields {
-                invocation.arg(field).arg(value);
-            }
-            let _: i64 = invocation.invoke_async(&mut conn).await?;
-            Ok(())
+            let conn = &mut conn;
+            layout_write!(conn, base, |k| {
+                let lua = script(k, REPORT_LUA);
+                let mut invocation = lua.prepare_invoke();
+                invocation
+                    .key(k.rollout_window(id, window))
+                    .key(guard_keys(k))
+                    .arg(&reporter)
+                    .arg(WINDOW_TTL_MS);
+                for (field, value) in &fields {
+                    invocation.arg(field).arg(value);
+                }
+                let _: i64 = invocation.invoke_async(conn).await?;
+                Ok(())
+            })
         })
         .await
     }
 
     async fn collect(&self, id: &str, window: u64) -> Result<(WindowCounts, u32), CoordError> {
         let key = self.keys.rollout_window(id, window);
+        let base = &self.keys;
         let raw: Value = self
-            .call("collect a window", |mut conn| {
-                let key = key.clone();
-                async move { redis::cmd("HGETALL").arg(key).query_async(&mut conn).await }
+            .call("collect a window", |mut conn| async move {
+                let conn = &mut conn;
+                layout_read!(conn, base, |k| {
+                    redis::cmd("HGETALL")
+                        .arg(k.rollout_window(id, window))
+                        .query_async::<Value>(conn)
+                        .await
+                })
             })
             .await?;
         let decoded = decode_counts(&pairs(&raw));
@@ -304,18 +325,21 @@ impl Coordinator for RolloutStore {
     }
 
     async fn lead(&self, replica: &str, ttl: Duration) -> Result<Option<u64>, CoordError> {
-        let (leader, epoch) = (self.keys.rollout_leader(), self.keys.rollout_epoch());
+        let base = &self.keys;
         let ttl_ms = (ttl.as_millis() as u64).max(1);
-        let owned = replica.to_string();
         let got: i64 = self
             .call("take the leader lease", |mut conn| async move {
-                redis::Script::new(LEAD_LUA)
-                    .key(leader)
-                    .key(epoch)
-                    .arg(owned)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut conn)
-                    .await
+                let conn = &mut conn;
+                layout_write!(conn, base, |k| {
+                    script(k, LEAD_LUA)
+                        .key(k.rollout_leader())
+                        .key(k.rollout_epoch())
+                        .key(guard_keys(k))
+                        .arg(replica)
+                        .arg(ttl_ms)
+                        .invoke_async::<i64>(conn)
+                        .await
+                })
             })
             .await?;
         let previous = self.held.lock().ok().and_then(|h| h.clone());
@@ -394,19 +418,20 @@ impl Coordinator for RolloutStore {
         if count == 0 {
             return Ok(Vec::new());
         }
+        let base = &self.keys;
         let raw: Value = self
-            .call("read the history", |mut conn| {
-                let key = key.clone();
-                async move {
+            .call("read the history", |mut conn| async move {
+                let conn = &mut conn;
+                layout_read!(conn, base, |k| {
                     redis::cmd("XREVRANGE")
-                        .arg(key)
+                        .arg(k.rollout_history())
                         .arg("+")
                         .arg("-")
                         .arg("COUNT")
                         .arg(count)
-                        .query_async(&mut conn)
+                        .query_async::<Value>(conn)
                         .await
-                }
+                })
             })
             .await?;
         let mut out = Vec::new();
@@ -429,9 +454,15 @@ impl Coordinator for RolloutStore {
     }
 
     async fn leader(&self) -> Result<Option<String>, CoordError> {
-        let key = self.keys.rollout_leader();
+        let base = &self.keys;
         self.call("read the leader", |mut conn| async move {
-            redis::cmd("GET").arg(key).query_async(&mut conn).await
+            let conn = &mut conn;
+            layout_read!(conn, base, |k| {
+                redis::cmd("GET")
+                    .arg(k.rollout_leader())
+                    .query_async::<Option<String>>(conn)
+                    .await
+            })
         })
         .await
     }
