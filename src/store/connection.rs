@@ -148,7 +148,7 @@ enum Kind {
         /// Database and credentials of the URL, used on the master.
         node: redis::sentinel::SentinelNodeConnectionInfo,
     },
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 impl Endpoint {
@@ -174,7 +174,7 @@ impl Endpoint {
                 .collect::<redis::RedisResult<Vec<_>>>()?;
             let client = ClusterClient::builder(infos.clone()).build()?;
             return Ok(Endpoint {
-                kind: Kind::Cluster(client),
+                kind: Kind::Cluster(Box::new(client)),
                 redacted,
                 seeds: infos.len(),
                 nodes: infos,
