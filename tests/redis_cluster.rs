@@ -23,6 +23,11 @@ const NOTICE: Duration = Duration::from_secs(20);
 
 /// A proxy following `namespace` on `cluster` through all its seeds, with a 1 s rollout window.
 fn yaml(cluster: &RedisCluster, namespace: &str) -> String {
+    yaml_with_seeds(&cluster.yaml_seeds(), namespace)
+}
+
+/// [`yaml`] with `seeds` (a YAML list) as `discovery.url`.
+fn yaml_with_seeds(seeds: &str, namespace: &str) -> String {
     proxy_config(
         free_port(),
         free_port(),
@@ -37,7 +42,7 @@ fn yaml(cluster: &RedisCluster, namespace: &str) -> String {
              routing: {{ canary_percent: 0, salt: \"cluster-salt\" }}\n\
              rollout: {{ interval: 1s, min_requests: 5, max_inconclusive: 100, \
                          hard_fail_errors: 1000 }}\n",
-            cluster.yaml_seeds()
+            seeds
         ),
     )
 }
@@ -264,6 +269,72 @@ fn registration_routing_flags_and_a_rollout_work_on_a_cluster() {
     let (replicas, acked) = replicas_and_wait(&fleet.cluster, &key);
     assert_eq!(replicas, 1, "ROLE on the master of {key}");
     assert_eq!(acked, 1, "WAIT 1 on the master of {key}");
+
+    // An ACL user with only the rights README's "Redis Cluster and managed Redis" lists: the
+    // user and password of the seed URLs reach every node, for ctl and for a proxy.
+    let ns = fleet.ns;
+    let (keys, legacy_keys) = (format!("~{{{ns}}}:*"), format!("~{ns}:*"));
+    let (channel, legacy_channel) = (format!("&{{{ns}}}:events"), format!("&{ns}:events"));
+    fleet.cluster.acl_setuser(
+        "canary",
+        &[
+            "reset",
+            "on",
+            ">s3cret",
+            &keys,
+            &legacy_keys,
+            &channel,
+            &legacy_channel,
+            "+@read",
+            "+@write",
+            "+@scripting",
+            "+@transaction",
+            "+@pubsub",
+            "+@connection",
+            "+wait",
+            "+role",
+            "+cluster|slots",
+            "+cluster|shards",
+            "+cluster|nodes",
+            "+cluster|myid",
+        ],
+    );
+    let acl_urls = fleet.cluster.urls_as("canary", "s3cret");
+    let seeds_yaml: Vec<String> = acl_urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let acl_proxy = Proxy::start(&yaml_with_seeds(
+        &format!("[{}]", seeds_yaml.join(", ")),
+        ns,
+    ));
+    let acl_ctl = |args: &[&str]| {
+        let seeds = acl_urls.join(",");
+        let mut all = vec!["ctl", "--redis", &seeds, "--cluster", "--namespace", ns];
+        all.extend_from_slice(args);
+        run_cli(&all, Duration::from_secs(30))
+    };
+    let extra = App::start("prod-acl", "production");
+    ok(acl_ctl(&[
+        "register",
+        "--pool",
+        "production",
+        &extra.addr(),
+    ]));
+    ok(acl_ctl(&["flag", "set", "acl-flag", "--percent", "10"]));
+    wait_until("the ACL proxy follows the store", NOTICE, || {
+        in_rotation(&acl_proxy, "production") == 2
+            && flag_percent(&acl_proxy, "acl-flag") == Some(10.0)
+    });
+    let status = ok(acl_ctl(&["status"]));
+    assert!(
+        status.contains("canary:***") && !status.contains("s3cret"),
+        "{status}"
+    );
+    ok(acl_ctl(&[
+        "deregister",
+        "--pool",
+        "production",
+        &extra.addr(),
+    ]));
+    drop(acl_proxy);
 
     // A short rollout judged by the two replicas' shared leader.
     let _load = Load::start(LoadSpec::new(fleet.bases()));

@@ -145,6 +145,24 @@ impl RedisCluster {
         format!("[{}]", quoted.join(", "))
     }
 
+    /// `ACL SETUSER name rules...` on every live node (a cluster does not share its ACLs).
+    pub fn acl_setuser(&self, name: &str, rules: &[&str]) {
+        for port in self.live_ports() {
+            let mut args = vec!["ACL", "SETUSER", name];
+            args.extend_from_slice(rules);
+            let reply = query(port, &args);
+            assert_eq!(reply.as_deref(), Some("OK"), "ACL SETUSER {name} on {port}");
+        }
+    }
+
+    /// The seed URLs with `user:password@`.
+    pub fn urls_as(&self, user: &str, password: &str) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://{user}:{password}@127.0.0.1:{}", n.port))
+            .collect()
+    }
+
     /// The slot of `key` (`CLUSTER KEYSLOT`).
     pub fn slot_of(&self, key: &str) -> u16 {
         let port = self.live_ports()[0];
@@ -251,6 +269,7 @@ fn query(port: u16, args: &[&str]) -> Option<String> {
         redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
         redis::Value::VerbatimString { text, .. } => text,
         redis::Value::Int(i) => i.to_string(),
+        redis::Value::Okay => "OK".to_string(),
         other => format!("{other:?}"),
     })
 }
