@@ -2,10 +2,11 @@
 //! `redis-server --cluster-enabled yes` (three masters, one replica each, `common::RedisCluster`),
 //! real proxies following it through its seed nodes, real app servers, `canary-lb ctl --cluster`.
 //!
-//! Registration, routing percent, flags and a rollout with two proxy replicas work as on one
-//! Redis; then the master holding the namespace's slot is killed under load: every request is
-//! answered, the replica is promoted, a registration made after the failover is followed, and
-//! the rollout judges no window twice.
+//! Registration, routing percent, flags, an ACL user and a rollout with two proxy replicas work
+//! as on one Redis; then the master holding the namespace's slot is killed under load: every
+//! request is answered, the replica is promoted, a registration made after the failover is
+//! followed, and the rollout judges no window twice. And a TLS-only cluster (`rediss://`
+//! seeds) is reached with its certificate checked.
 
 mod common;
 
@@ -430,4 +431,47 @@ fn killing_the_master_of_the_namespace_loses_no_request_and_judges_no_window_twi
     assert_one_verdict_per_window(&windows);
     assert!(windows.len() >= 12, "every step judged: {windows:?}");
     drop(late);
+}
+
+#[test]
+fn ctl_reaches_a_tls_cluster_and_checks_its_certificate() {
+    let _serial = serial();
+    let ca = common::tls::TestCa::new();
+    let pair = ca.issue("redis", &["127.0.0.1"]);
+    let cluster = RedisCluster::start_tls(&pair, ca.ca_pem());
+    let seeds = cluster.seeds();
+    assert!(seeds.starts_with("rediss://"), "{seeds}");
+    let ca_pem = ca.ca_pem().display().to_string();
+    // The system's trust store, as a deployment would set it (rustls-native-certs reads
+    // SSL_CERT_FILE): here it holds only the test CA.
+    let trusted = [("SSL_CERT_FILE", ca_pem.as_str())];
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut all = vec![
+            "ctl",
+            "--redis",
+            &seeds,
+            "--cluster",
+            "--namespace",
+            "cl-tls",
+        ];
+        all.extend_from_slice(args);
+        run_cli_env(&all, env, Duration::from_secs(30))
+    };
+    ok(run(
+        &trusted,
+        &["register", "--pool", "production", "127.0.0.1:9"],
+    ));
+    let status = ok(run(&trusted, &["status"]));
+    assert!(status.contains("127.0.0.1:9"), "{status}");
+    // A CA the client does not trust: refused, not silently accepted.
+    let other = common::tls::TestCa::new();
+    let untrusted_pem = other.ca_pem().display().to_string();
+    let refused = run(&[("SSL_CERT_FILE", untrusted_pem.as_str())], &["status"]);
+    let said = text(&refused);
+    assert!(
+        !refused.status.success()
+            && said.contains("cannot reach Redis")
+            && said.contains("invalid peer certificate"),
+        "{said}"
+    );
 }

@@ -23,6 +23,9 @@ struct Node {
 
 pub struct RedisCluster {
     nodes: Vec<Node>,
+    /// `rediss://`: every node speaks TLS only (clients, replication, cluster bus); the CA
+    /// (PEM) the harness's own queries trust.
+    tls: Option<Vec<u8>>,
     dir: tempfile::TempDir,
 }
 
@@ -39,15 +42,39 @@ fn free_cluster_port() -> u16 {
 impl RedisCluster {
     /// Six nodes, three masters with one replica each, `cluster_state:ok` on every node.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(None)
+    }
+
+    /// [`RedisCluster::start`] over TLS only, with `pair` (a certificate for 127.0.0.1) and
+    /// its CA `ca` (PEM): seeds are `rediss://`, `redis-cli --tls` creates it.
+    pub fn start_tls(pair: &super::tls::Pair, ca: &std::path::Path) -> RedisCluster {
+        RedisCluster::start_with(Some((pair, ca)))
+    }
+
+    fn start_with(tls: Option<(&super::tls::Pair, &std::path::Path)>) -> RedisCluster {
         let dir = temp_dir("canary-lb-cluster-");
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
+            tls: tls.map(|(_, ca)| std::fs::read(ca).expect("read the test CA")),
             dir,
         };
         for _ in 0..6 {
             let port = free_cluster_port();
             let mut cmd = Command::new("redis-server");
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            match tls {
+                None => cmd.args(["--port", &port.to_string()]),
+                Some((pair, ca)) => cmd
+                    .args(["--port", "0", "--tls-port", &port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&pair.cert)
+                    .arg("--tls-key-file")
+                    .arg(&pair.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca)
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                    .args(["--tls-auth-clients", "no"]),
+            };
+            cmd.args(["--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes"])
                 .arg("--cluster-config-file")
                 .arg(cluster.dir.path().join(format!("nodes-{port}.conf")))
@@ -65,7 +92,7 @@ impl RedisCluster {
         }
         let deadline = Instant::now() + STARTUP;
         for node in &cluster.nodes {
-            while query(node.port, &["PING"]).is_none() {
+            while cluster.query(node.port, &["PING"]).is_none() {
                 assert!(
                     Instant::now() < deadline,
                     "redis-server {} did not answer PING within {STARTUP:?}",
@@ -75,6 +102,9 @@ impl RedisCluster {
             }
         }
         let mut create = Command::new("redis-cli");
+        if let Some((_, ca)) = tls {
+            create.arg("--tls").arg("--cacert").arg(ca);
+        }
         create.args(["--cluster", "create"]);
         for node in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
@@ -97,11 +127,11 @@ impl RedisCluster {
         let deadline = Instant::now() + within;
         loop {
             let all_ok = self.live_ports().iter().all(|&p| {
-                let cluster_ok = query(p, &["CLUSTER", "INFO"]).is_some_and(|info| {
+                let cluster_ok = self.query(p, &["CLUSTER", "INFO"]).is_some_and(|info| {
                     info.contains("cluster_state:ok")
                         && info.contains(&format!("cluster_known_nodes:{}", self.nodes.len()))
                 });
-                let synced = query(p, &["INFO", "replication"]).is_some_and(|info| {
+                let synced = self.query(p, &["INFO", "replication"]).is_some_and(|info| {
                     info.contains("role:master") || info.contains("master_link_status:up")
                 });
                 cluster_ok && synced
@@ -126,12 +156,20 @@ impl RedisCluster {
             .collect()
     }
 
-    /// `redis://127.0.0.1:P` of every node (as seed URLs).
+    /// `redis://127.0.0.1:P` (`rediss://` over TLS) of every node (as seed URLs).
     pub fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| format!("{}://127.0.0.1:{}", self.scheme(), n.port))
             .collect()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        }
     }
 
     /// The seeds as `ctl --redis` takes them: comma-separated.
@@ -150,7 +188,7 @@ impl RedisCluster {
         for port in self.live_ports() {
             let mut args = vec!["ACL", "SETUSER", name];
             args.extend_from_slice(rules);
-            let reply = query(port, &args);
+            let reply = self.query(port, &args);
             assert_eq!(reply.as_deref(), Some("OK"), "ACL SETUSER {name} on {port}");
         }
     }
@@ -159,14 +197,14 @@ impl RedisCluster {
     pub fn urls_as(&self, user: &str, password: &str) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| format!("redis://{user}:{password}@127.0.0.1:{}", n.port))
+            .map(|n| format!("{}://{user}:{password}@127.0.0.1:{}", self.scheme(), n.port))
             .collect()
     }
 
     /// The slot of `key` (`CLUSTER KEYSLOT`).
     pub fn slot_of(&self, key: &str) -> u16 {
         let port = self.live_ports()[0];
-        query(port, &["CLUSTER", "KEYSLOT", key])
+        self.query(port, &["CLUSTER", "KEYSLOT", key])
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or_else(|| panic!("CLUSTER KEYSLOT {key} on {port}"))
     }
@@ -174,7 +212,7 @@ impl RedisCluster {
     /// The port of the master serving `slot` as live node `asked` sees it (`CLUSTER NODES`),
     /// if it knows one not marked failed.
     fn master_of_slot_seen_by(&self, asked: u16, slot: u16) -> Option<u16> {
-        let nodes = query(asked, &["CLUSTER", "NODES"])?;
+        let nodes = self.query(asked, &["CLUSTER", "NODES"])?;
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 {
@@ -251,27 +289,39 @@ impl RedisCluster {
     }
 }
 
-/// One command to the node on `port` (its reply as text), or
-/// `None` when it does not answer.
-fn query(port: u16, args: &[&str]) -> Option<String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
-    let mut conn = client
-        .get_connection_with_timeout(Duration::from_millis(500))
-        .ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
+impl RedisCluster {
+    /// One command to the node on `port` (its reply as text), or `None` when it does not
+    /// answer. Over TLS the harness trusts the test CA it was given.
+    fn query(&self, port: u16, args: &[&str]) -> Option<String> {
+        let client = match &self.tls {
+            None => redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?,
+            Some(ca) => redis::Client::build_with_tls(
+                format!("rediss://127.0.0.1:{port}"),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )
+            .ok()?,
+        };
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let value: redis::Value = cmd.query(&mut conn).ok()?;
+        Some(match value {
+            redis::Value::SimpleString(s) => s,
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            redis::Value::Int(i) => i.to_string(),
+            redis::Value::Okay => "OK".to_string(),
+            other => format!("{other:?}"),
+        })
     }
-    let value: redis::Value = cmd.query(&mut conn).ok()?;
-    Some(match value {
-        redis::Value::SimpleString(s) => s,
-        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-        redis::Value::VerbatimString { text, .. } => text,
-        redis::Value::Int(i) => i.to_string(),
-        redis::Value::Okay => "OK".to_string(),
-        other => format!("{other:?}"),
-    })
 }
 
 /// Run `cmd` to completion, killed after `timeout`.
