@@ -224,6 +224,18 @@ pub enum CtlCommand {
     },
     /// Print each pool's servers and the canary settings.
     Status,
+    /// Move a store written by a release before the tagged key layout (`ns:…` keys) to its
+    /// tagged names (`{ns}:…`, one Redis Cluster slot per namespace), in one atomic script.
+    ///
+    /// Until then this release reads and writes such a store under its old names. Refused
+    /// while a proxy of an older release reports (it would lose the store); proxies of this
+    /// release follow within a second. On a tagged store it says so and exits 0.
+    MigrateKeys {
+        /// Migrate even while proxies of an older release report: they keep their last
+        /// known servers, but follow no change until upgraded.
+        #[arg(long)]
+        force: bool,
+    },
     /// Feature flags in Redis: set, turn off, delete, list. Every proxy applies a change
     /// within a second.
     Flag {

@@ -32,6 +32,7 @@ use crate::store::{self, Connection, Endpoint, EndpointError, Store, StoreError}
 mod admin_client;
 mod flag;
 mod lease;
+mod migrate;
 pub mod probe;
 pub mod replace;
 pub mod rollout;
@@ -124,6 +125,9 @@ pub enum CtlError {
     /// Redis did not answer a rollout read or write.
     #[error(transparent)]
     Coord(#[from] CoordError),
+    /// `migrate-keys` refused: the message says why (exit 1).
+    #[error("{0}")]
+    Migrate(String),
     /// `rollout --admin`: the proxy's admin endpoint failed.
     #[error("{url}: {problem}")]
     Admin { url: String, problem: String },
@@ -220,6 +224,9 @@ enum Op {
     CanarySet(Percent),
     CanaryGet,
     Status,
+    MigrateKeys {
+        force: bool,
+    },
     Replace(replace::Replace),
 }
 
@@ -308,6 +315,7 @@ fn parse_op(command: CtlCommand) -> Result<Op, CtlError> {
             command: CanaryCommand::Get,
         } => Op::CanaryGet,
         CtlCommand::Status => Op::Status,
+        CtlCommand::MigrateKeys { force } => Op::MigrateKeys { force },
         // `run` hands rollout and flag commands to their modules before this.
         CtlCommand::Rollout(_) | CtlCommand::Flag { .. } => {
             return Err(CtlError::Rollout(
@@ -489,11 +497,16 @@ async fn run_op(op: Op, c: &mut Connection, target: &Target) -> Result<(), CtlEr
         }
         Op::Status => {
             let status = store.read_status(c).await?;
+            let named = store.in_layout_in_force(c).await?;
             print!(
                 "{}",
-                status::format_status(&status, store, &target.redis.describe(), store::now_ms())
+                status::format_status(&status, &named, &target.redis.describe(), store::now_ms())
             );
+            if let Some(line) = migrate::layout_note(store.key_layout(c).await?, store) {
+                println!("{line}");
+            }
         }
+        Op::MigrateKeys { force } => migrate::run(c, store, force).await?,
     }
     Ok(())
 }

@@ -14,24 +14,31 @@
 //! state file, in the same versioned JSON; `connection.rs` where the store is (one Redis,
 //! Sentinel, or a Redis Cluster's seeds) and the one [`Connection`] type every caller uses.
 //!
-//! With `ns` the namespace (default `canary-lb`) and `pool` one of `production`, `canary`:
+//! `layout.rs` which key layout a store is in (every call looks) and following a move;
+//! `migrate.rs` the move (`ctl migrate-keys`).
+//!
+//! With `ns` the namespace (default `canary-lb`) and `pool` one of `production`, `canary`; each
+//! name starts with `{ns}`, the namespace as a Redis Cluster hash tag (one slot per namespace,
+//! so every script and MULTI/EXEC here stays in one slot). A store with only the legacy marker
+//! `ns:meta` (a release before the tagged layout wrote it) is read and written under the same
+//! names without braces until `ctl migrate-keys` (see `layout.rs`):
 //!
 //! | key               | type       | content                                                      |
 //! |-------------------|------------|--------------------------------------------------------------|
-//! | `ns:servers:pool` | sorted set | member `host:port`; score = lease expiry in Unix ms, or `+inf` for no lease |
-//! | `ns:weights:pool` | hash       | `host:port` -> integer weight 1..=1000 (missing means 1)     |
-//! | `ns:draining:pool`| set        | `host:port` that get no new requests                         |
-//! | `ns:flags`        | hash       | feature flags: flag name -> JSON `{"enabled","percent","salt","allow","deny"}` (`flags.rs`); replace the file's `flags.items` while any field exists |
-//! | `ns:routing`      | hash       | `canary_percent` (0..=100, decimals ok) and `salt`; override the file config while present |
-//! | `ns:serving:pool` | sorted set | written by proxies: `host:port` in rotation; score = when a proxy last saw it so, in Unix ms |
-//! | `ns:meta`         | hash       | the store's marker: `generation` (bumped by every change), `updated_ms`, `created_ms` |
-//! | `ns:events`       | channel    | every writer publishes after a change: the pool name, `routing` or `flags` |
-//! | `ns:rollout`      | hash       | the rollout: `json` (the state) and readable `id`, `phase`, `weight`, `step`, `version`, `updated_ms` |
-//! | `ns:rollout:window:<id>:<n>` | hash | window `n` of rollout `id`, summed over replicas; expires |
-//! | `ns:rollout:leader` | string   | the replica holding the leader lease (`SET NX PX`)           |
-//! | `ns:rollout:epoch`  | integer  | the fencing epoch, `INCR`ed each time the lease is taken     |
-//! | `ns:rollout:history` | stream  | verdicts and commands (`XADD MAXLEN ~ 1000`), field `entry` = JSON |
-//! | `ns:proxy:<id>`   | hash       | written by each proxy every second: `pool/host:port` -> requests in flight on that server through this proxy; expires [`PROXY_REPORT_TTL_MS`] after the last report |
+//! | `{ns}:servers:pool` | sorted set | member `host:port`; score = lease expiry in Unix ms, or `+inf` for no lease |
+//! | `{ns}:weights:pool` | hash       | `host:port` -> integer weight 1..=1000 (missing means 1)     |
+//! | `{ns}:draining:pool`| set        | `host:port` that get no new requests                         |
+//! | `{ns}:flags`      | hash       | feature flags: flag name -> JSON `{"enabled","percent","salt","allow","deny"}` (`flags.rs`); replace the file's `flags.items` while any field exists |
+//! | `{ns}:routing`    | hash       | `canary_percent` (0..=100, decimals ok) and `salt`; override the file config while present |
+//! | `{ns}:serving:pool` | sorted set | written by proxies: `host:port` in rotation; score = when a proxy last saw it so, in Unix ms |
+//! | `{ns}:meta`       | hash       | the store's marker: `generation` (bumped by every change), `updated_ms`, `created_ms` |
+//! | `{ns}:events`     | channel    | every writer publishes after a change: the pool name, `routing` or `flags` |
+//! | `{ns}:rollout`    | hash       | the rollout: `json` (the state) and readable `id`, `phase`, `weight`, `step`, `version`, `updated_ms` |
+//! | `{ns}:rollout:window:<id>:<n>` | hash | window `n` of rollout `id`, summed over replicas; expires |
+//! | `{ns}:rollout:leader` | string   | the replica holding the leader lease (`SET NX PX`)           |
+//! | `{ns}:rollout:epoch`| integer  | the fencing epoch, `INCR`ed each time the lease is taken     |
+//! | `{ns}:rollout:history` | stream  | verdicts and commands (`XADD MAXLEN ~ 1000`), field `entry` = JSON |
+//! | `{ns}:proxy:<id>` | hash       | written by each proxy every second: `pool/host:port` -> requests in flight on that server through this proxy, and `_layout` = `tagged` (`ctl migrate-keys` looks for it); expires [`PROXY_REPORT_TTL_MS`] after the last report |
 //!
 //! Why this shape:
 //! - A lease is the score itself, so a server whose heartbeat died drops out without anybody
@@ -585,10 +592,6 @@ impl Store {
         Store {
             keys: self.keys.with_layout(Layout::Legacy),
         }
-    }
-
-    pub fn meta_key(&self) -> String {
-        self.keys.meta()
     }
 
     pub fn servers_key(&self, pool: PoolKind) -> String {
