@@ -8,10 +8,8 @@
 //! refused outright: something wrote the legacy names after a migration, and which of the two
 //! holds the truth is for a person to decide.
 
-use crate::store::Connection;
-
 use super::CtlError;
-use crate::store::{KeyLayout, Migration, Store};
+use crate::store::{Connection, KeyLayout, Migration, Store};
 
 /// The line `ctl status` adds when the store is not (only) in the tagged layout.
 pub(super) fn layout_note(layout: KeyLayout, store: &Store) -> Option<String> {
