@@ -13,6 +13,8 @@ command -v cc >/dev/null || need+=(gcc)
 command -v c++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
 command -v redis-server >/dev/null || need+=(redis-server)
+# redis-cli --cluster create (tests/common/redis_cluster.rs); Debian's redis-server depends on it.
+command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v curl >/dev/null || need+=(curl)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 # promtool (tests/deploy_kit.rs: alert rules and a live scrape); Debian ships it in `prometheus`.

@@ -141,9 +141,19 @@ pub struct AppArgs {
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
-    /// Redis URL (also CANARY_LB_REDIS_URL, or discovery.url of --config).
-    #[arg(long, env = "CANARY_LB_REDIS_URL", global = true)]
-    pub redis: Option<String>,
+    /// Redis URL (also CANARY_LB_REDIS_URL, or discovery.url of --config). With --cluster,
+    /// a Redis Cluster's seed nodes: repeat it or separate the URLs with commas.
+    #[arg(
+        long,
+        env = "CANARY_LB_REDIS_URL",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub redis: Vec<String>,
+    /// The URLs are seed nodes of a Redis Cluster (or a managed Redis in cluster mode); also
+    /// CANARY_LB_REDIS_CLUSTER=true, or discovery.cluster of --config.
+    #[arg(long, env = "CANARY_LB_REDIS_CLUSTER", global = true)]
+    pub cluster: bool,
     /// Read the Redis URL and namespace from this config file.
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,

@@ -27,7 +27,10 @@ pub enum ProviderSettings {
 /// `provider: redis`: the shared store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisSettings {
-    pub url: String,
+    /// One URL, or a cluster's seed nodes (`cluster`).
+    pub urls: Vec<String>,
+    /// `discovery.cluster`: the URLs are seed nodes of a Redis Cluster.
+    pub cluster: bool,
     pub namespace: String,
     /// The full resync period.
     pub resync_interval: Duration,
@@ -111,6 +114,12 @@ impl DiscoveryConfig {
     /// The configured provider's own settings, validated; the error names the key (its line
     /// is added by `Config::parse`).
     pub fn settings(&self) -> Result<ProviderSettings, InvalidConfig> {
+        if self.provider != Provider::Redis && self.cluster {
+            return Err(invalid(
+                "discovery.cluster",
+                "is read only by `provider: redis`",
+            ));
+        }
         if self.provider != Provider::FileWatch && self.path.is_some() {
             return Err(invalid(
                 "discovery.path",
@@ -120,7 +129,7 @@ impl DiscoveryConfig {
         Ok(match self.provider {
             Provider::Static => ProviderSettings::Static,
             Provider::Redis => {
-                validate_redis_url(&self.url).map_err(|e| invalid("discovery.url", e))?;
+                self.validate_urls()?;
                 if let Some(sentinel) = &self.sentinel {
                     if sentinel.master_name.is_empty() || sentinel.nodes.is_empty() {
                         return Err(invalid(
@@ -134,7 +143,8 @@ impl DiscoveryConfig {
                     }
                 }
                 ProviderSettings::Redis(RedisSettings {
-                    url: self.url.clone(),
+                    urls: self.url.as_slice().to_vec(),
+                    cluster: self.cluster,
                     namespace: self.namespace.clone(),
                     resync_interval: self.resync_interval,
                     sentinel: self.sentinel.clone(),
@@ -159,6 +169,79 @@ impl DiscoveryConfig {
     }
 }
 
+impl DiscoveryConfig {
+    /// `discovery.url` and `discovery.cluster` together: one URL, or a cluster's seeds.
+    fn validate_urls(&self) -> Result<(), InvalidConfig> {
+        let urls = self.url.as_slice();
+        if self.url.is_list() {
+            if urls.is_empty() {
+                return Err(invalid("discovery.url", "needs at least one seed node URL"));
+            }
+            if !self.cluster {
+                return Err(invalid(
+                    "discovery.url",
+                    "a list of URLs is the seed nodes of a Redis Cluster: set \
+                     `discovery.cluster: true`, or give one URL",
+                ));
+            }
+            for (i, url) in urls.iter().enumerate() {
+                validate_redis_url(url).map_err(|e| invalid(format!("discovery.url[{i}]"), e))?;
+            }
+        } else {
+            for url in urls {
+                validate_redis_url(url).map_err(|e| invalid("discovery.url", e))?;
+            }
+        }
+        if self.cluster {
+            if self.sentinel.is_some() {
+                return Err(invalid(
+                    "discovery.cluster",
+                    "cannot be combined with `discovery.sentinel`: a Redis Cluster fails over \
+                     by itself; give its seed nodes in `discovery.url`",
+                ));
+            }
+            // redis-rs applies the first seed's TLS and credentials to every node.
+            let first = urls.first().map(|u| seed_identity(u));
+            if let Some(i) = urls.iter().position(|u| Some(seed_identity(u)) != first) {
+                return Err(invalid(
+                    format!("discovery.url[{i}]"),
+                    "the seeds of a cluster must agree on the scheme (redis:// or rediss://), \
+                     the user and the password",
+                ));
+            }
+            if let Some(url) = urls.iter().find(|u| url_database(u) != 0) {
+                return Err(invalid(
+                    "discovery.url",
+                    format!(
+                        "`{}` names a database other than 0: a Redis Cluster has only database 0",
+                        super::schema::redact_url(url)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What every seed of a cluster must share: TLS or not, user, password.
+fn seed_identity(url: &str) -> (bool, Option<String>, Option<String>) {
+    match redis::IntoConnectionInfo::into_connection_info(url) {
+        Ok(info) => (
+            matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }),
+            info.redis_settings().username().map(str::to_string),
+            info.redis_settings().password().map(str::to_string),
+        ),
+        Err(_) => (false, None, None),
+    }
+}
+
+/// The database a URL names (0 when it does not parse: that is reported elsewhere).
+fn url_database(url: &str) -> i64 {
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|info| info.redis_settings().db())
+        .unwrap_or(0)
+}
+
 fn invalid(key: impl Into<String>, problem: impl ToString) -> InvalidConfig {
     InvalidConfig::Key {
         key: key.into(),
@@ -177,7 +260,10 @@ mod tests {
         let c = Config::parse("discovery: { provider: redis, url: \"redis://h:1/2\" }\n")
             .expect("redis");
         match c.discovery.settings().expect("valid") {
-            ProviderSettings::Redis(r) => assert_eq!(r.url, "redis://h:1/2"),
+            ProviderSettings::Redis(r) => {
+                assert_eq!(r.urls, vec!["redis://h:1/2".to_string()]);
+                assert!(!r.cluster);
+            }
             other => panic!("{other:?}"),
         }
         let c = Config::parse("discovery: { provider: file_watch, path: servers.yaml }\n")
@@ -191,6 +277,66 @@ mod tests {
         );
         assert!(!c.discovery.provider.role().servers_in_config_file);
         assert!(Provider::Static.role().servers_in_config_file);
+    }
+
+    #[test]
+    fn cluster_takes_a_list_of_seeds() {
+        let c = Config::parse(
+            "discovery:\n  provider: redis\n  cluster: true\n  url: [\"rediss://u:p@a:7000\", \"rediss://u:p@b:7001\"]\n",
+        )
+        .expect("cluster");
+        match c.discovery.settings().expect("valid") {
+            ProviderSettings::Redis(r) => {
+                assert_eq!(r.urls, vec!["rediss://u:p@a:7000", "rediss://u:p@b:7001"]);
+                assert!(r.cluster);
+            }
+            other => panic!("{other:?}"),
+        }
+        // One URL with cluster is a cluster of one seed.
+        let c =
+            Config::parse("discovery: { provider: redis, cluster: true, url: \"redis://a:1\" }\n")
+                .expect("one seed");
+        assert!(matches!(c.discovery.settings(), Ok(ProviderSettings::Redis(r)) if r.cluster));
+    }
+
+    #[test]
+    fn cluster_mistakes_name_key_and_line() {
+        let cases = [
+            (
+                "threads: 1\ndiscovery:\n  provider: redis\n  url: [\"redis://a:1\", \"redis://b:2\"]\n",
+                "discovery.url",
+                "line 4",
+            ),
+            (
+                "threads: 1\ndiscovery:\n  provider: redis\n  cluster: true\n  sentinel: { master_name: m, nodes: [\"redis://s:26379\"] }\n",
+                "discovery.cluster",
+                "line 4",
+            ),
+            (
+                "threads: 1\ndiscovery:\n  provider: redis\n  cluster: true\n  url: [\"redis://a:1\", \"http://b\"]\n",
+                "discovery.url[1]",
+                "line 5",
+            ),
+            (
+                "threads: 1\ndiscovery:\n  provider: redis\n  cluster: true\n  url: \"redis://a:1/3\"\n",
+                "database other than 0",
+                "line 5",
+            ),
+            (
+                "threads: 1\ndiscovery:\n  provider: redis\n  cluster: true\n  url: [\"redis://u:a@h:1\", \"redis://u:b@h:2\"]\n",
+                "discovery.url[1]",
+                "line 5",
+            ),
+            (
+                "threads: 1\ndiscovery:\n  cluster: true\n",
+                "discovery.cluster",
+                "line 3",
+            ),
+        ];
+        for (text, key, line) in cases {
+            let e = Config::parse(text).expect_err(text).to_string();
+            assert!(e.contains(key) && e.contains(line), "{text}: {e}");
+        }
     }
 
     #[test]

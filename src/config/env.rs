@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::{validate_redis_url, Config, ConfigError, Provider};
+use super::{validate_redis_url, Config, ConfigError, Provider, RedisUrls};
 use crate::model::Percent;
 
 impl Config {
@@ -38,11 +38,28 @@ impl Config {
             self.routing.salt = v;
         }
         if let Some(v) = get("CANARY_LB_REDIS_URL") {
-            validate_redis_url(&v).map_err(|e| err("CANARY_LB_REDIS_URL", e.to_string()))?;
-            self.discovery.url = v;
+            // `a,b,c`: a cluster's seed nodes (with CANARY_LB_REDIS_CLUSTER or the file's
+            // `discovery.cluster`).
+            let urls = RedisUrls::from_comma_separated(&v);
+            for url in urls.as_slice() {
+                validate_redis_url(url).map_err(|e| err("CANARY_LB_REDIS_URL", e.to_string()))?;
+            }
+            self.discovery.url = urls;
             self.discovery.provider = Provider::Redis;
             // A `file_watch` file's path means nothing under Redis.
             self.discovery.path = None;
+        }
+        if let Some(v) = get("CANARY_LB_REDIS_CLUSTER") {
+            self.discovery.cluster = match v.trim() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" | "" => false,
+                _ => {
+                    return Err(err(
+                        "CANARY_LB_REDIS_CLUSTER",
+                        format!("`{v}` is not true or false"),
+                    ))
+                }
+            };
         }
         if let Some(v) = get("CANARY_LB_NAMESPACE") {
             if v.is_empty() {
@@ -72,6 +89,21 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.routing.canary_percent.basis_points(), 750);
         assert_eq!(c.discovery.provider, Provider::Redis);
+        assert_eq!(
+            c.discovery.url.as_slice(),
+            ["redis://u:secret@127.0.0.1:6379/1"]
+        );
+        let seeds = |k: &str| match k {
+            "CANARY_LB_REDIS_URL" => Some("redis://a:7000, redis://b:7001".to_string()),
+            "CANARY_LB_REDIS_CLUSTER" => Some("true".to_string()),
+            _ => None,
+        };
+        c.apply_env(seeds).expect("cluster seeds");
+        assert!(c.discovery.cluster);
+        assert_eq!(
+            c.discovery.url.as_slice(),
+            ["redis://a:7000", "redis://b:7001"]
+        );
         let bad = |k: &str| (k == "CANARY_LB_THREADS").then(|| "zero".to_string());
         let e = c.apply_env(bad).expect_err("bad threads");
         assert!(e.to_string().contains("CANARY_LB_THREADS"));

@@ -4,14 +4,12 @@
 //! back only if nobody changed it in between (a Lua compare-and-set), so two operators never
 //! overwrite each other's change silently. Every write bumps the marker and publishes `flags`.
 
-use std::path::PathBuf;
-
 use crate::cli::FlagCommand;
 use crate::config::{check_flag_name, FlagConfig};
 use crate::model::{InvalidValue, Percent};
 use crate::store::{FlagWriteError, Store};
 
-use super::{connect, open_client, resolve_target, CtlError, REDIS_TIMEOUT};
+use super::{connect, CtlError, Where, REDIS_TIMEOUT};
 
 impl From<FlagWriteError> for CtlError {
     fn from(e: FlagWriteError) -> CtlError {
@@ -41,12 +39,7 @@ fn flag_percent(text: &str) -> Result<Percent, CtlError> {
 }
 
 /// Run one `ctl flag` command.
-pub(super) fn run(
-    command: FlagCommand,
-    redis: Option<String>,
-    config: Option<PathBuf>,
-    namespace: Option<String>,
-) -> Result<(), CtlError> {
+pub(super) fn run(command: FlagCommand, at: Where) -> Result<(), CtlError> {
     // Validate before connecting.
     match &command {
         FlagCommand::Set {
@@ -72,11 +65,11 @@ pub(super) fn run(
         }
         FlagCommand::List => {}
     }
-    let target = resolve_target(redis, config, namespace)?;
+    let target = at.resolve()?;
+    let mut endpoint = target.redis.endpoint()?;
     let runtime = super::runtime()?;
     runtime.block_on(async {
-        let client = open_client(&target.url)?;
-        let mut conn = connect(&client, &target.url, REDIS_TIMEOUT).await?;
+        let mut conn = connect(&mut endpoint, REDIS_TIMEOUT).await?;
         tokio::time::timeout(REDIS_TIMEOUT, execute(command, &target.store, &mut conn))
             .await
             .map_err(|_| CtlError::Timeout(REDIS_TIMEOUT))?
@@ -86,7 +79,7 @@ pub(super) fn run(
 async fn execute(
     command: FlagCommand,
     store: &Store,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut crate::store::Connection,
 ) -> Result<(), CtlError> {
     match command {
         FlagCommand::Set {

@@ -6,13 +6,11 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::{check_ttl, connect, open_client, CtlError, REDIS_TIMEOUT};
-use crate::config::redact_url;
+use super::{check_ttl, connect, CtlError, RedisAt, REDIS_TIMEOUT};
 use crate::model::{PoolKind, ServerAddr, Weight};
-use crate::store::Store;
+use crate::store::{Connection, Endpoint, Store};
 
 /// Register `addr` in `pool` with a lease and renew it until SIGTERM/SIGINT, then deregister.
 /// Used by `ctl register --heartbeat` and by `canary-lb app --register-redis`.
@@ -28,10 +26,8 @@ pub async fn heartbeat(
     let addr = ServerAddr::parse(addr)?;
     let weight = weight.map(Weight::new).transpose()?;
     check_ttl(ttl)?;
-    let client = open_client(redis_url)?;
     Lease::new(
-        client,
-        redis_url,
+        RedisAt::url(redis_url).endpoint()?,
         Store::new(namespace),
         pool,
         addr,
@@ -53,9 +49,9 @@ pub async fn deregister_once(
 ) -> Result<(), CtlError> {
     let pool = PoolKind::parse(pool)?;
     let addr = ServerAddr::parse(addr)?;
-    let client = open_client(redis_url)?;
+    let mut endpoint = RedisAt::url(redis_url).endpoint()?;
     let work = async {
-        let mut conn = connect(&client, redis_url, timeout).await?;
+        let mut conn = connect(&mut endpoint, timeout).await?;
         Store::new(namespace)
             .deregister(&mut conn, pool, &addr)
             .await?;
@@ -91,8 +87,7 @@ impl ShutdownSignal {
 
 /// One server kept registered with a lease until SIGTERM/SIGINT.
 pub(super) struct Lease {
-    client: redis::Client,
-    url: String,
+    endpoint: Endpoint,
     store: Store,
     pool: PoolKind,
     addr: ServerAddr,
@@ -101,13 +96,12 @@ pub(super) struct Lease {
     renew_every: Duration,
     /// Bounds each Redis call: a hung Redis must not hold a renewal past the lease.
     call_timeout: Duration,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Connection>,
 }
 
 impl Lease {
     pub(super) fn new(
-        client: redis::Client,
-        url: &str,
+        endpoint: Endpoint,
         store: Store,
         pool: PoolKind,
         addr: ServerAddr,
@@ -116,8 +110,7 @@ impl Lease {
     ) -> Lease {
         let renew_every = Duration::from_millis((ttl / 3).as_millis() as u64);
         Lease {
-            client,
-            url: url.to_string(),
+            endpoint,
             store,
             pool,
             addr,
@@ -144,7 +137,7 @@ impl Lease {
                     if healthy != Some(true) {
                         log::info!(
                             "registered {addr} in {pool} at {} with a {} lease, renewing every {}",
-                            redact_url(&self.url),
+                            self.endpoint.describe(),
                             humantime::format_duration(self.ttl),
                             humantime::format_duration(self.renew_every)
                         );
@@ -186,10 +179,10 @@ impl Lease {
 
     /// The open connection, or a new one. Callers put it back only after a successful call, so
     /// a failed call reconnects next time.
-    async fn take_connection(&mut self) -> Result<MultiplexedConnection, CtlError> {
+    async fn take_connection(&mut self) -> Result<Connection, CtlError> {
         match self.conn.take() {
             Some(conn) => Ok(conn),
-            None => connect(&self.client, &self.url, self.call_timeout).await,
+            None => connect(&mut self.endpoint, self.call_timeout).await,
         }
     }
 

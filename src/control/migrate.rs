@@ -8,10 +8,8 @@
 //! refused outright: something wrote the legacy names after a migration, and which of the two
 //! holds the truth is for a person to decide.
 
-use redis::aio::MultiplexedConnection;
-
 use super::CtlError;
-use crate::store::{KeyLayout, Migration, Store};
+use crate::store::{Connection, KeyLayout, Migration, Store};
 
 /// The line `ctl status` adds when the store is not (only) in the tagged layout.
 pub(super) fn layout_note(layout: KeyLayout, store: &Store) -> Option<String> {
@@ -32,11 +30,7 @@ pub(super) fn layout_note(layout: KeyLayout, store: &Store) -> Option<String> {
 }
 
 /// Run `migrate-keys` on `store` (see the module documentation).
-pub(super) async fn run(
-    c: &mut MultiplexedConnection,
-    store: &Store,
-    force: bool,
-) -> Result<(), CtlError> {
+pub(super) async fn run(c: &mut Connection, store: &Store, force: bool) -> Result<(), CtlError> {
     let namespace = store.namespace();
     let legacy_meta = store.with_legacy_names().marker_key();
     match store.key_layout(c).await? {

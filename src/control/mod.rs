@@ -23,13 +23,11 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-
 use crate::cli::{CanaryCommand, CtlArgs, CtlCommand};
 use crate::config::{redact_url, Config, ConfigError};
 use crate::model::{InvalidValue, Percent, PoolKind, ServerAddr, Weight};
 use crate::rollout::{CoordError, Phase};
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Connection, Endpoint, EndpointError, Store, StoreError};
 
 mod admin_client;
 mod flag;
@@ -80,10 +78,7 @@ pub enum CtlError {
     },
     /// The URL is already redacted.
     #[error("cannot reach Redis at {url}: {error}")]
-    Unreachable {
-        url: String,
-        error: redis::RedisError,
-    },
+    Unreachable { url: String, error: EndpointError },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -157,8 +152,60 @@ impl CtlError {
 
 /// Where the control plane lives.
 struct Target {
-    url: String,
+    redis: RedisAt,
     store: Store,
+}
+
+/// Where Redis is: one URL, or (`cluster`) a Redis Cluster's seed nodes, as `--redis` and
+/// `--cluster` (or `--config`'s `discovery.url` and `discovery.cluster`) say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisAt {
+    urls: Vec<String>,
+    cluster: bool,
+}
+
+impl RedisAt {
+    /// One Redis at `url`.
+    pub fn url(url: &str) -> RedisAt {
+        RedisAt {
+            urls: vec![url.to_string()],
+            cluster: false,
+        }
+    }
+
+    /// `--redis` (repeated or comma-separated) and `--cluster`; `None` without `--redis`.
+    fn from_flags(urls: Vec<String>, cluster: bool) -> Option<RedisAt> {
+        let urls: Vec<String> = urls
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect();
+        (!urls.is_empty()).then_some(RedisAt { urls, cluster })
+    }
+
+    /// The URLs, passwords hidden.
+    fn describe(&self) -> String {
+        self.urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, CtlError> {
+        if self.urls.len() > 1 && !self.cluster {
+            return Err(CtlError::BadArg(format!(
+                "--redis: {} URLs are the seed nodes of a Redis Cluster: add --cluster, or give \
+                 one URL",
+                self.urls.len()
+            )));
+        }
+        Endpoint::open(&self.urls, self.cluster, None).map_err(|error| CtlError::BadRedisUrl {
+            url: self.describe(),
+            error,
+        })
+    }
 }
 
 /// A validated `ctl` command.
@@ -185,16 +232,37 @@ enum Op {
 
 /// `canary-lb ctl`: validate, connect, run one command.
 pub fn run(args: CtlArgs) -> Result<(), CtlError> {
+    let redis = RedisAt::from_flags(args.redis, args.cluster);
+    let at = Where {
+        redis,
+        config: args.config,
+        namespace: args.namespace,
+        cluster: args.cluster,
+    };
     if let CtlCommand::Rollout(rollout_args) = args.command {
-        return rollout::run(rollout_args, args.redis, args.config, args.namespace);
+        return rollout::run(rollout_args, at);
     }
     if let CtlCommand::Flag { command } = args.command {
-        return flag::run(command, args.redis, args.config, args.namespace);
+        return flag::run(command, at);
     }
     let op = parse_op(args.command)?;
-    let target = resolve_target(args.redis, args.config, args.namespace)?;
+    let target = at.resolve()?;
     let runtime = runtime()?;
     runtime.block_on(execute(op, &target))
+}
+
+/// Where the store is, as the command line says, before the config file is read.
+struct Where {
+    redis: Option<RedisAt>,
+    config: Option<std::path::PathBuf>,
+    namespace: Option<String>,
+    cluster: bool,
+}
+
+impl Where {
+    fn resolve(self) -> Result<Target, CtlError> {
+        resolve_target(self.redis, self.config, self.namespace, self.cluster)
+    }
 }
 
 /// The one-thread Tokio runtime every `ctl` command runs its Redis or HTTP calls on.
@@ -288,19 +356,25 @@ fn check_ttl(ttl: Duration) -> Result<(), CtlError> {
     Ok(())
 }
 
-/// `--redis` (or CANARY_LB_REDIS_URL, via clap), else `--config`'s discovery.url; the namespace
-/// from `--namespace`, else the config's, else `canary-lb`.
+/// `--redis` (or CANARY_LB_REDIS_URL, via clap), else `--config`'s discovery.url (and its
+/// `discovery.cluster`; `--cluster` makes either a cluster); the namespace from `--namespace`,
+/// else the config's, else `canary-lb`.
 fn resolve_target(
-    redis: Option<String>,
+    redis: Option<RedisAt>,
     config: Option<std::path::PathBuf>,
     namespace: Option<String>,
+    cluster: bool,
 ) -> Result<Target, CtlError> {
     let config = config.map(|path| Config::load(&path)).transpose()?;
-    let url = match (redis, &config) {
-        (Some(url), _) => url,
-        (None, Some(c)) => c.discovery.url.clone(),
+    let mut redis = match (redis, &config) {
+        (Some(redis), _) => redis,
+        (None, Some(c)) => RedisAt {
+            urls: c.discovery.url.as_slice().to_vec(),
+            cluster: c.discovery.cluster,
+        },
         (None, None) => return Err(CtlError::NoRedisUrl),
     };
+    redis.cluster |= cluster;
     let namespace = namespace
         .or_else(|| config.map(|c| c.discovery.namespace))
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
@@ -308,38 +382,25 @@ fn resolve_target(
         return Err(CtlError::EmptyNamespace);
     }
     Ok(Target {
-        url,
+        redis,
         store: Store::new(&namespace),
     })
 }
 
-fn open_client(url: &str) -> Result<redis::Client, CtlError> {
-    redis::Client::open(url).map_err(|error| CtlError::BadRedisUrl {
-        url: redact_url(url),
-        error,
-    })
-}
-
-async fn connect(
-    client: &redis::Client,
-    url: &str,
-    timeout: Duration,
-) -> Result<MultiplexedConnection, CtlError> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
+/// A connection to `endpoint`, every call bounded by `timeout`.
+async fn connect(endpoint: &mut Endpoint, timeout: Duration) -> Result<Connection, CtlError> {
+    endpoint
+        .connect(timeout)
         .await
         .map_err(|error| CtlError::Unreachable {
-            url: redact_url(url),
+            url: endpoint.describe().to_string(),
             error,
         })
 }
 
 /// Run one command.
 async fn execute(op: Op, target: &Target) -> Result<(), CtlError> {
-    let client = open_client(&target.url)?;
+    let mut endpoint = target.redis.endpoint()?;
     let store = &target.store;
     if let Op::Register {
         pool,
@@ -349,10 +410,10 @@ async fn execute(op: Op, target: &Target) -> Result<(), CtlError> {
         heartbeat: true,
     } = op
     {
-        let lease = Lease::new(client, &target.url, store.clone(), pool, addr, weight, ttl);
+        let lease = Lease::new(endpoint, store.clone(), pool, addr, weight, ttl);
         return lease.keep_alive().await;
     }
-    let mut conn = connect(&client, &target.url, REDIS_TIMEOUT).await?;
+    let mut conn = connect(&mut endpoint, REDIS_TIMEOUT).await?;
     let c = &mut conn;
     let unmarked_before_write = op.writes() && store.read_marker(c).await?.is_none();
     let result = run_op(op, c, target).await;
@@ -371,7 +432,7 @@ async fn execute(op: Op, target: &Target) -> Result<(), CtlError> {
 }
 
 /// The command itself, on an open connection.
-async fn run_op(op: Op, c: &mut MultiplexedConnection, target: &Target) -> Result<(), CtlError> {
+async fn run_op(op: Op, c: &mut Connection, target: &Target) -> Result<(), CtlError> {
     let store = &target.store;
     match op {
         Op::Register {
@@ -439,7 +500,7 @@ async fn run_op(op: Op, c: &mut MultiplexedConnection, target: &Target) -> Resul
             let named = store.in_layout_in_force(c).await?;
             print!(
                 "{}",
-                status::format_status(&status, &named, &redact_url(&target.url), store::now_ms())
+                status::format_status(&status, &named, &target.redis.describe(), store::now_ms())
             );
             if let Some(line) = migrate::layout_note(store.key_layout(c).await?, store) {
                 println!("{line}");

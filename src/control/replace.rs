@@ -16,7 +16,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use crate::store::Connection;
 
 use crate::model::{PoolKind, ServerAddr, Weight};
 use crate::store::{self, Registration, Store, StoreError};
@@ -129,11 +129,7 @@ impl Replace {
         Ok(())
     }
 
-    pub async fn run(
-        &self,
-        conn: &mut MultiplexedConnection,
-        store: &Store,
-    ) -> Result<Outcome, ReplaceError> {
+    pub async fn run(&self, conn: &mut Connection, store: &Store) -> Result<Outcome, ReplaceError> {
         let started = tokio::time::Instant::now();
         let (pool, old, new) = (self.pool, &self.old, &self.new);
         say(&format!(
@@ -194,7 +190,7 @@ impl Replace {
     /// heartbeat) keeps its registration and only gets the new weight.
     async fn register_new(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         store: &Store,
         was: Registration,
     ) -> Result<(), store::StoreError> {
@@ -221,7 +217,7 @@ impl Replace {
     /// the next renewal would only add it again; stopping it deregisters it.
     async fn retire_old(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         store: &Store,
         was: Registration,
     ) -> Result<Outcome, ReplaceError> {
@@ -272,7 +268,7 @@ impl Replace {
     /// timeout (false).
     async fn wait_serving(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         store: &Store,
         registered_at: u64,
     ) -> Result<bool, ReplaceError> {
@@ -326,7 +322,7 @@ impl Replace {
     /// timeout (false).
     async fn wait_idle(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         store: &Store,
         drained_at: u64,
     ) -> Result<bool, ReplaceError> {

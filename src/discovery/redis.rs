@@ -32,7 +32,6 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use log::{info, warn};
 use pingora_core::server::ShutdownWatch;
-use redis::AsyncConnectionConfig;
 
 use super::reinit::{Cause, Reconcile, ReconcileView};
 use super::DiscoveryErrorKind;
@@ -41,13 +40,15 @@ use crate::config::{redact_url, RedisSettings};
 use crate::flags::FlagSet;
 use crate::model::{host_name, PerPool, PoolKind};
 use crate::pool::WantedServer;
-use crate::store::{self, Marker, Snapshot, Store, StoreError, StoredFlags};
+use crate::store::{self, Connection, Endpoint, EndpointError, Marker, Snapshot, Store};
+use crate::store::{StoreError, StoredFlags};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often this proxy reports the servers it has in rotation (`Store::report_serving`).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// The Redis provider: follows the store named by `discovery.url` (or its Sentinels).
+/// The Redis provider: follows the store named by `discovery.url` (its Sentinels, or the
+/// Redis Cluster whose seeds it lists).
 pub struct RedisDiscovery {
     config: RedisSettings,
 }
@@ -63,7 +64,7 @@ impl RedisDiscovery {
 #[async_trait]
 impl Provider for RedisDiscovery {
     fn describe(&self) -> String {
-        redact_url(&self.config.url)
+        describe(&self.config)
     }
 
     async fn run(self: Box<Self>, sink: Arc<dyn Sink>, shutdown: ShutdownWatch) {
@@ -72,8 +73,12 @@ impl Provider for RedisDiscovery {
 }
 
 async fn run(sink: Arc<dyn Sink>, discovery: RedisSettings, mut shutdown: ShutdownWatch) {
-    let redacted = redact_url(&discovery.url);
-    let mut source = match Source::new(&discovery) {
+    let redacted = describe(&discovery);
+    let mut endpoint = match Endpoint::open(
+        &discovery.urls,
+        discovery.cluster,
+        discovery.sentinel.as_ref(),
+    ) {
         Ok(s) => s,
         Err(e) => {
             let e = format!("redis {redacted}: {e}");
@@ -106,10 +111,7 @@ async fn run(sink: Arc<dyn Sink>, discovery: RedisSettings, mut shutdown: Shutdo
     let mut backoff = Backoff::new();
     let mut first = true;
     loop {
-        let outcome = match source.client().await {
-            Ok(client) => follower.follow(&client, &mut shutdown).await,
-            Err(e) => Err(e),
-        };
+        let outcome = follower.follow(&mut endpoint, &mut shutdown).await;
         let Err(e) = outcome else { return };
         let e = format!("redis {redacted}: {e}");
         // Log the outage once, not every retry.
@@ -134,47 +136,13 @@ async fn run(sink: Arc<dyn Sink>, discovery: RedisSettings, mut shutdown: Shutdo
     }
 }
 
-/// Where the Redis master is: the URL itself, or whatever the Sentinels name as master at
-/// each (re)connect, so a failover is followed by the next reconnect.
-enum Source {
-    Direct(redis::Client),
-    Sentinel {
-        sentinel: redis::sentinel::Sentinel,
-        master_name: String,
-        /// Database and credentials of the URL, used on the master.
-        node: redis::sentinel::SentinelNodeConnectionInfo,
-    },
-}
-
-impl Source {
-    fn new(d: &RedisSettings) -> redis::RedisResult<Source> {
-        let client = redis::Client::open(d.url.as_str())?;
-        let Some(s) = &d.sentinel else {
-            return Ok(Source::Direct(client));
-        };
-        let node = redis::sentinel::SentinelNodeConnectionInfo::default()
-            .set_redis_connection_info(client.get_connection_info().redis_settings().clone());
-        Ok(Source::Sentinel {
-            sentinel: redis::sentinel::Sentinel::build(s.nodes.clone())?,
-            master_name: s.master_name.clone(),
-            node,
-        })
-    }
-
-    async fn client(&mut self) -> Result<redis::Client, DiscoveryError> {
-        match self {
-            Source::Direct(c) => Ok(c.clone()),
-            Source::Sentinel {
-                sentinel,
-                master_name,
-                node,
-            } => timed(sentinel.async_master_for(master_name, Some(node)))
-                .await
-                .map_err(|e| DiscoveryError::Sentinel {
-                    master_name: master_name.clone(),
-                    error: Box::new(e),
-                }),
-        }
+/// The URL (or a cluster's seeds, `cluster:` in front) with passwords hidden, for logs.
+fn describe(d: &RedisSettings) -> String {
+    let urls = d.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>();
+    if d.cluster {
+        format!("cluster:{}", urls.join(","))
+    } else {
+        urls.join(",")
     }
 }
 
@@ -216,18 +184,18 @@ fn proxy_id() -> String {
 
 impl Follower {
     /// Follow the store until shutdown (Ok) or until Redis fails (Err).
+    ///
+    /// On a cluster the subscription is on one node (a `PUBLISH` reaches every node's
+    /// subscribers), the next seed or known node at each reconnect; the reads and reports go
+    /// through the cluster connection, which follows the namespace's slot wherever it moves.
     async fn follow(
         &mut self,
-        client: &redis::Client,
+        endpoint: &mut Endpoint,
         shutdown: &mut ShutdownWatch,
     ) -> Result<(), DiscoveryError> {
-        let mut pubsub = timed(client.get_async_pubsub()).await?;
+        let mut pubsub = endpoint.subscriber(IO_TIMEOUT).await?;
         timed(self.store.subscribe_events(&mut pubsub)).await?;
-        let conn_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(IO_TIMEOUT))
-            .set_response_timeout(Some(IO_TIMEOUT));
-        let mut conn =
-            timed(client.get_multiplexed_async_connection_with_config(&conn_config)).await?;
+        let mut conn = endpoint.connect(IO_TIMEOUT).await?;
         let mut next_expiry = self.sync(&mut conn).await?;
         info!("redis discovery: following {}", self.source);
         self.connected = true;
@@ -257,10 +225,7 @@ impl Follower {
 
     /// Read the whole store and apply it. Returns when to read again at the latest: the
     /// earliest lease expiry still ahead, or the end of a re-initialisation's grace.
-    async fn sync(
-        &mut self,
-        conn: &mut redis::aio::MultiplexedConnection,
-    ) -> Result<Option<u64>, DiscoveryError> {
+    async fn sync(&mut self, conn: &mut Connection) -> Result<Option<u64>, DiscoveryError> {
         let now = store::now_ms();
         let snap = timed(self.store.read_snapshot(conn, now)).await?;
         self.sink.count(Event::Resync);
@@ -439,10 +404,7 @@ impl Follower {
     }
 
     /// Tell the store which servers this proxy has in rotation and what it has in flight.
-    async fn report(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-    ) -> Result<(), DiscoveryError> {
+    async fn report(&self, conn: &mut Connection) -> Result<(), DiscoveryError> {
         let mut in_flight = Vec::new();
         for kind in PoolKind::ALL {
             let view = self.sink.view(kind);
@@ -474,12 +436,9 @@ pub enum DiscoveryError {
     Timeout(Duration),
     #[error("subscription closed")]
     SubscriptionClosed,
-    /// The cause is in the message, not a `#[source]`, so a chain printer shows it once.
-    #[error("sentinel master `{master_name}`: {error}")]
-    Sentinel {
-        master_name: String,
-        error: Box<DiscoveryError>,
-    },
+    /// Connecting failed (the Sentinels' answer included).
+    #[error(transparent)]
+    Connect(#[from] EndpointError),
 }
 
 /// Await a Redis call with the I/O timeout, turning both failures into a [`DiscoveryError`].

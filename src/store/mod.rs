@@ -11,7 +11,8 @@
 //! the proxies report back (serving, in flight); `rollout.rs` the rollout shared by the replicas
 //! ([`RolloutStore`], the `ns:rollout*` keys); `codec.rs` the schema version every stored JSON
 //! value carries and the lenient reading of it; `state_file.rs` the file provider's rollout
-//! state file, in the same versioned JSON.
+//! state file, in the same versioned JSON; `connection.rs` where the store is (one Redis,
+//! Sentinel, or a Redis Cluster's seeds) and the one [`Connection`] type every caller uses.
 //!
 //! `layout.rs` which key layout a store is in (every call looks) and following a move;
 //! `migrate.rs` the move (`ctl migrate-keys`).
@@ -66,6 +67,7 @@
 #[macro_use]
 mod commands;
 pub mod codec;
+mod connection;
 mod flags;
 mod keys;
 #[macro_use]
@@ -77,6 +79,7 @@ mod rollout;
 mod snapshot;
 mod state_file;
 
+pub use connection::{Connection, Endpoint, EndpointError};
 pub use flags::{decode_flag, FlagWriteError, StoredFlags, FLAGS_EVENT};
 pub use layout::KeyLayout;
 pub use migrate::Migration;

@@ -21,6 +21,7 @@ pub mod h2client;
 pub mod load;
 pub mod metrics;
 pub mod raw;
+pub mod redis_cluster;
 mod redis_server;
 pub mod shutdown;
 pub mod store;
@@ -658,6 +659,7 @@ const ENV_TO_CLEAR: &[&str] = &[
     "CANARY_LB_CANARY_PERCENT",
     "CANARY_LB_SALT",
     "CANARY_LB_REDIS_URL",
+    "CANARY_LB_REDIS_CLUSTER",
     "CANARY_LB_NAMESPACE",
 ];
 

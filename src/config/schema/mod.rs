@@ -41,7 +41,9 @@ pub use crate::rollout::settings::{
 };
 pub use access_log::{AccessLogConfig, AccessLogFormat, AccessLogSettings};
 pub use client::ClientConfig;
-pub use discovery::{redact_url, DiscoveryConfig, NotRedisUrl, Provider, SentinelConfig};
+pub use discovery::{
+    redact_url, DiscoveryConfig, NotRedisUrl, Provider, RedisUrls, SentinelConfig,
+};
 pub use error::InvalidConfig;
 pub use health::{CheckKind, ErrorRateConfig, HealthCheckConfig, PassiveHealthConfig};
 pub use listen::{CertPair, Listener, ServerHeader, TlsListenerConfig, MAX_SERVER_HEADER};

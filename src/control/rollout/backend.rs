@@ -31,8 +31,7 @@ pub(super) enum Backend {
 
 pub(super) struct RedisBackend {
     pub(super) coord: RolloutStore,
-    pub(super) client: redis::Client,
-    pub(super) url: String,
+    pub(super) redis: super::super::RedisAt,
     pub(super) store: Store,
     /// The `rollout:` section and routing salt of `--config`, when given.
     pub(super) defaults: Option<(RolloutSettings, String)>,
@@ -297,7 +296,8 @@ impl RedisBackend {
     /// The proxies route with the store's `salt` while it is set and valid, else with their
     /// config's `routing.salt`; `config_salt` is `--config`'s, which ctl takes to be theirs.
     async fn rollout_salt(&self, config_salt: Option<String>) -> Result<String, CtlError> {
-        let mut conn = super::super::connect(&self.client, &self.url, REDIS_TIMEOUT).await?;
+        let mut endpoint = self.redis.endpoint()?;
+        let mut conn = super::super::connect(&mut endpoint, REDIS_TIMEOUT).await?;
         let status = tokio::time::timeout(REDIS_TIMEOUT, self.store.read_status(&mut conn))
             .await
             .map_err(|_| CtlError::Timeout(REDIS_TIMEOUT))??;

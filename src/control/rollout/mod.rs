@@ -30,9 +30,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
-
-use super::{resolve_target, CtlError, REDIS_TIMEOUT};
+use super::{CtlError, Where, REDIS_TIMEOUT};
 use crate::cli::RolloutArgs;
 use crate::config::Config;
 use crate::store::RolloutStore;
@@ -45,17 +43,12 @@ use backend::{Backend, RedisBackend};
 pub use crate::rollout::view::RolloutView as View;
 
 /// `canary-lb ctl rollout ...`: validate, then run against Redis or the admin endpoint.
-pub(super) fn run(
-    args: RolloutArgs,
-    redis: Option<String>,
-    config: Option<PathBuf>,
-    namespace: Option<String>,
-) -> Result<(), CtlError> {
+pub(super) fn run(args: RolloutArgs, at: Where) -> Result<(), CtlError> {
     let action = parse_action(args.command)?;
     let runtime = super::runtime()?;
     let backend = match args.admin {
         Some(url) => {
-            if redis.is_some() {
+            if at.redis.is_some() {
                 return Err(flag("admin", "give --admin or --redis, not both"));
             }
             let token = args
@@ -69,19 +62,18 @@ pub(super) fn run(
             Backend::Admin(http::Admin::new(&url, token, REDIS_TIMEOUT)?)
         }
         None => {
-            let defaults = config
+            let defaults = at
+                .config
                 .as_ref()
                 .map(|p| Config::load(p))
                 .transpose()?
                 .map(|c| (c.rollout.settings(), c.routing.salt));
-            let target = resolve_target(redis, config, namespace)?;
-            let client = super::open_client(&target.url)?;
-            let coord =
-                RolloutStore::new(target.store.clone(), client.clone()).with_timeout(REDIS_TIMEOUT);
+            let target = at.resolve()?;
+            let coord = RolloutStore::with_endpoint(target.store.clone(), target.redis.endpoint()?)
+                .with_timeout(REDIS_TIMEOUT);
             Backend::Redis(Box::new(RedisBackend {
                 coord,
-                client,
-                url: target.url,
+                redis: target.redis,
                 store: target.store,
                 defaults,
             }))

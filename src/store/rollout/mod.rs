@@ -52,7 +52,7 @@ use super::codec::{self, DecodeError, StoredKind};
 use super::keys::Keys;
 use super::layout::{guard_keys, script};
 use super::resp::pairs;
-use super::{now_ms, Store, ROUTING_EVENT};
+use super::{now_ms, Endpoint, Store, ROUTING_EVENT};
 use crate::config::schema::DiscoveryConfig;
 use crate::rollout::{CoordError, Coordinator, HistoryEntry, RolloutState, WindowCounts};
 
@@ -64,7 +64,7 @@ mod tests;
 
 pub(crate) use encoding::decode_state;
 use encoding::{decode_counts, encode_counts, encode_entry, encode_state, stream_entries};
-use link::{Link, Source};
+use link::Link;
 use scripts::{APPLY_LUA, LEAD_LUA, REPORT_LUA};
 
 /// A window's report hash expires this long after the last replica reported to it; the leader
@@ -84,6 +84,9 @@ const HISTORY_READ_MAX: usize = 1000;
 struct Held {
     replica: String,
     epoch: u64,
+    /// A replica acknowledged the lease and every judged write made under it so far
+    /// (`link.rs`); a leader judges only while this holds.
+    replicated: bool,
 }
 
 /// The [`Coordinator`] over Redis (see the module documentation). Cheap to share behind an
@@ -101,35 +104,34 @@ pub struct RolloutStore {
 impl RolloutStore {
     /// The rollout of `store`'s namespace in the Redis `client` points at.
     pub fn new(store: Store, client: redis::Client) -> RolloutStore {
-        RolloutStore::with_source(store, Source::Direct(client))
+        RolloutStore::with_endpoint(store, Endpoint::direct(client))
     }
 
     /// The rollout of the store the proxies' discovery follows: `discovery.namespace` at
-    /// `discovery.url`, or at the master the `discovery.sentinel` nodes name (asked again at
-    /// every reconnect, so a failover is followed).
+    /// `discovery.url`, at the master the `discovery.sentinel` nodes name (asked again at
+    /// every reconnect, so a failover is followed), or on the Redis Cluster whose seeds
+    /// `discovery.url` lists (`discovery.cluster`).
     pub fn for_discovery(config: &DiscoveryConfig) -> Result<RolloutStore, redis::RedisError> {
-        let client = redis::Client::open(config.url.as_str())?;
-        let source = match &config.sentinel {
-            None => Source::Direct(client),
-            Some(s) => Source::Sentinel {
-                sentinel: Box::new(redis::sentinel::Sentinel::build(s.nodes.clone())?),
-                master_name: s.master_name.clone(),
-                node: redis::sentinel::SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(
-                        client.get_connection_info().redis_settings().clone(),
-                    ),
-            },
-        };
-        Ok(RolloutStore::with_source(
+        let endpoint = Endpoint::open(
+            config.url.as_slice(),
+            config.cluster,
+            config.sentinel.as_ref(),
+        )?;
+        Ok(RolloutStore::with_endpoint(
             Store::new(&config.namespace),
-            source,
+            endpoint,
         ))
     }
 
-    fn with_source(store: Store, source: Source) -> RolloutStore {
+    /// The rollout of `store`'s namespace wherever `endpoint` points (`ctl` on a cluster).
+    pub fn with_endpoint(store: Store, endpoint: Endpoint) -> RolloutStore {
         RolloutStore {
             keys: store.keys,
-            link: tokio::sync::Mutex::new(Link { source, live: None }),
+            link: tokio::sync::Mutex::new(Link {
+                endpoint,
+                live: None,
+                replicas: 0,
+            }),
             timeout: DEFAULT_TIMEOUT,
             reporter: uuid::Uuid::new_v4().simple().to_string(),
             held: StdMutex::new(None),
@@ -340,11 +342,26 @@ impl Coordinator for RolloutStore {
                 })
             })
             .await?;
-        let held = (got > 0).then(|| Held {
+        let previous = self.held.lock().ok().and_then(|h| h.clone());
+        let mut held = (got > 0).then(|| Held {
             replica: replica.to_string(),
             epoch: got as u64,
+            replicated: previous
+                .as_ref()
+                .is_some_and(|p| p.replicated && p.epoch == got as u64 && p.replica == replica),
         });
-        let epoch = held.as_ref().map(|h| h.epoch);
+        if let Some(h) = held.as_mut().filter(|h| !h.replicated) {
+            h.replicated = self.replicated("replicate the leader lease").await?;
+            if !h.replicated {
+                warn!(
+                    "rollout: lease epoch {} not yet acknowledged by a replica of {}: not \
+                     judging until one has it (a failover now could hand it to another replica)",
+                    h.epoch,
+                    self.keys.rollout()
+                );
+            }
+        }
+        let epoch = held.as_ref().filter(|h| h.replicated).map(|h| h.epoch);
         if let Ok(mut h) = self.held.lock() {
             *h = held;
         }
@@ -359,11 +376,31 @@ impl Coordinator for RolloutStore {
         entry: &HistoryEntry,
     ) -> Result<bool, CoordError> {
         let held = self.held.lock().ok().and_then(|h| h.clone());
-        let Some(held) = held.filter(|h| h.epoch == epoch) else {
+        let Some(held) = held.filter(|h| h.epoch == epoch && h.replicated) else {
             log::info!("rollout: apply with epoch {epoch}, which this replica does not hold");
             return Ok(false);
         };
-        self.write(Some(held), Some(expected), next, entry).await
+        let written = self.write(Some(held), Some(expected), next, entry).await?;
+        // Not an error when no replica has it yet: it is written. The next lead waits again
+        // (for this write too) before anything is judged on top of it.
+        let replicated = !written
+            || self
+                .replicated("replicate the judged write")
+                .await
+                .unwrap_or(false);
+        if !replicated {
+            warn!(
+                "rollout: the judged write of {} v{} is not yet on a replica: judging again \
+                 only once one has it",
+                next.id, next.version
+            );
+            if let Ok(mut h) = self.held.lock() {
+                if let Some(h) = h.as_mut() {
+                    h.replicated = false;
+                }
+            }
+        }
+        Ok(written)
     }
 
     async fn command(
