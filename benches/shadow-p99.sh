@@ -6,13 +6,15 @@
 # The copies are bounded by shadow.max_in_flight (64) and shadow.timeout (2 s): past 64 copies
 # out, the rest are dropped and counted, so the hanging canary should cost users nothing.
 #   ./benches/shadow-p99.sh [BINARY]        # default target/release/canary-lb
-# Env: DUR (10) seconds per round, ROUNDS (3), CONNS (16), CANARY (hang | healthy),
+# Env: DUR (10) seconds per round, ROUNDS (3), CONNS (16), CANARY (hang | healthy), PERCENT
+# (100: shadow.percent),
 # PORT_BASE (19501: +0 production app, +1 canary app, +2 proxy, +3 admin). Loopback only;
 # every process it starts is stopped by PID on exit. Needs wrk and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-target/release/canary-lb}")
 DUR=${DUR:-10}; ROUNDS=${ROUNDS:-3}; CONNS=${CONNS:-16}; CANARY=${CANARY:-hang}
+PERCENT=${PERCENT:-100}
 BASE=${PORT_BASE:-19501}
 P_PROD=$BASE; P_CANARY=$((BASE + 1)); P_PROXY=$((BASE + 2)); P_ADMIN=$((BASE + 3))
 for b in wrk curl; do command -v $b >/dev/null || { echo "missing $b" >&2; exit 1; }; done
@@ -52,7 +54,7 @@ rollout:
   min_requests: 100000000
   max_inconclusive: 10000
   state_file: "$TMP/rollout-state.json"
-  shadow: { percent: 100, windows: 10000, max_in_flight: 64, timeout: 2s }
+  shadow: { percent: $PERCENT, windows: 10000, max_in_flight: 64, timeout: 2s }
 EOF
 "$BIN" serve --config "$TMP/proxy.yaml" >"$TMP/proxy.log" 2>&1 &
 PIDS+=($!)
@@ -79,7 +81,7 @@ run_wrk() {  # MODE ROUND: one wrk run, one result line
     "$1" "$2" "$(ms "$p50")" "$(ms "$p99")" "$rps" "${non2xx:-0}"
 }
 
-echo "canary: $CANARY; $ROUNDS rounds of ${DUR}s, $CONNS connections, one proxy worker"
+echo "canary: $CANARY, shadow.percent $PERCENT; $ROUNDS rounds of ${DUR}s, $CONNS connections, one proxy worker"
 for round in $(seq "$ROUNDS"); do
   run_wrk off "$round"
   [ "$(admin /rollout/start?steps=100)" = 200 ] || { echo "rollout did not start" >&2; exit 1; }
