@@ -8,19 +8,11 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
+use common::output_text as text;
 use common::store::{flags_key, mark_store, routing_key};
 use common::*;
 use redis::Commands;
 use serde_json::Value;
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

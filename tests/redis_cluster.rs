@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use common::load::{Load, LoadSpec};
 use common::redis_cluster::RedisCluster;
 use common::*;
+use common::{canary_percent as percent, output_ok as ok, output_text as text};
 use serde_json::Value;
 
 /// Generous deadline for anything a proxy must notice on a loaded machine.
@@ -58,26 +59,6 @@ fn cctl(cluster: &RedisCluster, ns: &str, config: Option<&Path>, args: &[&str]) 
     }
     all.extend_from_slice(args);
     run_cli(&all, Duration::from_secs(30))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn percent(proxy: &Proxy) -> f64 {
-    proxy.status_json()["routing"]["canary_percent"]
-        .as_f64()
-        .unwrap_or(-1.0)
 }
 
 fn in_rotation(proxy: &Proxy, pool: &str) -> u64 {

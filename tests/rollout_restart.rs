@@ -7,11 +7,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::load::{Load, LoadSpec};
+use common::rollout_admin::{admin, rollout, wait_rollout};
 use common::{free_port, get, post, proxy_config, run_cli, serial, wait_until, App, Proxy};
-use serde_json::Value;
 
 /// Users whose pools are compared across the restart.
 const USERS: usize = 300;
@@ -43,36 +43,6 @@ fn yaml(apps: &Apps, state_file: &str) -> String {
             apps.canary.addr()
         ),
     )
-}
-
-fn admin(proxy: &Proxy, path: &str) -> String {
-    format!("http://127.0.0.1:{}{path}", proxy.metrics_port())
-}
-
-fn rollout(proxy: &Proxy) -> Value {
-    let r = get(&admin(proxy, "/rollout"), &[]);
-    assert_eq!(r.status, 200, "GET /rollout: {}", r.body);
-    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
-}
-
-fn wait_rollout(
-    proxy: &Proxy,
-    what: &str,
-    within: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = rollout(proxy);
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting until {what}; last /rollout:\n{v:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Each sampled user's pool (`X-Canary-Pool`) through `proxy`.

@@ -7,29 +7,13 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::load::{Load, LoadSpec};
 use common::raw::{raw_exchange, RawBackend, Received};
-use common::{free_port, get, pools, post, proxy_config, serial, wait_until, App, Proxy};
+use common::rollout_admin::{command, wait_rollout};
+use common::{free_port, pools, post, proxy_config, serial, wait_until, App, Proxy};
 use serde_json::Value;
-
-/// The proxy's admin URL for `path`.
-fn admin(proxy: &Proxy, path: &str) -> String {
-    format!("http://127.0.0.1:{}{path}", proxy.metrics_port())
-}
-
-fn rollout(proxy: &Proxy) -> Value {
-    let r = get(&admin(proxy, "/rollout"), &[]);
-    assert_eq!(r.status, 200, "GET /rollout: {}", r.body);
-    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
-}
-
-fn command(proxy: &Proxy, path_and_query: &str) -> String {
-    let r = post(&admin(proxy, path_and_query), &[], b"");
-    assert_eq!(r.status, 200, "POST {path_and_query}: {}", r.body);
-    r.body
-}
 
 /// `canary_lb_shadow_requests_total{outcome}` now.
 fn copies(proxy: &Proxy, outcome: &str) -> f64 {
@@ -41,27 +25,6 @@ fn copies(proxy: &Proxy, outcome: &str) -> f64 {
 
 fn phase(v: &Value) -> &str {
     v["state"]["phase"].as_str().unwrap_or("none")
-}
-
-/// Poll `/rollout` until `done` holds; on timeout the panic shows the last answer.
-fn wait_rollout(
-    proxy: &Proxy,
-    what: &str,
-    within: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = rollout(proxy);
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting until {what}; last /rollout:\n{v:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Demo apps behind one proxy with `rollout:` as given; the proxy trusts 127.0.0.1 as a
@@ -99,6 +62,28 @@ impl Rig {
         assert_eq!(r.status, 200, "canary /_control?{query}: {}", r.body);
     }
 
+    /// With the canary set by `control` (a `/_control` query, if any): load through the proxy,
+    /// a rollout started with `steps`, waited on until it ends. Returns its last `/rollout`
+    /// and the load, stopped.
+    fn run_rollout(&self, control: Option<&str>, steps: &str) -> (Value, Load) {
+        if let Some(query) = control {
+            self.control(query);
+        }
+        let mut load = self.load();
+        wait_until("traffic flows", Duration::from_secs(10), || {
+            load.count("production") > 50
+        });
+        command(&self.proxy, &format!("/rollout/start?steps={steps}"));
+        let v = wait_rollout(
+            &self.proxy,
+            "the rollout ends",
+            Duration::from_secs(40),
+            |v| phase(v) != "progressing",
+        );
+        load.stop();
+        (v, load)
+    }
+
     fn load(&self) -> Load {
         let mut spec = LoadSpec::new(vec![self.proxy.url("")]);
         spec.threads = 4;
@@ -118,6 +103,16 @@ fn user_outcomes(load: &Load) -> (usize, usize, usize) {
         .filter(|s| s.pool.as_deref() == Some("canary"))
         .count();
     (seen.len(), bad, canary)
+}
+
+/// Rolled back in the shadow step, and no user saw an error or the canary.
+fn assert_rolled_back_unseen(v: &Value, load: &Load) {
+    assert_eq!(phase(v), "rolled_back", "{v:#}");
+    assert_weight_stayed_zero(v);
+    let (answers, bad, canary) = user_outcomes(load);
+    assert!(answers > 100, "only {answers} answers");
+    assert_eq!(bad, 0, "users got errors");
+    assert_eq!(canary, 0, "users were routed to canary");
 }
 
 /// Every history entry and the state say no user was routed to canary.
@@ -140,18 +135,7 @@ fn a_healthy_canary_passes_the_shadow_step_and_then_meets_users() {
     let _serial = serial();
     let rig = rig("{ interval: 1s, min_requests: 20, threshold: 2, \
          shadow: { percent: 100, windows: 2, timeout: 500ms } }");
-    let mut load = rig.load();
-    wait_until("traffic flows", Duration::from_secs(10), || {
-        load.count("production") > 50
-    });
-    command(&rig.proxy, "/rollout/start?steps=20,100");
-    let v = wait_rollout(
-        &rig.proxy,
-        "the rollout ends",
-        Duration::from_secs(40),
-        |v| phase(v) != "progressing",
-    );
-    load.stop();
+    let (v, load) = rig.run_rollout(None, "20,100");
     assert_eq!(phase(&v), "succeeded", "{v:#}");
     assert_eq!(v["state"]["shadow"]["done"].as_bool(), Some(true), "{v:#}");
     // The judged windows: two shadow passes at weight 0, then the steps.
@@ -188,25 +172,8 @@ fn a_canary_failing_30_percent_of_copies_is_rolled_back_in_the_shadow_step() {
     let rig = rig(&format!(
         "{{ interval: 1s, min_requests: 20, threshold: 2, {SHADOW} }}"
     ));
-    rig.control("error_rate=0.3");
-    let mut load = rig.load();
-    wait_until("traffic flows", Duration::from_secs(10), || {
-        load.count("production") > 50
-    });
-    command(&rig.proxy, "/rollout/start?steps=10,50,100");
-    let v = wait_rollout(
-        &rig.proxy,
-        "the rollout ends",
-        Duration::from_secs(40),
-        |v| phase(v) != "progressing",
-    );
-    load.stop();
-    assert_eq!(phase(&v), "rolled_back", "{v:#}");
-    assert_weight_stayed_zero(&v);
-    let (answers, bad, canary) = user_outcomes(&load);
-    assert!(answers > 100, "only {answers} answers");
-    assert_eq!(bad, 0, "users got errors");
-    assert_eq!(canary, 0, "users were routed to canary");
+    let (v, load) = rig.run_rollout(Some("error_rate=0.3"), "10,50,100");
+    assert_rolled_back_unseen(&v, &load);
     let answered = copies(&rig.proxy, "answered");
     assert!(answered > 20.0, "copies answered: {answered}");
 }
@@ -217,28 +184,13 @@ fn a_canary_50ms_slower_fails_the_paired_latency_rule() {
     let rig = rig(&format!(
         "{{ interval: 1s, min_requests: 20, threshold: 2, {SHADOW} }}"
     ));
-    rig.control("latency_ms=50");
-    let mut load = rig.load();
-    wait_until("traffic flows", Duration::from_secs(10), || {
-        load.count("production") > 50
-    });
-    command(&rig.proxy, "/rollout/start?steps=10,50,100");
-    let v = wait_rollout(
-        &rig.proxy,
-        "the rollout ends",
-        Duration::from_secs(40),
-        |v| phase(v) != "progressing",
-    );
-    load.stop();
-    assert_eq!(phase(&v), "rolled_back", "{v:#}");
+    let (v, load) = rig.run_rollout(Some("latency_ms=50"), "10,50,100");
+    assert_rolled_back_unseen(&v, &load);
     assert_eq!(
         v["state"]["reason"].as_str(),
         Some(LATENCY_FINDING),
         "{v:#}"
     );
-    assert_weight_stayed_zero(&v);
-    let (_, bad, canary) = user_outcomes(&load);
-    assert_eq!((bad, canary), (0, 0), "users saw errors or canary");
 }
 
 /// The paired latency rule's finding, as a rollback's `reason` names it.
@@ -249,24 +201,8 @@ fn a_hanging_canary_costs_users_nothing_and_copies_stay_bounded() {
     let _serial = serial();
     let rig = rig("{ interval: 1s, min_requests: 20, threshold: 2, \
          shadow: { percent: 100, windows: 5, timeout: 300ms, max_in_flight: 4 } }");
-    rig.control("latency_ms=60000");
-    let mut load = rig.load();
-    wait_until("traffic flows", Duration::from_secs(10), || {
-        load.count("production") > 50
-    });
-    command(&rig.proxy, "/rollout/start?steps=10,50,100");
-    let v = wait_rollout(
-        &rig.proxy,
-        "the rollout ends",
-        Duration::from_secs(40),
-        |v| phase(v) != "progressing",
-    );
-    load.stop();
-    assert_eq!(phase(&v), "rolled_back", "{v:#}");
-    assert_weight_stayed_zero(&v);
-    let (answers, bad, canary) = user_outcomes(&load);
-    assert!(answers > 100, "only {answers} answers");
-    assert_eq!((bad, canary), (0, 0), "users saw errors or canary");
+    let (v, load) = rig.run_rollout(Some("latency_ms=60000"), "10,50,100");
+    assert_rolled_back_unseen(&v, &load);
     let count = |outcome: &str| copies(&rig.proxy, outcome);
     assert!(count("timeout") > 0.0, "no copy timed out");
     // At most 4 copies out at once, each 300 ms: far fewer than the users' requests.
@@ -515,10 +451,7 @@ fn two_replicas_judge_the_shadow_step_together_through_redis() {
         },
     );
     load.stop();
-    assert_weight_stayed_zero(&last);
-    let (answers, bad, canary_seen) = user_outcomes(&load);
-    assert!(answers > 100, "only {answers} answers");
-    assert_eq!((bad, canary_seen), (0, 0), "users saw errors or canary");
+    assert_rolled_back_unseen(&last, &load);
     // Both replicas copied: each counted answered copies, and the judged pairs are their sum.
     for p in &proxies {
         assert!(copies(p, "answered") > 0.0, "a replica copied nothing");

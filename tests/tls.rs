@@ -128,8 +128,9 @@ fn sni_versions_redirect_and_forwarded_proto() {
     assert!(old.is_err(), "TLS 1.1 must be refused: {old:?}");
 
     // Plain HTTP sent to the TLS port: no HTTP answer, the connection is closed, nothing goes
-    // upstream, and the listener keeps serving.
-    let before = proxied(&proxy);
+    // upstream, and the listener keeps serving. (A request is counted after its answer went
+    // out: wait for the 7 served so far, 4 + 2 + 1, to be counted.)
+    let before = counted(&proxy, 7);
     let mut raw = common::raw::RawClient::connect(tls_port);
     raw.send(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n");
     let got = raw.read_until_close(Duration::from_secs(10));
@@ -151,7 +152,7 @@ fn sni_versions_redirect_and_forwarded_proto() {
     .expect("plain");
     assert_eq!(r.header("x-seen-forwarded-proto"), Some("http"));
 
-    let before = proxied(&proxy);
+    let before = counted(&proxy, 9);
     // The redirect keeps path and query, goes to the TLS port, and only for served names.
     for host in ["site.test", "x.wild.test"] {
         let r =
@@ -180,6 +181,17 @@ fn sni_versions_redirect_and_forwarded_proto() {
     .expect("answer");
     assert_eq!(r.status, 400);
     assert_eq!(proxied(&proxy), before, "a redirect never goes upstream");
+}
+
+/// `n`, once the proxy counts `n` requests sent to production (each is counted after its
+/// answer went out, so right after a client got one it may not be yet).
+fn counted(proxy: &Proxy, n: u64) -> u64 {
+    wait_until(
+        &format!("{n} requests counted"),
+        Duration::from_secs(10),
+        || proxied(proxy) == n,
+    );
+    n
 }
 
 /// Requests the proxy sent to the production pool so far (`/status`).

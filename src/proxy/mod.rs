@@ -551,6 +551,14 @@ impl ProxyHttp for CanaryProxy {
         if upstream.headers.contains_key(&live.shadow_header) {
             upstream.remove_header(&live.shadow_header);
         }
+        // A running shadow step's mark, when a reload named another since it started.
+        if let Some(run) = live
+            .shadow
+            .as_ref()
+            .filter(|r| r.header != live.shadow_header)
+        {
+            upstream.remove_header(&run.header);
+        }
         let policy = &live.policy;
         if ctx.pool == Some(PoolKind::Canary) {
             upstream.insert_header(policy.header.clone(), HeaderValue::from_static("1"))?;

@@ -243,6 +243,32 @@ fn slower_than(buckets: &[u64], index: usize) -> u64 {
     buckets.iter().skip(index + 1).sum()
 }
 
+/// An inconclusive window: `counted` of `what` below `min_requests` (`(counted, min)`), with
+/// what the per-client caps left out when they left anything.
+pub(super) fn insufficient(
+    what: &str,
+    (counted, min): (u64, u64),
+    capped: u64,
+    numbers: Vec<(String, f64)>,
+) -> Judgement {
+    let capped = if capped > 0 {
+        format!(
+            " ({capped} more left out by the per-client caps: behind a load balancer, list it \
+             in trusted_proxies)"
+        )
+    } else {
+        String::new()
+    };
+    Judgement {
+        verdict: Verdict::Inconclusive,
+        finding: Finding::InsufficientTraffic,
+        reasons: vec![format!(
+            "insufficient traffic: {counted} {what} < min_requests {min}{capped}"
+        )],
+        numbers,
+    }
+}
+
 /// Judge one window. `window` holds the window's counts; `step` the counts of the step so far
 /// including this window (the latency rules read it).
 pub fn judge(settings: &RolloutSettings, window: &WindowCounts, step: &WindowCounts) -> Judgement {
@@ -275,24 +301,12 @@ pub fn judge(settings: &RolloutSettings, window: &WindowCounts, step: &WindowCou
     let low_traffic = c.requests < settings.min_requests;
     let hard = settings.hard_fail_errors.max(MIN_EVIDENCE);
     if low_traffic && x < hard {
-        let capped = if c.capped > 0 {
-            format!(
-                " ({} more left out by the per-client caps: behind a load balancer, list it in \
-                 trusted_proxies)",
-                c.capped
-            )
-        } else {
-            String::new()
-        };
-        return Judgement {
-            verdict: Verdict::Inconclusive,
-            finding: Finding::InsufficientTraffic,
-            reasons: vec![format!(
-                "insufficient traffic: {} canary requests < min_requests {}{capped}",
-                c.requests, settings.min_requests
-            )],
+        return insufficient(
+            "canary requests",
+            (c.requests, settings.min_requests),
+            c.capped,
             numbers,
-        };
+        );
     }
     if low_traffic {
         findings.push(Finding::Errors);

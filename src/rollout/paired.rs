@@ -88,7 +88,9 @@
 //!   every rule needs 2: it cannot fail a window alone, nor dilute one beyond its
 //!   `per_client_requests` pairs.
 
-use super::judge::{binomial_sf, without_one_client, Finding, Judgement, Verdict, MIN_EVIDENCE};
+use super::judge::{
+    binomial_sf, insufficient, without_one_client, Finding, Judgement, Verdict, MIN_EVIDENCE,
+};
 use super::settings::RolloutSettings;
 use super::shadow::{status_class, Compare, Pair, ShadowSettings};
 use super::{PoolWindow, WindowCounts};
@@ -218,24 +220,12 @@ pub fn judge_shadow(
     let low_traffic = w.pairs < settings.min_requests;
     let hard = settings.hard_fail_errors.max(MIN_EVIDENCE);
     if low_traffic && !(status && x >= hard) {
-        let capped = if w.pairs_capped > 0 {
-            format!(
-                " ({} more left out by the per-client caps: behind a load balancer, list it in \
-                 trusted_proxies)",
-                w.pairs_capped
-            )
-        } else {
-            String::new()
-        };
-        return Judgement {
-            verdict: Verdict::Inconclusive,
-            finding: Finding::InsufficientTraffic,
-            reasons: vec![format!(
-                "insufficient traffic: {} shadow pairs < min_requests {}{capped}",
-                w.pairs, settings.min_requests
-            )],
+        return insufficient(
+            "shadow pairs",
+            (w.pairs, settings.min_requests),
+            w.pairs_capped,
             numbers,
-        };
+        );
     }
     if low_traffic {
         findings.push(Finding::ShadowMismatch);

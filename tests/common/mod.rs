@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod raw;
 pub mod redis_cluster;
 mod redis_server;
+pub mod rollout_admin;
 pub mod shutdown;
 pub mod store;
 pub mod tls;
@@ -323,6 +324,29 @@ pub fn run_cli_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Ou
         stdout: out_thread.join().unwrap(),
         stderr: err_thread.join().unwrap(),
     }
+}
+
+/// A command's exit code, stdout and stderr, for an assertion's message.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The stdout of a command that must have exited 0.
+pub fn output_ok(out: Output) -> String {
+    assert!(out.status.success(), "{}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `canary_percent` a proxy routes by (its `/status`), -1 when it says none.
+pub fn canary_percent(proxy: &Proxy) -> f64 {
+    proxy.status_json()["routing"]["canary_percent"]
+        .as_f64()
+        .unwrap_or(-1.0)
 }
 
 /// A demo app server: `canary-lb app --listen 127.0.0.1:PORT --name NAME --pool POOL`.
