@@ -63,6 +63,7 @@ impl Config {
             });
             return out;
         }
+        out.extend(self.shadow_warnings(text));
         if !self.discovery.provider.role().servers_in_config_file {
             // Redis supplies the servers; the file's lists are normally empty.
             return out;
@@ -95,6 +96,46 @@ impl Config {
                     ),
                 ));
             }
+        }
+        out
+    }
+
+    /// A shadow step that lets copies act as the user, or repeat requests with side effects:
+    /// allowed (the app servers may skip them on the copy's mark), never the default.
+    fn shadow_warnings(&self, text: &str) -> Vec<Warning> {
+        let Some(shadow) = &self.rollout.shadow else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if shadow.forward_credentials {
+            out.push(Warning::at_key(
+                text,
+                "rollout.shadow.forward_credentials",
+                format!(
+                    "copies to the canary carry the users' Cookie and Authorization: the canary \
+                     acts as each copied user, side effects included, unless the app servers \
+                     skip them on `{}: 1`",
+                    shadow.header
+                ),
+            ));
+        }
+        let unsafe_methods: Vec<&str> = shadow
+            .methods
+            .iter()
+            .map(String::as_str)
+            .filter(|m| !matches!(*m, "GET" | "HEAD" | "OPTIONS"))
+            .collect();
+        if !unsafe_methods.is_empty() {
+            out.push(Warning::at_key(
+                text,
+                "rollout.shadow.methods",
+                format!(
+                    "{} requests are copied: the canary runs each a second time, so their side \
+                     effects happen twice unless the app servers skip them on `{}: 1`",
+                    unsafe_methods.join(", "),
+                    shadow.header
+                ),
+            ));
         }
         out
     }
@@ -135,5 +176,27 @@ mod tests {
         );
         assert!(warnings("pools: { production: { servers: [\"127.0.0.1:1\"] } }\n").is_empty());
         assert!(warnings("discovery: { provider: redis }\n").is_empty());
+    }
+
+    #[test]
+    fn a_shadow_step_that_acts_as_the_user_or_repeats_side_effects_is_warned_about() {
+        let pools = "pools:\n  production: { servers: [\"127.0.0.1:1\"] }\n";
+        assert!(warnings(&format!(
+            "{pools}rollout: {{ shadow: {{ percent: 10 }} }}\n"
+        ))
+        .is_empty());
+        let w = warnings(&format!(
+            "{pools}rollout:\n  shadow:\n    methods: [GET, POST]\n    forward_credentials: true\n"
+        ));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("rollout.shadow.forward_credentials:") && w[0].contains("line 6"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("rollout.shadow.methods: POST requests are copied")
+                && w[1].contains("line 5"),
+            "{w:?}"
+        );
     }
 }
