@@ -11,6 +11,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::load::{Load, LoadSpec};
+use common::rollout_admin;
 use common::{free_port, get, pools, post, proxy_config, serial, wait_until, App, Proxy};
 use serde_json::Value;
 
@@ -53,13 +54,11 @@ fn rig_with(rollout: &str, extra: &str) -> Rig {
 
 impl Rig {
     fn admin(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.proxy.metrics_port())
+        rollout_admin::admin(&self.proxy, path)
     }
 
     fn rollout(&self) -> Value {
-        let r = get(&self.admin("/rollout"), &[]);
-        assert_eq!(r.status, 200, "GET /rollout: {}", r.body);
-        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+        rollout_admin::rollout(&self.proxy)
     }
 
     /// POST a rollout command; panics unless it answers `want`.
@@ -117,18 +116,7 @@ fn now_ms() -> u64 {
 /// Poll `/rollout` until `done` holds; returns the last answer. On timeout the panic shows
 /// the last answer (history with its numbers), which says why.
 fn wait_rollout(rig: &Rig, what: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = rig.rollout();
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting until {what}; last /rollout:\n{v:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    rollout_admin::wait_rollout(&rig.proxy, what, within, done)
 }
 
 #[test]
