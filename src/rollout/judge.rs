@@ -692,6 +692,37 @@ pub fn step_with(step: &WindowCounts, window: &WindowCounts) -> WindowCounts {
     out
 }
 
+/// splitmix64: a small deterministic PRNG for the simulations of this module's tests and of
+/// `paired.rs`'s (never wall-clock randomness: a failure replays).
+#[cfg(test)]
+pub(super) struct Rng(pub(super) u64);
+
+#[cfg(test)]
+impl Rng {
+    pub(super) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub(super) fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub(super) fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    /// A standard normal draw (Box-Muller).
+    pub(super) fn normal(&mut self) -> f64 {
+        let u = 1.0 - self.unit(); // (0, 1]
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1159,26 +1190,6 @@ mod tests {
         assert!(j.reasons[0].contains("480"), "{:?}", j.reasons);
         assert!(j.reasons[0].contains("trusted_proxies"), "{:?}", j.reasons);
         assert!(j.numbers.contains(&("canary_capped".into(), 480.0)));
-    }
-
-    /// splitmix64: a small deterministic PRNG for the simulations.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        /// Uniform in [0, 1).
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn range(&mut self, lo: u64, hi: u64) -> u64 {
-            lo + self.next() % (hi - lo + 1)
-        }
     }
 
     /// How one pool's requests behave in a simulated window.

@@ -324,6 +324,7 @@ pub fn judge_shadow(
 
 #[cfg(test)]
 mod tests {
+    use super::super::judge::Rng;
     use super::super::shadow::Answer;
     use super::*;
     use std::time::Duration;
@@ -769,31 +770,6 @@ mod tests {
             ..s.clone()
         };
         assert_eq!(judge_shadow(&off, &shadow, &c, &c).verdict, Verdict::Fail);
-    }
-
-    /// splitmix64: a small deterministic PRNG for the simulations.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        /// Uniform in [0, 1).
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn range(&mut self, lo: u64, hi: u64) -> u64 {
-            lo + self.next() % (hi - lo + 1)
-        }
-        /// A standard normal draw (Box-Muller).
-        fn normal(&mut self) -> f64 {
-            let u = 1.0 - self.unit(); // (0, 1]
-            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos()
-        }
     }
 
     /// How one side answers in a simulation.
