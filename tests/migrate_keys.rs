@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -511,17 +510,6 @@ fn a_rollout_on_a_legacy_store_keeps_its_names_and_follows_the_migration() {
         .filter(|k| !k.starts_with(&format!("{{{ns}}}:")))
         .collect();
     assert!(left.is_empty(), "every key moved: {left:?}");
-}
-
-thread_local! {
-    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-}
-
-fn block_on<T>(fut: impl Future<Output = T>) -> T {
-    RUNTIME.with(|rt| rt.block_on(fut))
 }
 
 fn started(id: &str) -> (RolloutState, HistoryEntry) {

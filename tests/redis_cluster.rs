@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::load::{Load, LoadSpec};
 use common::redis_cluster::RedisCluster;
+use common::rollout_admin::{phase_of, rollout_of};
 use common::*;
 use common::{canary_percent as percent, output_ok as ok, output_text as text};
 use serde_json::Value;
@@ -30,22 +31,13 @@ fn yaml(cluster: &RedisCluster, namespace: &str) -> String {
 
 /// [`yaml`] with `seeds` (a YAML list) as `discovery.url`.
 fn yaml_with_seeds(seeds: &str, namespace: &str) -> String {
-    proxy_config(
-        free_port(),
-        free_port(),
-        &format!(
-            "threads: 2\n\
-             grace_period: 1s\n\
-             health_check: {{ kind: http, path: /healthz, interval: 300ms, timeout: 2s, \
-                              healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
-             discovery: {{ provider: redis, cluster: true, url: {}, \
-                           namespace: \"{namespace}\", resync_interval: 1s }}\n\
-             upstream: {{ connect_timeout: 1s, read_timeout: 10s, write_timeout: 10s, max_tries: 2 }}\n\
-             routing: {{ canary_percent: 0, salt: \"cluster-salt\" }}\n\
-             rollout: {{ interval: 1s, min_requests: 5, max_inconclusive: 100, \
-                         hard_fail_errors: 1000 }}\n",
-            seeds
-        ),
+    redis_proxy_config_at(
+        &format!("cluster: true, url: {seeds}"),
+        namespace,
+        "upstream: { connect_timeout: 1s, read_timeout: 10s, write_timeout: 10s, max_tries: 2 }\n\
+         routing: { canary_percent: 0, salt: \"cluster-salt\" }\n\
+         rollout: { interval: 1s, min_requests: 5, max_inconclusive: 100, \
+                    hard_fail_errors: 1000 }\n",
     )
 }
 
@@ -65,17 +57,6 @@ fn in_rotation(proxy: &Proxy, pool: &str) -> u64 {
     proxy.status_json()["pools"][pool]["in_rotation"]
         .as_u64()
         .unwrap_or(0)
-}
-
-fn rollout_of(p: &Proxy) -> Value {
-    p.status_json()["rollout"].clone()
-}
-
-fn phase_of(p: &Proxy) -> String {
-    rollout_of(p)["state"]["phase"]
-        .as_str()
-        .unwrap_or("none")
-        .to_string()
 }
 
 fn flag_percent(proxy: &Proxy, name: &str) -> Option<f64> {

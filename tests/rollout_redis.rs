@@ -14,6 +14,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::load::{Load, LoadSpec};
+use common::rollout_admin::{phase_of, rollout_of};
 use common::*;
 use common::{canary_percent as percent, output_ok as ok, output_text as text};
 use serde_json::Value;
@@ -294,18 +295,6 @@ fn ctl_rollout_canary_get(redis: &RedisServer, ns: &str) -> Output {
 
 // ---------------------------------------------------------------------------------------------
 // With the engine in every replica
-
-/// The `/status` rollout object of a replica.
-fn rollout_of(p: &Proxy) -> Value {
-    p.status_json()["rollout"].clone()
-}
-
-fn phase_of(p: &Proxy) -> String {
-    rollout_of(p)["state"]["phase"]
-        .as_str()
-        .unwrap_or("none")
-        .to_string()
-}
 
 /// Verdict entries (judged windows) of rollout `id`, read with `ctl rollout history --json`.
 fn judged_windows(fleet: &Fleet, id: &str) -> Vec<u64> {

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
 use canary_lb::config::schema::RolloutConfig;
@@ -17,18 +16,6 @@ use canary_lb::store::{RolloutStore, Store};
 use common::*;
 
 const NS: &str = "ro";
-
-thread_local! {
-    /// One runtime per test thread: a store's connection lives on the runtime that opened it.
-    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-}
-
-fn block_on<T>(fut: impl Future<Output = T>) -> T {
-    RUNTIME.with(|rt| rt.block_on(fut))
-}
 
 /// A coordinator on `redis`, whose store is marked as written (`ns:meta`), as after the
 /// servers were registered: a rollout never writes to a store without the marker.

@@ -326,6 +326,19 @@ pub fn run_cli_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Ou
     }
 }
 
+thread_local! {
+    /// One runtime per test thread: a store's connection lives on the runtime that opened it.
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+}
+
+/// Run `fut` to completion on this test thread's runtime (the library's async store API).
+pub fn block_on<T>(fut: impl std::future::Future<Output = T>) -> T {
+    RUNTIME.with(|rt| rt.block_on(fut))
+}
+
 /// A command's exit code, stdout and stderr, for an assertion's message.
 pub fn output_text(out: &Output) -> String {
     format!(
@@ -483,6 +496,16 @@ fn quoted(addrs: &[&str]) -> String {
 /// second), two threads, a 1 s grace period, HTTP health checks of `/healthz` every 300 ms
 /// that decide on one answer, and `extra` (more top-level YAML lines) after that.
 pub fn redis_proxy_config(redis_port: u16, namespace: &str, extra: &str) -> String {
+    redis_proxy_config_at(
+        &format!("url: \"redis://127.0.0.1:{redis_port}/0\""),
+        namespace,
+        extra,
+    )
+}
+
+/// [`redis_proxy_config`] with `at` as the discovery's location keys (`url: ...`, or
+/// `cluster: true, url: [seeds]`).
+pub fn redis_proxy_config_at(at: &str, namespace: &str, extra: &str) -> String {
     proxy_config(
         free_port(),
         free_port(),
@@ -491,7 +514,7 @@ pub fn redis_proxy_config(redis_port: u16, namespace: &str, extra: &str) -> Stri
              grace_period: 1s\n\
              health_check: {{ kind: http, path: /healthz, interval: 300ms, timeout: 2s, \
                               healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
-             discovery: {{ provider: redis, url: \"redis://127.0.0.1:{redis_port}/0\", \
+             discovery: {{ provider: redis, {at}, \
                            namespace: \"{namespace}\", resync_interval: 1s }}\n\
              {extra}"
         ),

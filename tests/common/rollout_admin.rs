@@ -47,3 +47,16 @@ pub fn wait_rollout(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The `rollout` object of a replica's `/status`.
+pub fn rollout_of(proxy: &Proxy) -> Value {
+    proxy.status_json()["rollout"].clone()
+}
+
+/// The phase of [`rollout_of`] (`none` without a rollout).
+pub fn phase_of(proxy: &Proxy) -> String {
+    rollout_of(proxy)["state"]["phase"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string()
+}
