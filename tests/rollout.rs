@@ -10,78 +10,10 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::load::{Load, LoadSpec};
 use common::rollout_admin;
-use common::{free_port, get, pools, post, proxy_config, serial, wait_until, App, Proxy};
+use common::rollout_rig::{rig, rig_with, Rig};
+use common::{get, post, serial, wait_until};
 use serde_json::Value;
-
-struct Rig {
-    // Declared first: dropped (its log printed on panic) before the apps.
-    proxy: Proxy,
-    canary: App,
-    _prod: App,
-}
-
-/// Production and canary apps behind one proxy at canary_percent 0, with `rollout` as the
-/// config's `rollout:` section.
-fn rig(rollout: &str) -> Rig {
-    rig_with(rollout, "")
-}
-
-/// [`rig`] with `extra` config lines. The proxy trusts 127.0.0.1 as a forwarding proxy, so the
-/// load's users count as distinct clients (`X-Forwarded-For`), as behind a load balancer: the
-/// rollout caps what each client address contributes to a window.
-fn rig_with(rollout: &str, extra: &str) -> Rig {
-    let prod = App::start("prod-1", "production");
-    let canary = App::start("canary-1", "canary");
-    let yaml = proxy_config(
-        free_port(),
-        free_port(),
-        &format!(
-            "threads: 2\n{}\
-             health_check: {{ kind: http, path: /healthz, interval: 500ms, timeout: 2s }}\n\
-             routing: {{ canary_percent: 0, salt: rollout-it }}\n\
-             trusted_proxies: [\"127.0.0.1/32\"]\nrollout: {rollout}\n{extra}",
-            pools(&[&prod.addr()], &[&canary.addr()])
-        ),
-    );
-    Rig {
-        proxy: Proxy::start(&yaml),
-        canary,
-        _prod: prod,
-    }
-}
-
-impl Rig {
-    fn admin(&self, path: &str) -> String {
-        rollout_admin::admin(&self.proxy, path)
-    }
-
-    fn rollout(&self) -> Value {
-        rollout_admin::rollout(&self.proxy)
-    }
-
-    /// POST a rollout command; panics unless it answers `want`.
-    fn command(&self, path_and_query: &str, want: u16) -> String {
-        let r = post(&self.admin(path_and_query), &[], b"");
-        assert_eq!(r.status, want, "POST {path_and_query}: {}", r.body);
-        r.body
-    }
-
-    fn control(&self, query: &str) {
-        let r = post(&self.canary.url(&format!("/_control?{query}")), &[], b"");
-        assert_eq!(r.status, 200, "canary /_control?{query}: {}", r.body);
-    }
-
-    fn load(&self, threads: usize, pause_ms: u64) -> Load {
-        let mut spec = LoadSpec::new(vec![self.proxy.url("")]);
-        spec.threads = threads;
-        spec.pause = Duration::from_millis(pause_ms);
-        spec.max_run = Duration::from_secs(90);
-        spec.forwarded_for = true;
-        Load::start(spec)
-    }
-}
 
 fn state(v: &Value) -> &Value {
     &v["state"]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::load::{Load, LoadSpec};
 use common::raw::{raw_exchange, RawBackend, Received};
 use common::rollout_admin::{command, wait_rollout};
+use common::rollout_rig::{rig, Rig};
 use common::{free_port, pools, post, proxy_config, serial, wait_until, App, Proxy};
 use serde_json::Value;
 
@@ -27,41 +28,8 @@ fn phase(v: &Value) -> &str {
     v["state"]["phase"].as_str().unwrap_or("none")
 }
 
-/// Demo apps behind one proxy with `rollout:` as given; the proxy trusts 127.0.0.1 as a
-/// forwarding proxy so the load's users count as distinct clients.
-struct Rig {
-    proxy: Proxy,
-    canary: App,
-    _prod: App,
-}
-
-fn rig(rollout: &str) -> Rig {
-    let prod = App::start("prod-1", "production");
-    let canary = App::start("canary-1", "canary");
-    let yaml = proxy_config(
-        free_port(),
-        free_port(),
-        &format!(
-            "threads: 2\n{}\
-             health_check: {{ kind: http, path: /healthz, interval: 500ms, timeout: 2s }}\n\
-             routing: {{ canary_percent: 0, salt: shadow-it }}\n\
-             trusted_proxies: [\"127.0.0.1/32\"]\nrollout: {rollout}\n",
-            pools(&[&prod.addr()], &[&canary.addr()])
-        ),
-    );
-    Rig {
-        proxy: Proxy::start(&yaml),
-        canary,
-        _prod: prod,
-    }
-}
-
+/// Shadow-step runs on the one-box rig (`tests/common/rollout_rig.rs`).
 impl Rig {
-    fn control(&self, query: &str) {
-        let r = post(&self.canary.url(&format!("/_control?{query}")), &[], b"");
-        assert_eq!(r.status, 200, "canary /_control?{query}: {}", r.body);
-    }
-
     /// With the canary set by `control` (a `/_control` query, if any): load through the proxy,
     /// a rollout started with `steps`, waited on until it ends. Returns its last `/rollout`
     /// and the load, stopped.
@@ -69,7 +37,7 @@ impl Rig {
         if let Some(query) = control {
             self.control(query);
         }
-        let mut load = self.load();
+        let mut load = self.load(4, 5);
         wait_until("traffic flows", Duration::from_secs(10), || {
             load.count("production") > 50
         });
@@ -82,15 +50,6 @@ impl Rig {
         );
         load.stop();
         (v, load)
-    }
-
-    fn load(&self) -> Load {
-        let mut spec = LoadSpec::new(vec![self.proxy.url("")]);
-        spec.threads = 4;
-        spec.pause = Duration::from_millis(5);
-        spec.max_run = Duration::from_secs(90);
-        spec.forwarded_for = true;
-        Load::start(spec)
     }
 }
 

@@ -24,6 +24,7 @@ pub mod raw;
 pub mod redis_cluster;
 mod redis_server;
 pub mod rollout_admin;
+pub mod rollout_rig;
 pub mod shutdown;
 pub mod store;
 pub mod tls;
