@@ -327,6 +327,13 @@ fn a_post_is_copied_only_when_its_method_is_listed() {
         "a body over max_body was copied"
     );
     assert!(copies(&proxy, "too_large") >= 1.0);
+    // A client that hangs up in the middle of its body: the request is never copied.
+    let mut cut = common::raw::RawClient::connect(proxy.listen_port());
+    cut.send(b"POST /cut HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nabc");
+    drop(cut);
+    assert_eq!(send(&proxy, "GET", "/after-cut", "", ""), 200);
+    copy_of(&canary, "/after-cut");
+    assert!(got(&canary, "/cut").is_none(), "a cut request was copied");
 }
 
 // --- Across replicas: the pairs of two proxies summed in Redis ---
